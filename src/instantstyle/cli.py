@@ -1,0 +1,252 @@
+"""The command line: parses flags into a ``Request`` and hands it to ``StylePipeline``.
+
+Bad input exits 2 with one line on stderr (``--debug`` shows the traceback); everything that can be
+checked without a model (images, numbers, output path, blocks) is checked before a model loads.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import UserError
+from .request import Request, StyleRef, read_png_request, write_png
+
+FLOAT = click.FLOAT
+INT = click.INT
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def run_cli(fn: Callable[..., Any], debug: bool, *args: Any, **kwargs: Any) -> Any:
+    """Run a command body, turning user errors into one line and exit 2."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError as err:
+        if debug:
+            traceback.print_exc()
+        _fail(str(err))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as err:  # an unexpected failure: one line unless --debug
+        if debug:
+            raise
+        _fail(f"{type(err).__name__}: {err} (run with --debug for the traceback)", 1)
+
+
+# Options shared by every command that runs a pipeline (how to run, not what to make).
+def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"])),
+            click.option("--dtype", default="auto", type=click.Choice(["auto", "float32", "float16", "bfloat16"])),
+            click.option("--keep-all-weights", is_flag=True, help="Keep adapter weights of untargeted layers."),
+            click.option("--single-file-config", default=None, help="Diffusers folder or hub id giving the "
+                         "configs for a single-file --model."),
+            click.option("--debug", is_flag=True, help="Show tracebacks."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+# Request options: each maps to one Request field.
+REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
+    ("model", click.Option(["--model"], help="Diffusers folder, hub id or single .safetensors file.")),
+    ("adapter", click.Option(["--adapter"], help="IP-Adapter weights file or org/repo/path/file.")),
+    ("image_encoder", click.Option(["--image-encoder"], help="CLIP image encoder folder (default: found "
+                                   "beside the adapter).")),
+    ("style", click.Option(["--style"], multiple=True, help="Style image or .safetensors style file; "
+                           "repeat to blend, PATH:WEIGHT to weight.")),
+    ("prompt", click.Option(["--prompt"], help="What to paint.")),
+    ("negative_prompt", click.Option(["--negative-prompt"])),
+    ("blocks", click.Option(["--blocks"], help="style | layout | style+layout | all | NAME[=S],...")),
+    ("scale", click.Option(["--scale"], type=FLOAT, help="Multiplies every selected block's scale.")),
+    ("content_prompt", click.Option(["--content-prompt"], help="Content to subtract from the style.")),
+    ("content_scale", click.Option(["--content-scale"], type=FLOAT)),
+    ("content_image", click.Option(["--content-image"], help="Image whose content to subtract.")),
+    ("content_text_encoder", click.Option(["--content-text-encoder"], help="CLIP text model in the image "
+                                          "encoder's space (needed for ViT-H adapters).")),
+    ("steps", click.Option(["--steps"], type=INT)),
+    ("guidance", click.Option(["--guidance"], type=FLOAT)),
+    ("seed", click.Option(["--seed"], type=INT)),
+    ("width", click.Option(["--width"], type=INT)),
+    ("height", click.Option(["--height"], type=INT)),
+    ("num_images", click.Option(["--num-images"], type=INT)),
+]
+
+
+def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
+    """Build the request: ``--from`` PNG first, then every flag given on the command line."""
+    given = {
+        name: params[name]
+        for name, _ in REQUEST_OPTIONS
+        if params.get(name) is not None and params.get(name) != ()
+    }
+    if "style" in given:
+        given["style"] = tuple(StyleRef.parse(s) for s in given["style"])
+    if source is not None:
+        return source.replace(**given)
+    if "prompt" not in given:
+        raise UserError("--prompt is required (or --from IMAGE.png)")
+    if "style" not in given:
+        raise UserError("--style is required (or --from IMAGE.png)")
+    from .pipeline import DEFAULT_ADAPTER, DEFAULT_MODEL
+
+    given.setdefault("model", DEFAULT_MODEL)
+    given.setdefault("adapter", DEFAULT_ADAPTER)
+    return Request(**given)
+
+
+def output_paths(output: str, count: int, overwrite: bool) -> list[Path]:
+    """``out.png`` for one image, ``out-1.png``... for several; refuses to clobber or an unwritable folder."""
+    path = Path(output).expanduser()
+    if path.suffix.lower() != ".png":
+        raise UserError(f"output {output}: must end in .png (the PNG carries the generation parameters)")
+    if path.is_dir():
+        raise UserError(f"output {output}: is a folder")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"output {output}: cannot create its folder ({err.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"output {output}: folder {parent} is not writable")
+    paths = [path] if count == 1 else [path.with_name(f"{path.stem}-{i + 1}.png") for i in range(count)]
+    if not overwrite:
+        for p in paths:
+            if p.exists():
+                raise UserError(f"output {p} exists; pass --overwrite to replace it")
+    return paths
+
+
+def check_inputs(request: Request) -> None:
+    """Everything checkable without a model: images readable, blocks spec well-formed."""
+    from .blocks import parse_spec
+    from .embeddings import load_image
+
+    for ref in request.style:
+        if not ref.path.endswith(".safetensors"):
+            load_image(ref.path, "style image")
+        elif not Path(ref.path).is_file():
+            raise UserError(f"style file {ref.path}: no such file")
+    if request.content_image is not None:
+        load_image(request.content_image, "content image")
+    parse_spec(request.blocks)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="instantstyle")
+def main() -> None:
+    """instantstyle: text-to-image in the style of a reference image (InstantStyle on diffusers)."""
+
+
+def _generate(params: dict[str, Any]) -> None:
+    source = read_png_request(params["from_png"]) if params["from_png"] else None
+    request = request_from_cli(params, source)
+    check_inputs(request)
+    paths = output_paths(params["output"], request.num_images, params["overwrite"])
+    from .pipeline import StylePipeline, unet_layers
+
+    assert request.model is not None and request.adapter is not None
+    arch, layers = unet_layers(request.model, params["single_file_config"])
+    if layers:
+        from .blocks import resolve_blocks
+
+        resolve_blocks(request.blocks, layers, arch)
+    pipe = StylePipeline.from_pretrained(
+        request.model,
+        request.adapter,
+        image_encoder=request.image_encoder,
+        content_text_encoder=request.content_text_encoder,
+        device=params["device"],
+        dtype=params["dtype"],
+        blocks=request.blocks,
+        keep_all_weights=params["keep_all_weights"],
+        single_file_config=params["single_file_config"],
+    )
+    result = pipe(request, progress=True)
+    for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
+        write_png(image, path, result.request, i)
+        click.echo(str(path))
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--from", "from_png", default=None, help="Reproduce a PNG made by instantstyle (flags override).")
+@click.option("--output", "-o", required=True, help="Output .png (several images: NAME-1.png, ...).")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@runtime_options
+@click.pass_context
+def generate(ctx: click.Context, **params: Any) -> None:
+    """Make images in the style of --style, with the content of --prompt."""
+    run_cli(_generate, params["debug"], params)
+
+
+for _name, _option in REQUEST_OPTIONS:
+    generate.params.append(_option)
+
+
+@main.command()
+@click.option("--model", default=None, help="Model whose blocks to list (default: SDXL base 1.0).")
+@click.option("--single-file-config", default=None)
+@click.option("--debug", is_flag=True)
+def blocks(model: str | None, single_file_config: str | None, debug: bool) -> None:
+    """List a model's attention blocks: name, layer count, presets that use it."""
+
+    def body() -> None:
+        import torch
+
+        from .blocks import list_blocks
+        from .pipeline import DEFAULT_MODEL, load_base_pipeline, model_arch, unet_layers
+
+        name = model or DEFAULT_MODEL
+        arch, layers = unet_layers(name, single_file_config)
+        if not layers:  # a single file without configs: load it to see its UNet
+            pipe = load_base_pipeline(name, torch.float32)
+            arch, layers = model_arch(pipe), [
+                n.removesuffix(".processor") for n in pipe.unet.attn_processors if n.endswith("attn2.processor")
+            ]
+        click.echo(f"{name} ({arch}): {len(layers)} cross-attention layers")
+        rows = list_blocks(layers, arch)
+        width = max(len(r.name) for r in rows)
+        click.echo(f"{'block':<{width}}  layers  presets")
+        for row in rows:
+            click.echo(f"{row.name:<{width}}  {row.layers:>6}  {', '.join(row.presets)}")
+
+    run_cli(body, debug)
+
+
+@main.command()
+@click.option("--keep", default=None, help="Folder to keep the fixture and output image in.")
+@click.option("--debug", is_flag=True)
+def selftest(keep: str | None, debug: bool) -> None:
+    """Run the whole path offline on a built-in tiny random-weight model (a few seconds)."""
+
+    def body() -> None:
+        from .selftest import run_selftest
+
+        for line in run_selftest(Path(keep) if keep else None):
+            click.echo(line)
+
+    run_cli(body, debug)
+
+
+def entry() -> None:
+    """Console entry point: click's own usage errors become one line too."""
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except click.Abort:
+        _fail("aborted", 130)
+    except click.ClickException as err:
+        _fail(err.format_message(), 2)

@@ -1,0 +1,172 @@
+"""What the style is: CLIP image embeddings of the references, minus the content.
+
+InstantStyle's second idea (paper, sec. 3.2): CLIP's image and text embeddings share one space, so
+subtracting the embedding of the content text from the image embedding leaves mostly style. That
+needs the text tower *of the same CLIP* as the adapter's image encoder. Patch-feature ("plus")
+adapters do not live in that space and get no subtraction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+from .errors import UserError
+
+STYLE_FILE_FORMAT = "instantstyle-style/1"
+
+
+def load_image(path: str | Path, what: str = "image") -> Image.Image:
+    """Open an image as RGB, or raise a one-line ``UserError`` (missing, empty, corrupt)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path}: no such file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{what} {path}: the file is empty")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UserError(f"{what} {path}: not a readable image ({err})") from None
+
+
+@dataclass
+class ImageEncoder:
+    """The adapter's CLIP image encoder with its own preprocessing, named for cache keys."""
+
+    model: CLIPVisionModelWithProjection
+    processor: CLIPImageProcessor
+    identity: str
+
+    @property
+    def embed_dims(self) -> tuple[int, int]:
+        """(projection dim for global adapters, hidden size for plus adapters)."""
+        return self.model.config.projection_dim, self.model.config.hidden_size
+
+
+def load_image_encoder(path: str | Path, dtype: torch.dtype = torch.float32) -> ImageEncoder:
+    """Load a CLIP vision tower; preprocessing is its saved processor, else CLIP's default at its size."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"image encoder {path}: no config.json (expected a CLIPVisionModelWithProjection folder)")
+    model = CLIPVisionModelWithProjection.from_pretrained(path, dtype=dtype).eval()
+    if (path / "preprocessor_config.json").is_file():
+        processor = CLIPImageProcessor.from_pretrained(path)
+    else:  # the h94 folders ship none; diffusers then uses CLIP's default at the model's size
+        size = model.config.image_size
+        processor = CLIPImageProcessor(size=size, crop_size=size)
+    return ImageEncoder(model, processor, str(path))
+
+
+@torch.no_grad()
+def encode_images(images: Sequence[Image.Image], encoder: ImageEncoder, kind: str) -> torch.Tensor:
+    """Encode references: global adapters take ``image_embeds`` (n, D); plus adapters the
+    penultimate hidden states (n, tokens, H), exactly as IP-Adapter was trained."""
+    model = encoder.model
+    pixels = encoder.processor(images=list(images), return_tensors="pt").pixel_values
+    pixels = pixels.to(model.device, model.dtype)
+    if kind == "global":
+        return model(pixels).image_embeds.float()
+    return model(pixels, output_hidden_states=True).hidden_states[-2].float()
+
+
+@torch.no_grad()
+def unconditional_embeds(like: torch.Tensor, encoder: ImageEncoder | None, kind: str) -> torch.Tensor:
+    """The CFG negative: zeros for global adapters; the encoding of a black image for plus ones."""
+    if kind == "global":
+        return torch.zeros_like(like)
+    if encoder is None:
+        raise UserError("a plus adapter's negative embedding needs the image encoder")
+    size = encoder.processor.crop_size["height"], encoder.processor.crop_size["width"]
+    pixels = torch.zeros(1, 3, *size, device=encoder.model.device, dtype=encoder.model.dtype)
+    return encoder.model(pixels, output_hidden_states=True).hidden_states[-2].float()
+
+
+def blend(embeds: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """Weighted mean of several references' embeddings (one row each) into one style."""
+    total = float(sum(weights))
+    if total <= 0:
+        raise UserError("style weights must not all be 0")
+    return sum(w / total * e for w, e in zip(weights, embeds, strict=True))  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def text_embeds(text: str, tokenizer: object, text_encoder: torch.nn.Module) -> torch.Tensor:
+    """Projected pooled CLIP text embedding (1, D): the text tower's point in the shared space."""
+    ids = tokenizer(  # type: ignore[operator]
+        [text], padding="max_length", max_length=tokenizer.model_max_length,  # type: ignore[attr-defined]
+        truncation=True, return_tensors="pt",
+    ).input_ids
+    return text_encoder(ids.to(text_encoder.device)).text_embeds.float()
+
+
+def subtract_content(style: torch.Tensor, content: torch.Tensor, content_scale: float) -> torch.Tensor:
+    """InstantStyle's content subtraction: ``style - content_scale * content`` in CLIP space."""
+    if style.shape[-1] != content.shape[-1]:
+        raise UserError(
+            f"content embedding has {content.shape[-1]} dimensions but the style embedding {style.shape[-1]}: "
+            "the content must come from the same CLIP as the adapter's image encoder"
+        )
+    return style - content_scale * content
+
+
+def image_hash(path: str | Path) -> str:
+    """Content hash of an image file (cache key part: the same bytes are the same style)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class StyleFile:
+    """A saved style: the blended reference embedding (before content subtraction) and its origin."""
+
+    embeds: torch.Tensor
+    negative: torch.Tensor
+    kind: str
+    encoder: str
+    metadata: dict[str, str]
+
+
+def save_style(path: str | Path, style: StyleFile) -> Path:
+    """Write a style file (``.safetensors`` with JSON-able metadata) usable without its image."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise UserError(f"style file {path}: must end in .safetensors")
+    meta = {"format": STYLE_FILE_FORMAT, "kind": style.kind, "encoder": style.encoder, **style.metadata}
+    tensors = {"embeds": style.embeds.contiguous().cpu(), "negative": style.negative.contiguous().cpu()}
+    save_file(tensors, str(path), metadata={k: str(v) for k, v in meta.items()})
+    return path
+
+
+def load_style(path: str | Path) -> StyleFile:
+    """Read a style file written by :func:`save_style`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"style file {path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises several types for a bad file
+        raise UserError(f"style file {path}: not a readable safetensors file ({type(err).__name__})") from None
+    if meta.get("format") != STYLE_FILE_FORMAT or set(tensors) != {"embeds", "negative"}:
+        raise UserError(f"style file {path}: not an instantstyle style file")
+    kind, encoder = meta.pop("kind"), meta.pop("encoder")
+    meta.pop("format")
+    return StyleFile(tensors["embeds"].float(), tensors["negative"].float(), kind, encoder, meta)
+
+
+def describe(meta: dict[str, object]) -> dict[str, str]:
+    """Flatten settings into safetensors metadata strings (JSON for non-strings)."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}

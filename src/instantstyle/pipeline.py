@@ -1,0 +1,453 @@
+"""How an image is made: ``StylePipeline`` runs a ``Request`` through a diffusers pipeline.
+
+Loading: a base model (diffusers folder, hub id, or single ``.safetensors`` file), an IP-Adapter
+file (local path or ``org/repo/path/in/repo``) and the CLIP image encoder that fits it. Running: the
+request's style embedding (encoded once, cached), minus its content, goes to diffusers as
+``ip_adapter_image_embeds``; the blocks spec becomes per-layer adapter scales.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from PIL import Image
+
+from . import adapter as adapters
+from .blocks import cross_attention_layers, resolve_blocks
+from .embeddings import (
+    ImageEncoder,
+    blend,
+    encode_images,
+    image_hash,
+    load_image,
+    load_image_encoder,
+    load_style,
+    subtract_content,
+    text_embeds,
+    unconditional_embeds,
+)
+from .errors import UserError
+from .request import Request
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+DEFAULT_ADAPTER = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise UserError(f"unknown device {device!r} (auto, cpu, cuda, mps)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("device cuda asked for, but no CUDA GPU is available")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device mps asked for, but MPS is not available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is float16 on a GPU and float32 on the CPU (CPU half precision is slow here)."""
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.float16
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r} (auto, {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith((".", "/", "~")) or ref.endswith((".safetensors", ".ckpt", ".bin")) or "\\" in ref
+
+
+def _hub_error(what: str, ref: str, err: Exception) -> UserError:
+    offline = "offline" in str(err).lower() or type(err).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled")
+    if offline:
+        return UserError(f"{what} {ref!r} is not in the Hugging Face cache and the hub cannot be reached (offline)")
+    return UserError(f"{what} {ref!r} could not be loaded from the hub ({type(err).__name__}: {str(err)[:200]})")
+
+
+def single_file_arch(path: Path) -> str:
+    """SDXL or SD1.5, from an original-format checkpoint's keys (SDXL has a second text embedder)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as err:
+        raise UserError(f"model {path}: not a readable .safetensors checkpoint ({type(err).__name__})") from None
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.") for k in keys):
+        return "sd15"
+    raise UserError(f"model {path}: not an SD1.5 or SDXL checkpoint")
+
+
+def load_base_pipeline(model: str, dtype: torch.dtype, config: str | None = None) -> DiffusionPipeline:
+    """Load the base text-to-image pipeline from a folder, a single file or a hub id (on the CPU)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise UserError(f"model {path}: not a diffusers model folder (no model_index.json)")
+        pipe = DiffusionPipeline.from_pretrained(str(path), dtype=dtype)
+    elif path.is_file():
+        if path.suffix != ".safetensors":
+            raise UserError(f"model {path}: single-file checkpoints must be .safetensors")
+        cls = StableDiffusionXLPipeline if single_file_arch(path) == "sdxl" else StableDiffusionPipeline
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if config is not None:
+            kwargs["config"] = config
+        try:
+            pipe = cls.from_single_file(str(path), **kwargs)
+        except OSError as err:
+            raise _hub_error("the config for single-file model", model, err) from None
+    elif _looks_like_path(model) or model.count("/") != 1:
+        raise UserError(f"model {model}: no such file or folder")
+    else:
+        try:
+            pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype)
+        except OSError as err:
+            raise _hub_error("model", model, err) from None
+    if not isinstance(pipe, (StableDiffusionXLPipeline, StableDiffusionPipeline)):
+        raise UserError(f"model {model}: {type(pipe).__name__} is not supported (SD1.5 or SDXL text-to-image)")
+    return pipe
+
+
+def model_arch(pipe: DiffusionPipeline) -> str:
+    """``sdxl`` when the UNet takes SDXL's text+time conditioning, else ``sd15``."""
+    return "sdxl" if pipe.unet.config.addition_embed_type == "text_time" else "sd15"
+
+
+def resolve_adapter_file(ref: str) -> Path:
+    """A local adapter file, or ``org/repo/path/in/repo`` fetched through the normal HF cache."""
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise UserError(f"adapter {ref}: is a folder; give the weights file inside it")
+    parts = ref.split("/")
+    if _looks_like_path(ref) and not (len(parts) >= 3 and not ref.startswith((".", "/", "~"))):
+        raise UserError(f"adapter {ref}: no such file")
+    if len(parts) < 3:
+        raise UserError(f"adapter {ref}: no such file (hub references look like org/repo/path/file.safetensors)")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
+    except Exception as err:
+        raise _hub_error("adapter", ref, err) from None
+
+
+def _encoder_dims(folder: Path) -> tuple[int, int] | None:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    config = config.get("vision_config", config)
+    return int(config.get("projection_dim", 512)), int(config.get("hidden_size", 768))
+
+
+def _hub_snapshot_folder(adapter_file: Path, subfolder: str) -> Path | None:
+    """For an adapter from the HF cache, fetch ``subfolder`` of the same repo snapshot."""
+    parts = adapter_file.parts
+    if "snapshots" not in parts:
+        return None
+    repo_dir = Path(*parts[: parts.index("snapshots")])
+    if not repo_dir.name.startswith("models--"):
+        return None
+    repo_id = repo_dir.name.removeprefix("models--").replace("--", "/")
+    from huggingface_hub import snapshot_download
+
+    try:
+        root = snapshot_download(repo_id, allow_patterns=[f"{subfolder}/*"])
+    except Exception:
+        return None
+    return Path(root) / subfolder
+
+
+def find_image_encoder(adapter: adapters.AdapterWeights, explicit: str | None = None) -> Path:
+    """The CLIP image encoder for an adapter: given, else ``image_encoder/`` beside the weights file or
+    ``../models/image_encoder`` (h94's layout for ViT-H adapters), whichever has the adapter's width."""
+    want = adapter.image_embed_dim
+    index = 0 if adapter.kind == "global" else 1
+    if explicit is not None:
+        folder = Path(explicit).expanduser()
+        if not folder.is_dir():
+            ref = explicit.split("/")
+            if len(ref) >= 3 and not _looks_like_path(explicit):
+                from huggingface_hub import snapshot_download
+
+                try:
+                    sub = "/".join(ref[2:])
+                    folder = Path(snapshot_download("/".join(ref[:2]), allow_patterns=[f"{sub}/*"])) / sub
+                except Exception as err:
+                    raise _hub_error("image encoder", explicit, err) from None
+            else:
+                raise UserError(f"image encoder {explicit}: no such folder")
+        dims = _encoder_dims(folder)
+        if dims is None:
+            raise UserError(f"image encoder {folder}: no readable config.json")
+        if dims[index] != want:
+            raise UserError(f"image encoder {folder} gives {dims[index]}-d features; adapter needs {want}")
+        return folder
+    here = Path(adapter.path).parent
+    candidates = [
+        ("image_encoder", here / "image_encoder"),
+        ("models/image_encoder", here.parent / "models" / "image_encoder"),
+    ]
+    for sub, folder in candidates:
+        if not folder.is_dir():
+            hub_sub = (here.name + "/" + sub) if sub == "image_encoder" else sub
+            folder = _hub_snapshot_folder(Path(adapter.path), hub_sub) or folder
+        dims = _encoder_dims(folder)
+        if dims is not None and dims[index] == want:
+            return folder
+    raise UserError(
+        f"no image encoder with {want}-d features found beside adapter {adapter.path}; pass --image-encoder"
+    )
+
+
+@dataclass
+class Result:
+    """The images and the complete request that reproduces them (seed and size filled in)."""
+
+    images: list[Image.Image]
+    request: Request
+
+
+@dataclass
+class StylePipeline:
+    """A diffusers SD/SDXL pipeline with an InstantStyle adapter, ready to run requests."""
+
+    pipe: DiffusionPipeline
+    adapter: adapters.AdapterWeights  # kind and dims; the weights live in the UNet
+    image_encoder: ImageEncoder
+    model_id: str
+    device: torch.device
+    dtype: torch.dtype
+    keep_all_weights: bool = False
+    content_text_encoder: str | None = None
+    _embed_cache: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
+    _content_towers: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_MODEL,
+        adapter: str = DEFAULT_ADAPTER,
+        *,
+        image_encoder: str | None = None,
+        content_text_encoder: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        blocks: str = "style",
+        keep_all_weights: bool = False,
+        single_file_config: str | None = None,
+    ) -> StylePipeline:
+        """Load base model, adapter and image encoder; keep adapter weights only for ``blocks``
+        (unless ``keep_all_weights``), then move everything to the device."""
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        weights = read_adapter_for(adapter)
+        encoder_dir = find_image_encoder(weights, image_encoder)
+        pipe = load_base_pipeline(model, torch_dtype, single_file_config)
+        arch = model_arch(pipe)
+        adapters.check_adapter_fits(weights, pipe.unet, arch)
+        layers = cross_attention_layers(pipe.unet.attn_processors)
+        keep = None if keep_all_weights else [set(resolve_blocks(blocks, layers, arch))]
+        adapters.attach_adapters(pipe, [weights], keep)
+        pipe.to(torch_device)
+        encoder = load_image_encoder(encoder_dir, torch_dtype)
+        encoder.model.to(torch_device)
+        return cls(
+            pipe, replace(weights, state_dict={}), encoder, model, torch_device, torch_dtype,
+            keep_all_weights, content_text_encoder,
+        )
+
+    @property
+    def arch(self) -> str:
+        return model_arch(self.pipe)
+
+    @property
+    def layers(self) -> list[str]:
+        """The UNet's cross-attention layers, the units blocks resolve to."""
+        return cross_attention_layers(self.pipe.unet.attn_processors)
+
+    def __call__(self, request: Request | None = None, *, progress: bool = False, **kwargs: Any) -> Result:
+        """Make the images of a request (or of ``Request(**kwargs)``)."""
+        if request is None:
+            request = Request(**kwargs)
+        elif kwargs:
+            request = request.replace(**kwargs)
+        request = self.complete(request)
+        self.apply_blocks(request)
+        embeds = self.ip_adapter_embeds(request)
+        self.pipe.set_progress_bar_config(disable=not progress)
+        assert request.seed is not None
+        output = self.pipe(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt or None,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            width=request.width,
+            height=request.height,
+            num_images_per_prompt=request.num_images,
+            generator=torch.Generator("cpu").manual_seed(request.seed),
+            ip_adapter_image_embeds=[embeds],
+        )
+        return Result(list(output.images), request)
+
+    def complete(self, request: Request) -> Request:
+        """Fill in what the pipeline decides: model and adapter identity, size, and a seed."""
+        for name, mine in (("model", self.model_id), ("adapter", self.adapter.path)):
+            theirs = getattr(request, name)
+            if theirs is not None and theirs != mine and Path(theirs).expanduser() != Path(mine):
+                if name == "model" or Path(resolve_adapter_file(theirs)) != Path(mine):
+                    raise UserError(f"request is for {name} {theirs!r} but this pipeline has {mine!r}")
+        default = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        return request.replace(
+            model=request.model or self.model_id,
+            adapter=request.adapter or self.adapter.path,
+            width=request.width or default,
+            height=request.height or default,
+            seed=request.seed if request.seed is not None else secrets.randbits(32),
+        )
+
+    def apply_blocks(self, request: Request) -> dict[str, float]:
+        """Resolve the request's blocks to per-layer scales; reload the adapter if pruned layers are needed."""
+        scales = resolve_blocks(request.blocks, self.layers, self.arch, request.scale)
+        unet = self.pipe.unet
+        held = adapters.active_layers(unet)
+        targets = {layer for layer, s in scales.items() if s}
+        if held is not None and not targets <= held[0]:
+            weights = read_adapter_for(self.adapter.path)
+            adapters.attach_adapters(self.pipe, [weights], None if self.keep_all_weights else [set(scales)])
+        adapters.set_layer_scales(unet, [scales])
+        return scales
+
+    # --- the style embedding -------------------------------------------------------------
+    def encode(self, path: str) -> torch.Tensor:
+        """Encode one reference image, cached by image content and encoder."""
+        key = (image_hash(path), self.image_encoder.identity, self.adapter.kind)
+        if key not in self._embed_cache:
+            image = load_image(path, "style image")
+            self._embed_cache[key] = encode_images([image], self.image_encoder, self.adapter.kind).cpu()
+        return self._embed_cache[key]
+
+    def reference_embeds(self, request: Request) -> torch.Tensor:
+        """The blended embedding of the request's style references (images or style files)."""
+        parts = []
+        for ref in request.style:
+            if ref.path.endswith(".safetensors"):
+                style = load_style(ref.path)
+                if style.kind != self.adapter.kind or style.embeds.shape[-1] != self.adapter.image_embed_dim:
+                    raise UserError(f"style file {ref.path} was made for a {style.kind} adapter of another width")
+                parts.append(style.embeds)
+            else:
+                parts.append(self.encode(ref.path))
+        return blend(parts, [ref.weight for ref in request.style])
+
+    def content_embeds(self, request: Request) -> torch.Tensor | None:
+        """The content to subtract: a content prompt through the CLIP text tower of the image
+        encoder's space, or a content image through the image encoder."""
+        if request.content_prompt is None and request.content_image is None:
+            return None
+        if self.adapter.kind != "global":
+            raise UserError("content subtraction needs a global adapter; this is a plus (patch-feature) adapter")
+        if request.content_image is not None:
+            if not Path(request.content_image).is_file():
+                raise UserError(f"content image {request.content_image}: no such file")
+            return self.encode(request.content_image)
+        tokenizer, tower = self.content_text_tower(request.content_text_encoder or self.content_text_encoder)
+        return text_embeds(request.content_prompt or "", tokenizer, tower)
+
+    def content_text_tower(self, folder: str | None) -> tuple[Any, Any]:
+        """SDXL's own ``text_encoder_2`` when it shares the image encoder's space (ViT-bigG), else the
+        CLIP text model the user names (e.g. the ViT-H text tower for ViT-H adapters)."""
+        want = self.adapter.image_embed_dim
+        if folder is None:
+            te2 = getattr(self.pipe, "text_encoder_2", None)
+            if te2 is not None and te2.config.projection_dim == want:
+                return self.pipe.tokenizer_2, te2
+            raise UserError(
+                f"content prompt needs a CLIP text encoder with {want}-d projection (the image encoder's "
+                "space); pass --content-text-encoder"
+            )
+        if folder not in self._content_towers:
+            from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+            path = Path(folder).expanduser()
+            if not (path / "config.json").is_file():
+                raise UserError(f"content text encoder {folder}: no such model folder")
+            tower = CLIPTextModelWithProjection.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+            if tower.config.projection_dim != want:
+                raise UserError(
+                    f"content text encoder {folder} gives {tower.config.projection_dim}-d embeddings; "
+                    f"the adapter's image encoder {want}"
+                )
+            self._content_towers[folder] = (CLIPTokenizer.from_pretrained(path), tower)
+        return self._content_towers[folder]
+
+    def style_embeds(self, request: Request) -> tuple[torch.Tensor, torch.Tensor]:
+        """(style, negative) embeddings: the blended references minus ``content_scale`` times the
+        content (InstantStyle), and the CFG negative (zeros for global adapters)."""
+        style = self.reference_embeds(request)
+        content = self.content_embeds(request)
+        if content is not None:
+            style = subtract_content(style, content.cpu(), request.content_scale)
+        negative = unconditional_embeds(style, self.image_encoder, self.adapter.kind).cpu()
+        return style, negative
+
+    def ip_adapter_embeds(self, request: Request) -> torch.Tensor:
+        """The tensor diffusers takes as ``ip_adapter_image_embeds[0]``: (2, 1, ...) under CFG,
+        negative half first; diffusers repeats it for every image of the prompt."""
+        style, negative = self.style_embeds(request)
+        embeds = style[None]
+        if request.guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None:
+            embeds = torch.cat([negative[None], embeds])
+        return embeds.to(self.device, self.dtype)
+
+
+def read_adapter_for(ref: str) -> adapters.AdapterWeights:
+    """Resolve an adapter reference to a file and read it."""
+    return adapters.read_adapter(resolve_adapter_file(ref))
+
+
+def unet_layers(model: str, config: str | None = None) -> tuple[str, list[str]]:
+    """(arch, cross-attention layers) of a model from its UNet config alone, without its weights:
+    cheap enough to check a blocks spec before any model loads."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    path = Path(model).expanduser()
+    source: Path | str
+    if path.is_file():
+        if config is None:
+            return single_file_arch(path), []  # layers known only after loading
+        source = Path(config).expanduser()
+    elif path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise UserError(f"model {path}: not a diffusers model folder (no model_index.json)")
+        source = path
+    elif _looks_like_path(model) or model.count("/") != 1:
+        raise UserError(f"model {model}: no such file or folder")
+    else:
+        source = model
+    try:
+        cfg = UNet2DConditionModel.load_config(str(source), subfolder="unet")
+    except OSError as err:
+        raise _hub_error("model", model, err) from None
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(cfg)
+    arch = "sdxl" if unet.config.addition_embed_type == "text_time" else "sd15"
+    return arch, cross_attention_layers(unet.attn_processors)

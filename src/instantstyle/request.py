@@ -1,0 +1,196 @@
+"""The one request type: everything that determines an image, as plain serialisable data.
+
+CLI flags, the PNG text chunk, batch job lines and the UI state are all this dataclass as JSON.
+How to run (device, dtype, offload) is deliberately not part of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+PNG_KEY = "instantstyle"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StyleRef:
+    """One style reference: an image or a ``.safetensors`` style file, with its blend weight."""
+
+    path: str
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> StyleRef:
+        """Read ``image.png`` or ``image.png:0.3`` (a trailing ``:number`` is the weight)."""
+        path, sep, tail = text.rpartition(":")
+        if sep and path and _is_number(tail):
+            return cls(path, float(tail))
+        if sep and path and "." not in tail and "/" not in tail and "\\" not in tail:
+            raise UserError(f"style weight {tail!r} in {text!r} is not a number")
+        return cls(text)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to make. ``None`` for model/adapter/size means "the pipeline's own"."""
+
+    prompt: str
+    style: tuple[StyleRef, ...] = ()
+    negative_prompt: str = ""
+    blocks: str = "style"
+    scale: float = 1.0
+    content_prompt: str | None = None
+    content_scale: float = 0.5
+    content_image: str | None = None
+    steps: int = 30
+    guidance: float = 5.0
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    num_images: int = 1
+    model: str | None = None
+    adapter: str | None = None
+    image_encoder: str | None = None
+    content_text_encoder: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.style, (str, StyleRef)):
+            object.__setattr__(self, "style", (self.style,))
+        refs = tuple(StyleRef.parse(s) if isinstance(s, str) else s for s in self.style)
+        object.__setattr__(self, "style", refs)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a one-line ``UserError`` for any value that cannot make an image."""
+        if not isinstance(self.prompt, str):
+            raise UserError("prompt must be text")
+        if not self.style:
+            raise UserError("a style reference is required (--style IMAGE)")
+        for ref in self.style:
+            _check_number("style weight", ref.weight, low=0.0)
+        _check_number("scale", self.scale, low=0.0)
+        _check_number("content scale", self.content_scale, low=0.0)
+        _check_number("guidance", self.guidance, low=0.0)
+        _check_int("steps", self.steps, low=1, high=1000)
+        _check_int("number of images", self.num_images, low=1, high=64)
+        if self.seed is not None:
+            _check_int("seed", self.seed, low=0, high=2**64 - 1)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(name, value, low=64, high=8192)
+                if value % 8:
+                    raise UserError(f"{name} must be a multiple of 8, got {value}")
+        if self.content_image is not None and self.content_prompt is not None:
+            raise UserError("give either a content prompt or a content image, not both")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (styles as ``{"path", "weight"}``), with the format version."""
+        data = dataclasses.asdict(self)
+        return {"version": FORMAT_VERSION, **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Request:
+        """Build from JSON data; an unknown key or a value of the wrong type is a ``UserError``."""
+        if not isinstance(data, dict):
+            raise UserError("a request must be a JSON object")
+        data = dict(data)
+        data.pop("version", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown option(s): {', '.join(unknown)}")
+        if "prompt" not in data:
+            raise UserError("a request needs a prompt")
+        data["style"] = tuple(_style_from_json(s) for s in _as_list(data.get("style", ())))
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> Request:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> Request:
+        return dataclasses.replace(self, **changes)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _style_from_json(item: Any) -> StyleRef:
+    if isinstance(item, str):
+        return StyleRef.parse(item)
+    if isinstance(item, dict) and isinstance(item.get("path"), str) and set(item) <= {"path", "weight"}:
+        return StyleRef(item["path"], item.get("weight", 1.0))
+    raise UserError(f"a style must be a path or {{'path': ..., 'weight': ...}}, got {item!r}")
+
+
+def _check_number(name: str, value: Any, low: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{name} must be a number, got {value!r}")
+    if value < low:
+        raise UserError(f"{name} must be at least {low}, got {value}")
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{name} must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise UserError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def read_png_request(path: str | Path) -> Request:
+    """Read the request stored in a PNG made by instantstyle (``generate --from image.png``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            text = image.info.get(PNG_KEY)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f"{path}: not a readable image ({err})") from None
+    if text is None:
+        raise UserError(f"{path}: carries no instantstyle parameters")
+    return Request.from_json(text)
+
+
+def write_png(image: Any, path: str | Path, request: Request, index: int = 0) -> Path:
+    """Save an image with its request in a PNG text chunk, atomically (temp file, then rename)."""
+    import os
+
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(path)
+    info = PngInfo()
+    info.add_text(PNG_KEY, request.to_json())
+    info.add_text(PNG_KEY + "-index", str(index))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
