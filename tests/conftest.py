@@ -1,0 +1,42 @@
+"""Shared tiny fixtures: random-weight SDXL / SD1.5 models in the real topology, built once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from instantstyle import StylePipeline  # noqa: E402
+from instantstyle.testing import TinyModels, tiny_models  # noqa: E402
+
+#: Small and fast: every generation in the tests uses these unless it needs otherwise.
+FAST = {"steps": 2, "width": 64, "height": 64, "seed": 7}
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    cache = os.environ.get("INSTANTSTYLE_FIXTURES")
+    return tiny_models(Path(cache) if cache else tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def sdxl(tiny: TinyModels) -> StylePipeline:
+    """One SDXL pipeline for tests that only run requests (all weights kept: any blocks, no reload)."""
+    return StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", keep_all_weights=True)
+
+
+@pytest.fixture(scope="session")
+def sd15(tiny: TinyModels) -> StylePipeline:
+    return StylePipeline.from_pretrained(str(tiny.sd15), str(tiny.sd15_adapter), device="cpu", keep_all_weights=True)
+
+
+def pixels(image) -> np.ndarray:
+    """An image as float pixels, for comparing outputs."""
+    return np.asarray(image, dtype=np.float64)
