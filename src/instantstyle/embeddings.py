@@ -21,6 +21,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 from .errors import UserError
 
 STYLE_FILE_FORMAT = "instantstyle-style/1"
+CLIP_MEAN_RGB = (122, 116, 104)  # CLIP's normalisation mean: padding that normalises to zero
 
 
 def load_image(path: str | Path, what: str = "image") -> Image.Image:
@@ -76,6 +77,30 @@ def encode_images(images: Sequence[Image.Image], encoder: ImageEncoder, kind: st
     if kind == "global":
         return model(pixels).image_embeds.float()
     return model(pixels, output_hidden_states=True).hidden_states[-2].float()
+
+
+def fit_square(image: Image.Image, fit: str) -> list[Image.Image]:
+    """The square views a reference is encoded from: ``crop`` leaves the encoder's centre crop as it is
+    (the original behaviour), ``pad`` pads to a square with CLIP's mean colour (the whole image, nothing
+    cut), ``tiles`` gives overlapping square crops along the long side (their embeddings are averaged)."""
+    width, height = image.size
+    side = min(width, height)
+    if fit == "crop" or width == height:
+        return [image]
+    if fit == "pad":
+        return [ImageOps.pad(image, (max(width, height),) * 2, color=CLIP_MEAN_RGB)]
+    if fit != "tiles":
+        raise UserError(f"unknown style fit {fit!r} (crop, pad, tiles)")
+    count = -(-max(width, height) // side)
+    starts = [round(i * (max(width, height) - side) / (count - 1)) for i in range(count)]
+    boxes = [(s, 0, s + side, side) if width > height else (0, s, side, s + side) for s in starts]
+    return [image.crop(box) for box in boxes]
+
+
+@torch.no_grad()
+def encode_reference(image: Image.Image, encoder: ImageEncoder, kind: str, fit: str = "crop") -> torch.Tensor:
+    """Encode one reference (1, ...) after fitting it to a square; several views are averaged."""
+    return encode_images(fit_square(image, fit), encoder, kind).mean(dim=0, keepdim=True)
 
 
 @torch.no_grad()

@@ -19,11 +19,12 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusio
 from PIL import Image
 
 from . import adapter as adapters
+from . import control, modes, routing
 from .blocks import cross_attention_layers, resolve_blocks
 from .embeddings import (
     ImageEncoder,
     blend,
-    encode_images,
+    encode_reference,
     image_hash,
     load_image,
     load_image_encoder,
@@ -118,6 +119,7 @@ def load_base_pipeline(model: str, dtype: torch.dtype, config: str | None = None
             pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype)
         except OSError as err:
             raise _hub_error("model", model, err) from None
+    pipe = modes.as_text_pipeline(pipe, dtype)  # an inpainting/img2img model folder: same components
     if not isinstance(pipe, (StableDiffusionXLPipeline, StableDiffusionPipeline)):
         raise UserError(f"model {model}: {type(pipe).__name__} is not supported (SD1.5 or SDXL text-to-image)")
     return pipe
@@ -239,6 +241,7 @@ class StylePipeline:
     content_text_encoder: str | None = None
     _embed_cache: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
     _content_towers: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False)
+    _controlnets: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_pretrained(
@@ -290,22 +293,32 @@ class StylePipeline:
         elif kwargs:
             request = request.replace(**kwargs)
         request = self.complete(request)
-        self.apply_blocks(request)
+        modes.check_model(request, self.pipe.unet)
+        slots = self.apply_blocks(request)
         embeds = self.ip_adapter_embeds(request)
-        self.pipe.set_progress_bar_config(disable=not progress)
+        pipe = modes.mode_pipeline(self.pipe, request, self.controlnet(request), self.dtype)
+        extra = modes.mode_kwargs(request)
+        if request.regions:
+            size = (request.width, request.height)
+            extra["cross_attention_kwargs"] = {"ip_adapter_masks": routing.region_masks(request, size, len(slots))}
+        weights = [ref.weight for ref in request.style] if request.regions else None
+        callback = routing.schedule_callback(request, self.pipe.unet, slots, weights)
+        if callback is not None:
+            extra["callback_on_step_end"] = callback
+        modes.set_vae_tiling(self.pipe.vae, request)
+        pipe.set_progress_bar_config(disable=not progress)
         assert request.seed is not None
-        output = self.pipe(
+        output = pipe(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt or None,
             num_inference_steps=request.steps,
             guidance_scale=request.guidance,
-            width=request.width,
-            height=request.height,
             num_images_per_prompt=request.num_images,
             generator=torch.Generator("cpu").manual_seed(request.seed),
-            ip_adapter_image_embeds=[embeds],
+            ip_adapter_image_embeds=embeds,
+            **extra,
         )
-        return Result(list(output.images), request)
+        return Result(modes.paste_back(list(output.images), request), request)
 
     def complete(self, request: Request) -> Request:
         """Fill in what the pipeline decides: model and adapter identity, size, and a seed."""
@@ -315,33 +328,49 @@ class StylePipeline:
                 if name == "model" or Path(resolve_adapter_file(theirs)) != Path(mine):
                     raise UserError(f"request is for {name} {theirs!r} but this pipeline has {mine!r}")
         default = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        width, height = modes.init_size(request) or (default, default)
         return request.replace(
             model=request.model or self.model_id,
             adapter=request.adapter or self.adapter.path,
-            width=request.width or default,
-            height=request.height or default,
+            width=request.width or width,
+            height=request.height or height,
             seed=request.seed if request.seed is not None else secrets.randbits(32),
+            strength=modes.default_strength(request),
+            controlnet=request.control and control.controlnet_ref(request.control, self.arch, request.controlnet),
         )
 
-    def apply_blocks(self, request: Request) -> dict[str, float]:
-        """Resolve the request's blocks to per-layer scales; reload the adapter if pruned layers are needed."""
-        scales = resolve_blocks(request.blocks, self.layers, self.arch, request.scale)
+    def controlnet(self, request: Request) -> Any | None:
+        """The request's ControlNet, loaded once per reference and moved to the pipeline's device."""
+        if request.control is None:
+            return None
+        ref = control.controlnet_ref(request.control, self.arch, request.controlnet)
+        if ref not in self._controlnets:
+            model = control.load_controlnet(ref, self.pipe.unet, self.dtype)
+            self._controlnets[ref] = model.to(self.device)
+        return self._controlnets[ref]
+
+    def apply_blocks(self, request: Request) -> list[dict[str, float]]:
+        """Resolve the request's blocks to per-slot layer scales (slot 1: composition); reload the adapter
+        if pruned layers are needed."""
+        slots = routing.slot_scales(request, self.layers, self.arch)
         unet = self.pipe.unet
         held = adapters.active_layers(unet)
-        targets = {layer for layer, s in scales.items() if s}
+        targets = {layer for scales in slots for layer, s in scales.items() if s}
         if held is not None and not targets <= held[0]:
             weights = read_adapter_for(self.adapter.path)
-            adapters.attach_adapters(self.pipe, [weights], None if self.keep_all_weights else [set(scales)])
-        adapters.set_layer_scales(unet, [scales])
-        return scales
+            keep = None if self.keep_all_weights else [set().union(*slots)]
+            adapters.attach_adapters(self.pipe, [weights], keep)
+        routing.set_slot_count(unet, len(slots))
+        routing.set_scales(unet, slots, [ref.weight for ref in request.style] if request.regions else None)
+        return slots
 
     # --- the style embedding -------------------------------------------------------------
-    def encode(self, path: str) -> torch.Tensor:
-        """Encode one reference image, cached by image content and encoder."""
-        key = (image_hash(path), self.image_encoder.identity, self.adapter.kind)
+    def encode(self, path: str, fit: str = "crop") -> torch.Tensor:
+        """Encode one reference image (fitted to a square by ``fit``), cached by image content and encoder."""
+        key = (image_hash(path), self.image_encoder.identity, self.adapter.kind, fit)
         if key not in self._embed_cache:
             image = load_image(path, "style image")
-            self._embed_cache[key] = encode_images([image], self.image_encoder, self.adapter.kind).cpu()
+            self._embed_cache[key] = encode_reference(image, self.image_encoder, self.adapter.kind, fit).cpu()
         return self._embed_cache[key]
 
     def reference_embeds(self, request: Request) -> torch.Tensor:
@@ -354,7 +383,9 @@ class StylePipeline:
                     raise UserError(f"style file {ref.path} was made for a {style.kind} adapter of another width")
                 parts.append(style.embeds)
             else:
-                parts.append(self.encode(ref.path))
+                parts.append(self.encode(ref.path, request.style_fit))
+        if request.regions:  # one image per region, each weighted by its scale (routing.set_scales)
+            return torch.cat(parts)
         return blend(parts, [ref.weight for ref in request.style])
 
     def content_embeds(self, request: Request) -> torch.Tensor | None:
@@ -405,17 +436,21 @@ class StylePipeline:
         content = self.content_embeds(request)
         if content is not None:
             style = subtract_content(style, content.cpu(), request.content_scale)
-        negative = unconditional_embeds(style, self.image_encoder, self.adapter.kind).cpu()
+        negative = unconditional_embeds(style, self.image_encoder, self.adapter.kind).cpu().expand_as(style)
         return style, negative
 
-    def ip_adapter_embeds(self, request: Request) -> torch.Tensor:
-        """The tensor diffusers takes as ``ip_adapter_image_embeds[0]``: (2, 1, ...) under CFG,
-        negative half first; diffusers repeats it for every image of the prompt."""
-        style, negative = self.style_embeds(request)
-        embeds = style[None]
-        if request.guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None:
-            embeds = torch.cat([negative[None], embeds])
-        return embeds.to(self.device, self.dtype)
+    def ip_adapter_embeds(self, request: Request) -> list[torch.Tensor]:
+        """What diffusers takes as ``ip_adapter_image_embeds``: per slot (style, then composition) a tensor
+        (2, n, ...) under CFG, negative half first, n = 1 or one per region; diffusers repeats it per image."""
+        pairs = [self.style_embeds(request)]
+        if request.composition is not None:
+            layout = self.encode(request.composition, request.style_fit)
+            pairs.append((layout, unconditional_embeds(layout, self.image_encoder, self.adapter.kind).cpu()))
+        cfg = request.guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None
+        return [
+            (torch.cat([negative[None], style[None]]) if cfg else style[None]).to(self.device, self.dtype)
+            for style, negative in pairs
+        ]
 
 
 def read_adapter_for(ref: str) -> adapters.AdapterWeights:

@@ -17,6 +17,10 @@ from .errors import UserError
 
 PNG_KEY = "instantstyle"
 FORMAT_VERSION = 1
+#: ``--control`` values computed by the project; anything else is a ready control image.
+CONTROL_KINDS = ("canny", "depth")
+#: How a non-square reference becomes the encoder's square input.
+STYLE_FITS = ("crop", "pad", "tiles")
 
 
 @dataclass(frozen=True)
@@ -67,12 +71,28 @@ class Request:
     adapter: str | None = None
     image_encoder: str | None = None
     content_text_encoder: str | None = None
+    # Image-based modes (see modes.py): img2img, inpainting, ControlNet, alone or together.
+    init_image: str | None = None
+    strength: float | None = None  # None: the mode's default (img2img 0.8, inpainting 1.0)
+    mask: str | None = None  # white = repaint
+    control: str | None = None  # canny | depth | a ready control image
+    control_image: str | None = None  # the image canny/depth is made from (default: the init image)
+    control_scale: float = 1.0
+    controlnet: str | None = None  # None: the default ControlNet for the control kind and model
+    # Where and when the image features act (see routing.py).
+    composition: str | None = None
+    composition_scale: float = 1.0
+    regions: tuple[str, ...] = ()  # one mask per style: white = that style's area
+    style_start: float = 0.0
+    style_end: float = 1.0
+    style_fit: str = "crop"
 
     def __post_init__(self) -> None:
         if isinstance(self.style, (str, StyleRef)):
             object.__setattr__(self, "style", (self.style,))
         refs = tuple(StyleRef.parse(s) if isinstance(s, str) else s for s in self.style)
         object.__setattr__(self, "style", refs)
+        object.__setattr__(self, "regions", tuple(_as_list(self.regions)) if self.regions else ())
         self.validate()
 
     def validate(self) -> None:
@@ -98,6 +118,54 @@ class Request:
                     raise UserError(f"{name} must be a multiple of 8, got {value}")
         if self.content_image is not None and self.content_prompt is not None:
             raise UserError("give either a content prompt or a content image, not both")
+        self._validate_modes()
+
+    def _validate_modes(self) -> None:
+        for name in ("init_image", "mask", "control", "control_image", "controlnet", "composition"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise UserError(f"{name.replace('_', ' ')} must be a path, got {value!r}")
+        if self.strength is not None:
+            _check_number("strength", self.strength, low=0.0)
+            if not 0 < self.strength <= 1:
+                raise UserError(f"strength must be above 0 and at most 1, got {self.strength}")
+            if self.init_image is None:
+                raise UserError("strength needs an init image (--init-image)")
+        if self.mask is not None and self.init_image is None:
+            raise UserError("a mask needs an init image to repaint (--init-image)")
+        _check_number("control scale", self.control_scale, low=0.0)
+        if self.control is None:
+            if self.control_image is not None or self.controlnet is not None:
+                raise UserError("--control-image and --controlnet need --control canny|depth|IMAGE")
+        elif self.control in CONTROL_KINDS:
+            if self.control_image is None and self.init_image is None:
+                raise UserError(f"--control {self.control} needs --control-image IMAGE (or --init-image)")
+        elif self.control_image is not None:
+            raise UserError("--control IMAGE is the ready control image; --control-image is for canny|depth")
+        elif self.controlnet is None:
+            raise UserError(f"--control {self.control} (a ready control image) needs --controlnet MODEL")
+        _check_number("composition scale", self.composition_scale, low=0.0)
+        for region in self.regions:
+            if not isinstance(region, str) or not region:
+                raise UserError(f"a region must be a mask image path, got {region!r}")
+        if self.regions and len(self.regions) != len(self.style):
+            raise UserError(f"{len(self.regions)} region mask(s) for {len(self.style)} style(s): give one per style")
+        for name in ("style_start", "style_end"):
+            label, value = name.replace("_", " "), getattr(self, name)
+            _check_number(label, value, low=0.0)
+            if value > 1:
+                raise UserError(f"{label} is a fraction of the run (0 to 1), got {value}")
+        if self.style_start > self.style_end:
+            raise UserError(f"style start {self.style_start} is after style end {self.style_end}")
+        if self.style_fit not in STYLE_FITS:
+            raise UserError(f"style fit must be one of {', '.join(STYLE_FITS)}, got {self.style_fit!r}")
+
+    @property
+    def mode(self) -> str:
+        """``text``, ``img2img`` or ``inpaint`` (each may add a ControlNet)."""
+        if self.mask is not None:
+            return "inpaint"
+        return "img2img" if self.init_image is not None else "text"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (styles as ``{"path", "weight"}``), with the format version."""

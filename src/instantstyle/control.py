@@ -1,0 +1,107 @@
+"""ControlNet inputs: the control image (canny edges computed here, a depth map or a ready image) and the model.
+
+Canny is computed in torch (no OpenCV): Gaussian blur, Sobel gradients, non-maximum suppression and
+hysteresis between OpenCV's usual thresholds 100 and 200, as the original InstantStyle script does.
+Depth needs a depth-estimation model, which this project does not bundle: ``--control depth`` takes a
+precomputed depth map (white = near). The adapter's image tokens never reach the ControlNet: diffusers
+gives it only the text embeddings, and ``load_controlnet`` refuses one carrying an image projection.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .embeddings import load_image
+from .errors import UserError
+
+#: The ControlNet used when ``--controlnet`` is not given, per model architecture and control kind.
+DEFAULT_CONTROLNETS = {
+    "sdxl": {"canny": "diffusers/controlnet-canny-sdxl-1.0", "depth": "diffusers/controlnet-depth-sdxl-1.0"},
+    "sd15": {"canny": "lllyasviel/control_v11p_sd15_canny", "depth": "lllyasviel/control_v11f1p_sd15_depth"},
+}
+
+
+def canny(image: Image.Image, low: float = 100.0, high: float = 200.0) -> Image.Image:
+    """Canny edges of an image as white lines on black (RGB), the input canny ControlNets were trained on."""
+    grey = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32))[None, None]
+    x = torch.arange(5, dtype=torch.float32) - 2
+    g = torch.exp(-(x**2) / (2 * 1.4**2))
+    g = g / g.sum()
+    grey = F.conv2d(F.pad(grey, (2, 2, 2, 2), mode="replicate"), (g[:, None] * g[None, :])[None, None])
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    padded = F.pad(grey, (1, 1, 1, 1), mode="replicate")
+    gx = F.conv2d(padded, sobel[None, None])[0, 0]
+    gy = F.conv2d(padded, sobel.T[None, None])[0, 0]
+    magnitude = torch.hypot(gx, gy)
+    # Non-maximum suppression along the gradient direction, quantised to 0/45/90/135 degrees.
+    angle = (torch.rad2deg(torch.atan2(gy, gx)) + 180.0) % 180.0
+    sector = (((angle + 22.5) // 45) % 4).long()
+    offsets = [(0, 1), (1, 1), (1, 0), (1, -1)]  # (dy, dx) for 0, 45, 90, 135 degrees
+    m = F.pad(magnitude, (1, 1, 1, 1))
+    h, w = magnitude.shape
+    keep = torch.zeros_like(magnitude, dtype=torch.bool)
+    for i, (dy, dx) in enumerate(offsets):
+        ahead = m[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+        behind = m[1 - dy : 1 - dy + h, 1 - dx : 1 - dx + w]
+        keep |= (sector == i) & (magnitude >= ahead) & (magnitude >= behind)
+    thin = magnitude * keep
+    strong, weak = thin >= high, thin >= low
+    edges = strong
+    while True:  # hysteresis: weak pixels join when they touch an edge
+        grown = F.max_pool2d(edges[None, None].float(), 3, 1, 1)[0, 0].bool() & weak
+        if torch.equal(grown, edges):
+            break
+        edges = grown
+    out = edges.numpy().astype(np.uint8) * 255
+    return Image.fromarray(out).convert("RGB")
+
+
+def control_image(kind: str, source: str, size: tuple[int, int]) -> Image.Image:
+    """The conditioning image for ``--control kind`` at the output size: canny edges of ``source``,
+    or ``source`` itself (a depth map or a ready control image)."""
+    what = {"canny": "control image", "depth": "depth map"}.get(kind, "control image")
+    image = load_image(source, what)
+    if kind == "canny":
+        return canny(image.resize(size, Image.Resampling.LANCZOS))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def controlnet_ref(kind: str, arch: str, given: str | None) -> str:
+    """The ControlNet to use: the one given, else the default for this control kind and model."""
+    if given is not None:
+        return given
+    if kind not in DEFAULT_CONTROLNETS[arch]:
+        raise UserError(f"--control {kind}: give the ControlNet for this control image with --controlnet")
+    return DEFAULT_CONTROLNETS[arch][kind]
+
+
+def load_controlnet(ref: str, unet: Any, dtype: torch.dtype) -> Any:
+    """Load a ControlNet (diffusers folder or hub id) and check that it fits the UNet."""
+    from diffusers import ControlNetModel
+
+    from .pipeline import _hub_error, _looks_like_path
+
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"controlnet {ref}: not a diffusers ControlNet folder (no config.json)")
+        controlnet = ControlNetModel.from_pretrained(str(path), dtype=dtype)
+    elif path.exists() or _looks_like_path(ref) or ref.count("/") != 1:
+        raise UserError(f"controlnet {ref}: no such folder (give a diffusers ControlNet folder or hub id)")
+    else:
+        try:
+            controlnet = ControlNetModel.from_pretrained(ref, dtype=dtype)
+        except OSError as err:
+            raise _hub_error("controlnet", ref, err) from None
+    config, want = controlnet.config, unet.config
+    if (config.cross_attention_dim, config.addition_embed_type) != (want.cross_attention_dim, want.addition_embed_type):
+        raise UserError(f"controlnet {ref} was made for another kind of model (SD1.5 vs SDXL)")
+    if getattr(controlnet, "encoder_hid_proj", None) is not None:
+        raise UserError(f"controlnet {ref} carries an image projection; image tokens must not reach a ControlNet")
+    return controlnet.eval()

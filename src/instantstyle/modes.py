@@ -1,0 +1,148 @@
+"""Which diffusers pipeline makes a request, and the image inputs it takes.
+
+text-to-image, img2img (``init_image``) or inpainting (``init_image`` + ``mask``), each alone or with
+a ControlNet: six diffusers pipelines per architecture, all built with ``from_pipe`` from the loaded
+one, so they share its weights and the adapter already attached to its UNet. Inputs are resized to
+the request's size here, so every pipeline sees the same geometry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from PIL import Image
+
+from .control import control_image
+from .embeddings import load_image
+from .errors import UserError
+from .request import Request
+
+#: Pipeline class names per architecture, by (mode, with ControlNet).
+PIPELINES = {
+    "sdxl": {
+        ("text", False): "StableDiffusionXLPipeline",
+        ("img2img", False): "StableDiffusionXLImg2ImgPipeline",
+        ("inpaint", False): "StableDiffusionXLInpaintPipeline",
+        ("text", True): "StableDiffusionXLControlNetPipeline",
+        ("img2img", True): "StableDiffusionXLControlNetImg2ImgPipeline",
+        ("inpaint", True): "StableDiffusionXLControlNetInpaintPipeline",
+    },
+    "sd15": {
+        ("text", False): "StableDiffusionPipeline",
+        ("img2img", False): "StableDiffusionImg2ImgPipeline",
+        ("inpaint", False): "StableDiffusionInpaintPipeline",
+        ("text", True): "StableDiffusionControlNetPipeline",
+        ("img2img", True): "StableDiffusionControlNetImg2ImgPipeline",
+        ("inpaint", True): "StableDiffusionControlNetInpaintPipeline",
+    },
+}
+DEFAULT_STRENGTH = {"img2img": 0.8, "inpaint": 1.0}
+VAE_TILING_ABOVE = 1024
+
+
+def init_size(request: Request) -> tuple[int, int] | None:
+    """The init image's size rounded down to a multiple of 8: the default output size in img2img."""
+    if request.init_image is None:
+        return None
+    width, height = load_image(request.init_image, "init image").size
+    return max(64, width // 8 * 8), max(64, height // 8 * 8)
+
+
+def check_inputs(request: Request) -> None:
+    """Every mode input readable (before any model loads): one-line errors for missing or broken files."""
+    for name, what in (("init_image", "init image"), ("mask", "mask"), ("composition", "composition image")):
+        if getattr(request, name) is not None:
+            load_image(getattr(request, name), what)
+    for region in request.regions:
+        load_image(region, "region mask")
+    if request.control is not None:
+        source = request.control_image or request.init_image
+        if request.control not in ("canny", "depth"):
+            source = request.control
+        assert source is not None
+        load_image(source, "control image")
+    if request.controlnet is not None and Path(request.controlnet).expanduser().is_file():
+        raise UserError(f"controlnet {request.controlnet}: give the ControlNet's diffusers folder, not a file")
+
+
+def default_strength(request: Request) -> float | None:
+    """The request's strength, or its mode's default (img2img 0.8, inpainting 1.0); none in text mode."""
+    if request.mode == "text":
+        return request.strength
+    return request.strength if request.strength is not None else DEFAULT_STRENGTH[request.mode]
+
+
+def as_text_pipeline(pipe: Any, dtype: torch.dtype) -> Any:
+    """An img2img or inpainting pipeline (e.g. an inpainting model folder) as its text-to-image sibling,
+    sharing the components: every mode is then built from it alike."""
+    for table in PIPELINES.values():
+        if type(pipe).__name__ in (table[("img2img", False)], table[("inpaint", False)]):
+            return getattr(diffusers, table[("text", False)]).from_pipe(pipe, dtype=dtype)
+    return pipe
+
+
+def set_vae_tiling(vae: Any, request: Request) -> None:
+    """Decode in tiles above 1024 px (SDXL's native size), where a whole-image decode needs many GiB."""
+    assert request.width is not None and request.height is not None
+    if max(request.width, request.height) > VAE_TILING_ABOVE:
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
+
+
+def check_model(request: Request, unet: Any) -> None:
+    """Refuse a request the model cannot make: an inpainting UNet needs an init image and a mask."""
+    if unet.config.in_channels == 9 and request.mode != "inpaint":
+        raise UserError("this is an inpainting model: give --init-image and --mask")
+    if unet.config.in_channels not in (4, 9):
+        raise UserError(f"the model's UNet takes {unet.config.in_channels} channels; only 4 (or 9 for inpainting)")
+
+
+def mode_pipeline(base: Any, request: Request, controlnet: Any | None, dtype: torch.dtype) -> Any:
+    """The diffusers pipeline for the request's mode, sharing ``base``'s components (no weight copy)."""
+    arch = "sdxl" if base.unet.config.addition_embed_type == "text_time" else "sd15"
+    name = PIPELINES[arch][(request.mode, controlnet is not None)]
+    if type(base).__name__ == name:
+        return base
+    extra = {"controlnet": controlnet} if controlnet is not None else {}
+    return getattr(diffusers, name).from_pipe(base, dtype=dtype, **extra)
+
+
+def mode_kwargs(request: Request) -> dict[str, Any]:
+    """The image inputs of the request's mode as diffusers keyword arguments, at the request's size."""
+    assert request.width is not None and request.height is not None
+    size = (request.width, request.height)
+    kwargs: dict[str, Any] = {}
+    if request.mode != "text":
+        kwargs["image"] = load_image(request.init_image or "", "init image").resize(size, Image.Resampling.LANCZOS)
+        kwargs["strength"] = request.strength
+    if request.mode == "inpaint":
+        kwargs["mask_image"] = load_mask(request.mask or "", size)
+    if request.control is not None:
+        source = request.control if request.control not in ("canny", "depth") else request.control_image
+        condition = control_image(request.control, source or request.init_image or "", size)
+        kwargs["control_image" if request.mode != "text" else "image"] = condition
+        kwargs["controlnet_conditioning_scale"] = request.control_scale
+    if request.mode == "text" or request.mode == "inpaint" or request.control is not None:
+        kwargs["width"], kwargs["height"] = size
+    return kwargs
+
+
+def load_mask(path: str, size: tuple[int, int]) -> Image.Image:
+    """A mask as greyscale at the output size (white = repaint)."""
+    return load_image(path, "mask").convert("L").resize(size, Image.Resampling.BILINEAR)
+
+
+def paste_back(images: list[Image.Image], request: Request) -> list[Image.Image]:
+    """Inpainting: put the init image back outside the mask, so untouched pixels stay exactly as given
+    (the VAE round trip would otherwise soften them)."""
+    if request.mode != "inpaint":
+        return images
+    first = images[0]
+    init = load_image(request.init_image or "", "init image").resize(first.size, Image.Resampling.LANCZOS)
+    mask = load_mask(request.mask or "", first.size)
+    return [Image.composite(image.convert("RGB"), init, mask) for image in images]
+

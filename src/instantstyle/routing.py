@@ -1,0 +1,94 @@
+"""Where and when the image features act: per-slot block scales, composition, regions, schedule.
+
+Diffusers' IP-Adapter processors zip a list of image embeddings ("slots") with per-slot scales and
+to_k_ip/to_v_ip projections. Composition adds a second slot that shares the first one's weights
+(the same modules registered twice, no copy): slot 0 carries the style image to the style blocks,
+slot 1 the composition image to the layout block. Regions give each style image of slot 0 its own
+attention mask; the schedule turns all slots off outside ``[style_start, style_end)`` of the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+from torch import nn
+
+from .adapter import set_layer_scales
+from .blocks import resolve_blocks
+from .embeddings import load_image
+from .request import Request
+
+
+def slot_scales(request: Request, layers: Sequence[str], arch: str) -> list[dict[str, float]]:
+    """Per slot ``{layer: scale}``: the blocks spec for the style image; with a composition image, the
+    layout block goes to slot 1 (at ``composition_scale``) and is taken out of slot 0."""
+    scales = resolve_blocks(request.blocks, layers, arch, request.scale)
+    if request.composition is None:
+        return [scales]
+    layout = resolve_blocks("layout", layers, arch, request.composition_scale)
+    return [{layer: s for layer, s in scales.items() if layer not in layout}, layout]
+
+
+def set_slot_count(unet: nn.Module, count: int) -> None:
+    """Make the loaded adapter offer ``count`` slots, each extra one sharing slot 0's weights."""
+    projections = unet.encoder_hid_proj.image_projection_layers
+    while len(projections) > count:
+        del projections[-1]
+    while len(projections) < count:
+        projections.append(projections[0])
+    for proc in unet.attn_processors.values():
+        if isinstance(proc, IPAdapterAttnProcessor2_0):
+            del proc.to_k_ip[count:], proc.to_v_ip[count:], proc.scale[count:], proc.num_tokens[count:]
+            while len(proc.to_k_ip) < count:
+                proc.to_k_ip.append(proc.to_k_ip[0])
+                proc.to_v_ip.append(proc.to_v_ip[0])
+                proc.scale.append(0.0)
+                proc.num_tokens.append(proc.num_tokens[0])
+
+
+def set_scales(unet: nn.Module, slots: Sequence[dict[str, float]], weights: Sequence[float] | None = None) -> None:
+    """Set per-slot layer scales; with regions, slot 0's scale becomes one per style (times its weight)."""
+    set_layer_scales(unet, slots)
+    if weights is None:
+        return
+    for proc in unet.attn_processors.values():
+        if isinstance(proc, IPAdapterAttnProcessor2_0):
+            proc.scale[0] = [proc.scale[0] * w for w in weights]
+
+
+def region_masks(request: Request, size: tuple[int, int], slots: int) -> list[torch.Tensor | None]:
+    """``ip_adapter_masks`` for diffusers: slot 0 gets one mask per style (1, n, H, W); other slots none."""
+    from diffusers.image_processor import IPAdapterMaskProcessor
+
+    images = [load_image(path, "region mask") for path in request.regions]
+    masks = IPAdapterMaskProcessor().preprocess(images, height=size[1], width=size[0])
+    return [masks.reshape(1, masks.shape[0], masks.shape[2], masks.shape[3]), *([None] * (slots - 1))]
+
+
+def schedule_callback(
+    request: Request, unet: nn.Module, slots: Sequence[dict[str, float]], weights: Sequence[float] | None
+) -> Callable[..., dict[str, Any]] | None:
+    """A ``callback_on_step_end`` that applies the image features only during ``[style_start, style_end)``
+    of the denoising run (fractions of the steps actually run); ``None`` when they act throughout.
+
+    Sets the scales for the first step itself; outside the window every slot's scale is 0, which makes
+    diffusers skip the image attention, so ``style_end=0`` is exactly a run without the adapter.
+    """
+    if request.style_start <= 0 and request.style_end >= 1:
+        return None
+    off = [dict.fromkeys(s, 0.0) for s in slots]
+
+    def apply(fraction: float) -> None:
+        on = request.style_start <= fraction < request.style_end
+        set_scales(unet, slots if on else off, weights)
+
+    apply(0.0)
+
+    def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        apply((step + 1) / max(pipe.num_timesteps, 1))
+        return kwargs
+
+    return callback
