@@ -1,0 +1,122 @@
+"""Tiny stand-ins for the image-based modes: ControlNets, inpainting models and their input images.
+
+Built from the shared tiny SDXL / SD1.5 fixtures in the real topology and saved the way the real
+ones ship (a ControlNet ``save_pretrained`` folder; an inpainting pipeline folder whose UNet takes 9
+channels and whose ``model_index.json`` names the inpainting pipeline), so the code under test loads
+them through the same loaders as the real checkpoints.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .fixtures import TinyModels, make_style_image
+
+MODES_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ModeModels:
+    """Paths of the mode fixtures (see ``tiny_mode_models``)."""
+
+    root: Path
+    sdxl_controlnet: Path
+    sd15_controlnet: Path
+    sdxl_inpaint: Path
+    sd15_inpaint: Path
+    init_image: Path  # 64x64 picture to restyle
+    left_mask: Path  # 64x64, white left half
+    right_mask: Path  # 64x64, white right half
+    depth_map: Path  # 64x64 grey ramp
+    wide_style: Path  # 192x64: a crop of it loses two thirds
+    second_style: Path  # 64x64, unlike the shared style image
+
+
+def _layout(root: Path) -> ModeModels:
+    return ModeModels(
+        root, root / "sdxl-controlnet", root / "sd15-controlnet", root / "sdxl-inpaint", root / "sd15-inpaint",
+        root / "init.png", root / "left.png", root / "right.png", root / "depth.png", root / "wide.png",
+        root / "style2.png",
+    )
+
+
+def _build_controlnet(unet_dir: Path, dest: Path, seed: int) -> None:
+    """A ControlNet copied from the tiny UNet (as ControlNets are trained), its zero convolutions
+    given small random weights so that the control image visibly steers the result."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    controlnet = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(str(unet_dir)))
+    gen = torch.Generator().manual_seed(seed)
+    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+    with torch.no_grad():
+        for conv in zero_convs:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.3)
+        last = controlnet.controlnet_cond_embedding.conv_out
+        last.weight.copy_(torch.randn(last.weight.shape, generator=gen) * 0.3)
+    controlnet.save_pretrained(str(dest))
+
+
+def _build_inpaint(base: Path, dest: Path, seed: int) -> None:
+    """The base pipeline with a fresh 9-channel UNet (latents, mask, masked-image latents), saved as the
+    inpainting pipeline class, as real inpainting checkpoints are."""
+    import diffusers
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    pipe = DiffusionPipeline.from_pretrained(str(base))
+    config = dict(UNet2DConditionModel.load_config(str(base / "unet")))
+    config["in_channels"] = 9
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(config)
+    name = type(pipe).__name__.replace("Pipeline", "InpaintPipeline")
+    components = {**pipe.components, "unet": unet}
+    inpaint = getattr(diffusers, name)(**components)
+    inpaint.save_pretrained(str(dest))
+
+
+def _save(array: np.ndarray, path: Path) -> Path:
+    Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _build_images(root: Path) -> None:
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32)
+    init = np.stack([x * 4, y * 4, 255 - (x + y) * 2], axis=-1)
+    init[(x - 40) ** 2 + (y - 24) ** 2 < 144] = (250, 230, 40)
+    _save(init, root / "init.png")
+    left = np.where(x < 32, 255, 0)
+    _save(np.stack([left] * 3, axis=-1), root / "left.png")
+    _save(np.stack([255 - left] * 3, axis=-1), root / "right.png")
+    _save(np.stack([y * 4] * 3, axis=-1), root / "depth.png")
+    make_style_image(root / "wide.png", (192, 64), seed=11)
+    make_style_image(root / "style2.png", (64, 64), seed=23)
+
+
+def tiny_mode_models(root: Path, tiny: TinyModels, seed: int = 0) -> ModeModels:
+    """Build (once, atomically) and return the mode fixtures under ``root``."""
+    root = Path(root).expanduser().absolute()
+    marker = root / ".complete"
+    if marker.is_file() and marker.read_text() == MODES_VERSION:
+        return _layout(root)
+    tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            _build_controlnet(tiny.sdxl / "unet", tmp / "sdxl-controlnet", seed)
+            _build_controlnet(tiny.sd15 / "unet", tmp / "sd15-controlnet", seed + 1)
+            _build_inpaint(tiny.sdxl, tmp / "sdxl-inpaint", seed + 2)
+            _build_inpaint(tiny.sd15, tmp / "sd15-inpaint", seed + 3)
+        _build_images(tmp)
+        (tmp / ".complete").write_text(MODES_VERSION)
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _layout(root)
