@@ -260,11 +260,11 @@ def selftest(keep: str | None, debug: bool) -> None:
     run_cli(body, debug)
 
 
-def entry() -> None:
-    """Console entry point: click's own usage errors become one line too."""
+def entry(argv: list[str] | None = None) -> None:
+    """Console entry point (``argv`` for tests): click's own usage errors become one line too."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
     try:
-        main(standalone_mode=False)
+        main(args=argv, standalone_mode=False)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
     except click.Abort:
