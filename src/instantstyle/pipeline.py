@@ -72,9 +72,12 @@ def _looks_like_path(ref: str) -> bool:
 
 
 def _hub_error(what: str, ref: str, err: Exception) -> UserError:
-    offline = "offline" in str(err).lower() or type(err).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled")
-    if offline:
-        return UserError(f"{what} {ref!r} is not in the Hugging Face cache and the hub cannot be reached (offline)")
+    """One line for a hub failure: not cached while offline, or what the hub said."""
+    from huggingface_hub import constants
+
+    text = str(err).lower()
+    if constants.HF_HUB_OFFLINE or "offline" in text or "outgoing traffic has been disabled" in text:
+        return UserError(f"{what} {ref!r} is not in the Hugging Face cache and the hub is offline; download it first")
     return UserError(f"{what} {ref!r} could not be loaded from the hub ({type(err).__name__}: {str(err)[:200]})")
 
 
@@ -327,7 +330,7 @@ class StylePipeline:
             if theirs is not None and theirs != mine and Path(theirs).expanduser() != Path(mine):
                 if name == "model" or Path(resolve_adapter_file(theirs)) != Path(mine):
                     raise UserError(f"request is for {name} {theirs!r} but this pipeline has {mine!r}")
-        default = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        default = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         width, height = modes.init_size(request) or (default, default)
         return request.replace(
             model=request.model or self.model_id,
