@@ -100,6 +100,22 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
     _request_option("width", "Image width (default: the model's).", type=INT),
     _request_option("height", "Image height (default: the model's).", type=INT),
     _request_option("num_images", "Images per prompt.", type=INT),
+    _request_option("init_image", "Image to restyle (img2img), or to repaint with --mask."),
+    _request_option("strength", "How far from --init-image: 0 keeps it, 1 ignores it (default 0.8; 1.0 when "
+                    "inpainting).", type=FLOAT),
+    _request_option("mask", "Inpainting mask for --init-image: white = repaint."),
+    _request_option("control", "ControlNet input: canny | depth | a ready control image (needs --controlnet)."),
+    _request_option("control_image", "Image to take canny edges from, or the depth map (default: --init-image)."),
+    _request_option("control_scale", "ControlNet strength.", type=FLOAT),
+    _request_option("controlnet", "ControlNet folder or hub id (default: the canny/depth ControlNet for the model)."),
+    _request_option("composition", "Image for the layout block; the style image keeps the style blocks."),
+    _request_option("composition_scale", "Scale of the composition image in the layout block.", type=FLOAT),
+    ("regions", click.Option(["--region", "regions"], multiple=True, help="Mask per --style, in order: white = "
+                             "where that style applies.")),
+    _request_option("style_start", "Fraction of the denoising run when the style starts acting.", type=FLOAT),
+    _request_option("style_end", "Fraction of the denoising run when the style stops acting.", type=FLOAT),
+    _request_option("style_fit", "Non-square references: centre crop, pad to square, or average square tiles.",
+                    type=click.Choice(["crop", "pad", "tiles"])),
 ]
 
 
@@ -160,6 +176,9 @@ def check_inputs(request: Request) -> None:
     if request.content_image is not None:
         load_image(request.content_image, "content image")
     parse_spec(request.blocks)
+    from .modes import check_inputs as check_mode_inputs
+
+    check_mode_inputs(request)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

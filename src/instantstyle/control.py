@@ -81,19 +81,28 @@ def controlnet_ref(kind: str, arch: str, given: str | None) -> str:
     return DEFAULT_CONTROLNETS[arch][kind]
 
 
-def load_controlnet(ref: str, unet: Any, dtype: torch.dtype) -> Any:
-    """Load a ControlNet (diffusers folder or hub id) and check that it fits the UNet."""
-    from diffusers import ControlNetModel
-
-    from .pipeline import _hub_error, _looks_like_path
+def check_controlnet_ref(ref: str) -> None:
+    """A ControlNet reference must be a diffusers folder or a hub id (``org/name``)."""
+    from .pipeline import _looks_like_path
 
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"controlnet {ref}: not a diffusers ControlNet folder (no config.json)")
-        controlnet = ControlNetModel.from_pretrained(str(path), dtype=dtype)
     elif path.exists() or _looks_like_path(ref) or ref.count("/") != 1:
         raise UserError(f"controlnet {ref}: no such folder (give a diffusers ControlNet folder or hub id)")
+
+
+def load_controlnet(ref: str, unet: Any, dtype: torch.dtype) -> Any:
+    """Load a ControlNet (diffusers folder or hub id) and check that it fits the UNet."""
+    from diffusers import ControlNetModel
+
+    from .pipeline import _hub_error
+
+    check_controlnet_ref(ref)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        controlnet = ControlNetModel.from_pretrained(str(path), dtype=dtype)
     else:
         try:
             controlnet = ControlNetModel.from_pretrained(ref, dtype=dtype)

@@ -8,14 +8,14 @@ the request's size here, so every pipeline sees the same geometry.
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 from typing import Any
 
 import diffusers
 import torch
 from PIL import Image
 
-from .control import control_image
+from .control import check_controlnet_ref, control_image
 from .embeddings import load_image
 from .errors import UserError
 from .request import Request
@@ -64,8 +64,8 @@ def check_inputs(request: Request) -> None:
             source = request.control
         assert source is not None
         load_image(source, "control image")
-    if request.controlnet is not None and Path(request.controlnet).expanduser().is_file():
-        raise UserError(f"controlnet {request.controlnet}: give the ControlNet's diffusers folder, not a file")
+    if request.controlnet is not None:
+        check_controlnet_ref(request.controlnet)
 
 
 def default_strength(request: Request) -> float | None:
@@ -80,7 +80,7 @@ def as_text_pipeline(pipe: Any, dtype: torch.dtype) -> Any:
     sharing the components: every mode is then built from it alike."""
     for table in PIPELINES.values():
         if type(pipe).__name__ in (table[("img2img", False)], table[("inpaint", False)]):
-            return getattr(diffusers, table[("text", False)]).from_pipe(pipe, dtype=dtype)
+            return _from_pipe(table[("text", False)], pipe, dtype)
     return pipe
 
 
@@ -97,6 +97,10 @@ def check_model(request: Request, unet: Any) -> None:
     """Refuse a request the model cannot make: an inpainting UNet needs an init image and a mask."""
     if unet.config.in_channels == 9 and request.mode != "inpaint":
         raise UserError("this is an inpainting model: give --init-image and --mask")
+    if request.strength is not None and int(request.steps * request.strength) < 1:
+        raise UserError(
+            f"strength {request.strength} of {request.steps} steps runs no denoising step; raise --steps or --strength"
+        )
     if unet.config.in_channels not in (4, 9):
         raise UserError(f"the model's UNet takes {unet.config.in_channels} channels; only 4 (or 9 for inpainting)")
 
@@ -108,7 +112,19 @@ def mode_pipeline(base: Any, request: Request, controlnet: Any | None, dtype: to
     if type(base).__name__ == name:
         return base
     extra = {"controlnet": controlnet} if controlnet is not None else {}
-    return getattr(diffusers, name).from_pipe(base, dtype=dtype, **extra)
+    return _from_pipe(name, base, dtype, **extra)
+
+
+def _from_pipe(name: str, base: Any, dtype: torch.dtype, **extra: Any) -> Any:
+    """``from_pipe`` at the loaded dtype (its default would cast the shared modules to float32), without its
+    per-module warning about casting (the modules already have that dtype)."""
+    quiet = logging.getLogger("diffusers.models.modeling_utils")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return getattr(diffusers, name).from_pipe(base, dtype=dtype, **extra)
+    finally:
+        quiet.setLevel(level)
 
 
 def mode_kwargs(request: Request) -> dict[str, Any]:
