@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 
 from instantstyle import StylePipeline  # noqa: E402
 from instantstyle.testing import TinyModels, tiny_models  # noqa: E402
+from instantstyle.testing.modes import ModeModels, tiny_mode_models  # noqa: E402
 
 #: Small and fast: every generation in the tests uses these unless it needs otherwise.
 FAST = {"steps": 2, "width": 64, "height": 64, "seed": 7}
@@ -35,6 +36,12 @@ def sdxl(tiny: TinyModels) -> StylePipeline:
 @pytest.fixture(scope="session")
 def sd15(tiny: TinyModels) -> StylePipeline:
     return StylePipeline.from_pretrained(str(tiny.sd15), str(tiny.sd15_adapter), device="cpu", keep_all_weights=True)
+
+
+@pytest.fixture(scope="session")
+def modes(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> ModeModels:
+    """Tiny ControlNets, inpainting models and mode input images (init, masks, depth map, wide style)."""
+    return tiny_mode_models(tmp_path_factory.mktemp("modes"), tiny)
 
 
 def pixels(image) -> np.ndarray:

@@ -1,0 +1,149 @@
+"""Image-based modes: img2img, inpainting and ControlNet on SDXL and SD1.5, through one StylePipeline."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from instantstyle import Request, StylePipeline, UserError
+from instantstyle.control import canny
+
+from .conftest import FAST, pixels
+
+
+def make_request(tiny, **changes) -> Request:
+    return Request(**{"prompt": "a cat", "style": str(tiny.style_image), **FAST, **changes})
+
+
+@pytest.fixture(params=["sdxl", "sd15"])
+def arch(request):
+    """(arch, session pipeline) for tests that must hold on both architectures."""
+    return request.param, request.getfixturevalue(request.param)
+
+
+def controlnet_of(modes, arch_name):
+    return str(modes.sdxl_controlnet if arch_name == "sdxl" else modes.sd15_controlnet)
+
+
+def test_img2img_follows_the_init_image(arch, tiny, modes, tmp_path):
+    _, pipe = arch
+    text = pixels(pipe(make_request(tiny)).images[0])
+    first = pixels(pipe(make_request(tiny, init_image=str(modes.init_image), strength=0.5)).images[0])
+    Image.open(modes.init_image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "flipped.png")
+    other = pixels(pipe(make_request(tiny, init_image=str(tmp_path / "flipped.png"), strength=0.5)).images[0])
+    assert abs(first - text).mean() > 1
+    assert abs(first - other).mean() > 1
+
+
+def test_img2img_lower_strength_stays_closer_to_the_init_image(sdxl, tiny, modes):
+    request = make_request(tiny, init_image=str(modes.init_image), steps=4)
+    start = pixels(sdxl(request, strength=0.25).images[0])
+    middle = pixels(sdxl(request, strength=0.5).images[0])
+    full = pixels(sdxl(request, strength=1.0).images[0])
+    assert abs(start - middle).mean() < abs(start - full).mean()
+
+
+def test_img2img_size_defaults_to_the_init_image(sdxl, tiny, modes, tmp_path):
+    Image.open(modes.init_image).resize((96, 64)).save(tmp_path / "wide.png")
+    result = sdxl(make_request(tiny, init_image=str(tmp_path / "wide.png"), width=None, height=None))
+    assert result.images[0].size == (96, 64)
+    assert result.request.strength == 0.8
+
+
+def test_strength_that_runs_no_step_is_an_error(sdxl, tiny, modes):
+    with pytest.raises(UserError, match="runs no denoising step"):
+        sdxl(make_request(tiny, init_image=str(modes.init_image), strength=0.3))
+
+
+def test_inpainting_repaints_only_inside_the_mask(arch, tiny, modes):
+    _, pipe = arch
+    init = pixels(Image.open(modes.init_image).convert("RGB"))
+    out = pixels(pipe(make_request(tiny, init_image=str(modes.init_image), mask=str(modes.left_mask))).images[0])
+    inside, outside = abs(out - init)[:, :32], abs(out - init)[:, 32:]
+    assert outside.max() <= 1
+    assert inside.mean() > 10
+
+
+def test_inpainting_checkpoint_with_a_9_channel_unet(tiny, modes):
+    pipe = StylePipeline.from_pretrained(str(modes.sdxl_inpaint), str(tiny.sdxl_adapter), device="cpu")
+    assert pipe.pipe.unet.config.in_channels == 9
+    init = pixels(Image.open(modes.init_image).convert("RGB"))
+    out = pixels(pipe(make_request(tiny, init_image=str(modes.init_image), mask=str(modes.right_mask))).images[0])
+    assert abs(out - init)[:, :32].max() <= 1 and abs(out - init)[:, 32:].mean() > 10
+    with pytest.raises(UserError, match="inpainting model"):
+        pipe(make_request(tiny))
+
+
+def test_canny_draws_the_outline_of_a_square():
+    image = Image.new("RGB", (64, 64), "black")
+    image.paste((255, 255, 255), (16, 16, 48, 48))
+    edges = np.asarray(canny(image))[..., 0] > 0
+    assert edges[16:48, 14:19].any(axis=1).all()  # every row crosses the left side
+    assert not edges[24:40, 24:40].any() and not edges[:8].any()  # flat areas have none
+    assert set(np.unique(np.asarray(canny(image)))) <= {0, 255}
+
+
+@pytest.mark.parametrize("control", ["canny", "depth"])
+def test_control_image_steers_the_result(arch, tiny, modes, control):
+    name, pipe = arch
+    source = str(modes.init_image if control == "canny" else modes.depth_map)
+    plain = pixels(pipe(make_request(tiny)).images[0])
+    request = make_request(tiny, control=control, control_image=source, controlnet=controlnet_of(modes, name))
+    controlled = pixels(pipe(request).images[0])
+    weaker = pixels(pipe(request, control_scale=0.0).images[0])
+    assert abs(controlled - plain).mean() > 1
+    assert abs(weaker - plain).max() <= 1  # scale 0: the ControlNet adds nothing
+
+
+def test_control_with_img2img_and_inpainting(sdxl, tiny, modes):
+    common = {"control": "canny", "controlnet": str(modes.sdxl_controlnet), "init_image": str(modes.init_image)}
+    img2img = pixels(sdxl(make_request(tiny, **common)).images[0])
+    inpaint = pixels(sdxl(make_request(tiny, **common, mask=str(modes.left_mask))).images[0])
+    init = pixels(Image.open(modes.init_image).convert("RGB"))
+    assert abs(inpaint - init)[:, 32:].max() <= 1 and abs(img2img - inpaint).mean() > 1
+
+
+def test_controlnet_attention_never_sees_image_tokens(sdxl, tiny, modes):
+    request = make_request(tiny, control="canny", control_image=str(modes.init_image),
+                           controlnet=str(modes.sdxl_controlnet))
+    seen: dict[str, list] = {"controlnet": [], "unet": []}
+
+    def record(where):
+        def hook(module, args, kwargs):
+            seen[where].append(kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None))
+        return hook
+
+    handles = [
+        module.register_forward_pre_hook(record(where), with_kwargs=True)
+        for where, model in (("controlnet", sdxl.controlnet(request)), ("unet", sdxl.pipe.unet))
+        for name, module in model.named_modules()
+        if name.endswith("attn2")
+    ]
+    try:
+        sdxl(request)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen["controlnet"] and seen["unet"]
+    assert all(isinstance(e, torch.Tensor) and e.shape[1] == 77 for e in seen["controlnet"])
+    assert all(isinstance(e, tuple) for e in seen["unet"])  # the UNet does get (text, image tokens)
+
+
+def test_controlnet_for_the_other_architecture_is_an_error(sdxl, tiny, modes):
+    with pytest.raises(UserError, match="another kind of model"):
+        sdxl(make_request(tiny, control="canny", control_image=str(modes.init_image),
+                          controlnet=str(modes.sd15_controlnet)))
+
+
+def test_default_controlnet_is_recorded_and_missing_offline_is_an_error(sdxl, tiny, modes):
+    request = make_request(tiny, control="canny", control_image=str(modes.init_image))
+    assert sdxl.complete(request).controlnet == "diffusers/controlnet-canny-sdxl-1.0"
+    with pytest.raises(UserError, match="controlnet 'diffusers/controlnet-canny-sdxl-1.0'"):
+        sdxl(request)
+
+
+def test_vae_tiling_turns_on_above_1024_px(sdxl, tiny):
+    wide = sdxl(make_request(tiny, width=1088, height=64, steps=1))
+    assert wide.images[0].size == (1088, 64) and sdxl.pipe.vae.use_tiling
+    sdxl(make_request(tiny, steps=1))
+    assert not sdxl.pipe.vae.use_tiling
