@@ -38,6 +38,12 @@ def sd15(tiny: TinyModels) -> StylePipeline:
     return StylePipeline.from_pretrained(str(tiny.sd15), str(tiny.sd15_adapter), device="cpu", keep_all_weights=True)
 
 
+@pytest.fixture(params=["sdxl", "sd15"])
+def arch_pipe(request: pytest.FixtureRequest) -> StylePipeline:
+    """The SDXL, then the SD1.5 session pipeline: for behaviour that must hold on both."""
+    return request.getfixturevalue(request.param)
+
+
 @pytest.fixture(scope="session")
 def modes(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> ModeModels:
     """Tiny ControlNets, inpainting models and mode input images (init, masks, depth map, wide style)."""
