@@ -131,6 +131,9 @@ class Request:
                 raise UserError(f"strength must be above 0 and at most 1, got {self.strength}")
             if self.init_image is None:
                 raise UserError("strength needs an init image (--init-image)")
+            if int(self.steps * self.strength) < 1:
+                raise UserError(f"strength {self.strength} of {self.steps} steps runs no denoising step; "
+                                "raise --steps or --strength")
         if self.mask is not None and self.init_image is None:
             raise UserError("a mask needs an init image to repaint (--init-image)")
         _check_number("control scale", self.control_scale, low=0.0)

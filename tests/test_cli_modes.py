@@ -1,0 +1,53 @@
+"""The mode flags on the command line: recorded in the PNG, reproduced by --from, bad input in one line."""
+
+from PIL import Image
+
+from instantstyle.request import StyleRef, read_png_request
+
+from . import test_cli
+from .conftest import pixels
+from .test_cli import run
+
+base = test_cli.base  # the same fast SDXL flags as the core CLI tests
+
+
+def test_mode_flags_are_recorded_and_from_reproduces_the_image(capsys, base, modes, tiny, tmp_path):
+    flags = [
+        "--style", modes.second_style, "--init-image", modes.init_image, "--mask", modes.left_mask,
+        "--control", "canny", "--controlnet", modes.sdxl_controlnet, "--control-scale", "0.5",
+        "--composition", modes.init_image, "--region", modes.left_mask, "--region", modes.right_mask,
+        "--style-end", "0.5", "--style-fit", "pad",
+    ]
+    code, _, err = run(capsys, *base, *flags, "-o", tmp_path / "a.png")
+    assert code == 0, err
+    request = read_png_request(tmp_path / "a.png")
+    assert request.style == (StyleRef(str(tiny.style_image)), StyleRef(str(modes.second_style)))
+    assert (request.mask, request.strength, request.control, request.control_scale) == (
+        str(modes.left_mask), 1.0, "canny", 0.5)
+    assert (request.regions, request.style_end, request.style_fit) == (
+        (str(modes.left_mask), str(modes.right_mask)), 0.5, "pad")
+    code, _, err = run(capsys, "generate", "--from", tmp_path / "a.png", "--device", "cpu", "-o", tmp_path / "b.png")
+    assert code == 0, err
+    assert (pixels(Image.open(tmp_path / "a.png")) == pixels(Image.open(tmp_path / "b.png"))).all()
+
+
+def test_bad_mode_input_is_one_line_and_exit_2(capsys, base, modes, tmp_path):
+    (tmp_path / "text.png").write_text("not an image")
+    cases = [
+        (["--mask", modes.left_mask], "mask needs an init image"),
+        (["--region", modes.left_mask, "--region", modes.right_mask], "2 region mask(s) for 1 style(s)"),
+        (["--style", f"{modes.second_style}:heavy"], "is not a number"),
+        (["--init-image", tmp_path / "nowhere.png"], "init image"),
+        (["--init-image", modes.init_image, "--mask", tmp_path / "text.png"], "not a readable image"),
+        (["--init-image", modes.init_image, "--strength", "0.2"], "runs no denoising step"),
+        (["--control", "canny", "--control-image", modes.init_image, "--controlnet", tmp_path], "no config.json"),
+        (["--control", "canny"], "needs --control-image"),
+        (["--composition", tmp_path / "nowhere.png"], "composition image"),
+        (["--style-start", "0.9", "--style-end", "0.1"], "is after style end"),
+        (["--style-fit", "stretch"], "Invalid value for '--style-fit'"),
+    ]
+    for change, message in cases:
+        code, _, err = run(capsys, *base, "-o", tmp_path / "out.png", *change)
+        assert code == 2, (change, err)
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, (change, err)
+    assert not (tmp_path / "out.png").exists()
