@@ -31,7 +31,16 @@ def test_mode_flags_are_recorded_and_from_reproduces_the_image(capsys, base, mod
     assert (pixels(Image.open(tmp_path / "a.png")) == pixels(Image.open(tmp_path / "b.png"))).all()
 
 
-def test_bad_mode_input_is_one_line_and_exit_2(capsys, base, modes, tmp_path):
+def test_several_adapters_from_the_command_line(capsys, base, modes, tiny, tmp_path):
+    extra = f"{tiny.sdxl_plus_adapter};style={modes.second_style};blocks=layout;scale=0.5"
+    code, _, err = run(capsys, *base, "--adapter", extra, "-o", tmp_path / "a.png")  # base names the main one
+    assert code == 0, err
+    request = read_png_request(tmp_path / "a.png")
+    assert request.adapter == str(tiny.sdxl_adapter)
+    assert [(a.path, a.blocks, a.scale) for a in request.adapters] == [(str(tiny.sdxl_plus_adapter), "layout", 0.5)]
+
+
+def test_bad_mode_input_is_one_line_and_exit_2(capsys, base, modes, tiny, tmp_path):
     (tmp_path / "text.png").write_text("not an image")
     cases = [
         (["--mask", modes.left_mask], "mask needs an init image"),
@@ -45,6 +54,9 @@ def test_bad_mode_input_is_one_line_and_exit_2(capsys, base, modes, tmp_path):
         (["--composition", tmp_path / "nowhere.png"], "composition image"),
         (["--style-start", "0.9", "--style-end", "0.1"], "is after style end"),
         (["--style-fit", "stretch"], "Invalid value for '--style-fit'"),
+        (["--adapter", tiny.sdxl_plus_adapter], "give its style image(s)"),
+        (["--adapter", f"{tiny.sdxl_plus_adapter};style=nowhere.png"],
+         "style image of adapter"),
     ]
     for change, message in cases:
         code, _, err = run(capsys, *base, "-o", tmp_path / "out.png", *change)

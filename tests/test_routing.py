@@ -124,6 +124,44 @@ def test_regions_with_composition_and_a_plus_adapter_run(tiny, modes):
     assert np.asarray(result.images[0]).std() > 0
 
 
+def further_adapter(tiny, style, **options) -> str:
+    extra = "".join(f";{k}={v}" for k, v in options.items())
+    return f"{tiny.sdxl_plus_adapter};style={style}{extra}"
+
+
+def test_a_further_adapter_of_another_kind_adds_its_style(sdxl, tiny, modes):
+    plain = image(sdxl, make_request(tiny))
+    both = image(sdxl, make_request(tiny, adapters=[further_adapter(tiny, modes.second_style, blocks="layout")]))
+    off = image(sdxl, make_request(tiny, adapters=[further_adapter(tiny, modes.second_style, scale=0)]))
+    assert abs(both - plain).mean() > 0.1
+    assert (off == plain).all()
+    assert (image(sdxl, make_request(tiny)) == plain).all()  # dropping it again restores the single adapter
+
+
+def test_a_further_adapter_acts_only_on_its_own_blocks(sdxl, tiny, modes):
+    request = make_request(tiny, adapters=[further_adapter(tiny, modes.second_style, blocks="layout")])
+    first = first_step_attention(sdxl, request)
+    second = first_step_attention(sdxl, make_request(
+        tiny, adapters=[further_adapter(tiny, modes.init_image, blocks="layout")]))
+    changed = [name for name in first if not torch.equal(first[name], second[name])]
+    assert changed and changed[0].startswith("down_blocks.2.attentions.1.")
+
+
+def test_further_adapters_load_pruned_and_route_regions(tiny, modes):
+    from instantstyle import StylePipeline
+
+    pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu")
+    extra = f"{tiny.sdxl_vith_adapter};style={tiny.style_image};style={modes.second_style}" \
+            f";region={modes.left_mask};region={modes.right_mask};blocks=style"
+    result = pipe(make_request(tiny, adapters=[extra], composition=str(modes.init_image)))
+    assert np.asarray(result.images[0]).std() > 0
+
+
+def test_a_further_adapter_for_another_model_is_an_error(sdxl, tiny, modes):
+    with pytest.raises(UserError, match="does not fit this sdxl model"):
+        sdxl(make_request(tiny, adapters=[f"{tiny.sd15_adapter};style={modes.second_style}"]))
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -140,6 +178,10 @@ def test_regions_with_composition_and_a_plus_adapter_run(tiny, modes):
         ({"control": "pose.png"}, "needs --controlnet"),
         ({"control": "pose.png", "controlnet": "cn", "control_image": "x.png"}, "ready control image"),
         ({"composition_scale": -1}, "composition scale must be at least"),
+        ({"adapters": ["b.safetensors"]}, "give its style image(s)"),
+        ({"adapters": ["b.safetensors;style=x.png;scale=big"]}, "is not a number"),
+        ({"adapters": ["b.safetensors;style=x.png;weight=2"]}, "use style=, blocks=, scale= or region="),
+        ({"adapters": ["b.safetensors;style=x.png;region=a.png;region=b.png"]}, "2 region mask(s) for 1 style(s)"),
     ],
 )
 def test_bad_combinations_are_one_line_errors(changes, message):
@@ -152,6 +194,7 @@ def test_mode_fields_survive_json():
     request = Request(prompt="p", style=("a.png", "b.png:0.5"), init_image="i.png", mask="m.png", strength=0.6,
                       control="canny", controlnet="org/cn", control_scale=0.7, composition="c.png",
                       composition_scale=0.4, regions=["l.png", "r.png"], style_start=0.1, style_end=0.9,
-                      style_fit="tiles")
+                      style_fit="tiles", adapters=["p.bin;style=x.png:0.5;blocks=layout;scale=0.3;region=m.png"])
     again = Request.from_json(request.to_json())
     assert again == request and again.regions == ("l.png", "r.png")
+    assert again.adapters[0].style[0].weight == 0.5 and again.adapters[0].blocks == "layout"

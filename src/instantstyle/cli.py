@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from .errors import UserError
-from .request import Request, StyleRef, read_png_request, write_png
+from .request import AdapterUse, Request, StyleRef, read_png_request, write_png
 
 FLOAT = click.FLOAT
 INT = click.INT
@@ -82,7 +82,9 @@ def _request_option(field: str, help: str = "", **kwargs: Any) -> tuple[str, cli
 # Request options: each maps to one Request field of the same name.
 REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
     _request_option("model", "Diffusers folder, hub id or single .safetensors file. [default: SDXL base 1.0]"),
-    _request_option("adapter", "IP-Adapter weights file or org/repo/path/file. [default: h94 SDXL adapter]"),
+    _request_option("adapter", "IP-Adapter weights file or org/repo/path/file. [default: h94 SDXL adapter] "
+                    "Repeat to add adapters, each as 'PATH;style=IMG[:W];blocks=SPEC;scale=F;region=MASK'.",
+                    multiple=True),
     _request_option("image_encoder", "CLIP image encoder folder (default: found beside the adapter)."),
     _request_option("style", "Style image or .safetensors style file; repeat to blend, PATH:WEIGHT to weight.",
                     multiple=True),
@@ -128,6 +130,11 @@ def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
     }
     if "style" in given:
         given["style"] = tuple(StyleRef.parse(s) for s in given["style"])
+    if "adapter" in given:
+        given["adapter"], *extra = given["adapter"]
+        if ";" in given["adapter"]:
+            raise UserError("the first --adapter is the main one: give its images with --style, not ';style='")
+        given["adapters"] = tuple(AdapterUse.parse(text) for text in extra)
     if source is not None:
         return source.replace(**given)
     if "prompt" not in given:

@@ -56,8 +56,11 @@ def check_inputs(request: Request) -> None:
     for name, what in (("init_image", "init image"), ("mask", "mask"), ("composition", "composition image")):
         if getattr(request, name) is not None:
             load_image(getattr(request, name), what)
-    for region in request.regions:
+    for region in (*request.regions, *(r for a in request.adapters for r in a.regions)):
         load_image(region, "region mask")
+    for use in request.adapters:
+        for ref in use.style:
+            load_image(ref.path, f"style image of adapter {use.path}")
     if request.control is not None:
         source = request.control_image or request.init_image
         if request.control not in ("canny", "depth"):

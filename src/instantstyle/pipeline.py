@@ -245,6 +245,8 @@ class StylePipeline:
     _embed_cache: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
     _content_towers: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False)
     _controlnets: dict[str, Any] = field(default_factory=dict, repr=False)
+    _extras: dict[str, tuple[adapters.AdapterWeights, ImageEncoder]] = field(default_factory=dict, repr=False)
+    _attached: tuple[str, ...] = field(default=(), repr=False)  # the further adapters now in the UNet
 
     @classmethod
     def from_pretrained(
@@ -301,11 +303,10 @@ class StylePipeline:
         embeds = self.ip_adapter_embeds(request)
         pipe = modes.mode_pipeline(self.pipe, request, self.controlnet(request), self.dtype)
         extra = modes.mode_kwargs(request)
-        if request.regions:
-            size = (request.width, request.height)
-            extra["cross_attention_kwargs"] = {"ip_adapter_masks": routing.region_masks(request, size, len(slots))}
-        weights = [ref.weight for ref in request.style] if request.regions else None
-        callback = routing.schedule_callback(request, self.pipe.unet, slots, weights)
+        masks = routing.region_masks(request, (request.width or 0, request.height or 0))
+        if masks is not None:
+            extra["cross_attention_kwargs"] = {"ip_adapter_masks": masks}
+        callback = routing.schedule_callback(request, self.pipe.unet, slots, routing.per_image_weights(request))
         if callback is not None:
             extra["callback_on_step_end"] = callback
         modes.set_vae_tiling(self.pipe.vae, request)
@@ -353,27 +354,51 @@ class StylePipeline:
         return self._controlnets[ref]
 
     def apply_blocks(self, request: Request) -> list[dict[str, float]]:
-        """Resolve the request's blocks to per-slot layer scales (slot 1: composition); reload the adapter
-        if pruned layers are needed."""
+        """Resolve the blocks to per-slot layer scales (see ``routing.slot_scales``); reload the adapters when
+        the request names other further adapters or needs layers that were pruned."""
         slots = routing.slot_scales(request, self.layers, self.arch)
         unet = self.pipe.unet
+        wanted = tuple(a.path for a in request.adapters)
+        real = 1 + len(wanted)
+        own = [[slots[0], *slots[real:]], *([scales] for scales in slots[1:real])]  # per loaded adapter
+        targets = [{layer for scales in group for layer, s in scales.items() if s} for group in own]
         held = adapters.active_layers(unet)
-        targets = {layer for scales in slots for layer, s in scales.items() if s}
-        if held is not None and not targets <= held[0]:
-            weights = read_adapter_for(self.adapter.path)
-            keep = None if self.keep_all_weights else [set().union(*slots)]
-            adapters.attach_adapters(self.pipe, [weights], keep)
+        pruned = held is not None and any(not t <= h for t, h in zip(targets, held, strict=False))
+        if held is None or wanted != self._attached or pruned:
+            files = [read_adapter_for(self.adapter.path), *(read_adapter_for(self.extra_adapter(p)[0].path)
+                                                             for p in wanted)]
+            keep = None if self.keep_all_weights else [set().union(*group) for group in own]
+            adapters.attach_adapters(self.pipe, files, keep)
+            self._attached = wanted
         routing.set_slot_count(unet, len(slots))
-        routing.set_scales(unet, slots, [ref.weight for ref in request.style] if request.regions else None)
+        routing.set_scales(unet, slots, routing.per_image_weights(request))
         return slots
 
+    def extra_adapter(self, ref: str) -> tuple[adapters.AdapterWeights, ImageEncoder]:
+        """A further adapter (file read and checked against the UNet, weights not kept) and its image encoder."""
+        if ref not in self._extras:
+            weights = read_adapter_for(ref)
+            adapters.check_adapter_fits(weights, self.pipe.unet, self.arch)
+            folder = str(find_image_encoder(weights))
+            known = [self.image_encoder, *(e for _, e in self._extras.values())]
+            encoder = next((e for e in known if e.identity == folder), None)
+            if encoder is None:
+                encoder = load_image_encoder(folder, self.dtype)
+                encoder.model.to(self.device)
+            self._extras[ref] = (replace(weights, state_dict={}), encoder)
+        return self._extras[ref]
+
     # --- the style embedding -------------------------------------------------------------
-    def encode(self, path: str, fit: str = "crop") -> torch.Tensor:
-        """Encode one reference image (fitted to a square by ``fit``), cached by image content and encoder."""
-        key = (image_hash(path), self.image_encoder.identity, self.adapter.kind, fit)
+    def encode(
+        self, path: str, fit: str = "crop", encoder: ImageEncoder | None = None, kind: str | None = None
+    ) -> torch.Tensor:
+        """Encode one reference image (fitted to a square by ``fit``), cached by image content and encoder;
+        by default for the main adapter."""
+        encoder, kind = encoder or self.image_encoder, kind or self.adapter.kind
+        key = (image_hash(path), encoder.identity, kind, fit)
         if key not in self._embed_cache:
             image = load_image(path, "style image")
-            self._embed_cache[key] = encode_reference(image, self.image_encoder, self.adapter.kind, fit).cpu()
+            self._embed_cache[key] = encode_reference(image, encoder, kind, fit).cpu()
         return self._embed_cache[key]
 
     def reference_embeds(self, request: Request) -> torch.Tensor:
@@ -443,9 +468,15 @@ class StylePipeline:
         return style, negative
 
     def ip_adapter_embeds(self, request: Request) -> list[torch.Tensor]:
-        """What diffusers takes as ``ip_adapter_image_embeds``: per slot (style, then composition) a tensor
-        (2, n, ...) under CFG, negative half first, n = 1 or one per region; diffusers repeats it per image."""
+        """What diffusers takes as ``ip_adapter_image_embeds``: per slot (main style, further adapters, then
+        composition) a tensor (2, n, ...) under CFG, negative half first, n = 1 or one per region; diffusers
+        repeats it per image. Content subtraction applies to the main adapter's style only."""
         pairs = [self.style_embeds(request)]
+        for use in request.adapters:
+            weights, encoder = self.extra_adapter(use.path)
+            parts = [self.encode(ref.path, request.style_fit, encoder, weights.kind) for ref in use.style]
+            style = torch.cat(parts) if use.regions else blend(parts, [ref.weight for ref in use.style])
+            pairs.append((style, unconditional_embeds(style, encoder, weights.kind).cpu().expand_as(style)))
         if request.composition is not None:
             layout = self.encode(request.composition, request.style_fit)
             pairs.append((layout, unconditional_embeds(layout, self.image_encoder, self.adapter.kind).cpu()))

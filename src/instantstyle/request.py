@@ -41,6 +41,55 @@ class StyleRef:
         return cls(text)
 
 
+@dataclass(frozen=True)
+class AdapterUse:
+    """A further IP-Adapter beside the main one, with its own references, blocks, scale and region masks."""
+
+    path: str
+    style: tuple[StyleRef, ...] = ()
+    blocks: str = "style"
+    scale: float = 1.0
+    regions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "style", tuple(_style_from_json(s) for s in _as_list(self.style) if s != ()))
+        object.__setattr__(self, "regions", tuple(_as_list(self.regions)) if self.regions else ())
+
+    @classmethod
+    def parse(cls, text: str) -> AdapterUse:
+        """Read ``PATH;style=IMG[:W];blocks=SPEC;scale=F;region=MASK`` (style and region may repeat)."""
+        path, *items = [part.strip() for part in text.split(";")]
+        fields: dict[str, Any] = {"style": [], "regions": []}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or key not in ("style", "blocks", "scale", "region"):
+                raise UserError(f"adapter option {item!r} in {text!r}: use style=, blocks=, scale= or region=")
+            if key in ("style", "region"):
+                fields["regions" if key == "region" else "style"].append(value)
+            elif key == "scale":
+                if not _is_number(value):
+                    raise UserError(f"adapter scale {value!r} in {text!r} is not a number")
+                fields["scale"] = float(value)
+            else:
+                fields["blocks"] = value
+        return cls(path, **fields)
+
+    def validate(self) -> None:
+        if not isinstance(self.path, str) or not self.path:
+            raise UserError(f"an extra adapter needs a weights file, got {self.path!r}")
+        if not self.style:
+            raise UserError(f"adapter {self.path}: give its style image(s) (--adapter 'PATH;style=IMAGE')")
+        for ref in self.style:
+            _check_number("style weight", ref.weight, low=0.0)
+        _check_number("adapter scale", self.scale, low=0.0)
+        if not isinstance(self.blocks, str):
+            raise UserError(f"adapter {self.path}: blocks must be text, got {self.blocks!r}")
+        if self.regions and len(self.regions) != len(self.style):
+            raise UserError(
+                f"adapter {self.path}: {len(self.regions)} region mask(s) for {len(self.style)} style(s)"
+            )
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -86,6 +135,7 @@ class Request:
     style_start: float = 0.0
     style_end: float = 1.0
     style_fit: str = "crop"
+    adapters: tuple[AdapterUse, ...] = ()  # further adapters, each with its own images and blocks
 
     def __post_init__(self) -> None:
         if isinstance(self.style, (str, StyleRef)):
@@ -93,6 +143,7 @@ class Request:
         refs = tuple(StyleRef.parse(s) if isinstance(s, str) else s for s in self.style)
         object.__setattr__(self, "style", refs)
         object.__setattr__(self, "regions", tuple(_as_list(self.regions)) if self.regions else ())
+        object.__setattr__(self, "adapters", tuple(_adapter_from_json(a) for a in _as_list(self.adapters) if a != ()))
         self.validate()
 
     def validate(self) -> None:
@@ -160,6 +211,8 @@ class Request:
                 raise UserError(f"{label} is a fraction of the run (0 to 1), got {value}")
         if self.style_start > self.style_end:
             raise UserError(f"style start {self.style_start} is after style end {self.style_end}")
+        for extra in self.adapters:
+            extra.validate()
         if self.style_fit not in STYLE_FITS:
             raise UserError(f"style fit must be one of {', '.join(STYLE_FITS)}, got {self.style_fit!r}")
 
@@ -210,7 +263,20 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def _adapter_from_json(item: Any) -> AdapterUse:
+    if isinstance(item, AdapterUse):
+        return item
+    if isinstance(item, str):
+        return AdapterUse.parse(item)
+    names = {"path", "style", "blocks", "scale", "regions"}
+    if isinstance(item, dict) and set(item) <= names and "path" in item:
+        return AdapterUse(**item)
+    raise UserError(f"an extra adapter must be 'PATH;style=...' or {{'path': ..., 'style': [...]}}, got {item!r}")
+
+
 def _style_from_json(item: Any) -> StyleRef:
+    if isinstance(item, StyleRef):
+        return item
     if isinstance(item, str):
         return StyleRef.parse(item)
     if isinstance(item, dict) and isinstance(item.get("path"), str) and set(item) <= {"path", "weight"}:

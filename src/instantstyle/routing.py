@@ -23,17 +23,27 @@ from .request import Request
 
 
 def slot_scales(request: Request, layers: Sequence[str], arch: str) -> list[dict[str, float]]:
-    """Per slot ``{layer: scale}``: the blocks spec for the style image; with a composition image, the
-    layout block goes to slot 1 (at ``composition_scale``) and is taken out of slot 0."""
+    """Per slot ``{layer: scale}``, in the processors' order: the main adapter (the request's blocks), each
+    further adapter (its own blocks), then with a composition image a last slot sharing the main
+    adapter's weights, which takes the layout block (at ``composition_scale``) away from the first."""
     scales = resolve_blocks(request.blocks, layers, arch, request.scale)
+    extra = [resolve_blocks(a.blocks, layers, arch, a.scale) for a in request.adapters]
     if request.composition is None:
-        return [scales]
+        return [scales, *extra]
     layout = resolve_blocks("layout", layers, arch, request.composition_scale)
-    return [{layer: s for layer, s in scales.items() if layer not in layout}, layout]
+    return [{layer: s for layer, s in scales.items() if layer not in layout}, *extra, layout]
+
+
+def per_image_weights(request: Request) -> list[list[float] | None]:
+    """Per slot, the weight of each regional style (its scale inside its region); ``None`` without regions."""
+    slots: list[list[float] | None] = [[r.weight for r in request.style] if request.regions else None]
+    slots += [[r.weight for r in a.style] if a.regions else None for a in request.adapters]
+    return slots + [None] * (request.composition is not None)
 
 
 def set_slot_count(unet: nn.Module, count: int) -> None:
-    """Make the loaded adapter offer ``count`` slots, each extra one sharing slot 0's weights."""
+    """Make the loaded adapters offer ``count`` slots, those past the loaded adapters sharing slot 0's weights
+    (``count`` must not be below the number of adapters loaded)."""
     projections = unet.encoder_hid_proj.image_projection_layers
     while len(projections) > count:
         del projections[-1]
@@ -49,27 +59,39 @@ def set_slot_count(unet: nn.Module, count: int) -> None:
                 proc.num_tokens.append(proc.num_tokens[0])
 
 
-def set_scales(unet: nn.Module, slots: Sequence[dict[str, float]], weights: Sequence[float] | None = None) -> None:
-    """Set per-slot layer scales; with regions, slot 0's scale becomes one per style (times its weight)."""
+def set_scales(
+    unet: nn.Module, slots: Sequence[dict[str, float]], weights: Sequence[Sequence[float] | None] = ()
+) -> None:
+    """Set per-slot layer scales; a slot with regions gets one scale per style (times its weight)."""
     set_layer_scales(unet, slots)
-    if weights is None:
-        return
     for proc in unet.attn_processors.values():
         if isinstance(proc, IPAdapterAttnProcessor2_0):
-            proc.scale[0] = [proc.scale[0] * w for w in weights]
+            for i, per_image in enumerate(weights):
+                if per_image is not None:
+                    proc.scale[i] = [proc.scale[i] * w for w in per_image]
 
 
-def region_masks(request: Request, size: tuple[int, int], slots: int) -> list[torch.Tensor | None]:
-    """``ip_adapter_masks`` for diffusers: slot 0 gets one mask per style (1, n, H, W); other slots none."""
+def region_masks(request: Request, size: tuple[int, int]) -> list[torch.Tensor | None] | None:
+    """``ip_adapter_masks`` for diffusers: per slot, one mask per style (1, n, H, W) or ``None``; ``None``
+    when no adapter has regions."""
     from diffusers.image_processor import IPAdapterMaskProcessor
 
-    images = [load_image(path, "region mask") for path in request.regions]
-    masks = IPAdapterMaskProcessor().preprocess(images, height=size[1], width=size[0])
-    return [masks.reshape(1, masks.shape[0], masks.shape[2], masks.shape[3]), *([None] * (slots - 1))]
+    per_slot = [request.regions, *(a.regions for a in request.adapters), *[()] * (request.composition is not None)]
+    if not any(per_slot):
+        return None
+    masks: list[torch.Tensor | None] = []
+    for regions in per_slot:
+        if not regions:
+            masks.append(None)
+            continue
+        images = [load_image(path, "region mask") for path in regions]
+        stack = IPAdapterMaskProcessor().preprocess(images, height=size[1], width=size[0])
+        masks.append(stack.reshape(1, stack.shape[0], stack.shape[2], stack.shape[3]))
+    return masks
 
 
 def schedule_callback(
-    request: Request, unet: nn.Module, slots: Sequence[dict[str, float]], weights: Sequence[float] | None
+    request: Request, unet: nn.Module, slots: Sequence[dict[str, float]], weights: Sequence[Sequence[float] | None]
 ) -> Callable[..., dict[str, Any]] | None:
     """A ``callback_on_step_end`` that applies the image features only during ``[style_start, style_end)``
     of the denoising run (fractions of the steps actually run); ``None`` when they act throughout.
