@@ -173,6 +173,8 @@ def _generate(params: dict[str, Any]) -> None:
     request = request_from_cli(params, source)
     check_inputs(request)
     paths = output_paths(params["output"], request.num_images, params["overwrite"])
+    if params["save_style"] and not params["save_style"].endswith(".safetensors"):
+        raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
     if not params["debug"]:
         quiet_libraries()
     from .pipeline import StylePipeline, unet_layers
@@ -194,6 +196,8 @@ def _generate(params: dict[str, Any]) -> None:
         keep_all_weights=params["keep_all_weights"],
         single_file_config=params["single_file_config"],
     )
+    if params["save_style"]:
+        click.echo(str(pipe.save_style(request, params["save_style"])))
     result = pipe(request, progress=True)
     for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
         write_png(image, path, result.request, i)
@@ -204,6 +208,7 @@ def _generate(params: dict[str, Any]) -> None:
 @click.option("--from", "from_png", default=None, help="Reproduce a PNG made by instantstyle (flags override).")
 @click.option("--output", "-o", required=True, help="Output .png (several images: NAME-1.png, ...).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--save-style", default=None, help="Also save the style (embedding + sources) to this .safetensors file.")
 @runtime_options
 @click.pass_context
 def generate(ctx: click.Context, **params: Any) -> None:
@@ -211,7 +216,7 @@ def generate(ctx: click.Context, **params: Any) -> None:
     run_cli(_generate, params["debug"], params)
 
 
-generate.params[3:3] = [option for _, option in REQUEST_OPTIONS]  # after --from, --output, --overwrite
+generate.params[4:4] = [option for _, option in REQUEST_OPTIONS]  # after --from, --output, --overwrite, --save-style
 
 
 @main.command()
