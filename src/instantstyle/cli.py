@@ -159,6 +159,10 @@ def check_inputs(request: Request) -> None:
             raise UserError(f"style file {ref.path}: no such file")
     if request.content_image is not None:
         load_image(request.content_image, "content image")
+    for name in ("image_encoder", "content_text_encoder"):
+        folder = getattr(request, name)
+        if folder is not None and folder.startswith((".", "/", "~")) and not Path(folder).expanduser().is_dir():
+            raise UserError(f"{name.replace('_', ' ')} {folder}: no such folder")
     parse_spec(request.blocks)
 
 
