@@ -159,3 +159,11 @@ def test_selftest_passes(capsys):
     code, out, err = run(capsys, "selftest")
     assert code == 0, err
     assert "selftest passed" in out
+
+
+def test_saved_style_file_replaces_the_image(capsys, base, tmp_path):
+    code, out, err = run(capsys, *base, "--save-style", tmp_path / "s.safetensors", "-o", tmp_path / "a.png")
+    assert code == 0, err
+    args = [a if a != base[base.index("--style") + 1] else tmp_path / "s.safetensors" for a in base]
+    assert run(capsys, *args, "-o", tmp_path / "b.png")[0] == 0
+    assert (pixels(Image.open(tmp_path / "a.png")) == pixels(Image.open(tmp_path / "b.png"))).all()

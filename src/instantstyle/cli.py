@@ -182,6 +182,10 @@ def check_inputs(request: Request) -> None:
             raise UserError(f"style file {ref.path}: no such file")
     if request.content_image is not None:
         load_image(request.content_image, "content image")
+    for name in ("image_encoder", "content_text_encoder"):
+        folder = getattr(request, name)
+        if folder is not None and folder.startswith((".", "/", "~")) and not Path(folder).expanduser().is_dir():
+            raise UserError(f"{name.replace('_', ' ')} {folder}: no such folder")
     parse_spec(request.blocks)
     from .modes import check_inputs as check_mode_inputs
 
@@ -199,6 +203,8 @@ def _generate(params: dict[str, Any]) -> None:
     request = request_from_cli(params, source)
     check_inputs(request)
     paths = output_paths(params["output"], request.num_images, params["overwrite"])
+    if params["save_style"] and not params["save_style"].endswith(".safetensors"):
+        raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
     if not params["debug"]:
         quiet_libraries()
     from .pipeline import StylePipeline, unet_layers
@@ -220,6 +226,8 @@ def _generate(params: dict[str, Any]) -> None:
         keep_all_weights=params["keep_all_weights"],
         single_file_config=params["single_file_config"],
     )
+    if params["save_style"]:
+        click.echo(str(pipe.save_style(request, params["save_style"])))
     result = pipe(request, progress=True)
     for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
         write_png(image, path, result.request, i)
@@ -230,6 +238,7 @@ def _generate(params: dict[str, Any]) -> None:
 @click.option("--from", "from_png", default=None, help="Reproduce a PNG made by instantstyle (flags override).")
 @click.option("--output", "-o", required=True, help="Output .png (several images: NAME-1.png, ...).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--save-style", default=None, help="Also save the style (embedding + sources) to this .safetensors file.")
 @runtime_options
 @click.pass_context
 def generate(ctx: click.Context, **params: Any) -> None:
@@ -237,7 +246,7 @@ def generate(ctx: click.Context, **params: Any) -> None:
     run_cli(_generate, params["debug"], params)
 
 
-generate.params[3:3] = [option for _, option in REQUEST_OPTIONS]  # after --from, --output, --overwrite
+generate.params[4:4] = [option for _, option in REQUEST_OPTIONS]  # after --from, --output, --overwrite, --save-style
 
 
 @main.command()

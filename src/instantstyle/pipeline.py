@@ -23,12 +23,14 @@ from . import control, modes, routing
 from .blocks import cross_attention_layers, resolve_blocks
 from .embeddings import (
     ImageEncoder,
+    StyleFile,
     blend,
     encode_reference,
     image_hash,
     load_image,
     load_image_encoder,
     load_style,
+    save_style,
     subtract_content,
     text_embeds,
     unconditional_embeds,
@@ -38,6 +40,8 @@ from .request import Request
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_ADAPTER = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
+#: The diffusers pipelines a StylePipeline drives (diffusers types them loosely, hence Any).
+SDPipeline = Any
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -97,7 +101,7 @@ def single_file_arch(path: Path) -> str:
     raise UserError(f"model {path}: not an SD1.5 or SDXL checkpoint")
 
 
-def load_base_pipeline(model: str, dtype: torch.dtype, config: str | None = None) -> DiffusionPipeline:
+def load_base_pipeline(model: str, dtype: torch.dtype, config: str | None = None) -> SDPipeline:
     """Load the base text-to-image pipeline from a folder, a single file or a hub id (on the CPU)."""
     path = Path(model).expanduser()
     if path.is_dir():
@@ -128,7 +132,7 @@ def load_base_pipeline(model: str, dtype: torch.dtype, config: str | None = None
     return pipe
 
 
-def model_arch(pipe: DiffusionPipeline) -> str:
+def model_arch(pipe: SDPipeline) -> str:
     """``sdxl`` when the UNet takes SDXL's text+time conditioning, else ``sd15``."""
     return "sdxl" if pipe.unet.config.addition_embed_type == "text_time" else "sd15"
 
@@ -234,7 +238,7 @@ class Result:
 class StylePipeline:
     """A diffusers SD/SDXL pipeline with an InstantStyle adapter, ready to run requests."""
 
-    pipe: DiffusionPipeline
+    pipe: SDPipeline
     adapter: adapters.AdapterWeights  # kind and dims; the weights live in the UNet
     image_encoder: ImageEncoder
     model_id: str
@@ -276,7 +280,7 @@ class StylePipeline:
         adapters.attach_adapters(pipe, [weights], keep)
         pipe.to(torch_device)
         encoder = load_image_encoder(encoder_dir, torch_dtype)
-        encoder.model.to(torch_device)
+        encoder.model.to(torch_device)  # type: ignore[arg-type]  # transformers types .to loosely
         return cls(
             pipe, replace(weights, state_dict={}), encoder, model, torch_device, torch_dtype,
             keep_all_weights, content_text_encoder,
@@ -448,7 +452,8 @@ class StylePipeline:
             path = Path(folder).expanduser()
             if not (path / "config.json").is_file():
                 raise UserError(f"content text encoder {folder}: no such model folder")
-            tower = CLIPTextModelWithProjection.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+            tower = CLIPTextModelWithProjection.from_pretrained(path, dtype=self.dtype)
+            tower = tower.to(self.device).eval()  # type: ignore[arg-type]
             if tower.config.projection_dim != want:
                 raise UserError(
                     f"content text encoder {folder} gives {tower.config.projection_dim}-d embeddings; "
@@ -466,6 +471,14 @@ class StylePipeline:
             style = subtract_content(style, content.cpu(), request.content_scale)
         negative = unconditional_embeds(style, self.image_encoder, self.adapter.kind).cpu().expand_as(style)
         return style, negative
+
+    def save_style(self, request: Request, path: str | Path) -> Path:
+        """Save the request's blended references as a style file, reusable without the images."""
+        style = self.reference_embeds(request)
+        negative = unconditional_embeds(style, self.image_encoder, self.adapter.kind).cpu()
+        references = json.dumps([{"path": r.path, "weight": r.weight} for r in request.style])
+        metadata = {"adapter": self.adapter.path, "references": references}
+        return save_style(path, StyleFile(style, negative, self.adapter.kind, self.image_encoder.identity, metadata))
 
     def ip_adapter_embeds(self, request: Request) -> list[torch.Tensor]:
         """What diffusers takes as ``ip_adapter_image_embeds``: per slot (main style, further adapters, then

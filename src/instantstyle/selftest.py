@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .pipeline import StylePipeline
-from .request import Request, read_png_request, write_png
+from .request import Request, StyleRef, read_png_request, write_png
 from .testing import tiny_models
 
 
@@ -24,7 +24,7 @@ def run_selftest(folder: Path | None = None) -> Iterator[str]:
         yield f"built tiny SDXL + IP-Adapter fixtures in {root} ({time.perf_counter() - start:.1f} s)"
         pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu")
         yield f"loaded {pipe.arch} pipeline, {pipe.adapter.kind} adapter, {len(pipe.layers)} cross-attention layers"
-        request = Request("a cat", style=(str(tiny.style_image),), steps=2, width=64, height=64, seed=0,
+        request = Request("a cat", style=(StyleRef(str(tiny.style_image)),), steps=2, width=64, height=64, seed=0,
                           content_prompt="a dog")
         styled = pipe(request)
         plain = pipe(request.replace(scale=0.0))
