@@ -388,7 +388,7 @@ class StylePipeline:
             encoder = next((e for e in known if e.identity == folder), None)
             if encoder is None:
                 encoder = load_image_encoder(folder, self.dtype)
-                encoder.model.to(self.device)
+                encoder.model.to(self.device)  # type: ignore[arg-type]  # transformers types .to loosely
             self._extras[ref] = (replace(weights, state_dict={}), encoder)
         return self._extras[ref]
 

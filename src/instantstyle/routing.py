@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
-from torch import nn
 
 from .adapter import set_layer_scales
 from .blocks import resolve_blocks
@@ -41,7 +40,7 @@ def per_image_weights(request: Request) -> list[list[float] | None]:
     return slots + [None] * (request.composition is not None)
 
 
-def set_slot_count(unet: nn.Module, count: int) -> None:
+def set_slot_count(unet: Any, count: int) -> None:
     """Make the loaded adapters offer ``count`` slots, those past the loaded adapters sharing slot 0's weights
     (``count`` must not be below the number of adapters loaded)."""
     projections = unet.encoder_hid_proj.image_projection_layers
@@ -60,7 +59,7 @@ def set_slot_count(unet: nn.Module, count: int) -> None:
 
 
 def set_scales(
-    unet: nn.Module, slots: Sequence[dict[str, float]], weights: Sequence[Sequence[float] | None] = ()
+    unet: Any, slots: Sequence[dict[str, float]], weights: Sequence[Sequence[float] | None] = ()
 ) -> None:
     """Set per-slot layer scales; a slot with regions gets one scale per style (times its weight)."""
     set_layer_scales(unet, slots)
@@ -91,7 +90,7 @@ def region_masks(request: Request, size: tuple[int, int]) -> list[torch.Tensor |
 
 
 def schedule_callback(
-    request: Request, unet: nn.Module, slots: Sequence[dict[str, float]], weights: Sequence[Sequence[float] | None]
+    request: Request, unet: Any, slots: Sequence[dict[str, float]], weights: Sequence[Sequence[float] | None]
 ) -> Callable[..., dict[str, Any]] | None:
     """A ``callback_on_step_end`` that applies the image features only during ``[style_start, style_end)``
     of the denoising run (fractions of the steps actually run); ``None`` when they act throughout.
