@@ -38,6 +38,9 @@ def test_several_adapters_from_the_command_line(capsys, base, modes, tiny, tmp_p
     request = read_png_request(tmp_path / "a.png")
     assert request.adapter == str(tiny.sdxl_adapter)
     assert [(a.path, a.blocks, a.scale) for a in request.adapters] == [(str(tiny.sdxl_plus_adapter), "layout", 0.5)]
+    code, _, err = run(capsys, "generate", "--from", tmp_path / "a.png", "--device", "cpu", "-o", tmp_path / "b.png")
+    assert code == 0, err
+    assert (pixels(Image.open(tmp_path / "a.png")) == pixels(Image.open(tmp_path / "b.png"))).all()
 
 
 def test_bad_mode_input_is_one_line_and_exit_2(capsys, base, modes, tiny, tmp_path):
@@ -54,7 +57,7 @@ def test_bad_mode_input_is_one_line_and_exit_2(capsys, base, modes, tiny, tmp_pa
         (["--composition", tmp_path / "nowhere.png"], "composition image"),
         (["--style-start", "0.9", "--style-end", "0.1"], "is after style end"),
         (["--style-fit", "stretch"], "Invalid value for '--style-fit'"),
-        (["--adapter", tiny.sdxl_plus_adapter], "give its style image(s)"),
+        (["--adapter", f"{tiny.sdxl_plus_adapter};blocks=layout"], "give its style image(s)"),
         (["--adapter", f"{tiny.sdxl_plus_adapter};style=nowhere.png"],
          "style image of adapter"),
     ]

@@ -7,6 +7,7 @@ from PIL import Image
 
 from instantstyle import Request, StylePipeline, UserError
 from instantstyle.control import canny
+from instantstyle.modes import init_size
 
 from .conftest import FAST, pixels
 
@@ -34,10 +35,11 @@ def test_img2img_lower_strength_stays_closer_to_the_init_image(sdxl, tiny, modes
     assert abs(start - middle).mean() < abs(start - full).mean()
 
 
-def test_img2img_size_defaults_to_the_init_image(sdxl, tiny, modes, tmp_path):
-    Image.open(modes.init_image).resize((96, 64)).save(tmp_path / "wide.png")
-    result = sdxl(make_request(tiny, init_image=str(tmp_path / "wide.png"), width=None, height=None))
-    assert result.images[0].size == (96, 64)
+def test_img2img_size_keeps_the_init_images_shape_at_the_models_size(sdxl, tiny, modes, tmp_path):
+    Image.open(modes.init_image).resize((4000, 2000)).save(tmp_path / "photo.png")
+    assert init_size(make_request(tiny, init_image=str(tmp_path / "photo.png")), 1024) == (1024, 512)
+    result = sdxl(make_request(tiny, init_image=str(modes.init_image), width=None, height=None))
+    assert result.images[0].size == (64, 64)  # the tiny model's native size
     assert result.request.strength == 0.8
 
 

@@ -162,6 +162,14 @@ def test_a_further_adapter_for_another_model_is_an_error(sdxl, tiny, modes):
         sdxl(make_request(tiny, adapters=[f"{tiny.sd15_adapter};style={modes.second_style}"]))
 
 
+def test_sd15_takes_blends_composition_fit_and_a_further_adapter(sd15, tiny, modes):
+    plain = image(sd15, make_request(tiny))
+    request = make_request(tiny, style=(str(tiny.style_image), f"{modes.wide_style}:0.5"), style_fit="tiles",
+                           composition=str(modes.init_image),
+                           adapters=[f"{tiny.sd15_plus_adapter};style={modes.second_style};blocks=layout"])
+    assert abs(image(sd15, request) - plain).mean() > 0.1
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [

@@ -83,7 +83,7 @@ def _request_option(field: str, help: str = "", **kwargs: Any) -> tuple[str, cli
 REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
     _request_option("model", "Diffusers folder, hub id or single .safetensors file. [default: SDXL base 1.0]"),
     _request_option("adapter", "IP-Adapter weights file or org/repo/path/file. [default: h94 SDXL adapter] "
-                    "Repeat to add adapters, each as 'PATH;style=IMG[:W];blocks=SPEC;scale=F;region=MASK'.",
+                    "Add further adapters as 'PATH;style=IMG[:W];blocks=SPEC;scale=F;region=MASK'.",
                     multiple=True),
     _request_option("image_encoder", "CLIP image encoder folder (default: found beside the adapter)."),
     _request_option("style", "Style image or .safetensors style file; repeat to blend, PATH:WEIGHT to weight.",
@@ -130,11 +130,12 @@ def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
     }
     if "style" in given:
         given["style"] = tuple(StyleRef.parse(s) for s in given["style"])
-    if "adapter" in given:
-        given["adapter"], *extra = given["adapter"]
-        if ";" in given["adapter"]:
-            raise UserError("the first --adapter is the main one: give its images with --style, not ';style='")
-        given["adapters"] = tuple(AdapterUse.parse(text) for text in extra)
+    if "adapter" in given:  # a plain path names the main adapter (the last wins); 'PATH;style=...' adds one
+        values = given.pop("adapter")
+        plain = [text for text in values if ";" not in text]
+        if plain:
+            given["adapter"] = plain[-1]
+        given["adapters"] = tuple(AdapterUse.parse(text) for text in values if ";" in text)
     if source is not None:
         return source.replace(**given)
     if "prompt" not in given:

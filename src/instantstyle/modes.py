@@ -43,12 +43,14 @@ DEFAULT_STRENGTH = {"img2img": 0.8, "inpaint": 1.0}
 VAE_TILING_ABOVE = 1024
 
 
-def init_size(request: Request) -> tuple[int, int] | None:
-    """The init image's size rounded down to a multiple of 8: the default output size in img2img."""
+def init_size(request: Request, native: int) -> tuple[int, int] | None:
+    """The default output size with an init image: its aspect ratio, the long side at the model's native
+    size (a 4000 px photo is not generated at 4000 px), both multiples of 8."""
     if request.init_image is None:
         return None
     width, height = load_image(request.init_image, "init image").size
-    return max(64, width // 8 * 8), max(64, height // 8 * 8)
+    factor = native / max(width, height)
+    return max(64, round(width * factor / 8) * 8), max(64, round(height * factor / 8) * 8)
 
 
 def check_inputs(request: Request) -> None:

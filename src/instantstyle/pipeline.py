@@ -336,7 +336,7 @@ class StylePipeline:
                 if name == "model" or Path(resolve_adapter_file(theirs)) != Path(mine):
                     raise UserError(f"request is for {name} {theirs!r} but this pipeline has {mine!r}")
         default = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
-        width, height = modes.init_size(request) or (default, default)
+        width, height = modes.init_size(request, default) or (default, default)
         return request.replace(
             model=request.model or self.model_id,
             adapter=request.adapter or self.adapter.path,
