@@ -54,6 +54,8 @@ def test_bad_mode_input_is_one_line_and_exit_2(capsys, base, modes, tiny, tmp_pa
         (["--init-image", modes.init_image, "--strength", "0.2"], "runs no denoising step"),
         (["--control", "canny", "--control-image", modes.init_image, "--controlnet", tmp_path], "no config.json"),
         (["--control", "canny"], "needs --control-image"),
+        (["--control", "canny", "--control-image", modes.init_image, "--controlnet", tiny.sdxl / "unet"],
+         "not a ControlNet"),
         (["--composition", tmp_path / "nowhere.png"], "composition image"),
         (["--style-start", "0.9", "--style-end", "0.1"], "is after style end"),
         (["--style-fit", "stretch"], "Invalid value for '--style-fit'"),

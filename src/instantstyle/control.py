@@ -9,6 +9,7 @@ gives it only the text embeddings, and ``load_controlnet`` refuses one carrying 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,12 @@ def check_controlnet_ref(ref: str) -> None:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"controlnet {ref}: not a diffusers ControlNet folder (no config.json)")
+        try:
+            kind = json.loads((path / "config.json").read_text()).get("_class_name", "")
+        except (OSError, ValueError, AttributeError):
+            raise UserError(f"controlnet {ref}: config.json is not readable JSON") from None
+        if "ControlNet" not in str(kind):
+            raise UserError(f"controlnet {ref}: is a {kind or 'non-ControlNet'} folder, not a ControlNet")
     elif path.exists() or _looks_like_path(ref) or ref.count("/") != 1:
         raise UserError(f"controlnet {ref}: no such folder (give a diffusers ControlNet folder or hub id)")
 
@@ -102,7 +109,10 @@ def load_controlnet(ref: str, unet: Any, dtype: torch.dtype) -> Any:
     check_controlnet_ref(ref)
     path = Path(ref).expanduser()
     if path.is_dir():
-        controlnet = ControlNetModel.from_pretrained(str(path), dtype=dtype)
+        try:
+            controlnet = ControlNetModel.from_pretrained(str(path), dtype=dtype)
+        except Exception as err:  # a broken folder is a user error, whatever diffusers raised
+            raise UserError(f"controlnet {ref}: not a loadable ControlNet ({type(err).__name__})") from None
     else:
         try:
             controlnet = ControlNetModel.from_pretrained(ref, dtype=dtype)
