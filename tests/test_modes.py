@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from instantstyle import Request, StylePipeline, UserError
-from instantstyle.control import canny
-from instantstyle.modes import init_size
+from instantstyle.control import canny, estimate_depth
+from instantstyle.modes import init_size, mode_kwargs
 
 from .conftest import FAST, pixels
 
@@ -83,6 +83,18 @@ def test_control_image_steers_the_result(request, tiny, modes, name, control):
     plain = pixels(pipe(make_request(tiny)).images[0])
     controlled = make_request(tiny, control=control, control_image=source, controlnet=controlnet_of(modes, name))
     assert abs(pixels(pipe(controlled).images[0]) - plain).mean() > 1
+
+
+def test_depth_model_turns_a_photo_into_the_depth_map(sdxl, tiny, modes):
+    request = make_request(tiny, control="depth", control_image=str(modes.init_image),
+                           controlnet=str(modes.sdxl_controlnet))
+    with_model = sdxl.complete(request.replace(depth_model=str(modes.depth_model)))
+    estimator = sdxl.depth_model(with_model)
+    depth = estimate_depth(Image.open(modes.init_image).convert("RGB"), estimator, (64, 64))
+    grey = np.asarray(depth)
+    assert (grey[..., 0] == grey[..., 2]).all() and grey.min() == 0 and grey.max() == 255
+    assert (pixels(mode_kwargs(with_model, estimator)["image"]) == pixels(depth)).all()  # the map, not the photo
+    assert sdxl(with_model).images[0].size == (64, 64)
 
 
 def test_control_scale_0_adds_nothing(sdxl, tiny, modes):

@@ -109,6 +109,8 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
     _request_option("control", "ControlNet input: canny | depth | a ready control image (needs --controlnet)."),
     _request_option("control_image", "Image to take canny edges from, or the depth map (default: --init-image)."),
     _request_option("control_scale", "ControlNet strength.", type=FLOAT),
+    _request_option("depth_model", "With --control depth: a transformers depth model (folder or hub id, e.g. "
+                    "depth-anything/Depth-Anything-V2-Small-hf) that makes the map from --control-image."),
     _request_option("controlnet", "ControlNet folder or hub id (default: the canny/depth ControlNet for the model)."),
     _request_option("composition", "Image for the layout block; the style image keeps the style blocks."),
     _request_option("composition_scale", "Scale of the composition image in the layout block.", type=FLOAT),

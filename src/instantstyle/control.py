@@ -2,9 +2,10 @@
 
 Canny is computed in torch (no OpenCV): Gaussian blur, Sobel gradients, non-maximum suppression and
 hysteresis between OpenCV's usual thresholds 100 and 200, as the original InstantStyle script does.
-Depth needs a depth-estimation model, which this project does not bundle: ``--control depth`` takes a
-precomputed depth map (white = near). The adapter's image tokens never reach the ControlNet: diffusers
-gives it only the text embeddings, and ``load_controlnet`` refuses one carrying an image projection.
+``--control depth`` takes a precomputed depth map (white = near), or a photo plus a transformers
+depth-estimation model (``depth_model``, e.g. Depth Anything) that makes the map. The adapter's image
+tokens never reach the ControlNet: diffusers gives it only the text embeddings, and
+``load_controlnet`` refuses one carrying an image projection.
 """
 
 from __future__ import annotations
@@ -63,14 +64,47 @@ def canny(image: Image.Image, low: float = 100.0, high: float = 200.0) -> Image.
     return Image.fromarray(out).convert("RGB")
 
 
-def control_image(kind: str, source: str, size: tuple[int, int]) -> Image.Image:
-    """The conditioning image for ``--control kind`` at the output size: canny edges of ``source``,
-    or ``source`` itself (a depth map or a ready control image)."""
+def control_image(kind: str, source: str, size: tuple[int, int], depth_model: Any | None = None) -> Image.Image:
+    """The conditioning image for ``--control kind`` at the output size: canny edges of ``source``, its
+    depth map by ``depth_model``, or ``source`` itself (a depth map or a ready control image)."""
     what = {"canny": "control image", "depth": "depth map"}.get(kind, "control image")
-    image = load_image(source, what)
+    image = load_image(source, "control image" if depth_model is not None else what)
     if kind == "canny":
         return canny(image.resize(size, Image.Resampling.LANCZOS))
+    if kind == "depth" and depth_model is not None:
+        return estimate_depth(image, depth_model, size)
     return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def load_depth_model(ref: str, device: torch.device) -> tuple[Any, Any]:
+    """A transformers depth-estimation model and its image processor (folder or hub id)."""
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    from .pipeline import _hub_error
+
+    check_model_ref("depth model", ref)
+    try:
+        processor = AutoImageProcessor.from_pretrained(ref)
+        model = AutoModelForDepthEstimation.from_pretrained(ref)
+    except OSError as err:
+        if Path(ref).expanduser().is_dir():
+            raise UserError(f"depth model {ref}: not a depth-estimation model ({str(err)[:120]})") from None
+        raise _hub_error("depth model", ref, err) from None
+    except (ValueError, KeyError) as err:
+        raise UserError(f"depth model {ref}: not a depth-estimation model ({type(err).__name__})") from None
+    return processor, model.to(device).eval()  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def estimate_depth(image: Image.Image, depth_model: tuple[Any, Any], size: tuple[int, int]) -> Image.Image:
+    """The depth map of a photo at ``size``, normalised to 0..255 grey (white = near), as depth ControlNets take."""
+    processor, model = depth_model
+    inputs = processor(images=image, return_tensors="pt").to(model.device)
+    depth = model(**inputs).predicted_depth.float()
+    depth = F.interpolate(depth[:, None], size=(size[1], size[0]), mode="bicubic", align_corners=False)[0, 0]
+    depth = depth - depth.min()
+    depth = depth / depth.max().clamp(min=1e-12)
+    return Image.fromarray((depth.cpu().numpy() * 255).round().astype(np.uint8)).convert("RGB")
 
 
 def controlnet_ref(kind: str, arch: str, given: str | None) -> str:
@@ -82,22 +116,29 @@ def controlnet_ref(kind: str, arch: str, given: str | None) -> str:
     return DEFAULT_CONTROLNETS[arch][kind]
 
 
-def check_controlnet_ref(ref: str) -> None:
-    """A ControlNet reference must be a diffusers folder or a hub id (``org/name``)."""
+def check_model_ref(what: str, ref: str) -> None:
+    """A model reference must be an existing folder or a hub id (``org/name``)."""
     from .pipeline import _looks_like_path
 
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UserError(f"controlnet {ref}: not a diffusers ControlNet folder (no config.json)")
+            raise UserError(f"{what} {ref}: no config.json in that folder")
+    elif path.exists() or _looks_like_path(ref) or ref.count("/") != 1:
+        raise UserError(f"{what} {ref}: no such folder (give a model folder or hub id)")
+
+
+def check_controlnet_ref(ref: str) -> None:
+    """A ControlNet reference must be a diffusers ControlNet folder or a hub id (``org/name``)."""
+    check_model_ref("controlnet", ref)
+    config = Path(ref).expanduser() / "config.json"
+    if config.is_file():
         try:
-            kind = json.loads((path / "config.json").read_text()).get("_class_name", "")
+            kind = json.loads(config.read_text()).get("_class_name", "")
         except (OSError, ValueError, AttributeError):
             raise UserError(f"controlnet {ref}: config.json is not readable JSON") from None
         if "ControlNet" not in str(kind):
             raise UserError(f"controlnet {ref}: is a {kind or 'non-ControlNet'} folder, not a ControlNet")
-    elif path.exists() or _looks_like_path(ref) or ref.count("/") != 1:
-        raise UserError(f"controlnet {ref}: no such folder (give a diffusers ControlNet folder or hub id)")
 
 
 def load_controlnet(ref: str, unet: Any, dtype: torch.dtype) -> Any:

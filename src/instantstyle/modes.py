@@ -15,7 +15,7 @@ import diffusers
 import torch
 from PIL import Image
 
-from .control import check_controlnet_ref, control_image
+from .control import check_controlnet_ref, check_model_ref, control_image
 from .embeddings import load_image
 from .errors import UserError
 from .request import Request
@@ -71,6 +71,8 @@ def check_inputs(request: Request) -> None:
         load_image(source, "control image")
     if request.controlnet is not None:
         check_controlnet_ref(request.controlnet)
+    if request.depth_model is not None:
+        check_model_ref("depth model", request.depth_model)
 
 
 def default_strength(request: Request) -> float | None:
@@ -132,8 +134,9 @@ def _from_pipe(name: str, base: Any, dtype: torch.dtype, **extra: Any) -> Any:
         quiet.setLevel(level)
 
 
-def mode_kwargs(request: Request) -> dict[str, Any]:
-    """The image inputs of the request's mode as diffusers keyword arguments, at the request's size."""
+def mode_kwargs(request: Request, depth_model: Any | None = None) -> dict[str, Any]:
+    """The image inputs of the request's mode as diffusers keyword arguments, at the request's size
+    (``depth_model``: the loaded ``request.depth_model``, which makes the depth map)."""
     assert request.width is not None and request.height is not None
     size = (request.width, request.height)
     kwargs: dict[str, Any] = {}
@@ -144,7 +147,7 @@ def mode_kwargs(request: Request) -> dict[str, Any]:
         kwargs["mask_image"] = load_mask(request.mask or "", size)
     if request.control is not None:
         source = request.control if request.control not in ("canny", "depth") else request.control_image
-        condition = control_image(request.control, source or request.init_image or "", size)
+        condition = control_image(request.control, source or request.init_image or "", size, depth_model)
         kwargs["control_image" if request.mode != "text" else "image"] = condition
         kwargs["controlnet_conditioning_scale"] = request.control_scale
     if request.mode == "text" or request.mode == "inpaint" or request.control is not None:

@@ -249,6 +249,7 @@ class StylePipeline:
     _embed_cache: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
     _content_towers: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False)
     _controlnets: dict[str, Any] = field(default_factory=dict, repr=False)
+    _depth_models: dict[str, Any] = field(default_factory=dict, repr=False)
     _extras: dict[str, tuple[adapters.AdapterWeights, ImageEncoder]] = field(default_factory=dict, repr=False)
     _attached: tuple[str, ...] = field(default=(), repr=False)  # the further adapters now in the UNet
 
@@ -306,7 +307,7 @@ class StylePipeline:
         slots = self.apply_blocks(request)
         embeds = self.ip_adapter_embeds(request)
         pipe = modes.mode_pipeline(self.pipe, request, self.controlnet(request), self.dtype)
-        extra = modes.mode_kwargs(request)
+        extra = modes.mode_kwargs(request, self.depth_model(request))
         masks = routing.region_masks(request, (request.width or 0, request.height or 0))
         if masks is not None:
             extra["cross_attention_kwargs"] = {"ip_adapter_masks": masks}
@@ -356,6 +357,13 @@ class StylePipeline:
             model = control.load_controlnet(ref, self.pipe.unet, self.dtype)
             self._controlnets[ref] = model.to(self.device)
         return self._controlnets[ref]
+
+    def depth_model(self, request: Request) -> Any | None:
+        """The request's depth-estimation model (loaded once), or ``None``."""
+        ref = request.depth_model
+        if ref is not None and ref not in self._depth_models:
+            self._depth_models[ref] = control.load_depth_model(ref, self.device)
+        return self._depth_models.get(ref) if ref is not None else None
 
     def apply_blocks(self, request: Request) -> list[dict[str, float]]:
         """Resolve the blocks to per-slot layer scales (see ``routing.slot_scales``); reload the adapters when

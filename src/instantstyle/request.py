@@ -128,6 +128,7 @@ class Request:
     control_image: str | None = None  # the image canny/depth is made from (default: the init image)
     control_scale: float = 1.0
     controlnet: str | None = None  # None: the default ControlNet for the control kind and model
+    depth_model: str | None = None  # with control=depth: estimate the depth map of control_image with it
     # Where and when the image features act (see routing.py).
     composition: str | None = None
     composition_scale: float = 1.0
@@ -172,7 +173,7 @@ class Request:
         self._validate_modes()
 
     def _validate_modes(self) -> None:
-        for name in ("init_image", "mask", "control", "control_image", "controlnet", "composition"):
+        for name in ("init_image", "mask", "control", "control_image", "controlnet", "depth_model", "composition"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise UserError(f"{name.replace('_', ' ')} must be a path, got {value!r}")
@@ -188,6 +189,8 @@ class Request:
         if self.mask is not None and self.init_image is None:
             raise UserError("a mask needs an init image to repaint (--init-image)")
         _check_number("control scale", self.control_scale, low=0.0)
+        if self.depth_model is not None and self.control != "depth":
+            raise UserError("--depth-model needs --control depth (it makes the depth map from --control-image)")
         if self.control is None:
             if self.control_image is not None or self.controlnet is not None:
                 raise UserError("--control-image and --controlnet need --control canny|depth|IMAGE")

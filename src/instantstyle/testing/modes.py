@@ -19,7 +19,7 @@ from PIL import Image
 
 from .fixtures import TinyModels, make_style_image
 
-MODES_VERSION = "1"
+MODES_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class ModeModels:
     sd15_controlnet: Path
     sdxl_inpaint: Path
     sd15_inpaint: Path
+    depth_model: Path  # a transformers DPT depth estimator
     init_image: Path  # 64x64 picture to restyle
     left_mask: Path  # 64x64, white left half
     right_mask: Path  # 64x64, white right half
@@ -42,7 +43,7 @@ class ModeModels:
 def _layout(root: Path) -> ModeModels:
     return ModeModels(
         root, root / "sdxl-controlnet", root / "sd15-controlnet", root / "sdxl-inpaint", root / "sd15-inpaint",
-        root / "init.png", root / "left.png", root / "right.png", root / "depth.png", root / "wide.png",
+        root / "dpt", root / "init.png", root / "left.png", root / "right.png", root / "depth.png", root / "wide.png",
         root / "style2.png",
     )
 
@@ -80,6 +81,20 @@ def _build_inpaint(base: Path, dest: Path, seed: int) -> None:
     inpaint.save_pretrained(str(dest))
 
 
+def _build_depth_model(dest: Path, seed: int) -> None:
+    """A DPT depth estimator (what Depth Anything / DPT checkpoints are to transformers) at 32 px."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(seed)
+    config = DPTConfig(
+        image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=4, backbone_out_indices=[0, 1, 2, 3],
+        num_attention_heads=4, intermediate_size=37, neck_hidden_sizes=[16, 32, 32, 32], fusion_hidden_size=16,
+        is_hybrid=False,
+    )
+    DPTForDepthEstimation(config).save_pretrained(str(dest))
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(str(dest))
+
+
 def _save(array: np.ndarray, path: Path) -> Path:
     Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(path)
     return path
@@ -112,6 +127,7 @@ def tiny_mode_models(root: Path, tiny: TinyModels, seed: int = 0) -> ModeModels:
             _build_controlnet(tiny.sd15 / "unet", tmp / "sd15-controlnet", seed + 1)
             _build_inpaint(tiny.sdxl, tmp / "sdxl-inpaint", seed + 2)
             _build_inpaint(tiny.sd15, tmp / "sd15-inpaint", seed + 3)
+            _build_depth_model(tmp / "dpt", seed + 4)
         _build_images(tmp)
         (tmp / ".complete").write_text(MODES_VERSION)
         if root.exists():
