@@ -64,6 +64,7 @@ def test_bad_mode_input_is_one_line_and_exit_2(capsys, base, modes, tiny, tmp_pa
         (["--style-start", "0.9", "--style-end", "0.1"], "is after style end"),
         (["--style-fit", "stretch"], "Invalid value for '--style-fit'"),
         (["--adapter", f"{tiny.sdxl_plus_adapter};blocks=layout"], "give its style image(s)"),
+        (["--adapter", f"{tmp_path}/missing.safetensors;style={modes.second_style}"], "no such file"),
         (["--adapter", f"{tiny.sdxl_plus_adapter};style=nowhere.png"],
          "style image of adapter"),
     ]

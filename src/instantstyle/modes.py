@@ -9,6 +9,7 @@ the request's size here, so every pipeline sees the same geometry.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import diffusers
@@ -61,6 +62,10 @@ def check_inputs(request: Request) -> None:
     for region in (*request.regions, *(r for a in request.adapters for r in a.regions)):
         load_image(region, "region mask")
     for use in request.adapters:
+        if use.path.startswith((".", "/", "~")) or use.path.count("/") < 2 or Path(use.path).expanduser().exists():
+            from .pipeline import resolve_adapter_file
+
+            resolve_adapter_file(use.path)  # a local reference: its errors, without touching the hub
         for ref in use.style:
             load_image(ref.path, f"style image of adapter {use.path}")
     if request.control is not None:
