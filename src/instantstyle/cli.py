@@ -240,6 +240,61 @@ def selftest(keep: str | None, debug: bool) -> None:
     run_cli(body, debug)
 
 
+def _batch(params: dict[str, Any]) -> int:
+    from .batch import Runtime, run_batch
+    from .pipeline import DEFAULT_ADAPTER, DEFAULT_MODEL
+
+    defaults = {name: params[name] for name, _ in REQUEST_OPTIONS if params.get(name) not in (None, ())}
+    defaults.setdefault("model", DEFAULT_MODEL)
+    defaults.setdefault("adapter", DEFAULT_ADAPTER)
+    runtime = Runtime(params["device"], params["dtype"], params["keep_all_weights"], params["single_file_config"])
+    address = params["ray"]
+    if not params["quiet"]:  # one progress bar: the batch's, not every model load's
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+    report = run_batch(
+        params["jobs"], params["output"], runtime=runtime, batch_size=params["batch_size"],
+        retry_failed=params["retry_failed"], strict=params["strict"], defaults=defaults,
+        ray=address is not None, ray_address=None if address in (None, "local") else address,
+        workers=params["workers"], progress=not params["quiet"],
+        on_problem=lambda message: click.echo(f"skipped: {message}", err=True),
+    )
+    for error in report.errors[:20]:
+        click.echo(f"failed: {error}", err=True)
+    if len(report.errors) > 20:
+        click.echo(f"failed: ... and {len(report.errors) - 20} more (see the manifest)", err=True)
+    click.echo(report.summary())
+    return 1 if report.failed else 2 if report.problems else 0
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("jobs")
+@click.option("--output", "-o", required=True, help="Folder for the images and manifest.jsonl.")
+@click.option("--batch-size", default=1, type=click.IntRange(min=1), help="Images per denoising call (jobs "
+              "sharing size, steps, guidance, blocks and model).")
+@click.option("--retry-failed", is_flag=True, help="Also rerun jobs the manifest records as failed.")
+@click.option("--strict", is_flag=True, help="Stop before starting if any job line is bad.")
+@click.option("--ray", default=None, is_flag=False, flag_value="local", metavar="[ADDRESS]",
+              help="Run on Ray: a cluster address (e.g. ray://head:10001 or auto), or a local Ray without one.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Ray workers (default: one per GPU, "
+              "else 1).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@runtime_options
+def batch(**params: Any) -> None:
+    """Render every job of JOBS (.jsonl, .csv or a .json matrix) into --output; rerun to resume.
+
+    Request options given here are defaults for jobs that do not set them."""
+    code = run_cli(_batch, params["debug"], params)
+    sys.exit(code or 0)
+
+
+for _name, _option in REQUEST_OPTIONS:
+    batch.params.append(_option)
+
+
 def entry() -> None:
     """Console entry point: click's own usage errors become one line too."""
     try:
