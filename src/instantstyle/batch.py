@@ -33,11 +33,11 @@ LOCK = ".instantstyle-batch.lock"
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TEMP_FILE = re.compile(r"^\..+\.png\.\d+\.tmp$")  # request.write_png's temporary names
 
-# Fields that may differ between the jobs of one denoising call; every other field must be equal.
-PER_JOB_FIELDS = ("prompt", "negative_prompt", "style", "content_prompt", "content_scale", "content_image", "seed",
-                  "num_images")
-SHARED_FIELDS = ("blocks", "scale", "steps", "guidance", "width", "height", "model", "adapter", "image_encoder",
-                 "content_text_encoder")
+# Fields that may differ between the jobs of one denoising call; every other field must be equal. The style
+# is shared too: diffusers repeats precomputed image embeddings over the whole batch, one style per call.
+PER_JOB_FIELDS = ("prompt", "negative_prompt", "seed", "num_images")
+SHARED_FIELDS = ("style", "content_prompt", "content_scale", "content_image", "blocks", "scale", "steps", "guidance",
+                 "width", "height", "model", "adapter", "image_encoder", "content_text_encoder")
 PATH_FIELDS = ("content_image", "model", "adapter", "image_encoder", "content_text_encoder")
 
 
@@ -434,19 +434,13 @@ def generate_together(pipe: Any, requests: Sequence[Request]) -> list[Any]:
     first = requests[0]
     pipe.apply_blocks(first)
     sd = pipe.pipe
-    latent_shape = (sd.unet.config.in_channels, first.height // sd.vae_scale_factor, first.width // sd.vae_scale_factor)
-    latents, positive, negative, prompts, negatives = [], [], [], [], []
+    shape = (sd.unet.config.in_channels, first.height // sd.vae_scale_factor, first.width // sd.vae_scale_factor)
+    latents, prompts, negatives = [], [], []
     for r in requests:
-        n = r.num_images
         generator = torch.Generator("cpu").manual_seed(r.seed)
-        latents.append(randn_tensor((n, *latent_shape), generator=generator, device=pipe.device, dtype=pipe.dtype))
-        embeds = pipe.ip_adapter_embeds(r)  # (2, 1, ...) negative first under CFG, else (1, 1, ...)
-        positive.append(embeds[-1:].repeat(n, *[1] * (embeds.dim() - 1)))
-        negative.append(embeds[:1].repeat(n, *[1] * (embeds.dim() - 1)))
-        prompts += [r.prompt] * n
-        negatives += [r.negative_prompt] * n
-    cfg = pipe.ip_adapter_embeds(first).shape[0] == 2
-    ip_embeds = torch.cat(negative + positive) if cfg else torch.cat(positive)
+        latents.append(randn_tensor((r.num_images, *shape), generator=generator, device=pipe.device, dtype=pipe.dtype))
+        prompts += [r.prompt] * r.num_images
+        negatives += [r.negative_prompt] * r.num_images
     sd.set_progress_bar_config(disable=True)
     output = sd(
         prompt=prompts,
@@ -458,7 +452,7 @@ def generate_together(pipe: Any, requests: Sequence[Request]) -> list[Any]:
         num_images_per_prompt=1,
         latents=torch.cat(latents),
         generator=torch.Generator("cpu").manual_seed(first.seed),
-        ip_adapter_image_embeds=[ip_embeds],
+        ip_adapter_image_embeds=[pipe.ip_adapter_embeds(first)],  # the shared style, repeated per image
     )
     results, start = [], 0
     for r in requests:
@@ -692,7 +686,8 @@ def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, ret
     start = time.perf_counter()
 
     def record(result: BatchResult) -> None:
-        report.encoder_runs[result.worker] = result.encoder_runs
+        if result.worker:
+            report.encoder_runs[result.worker] = result.encoder_runs
         for outcome in result.outcomes:
             _record(outcome, result.worker, folder, manifest, report)
             if bar is not None:

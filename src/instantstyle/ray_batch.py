@@ -1,0 +1,108 @@
+"""Scale-out: the batch driver's batches run on Ray actors, one pipeline each, results streamed back.
+
+Each actor is a ``batch.Worker`` (one per GPU with ``num_gpus=1``; CPU actors share the cores when
+the cluster has no GPU). The driver keeps two batches in flight per actor, writes every result as it
+arrives (it alone writes files and the manifest) and, when an actor dies, puts its batches back in the
+queue for the others and starts a replacement. Paths in jobs must be readable on every node.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .batch import BatchResult, Job, Outcome, Runtime, Worker
+from .errors import UserError
+
+IN_FLIGHT = 2  # batches queued per actor: the next one is ready while the driver writes images
+MAX_ATTEMPTS = 3  # a batch whose worker died this often fails instead of killing more workers
+
+
+def connect(address: str | None) -> bool:
+    """Join ``address`` (or start a local Ray); True when this call started it (and must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        where = f"Ray cluster at {address}" if address else "a local Ray"
+        raise UserError(f"cannot start or join {where}: {str(err).splitlines()[0]}") from None
+    return True
+
+
+def actor_options(workers: int | None) -> tuple[int, dict[str, Any], int]:
+    """(actor count, Ray resource options, torch threads per actor) from the cluster's resources."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if gpus:
+        count = workers or gpus
+        if count > gpus:
+            raise UserError(f"{count} workers asked for, but the Ray cluster has {gpus} GPU(s)")
+        return count, {"num_gpus": 1, "num_cpus": 1}, max(1, cpus // count)
+    count = workers or 1
+    share = cpus / count if count > cpus else cpus // count
+    return count, {"num_cpus": share}, max(1, int(share))
+
+
+def run_on_ray(
+    batches: Sequence[list[Job]],
+    runtime: Runtime,
+    address: str | None,
+    workers: int | None,
+    record: Callable[[BatchResult], None],
+) -> None:
+    """Run batches on Ray actors, calling ``record`` (on the driver) with each result as it arrives."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+
+    started = connect(address)
+    actors: list[Any] = []
+    try:
+        count, options, threads = actor_options(workers)
+        remote_worker = ray.remote(Worker).options(**options)  # type: ignore[arg-type]
+        actors = [remote_worker.remote(runtime, None, threads) for _ in range(count)]
+        replacements = 2 * count
+        queue: deque[tuple[list[Job], int]] = deque((list(b), 0) for b in batches)
+        in_flight: dict[Any, tuple[Any, list[Job], int]] = {}
+
+        def top_up() -> None:
+            for actor in actors:
+                while queue and sum(a is actor for a, _, _ in in_flight.values()) < IN_FLIGHT:
+                    batch, attempts = queue.popleft()
+                    in_flight[actor.run.remote(batch)] = (actor, batch, attempts)
+
+        top_up()
+        while in_flight:
+            [ref], _ = ray.wait(list(in_flight), num_returns=1)
+            actor, batch, attempts = in_flight.pop(ref)
+            try:
+                record(ray.get(ref))
+            except (RayActorError, WorkerCrashedError):
+                if attempts + 1 >= MAX_ATTEMPTS:
+                    record(_failed(batch, f"its Ray worker died {MAX_ATTEMPTS} times"))
+                else:
+                    queue.appendleft((batch, attempts + 1))
+                if actor in actors:
+                    actors.remove(actor)
+                    if replacements:
+                        replacements -= 1
+                        actors.append(remote_worker.remote(runtime, None, threads))
+            except RayTaskError as err:
+                record(_failed(batch, f"Ray task failed: {str(err).splitlines()[0]}"))
+            top_up()
+            if queue and not actors:
+                raise UserError(f"every Ray worker died; {len(queue)} batch(es) not run (rerun to resume)")
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if started:
+            ray.shutdown()
+
+
+def _failed(batch: list[Job], message: str) -> BatchResult:
+    return BatchResult([Outcome(job, [], None, message, 0.0, 0) for job in batch], "", 0)
