@@ -206,3 +206,17 @@ def test_an_output_folder_in_use_by_another_run_is_refused(sdxl, tmp_path):
             run_batch(cat_jobs(tmp_path, 1), tmp_path / "out", pipeline=sdxl)
     finally:
         lock.release()
+
+
+def test_device_map_without_gpus_is_one_clear_error_before_anything_runs(tiny, tmp_path):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"prompt": "a", "style": str(tiny.style_image)}])
+    result = CliRunner().invoke(main, ["batch", str(jobs), "-o", str(tmp_path / "out"), "--device-map", "balanced"])
+    assert result.exit_code == 2
+    assert result.output == "error: --device-map balanced spreads a model over CUDA GPUs, and none is available\n"
+
+
+def test_an_unreachable_ray_address_is_one_clear_error(tiny, tmp_path):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"prompt": "a", "style": str(tiny.style_image)}])
+    result = CliRunner().invoke(main, ["batch", str(jobs), "-o", str(tmp_path / "out"), "--ray", "127.0.0.1:1", "-q"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: cannot reach the Ray cluster at 127.0.0.1:1")

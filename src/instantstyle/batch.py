@@ -73,6 +73,8 @@ def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None) -> JobLi
     """Read a job file: ``.jsonl`` (one JSON object per line), ``.csv`` (a header row of option names) or
     ``.json`` (a matrix spec). Relative paths inside are taken from the job file's folder, else the current one."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"job file {path}: is a folder")
     if not path.is_file():
         raise UserError(f"job file {path}: no such file")
     try:
@@ -183,6 +185,9 @@ def matrix_rows(text: str, name: str = "jobs") -> Iterator[Row]:
     for key in ("style", "prompt", "seed", "id"):
         if key in spec:
             raise UserError(f'{name}: "{key}" cannot be set for every job of a matrix (use "{key}s")')
+    unknown = sorted(set(spec) - {f.name for f in dataclasses.fields(Request)})
+    if unknown:
+        raise UserError(f"{name}: unknown option(s): {', '.join(unknown)}")
     for si, style in enumerate(styles):
         for pi, prompt in enumerate(prompts):
             for seed in seeds:
@@ -352,6 +357,7 @@ class Runtime:
     dtype: str = "auto"
     keep_all_weights: bool = False
     single_file_config: str | None = None
+    device_map: str | None = None  # "balanced": one model spread over all GPUs of a machine
 
 
 @dataclass
@@ -507,7 +513,7 @@ class Worker:
             pipe = StylePipeline.from_pretrained(
                 model or DEFAULT_MODEL, adapter or DEFAULT_ADAPTER, image_encoder=encoder, device=rt.device,
                 dtype=rt.dtype, blocks=jobs[0].request.blocks, keep_all_weights=rt.keep_all_weights,
-                single_file_config=rt.single_file_config,
+                single_file_config=rt.single_file_config, device_map=rt.device_map,
             )
         except Exception as err:
             self.load_errors[key] = err
@@ -647,6 +653,11 @@ def run_batch(
         raise UserError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     if workers is not None and workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
+    runtime = runtime or Runtime()
+    if not ray:  # Ray workers decide on their own machines
+        from .pipeline import resolve_dtype, resolve_placement
+
+        resolve_dtype(runtime.dtype, resolve_placement(runtime.device, runtime.device_map))
     folder = prepare_output_dir(output_dir)
     job_list = as_jobs(jobs, defaults)
     for problem in job_list.problems:
@@ -657,7 +668,7 @@ def run_batch(
         raise UserError("no runnable jobs" + (" (every line was bad)" if job_list.problems else ""))
     lock = _Lock(folder)
     try:
-        return _run(job_list, folder, runtime or Runtime(), batch_size, retry_failed, pipeline, ray, ray_address,
+        return _run(job_list, folder, runtime, batch_size, retry_failed, pipeline, ray, ray_address,
                     workers, progress, on_problem)
     finally:
         lock.release()

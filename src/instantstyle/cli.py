@@ -247,14 +247,14 @@ def _batch(params: dict[str, Any]) -> int:
     defaults = {name: params[name] for name, _ in REQUEST_OPTIONS if params.get(name) not in (None, ())}
     defaults.setdefault("model", DEFAULT_MODEL)
     defaults.setdefault("adapter", DEFAULT_ADAPTER)
-    runtime = Runtime(params["device"], params["dtype"], params["keep_all_weights"], params["single_file_config"])
+    runtime = Runtime(params["device"], params["dtype"], params["keep_all_weights"], params["single_file_config"],
+                      params["device_map"])
     address = params["ray"]
-    if not params["quiet"]:  # one progress bar: the batch's, not every model load's
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()  # one progress bar: the batch's, not every model load's
+    transformers_logging.disable_progress_bar()
     report = run_batch(
         params["jobs"], params["output"], runtime=runtime, batch_size=params["batch_size"],
         retry_failed=params["retry_failed"], strict=params["strict"], defaults=defaults,
@@ -281,6 +281,8 @@ def _batch(params: dict[str, Any]) -> int:
               help="Run on Ray: a cluster address (e.g. ray://head:10001 or auto), or a local Ray without one.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Ray workers (default: one per GPU, "
               "else 1).")
+@click.option("--device-map", default=None, type=click.Choice(["balanced"]), help="Spread each model over all "
+              "GPUs of a machine (for models too large for one GPU).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @runtime_options
 def batch(**params: Any) -> None:

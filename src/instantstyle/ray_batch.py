@@ -25,6 +25,8 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
+    if address and address != "auto":
+        _check_reachable(address)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except (ConnectionError, ValueError, RuntimeError) as err:
@@ -33,12 +35,35 @@ def connect(address: str | None) -> bool:
     return True
 
 
-def actor_options(workers: int | None) -> tuple[int, dict[str, Any], int]:
-    """(actor count, Ray resource options, torch threads per actor) from the cluster's resources."""
+def _check_reachable(address: str) -> None:
+    """Fail fast on an address nothing listens at (Ray itself retries for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"Ray address {address!r} must look like HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as err:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({err.strerror or err})") from None
+
+
+def actor_options(workers: int | None, device_map: str | None = None) -> tuple[int, dict[str, Any], int]:
+    """(actor count, Ray resource options, torch threads per actor) from the cluster's resources; with a
+    device map, one actor per GPU machine holding all its GPUs."""
     import ray
 
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if device_map is not None:
+        per_node = [int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
+        per_node = [g for g in per_node if g]
+        if not per_node:
+            raise UserError("--device-map needs GPUs, and the Ray cluster has none")
+        count = workers or len(per_node)
+        if count > len(per_node):
+            raise UserError(f"{count} workers asked for, but the Ray cluster has {len(per_node)} GPU machine(s)")
+        return count, {"num_gpus": min(per_node), "num_cpus": 1}, max(1, cpus // count)
     if gpus:
         count = workers or gpus
         if count > gpus:
@@ -63,7 +88,7 @@ def run_on_ray(
     started = connect(address)
     actors: list[Any] = []
     try:
-        count, options, threads = actor_options(workers)
+        count, options, threads = actor_options(workers, runtime.device_map)
         remote_worker = ray.remote(Worker).options(**options)  # type: ignore[arg-type]
         actors = [remote_worker.remote(runtime, None, threads) for _ in range(count)]
         replacements = 2 * count
