@@ -388,7 +388,7 @@ def share_key(request: Request) -> tuple[Any, ...]:
 
 def _solo(request: Request) -> bool:
     """A request using fields this module does not batch (added to the core later) runs alone."""
-    default = Request(prompt="", style=("x",))
+    default = Request(prompt="", style=(StyleRef("x"),))
     known = set(PER_JOB_FIELDS) | set(SHARED_FIELDS)
     return any(getattr(request, f.name) != getattr(default, f.name)
                for f in dataclasses.fields(Request) if f.name not in known)
@@ -436,14 +436,15 @@ def generate_together(pipe: Any, requests: Sequence[Request]) -> list[Any]:
 
     if len(requests) == 1 or any(_solo(r) for r in requests):
         return [pipe(r) for r in requests]
-    requests = [pipe.complete(r) for r in requests]
+    requests = [pipe.complete(r) for r in requests]  # fills in seed, size, model and adapter
     first = requests[0]
+    assert all(r.seed is not None and r.width and r.height for r in requests)
     pipe.apply_blocks(first)
     sd = pipe.pipe
     shape = (sd.unet.config.in_channels, first.height // sd.vae_scale_factor, first.width // sd.vae_scale_factor)
     latents, prompts, negatives = [], [], []
     for r in requests:
-        generator = torch.Generator("cpu").manual_seed(r.seed)
+        generator = torch.Generator("cpu").manual_seed(r.seed)  # type: ignore[arg-type]
         latents.append(randn_tensor((r.num_images, *shape), generator=generator, device=pipe.device, dtype=pipe.dtype))
         prompts += [r.prompt] * r.num_images
         negatives += [r.negative_prompt] * r.num_images
@@ -457,7 +458,7 @@ def generate_together(pipe: Any, requests: Sequence[Request]) -> list[Any]:
         height=first.height,
         num_images_per_prompt=1,
         latents=torch.cat(latents),
-        generator=torch.Generator("cpu").manual_seed(first.seed),
+        generator=torch.Generator("cpu").manual_seed(first.seed),  # type: ignore[arg-type]
         ip_adapter_image_embeds=[pipe.ip_adapter_embeds(first)],  # the shared style, repeated per image
     )
     results, start = [], 0
@@ -483,13 +484,19 @@ class Worker:
         self.pipeline: Any = None
         self.loaded: tuple[Any, ...] | None = None
         self.load_errors: dict[tuple[Any, ...], Exception] = {}
+        self.hooks: list[Any] = []
         self.embed_cache: dict[Any, Any] = pipeline._embed_cache if pipeline is not None else {}
         if pipeline is not None:
             self._watch(pipeline)
 
     def _watch(self, pipeline: Any) -> None:
         pipeline._embed_cache = self.embed_cache  # the core's embedding cache, kept across models
-        pipeline.image_encoder.model.register_forward_hook(self._count)
+        self.hooks.append(pipeline.image_encoder.model.register_forward_hook(self._count))
+
+    def close(self) -> None:
+        """Stop counting encoder passes (a pipeline given by the caller outlives this worker)."""
+        for hook in self.hooks:
+            hook.remove()
 
     def _count(self, *_: Any) -> None:
         self.encoder_runs += 1
@@ -712,8 +719,11 @@ def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, ret
             run_on_ray(batches, runtime, ray_address, workers, record)
         else:
             worker = Worker(runtime, pipeline)
-            for batch in batches:
-                record(worker.run(batch))
+            try:
+                for batch in batches:
+                    record(worker.run(batch))
+            finally:
+                worker.close()
     finally:
         report.seconds = time.perf_counter() - start
         if bar is not None:
