@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, pixels
 from PIL import Image
 
 from instantstyle.batch import Manifest, read_jobs, run_batch
 from instantstyle.cli import main
 from instantstyle.errors import UserError
 from instantstyle.request import Request, read_png_request
+
+from .conftest import FAST, pixels
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

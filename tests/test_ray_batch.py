@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST, pixels
 from PIL import Image
 
 from instantstyle.batch import run_batch
+
+from .conftest import FAST, pixels
 
 ray = pytest.importorskip("ray")
 

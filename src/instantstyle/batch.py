@@ -267,7 +267,7 @@ def _check_files(request: Request, checked: dict[tuple[Any, ...], UserError | No
     """The generate command's checks (images readable, blocks well-formed), once per distinct input."""
     from .cli import check_inputs
 
-    key = (request.style, request.content_image, request.blocks)
+    key = (request.style, request.content_image, request.blocks, request.image_encoder, request.content_text_encoder)
     if key not in checked:
         try:
             check_inputs(request)
