@@ -281,13 +281,17 @@ def _batch(params: dict[str, Any]) -> int:
     address = params["ray"]
     if not params["debug"]:
         quiet_libraries()
-    report = run_batch(
-        params["jobs"], params["output"], runtime=runtime, batch_size=params["batch_size"],
-        retry_failed=params["retry_failed"], strict=params["strict"], defaults=defaults,
-        ray=address is not None, ray_address=None if address in (None, "local") else address,
-        workers=params["workers"], progress=not params["quiet"],
-        on_problem=lambda message: click.echo(f"skipped: {message}", err=True),
-    )
+    try:
+        report = run_batch(
+            params["jobs"], params["output"], runtime=runtime, batch_size=params["batch_size"],
+            retry_failed=params["retry_failed"], strict=params["strict"], defaults=defaults,
+            ray=address is not None, ray_address=None if address in (None, "local") else address,
+            workers=params["workers"], progress=not params["quiet"],
+            on_problem=lambda message: click.echo(f"skipped: {message}", err=True),
+        )
+    except KeyboardInterrupt:
+        click.echo("finished images and the manifest are kept; run the same command again to resume", err=True)
+        raise
     for error in report.errors[:20]:
         click.echo(f"failed: {error}", err=True)
     if len(report.errors) > 20:
