@@ -221,3 +221,13 @@ def test_an_unreachable_ray_address_is_one_clear_error(tiny, tmp_path):
     result = CliRunner().invoke(main, ["batch", str(jobs), "-o", str(tmp_path / "out"), "--ray", "127.0.0.1:1", "-q"])
     assert result.exit_code == 2
     assert result.output.startswith("error: cannot reach the Ray cluster at 127.0.0.1:1")
+
+
+def test_csv_cells_are_typed_and_a_bad_cell_names_its_line(tiny, tmp_path):
+    style = str(tiny.style_image)
+    (tmp_path / "jobs.csv").write_text(f"prompt,style,steps,scale\na cat,{style};{style}:0.5,4,0.8\n"
+                                       f"a dog,{style},four,\n")
+    jobs = read_jobs(tmp_path / "jobs.csv")
+    [job] = jobs.jobs
+    assert (job.request.steps, job.request.scale, [r.weight for r in job.request.style]) == (4, 0.8, [1.0, 0.5])
+    assert jobs.problems == ["jobs.csv line 3: steps must be a whole number, got 'four'"]
