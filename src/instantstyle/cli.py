@@ -279,6 +279,8 @@ def _batch(params: dict[str, Any]) -> int:
     runtime = Runtime(params["device"], params["dtype"], params["keep_all_weights"], params["single_file_config"],
                       params["device_map"])
     address = params["ray"]
+    if params["workers"] is not None and address is None:
+        raise UserError("--workers is the number of Ray workers; add --ray")
     if not params["debug"]:
         quiet_libraries()
     try:
