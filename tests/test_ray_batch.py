@@ -75,3 +75,18 @@ def test_a_ray_worker_killed_during_the_run_still_ends_with_every_job_done(local
     lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(e["id"] for e in lines) == sorted(f"job-{i}" for i in range(8))
     assert sorted(p.name for p in out.iterdir()) == sorted([f"job-{i}.png" for i in range(8)] + ["manifest.jsonl"])
+
+
+def test_a_worker_is_given_more_batches_of_the_model_it_holds():
+    from instantstyle.batch import Job
+    from instantstyle.ray_batch import BatchQueue
+    from instantstyle.request import Request
+
+    def batch(model: str, n: int) -> list[Job]:
+        return [Job(f"{model}-{n}", Request(prompt="p", style=("s.png",), model=model))]
+
+    queue = BatchQueue([batch("a", 1), batch("b", 1), batch("b", 2), batch("a", 2), batch("b", 3)])
+    holding_a = ("a", None, None)
+    assert [queue.take(holding_a)[0][0].id for _ in range(2)] == ["a-1", "a-2"]
+    assert [queue.take(holding_a)[0][0].id for _ in range(3)] == ["b-1", "b-2", "b-3"]  # then the largest model
+    assert len(queue) == 0

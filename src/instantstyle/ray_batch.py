@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .batch import BatchResult, Job, Outcome, Runtime, Worker
+from .batch import BatchResult, Job, Outcome, Runtime, Worker, pipeline_key
 from .errors import UserError
 
 IN_FLIGHT = 2  # batches queued per actor: the next one is ready while the driver writes images
@@ -74,6 +74,27 @@ def actor_options(workers: int | None, device_map: str | None = None) -> tuple[i
     return count, {"num_cpus": share}, max(1, int(share))
 
 
+class BatchQueue:
+    """Batches waiting for a worker, by model: a worker gets more of the model it holds while any remain."""
+
+    def __init__(self, batches: Sequence[list[Job]]) -> None:
+        self.queues: dict[Any, deque[tuple[list[Job], int]]] = {}
+        for batch in batches:
+            self.queues.setdefault(pipeline_key(batch[0].request), deque()).append((list(batch), 0))
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def put_back(self, batch: list[Job], attempts: int) -> None:
+        self.queues.setdefault(pipeline_key(batch[0].request), deque()).appendleft((batch, attempts))
+
+    def take(self, holding: Any) -> tuple[list[Job], int]:
+        """The next batch for a worker holding model ``holding`` (else from the model with most work left)."""
+        if not self.queues.get(holding):
+            holding = max(self.queues, key=lambda k: len(self.queues[k]))
+        return self.queues[holding].popleft()
+
+
 def run_on_ray(
     batches: Sequence[list[Job]],
     runtime: Runtime,
@@ -92,13 +113,15 @@ def run_on_ray(
         remote_worker = ray.remote(Worker).options(**options)  # type: ignore[arg-type]
         actors = [remote_worker.remote(runtime, None, threads) for _ in range(count)]
         replacements = 2 * count
-        queue: deque[tuple[list[Job], int]] = deque((list(b), 0) for b in batches)
+        queue = BatchQueue(batches)
         in_flight: dict[Any, tuple[Any, list[Job], int]] = {}
+        holding: dict[Any, Any] = {}  # actor -> the model key of its last batch
 
         def top_up() -> None:
             for actor in actors:
                 while queue and sum(a is actor for a, _, _ in in_flight.values()) < IN_FLIGHT:
-                    batch, attempts = queue.popleft()
+                    batch, attempts = queue.take(holding.get(actor))
+                    holding[actor] = pipeline_key(batch[0].request)
                     in_flight[actor.run.remote(batch)] = (actor, batch, attempts)
 
         top_up()
@@ -111,7 +134,7 @@ def run_on_ray(
                 if attempts + 1 >= MAX_ATTEMPTS:
                     record(_failed(batch, f"its Ray worker died {MAX_ATTEMPTS} times"))
                 else:
-                    queue.appendleft((batch, attempts + 1))
+                    queue.put_back(batch, attempts + 1)
                 if actor in actors:
                     actors.remove(actor)
                     if replacements:
