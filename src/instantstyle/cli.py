@@ -299,7 +299,7 @@ def _batch(params: dict[str, Any]) -> int:
     if len(report.errors) > 20:
         click.echo(f"failed: ... and {len(report.errors) - 20} more (see the manifest)", err=True)
     click.echo(report.summary())
-    return 1 if report.failed else 2 if report.problems else 0
+    return 1 if report.failed or report.failed_before else 2 if report.problems else 0
 
 
 @main.command(context_settings={"show_default": True})
