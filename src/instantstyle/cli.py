@@ -250,3 +250,75 @@ def entry() -> None:
         _fail("aborted", 130)
     except click.ClickException as err:
         _fail(err.format_message(), 2)
+
+
+# --- sweep: a labelled contact sheet over blocks x scale (x content scale) ---------------------------
+
+SWEPT = ("blocks", "scale", "content_scale", "num_images")
+
+
+def _sweep(params: dict[str, Any]) -> None:
+    from .sweep import Axes, cell_name, parse_blocks_list, parse_number_list, render_sweep, sweep_requests
+
+    axes = Axes(
+        parse_blocks_list(params["sweep_blocks"]),
+        parse_number_list("scale", params["sweep_scales"]),
+        parse_number_list("content scale", params["sweep_content_scales"]) if params["sweep_content_scales"] else (),
+    )
+    source = read_png_request(params["from_png"]) if params["from_png"] else None
+    base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
+    if axes.content_scales and base.content_prompt is None and base.content_image is None:
+        raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
+    check_inputs(base)
+    sheet = output_paths(params["output"], 1, params["overwrite"])[0]
+    for row in sweep_requests(base.replace(seed=0), axes):  # cell names depend on blocks and scales only
+        for cell in row:
+            output_paths(str(sheet.with_name(cell_name(sheet.stem, cell, axes))), 1, params["overwrite"])
+    pipe = _load_pipeline(base, params, blocks=",".join(axes.blocks))
+    render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)))
+    click.echo(str(sheet))
+
+
+def _load_pipeline(request: Request, params: dict[str, Any], blocks: str) -> Any:
+    """Check every blocks spec against the model's UNet config, then load the pipeline for them."""
+    from .blocks import parse_spec, resolve_blocks
+    from .pipeline import StylePipeline, unet_layers
+
+    assert request.model is not None and request.adapter is not None
+    arch, layers = unet_layers(request.model, params["single_file_config"])
+    for name, _ in parse_spec(blocks):
+        if layers:
+            resolve_blocks(name, layers, arch)
+    return StylePipeline.from_pretrained(
+        request.model,
+        request.adapter,
+        image_encoder=request.image_encoder,
+        content_text_encoder=request.content_text_encoder,
+        device=params["device"],
+        dtype=params["dtype"],
+        blocks=blocks,
+        keep_all_weights=params["keep_all_weights"],
+        single_file_config=params["single_file_config"],
+    )
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--blocks", "sweep_blocks", multiple=True, default=("style", "style+layout", "all"),
+              help="Blocks specs to compare, one row each: style,style+layout,all (';' between specs "
+              "that contain commas).")
+@click.option("--scale", "sweep_scales", default="0.4,0.7,1.0", help="Scales to compare, one column each.")
+@click.option("--content-scale", "sweep_content_scales", default=None,
+              help="Content scales to compare (rows within each blocks spec); needs --content-prompt.")
+@click.option("--from", "from_png", default=None, help="Take the other settings from a PNG made by instantstyle.")
+@click.option("--output", "-o", required=True, help="The sheet .png; cells are written beside it as "
+              "SHEET-BLOCKS-sSCALE.png.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@runtime_options
+def sweep(**params: Any) -> None:
+    """Render every blocks x scale combination with one seed into a labelled contact sheet."""
+    run_cli(_sweep, params["debug"], params)
+
+
+for _name, _option in REQUEST_OPTIONS:
+    if _name not in SWEPT:
+        sweep.params.append(_option)
