@@ -322,3 +322,49 @@ def sweep(**params: Any) -> None:
 for _name, _option in REQUEST_OPTIONS:
     if _name not in SWEPT:
         sweep.params.append(_option)
+
+
+# --- ui: the web page ---------------------------------------------------------------------------------
+
+
+def _ui(params: dict[str, Any]) -> None:
+    try:
+        from .ui import launch
+    except ImportError as err:
+        raise UserError(f"the web UI needs gradio: pip install 'instantstyle[ui]' ({err})") from None
+    from .pipeline import DEFAULT_ADAPTER, DEFAULT_MODEL, StylePipeline
+
+    if params["host"] not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving on {params['host']}: anyone who can reach this machine can use the page",
+                   err=True)
+    pipe = StylePipeline.from_pretrained(
+        params["model"] or DEFAULT_MODEL,
+        params["adapter"] or DEFAULT_ADAPTER,
+        image_encoder=params["image_encoder"],
+        content_text_encoder=params["content_text_encoder"],
+        device=params["device"],
+        dtype=params["dtype"],
+        keep_all_weights=True,  # any blocks per request, without reloading the adapter
+        single_file_config=params["single_file_config"],
+    )
+    click.echo(f"serving http://{params['host']}:{params['port']}/ (outputs in {params['workdir']})")
+    launch(pipe, params["workdir"], params["host"], params["port"], share=params["share"])
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--model", default=None, help="Diffusers folder, hub id or single .safetensors file "
+              "[default: SDXL base 1.0].")
+@click.option("--adapter", default=None, help="IP-Adapter weights file or org/repo/path/file [default: h94 SDXL].")
+@click.option("--image-encoder", default=None, help="CLIP image encoder folder (default: found beside the adapter).")
+@click.option("--content-text-encoder", default=None, help="CLIP text model in the image encoder's space.")
+@click.option("--host", default="127.0.0.1", help="Address to bind; 0.0.0.0 serves every network interface.")
+@click.option("--port", default=7860, type=click.IntRange(1, 65535))
+@click.option("--share", is_flag=True, help="Also open a public gradio.live link (off unless asked).")
+@click.option("--workdir", default="instantstyle-ui", help="Folder for uploads and generated images.")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]))
+@click.option("--dtype", default="auto", type=click.Choice(["auto", "float32", "float16", "bfloat16"]))
+@click.option("--single-file-config", default=None, help="Configs for a single-file --model.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def ui(**params: Any) -> None:
+    """Serve the web UI: generate, sweep, restore settings from PNGs, save style files."""
+    run_cli(_ui, params["debug"], params)
