@@ -101,11 +101,14 @@ class Workdir:
     def keep_upload(self, path: str | Path, what: str) -> str:
         """Check an uploaded reference (image within the pixel limit, or a style file) and keep a copy."""
         path = Path(path)
-        if path.suffix.lower() == ".safetensors":
-            load_style(path)
-        else:
-            check_pixels(path, what)
-            load_image(path, what)
+        try:
+            if path.suffix.lower() == ".safetensors":
+                load_style(path)
+            else:
+                check_pixels(path, what)
+                load_image(path, what)
+        except UserError as err:  # name the file as the user knows it, not by gradio's temp path
+            raise UserError(str(err).replace(str(path), path.name)) from None
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
         kept = self.inputs / f"{digest}{path.suffix.lower()}"
         if not kept.exists():
@@ -118,7 +121,13 @@ class Workdir:
         return resolved.parent == self.inputs and resolved.is_file()
 
     def new_output(self, stem: str, suffix: str = ".png") -> Path:
-        return self.outputs / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}{suffix}"
+        """A fresh output path (time-stamped; never one that exists, so nothing made is overwritten)."""
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
+        path, n = self.outputs / f"{name}{suffix}", 1
+        while path.exists() or any(path.parent.glob(f"{path.stem}-*")):
+            n += 1
+            path = self.outputs / f"{name}-{n}{suffix}"
+        return path
 
 
 def check_pixels(path: str | Path, what: str) -> None:
@@ -167,7 +176,7 @@ def spec_from_rows(rows: Any) -> str:
 
 # The form fields in the order every handler takes them (and the API documents them).
 FIELDS = (
-    "style", "style_weights", "prompt", "negative_prompt", "blocks", "block_table", "scale",
+    "style", "prompt", "style_weights", "negative_prompt", "blocks", "block_table", "scale",
     "content_prompt", "content_scale", "content_image", "seed", "randomize_seed", "steps", "guidance",
     "width", "height", "num_images",
 )
@@ -264,18 +273,18 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         captions = [f"seed {result.request.seed} #{i + 1}" for i in range(len(paths))]
         return list(zip(paths, captions, strict=True)), paths, json.dumps(result.request.to_dict(), indent=2)
 
+    # The API endpoints take the form's fields by name, with the form's defaults (see docs: "API").
     @shows_errors
     def generate(
-        style: list[str] | None, style_weights: str, prompt: str, negative_prompt: str, blocks: str,
-        block_table: Any, scale: float, content_prompt: str, content_scale: float, content_image: str | None,
-        seed: float, randomize_seed: bool, steps: float, guidance: float, width: float, height: float,
-        num_images: float, progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (gradio's idiom)
+        style: list[str] | None, prompt: str, style_weights: str = "", negative_prompt: str = "",
+        blocks: str = "style", block_table: Any = None, scale: float = 1.0, content_prompt: str = "",
+        content_scale: float = 0.5, content_image: str | None = None, seed: float = 0, randomize_seed: bool = True,
+        steps: float = 30, guidance: float = 5.0, width: float = 0, height: float = 0, num_images: float = 1,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (gradio's idiom)
     ) -> tuple[list[tuple[str, str]], list[str], str]:
         """Make images from the form: returns the gallery, the PNG files (with their settings) and the request JSON."""
-        values = dict(zip(FIELDS, (style, style_weights, prompt, negative_prompt, blocks, block_table, scale,
-                                   content_prompt, content_scale, content_image, seed, randomize_seed, steps,
-                                   guidance, width, height, num_images), strict=True))
-        return run_request(values, progress)
+        form = locals()
+        return run_request({name: form[name] for name in FIELDS}, progress)
 
     @shows_errors
     def restore(png: str | None) -> list[Any]:
@@ -307,27 +316,41 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         return values[1:]  # everything but the style input itself
 
     @shows_errors
-    def save_current_style(*form: Any) -> str:
+    def save_current_style(
+        style: list[str] | None, prompt: str, style_weights: str = "", negative_prompt: str = "",
+        blocks: str = "style", block_table: Any = None, scale: float = 1.0, content_prompt: str = "",
+        content_scale: float = 0.5, content_image: str | None = None, seed: float = 0, randomize_seed: bool = True,
+        steps: float = 30, guidance: float = 5.0, width: float = 0, height: float = 0, num_images: float = 1,
+    ) -> str:
         """Save the current style (blended embedding + settings) as a ``.safetensors`` style file."""
-        values = dict(zip(FIELDS, form, strict=True))
-        request = form_request(work, values)
+        form = locals()
+        request = form_request(work, {name: form[name] for name in FIELDS})
         path = work.new_output("style", ".safetensors")
         save_style(path, style_file_for(holder.get(), request))
         return str(path)
 
     @shows_errors
-    def sweep(*form_and_axes: Any, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, list, list]:  # noqa: B008
+    def sweep(
+        style: list[str] | None, prompt: str, style_weights: str = "", negative_prompt: str = "",
+        blocks: str = "style", block_table: Any = None, scale: float = 1.0, content_prompt: str = "",
+        content_scale: float = 0.5, content_image: str | None = None, seed: float = 0, randomize_seed: bool = True,
+        steps: float = 30, guidance: float = 5.0, width: float = 0, height: float = 0, num_images: float = 1,
+        sweep_blocks: str = "style, style+layout, all", sweep_scales: str = "0.4, 0.7, 1.0",
+        sweep_content_scales: str = "",
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
+    ) -> tuple[str, list[tuple[str, str]], list[str]]:
         """Render a labelled sheet over blocks x scale (x content scale) with the form's other settings."""
-        *form, blocks_list, scales, content_scales = form_and_axes
-        values = dict(zip(FIELDS, form, strict=True))
-        axes = Axes(parse_blocks_list(blocks_list or ""), parse_number_list("scale", scales or ""),
-                    parse_number_list("content scale", content_scales) if (content_scales or "").strip() else ())
+        form = locals()
+        values = {name: form[name] for name in FIELDS}
+        axes = Axes(parse_blocks_list(sweep_blocks or ""), parse_number_list("scale", sweep_scales or ""),
+                    parse_number_list("content scale", sweep_content_scales)
+                    if (sweep_content_scales or "").strip() else ())
         pipe = holder.get()
         base = form_request(work, values).replace(num_images=1)
         if axes.content_scales and base.content_prompt is None and base.content_image is None:
             raise UserError("content scales need a content prompt or a content image")
-        for blocks, _ in axes.rows:
-            resolve_blocks(blocks, pipe.layers, pipe.arch)
+        for row_blocks, _ in axes.rows:
+            resolve_blocks(row_blocks, pipe.layers, pipe.arch)
         total = len(axes.rows) * len(axes.scales)
         done: list[str] = []
 
@@ -347,16 +370,17 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
             with gr.Column(scale=1):
                 style = gr.File(label="Style image(s) or style file (.safetensors)", file_count="multiple",
                                 file_types=["image", ".safetensors"], elem_id="style")
-                style_weights = gr.Textbox(label="Style weights (comma separated; blank = equal)", elem_id="weights")
+                style_weights = gr.Textbox("", label="Style weights (comma separated, blank: equal)",
+                                           elem_id="weights")
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
-                negative = gr.Textbox(label="Negative prompt", elem_id="negative")
+                negative = gr.Textbox("", label="Negative prompt", elem_id="negative")
                 blocks = gr.Dropdown([*PRESETS["sdxl"], CUSTOM], value="style", label="Blocks", elem_id="blocks")
                 scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Scale", elem_id="scale")
                 with gr.Accordion("Advanced: per-block scales (choose blocks = custom)", open=False):
                     table = gr.Dataframe(headers=["block", "scale"], datatype=["str", "number"],
                                          static_columns=[0], label="Per-block scales", elem_id="block-table")
                 with gr.Accordion("Content subtraction", open=False):
-                    content_prompt = gr.Textbox(label="Content prompt (what the style image shows)",
+                    content_prompt = gr.Textbox("", label="Content prompt (what the style image shows)",
                                                 elem_id="content-prompt")
                     content_scale = gr.Slider(0, 2, value=0.5, step=0.05, label="Content scale")
                     content_image = gr.File(label="…or a content image", file_types=["image"],
@@ -398,7 +422,7 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
                     style_out = gr.File(label="Style file (upload it as the style to reuse it without the image)",
                                         interactive=False, elem_id="style-file")
 
-        form = [style, style_weights, prompt, negative, blocks, table, scale, content_prompt, content_scale,
+        form = [style, prompt, style_weights, negative, blocks, table, scale, content_prompt, content_scale,
                 content_image, seed, randomize, steps, guidance, width, height, num_images]
         pipeline_event = {"concurrency_limit": 1, "concurrency_id": QUEUE}
         run.click(generate, form, [gallery, files, request_json], api_name="generate", **pipeline_event)
