@@ -3,6 +3,10 @@
 import io
 import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -75,6 +79,11 @@ def test_text_file_as_style_is_a_user_error_naming_the_file(work, tmp_path):
         ui.form_request(work, form([str(notes)]))
 
 
+def test_out_of_range_size_is_a_user_error(work, tiny):
+    with pytest.raises(UserError, match="width must be a multiple of 8"):
+        ui.form_request(work, form([str(tiny.style_image)], width=100))
+
+
 def test_images_over_the_pixel_limit_are_refused(work, tiny, monkeypatch):
     monkeypatch.setattr(ui, "MAX_PIXELS", 64 * 64 - 1)
     with pytest.raises(UserError, match="over the limit"):
@@ -89,6 +98,39 @@ def test_style_file_reproduces_the_style_image(sdxl, work, tiny, tmp_path):
     save_style(path, ui.style_file_for(sdxl, request))
     assert Request.from_json(load_style(path).metadata["request"]).scale == request.scale
     assert (pixels(sdxl(request.replace(style=(str(path),))).images[0]) == pixels(sdxl(request).images[0])).all()
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+
+def test_ui_command_with_a_missing_model_is_one_line_and_exit_2(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from instantstyle.cli import main
+
+    result = CliRunner().invoke(main, ["ui", "--model", str(tmp_path / "nope"), "--adapter", str(tiny.sdxl_adapter)])
+    assert result.exit_code == 2 and result.output.startswith("error: model") and result.output.count("\n") == 1
+
+
+def test_one_command_serves_a_working_page(tiny, tmp_path):
+    port = free_port()
+    command = [sys.executable, "-c", "from instantstyle.cli import entry; entry()", "ui", "--model", str(tiny.sdxl),
+               "--adapter", str(tiny.sdxl_adapter), "--port", str(port), "--workdir", str(tmp_path / "work")]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    assert response.status == 200 and "InstantStyle" in response.read().decode()
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"no page within 120 s: {server.stdout.read() if server.poll() is not None else 'running'}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 # --- the page in a real browser ---------------------------------------------------------------------

@@ -364,8 +364,13 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
     def load_blocks(preset: str) -> list[list[Any]]:
         return block_rows(holder.get(), preset) if preset != CUSTOM else gr.skip()
 
+    def describe_pipeline() -> str:
+        pipe = holder.get()
+        return f"Model `{pipe.model_id}` ({pipe.arch}) with adapter `{Path(pipe.adapter.path).name}` on {pipe.device}"
+
     with gr.Blocks(title="InstantStyle", analytics_enabled=False) as demo:
         gr.Markdown("# InstantStyle\nText-to-image in the style of a reference image, without its content.")
+        loaded = gr.Markdown("Loading the model…", elem_id="loaded")
         with gr.Row():
             with gr.Column(scale=1):
                 style = gr.File(label="Style image(s) or style file (.safetensors)", file_count="multiple",
@@ -433,6 +438,7 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         style.upload(style_uploaded, style, form[1:], api_visibility="undocumented")
         blocks.change(load_blocks, blocks, table, api_visibility="undocumented")
         demo.load(load_blocks, blocks, table, api_visibility="undocumented")
+        demo.load(describe_pipeline, None, loaded, api_visibility="undocumented")
     return demo
 
 
