@@ -1,6 +1,7 @@
 """The web UI: form <-> Request, restore and style files, and the real page driven in headless Chromium."""
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from PIL import Image
 
 from instantstyle import Request, UserError
 from instantstyle.request import read_png_request, write_png
+from instantstyle.sweep import SHEET_KEY
 
 gr = pytest.importorskip("gradio", reason="the web UI needs gradio (pip install 'instantstyle[ui]')")
 from instantstyle import ui  # noqa: E402
@@ -244,16 +246,28 @@ def test_text_file_as_style_shows_a_message_and_the_app_keeps_serving(page, tiny
     page.locator("#gallery img").first.wait_for()
 
 
+def test_out_of_range_value_shows_a_message_in_the_page(page, tiny):
+    fill_form(page, tiny.style_image)
+    page.locator("#width input").fill("100")
+    page.locator("#generate").click()
+    page.get_by_text("width must be a multiple of 8, got 100").first.wait_for()
+
+
 def test_sweep_tab_renders_a_sheet(page, tiny):
     fill_form(page, tiny.style_image)
     page.get_by_role("tab", name="Sweep").click()
-    page.locator("#sweep-blocks textarea").fill("style, all")
-    page.locator("#sweep-scales textarea").fill("1")
+    from playwright.sync_api import expect
+
+    for elem_id, value in (("sweep-blocks", "style, all"), ("sweep-scales", "1")):
+        page.locator(f"#{elem_id} textarea").fill(value)
+        expect(page.locator(f"#{elem_id} textarea")).to_have_value(value)
     page.locator("#run-sweep").click()
     sheet = page.locator("#sheet img").first
     sheet.wait_for()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=sheet.element_handle())
     screenshot(page, "ui-sweep.png")
+    made = json.loads(Image.open(io.BytesIO(page.request.get(sheet.get_attribute("src")).body())).info[SHEET_KEY])
+    assert (made["blocks"], made["scales"], made["base"]["seed"]) == (["style", "all"], [1.0], 7)
 
 
 def test_documented_api_client_example_works(app, tiny):

@@ -291,7 +291,11 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         """Read the settings carried by a PNG made by instantstyle back into the form."""
         if not png:
             return [gr.skip()] * len(FIELDS)
-        request = read_png_request(_file_path(png))
+        path = _file_path(png)
+        try:
+            request = read_png_request(path)
+        except UserError as err:
+            raise UserError(str(err).replace(path, Path(path).name)) from None
         values, lost = form_values(holder.get(), work, request)
         if lost:
             gr.Warning("settings restored; upload the reference image(s) again: " + ", ".join(
