@@ -246,6 +246,26 @@ def test_text_file_as_style_shows_a_message_and_the_app_keeps_serving(page, tiny
     page.locator("#gallery img").first.wait_for()
 
 
+def test_saved_style_file_loads_with_its_settings_and_generates(page, app, tiny, tmp_path):
+    from playwright.sync_api import expect
+
+    fill_form(page, tiny.style_image, prompt="a castle")
+    page.get_by_role("tab", name="Restore & style files").click()
+    page.locator("#save-style").click()
+    link = page.locator("#style-file a").first
+    link.wait_for()
+    saved = tmp_path / "my-style.safetensors"
+    saved.write_bytes(page.request.get(link.get_attribute("href")).body())
+    page.goto(app[0])
+    page.wait_for_selector("#generate")
+    page.locator("#style input[type=file]").set_input_files(str(saved))
+    expect(page.locator("#prompt textarea")).to_have_value("a castle")
+    expect(page.locator("#seed input")).to_have_value("7")
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#generate").click()
+    page.locator("#gallery img").first.wait_for()
+
+
 def test_out_of_range_value_shows_a_message_in_the_page(page, tiny):
     fill_form(page, tiny.style_image)
     page.locator("#width input").fill("100")

@@ -310,11 +310,11 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         paths = [_file_path(f) for f in files or []]
         if len(paths) != 1 or not paths[0].endswith(".safetensors"):
             return [gr.skip()] * (len(FIELDS) - 1)
-        style = load_style(paths[0])
-        settings = style.metadata.get("request")
+        kept = work.keep_upload(paths[0], "style file")
+        settings = load_style(kept).metadata.get("request")
         if settings is None:
             return [gr.skip()] * (len(FIELDS) - 1)
-        request = Request.from_json(settings).replace(style=(work.keep_upload(paths[0], "style file"),))
+        request = Request.from_json(settings).replace(style=(kept,))
         values, _ = form_values(holder.get(), work, request)
         gr.Info("style file loaded with its settings")
         return values[1:]  # everything but the style input itself
@@ -441,6 +441,7 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         dropped.upload(restore, dropped, form, api_name="restore")
         style.upload(style_uploaded, style, form[1:], api_visibility="undocumented")
         blocks.change(load_blocks, blocks, table, api_visibility="undocumented")
+        table.input(lambda: CUSTOM, None, blocks, api_visibility="undocumented")  # editing the table: custom blocks
         demo.load(load_blocks, blocks, table, api_visibility="undocumented")
         demo.load(describe_pipeline, None, loaded, api_visibility="undocumented")
     return demo
