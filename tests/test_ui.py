@@ -292,6 +292,7 @@ def test_sweep_tab_renders_a_sheet(page, tiny):
 
 def test_documented_api_client_example_works(app, tiny):
     from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
 
     client = Client(app[0], verbose=False)
     gallery, files, request_json = client.predict(
@@ -299,6 +300,16 @@ def test_documented_api_client_example_works(app, tiny):
         api_name="/generate")
     assert read_png_request(files[0]) == Request.from_json(request_json)
     assert Image.open(gallery[0]["image"]).size == (64, 64)
+    with pytest.raises(AppError, match="width must be a multiple of 8"):
+        client.predict(style=[handle_file(str(tiny.style_image))], prompt="a cat", width=100, api_name="/generate")
+
+
+def test_uploads_over_the_size_limit_are_refused(app):
+    import httpx
+
+    too_big = b"0" * (25 * 1024 * 1024 + 1)
+    response = httpx.post(f"{app[0]}gradio_api/upload", files={"files": ("big.png", too_big)}, timeout=60)
+    assert response.status_code == 413 and "maximum allowed size" in response.text
 
 
 def test_app_binds_localhost_without_a_share_link(app):
