@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, pixels
 from PIL import Image
 
 from instantstyle import Request, UserError
@@ -21,6 +20,8 @@ from instantstyle.sweep import (
     sheet_layout,
     sweep_requests,
 )
+
+from .conftest import FAST, pixels
 
 
 def cli(*args: str):
@@ -94,17 +95,16 @@ def test_sweep_encodes_the_style_once(sdxl, tiny, tmp_path):
 
 
 def test_sweep_writes_sheet_and_reproducible_cells(sdxl, tiny, tmp_path):
-    axes = Axes(("style", "all"), (0.5, 1.0))
+    axes = Axes(("style",), (0.5, 1.0))
     sheet, paths = render_sweep(sdxl, Request("a cat", style=str(tiny.style_image), **FAST), axes,
                                 tmp_path / "sheet.png")
-    assert [[p.name for p in row] for row in paths] == [
-        ["sheet-style-s0.5.png", "sheet-style-s1.png"], ["sheet-all-s0.5.png", "sheet-all-s1.png"]]
-    cell = read_png_request(paths[1][0])
-    assert (cell.blocks, cell.scale, cell.seed) == ("all", 0.5, 7)
-    assert (pixels(Image.open(paths[1][0])) == pixels(sdxl(cell).images[0])).all()
+    assert [[p.name for p in row] for row in paths] == [["sheet-style-s0.5.png", "sheet-style-s1.png"]]
+    cell = read_png_request(paths[0][0])
+    assert (cell.blocks, cell.scale, cell.seed) == ("style", 0.5, 7)
+    assert (pixels(Image.open(paths[0][0])) == pixels(sdxl(cell).images[0])).all()
     meta = json.loads(Image.open(sheet).info[SHEET_KEY])
-    assert meta["blocks"] == ["style", "all"] and meta["scales"] == [0.5, 1.0]
-    assert pixels(Image.open(paths[0][0])).tolist() != pixels(Image.open(paths[1][1])).tolist()
+    assert meta["blocks"] == ["style"] and meta["scales"] == [0.5, 1.0]
+    assert pixels(Image.open(paths[0][0])).tolist() != pixels(Image.open(paths[0][1])).tolist()
 
 
 def test_cli_sweep_cells_equal_single_generate_runs(tiny, tmp_path):

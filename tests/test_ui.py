@@ -11,12 +11,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import pixels
 from PIL import Image
 
 from instantstyle import Request, UserError
 from instantstyle.request import read_png_request, write_png
 from instantstyle.sweep import SHEET_KEY
+
+from .conftest import pixels
 
 gr = pytest.importorskip("gradio", reason="the web UI needs gradio (pip install 'instantstyle[ui]')")
 from instantstyle import ui  # noqa: E402
@@ -92,13 +93,12 @@ def test_images_over_the_pixel_limit_are_refused(work, tiny, monkeypatch):
         ui.form_request(work, form([str(tiny.style_image)]))
 
 
-def test_style_file_reproduces_the_style_image(sdxl, work, tiny, tmp_path):
-    request = ui.form_request(work, form([str(tiny.style_image)]))
-    path = tmp_path / "style.safetensors"
-    from instantstyle.embeddings import load_style, save_style
+def test_style_file_reproduces_the_style_image_and_keeps_the_settings(sdxl, work, tiny, tmp_path):
+    request = ui.form_request(work, form([str(tiny.style_image)], scale=0.8))
+    path = sdxl.save_style(request, tmp_path / "style.safetensors", extra=ui.style_settings(request))
+    from instantstyle.embeddings import load_style
 
-    save_style(path, ui.style_file_for(sdxl, request))
-    assert Request.from_json(load_style(path).metadata["request"]).scale == request.scale
+    assert Request.from_json(load_style(path).metadata["request"]).scale == 0.8
     assert (pixels(sdxl(request.replace(style=(str(path),))).images[0]) == pixels(sdxl(request).images[0])).all()
 
 

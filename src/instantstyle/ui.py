@@ -26,7 +26,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from .blocks import PRESETS, attention_block, list_blocks, resolve_blocks
-from .embeddings import StyleFile, describe, load_image, load_style, save_style, unconditional_embeds
+from .embeddings import load_image, load_style
 from .errors import UserError
 from .pipeline import StylePipeline
 from .request import Request, read_png_request, write_png
@@ -245,12 +245,9 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
     return [values[name] for name in FIELDS], lost
 
 
-def style_file_for(pipe: StylePipeline, request: Request) -> StyleFile:
-    """The request's blended reference embedding as a style file, with the request's settings as metadata."""
-    embeds = pipe.reference_embeds(request)
-    negative = unconditional_embeds(embeds, pipe.image_encoder, pipe.adapter.kind).cpu()
-    settings = request.replace(style=("(this style file)",)).to_dict()
-    return StyleFile(embeds, negative, pipe.adapter.kind, pipe.image_encoder.identity, describe({"request": settings}))
+def style_settings(request: Request) -> dict[str, str]:
+    """The metadata that makes a style file bring its settings along in the page (the request, minus the style)."""
+    return {"request": request.replace(style=("(this style file)",)).to_json()}
 
 
 THEME_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page works offline
@@ -330,7 +327,7 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         form = locals()
         request = form_request(work, {name: form[name] for name in FIELDS})
         path = work.new_output("style", ".safetensors")
-        save_style(path, style_file_for(holder.get(), request))
+        holder.get().save_style(request, path, extra=style_settings(request))
         return str(path)
 
     @shows_errors
