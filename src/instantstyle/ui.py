@@ -293,10 +293,15 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
             request = read_png_request(path)
         except UserError as err:
             raise UserError(str(err).replace(path, Path(path).name)) from None
-        values, lost = form_values(holder.get(), work, request)
+        pipe = holder.get()
+        values, lost = form_values(pipe, work, request)
+        notes = []
         if lost:
-            gr.Warning("settings restored; upload the reference image(s) again: " + ", ".join(
-                Path(p).name for p in lost))
+            notes.append("upload the reference image(s) again: " + ", ".join(Path(p).name for p in lost))
+        if request.model is not None and request.model != pipe.model_id:
+            notes.append(f"it was made with model {request.model}; this page runs {pipe.model_id}")
+        if notes:
+            gr.Warning("settings restored; " + "; ".join(notes))
         else:
             gr.Info("settings restored")
         return values
