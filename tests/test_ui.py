@@ -114,6 +114,17 @@ def test_ui_command_with_a_missing_model_is_one_line_and_exit_2(tiny, tmp_path):
     assert result.exit_code == 2 and result.output.startswith("error: model") and result.output.count("\n") == 1
 
 
+def test_ui_command_on_a_taken_port_is_one_line_and_exit_2(tiny):
+    from click.testing import CliRunner
+
+    from instantstyle.cli import main
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["ui", "--model", str(tiny.sdxl), "--port", str(port)])
+    assert result.exit_code == 2 and f"127.0.0.1:{port}" in result.output and result.output.count("\n") == 1
+
+
 def test_one_command_serves_a_working_page(tiny, tmp_path):
     port = free_port()
     command = [sys.executable, "-c", "from instantstyle.cli import entry; entry()", "ui", "--model", str(tiny.sdxl),

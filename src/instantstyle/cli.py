@@ -362,8 +362,16 @@ def _ui(params: dict[str, Any]) -> None:
         from .ui import launch
     except ImportError as err:
         raise UserError(f"the web UI needs gradio: pip install 'instantstyle[ui]' ({err})") from None
+    import socket
+
     from .pipeline import DEFAULT_ADAPTER, DEFAULT_MODEL, StylePipeline
 
+    try:  # a taken port fails before the model loads, not after
+        with socket.create_server((params["host"], params["port"])):
+            pass
+    except OSError as err:
+        where = f"{params['host']}:{params['port']}"
+        raise UserError(f"cannot serve on {where} ({err.strerror or err}); check --host and --port") from None
     if params["host"] not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: serving on {params['host']}: anyone who can reach this machine can use the page",
                    err=True)
