@@ -172,6 +172,29 @@ def main() -> None:
     """instantstyle: text-to-image in the style of a reference image (InstantStyle on diffusers)."""
 
 
+def load_pipeline(request: Request, params: dict[str, Any], blocks: str) -> Any:
+    """Check every blocks spec against the model's UNet config, then load the pipeline for them."""
+    from .blocks import parse_spec, resolve_blocks
+    from .pipeline import StylePipeline, unet_layers
+
+    assert request.model is not None and request.adapter is not None
+    arch, layers = unet_layers(request.model, params["single_file_config"])
+    for name, _ in parse_spec(blocks):
+        if layers:
+            resolve_blocks(name, layers, arch)
+    return StylePipeline.from_pretrained(
+        request.model,
+        request.adapter,
+        image_encoder=request.image_encoder,
+        content_text_encoder=request.content_text_encoder,
+        device=params["device"],
+        dtype=params["dtype"],
+        blocks=blocks,
+        keep_all_weights=params["keep_all_weights"],
+        single_file_config=params["single_file_config"],
+    )
+
+
 def _generate(params: dict[str, Any]) -> None:
     source = read_png_request(params["from_png"]) if params["from_png"] else None
     request = request_from_cli(params, source)
@@ -181,25 +204,7 @@ def _generate(params: dict[str, Any]) -> None:
         raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
     if not params["debug"]:
         quiet_libraries()
-    from .pipeline import StylePipeline, unet_layers
-
-    assert request.model is not None and request.adapter is not None
-    arch, layers = unet_layers(request.model, params["single_file_config"])
-    if layers:
-        from .blocks import resolve_blocks
-
-        resolve_blocks(request.blocks, layers, arch)
-    pipe = StylePipeline.from_pretrained(
-        request.model,
-        request.adapter,
-        image_encoder=request.image_encoder,
-        content_text_encoder=request.content_text_encoder,
-        device=params["device"],
-        dtype=params["dtype"],
-        blocks=request.blocks,
-        keep_all_weights=params["keep_all_weights"],
-        single_file_config=params["single_file_config"],
-    )
+    pipe = load_pipeline(request, params, request.blocks)
     if params["save_style"]:
         click.echo(str(pipe.save_style(request, params["save_style"])))
     result = pipe(request, progress=True)
@@ -300,36 +305,15 @@ def _sweep(params: dict[str, Any]) -> None:
     if axes.content_scales and base.content_prompt is None and base.content_image is None:
         raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
     check_inputs(base)
+    if not params["debug"]:
+        quiet_libraries()
     sheet = output_paths(params["output"], 1, params["overwrite"])[0]
     for row in sweep_requests(base.replace(seed=0), axes):  # cell names depend on blocks and scales only
         for cell in row:
             output_paths(str(sheet.with_name(cell_name(sheet.stem, cell, axes))), 1, params["overwrite"])
-    pipe = _load_pipeline(base, params, blocks=",".join(axes.blocks))
+    pipe = load_pipeline(base, params, blocks=",".join(axes.blocks))
     render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)))
     click.echo(str(sheet))
-
-
-def _load_pipeline(request: Request, params: dict[str, Any], blocks: str) -> Any:
-    """Check every blocks spec against the model's UNet config, then load the pipeline for them."""
-    from .blocks import parse_spec, resolve_blocks
-    from .pipeline import StylePipeline, unet_layers
-
-    assert request.model is not None and request.adapter is not None
-    arch, layers = unet_layers(request.model, params["single_file_config"])
-    for name, _ in parse_spec(blocks):
-        if layers:
-            resolve_blocks(name, layers, arch)
-    return StylePipeline.from_pretrained(
-        request.model,
-        request.adapter,
-        image_encoder=request.image_encoder,
-        content_text_encoder=request.content_text_encoder,
-        device=params["device"],
-        dtype=params["dtype"],
-        blocks=blocks,
-        keep_all_weights=params["keep_all_weights"],
-        single_file_config=params["single_file_config"],
-    )
 
 
 @main.command(context_settings={"show_default": True})
