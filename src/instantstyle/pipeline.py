@@ -433,12 +433,13 @@ class StylePipeline:
         negative = unconditional_embeds(style, self.image_encoder, self.adapter.kind).cpu()
         return style, negative
 
-    def save_style(self, request: Request, path: str | Path) -> Path:
-        """Save the request's blended references as a style file, reusable without the images."""
+    def save_style(self, request: Request, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+        """Save the request's blended references as a style file, reusable without the images
+        (``extra``: more metadata, e.g. the web UI's settings)."""
         style = self.reference_embeds(request)
         negative = unconditional_embeds(style, self.image_encoder, self.adapter.kind).cpu()
         references = json.dumps([{"path": r.path, "weight": r.weight} for r in request.style])
-        metadata = {"adapter": self.adapter.path, "references": references}
+        metadata = {**(extra or {}), "adapter": self.adapter.path, "references": references}
         return save_style(path, StyleFile(style, negative, self.adapter.kind, self.image_encoder.identity, metadata))
 
     def ip_adapter_embeds(self, request: Request) -> torch.Tensor:
