@@ -201,6 +201,29 @@ def main() -> None:
     """instantstyle: text-to-image in the style of a reference image (InstantStyle on diffusers)."""
 
 
+def load_pipeline(request: Request, params: dict[str, Any], blocks: str) -> Any:
+    """Check every blocks spec against the model's UNet config, then load the pipeline for them."""
+    from .blocks import parse_spec, resolve_blocks
+    from .pipeline import StylePipeline, unet_layers
+
+    assert request.model is not None and request.adapter is not None
+    arch, layers = unet_layers(request.model, params["single_file_config"])
+    for name, _ in parse_spec(blocks):
+        if layers:
+            resolve_blocks(name, layers, arch)
+    return StylePipeline.from_pretrained(
+        request.model,
+        request.adapter,
+        image_encoder=request.image_encoder,
+        content_text_encoder=request.content_text_encoder,
+        device=params["device"],
+        dtype=params["dtype"],
+        blocks=blocks,
+        keep_all_weights=params["keep_all_weights"],
+        single_file_config=params["single_file_config"],
+    )
+
+
 def _generate(params: dict[str, Any]) -> None:
     source = read_png_request(params["from_png"]) if params["from_png"] else None
     request = request_from_cli(params, source)
@@ -210,25 +233,7 @@ def _generate(params: dict[str, Any]) -> None:
         raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
     if not params["debug"]:
         quiet_libraries()
-    from .pipeline import StylePipeline, unet_layers
-
-    assert request.model is not None and request.adapter is not None
-    arch, layers = unet_layers(request.model, params["single_file_config"])
-    if layers:
-        from .blocks import resolve_blocks
-
-        resolve_blocks(request.blocks, layers, arch)
-    pipe = StylePipeline.from_pretrained(
-        request.model,
-        request.adapter,
-        image_encoder=request.image_encoder,
-        content_text_encoder=request.content_text_encoder,
-        device=params["device"],
-        dtype=params["dtype"],
-        blocks=request.blocks,
-        keep_all_weights=params["keep_all_weights"],
-        single_file_config=params["single_file_config"],
-    )
+    pipe = load_pipeline(request, params, request.blocks)
     if params["save_style"]:
         click.echo(str(pipe.save_style(request, params["save_style"])))
     result = pipe(request, progress=True)
@@ -298,6 +303,66 @@ def selftest(keep: str | None, debug: bool) -> None:
     run_cli(body, debug)
 
 
+def _batch(params: dict[str, Any]) -> int:
+    from .batch import Runtime, run_batch
+    from .pipeline import DEFAULT_ADAPTER, DEFAULT_MODEL
+
+    defaults = {name: params[name] for name, _ in REQUEST_OPTIONS if params.get(name) not in (None, ())}
+    defaults.setdefault("model", DEFAULT_MODEL)
+    defaults.setdefault("adapter", DEFAULT_ADAPTER)
+    runtime = Runtime(params["device"], params["dtype"], params["keep_all_weights"], params["single_file_config"],
+                      params["device_map"])
+    address = params["ray"]
+    if params["workers"] is not None and address is None:
+        raise UserError("--workers is the number of Ray workers; add --ray")
+    if not params["debug"]:
+        quiet_libraries()
+    try:
+        report = run_batch(
+            params["jobs"], params["output"], runtime=runtime, batch_size=params["batch_size"],
+            retry_failed=params["retry_failed"], strict=params["strict"], defaults=defaults,
+            ray=address is not None, ray_address=None if address in (None, "local") else address,
+            workers=params["workers"], progress=not params["quiet"],
+            on_problem=lambda message: click.echo(f"skipped: {message}", err=True),
+        )
+    except KeyboardInterrupt:
+        click.echo("finished images and the manifest are kept; run the same command again to resume", err=True)
+        raise
+    for error in report.errors[:20]:
+        click.echo(f"failed: {error}", err=True)
+    if len(report.errors) > 20:
+        click.echo(f"failed: ... and {len(report.errors) - 20} more (see the manifest)", err=True)
+    click.echo(report.summary())
+    return 1 if report.failed or report.failed_before else 2 if report.problems else 0
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("jobs")
+@click.option("--output", "-o", required=True, help="Folder for the images and manifest.jsonl.")
+@click.option("--batch-size", default=1, type=click.IntRange(min=1), help="Images per denoising call (jobs "
+              "sharing size, steps, guidance, blocks and model).")
+@click.option("--retry-failed", is_flag=True, help="Also rerun jobs the manifest records as failed.")
+@click.option("--strict", is_flag=True, help="Stop before starting if any job line is bad.")
+@click.option("--ray", default=None, is_flag=False, flag_value="local", metavar="[ADDRESS]",
+              help="Run on Ray: a cluster address (e.g. ray://head:10001 or auto), or a local Ray without one.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Ray workers (default: one per GPU, "
+              "else 1).")
+@click.option("--device-map", default=None, type=click.Choice(["balanced"]), help="Spread each model over all "
+              "GPUs of a machine (for models too large for one GPU).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@runtime_options
+def batch(**params: Any) -> None:
+    """Render every job of JOBS (.jsonl, .csv or a .json matrix) into --output; rerun to resume.
+
+    Request options given here are defaults for jobs that do not set them."""
+    code = run_cli(_batch, params["debug"], params)
+    sys.exit(code or 0)
+
+
+for _name, _option in REQUEST_OPTIONS:
+    batch.params.append(_option)
+
+
 def entry(argv: list[str] | None = None) -> None:
     """Console entry point (``argv`` for tests): click's own usage errors become one line too."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
@@ -309,3 +374,108 @@ def entry(argv: list[str] | None = None) -> None:
         _fail("aborted", 130)
     except click.ClickException as err:
         _fail(err.format_message(), 2)
+
+
+# --- sweep: a labelled contact sheet over blocks x scale (x content scale) ---------------------------
+
+SWEPT = ("blocks", "scale", "content_scale", "num_images")
+
+
+def _sweep(params: dict[str, Any]) -> None:
+    from .sweep import Axes, cell_name, parse_blocks_list, parse_number_list, render_sweep, sweep_requests
+
+    axes = Axes(
+        parse_blocks_list(params["sweep_blocks"]),
+        parse_number_list("scale", params["sweep_scales"]),
+        parse_number_list("content scale", params["sweep_content_scales"]) if params["sweep_content_scales"] else (),
+    )
+    source = read_png_request(params["from_png"]) if params["from_png"] else None
+    base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
+    if axes.content_scales and base.content_prompt is None and base.content_image is None:
+        raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
+    check_inputs(base)
+    if not params["debug"]:
+        quiet_libraries()
+    sheet = output_paths(params["output"], 1, params["overwrite"])[0]
+    for row in sweep_requests(base.replace(seed=0), axes):  # cell names depend on blocks and scales only
+        for cell in row:
+            output_paths(str(sheet.with_name(cell_name(sheet.stem, cell, axes))), 1, params["overwrite"])
+    pipe = load_pipeline(base, params, blocks=",".join(axes.blocks))
+    render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)))
+    click.echo(str(sheet))
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--blocks", "sweep_blocks", multiple=True, default=("style", "style+layout", "all"),
+              help="Blocks specs to compare, one row each: style,style+layout,all (';' between specs "
+              "that contain commas).")
+@click.option("--scale", "sweep_scales", default="0.4,0.7,1.0", help="Scales to compare, one column each.")
+@click.option("--content-scale", "sweep_content_scales", default=None,
+              help="Content scales to compare (rows within each blocks spec); needs --content-prompt.")
+@click.option("--from", "from_png", default=None, help="Take the other settings from a PNG made by instantstyle.")
+@click.option("--output", "-o", required=True, help="The sheet .png; cells are written beside it as "
+              "SHEET-BLOCKS-sSCALE.png.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@runtime_options
+def sweep(**params: Any) -> None:
+    """Render every blocks x scale combination with one seed into a labelled contact sheet."""
+    run_cli(_sweep, params["debug"], params)
+
+
+for _name, _option in REQUEST_OPTIONS:
+    if _name not in SWEPT:
+        sweep.params.append(_option)
+
+
+# --- ui: the web page ---------------------------------------------------------------------------------
+
+
+def _ui(params: dict[str, Any]) -> None:
+    try:
+        from .ui import launch
+    except ImportError as err:
+        raise UserError(f"the web UI needs gradio: pip install 'instantstyle[ui]' ({err})") from None
+    import socket
+
+    from .pipeline import DEFAULT_ADAPTER, DEFAULT_MODEL, StylePipeline
+
+    try:  # a taken port fails before the model loads, not after
+        with socket.create_server((params["host"], params["port"])):
+            pass
+    except OSError as err:
+        where = f"{params['host']}:{params['port']}"
+        raise UserError(f"cannot serve on {where} ({err.strerror or err}); check --host and --port") from None
+    if params["host"] not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving on {params['host']}: anyone who can reach this machine can use the page",
+                   err=True)
+    pipe = StylePipeline.from_pretrained(
+        params["model"] or DEFAULT_MODEL,
+        params["adapter"] or DEFAULT_ADAPTER,
+        image_encoder=params["image_encoder"],
+        content_text_encoder=params["content_text_encoder"],
+        device=params["device"],
+        dtype=params["dtype"],
+        keep_all_weights=True,  # any blocks per request, without reloading the adapter
+        single_file_config=params["single_file_config"],
+    )
+    click.echo(f"serving http://{params['host']}:{params['port']}/ (outputs in {params['workdir']})")
+    launch(pipe, params["workdir"], params["host"], params["port"], share=params["share"])
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--model", default=None, help="Diffusers folder, hub id or single .safetensors file "
+              "[default: SDXL base 1.0].")
+@click.option("--adapter", default=None, help="IP-Adapter weights file or org/repo/path/file [default: h94 SDXL].")
+@click.option("--image-encoder", default=None, help="CLIP image encoder folder (default: found beside the adapter).")
+@click.option("--content-text-encoder", default=None, help="CLIP text model in the image encoder's space.")
+@click.option("--host", default="127.0.0.1", help="Address to bind; 0.0.0.0 serves every network interface.")
+@click.option("--port", default=7860, type=click.IntRange(1, 65535))
+@click.option("--share", is_flag=True, help="Also open a public gradio.live link (off unless asked).")
+@click.option("--workdir", default="instantstyle-ui", help="Folder for uploads and generated images.")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]))
+@click.option("--dtype", default="auto", type=click.Choice(["auto", "float32", "float16", "bfloat16"]))
+@click.option("--single-file-config", default=None, help="Configs for a single-file --model.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def ui(**params: Any) -> None:
+    """Serve the web UI: generate, sweep, restore settings from PNGs, save style files."""
+    run_cli(_ui, params["debug"], params)

@@ -62,6 +62,15 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def resolve_placement(device: str = "auto", device_map: str | None = None) -> torch.device:
+    """The main device; with ``device_map="balanced"`` (a model over all GPUs of a machine) the first GPU."""
+    if device_map not in (None, "balanced"):
+        raise UserError(f"unknown device map {device_map!r} (balanced)")
+    if device_map is not None and not torch.cuda.is_available():
+        raise UserError("--device-map balanced spreads a model over CUDA GPUs, and none is available")
+    return resolve_device("cuda" if device_map else device)
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto`` is float16 on a GPU and float32 on the CPU (CPU half precision is slow here)."""
     if dtype == "auto":
@@ -101,13 +110,19 @@ def single_file_arch(path: Path) -> str:
     raise UserError(f"model {path}: not an SD1.5 or SDXL checkpoint")
 
 
-def load_base_pipeline(model: str, dtype: torch.dtype, config: str | None = None) -> SDPipeline:
-    """Load the base text-to-image pipeline from a folder, a single file or a hub id (on the CPU)."""
+def load_base_pipeline(
+    model: str, dtype: torch.dtype, config: str | None = None, device_map: str | None = None
+) -> SDPipeline:
+    """Load the base text-to-image pipeline from a folder, a single file or a hub id (on the CPU, or
+    spread over the GPUs by diffusers' ``device_map="balanced"``; folders and hub ids only)."""
     path = Path(model).expanduser()
+    placement = {} if device_map is None else {"device_map": device_map}
+    if device_map is not None and path.is_file():
+        raise UserError(f"model {path}: --device-map needs a diffusers folder or hub id, not a single file")
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise UserError(f"model {path}: not a diffusers model folder (no model_index.json)")
-        pipe = DiffusionPipeline.from_pretrained(str(path), dtype=dtype)
+        pipe = DiffusionPipeline.from_pretrained(str(path), dtype=dtype, **placement)
     elif path.is_file():
         if path.suffix != ".safetensors":
             raise UserError(f"model {path}: single-file checkpoints must be .safetensors")
@@ -123,7 +138,7 @@ def load_base_pipeline(model: str, dtype: torch.dtype, config: str | None = None
         raise UserError(f"model {model}: no such file or folder")
     else:
         try:
-            pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype)
+            pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype, **placement)
         except OSError as err:
             raise _hub_error("model", model, err) from None
     pipe = modes.as_text_pipeline(pipe, dtype)  # an inpainting/img2img model folder: same components
@@ -266,20 +281,22 @@ class StylePipeline:
         blocks: str = "style",
         keep_all_weights: bool = False,
         single_file_config: str | None = None,
+        device_map: str | None = None,
     ) -> StylePipeline:
         """Load base model, adapter and image encoder; keep adapter weights only for ``blocks``
         (unless ``keep_all_weights``), then move everything to the device."""
-        torch_device = resolve_device(device)
+        torch_device = resolve_placement(device, device_map)
         torch_dtype = resolve_dtype(dtype, torch_device)
         weights = read_adapter_for(adapter)
         encoder_dir = find_image_encoder(weights, image_encoder)
-        pipe = load_base_pipeline(model, torch_dtype, single_file_config)
+        pipe = load_base_pipeline(model, torch_dtype, single_file_config, device_map)
         arch = model_arch(pipe)
         adapters.check_adapter_fits(weights, pipe.unet, arch)
         layers = cross_attention_layers(pipe.unet.attn_processors)
         keep = None if keep_all_weights else [set(resolve_blocks(blocks, layers, arch))]
         adapters.attach_adapters(pipe, [weights], keep)
-        pipe.to(torch_device)
+        if device_map is None:  # a device-mapped pipeline is already placed (and refuses .to())
+            pipe.to(torch_device)
         encoder = load_image_encoder(encoder_dir, torch_dtype)
         encoder.model.to(torch_device)  # type: ignore[arg-type]  # transformers types .to loosely
         return cls(
@@ -480,12 +497,13 @@ class StylePipeline:
         negative = unconditional_embeds(style, self.image_encoder, self.adapter.kind).cpu().expand_as(style)
         return style, negative
 
-    def save_style(self, request: Request, path: str | Path) -> Path:
-        """Save the request's blended references as a style file, reusable without the images."""
+    def save_style(self, request: Request, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+        """Save the request's blended references as a style file, reusable without the images
+        (``extra``: more metadata, e.g. the web UI's settings)."""
         style = self.reference_embeds(request)
         negative = unconditional_embeds(style, self.image_encoder, self.adapter.kind).cpu()
         references = json.dumps([{"path": r.path, "weight": r.weight} for r in request.style])
-        metadata = {"adapter": self.adapter.path, "references": references}
+        metadata = {**(extra or {}), "adapter": self.adapter.path, "references": references}
         return save_style(path, StyleFile(style, negative, self.adapter.kind, self.image_encoder.identity, metadata))
 
     def ip_adapter_embeds(self, request: Request) -> list[torch.Tensor]:

@@ -1,0 +1,761 @@
+"""Batch jobs: a job file in, a folder of images and a manifest out, resumable after any crash.
+
+A job is a ``Request`` with an id. Job files are JSON Lines, CSV with the same columns, or a matrix
+spec (styles x prompts x seeds). Every finished image is written atomically with its request in the
+PNG, then one line is appended to ``DIR/manifest.jsonl``; a job counts as done only when its line
+says so and its files exist, so a run killed at any moment loses at most the images in flight and
+rerunning the same command does the rest. The driver alone writes files and the manifest; workers
+(in-process, or Ray actors in ``ray_batch``) only turn batches of jobs into images.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import fcntl
+import hashlib
+import io
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .request import Request, StyleRef, write_png
+
+MANIFEST = "manifest.jsonl"
+LOCK = ".instantstyle-batch.lock"
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+TEMP_FILE = re.compile(r"^\..+\.png\.\d+\.tmp$")  # request.write_png's temporary names
+
+# Fields that may differ between the jobs of one denoising call; every other field must be equal. The style
+# is shared too: diffusers repeats precomputed image embeddings over the whole batch, one style per call.
+PER_JOB_FIELDS = ("prompt", "negative_prompt", "seed", "num_images")
+SHARED_FIELDS = ("style", "content_prompt", "content_scale", "content_image", "blocks", "scale", "steps", "guidance",
+                 "width", "height", "model", "adapter", "image_encoder", "content_text_encoder")
+PATH_FIELDS = ("content_image", "model", "adapter", "image_encoder", "content_text_encoder")
+
+
+# --- jobs -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    """One request to render, named by ``id`` (its output files are ``ID.png`` or ``ID-N.png``)."""
+
+    id: str
+    request: Request
+    where: str = ""  # "jobs.jsonl line 3", for messages
+
+    @property
+    def outputs(self) -> list[str]:
+        n = self.request.num_images
+        return [f"{self.id}.png"] if n == 1 else [f"{self.id}-{i + 1}.png" for i in range(n)]
+
+    @property
+    def key(self) -> str:
+        """Fingerprint of what the job makes: a done job whose line changed is made again."""
+        return hashlib.sha256(self.request.to_json().encode()).hexdigest()[:16]
+
+
+@dataclass
+class JobList:
+    """The jobs read from a job file, and one message per line that could not become a job."""
+
+    jobs: list[Job]
+    problems: list[str] = field(default_factory=list)
+
+
+def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None) -> JobList:
+    """Read a job file: ``.jsonl`` (one JSON object per line), ``.csv`` (a header row of option names) or
+    ``.json`` (a matrix spec). Relative paths inside are taken from the job file's folder, else the current one."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"job file {path}: is a folder")
+    if not path.is_file():
+        raise UserError(f"job file {path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"job file {path}: not UTF-8 text") from None
+    except OSError as err:
+        raise UserError(f"job file {path}: cannot be read ({err.strerror})") from None
+    kind = job_file_kind(path, text)
+    rows = {"jsonl": jsonl_rows, "csv": csv_rows, "matrix": matrix_rows}[kind](text, path.name)
+    return make_jobs(rows, path.parent, defaults)
+
+
+def job_file_kind(path: Path, text: str) -> str:
+    """By extension (``.jsonl``/``.ndjson``, ``.csv``, ``.json``), else by the first character."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    if suffix == ".json":
+        return "matrix"
+    first = text.lstrip()[:1]
+    if first == "{":
+        try:
+            json.loads(text)
+        except json.JSONDecodeError:
+            return "jsonl"
+        return "matrix"
+    return "csv"
+
+
+Row = tuple[str, "dict[str, Any] | UserError"]
+
+
+def jsonl_rows(text: str, name: str = "jobs") -> Iterator[Row]:
+    """One JSON object per line; blank lines and ``#`` comments are skipped."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{name} line {number}"
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield where, UserError(f"invalid JSON ({err.msg} at column {err.colno})")
+            continue
+        yield where, data if isinstance(data, dict) else UserError("a job must be a JSON object")
+
+
+def csv_rows(text: str, name: str = "jobs") -> Iterator[Row]:
+    """A header row of option names (plus ``id``); empty cells are "not given"; several styles are
+    separated by ``;`` (``a.png;b.png:0.5``)."""
+    dialect = "excel-tab" if "\t" in text.partition("\n")[0] else "excel"
+    reader = csv.DictReader(io.StringIO(text), dialect=dialect)
+    known = {f.name for f in dataclasses.fields(Request)} | {"id"}
+    columns = [c.strip() for c in reader.fieldnames or []]
+    unknown = [c for c in columns if c not in known]
+    if unknown:
+        raise UserError(f"{name} line 1: unknown column(s): {', '.join(unknown)}")
+    if "prompt" not in columns:
+        raise UserError(f"{name} line 1: the header needs a prompt column")
+    for row in reader:
+        where = f"{name} line {reader.line_num}"
+        if None in row:
+            yield where, UserError("more cells than header columns")
+            continue
+        cells = {k.strip(): v.strip() for k, v in row.items() if v is not None and v.strip()}
+        if not cells:
+            continue
+        try:
+            yield where, {k: _from_cell(k, v) for k, v in cells.items()}
+        except UserError as err:
+            yield where, err
+
+
+def _from_cell(name: str, value: str) -> Any:
+    """A CSV cell as the type of its ``Request`` field."""
+    if name == "style":
+        return [s.strip() for s in value.split(";") if s.strip()]
+    types = {f.name: str(f.type) for f in dataclasses.fields(Request)}
+    kind = types.get(name, "str")
+    try:
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+    except ValueError:
+        raise UserError(f"{name} must be a {'whole ' if kind.startswith('int') else ''}number, got {value!r}") from None
+    return value
+
+
+def matrix_rows(text: str, name: str = "jobs") -> Iterator[Row]:
+    """``{"styles": [...], "prompts": [...], "seeds": [...] or N, ...options for every job}``: one job per
+    combination, id ``s<style>-p<prompt>-<seed>`` (a style may be a list of references to blend)."""
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{name}: invalid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    if not isinstance(spec, dict) or "prompts" not in spec or "styles" not in spec:
+        raise UserError(f'{name}: a matrix spec is a JSON object with "styles" and "prompts" lists')
+    spec = dict(spec)
+    styles, prompts, seeds = spec.pop("styles"), spec.pop("prompts"), spec.pop("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
+        seeds = list(range(seeds))
+    for label, values in (("styles", styles), ("prompts", prompts), ("seeds", seeds)):
+        if not isinstance(values, list) or not values:
+            raise UserError(f'{name}: "{label}" must be a non-empty list')
+    for key in ("style", "prompt", "seed", "id"):
+        if key in spec:
+            raise UserError(f'{name}: "{key}" cannot be set for every job of a matrix (use "{key}s")')
+    unknown = sorted(set(spec) - {f.name for f in dataclasses.fields(Request)})
+    if unknown:
+        raise UserError(f"{name}: unknown option(s): {', '.join(unknown)}")
+    for si, style in enumerate(styles):
+        for pi, prompt in enumerate(prompts):
+            for seed in seeds:
+                where = f"{name} style {si + 1}, prompt {pi + 1}, seed {seed}"
+                job_id = f"s{si + 1}-p{pi + 1}-{seed}"
+                yield where, {**spec, "style": style, "prompt": prompt, "seed": seed, "id": job_id}
+
+
+def make_jobs(rows: Iterable[Row], base: Path | None = None, defaults: dict[str, Any] | None = None) -> JobList:
+    """Turn rows into validated jobs; a row that cannot become a job is reported (with where it is) and skipped."""
+    result = JobList([])
+    ids: dict[str, str] = {}
+    outputs: dict[str, str] = {}
+    checked: dict[tuple[Any, ...], UserError | None] = {}
+    for where, data in rows:
+        try:
+            if isinstance(data, UserError):
+                raise data
+            job = _make_job(data, base, defaults or {}, ids)
+            _check_files(job.request, checked)
+            for name in job.outputs:
+                other = outputs.get(name.lower())
+                if other is not None:
+                    raise UserError(f"output {name} is also written by {other} (give the jobs distinct ids)")
+        except UserError as err:
+            result.problems.append(f"{where}: {err}")
+            continue
+        ids[job.id.lower()] = where
+        outputs.update({name.lower(): where for name in job.outputs})
+        result.jobs.append(dataclasses.replace(job, where=where))
+    return result
+
+
+def _make_job(data: dict[str, Any], base: Path | None, defaults: dict[str, Any], ids: dict[str, str]) -> Job:
+    data = {**defaults, **data}
+    job_id = data.pop("id", None)
+    if job_id is not None:
+        if isinstance(job_id, int) and not isinstance(job_id, bool):
+            job_id = str(job_id)
+        if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+            raise UserError(f"id {job_id!r} must be 1-128 letters, digits, '.', '_' or '-', not starting with '.' "
+                            "or '-' (it names the output file)")
+        if job_id.lower() in ids:
+            raise UserError(f"id {job_id!r} is also used by {ids[job_id.lower()]}")
+    request = Request.from_dict(data)
+    request = _resolve_paths(request, base)
+    if job_id is None:  # stable under reordering the file; identical lines get -2, -3...
+        job_id = "job-" + hashlib.sha256(request.to_json().encode()).hexdigest()[:12]
+        stem, n = job_id, 1
+        while job_id.lower() in ids:
+            n += 1
+            job_id = f"{stem}-{n}"
+    if request.seed is None:  # derived from the id, so a rerun or another worker makes the same image
+        request = request.replace(seed=int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16))
+    return Job(job_id, request)
+
+
+def _local(path: str, base: Path | None) -> str:
+    """An existing relative path from the job file's folder (else the current one), made absolute."""
+    p = Path(path).expanduser()
+    for candidate in ([base / p] if base is not None and not p.is_absolute() else []) + [p]:
+        if candidate.exists():
+            return str(candidate.resolve())
+    return str(p)
+
+
+def _resolve_paths(request: Request, base: Path | None) -> Request:
+    changes: dict[str, Any] = {"style": tuple(StyleRef(_local(r.path, base), r.weight) for r in request.style)}
+    for name in PATH_FIELDS:
+        value = getattr(request, name)
+        if value is not None:
+            changes[name] = _local(value, base)
+    return request.replace(**changes)
+
+
+def _check_files(request: Request, checked: dict[tuple[Any, ...], UserError | None]) -> None:
+    """The generate command's checks (images readable, blocks well-formed), once per distinct input."""
+    from .cli import check_inputs
+
+    key = (request.style, request.content_image, request.blocks, request.image_encoder, request.content_text_encoder)
+    if key not in checked:
+        try:
+            check_inputs(request)
+            checked[key] = None
+        except UserError as err:
+            checked[key] = err
+    if checked[key] is not None:
+        raise checked[key]  # type: ignore[misc]
+
+
+# --- the manifest -------------------------------------------------------------------------------
+class Manifest:
+    """``DIR/manifest.jsonl``: one JSON line per finished job (the last line for an id wins).
+
+    Lines are appended with one ``write`` and fsynced; a torn last line (power loss) is cut off on
+    open, and superseded lines are dropped by rewriting the file atomically."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / MANIFEST
+        self.warnings: list[str] = []
+        self.entries: dict[str, dict[str, Any]] = {}
+        self._lines = 0
+        if self.path.exists():
+            self._read()
+
+    def _read(self) -> None:
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):  # a line cut short by a crash: it never counted
+            data = data[: data.rfind(b"\n") + 1]
+            with open(self.path, "r+b") as f:
+                f.truncate(len(data))
+        for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                entry = None
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                self.warnings.append(f"{self.path} line {number}: not a manifest entry; dropped")
+                continue
+            self.entries[entry["id"]] = entry
+            self._lines += 1
+        if self._lines != len(self.entries) or self.warnings:
+            self.compact()
+
+    def compact(self) -> None:
+        """Rewrite with one line per id (temp file, fsync, rename)."""
+        tmp = self.path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(e, sort_keys=True) + "\n" for e in self.entries.values())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self._lines = len(self.entries)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.entries[entry["id"]] = entry
+        self._lines += 1
+
+    def is_done(self, job: Job, folder: Path) -> bool:
+        """Done means: the manifest says so for this exact job, and every output file is there."""
+        entry = self.entries.get(job.id)
+        return (
+            entry is not None and entry.get("status") == "done" and entry.get("key") == job.key
+            and all((folder / name).is_file() for name in job.outputs)
+        )
+
+    def has_failed(self, job: Job) -> bool:
+        entry = self.entries.get(job.id)
+        return entry is not None and entry.get("status") == "failed" and entry.get("key") == job.key
+
+
+# --- running -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Runtime:
+    """How to run (never what to make): passed to every worker's ``StylePipeline.from_pretrained``."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    keep_all_weights: bool = False
+    single_file_config: str | None = None
+    device_map: str | None = None  # "balanced": one model spread over all GPUs of a machine
+
+
+@dataclass
+class Outcome:
+    """What a worker sends back for one job: its images and completed request, or an error."""
+
+    job: Job
+    images: list[Any]
+    request: Request | None
+    error: str | None
+    seconds: float
+    batch_images: int
+
+
+@dataclass
+class BatchResult:
+    """A worker's answer for one batch, with its running count of image-encoder forward passes."""
+
+    outcomes: list[Outcome]
+    worker: str
+    encoder_runs: int
+
+
+def share_key(request: Request) -> tuple[Any, ...]:
+    """Jobs with equal keys can share one denoising call."""
+    return tuple(getattr(request, f) for f in SHARED_FIELDS) + (bool(request.negative_prompt),)
+
+
+def _solo(request: Request) -> bool:
+    """A request using fields this module does not batch (added to the core later) runs alone."""
+    default = Request(prompt="", style=(StyleRef("x"),))
+    known = set(PER_JOB_FIELDS) | set(SHARED_FIELDS)
+    return any(getattr(request, f.name) != getattr(default, f.name)
+               for f in dataclasses.fields(Request) if f.name not in known)
+
+
+def plan_batches(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
+    """Group jobs by pipeline (model, adapter, encoder), then by shared settings, into batches of at
+    most ``batch_size`` images; the order is deterministic, so every runner makes the same batches."""
+    groups: dict[tuple[Any, ...], list[Job]] = {}
+    for job in jobs:
+        solo = (job.id,) if _solo(job.request) else ()
+        groups.setdefault((pipeline_key(job.request), share_key(job.request), solo), []).append(job)
+    batches: list[list[Job]] = []
+    for group in sorted(groups.values(), key=lambda g: repr((pipeline_key(g[0].request), share_key(g[0].request)))):
+        current: list[Job] = []
+        for job in group:
+            if current and sum(j.request.num_images for j in current) + job.request.num_images > batch_size:
+                batches.append(current)
+                current = []
+            current.append(job)
+        batches.append(current)
+    return batches
+
+
+def pipeline_key(request: Request) -> tuple[str | None, str | None, str | None]:
+    return request.model, request.adapter, request.image_encoder
+
+
+def _fits(pipe: Any, key: tuple[str | None, str | None, str | None]) -> bool:
+    """Whether a loaded pipeline is the one a job names (``None``: any)."""
+    mine = (pipe.model_id, pipe.adapter.path, pipe.image_encoder.identity)
+    return all(want is None or Path(want).expanduser().resolve() == Path(have).expanduser().resolve()
+               for want, have in zip(key, mine, strict=True))
+
+
+def generate_together(pipe: Any, requests: Sequence[Request]) -> list[Any]:
+    """Run requests that share settings (``share_key``) as one denoising call; returns a ``Result`` each.
+
+    Each job's starting noise is drawn exactly as ``StylePipeline`` draws it (its own seed, all its
+    images), so an image does not depend on which jobs it was batched with beyond float rounding."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from .pipeline import Result
+
+    if len(requests) == 1 or any(_solo(r) for r in requests):
+        return [pipe(r) for r in requests]
+    requests = [pipe.complete(r) for r in requests]  # fills in seed, size, model and adapter
+    first = requests[0]
+    assert all(r.seed is not None and r.width and r.height for r in requests)
+    pipe.apply_blocks(first)
+    sd = pipe.pipe
+    shape = (sd.unet.config.in_channels, first.height // sd.vae_scale_factor, first.width // sd.vae_scale_factor)
+    latents, prompts, negatives = [], [], []
+    for r in requests:
+        generator = torch.Generator("cpu").manual_seed(r.seed)  # type: ignore[arg-type]
+        latents.append(randn_tensor((r.num_images, *shape), generator=generator, device=pipe.device, dtype=pipe.dtype))
+        prompts += [r.prompt] * r.num_images
+        negatives += [r.negative_prompt] * r.num_images
+    sd.set_progress_bar_config(disable=True)
+    output = sd(
+        prompt=prompts,
+        negative_prompt=negatives if first.negative_prompt else None,
+        num_inference_steps=first.steps,
+        guidance_scale=first.guidance,
+        width=first.width,
+        height=first.height,
+        num_images_per_prompt=1,
+        latents=torch.cat(latents),
+        generator=torch.Generator("cpu").manual_seed(first.seed),  # type: ignore[arg-type]
+        ip_adapter_image_embeds=[pipe.ip_adapter_embeds(first)],  # the shared style, repeated per image
+    )
+    results, start = [], 0
+    for r in requests:
+        results.append(Result(list(output.images[start : start + r.num_images]), r))
+        start += r.num_images
+    return results
+
+
+class Worker:
+    """Turns batches of jobs into images on one device: one pipeline at a time, and every style it
+    has encoded kept (the core's embedding cache, shared across the pipelines it loads)."""
+
+    def __init__(self, runtime: Runtime | None = None, pipeline: Any = None, threads: int | None = None) -> None:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.runtime = runtime or Runtime()
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.encoder_runs = 0
+        self.given = pipeline
+        self.pipeline: Any = None
+        self.loaded: tuple[Any, ...] | None = None
+        self.load_errors: dict[tuple[Any, ...], Exception] = {}
+        self.hooks: list[Any] = []
+        self.embed_cache: dict[Any, Any] = pipeline._embed_cache if pipeline is not None else {}
+        if pipeline is not None:
+            self._watch(pipeline)
+
+    def _watch(self, pipeline: Any) -> None:
+        pipeline._embed_cache = self.embed_cache  # the core's embedding cache, kept across models
+        self.hooks.append(pipeline.image_encoder.model.register_forward_hook(self._count))
+
+    def close(self) -> None:
+        """Stop counting encoder passes (a pipeline given by the caller outlives this worker)."""
+        for hook in self.hooks:
+            hook.remove()
+
+    def _count(self, *_: Any) -> None:
+        self.encoder_runs += 1
+
+    def pipeline_for(self, jobs: Sequence[Job]) -> Any:
+        """The given pipeline if the jobs name no other model, else the loaded one when it fits, else a new
+        one (the previous one released first)."""
+        from .pipeline import DEFAULT_ADAPTER, DEFAULT_MODEL, StylePipeline
+
+        key = pipeline_key(jobs[0].request)
+        if self.given is not None and _fits(self.given, key):
+            return self.given
+        if self.pipeline is not None and self.loaded == key:
+            return self.pipeline
+        if key in self.load_errors:
+            raise self.load_errors[key]
+        self.pipeline = self.loaded = None
+        model, adapter, encoder = key
+        rt = self.runtime
+        try:
+            pipe = StylePipeline.from_pretrained(
+                model or DEFAULT_MODEL, adapter or DEFAULT_ADAPTER, image_encoder=encoder, device=rt.device,
+                dtype=rt.dtype, blocks=jobs[0].request.blocks, keep_all_weights=rt.keep_all_weights,
+                single_file_config=rt.single_file_config, device_map=rt.device_map,
+            )
+        except Exception as err:
+            self.load_errors[key] = err
+            raise
+        self._watch(pipe)
+        self.pipeline, self.loaded = pipe, key
+        return pipe
+
+    def run(self, jobs: Sequence[Job]) -> BatchResult:
+        """Make the images of one batch; a failing batch is retried job by job so one bad job fails alone."""
+        outcomes: list[Outcome] = []
+        try:
+            pipe = self.pipeline_for(jobs)
+        except Exception as err:  # the model cannot load: every job of the batch fails with that reason
+            return BatchResult([self._failed(j, err, 0.0) for j in jobs], self.name, self.encoder_runs)
+        start = time.perf_counter()
+        try:
+            results = generate_together(pipe, [j.request for j in jobs])
+        except Exception as err:
+            if len(jobs) == 1:
+                return BatchResult([self._failed(jobs[0], err, time.perf_counter() - start)], self.name,
+                                   self.encoder_runs)
+            for job in jobs:
+                outcomes += self.run([job]).outcomes
+            return BatchResult(outcomes, self.name, self.encoder_runs)
+        seconds = time.perf_counter() - start
+        images = sum(len(r.images) for r in results)
+        outcomes = [Outcome(j, r.images, r.request, None, seconds, images) for j, r in zip(jobs, results, strict=True)]
+        return BatchResult(outcomes, self.name, self.encoder_runs)
+
+    def _failed(self, job: Job, err: Exception, seconds: float) -> Outcome:
+        message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+        return Outcome(job, [], None, message.splitlines()[0] if message else type(err).__name__, seconds, 0)
+
+
+@dataclass
+class BatchReport:
+    """What a run did: counts, the problems skipped, and each worker's image-encoder forward passes."""
+
+    output_dir: Path
+    total: int
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failed_before: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    encoder_runs: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def manifest(self) -> Path:
+        return self.output_dir / MANIFEST
+
+    def summary(self) -> str:
+        rate = f" ({self.images / self.seconds:.2f} images/s)" if self.seconds and self.images else ""
+        parts = [f"{self.done} done", f"{self.skipped} already done", f"{self.failed} failed"]
+        if self.failed_before:
+            parts.append(f"{self.failed_before} failed earlier (--retry-failed to rerun)")
+        if self.problems:
+            parts.append(f"{len(self.problems)} bad line(s) skipped")
+        return (f"{self.total} jobs: {', '.join(parts)}; {self.images} images in {self.seconds:.1f} s{rate}; "
+                f"manifest {self.manifest}")
+
+
+class _Lock:
+    """An exclusive lock on the output folder, so two runs never write one manifest (freed on any exit)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.file = open(folder / LOCK, "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.close()
+            raise UserError(f"output folder {folder} is in use by another batch run") from None
+
+    def release(self) -> None:
+        Path(self.file.name).unlink(missing_ok=True)
+        self.file.close()
+
+
+def prepare_output_dir(output_dir: str | Path) -> Path:
+    folder = Path(output_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"output {folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"output {folder}: cannot create it ({err.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"output {folder}: not writable")
+    return folder.resolve()
+
+
+def as_jobs(jobs: Any, defaults: dict[str, Any] | None = None) -> JobList:
+    """Accept a job file path, a ``JobList``, or a list of ``Job``s, ``Request``s or option dicts."""
+    if isinstance(jobs, JobList):
+        return jobs
+    if isinstance(jobs, (str, Path)):
+        return read_jobs(jobs, defaults)
+    rows: list[Row] = []
+    listed: list[Job] = []
+    for i, item in enumerate(jobs):
+        if isinstance(item, Job):
+            listed.append(item)
+        elif isinstance(item, Request):
+            rows.append((f"job {i + 1}", {k: v for k, v in item.to_dict().items() if k != "version"}))
+        else:
+            rows.append((f"job {i + 1}", item if isinstance(item, dict) else UserError("not a job")))
+    made = make_jobs(rows, None, defaults)
+    return JobList(listed + made.jobs, made.problems)
+
+
+def run_batch(
+    jobs: Any,
+    output_dir: str | Path,
+    *,
+    runtime: Runtime | None = None,
+    batch_size: int = 1,
+    retry_failed: bool = False,
+    strict: bool = False,
+    defaults: dict[str, Any] | None = None,
+    pipeline: Any = None,
+    ray: bool = False,
+    ray_address: str | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+    on_problem: Callable[[str], None] | None = None,
+) -> BatchReport:
+    """Render every job not yet done into ``output_dir`` (images + ``manifest.jsonl``), resumably.
+
+    ``jobs``: a job file or a list of jobs/requests/dicts. ``pipeline``: an already loaded
+    ``StylePipeline`` for jobs that name no other model (in-process runs only). ``ray``: distribute
+    batches over Ray actors (``ray_address`` of a cluster, else a local one) with ``workers`` actors."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
+    if workers is not None and workers < 1:
+        raise UserError(f"workers must be at least 1, got {workers}")
+    runtime = runtime or Runtime()
+    if not ray:  # Ray workers decide on their own machines
+        from .pipeline import resolve_dtype, resolve_placement
+
+        resolve_dtype(runtime.dtype, resolve_placement(runtime.device, runtime.device_map))
+    folder = prepare_output_dir(output_dir)
+    job_list = as_jobs(jobs, defaults)
+    for problem in job_list.problems:
+        (on_problem or (lambda _: None))(problem)
+    if strict and job_list.problems:
+        raise UserError(f"{len(job_list.problems)} bad job line(s); nothing was run (--strict)")
+    if not job_list.jobs:
+        raise UserError("no runnable jobs" + (" (every line was bad)" if job_list.problems else ""))
+    lock = _Lock(folder)
+    try:
+        return _run(job_list, folder, runtime, batch_size, retry_failed, pipeline, ray, ray_address,
+                    workers, progress, on_problem)
+    finally:
+        lock.release()
+
+
+def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, retry_failed: bool, pipeline: Any,
+         ray: bool, ray_address: str | None, workers: int | None, progress: bool,
+         on_problem: Callable[[str], None] | None) -> BatchReport:
+    for stray in folder.iterdir():  # temp files of images that were in flight when a run died
+        if TEMP_FILE.match(stray.name):
+            stray.unlink(missing_ok=True)
+    manifest = Manifest(folder)
+    for warning in manifest.warnings:
+        (on_problem or (lambda _: None))(warning)
+    report = BatchReport(folder, len(job_list.jobs), problems=list(job_list.problems))
+    todo = []
+    for job in job_list.jobs:
+        if manifest.is_done(job, folder):
+            report.skipped += 1
+        elif manifest.has_failed(job) and not retry_failed:
+            report.failed_before += 1
+        else:
+            todo.append(job)
+    batches = plan_batches(todo, batch_size)
+    bar = _progress_bar(sum(j.request.num_images for j in todo), progress)
+    start = time.perf_counter()
+
+    def record(result: BatchResult) -> None:
+        if result.worker:
+            report.encoder_runs[result.worker] = result.encoder_runs
+        for outcome in result.outcomes:
+            _record(outcome, result.worker, folder, manifest, report)
+            if bar is not None:
+                bar.update(outcome.job.request.num_images)
+                bar.set_postfix_str(f"jobs {report.done + report.failed}/{len(todo)}, failed {report.failed}")
+
+    try:
+        if ray:
+            from .ray_batch import run_on_ray
+
+            run_on_ray(batches, runtime, ray_address, workers, record)
+        else:
+            worker = Worker(runtime, pipeline)
+            try:
+                for batch in batches:
+                    record(worker.run(batch))
+            finally:
+                worker.close()
+    finally:
+        report.seconds = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        manifest.compact()
+    return report
+
+
+def _record(outcome: Outcome, worker: str, folder: Path, manifest: Manifest, report: BatchReport) -> None:
+    """Images first (each atomically), then the manifest line: a crash in between only repeats the job."""
+    job = outcome.job
+    entry: dict[str, Any] = {
+        "id": job.id, "key": job.key, "worker": worker, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "timings": {"batch_s": round(outcome.seconds, 3), "batch_images": outcome.batch_images},
+    }
+    if outcome.error is None and outcome.request is not None:
+        for i, (image, name) in enumerate(zip(outcome.images, job.outputs, strict=True)):
+            write_png(image, folder / name, outcome.request, i)
+        entry.update(status="done", seed=outcome.request.seed, outputs=job.outputs,
+                     request=outcome.request.to_dict())
+        report.done += 1
+        report.images += len(outcome.images)
+    else:
+        entry.update(status="failed", error=outcome.error, seed=job.request.seed, request=job.request.to_dict())
+        report.failed += 1
+        report.errors.append(f"{job.id} ({job.where}): {outcome.error}")
+    manifest.append(entry)
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", dynamic_ncols=True, smoothing=0.1)

@@ -1,0 +1,233 @@
+"""Batch jobs: job files in, images and a manifest out; resume after a crash; bad lines skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from instantstyle.batch import Manifest, read_jobs, run_batch
+from instantstyle.cli import main
+from instantstyle.errors import UserError
+from instantstyle.request import Request, read_png_request
+
+from .conftest import FAST, pixels
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def new_style(path: Path) -> str:
+    """A style image no earlier test has encoded (random pixels), so encoder counts start at zero."""
+    rng = np.random.default_rng()
+    Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def cat_jobs(tmp_path: Path, count: int = 12) -> Path:
+    """``count`` jobs over two styles (relative paths, as a user writes them)."""
+    new_style(tmp_path / "ink.png")
+    new_style(tmp_path / "oil.png")
+    rows = [{"id": f"cat-{i}", "prompt": f"a cat, pose {i}", "style": ["ink.png", "oil.png"][i % 2], **FAST, "seed": i}
+            for i in range(count)]
+    return write_jsonl(tmp_path / "jobs.jsonl", rows)
+
+
+def manifest_lines(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_a_dozen_jobs_make_every_image_and_a_valid_manifest(sdxl, tmp_path):
+    out = tmp_path / "out"
+    report = run_batch(cat_jobs(tmp_path), out, pipeline=sdxl, batch_size=4)
+    assert (report.done, report.failed, report.images) == (12, 0, 12)
+    lines = manifest_lines(out)
+    assert sorted(e["id"] for e in lines) == sorted(f"cat-{i}" for i in range(12))
+    for entry in lines:
+        assert entry["status"] == "done" and entry["outputs"] == [entry["id"] + ".png"]
+        assert read_png_request(out / entry["outputs"][0]) == Request.from_dict(entry["request"])
+        assert entry["seed"] == int(entry["id"].split("-")[1]) and entry["timings"]["batch_s"] > 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"cat-{i}.png" for i in range(12)] + ["manifest.jsonl"])
+
+
+def test_the_style_encoder_runs_once_per_style_per_worker(sdxl, tmp_path):
+    calls = []
+    hook = sdxl.image_encoder.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        report = run_batch(cat_jobs(tmp_path, 4), tmp_path / "out", pipeline=sdxl)
+    finally:
+        hook.remove()
+    assert len(calls) == 2
+    assert list(report.encoder_runs.values()) == [2]
+
+
+def test_jobs_sharing_settings_are_batched_into_one_call_with_the_images_of_single_runs(sdxl, tmp_path):
+    style = new_style(tmp_path / "s.png")
+    rows = [{"id": f"j{i}", "prompt": f"a house {i}", "style": style, **FAST, "seed": 10 + i} for i in range(3)]
+    calls = []
+    hook = sdxl.pipe.unet.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[0]))
+    try:
+        run_batch(write_jsonl(tmp_path / "jobs.jsonl", rows), tmp_path / "out", pipeline=sdxl, batch_size=4)
+    finally:
+        hook.remove()
+    assert calls == [6] * FAST["steps"]  # three jobs, CFG doubles the batch, one call per step
+    for i, row in enumerate(rows):
+        alone = sdxl(prompt=row["prompt"], style=(style,), **{**FAST, "seed": row["seed"]}).images[0]
+        assert np.abs(pixels(Image.open(tmp_path / "out" / f"j{i}.png")) - pixels(alone)).max() <= 2
+
+
+def test_rerun_skips_done_jobs_and_redoes_only_missing_images(sdxl, tmp_path):
+    jobs, out = cat_jobs(tmp_path, 3), tmp_path / "out"
+    run_batch(jobs, out, pipeline=sdxl)
+    (out / "cat-1.png").unlink()
+    report = run_batch(jobs, out, pipeline=sdxl)
+    assert (report.done, report.skipped) == (1, 2)
+    assert len(manifest_lines(out)) == 3 and (out / "cat-1.png").is_file()
+
+
+def test_a_process_killed_midway_resumes_with_every_job_done_exactly_once(tiny, sdxl, tmp_path):
+    jobs, out = cat_jobs(tmp_path, 8), tmp_path / "out"
+    models = ["--model", str(tiny.sdxl), "--adapter", str(tiny.sdxl_adapter)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-c", "from instantstyle.cli import entry; entry()", "batch", str(jobs), "-o", str(out),
+               "-q", "--device", "cpu", *models]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (out / "manifest.jsonl").exists() and len((out / "manifest.jsonl").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = len(manifest_lines(out))
+    assert 2 <= before < 8
+
+    defaults = {"model": str(tiny.sdxl), "adapter": str(tiny.sdxl_adapter)}
+    report = run_batch(jobs, out, pipeline=sdxl, defaults=defaults)
+    assert report.skipped >= before and report.skipped + report.done == 8
+    lines = manifest_lines(out)
+    assert sorted(e["id"] for e in lines) == sorted(f"cat-{i}" for i in range(8))
+    assert all(e["status"] == "done" for e in lines)
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"cat-{i}.png" for i in range(8)] + ["manifest.jsonl"])
+
+
+def test_bad_lines_are_reported_with_line_numbers_and_the_rest_run(sdxl, tmp_path):
+    style = new_style(tmp_path / "s.png")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        json.dumps({"id": "good", "prompt": "a boat", "style": style, **FAST}) + "\n"
+        + "{not json\n"
+        + json.dumps({"prompt": "a boat", "style": style, "colour": "red"}) + "\n"
+        + json.dumps({"prompt": "a boat", "style": "missing.png"}) + "\n"
+        + json.dumps({"id": "../../escape", "prompt": "a boat", "style": style}) + "\n"
+    )
+    reported: list[str] = []
+    report = run_batch(jobs, tmp_path / "out", pipeline=sdxl, on_problem=reported.append)
+    assert reported == [
+        "jobs.jsonl line 2: invalid JSON (Expecting property name enclosed in double quotes at column 2)",
+        "jobs.jsonl line 3: unknown option(s): colour",
+        "jobs.jsonl line 4: style image missing.png: no such file",
+        "jobs.jsonl line 5: id '../../escape' must be 1-128 letters, digits, '.', '_' or '-', not starting with '.' "
+        "or '-' (it names the output file)",
+    ]
+    assert (report.done, len(report.problems)) == (1, 4)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png", "manifest.jsonl"]
+
+
+def test_the_command_exits_2_and_runs_nothing_with_strict_when_a_line_is_bad(tiny, tmp_path):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"prompt": "a", "style": str(tiny.style_image)}, {"prompt": "b"}])
+    result = CliRunner().invoke(main, ["batch", str(jobs), "-o", str(tmp_path / "out"), "--strict"])
+    assert result.exit_code == 2
+    assert result.output == ("skipped: jobs.jsonl line 2: a style reference is required (--style IMAGE)\n"
+                             "error: 1 bad job line(s); nothing was run (--strict)\n")
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_output_names_cannot_escape_the_output_folder(tiny, tmp_path):
+    style = str(tiny.style_image)
+    ids = ["../up", "/abs", "a/b", ".hidden", "C:\\x", "ok"]
+    jobs = read_jobs(write_jsonl(tmp_path / "jobs.jsonl", [{"id": i, "prompt": "p", "style": style} for i in ids]))
+    assert [j.id for j in jobs.jobs] == ["ok"]
+    assert len(jobs.problems) == 5
+
+
+def test_csv_and_matrix_files_make_the_same_requests_as_json_lines(tiny, tmp_path):
+    style = str(tiny.style_image)
+    write_jsonl(tmp_path / "jobs.jsonl", [{"id": f"s1-p{p}-{s}", "prompt": prompt, "style": style, "seed": s,
+                                            "steps": 3} for p, prompt in ((1, "a cat"), (2, "a dog")) for s in (5, 6)])
+    rows = [f"s1-p{p}-{s},{prompt},{style},{s},3" for p, prompt in ((1, "a cat"), (2, "a dog")) for s in (5, 6)]
+    (tmp_path / "jobs.csv").write_text("id,prompt,style,seed,steps\n" + "\n".join(rows) + "\n")
+    (tmp_path / "matrix.json").write_text(json.dumps({"styles": [style], "prompts": ["a cat", "a dog"],
+                                                      "seeds": [5, 6], "steps": 3}))
+    made = [sorted((j.id, j.request) for j in read_jobs(tmp_path / name).jobs)
+            for name in ("jobs.jsonl", "jobs.csv", "matrix.json")]
+    assert made[0] == made[1] == made[2] and len(made[0]) == 4
+
+
+def test_failed_jobs_are_rerun_only_with_retry_failed(sdxl, tmp_path):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [
+        {"id": "fine", "prompt": "a", "style": str(new_style(tmp_path / "s.png")), **FAST},
+        {"id": "broken", "prompt": "a", "style": str(tmp_path / "s.png"), "blocks": "down_blocks.9", **FAST},
+    ])
+    first = run_batch(jobs, tmp_path / "out", pipeline=sdxl)
+    assert (first.done, first.failed) == (1, 1) and "matches no attention layer" in first.errors[0]
+    again = run_batch(jobs, tmp_path / "out", pipeline=sdxl)
+    assert (again.done, again.failed, again.failed_before, again.skipped) == (0, 0, 1, 1)
+    retried = run_batch(jobs, tmp_path / "out", pipeline=sdxl, retry_failed=True)
+    assert retried.failed == 1 and len(manifest_lines(tmp_path / "out")) == 2
+
+
+def test_a_torn_last_manifest_line_is_cut_off_on_open(tmp_path):
+    (tmp_path / "manifest.jsonl").write_text('{"id": "a", "status": "done"}\n{"id": "b", "sta')
+    manifest = Manifest(tmp_path)
+    assert list(manifest.entries) == ["a"]
+    assert (tmp_path / "manifest.jsonl").read_text() == '{"id": "a", "status": "done"}\n'
+
+
+def test_an_output_folder_in_use_by_another_run_is_refused(sdxl, tmp_path):
+    from instantstyle.batch import _Lock
+
+    (tmp_path / "out").mkdir()
+    lock = _Lock(tmp_path / "out")
+    try:
+        with pytest.raises(UserError, match="in use by another batch run"):
+            run_batch(cat_jobs(tmp_path, 1), tmp_path / "out", pipeline=sdxl)
+    finally:
+        lock.release()
+
+
+def test_device_map_without_gpus_is_one_clear_error_before_anything_runs(tiny, tmp_path):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"prompt": "a", "style": str(tiny.style_image)}])
+    result = CliRunner().invoke(main, ["batch", str(jobs), "-o", str(tmp_path / "out"), "--device-map", "balanced"])
+    assert result.exit_code == 2
+    assert result.output == "error: --device-map balanced spreads a model over CUDA GPUs, and none is available\n"
+
+
+def test_an_unreachable_ray_address_is_one_clear_error(tiny, tmp_path):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"prompt": "a", "style": str(tiny.style_image)}])
+    result = CliRunner().invoke(main, ["batch", str(jobs), "-o", str(tmp_path / "out"), "--ray", "127.0.0.1:1", "-q"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: cannot reach the Ray cluster at 127.0.0.1:1")
+
+
+def test_csv_cells_are_typed_and_a_bad_cell_names_its_line(tiny, tmp_path):
+    style = str(tiny.style_image)
+    (tmp_path / "jobs.csv").write_text(f"prompt,style,steps,scale\na cat,{style};{style}:0.5,4,0.8\n"
+                                       f"a dog,{style},four,\n")
+    jobs = read_jobs(tmp_path / "jobs.csv")
+    [job] = jobs.jobs
+    assert (job.request.steps, job.request.scale, [r.weight for r in job.request.style]) == (4, 0.8, [1.0, 0.5])
+    assert jobs.problems == ["jobs.csv line 3: steps must be a whole number, got 'four'"]

@@ -1,0 +1,329 @@
+"""The web UI: form <-> Request, restore and style files, and the real page driven in headless Chromium."""
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from instantstyle import Request, UserError
+from instantstyle.request import read_png_request, write_png
+from instantstyle.sweep import SHEET_KEY
+
+from .conftest import pixels
+
+gr = pytest.importorskip("gradio", reason="the web UI needs gradio (pip install 'instantstyle[ui]')")
+from instantstyle import ui  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+TIMEOUT = 120_000  # ms; generous: the CI machine is shared
+
+
+def form(style: list[str], **changes) -> dict:
+    """Form values as the page sends them by default, with ``changes``."""
+    values = {"style": style, "prompt": "a cat", "style_weights": "", "negative_prompt": "", "blocks": "style",
+              "block_table": None, "scale": 1.0, "content_prompt": "", "content_scale": 0.5, "content_image": None,
+              "seed": 7, "randomize_seed": False, "steps": 2, "guidance": 5.0, "width": 64, "height": 64,
+              "num_images": 1}
+    return {**values, **changes}
+
+
+@pytest.fixture
+def work(tmp_path) -> "ui.Workdir":
+    return ui.Workdir(tmp_path / "ui")
+
+
+# --- the form and the request -----------------------------------------------------------------------
+
+
+def test_form_becomes_the_request_with_uploads_kept_in_the_workdir(work, tiny):
+    request = ui.form_request(work, form([str(tiny.style_image)], scale=0.7, negative_prompt="blurry"))
+    assert (request.prompt, request.scale, request.negative_prompt, request.seed) == ("a cat", 0.7, "blurry", 7)
+    assert Path(request.style[0].path).parent == work.inputs
+
+
+def test_custom_blocks_come_from_the_per_block_table(work, tiny):
+    table = [["up_blocks.0.attentions.1", 1.0], ["down_blocks.2.attentions.1", 0.5], ["mid_block.attentions.0", 0]]
+    request = ui.form_request(work, form([str(tiny.style_image)], blocks="custom", block_table=table))
+    assert request.blocks == "up_blocks.0.attentions.1=1,down_blocks.2.attentions.1=0.5"
+
+
+def test_custom_blocks_all_zero_is_a_user_error(work, tiny):
+    with pytest.raises(UserError, match="at least one block"):
+        ui.form_request(work, form([str(tiny.style_image)], blocks="custom", block_table=[["up_blocks.0", 0]]))
+
+
+def test_form_values_restore_the_same_request(sdxl, work, tiny):
+    request = ui.form_request(work, form([str(tiny.style_image)], blocks="style+layout", scale=0.6,
+                                         content_prompt="a dog", content_scale=0.3, guidance=4.5))
+    values, lost = ui.form_values(sdxl, work, request)
+    assert lost == [] and ui.form_request(work, dict(zip(ui.FIELDS, values, strict=True))) == request
+
+
+def test_restore_never_takes_files_from_outside_the_workdir(sdxl, work):
+    values, lost = ui.form_values(sdxl, work, Request("a cat", style="/etc/passwd"))
+    assert lost == ["/etc/passwd"] and values[ui.FIELDS.index("style")] is None
+
+
+def test_text_file_as_style_is_a_user_error_naming_the_file(work, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    with pytest.raises(UserError, match=r"^style image notes.png: not a readable image"):
+        ui.form_request(work, form([str(notes)]))
+
+
+def test_out_of_range_size_is_a_user_error(work, tiny):
+    with pytest.raises(UserError, match="width must be a multiple of 8"):
+        ui.form_request(work, form([str(tiny.style_image)], width=100))
+
+
+def test_images_over_the_pixel_limit_are_refused(work, tiny, monkeypatch):
+    monkeypatch.setattr(ui, "MAX_PIXELS", 64 * 64 - 1)
+    with pytest.raises(UserError, match="over the limit"):
+        ui.form_request(work, form([str(tiny.style_image)]))
+
+
+def test_style_file_reproduces_the_style_image_and_keeps_the_settings(sdxl, work, tiny, tmp_path):
+    request = ui.form_request(work, form([str(tiny.style_image)], scale=0.8))
+    path = sdxl.save_style(request, tmp_path / "style.safetensors", extra=ui.style_settings(request))
+    from instantstyle.embeddings import load_style
+
+    assert Request.from_json(load_style(path).metadata["request"]).scale == 0.8
+    assert (pixels(sdxl(request.replace(style=(str(path),))).images[0]) == pixels(sdxl(request).images[0])).all()
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+
+def test_ui_command_with_a_missing_model_is_one_line_and_exit_2(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from instantstyle.cli import main
+
+    result = CliRunner().invoke(main, ["ui", "--model", str(tmp_path / "nope"), "--adapter", str(tiny.sdxl_adapter)])
+    assert result.exit_code == 2 and result.output.startswith("error: model") and result.output.count("\n") == 1
+
+
+def test_ui_command_on_a_taken_port_is_one_line_and_exit_2(tiny):
+    from click.testing import CliRunner
+
+    from instantstyle.cli import main
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["ui", "--model", str(tiny.sdxl), "--port", str(port)])
+    assert result.exit_code == 2 and f"127.0.0.1:{port}" in result.output and result.output.count("\n") == 1
+
+
+def test_one_command_serves_a_working_page(tiny, tmp_path):
+    port = free_port()
+    command = [sys.executable, "-c", "from instantstyle.cli import entry; entry()", "ui", "--model", str(tiny.sdxl),
+               "--adapter", str(tiny.sdxl_adapter), "--port", str(port), "--workdir", str(tmp_path / "work")]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    assert response.status == 200 and "InstantStyle" in response.read().decode()
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"no page within 120 s: {server.stdout.read() if server.poll() is not None else 'running'}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+# --- the page in a real browser ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(sdxl, tmp_path_factory):
+    """The app on the tiny SDXL pipeline, served from this process on a free localhost port."""
+    workdir = tmp_path_factory.mktemp("ui-app")
+    port = free_port()
+    demo = ui.launch(sdxl, workdir, port=port, block=False)
+    yield f"http://127.0.0.1:{port}/", ui.Workdir(workdir), demo
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright (pip)")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(app, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.set_default_timeout(TIMEOUT)
+    page.goto(app[0])
+    page.wait_for_selector("#generate")
+    yield page
+    page.close()
+
+
+def fill_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def fill_form(page, style: Path, prompt: str = "a cat") -> None:
+    page.locator("#style input[type=file]").set_input_files(str(style))
+    page.locator("#prompt textarea").fill(prompt)
+    fill_number(page, "steps", 2)
+    page.locator("#randomize input").uncheck()
+    fill_number(page, "seed", 7)
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def close_messages(page) -> None:
+    for button in page.locator(".toast-close").all():
+        button.click()
+
+
+def test_page_generates_a_real_image_into_the_gallery(page, tiny, tmp_path):
+    fill_form(page, tiny.style_image)
+    page.locator("#generate").click()
+    image = page.locator("#gallery img").first
+    image.wait_for()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    screenshot(page, "ui-generate.png")
+    data = page.request.get(image.get_attribute("src")).body()
+    (tmp_path / "got.png").write_bytes(data)
+    assert Image.open(io.BytesIO(data)).size == (64, 64)
+    request = read_png_request(tmp_path / "got.png")
+    assert (request.prompt, request.seed, request.steps) == ("a cat", 7, 2)
+
+
+def test_dropping_a_generated_png_restores_its_settings(page, app, tiny, tmp_path):
+    style = app[1].keep_upload(tiny.style_image, "style image")
+    request = Request("a lighthouse at dusk", style=style, negative_prompt="blurry", blocks="style+layout",
+                      scale=0.7, guidance=4.5, steps=3, seed=42, width=64, height=64)
+    png = write_png(Image.new("RGB", (64, 64)), tmp_path / "made.png", request)
+    page.get_by_role("tab", name="Restore & style files").click()
+    page.locator("#restore input[type=file]").set_input_files(str(png))
+    from playwright.sync_api import expect
+
+    expect(page.locator("#prompt textarea")).to_have_value("a lighthouse at dusk")
+    expect(page.locator("#negative textarea")).to_have_value("blurry")
+    expect(page.locator("#seed input")).to_have_value("42")
+    expect(page.locator("#steps input[type=number]")).to_have_value("3")
+    expect(page.locator("#blocks input")).to_have_value("style+layout")
+    expect(page.locator("#randomize input")).not_to_be_checked()
+    expect(page.locator("#style")).to_contain_text(Path(style).stem)
+    screenshot(page, "ui-restored.png")
+
+
+def test_text_file_as_style_shows_a_message_and_the_app_keeps_serving(page, tiny, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("these are my notes, not an image\n")
+    fill_form(page, notes)
+    page.locator("#generate").click()
+    page.get_by_text("notes.png: not a readable image").first.wait_for()
+    screenshot(page, "ui-error.png")
+    close_messages(page)
+    page.locator("#style button[aria-label='Clear']").first.click()
+    page.locator("#style input[type=file]").set_input_files(str(tiny.style_image))
+    page.locator("#generate").click()
+    page.locator("#gallery img").first.wait_for()
+
+
+def test_saved_style_file_loads_with_its_settings_and_generates(page, app, tiny, tmp_path):
+    from playwright.sync_api import expect
+
+    fill_form(page, tiny.style_image, prompt="a castle")
+    page.get_by_role("tab", name="Restore & style files").click()
+    page.locator("#save-style").click()
+    link = page.locator("#style-file a").first
+    link.wait_for()
+    saved = tmp_path / "my-style.safetensors"
+    saved.write_bytes(page.request.get(link.get_attribute("href")).body())
+    page.goto(app[0])
+    page.wait_for_selector("#generate")
+    page.locator("#style input[type=file]").set_input_files(str(saved))
+    expect(page.locator("#prompt textarea")).to_have_value("a castle")
+    expect(page.locator("#seed input")).to_have_value("7")
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#generate").click()
+    page.locator("#gallery img").first.wait_for()
+
+
+def test_out_of_range_value_shows_a_message_in_the_page(page, tiny):
+    fill_form(page, tiny.style_image)
+    page.locator("#width input").fill("100")
+    page.locator("#generate").click()
+    page.get_by_text("width must be a multiple of 8, got 100").first.wait_for()
+
+
+def test_sweep_tab_renders_a_sheet(page, tiny):
+    fill_form(page, tiny.style_image)
+    page.get_by_role("tab", name="Sweep").click()
+    from playwright.sync_api import expect
+
+    for elem_id, value in (("sweep-blocks", "style, all"), ("sweep-scales", "1")):
+        page.locator(f"#{elem_id} textarea").fill(value)
+        expect(page.locator(f"#{elem_id} textarea")).to_have_value(value)
+    page.locator("#run-sweep").click()
+    sheet = page.locator("#sheet img").first
+    sheet.wait_for()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=sheet.element_handle())
+    screenshot(page, "ui-sweep.png")
+    made = json.loads(Image.open(io.BytesIO(page.request.get(sheet.get_attribute("src")).body())).info[SHEET_KEY])
+    assert (made["blocks"], made["scales"], made["base"]["seed"]) == (["style", "all"], [1.0], 7)
+
+
+def test_documented_api_client_example_works(app, tiny):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(app[0], verbose=False)
+    gallery, files, request_json = client.predict(
+        style=[handle_file(str(tiny.style_image))], prompt="a cat", steps=2, seed=7, randomize_seed=False,
+        api_name="/generate")
+    assert read_png_request(files[0]) == Request.from_json(request_json)
+    assert Image.open(gallery[0]["image"]).size == (64, 64)
+    with pytest.raises(AppError, match="width must be a multiple of 8"):
+        client.predict(style=[handle_file(str(tiny.style_image))], prompt="a cat", width=100, api_name="/generate")
+
+
+def test_uploads_over_the_size_limit_are_refused(app):
+    import httpx
+
+    too_big = b"0" * (25 * 1024 * 1024 + 1)
+    response = httpx.post(f"{app[0]}gradio_api/upload", files={"files": ("big.png", too_big)}, timeout=60)
+    assert response.status_code == 413 and "maximum allowed size" in response.text
+
+
+def test_app_binds_localhost_without_a_share_link(app):
+    demo = app[2]
+    assert (demo.server_name, demo.share, demo.share_url) == ("127.0.0.1", False, None)
+
