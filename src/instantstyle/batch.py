@@ -459,7 +459,7 @@ def generate_together(pipe: Any, requests: Sequence[Request]) -> list[Any]:
         num_images_per_prompt=1,
         latents=torch.cat(latents),
         generator=torch.Generator("cpu").manual_seed(first.seed),  # type: ignore[arg-type]
-        ip_adapter_image_embeds=[pipe.ip_adapter_embeds(first)],  # the shared style, repeated per image
+        ip_adapter_image_embeds=pipe.ip_adapter_embeds(first),  # the shared style, repeated per image
     )
     results, start = [], 0
     for r in requests:

@@ -123,8 +123,8 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
 ]
 
 
-def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
-    """Build the request: ``--from`` PNG first, then every flag given on the command line."""
+def request_fields(params: dict[str, Any]) -> dict[str, Any]:
+    """The Request fields given on the command line, parsed (style weights, further adapters)."""
     given = {
         name: params[name]
         for name, _ in REQUEST_OPTIONS
@@ -137,7 +137,15 @@ def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
         plain = [text for text in values if ";" not in text]
         if plain:
             given["adapter"] = plain[-1]
-        given["adapters"] = tuple(AdapterUse.parse(text) for text in values if ";" in text)
+        extra = tuple(AdapterUse.parse(text) for text in values if ";" in text)
+        if extra:
+            given["adapters"] = extra
+    return given
+
+
+def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
+    """Build the request: ``--from`` PNG first, then every flag given on the command line."""
+    given = request_fields(params)
     if source is not None:
         return source.replace(**given)
     if "prompt" not in given:
@@ -307,7 +315,7 @@ def _batch(params: dict[str, Any]) -> int:
     from .batch import Runtime, run_batch
     from .pipeline import DEFAULT_ADAPTER, DEFAULT_MODEL
 
-    defaults = {name: params[name] for name, _ in REQUEST_OPTIONS if params.get(name) not in (None, ())}
+    defaults = request_fields(params)
     defaults.setdefault("model", DEFAULT_MODEL)
     defaults.setdefault("adapter", DEFAULT_ADAPTER)
     runtime = Runtime(params["device"], params["dtype"], params["keep_all_weights"], params["single_file_config"],
