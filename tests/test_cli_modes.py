@@ -73,3 +73,23 @@ def test_bad_mode_input_is_one_line_and_exit_2(capsys, base, modes, tiny, tmp_pa
         assert code == 2, (change, err)
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, (change, err)
     assert not (tmp_path / "out.png").exists()
+
+
+def test_batch_job_mode_paths_are_relative_to_the_jobs_file(modes, tiny, tmp_path):
+    import json
+    import shutil
+
+    from instantstyle.batch import read_jobs
+
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    for name in ("init.png", "left.png", "right.png", "style2.png"):
+        shutil.copy(modes.root / name, folder / name)
+    line = {"prompt": "p", "style": ["style2.png", "style2.png"], "init_image": "init.png", "mask": "left.png",
+            "regions": ["left.png", "right.png"], "control": "right.png", "controlnet": str(modes.sdxl_controlnet),
+            "adapters": [f"{tiny.sdxl_plus_adapter};style=style2.png;region=right.png"]}
+    (folder / "jobs.jsonl").write_text(json.dumps(line) + "\n")
+    request = read_jobs(folder / "jobs.jsonl").jobs[0].request
+    assert request.init_image == str(folder / "init.png") and request.control == str(folder / "right.png")
+    assert request.regions == (str(folder / "left.png"), str(folder / "right.png"))
+    assert request.adapters[0].style[0].path == str(folder / "style2.png")

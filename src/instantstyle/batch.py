@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .request import Request, StyleRef, write_png
+from .request import CONTROL_KINDS, AdapterUse, Request, StyleRef, write_png
 
 MANIFEST = "manifest.jsonl"
 LOCK = ".instantstyle-batch.lock"
@@ -38,7 +38,8 @@ TEMP_FILE = re.compile(r"^\..+\.png\.\d+\.tmp$")  # request.write_png's temporar
 PER_JOB_FIELDS = ("prompt", "negative_prompt", "seed", "num_images")
 SHARED_FIELDS = ("style", "content_prompt", "content_scale", "content_image", "blocks", "scale", "steps", "guidance",
                  "width", "height", "model", "adapter", "image_encoder", "content_text_encoder")
-PATH_FIELDS = ("content_image", "model", "adapter", "image_encoder", "content_text_encoder")
+PATH_FIELDS = ("content_image", "model", "adapter", "image_encoder", "content_text_encoder", "init_image", "mask",
+               "control_image", "controlnet", "depth_model", "composition")
 
 
 # --- jobs -------------------------------------------------------------------------------------
@@ -260,6 +261,14 @@ def _resolve_paths(request: Request, base: Path | None) -> Request:
         value = getattr(request, name)
         if value is not None:
             changes[name] = _local(value, base)
+    if request.control is not None and request.control not in CONTROL_KINDS:  # a ready control image
+        changes["control"] = _local(request.control, base)
+    changes["regions"] = tuple(_local(r, base) for r in request.regions)
+    changes["adapters"] = tuple(
+        AdapterUse(_local(a.path, base), tuple(StyleRef(_local(r.path, base), r.weight) for r in a.style), a.blocks,
+                   a.scale, tuple(_local(r, base) for r in a.regions))
+        for a in request.adapters
+    )
     return request.replace(**changes)
 
 
