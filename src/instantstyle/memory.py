@@ -1,0 +1,128 @@
+"""Where the weights live while images are made: the image encoder only while it encodes, model
+offload, and a compiled UNet.
+
+The image encoder (ViT-bigG for SDXL: 1.8 B parameters) is needed once per new style image and
+never while denoising. With ``low_memory`` it stays off the device between uses: parked in CPU
+memory when the device is a GPU, its weights freed (and read again from its folder when the next
+new image comes) when the device is the CPU. ``low_memory=None`` decides from the free memory.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .embeddings import ImageEncoder
+from .errors import UserError
+
+OFFLOAD_MODES = ("model", "sequential")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+GiB = 2**30
+
+
+def free_memory(device: torch.device) -> tuple[int, int]:
+    """(free, total) bytes of the device's memory (system RAM for the CPU)."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return int(free), int(total)
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return int(vm.available), int(vm.total)
+
+
+def encoder_bytes(encoder: ImageEncoder, dtype: torch.dtype) -> int:
+    """Memory the encoder's weights take at ``dtype`` (works for released, meta-device weights too)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return sum(p.numel() for p in encoder.model.parameters()) * itemsize
+
+
+def memory_is_tight(device: torch.device, encoder: ImageEncoder, dtype: torch.dtype) -> bool:
+    """Tight when, with the model loaded, less than four encoders' worth of memory is free: the
+    encoder would then crowd out the activations of denoising (8-16 GB GPUs with SDXL)."""
+    free, _ = free_memory(device)
+    return free < 4 * encoder_bytes(encoder, dtype)
+
+
+def is_released(encoder: ImageEncoder) -> bool:
+    """True when the encoder's weights were freed (meta device)."""
+    return next(encoder.model.parameters()).device.type == "meta"
+
+
+def release_encoder(encoder: ImageEncoder, device: torch.device) -> None:
+    """Take the encoder off the device: to CPU memory from a GPU; freed on the CPU when its folder
+    can give the weights back."""
+    model = encoder.model
+    if device.type != "cpu":
+        model.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    elif not is_released(encoder) and Path(encoder.identity).is_dir():
+        model.to("meta")
+        gc.collect()
+
+
+def ready_encoder(encoder: ImageEncoder, device: torch.device, dtype: torch.dtype) -> None:
+    """Put the encoder's weights on the device, reading them from its folder if they were freed."""
+    model = encoder.model
+    if is_released(encoder):
+        from transformers import CLIPVisionModelWithProjection
+
+        fresh = CLIPVisionModelWithProjection.from_pretrained(encoder.identity, dtype=dtype)
+        model.load_state_dict(fresh.state_dict(), assign=True)  # same module object: hooks survive
+        del fresh
+    model.to(device)
+
+
+@contextmanager
+def encoder_in_use(
+    encoder: ImageEncoder, device: torch.device, dtype: torch.dtype, low_memory: bool
+) -> Iterator[ImageEncoder]:
+    """The encoder on the device for the block; with ``low_memory`` taken off it afterwards."""
+    ready_encoder(encoder, device, dtype)
+    try:
+        yield encoder
+    finally:
+        if low_memory:
+            release_encoder(encoder, device)
+
+
+def empty_encoder(folder: str | Path, dtype: torch.dtype) -> Any:
+    """A CLIP vision model from its config only, weights on the meta device (nothing read or held)."""
+    from accelerate import init_empty_weights
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig.from_pretrained(folder)
+    with init_empty_weights():
+        model = CLIPVisionModelWithProjection(config)
+    return model.to(dtype).eval()
+
+
+def check_offload(offload: str | None) -> None:
+    if offload is not None and offload not in OFFLOAD_MODES:
+        raise UserError(f"unknown offload mode {offload!r} (model, sequential)")
+
+
+def place_pipeline(pipe: Any, device: torch.device, offload: str | None) -> None:
+    """Move the diffusers pipeline to the device, or let accelerate move each model (``model``) or
+    each layer (``sequential``) there only while it runs."""
+    check_offload(offload)
+    if offload is None:
+        pipe.to(device)
+    elif offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_sequential_cpu_offload(device=device)
+
+
+def compile_unet(unet: torch.nn.Module, backend: str = "inductor") -> None:
+    """``torch.compile`` the UNet in place (its attention processors included). Shapes and scales
+    stay the same from step to step and image to image, so it compiles once per size."""
+    if backend not in COMPILE_BACKENDS:
+        raise UserError(f"unknown compile backend {backend!r} ({', '.join(COMPILE_BACKENDS)})")
+    unet.compile(backend=backend, fullgraph=False, dynamic=False)
