@@ -1,0 +1,74 @@
+"""Blocks: presets, spec parsing and resolution against a UNet's layer names (no models needed)."""
+
+import pytest
+
+from instantstyle import UserError
+from instantstyle.blocks import attention_block, list_blocks, parse_spec, resolve_blocks
+
+# The cross-attention layers of a UNet in SDXL topology with (1, 2, 2) transformer layers per block.
+SDXL_LAYERS = [
+    f"down_blocks.{b}.attentions.{a}.transformer_blocks.{t}.attn2" for b in (1, 2) for a in (0, 1) for t in range(2)
+] + [f"up_blocks.{b}.attentions.{a}.transformer_blocks.{t}.attn2" for b in (0, 1) for a in (0, 1, 2) for t in range(2)] + [
+    "mid_block.attentions.0.transformer_blocks.0.attn2",
+    "mid_block.attentions.0.transformer_blocks.1.attn2",
+]
+
+
+def test_style_preset_selects_every_layer_of_up_blocks_0_attentions_1():
+    resolved = resolve_blocks("style", SDXL_LAYERS, "sdxl")
+    assert set(resolved) == {f"up_blocks.0.attentions.1.transformer_blocks.{t}.attn2" for t in range(2)}
+    assert set(resolved.values()) == {1.0}
+
+
+def test_layout_preset_is_down_blocks_2_attentions_1():
+    assert {attention_block(x) for x in resolve_blocks("layout", SDXL_LAYERS, "sdxl")} == {"down_blocks.2.attentions.1"}
+
+
+def test_style_plus_layout_is_both_blocks():
+    blocks = {attention_block(x) for x in resolve_blocks("style+layout", SDXL_LAYERS, "sdxl")}
+    assert blocks == {"up_blocks.0.attentions.1", "down_blocks.2.attentions.1"}
+
+
+def test_all_is_every_cross_attention_layer():
+    assert set(resolve_blocks("all", SDXL_LAYERS, "sdxl")) == set(SDXL_LAYERS)
+
+
+def test_sd15_style_preset_is_the_whole_up_blocks_1():
+    layers = [f"up_blocks.1.attentions.{a}.transformer_blocks.0.attn2" for a in range(3)] + [
+        "up_blocks.2.attentions.0.transformer_blocks.0.attn2"
+    ]
+    assert set(resolve_blocks("style", layers, "sd15")) == set(layers[:3])
+
+
+def test_per_block_scales_times_global_scale():
+    resolved = resolve_blocks("up_blocks.0.attentions.1=1.0,down_blocks.2.attentions.1=0.4", SDXL_LAYERS, "sdxl", 0.5)
+    assert resolved["up_blocks.0.attentions.1.transformer_blocks.0.attn2"] == 0.5
+    assert resolved["down_blocks.2.attentions.1.transformer_blocks.1.attn2"] == pytest.approx(0.2)
+
+
+def test_presets_take_scales_too():
+    resolved = resolve_blocks("style=1,layout=0.25", SDXL_LAYERS, "sdxl")
+    assert resolved["down_blocks.2.attentions.1.transformer_blocks.0.attn2"] == 0.25
+
+
+def test_block_name_does_not_match_a_longer_sibling():
+    layers = ["up_blocks.1.attentions.0.transformer_blocks.0.attn2", "up_blocks.10.attentions.0.transformer_blocks.0.attn2"]
+    assert list(resolve_blocks("up_blocks.1", layers, "sd15")) == layers[:1]
+
+
+def test_unknown_block_is_an_error_listing_valid_names():
+    with pytest.raises(UserError, match="valid names: .*style.*up_blocks.0.attentions.1"):
+        resolve_blocks("up_blocks.9", SDXL_LAYERS, "sdxl")
+
+
+@pytest.mark.parametrize("spec", ["", "style,,all", "=1", "style=abc"])
+def test_malformed_spec_is_an_error(spec):
+    with pytest.raises(UserError):
+        parse_spec(spec)
+
+
+def test_list_blocks_counts_layers_and_names_presets():
+    rows = {r.name: r for r in list_blocks(SDXL_LAYERS, "sdxl")}
+    assert rows["up_blocks.0.attentions.1"].layers == 2
+    assert set(rows["up_blocks.0.attentions.1"].presets) == {"style", "style+layout", "all"}
+    assert rows["mid_block.attentions.0"].presets == ("all",)
