@@ -92,17 +92,6 @@ def encoder_in_use(
             release_encoder(encoder, device)
 
 
-def empty_encoder(folder: str | Path, dtype: torch.dtype) -> Any:
-    """A CLIP vision model from its config only, weights on the meta device (nothing read or held)."""
-    from accelerate import init_empty_weights
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    config = CLIPVisionConfig.from_pretrained(folder)
-    with init_empty_weights():
-        model = CLIPVisionModelWithProjection(config)
-    return model.to(dtype).eval()
-
-
 def check_offload(offload: str | None) -> None:
     if offload is not None and offload not in OFFLOAD_MODES:
         raise UserError(f"unknown offload mode {offload!r} (model, sequential)")

@@ -19,7 +19,9 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusio
 from PIL import Image
 
 from . import adapter as adapters
+from . import memory
 from .blocks import cross_attention_layers, resolve_blocks
+from .cache import EmbeddingCache, encoder_fingerprint
 from .embeddings import (
     ImageEncoder,
     blend,
@@ -33,7 +35,9 @@ from .embeddings import (
     unconditional_embeds,
 )
 from .errors import UserError
+from .lora import apply_loras
 from .request import Request
+from .schedulers import make_scheduler
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_ADAPTER = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
@@ -237,7 +241,10 @@ class StylePipeline:
     dtype: torch.dtype
     keep_all_weights: bool = False
     content_text_encoder: str | None = None
+    low_memory: bool = False  # image encoder off the device between uses (see ``memory``)
+    disk_cache: EmbeddingCache | None = None
     _embed_cache: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
+    _base_scheduler: Any = field(default=None, repr=False)
     _content_towers: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -253,9 +260,20 @@ class StylePipeline:
         blocks: str = "style",
         keep_all_weights: bool = False,
         single_file_config: str | None = None,
+        offload: str | None = None,
+        low_memory: bool | None = None,
+        compile_backend: str | None = None,
+        cache_dir: str | None = None,
     ) -> StylePipeline:
         """Load base model, adapter and image encoder; keep adapter weights only for ``blocks``
-        (unless ``keep_all_weights``), then move everything to the device."""
+        (unless ``keep_all_weights``), then move everything to the device.
+
+        How to run, not what to make: ``offload`` (``model``/``sequential``) moves models to the device
+        only while they run; ``low_memory`` keeps the image encoder off the device between encodes
+        (``None``: when memory is tight, or with offload); ``compile_backend`` torch.compiles the
+        UNet; ``cache_dir`` keeps style embeddings on disk across runs."""
+        memory.check_offload(offload)
+        cache = EmbeddingCache.open(cache_dir) if cache_dir else None
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         weights = read_adapter_for(adapter)
@@ -266,12 +284,17 @@ class StylePipeline:
         layers = cross_attention_layers(pipe.unet.attn_processors)
         keep = None if keep_all_weights else [set(resolve_blocks(blocks, layers, arch))]
         adapters.attach_adapters(pipe, [weights], keep)
-        pipe.to(torch_device)
-        encoder = load_image_encoder(encoder_dir, torch_dtype)
-        encoder.model.to(torch_device)
+        memory.place_pipeline(pipe, torch_device, offload)
+        if compile_backend:
+            memory.compile_unet(pipe.unet, compile_backend)
+        encoder = load_image_encoder(encoder_dir, torch_dtype, weights=False)  # weights read on first use
+        if low_memory is None:
+            low_memory = offload is not None or memory.memory_is_tight(torch_device, encoder, torch_dtype)
+        if not low_memory:
+            memory.ready_encoder(encoder, torch_device, torch_dtype)
         return cls(
             pipe, replace(weights, state_dict={}), encoder, model, torch_device, torch_dtype,
-            keep_all_weights, content_text_encoder,
+            keep_all_weights, content_text_encoder, low_memory, cache,
         )
 
     @property
@@ -291,6 +314,7 @@ class StylePipeline:
             request = request.replace(**kwargs)
         request = self.complete(request)
         self.apply_blocks(request)
+        self.apply_model_changes(request)
         embeds = self.ip_adapter_embeds(request)
         self.pipe.set_progress_bar_config(disable=not progress)
         assert request.seed is not None
@@ -335,13 +359,38 @@ class StylePipeline:
         adapters.set_layer_scales(unet, [scales])
         return scales
 
+    def apply_model_changes(self, request: Request) -> None:
+        """Set the request's scheduler (the model's own when none) and make exactly its LoRAs active."""
+        if self._base_scheduler is None:
+            self._base_scheduler = self.pipe.scheduler
+        base = self._base_scheduler
+        self.pipe.scheduler = make_scheduler(request.scheduler, base) if request.scheduler else base
+        apply_loras(self.pipe, [(lora.path, lora.scale) for lora in request.lora])
+
     # --- the style embedding -------------------------------------------------------------
     def encode(self, path: str) -> torch.Tensor:
-        """Encode one reference image, cached by image content and encoder."""
-        key = (image_hash(path), self.image_encoder.identity, self.adapter.kind)
+        """Encode one reference image, cached by image content and encoder (in memory, and on disk
+        with ``cache_dir``): a style seen before never runs the encoder."""
+        key = (image_hash(path), encoder_fingerprint(self.image_encoder.identity), self.adapter.kind)
         if key not in self._embed_cache:
-            image = load_image(path, "style image")
-            self._embed_cache[key] = encode_images([image], self.image_encoder, self.adapter.kind).cpu()
+            embeds = self.disk_cache.get(key) if self.disk_cache else None
+            if embeds is None:
+                image = load_image(path, "style image")
+                with memory.encoder_in_use(self.image_encoder, self.device, self.dtype, self.low_memory) as enc:
+                    embeds = encode_images([image], enc, self.adapter.kind).cpu()
+                if self.disk_cache:
+                    self.disk_cache.put(key, embeds)
+            self._embed_cache[key] = embeds
+        return self._embed_cache[key]
+
+    def negative_embeds(self, like: torch.Tensor) -> torch.Tensor:
+        """The CFG negative embedding, computed once per encoder (plus adapters encode a black image)."""
+        if self.adapter.kind == "global":
+            return unconditional_embeds(like, None, "global")
+        key = ("<unconditional>", encoder_fingerprint(self.image_encoder.identity), self.adapter.kind)
+        if key not in self._embed_cache:
+            with memory.encoder_in_use(self.image_encoder, self.device, self.dtype, self.low_memory) as enc:
+                self._embed_cache[key] = unconditional_embeds(like, enc, self.adapter.kind).cpu()
         return self._embed_cache[key]
 
     def reference_embeds(self, request: Request) -> torch.Tensor:
@@ -405,7 +454,7 @@ class StylePipeline:
         content = self.content_embeds(request)
         if content is not None:
             style = subtract_content(style, content.cpu(), request.content_scale)
-        negative = unconditional_embeds(style, self.image_encoder, self.adapter.kind).cpu()
+        negative = self.negative_embeds(style)
         return style, negative
 
     def ip_adapter_embeds(self, request: Request) -> torch.Tensor:

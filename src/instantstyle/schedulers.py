@@ -32,7 +32,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "tcd": ("TCDScheduler", {}),
 }
 
-_ALIASES = {"euler-ancestral": "euler-a", "euler_a": "euler-a", "dpmpp-2m": "dpm++-2m", "dpmpp-2m-karras": "dpm++-2m-karras"}
+_ALIASES = {"euler-ancestral": "euler-a", "dpmpp-2m": "dpm++-2m", "dpmpp-2m-karras": "dpm++-2m-karras"}
 
 
 def canonical_name(name: str) -> str:
