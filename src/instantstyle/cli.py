@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from .errors import UserError
-from .request import Request, StyleRef, read_png_request, write_png
+from .request import LoraRef, Request, StyleRef, read_png_request, write_png
 
 FLOAT = click.FLOAT
 INT = click.INT
@@ -52,6 +52,17 @@ def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--keep-all-weights", is_flag=True, help="Keep adapter weights of untargeted layers."),
             click.option("--single-file-config", default=None, help="Diffusers folder or hub id giving the "
                          "configs for a single-file --model."),
+            click.option("--offload", default=None, type=click.Choice(["model", "sequential"]),
+                         help="Keep models off the GPU until they run (model: whole models; sequential: "
+                         "layer by layer, slowest, least memory)."),
+            click.option("--low-memory/--no-low-memory", default=None, help="Keep the image encoder off the "
+                         "device between encodes [default: when memory is tight or with --offload]."),
+            click.option("--compile", "compile_unet", is_flag=True, help="torch.compile the UNet (first image "
+                         "slow, later ones faster)."),
+            click.option("--compile-backend", default="inductor",
+                         type=click.Choice(["inductor", "aot_eager", "eager"]), hidden=True),
+            click.option("--cache-dir", default=None, envvar="INSTANTSTYLE_CACHE_DIR",
+                         help="Keep style embeddings here across runs [env INSTANTSTYLE_CACHE_DIR]."),
             click.option("--debug", is_flag=True, help="Show tracebacks."),
         ]
     ):
@@ -82,6 +93,10 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
     ("width", click.Option(["--width"], type=INT)),
     ("height", click.Option(["--height"], type=INT)),
     ("num_images", click.Option(["--num-images"], type=INT)),
+    ("lora", click.Option(["--lora"], multiple=True, help="LoRA .safetensors file (diffusers/peft or kohya "
+                          "keys); repeat for several, FILE:SCALE to scale.")),
+    ("scheduler", click.Option(["--scheduler"], help="Sampler: euler, euler-a, euler-trailing, dpm++-2m, "
+                               "dpm++-2m-karras, ddim, lcm, tcd, unipc, ... [default: the model's]")),
 ]
 
 
@@ -94,6 +109,8 @@ def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
     }
     if "style" in given:
         given["style"] = tuple(StyleRef.parse(s) for s in given["style"])
+    if "lora" in given:
+        given["lora"] = tuple(LoraRef.parse(s) for s in given["lora"])
     if source is not None:
         return source.replace(**given)
     if "prompt" not in given:
@@ -142,6 +159,10 @@ def check_inputs(request: Request) -> None:
     if request.content_image is not None:
         load_image(request.content_image, "content image")
     parse_spec(request.blocks)
+    from .lora import check_lora_file
+
+    for lora in request.lora:
+        check_lora_file(lora.path)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -173,6 +194,10 @@ def _generate(params: dict[str, Any]) -> None:
         blocks=request.blocks,
         keep_all_weights=params["keep_all_weights"],
         single_file_config=params["single_file_config"],
+        offload=params["offload"],
+        low_memory=params["low_memory"],
+        compile_backend=params["compile_backend"] if params["compile_unet"] else None,
+        cache_dir=params["cache_dir"],
     )
     result = pipe(request, progress=True)
     for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):

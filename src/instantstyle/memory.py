@@ -63,7 +63,9 @@ def release_encoder(encoder: ImageEncoder, device: torch.device) -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     elif not is_released(encoder) and Path(encoder.identity).is_dir():
-        model.to("meta")
+        for module in model.modules():  # buffers (position ids) are tiny and not all in the files
+            for name, param in module.named_parameters(recurse=False):
+                module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=False)
         gc.collect()
 
 
