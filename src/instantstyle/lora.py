@@ -56,6 +56,9 @@ def apply_loras(pipe: Any, loras: Sequence[tuple[str, float]]) -> None:
     except (ImportError, ValueError):
         held = set()
     stale = sorted(held - set(wanted))
+    if stale and not wanted:
+        pipe.unload_lora_weights()  # removes peft's wrappers too: the plain model, bit for bit
+        return
     if stale:
         pipe.delete_adapters(stale)
     for name, (path, _) in wanted.items():
