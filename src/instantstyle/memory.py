@@ -9,7 +9,9 @@ new image comes) when the device is the CPU. ``low_memory=None`` decides from th
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +36,17 @@ def free_memory(device: torch.device) -> tuple[int, int]:
 
     vm = psutil.virtual_memory()
     return int(vm.available), int(vm.total)
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap memory back to the OS: glibc keeps large freed blocks otherwise, and the process
+    would still hold (RSS) the adapter layers it pruned and the encoder it released."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+            pass
 
 
 def encoder_bytes(encoder: ImageEncoder, dtype: torch.dtype) -> int:
@@ -66,7 +79,7 @@ def release_encoder(encoder: ImageEncoder, device: torch.device) -> None:
         for module in model.modules():  # buffers (position ids) are tiny and not all in the files
             for name, param in module.named_parameters(recurse=False):
                 module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=False)
-        gc.collect()
+        return_freed_memory()
 
 
 def ready_encoder(encoder: ImageEncoder, device: torch.device, dtype: torch.dtype) -> None:

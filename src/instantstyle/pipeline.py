@@ -292,6 +292,7 @@ class StylePipeline:
             low_memory = offload is not None or memory.memory_is_tight(torch_device, encoder, torch_dtype)
         if not low_memory:
             memory.ready_encoder(encoder, torch_device, torch_dtype)
+        memory.return_freed_memory()  # the pruned adapter layers
         return cls(
             pipe, replace(weights, state_dict={}), encoder, model, torch_device, torch_dtype,
             keep_all_weights, content_text_encoder, low_memory, cache,
