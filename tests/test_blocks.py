@@ -6,12 +6,19 @@ from instantstyle import UserError
 from instantstyle.blocks import attention_block, list_blocks, parse_spec, resolve_blocks
 
 # The cross-attention layers of a UNet in SDXL topology with (1, 2, 2) transformer layers per block.
-SDXL_LAYERS = [
-    f"down_blocks.{b}.attentions.{a}.transformer_blocks.{t}.attn2" for b in (1, 2) for a in (0, 1) for t in range(2)
-] + [f"up_blocks.{b}.attentions.{a}.transformer_blocks.{t}.attn2" for b in (0, 1) for a in (0, 1, 2) for t in range(2)] + [
-    "mid_block.attentions.0.transformer_blocks.0.attn2",
-    "mid_block.attentions.0.transformer_blocks.1.attn2",
-]
+SDXL_LAYERS = (
+    [f"down_blocks.{b}.attentions.{a}.transformer_blocks.{t}.attn2" for b in (1, 2) for a in (0, 1) for t in range(2)]
+    + [
+        f"up_blocks.{b}.attentions.{a}.transformer_blocks.{t}.attn2"
+        for b in (0, 1)
+        for a in (0, 1, 2)
+        for t in range(2)
+    ]
+    + [
+        "mid_block.attentions.0.transformer_blocks.0.attn2",
+        "mid_block.attentions.0.transformer_blocks.1.attn2",
+    ]
+)
 
 
 def test_style_preset_selects_every_layer_of_up_blocks_0_attentions_1():
@@ -52,7 +59,10 @@ def test_presets_take_scales_too():
 
 
 def test_block_name_does_not_match_a_longer_sibling():
-    layers = ["up_blocks.1.attentions.0.transformer_blocks.0.attn2", "up_blocks.10.attentions.0.transformer_blocks.0.attn2"]
+    layers = [
+        "up_blocks.1.attentions.0.transformer_blocks.0.attn2",
+        "up_blocks.10.attentions.0.transformer_blocks.0.attn2",
+    ]
     assert list(resolve_blocks("up_blocks.1", layers, "sd15")) == layers[:1]
 
 

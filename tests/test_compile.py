@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAST, pixels
 
 from instantstyle import StylePipeline
 from instantstyle.errors import UserError
+
+from .conftest import FAST, pixels
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import FAST, pixels
-
 from instantstyle import StylePipeline
 from instantstyle.memory import is_released
 from instantstyle.testing import make_style_image
+
+from .conftest import FAST, pixels
 
 
 def count_encoder_runs(pipe: StylePipeline) -> list[int]:

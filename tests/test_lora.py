@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import FAST, pixels
 
 from instantstyle.errors import UserError
 from instantstyle.request import LoraRef, Request
 from instantstyle.testing.lora import write_tiny_lora
+
+from .conftest import FAST, pixels
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ encodes, and model offload working with the adapter."""
 from __future__ import annotations
 
 import pytest
-from conftest import FAST, pixels
 from safetensors import safe_open
 
 from instantstyle import StylePipeline
@@ -13,6 +12,8 @@ from instantstyle.blocks import resolve_blocks
 from instantstyle.errors import UserError
 from instantstyle.memory import is_released
 from instantstyle.pipeline import read_adapter_for
+
+from .conftest import FAST, pixels
 
 STYLE_LAYER = "up_blocks.0.attentions.1.transformer_blocks.0.attn2.processor"
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FAST, pixels
 
 from instantstyle.errors import UserError
 from instantstyle.request import Request
 from instantstyle.schedulers import SCHEDULERS, canonical_name
+
+from .conftest import FAST, pixels
 
 
 def test_names_are_read_the_way_people_write_them() -> None:

@@ -1,8 +1,23 @@
 """instantstyle: InstantStyle (style-only IP-Adapter injection plus content subtraction) on diffusers."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .errors import UserError
-from .pipeline import Result, StylePipeline
 from .request import Request, StyleRef
+
+if TYPE_CHECKING:
+    from .pipeline import Result, StylePipeline
 
 __all__ = ["Request", "Result", "StylePipeline", "StyleRef", "UserError"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The pipeline imports torch and diffusers (seconds); load it on first use so `instantstyle --help` is instant.
+    if name in ("StylePipeline", "Result"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'instantstyle' has no attribute {name!r}")

@@ -12,16 +12,18 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0, IPAdapterAttnProcessor2_0
 from torch import nn
 
 from .blocks import cross_attention_layers
 from .errors import UserError
 
 AdapterKind = Literal["global", "plus"]
+#: A diffusers UNet2DConditionModel (its attention API is dynamic, so typed loosely).
+UNet = Any
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def read_adapter(path: str | Path) -> AdapterWeights:
     return AdapterWeights(str(path), kind, int(embed_dim), int(cross_dim), num_layers, state)
 
 
-def check_adapter_fits(adapter: AdapterWeights, unet: nn.Module, arch: str) -> None:
+def check_adapter_fits(adapter: AdapterWeights, unet: UNet, arch: str) -> None:
     """Refuse an adapter made for another UNet (an SD1.5 adapter on SDXL, say) with a clear message."""
     layers = cross_attention_layers(unet.attn_processors)
     dim = unet.config.cross_attention_dim
@@ -87,9 +89,9 @@ class TextOnlyAttnProcessor(AttnProcessor2_0):
 
     def __call__(  # type: ignore[override]
         self,
-        attn: nn.Module,
+        attn: Attention,
         hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | tuple | None = None,
+        encoder_hidden_states: torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]] | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         ip_adapter_masks: object = None,
@@ -107,7 +109,7 @@ class PrunedProjection(nn.Module):
 
 
 def attach_adapters(
-    pipe: object, adapters: Sequence[AdapterWeights], keep: Sequence[set[str]] | None = None
+    pipe: Any, adapters: Sequence[AdapterWeights], keep: Sequence[set[str]] | None = None
 ) -> None:
     """Load adapters into the pipeline's UNet with diffusers, then prune layers outside ``keep``.
 
@@ -120,7 +122,7 @@ def attach_adapters(
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # it warns that no image encoder is loaded: we bring our own
     try:
-        pipe.load_ip_adapter(  # type: ignore[attr-defined]
+        pipe.load_ip_adapter(
             [a.state_dict for a in adapters],
             subfolder=[""] * len(adapters),
             weight_name=[""] * len(adapters),
@@ -132,7 +134,7 @@ def attach_adapters(
         prune_adapter_layers(pipe.unet, keep)
 
 
-def prune_adapter_layers(unet: nn.Module, keep: Sequence[set[str]]) -> None:
+def prune_adapter_layers(unet: UNet, keep: Sequence[set[str]]) -> None:
     """Drop adapter weights from every layer an adapter does not target (InstantStyle: style blocks only)."""
     processors = dict(unet.attn_processors)
     for name, proc in processors.items():
@@ -151,7 +153,7 @@ def prune_adapter_layers(unet: nn.Module, keep: Sequence[set[str]]) -> None:
     unet.set_attn_processor(processors)
 
 
-def set_layer_scales(unet: nn.Module, scales: Sequence[dict[str, float]]) -> None:
+def set_layer_scales(unet: UNet, scales: Sequence[dict[str, float]]) -> None:
     """Set each adapter's scale per layer; a layer an adapter's dict does not name gets 0 (skipped).
 
     Raises if a scale is asked of a layer whose weights were pruned.
@@ -168,7 +170,7 @@ def set_layer_scales(unet: nn.Module, scales: Sequence[dict[str, float]]) -> Non
             raise RuntimeError(f"the adapters were pruned from {layer}")
 
 
-def active_layers(unet: nn.Module) -> list[set[str]] | None:
+def active_layers(unet: UNet) -> list[set[str]] | None:
     """Per adapter, the layers that still hold its weights (``None`` when no adapter is loaded)."""
     if unet.encoder_hid_proj is None:
         return None
@@ -181,7 +183,7 @@ def active_layers(unet: nn.Module) -> list[set[str]] | None:
     return held
 
 
-def adapter_parameter_count(unet: nn.Module) -> int:
+def adapter_parameter_count(unet: UNet) -> int:
     """Resident adapter parameters: the image projections plus every layer's to_k_ip/to_v_ip."""
     count = sum(p.numel() for p in unet.encoder_hid_proj.parameters()) if unet.encoder_hid_proj else 0
     for proc in unet.attn_processors.values():

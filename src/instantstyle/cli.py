@@ -22,6 +22,17 @@ FLOAT = click.FLOAT
 INT = click.INT
 
 
+def quiet_libraries() -> None:
+    """Keep the terminal to our progress bar and errors: no loading bars or library warnings."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
 def _fail(message: str, code: int = 2) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -47,8 +58,10 @@ def run_cli(fn: Callable[..., Any], debug: bool, *args: Any, **kwargs: Any) -> A
 def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
-            click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"])),
-            click.option("--dtype", default="auto", type=click.Choice(["auto", "float32", "float16", "bfloat16"])),
+            click.option("--device", default="auto", show_default=True,
+                         type=click.Choice(["auto", "cpu", "cuda", "mps"])),
+            click.option("--dtype", default="auto", show_default=True, help="auto: float16 on GPU, float32 on CPU.",
+                         type=click.Choice(["auto", "float32", "float16", "bfloat16"])),
             click.option("--keep-all-weights", is_flag=True, help="Keep adapter weights of untargeted layers."),
             click.option("--single-file-config", default=None, help="Diffusers folder or hub id giving the "
                          "configs for a single-file --model."),
@@ -70,33 +83,38 @@ def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-# Request options: each maps to one Request field.
+def _request_option(field: str, help: str = "", **kwargs: Any) -> tuple[str, click.Option]:
+    """A flag for one Request field, its help showing the Request default."""
+    default = Request.__dataclass_fields__[field].default
+    shown = f"  [default: {default}]" if isinstance(default, (int, float, str)) and default != "" else ""
+    return field, click.Option(["--" + field.replace("_", "-")], help=help + shown, **kwargs)
+
+
+# Request options: each maps to one Request field of the same name.
 REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
-    ("model", click.Option(["--model"], help="Diffusers folder, hub id or single .safetensors file.")),
-    ("adapter", click.Option(["--adapter"], help="IP-Adapter weights file or org/repo/path/file.")),
-    ("image_encoder", click.Option(["--image-encoder"], help="CLIP image encoder folder (default: found "
-                                   "beside the adapter).")),
-    ("style", click.Option(["--style"], multiple=True, help="Style image or .safetensors style file; "
-                           "repeat to blend, PATH:WEIGHT to weight.")),
-    ("prompt", click.Option(["--prompt"], help="What to paint.")),
-    ("negative_prompt", click.Option(["--negative-prompt"])),
-    ("blocks", click.Option(["--blocks"], help="style | layout | style+layout | all | NAME[=S],...")),
-    ("scale", click.Option(["--scale"], type=FLOAT, help="Multiplies every selected block's scale.")),
-    ("content_prompt", click.Option(["--content-prompt"], help="Content to subtract from the style.")),
-    ("content_scale", click.Option(["--content-scale"], type=FLOAT)),
-    ("content_image", click.Option(["--content-image"], help="Image whose content to subtract.")),
-    ("content_text_encoder", click.Option(["--content-text-encoder"], help="CLIP text model in the image "
-                                          "encoder's space (needed for ViT-H adapters).")),
-    ("steps", click.Option(["--steps"], type=INT)),
-    ("guidance", click.Option(["--guidance"], type=FLOAT)),
-    ("seed", click.Option(["--seed"], type=INT)),
-    ("width", click.Option(["--width"], type=INT)),
-    ("height", click.Option(["--height"], type=INT)),
-    ("num_images", click.Option(["--num-images"], type=INT)),
-    ("lora", click.Option(["--lora"], multiple=True, help="LoRA .safetensors file (diffusers/peft or kohya "
-                          "keys); repeat for several, FILE:SCALE to scale.")),
-    ("scheduler", click.Option(["--scheduler"], help="Sampler: euler, euler-a, euler-trailing, dpm++-2m, "
-                               "dpm++-2m-karras, ddim, lcm, tcd, unipc, ... [default: the model's]")),
+    _request_option("model", "Diffusers folder, hub id or single .safetensors file. [default: SDXL base 1.0]"),
+    _request_option("adapter", "IP-Adapter weights file or org/repo/path/file. [default: h94 SDXL adapter]"),
+    _request_option("image_encoder", "CLIP image encoder folder (default: found beside the adapter)."),
+    _request_option("style", "Style image or .safetensors style file; repeat to blend, PATH:WEIGHT to weight.",
+                    multiple=True),
+    _request_option("prompt", "What to paint."),
+    _request_option("negative_prompt", "What to avoid."),
+    _request_option("blocks", "style | layout | style+layout | all | NAME[=S],..."),
+    _request_option("scale", "Multiplies every selected block's scale.", type=FLOAT),
+    _request_option("content_prompt", "Content to subtract from the style (e.g. what the style image shows)."),
+    _request_option("content_scale", "How much of the content to subtract.", type=FLOAT),
+    _request_option("content_image", "Image whose content to subtract."),
+    _request_option("content_text_encoder", "CLIP text model in the image encoder's space (ViT-H adapters)."),
+    _request_option("steps", "Denoising steps.", type=INT),
+    _request_option("guidance", "Classifier-free guidance scale.", type=FLOAT),
+    _request_option("seed", "Random seed (default: random, recorded in the PNG).", type=INT),
+    _request_option("width", "Image width (default: the model's).", type=INT),
+    _request_option("height", "Image height (default: the model's).", type=INT),
+    _request_option("num_images", "Images per prompt.", type=INT),
+    _request_option("lora", "LoRA .safetensors file (diffusers/peft or kohya keys); repeat for several, "
+                    "FILE:SCALE to scale.", multiple=True),
+    _request_option("scheduler", "Sampler: euler, euler-a, euler-trailing, dpm++-2m, dpm++-2m-karras, ddim, lcm, "
+                    "tcd, unipc, ... (default: the model's)."),
 ]
 
 
@@ -158,6 +176,10 @@ def check_inputs(request: Request) -> None:
             raise UserError(f"style file {ref.path}: no such file")
     if request.content_image is not None:
         load_image(request.content_image, "content image")
+    for name in ("image_encoder", "content_text_encoder"):
+        folder = getattr(request, name)
+        if folder is not None and folder.startswith((".", "/", "~")) and not Path(folder).expanduser().is_dir():
+            raise UserError(f"{name.replace('_', ' ')} {folder}: no such folder")
     parse_spec(request.blocks)
     from .lora import check_lora_file
 
@@ -176,6 +198,10 @@ def _generate(params: dict[str, Any]) -> None:
     request = request_from_cli(params, source)
     check_inputs(request)
     paths = output_paths(params["output"], request.num_images, params["overwrite"])
+    if params["save_style"] and not params["save_style"].endswith(".safetensors"):
+        raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
+    if not params["debug"]:
+        quiet_libraries()
     from .pipeline import StylePipeline, unet_layers
 
     assert request.model is not None and request.adapter is not None
@@ -199,16 +225,19 @@ def _generate(params: dict[str, Any]) -> None:
         compile_backend=params["compile_backend"] if params["compile_unet"] else None,
         cache_dir=params["cache_dir"],
     )
+    if params["save_style"]:
+        click.echo(str(pipe.save_style(request, params["save_style"])))
     result = pipe(request, progress=True)
     for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
         write_png(image, path, result.request, i)
         click.echo(str(path))
 
 
-@main.command(context_settings={"show_default": True})
+@main.command()
 @click.option("--from", "from_png", default=None, help="Reproduce a PNG made by instantstyle (flags override).")
 @click.option("--output", "-o", required=True, help="Output .png (several images: NAME-1.png, ...).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--save-style", default=None, help="Also save the style (embedding + sources) to this .safetensors file.")
 @runtime_options
 @click.pass_context
 def generate(ctx: click.Context, **params: Any) -> None:
@@ -216,8 +245,7 @@ def generate(ctx: click.Context, **params: Any) -> None:
     run_cli(_generate, params["debug"], params)
 
 
-for _name, _option in REQUEST_OPTIONS:
-    generate.params.append(_option)
+generate.params[4:4] = [option for _, option in REQUEST_OPTIONS]  # after --from, --output, --overwrite, --save-style
 
 
 @main.command()
@@ -257,6 +285,7 @@ def selftest(keep: str | None, debug: bool) -> None:
     """Run the whole path offline on a built-in tiny random-weight model (a few seconds)."""
 
     def body() -> None:
+        quiet_libraries()
         from .selftest import run_selftest
 
         for line in run_selftest(Path(keep) if keep else None):
@@ -265,10 +294,11 @@ def selftest(keep: str | None, debug: bool) -> None:
     run_cli(body, debug)
 
 
-def entry() -> None:
-    """Console entry point: click's own usage errors become one line too."""
+def entry(argv: list[str] | None = None) -> None:
+    """Console entry point (``argv`` for tests): click's own usage errors become one line too."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
     try:
-        main(standalone_mode=False)
+        main(args=argv, standalone_mode=False)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
     except click.Abort:

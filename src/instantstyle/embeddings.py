@@ -26,6 +26,8 @@ STYLE_FILE_FORMAT = "instantstyle-style/1"
 def load_image(path: str | Path, what: str = "image") -> Image.Image:
     """Open an image as RGB, or raise a one-line ``UserError`` (missing, empty, corrupt)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path}: is a folder, not an image")
     if not path.is_file():
         raise UserError(f"{what} {path}: no such file")
     if path.stat().st_size == 0:

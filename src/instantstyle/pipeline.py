@@ -24,12 +24,14 @@ from .blocks import cross_attention_layers, resolve_blocks
 from .cache import EmbeddingCache, encoder_fingerprint
 from .embeddings import (
     ImageEncoder,
+    StyleFile,
     blend,
     encode_images,
     image_hash,
     load_image,
     load_image_encoder,
     load_style,
+    save_style,
     subtract_content,
     text_embeds,
     unconditional_embeds,
@@ -41,6 +43,8 @@ from .schedulers import make_scheduler
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_ADAPTER = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
+#: The diffusers pipelines a StylePipeline drives (diffusers types them loosely, hence Any).
+SDPipeline = Any
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -75,9 +79,12 @@ def _looks_like_path(ref: str) -> bool:
 
 
 def _hub_error(what: str, ref: str, err: Exception) -> UserError:
-    offline = "offline" in str(err).lower() or type(err).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled")
-    if offline:
-        return UserError(f"{what} {ref!r} is not in the Hugging Face cache and the hub cannot be reached (offline)")
+    """One line for a hub failure: not cached while offline, or what the hub said."""
+    from huggingface_hub import constants
+
+    text = str(err).lower()
+    if constants.HF_HUB_OFFLINE or "offline" in text or "outgoing traffic has been disabled" in text:
+        return UserError(f"{what} {ref!r} is not in the Hugging Face cache and the hub is offline; download it first")
     return UserError(f"{what} {ref!r} could not be loaded from the hub ({type(err).__name__}: {str(err)[:200]})")
 
 
@@ -97,7 +104,7 @@ def single_file_arch(path: Path) -> str:
     raise UserError(f"model {path}: not an SD1.5 or SDXL checkpoint")
 
 
-def load_base_pipeline(model: str, dtype: torch.dtype, config: str | None = None) -> DiffusionPipeline:
+def load_base_pipeline(model: str, dtype: torch.dtype, config: str | None = None) -> SDPipeline:
     """Load the base text-to-image pipeline from a folder, a single file or a hub id (on the CPU)."""
     path = Path(model).expanduser()
     if path.is_dir():
@@ -127,7 +134,7 @@ def load_base_pipeline(model: str, dtype: torch.dtype, config: str | None = None
     return pipe
 
 
-def model_arch(pipe: DiffusionPipeline) -> str:
+def model_arch(pipe: SDPipeline) -> str:
     """``sdxl`` when the UNet takes SDXL's text+time conditioning, else ``sd15``."""
     return "sdxl" if pipe.unet.config.addition_embed_type == "text_time" else "sd15"
 
@@ -233,7 +240,7 @@ class Result:
 class StylePipeline:
     """A diffusers SD/SDXL pipeline with an InstantStyle adapter, ready to run requests."""
 
-    pipe: DiffusionPipeline
+    pipe: SDPipeline
     adapter: adapters.AdapterWeights  # kind and dims; the weights live in the UNet
     image_encoder: ImageEncoder
     model_id: str
@@ -292,9 +299,10 @@ class StylePipeline:
             low_memory = offload is not None or memory.memory_is_tight(torch_device, encoder, torch_dtype)
         if not low_memory:
             memory.ready_encoder(encoder, torch_device, torch_dtype)
-        memory.return_freed_memory()  # the pruned adapter layers
+        weights = replace(weights, state_dict={})  # the file's tensors now live, pruned, in the UNet
+        memory.return_freed_memory()  # give back what loading and pruning freed
         return cls(
-            pipe, replace(weights, state_dict={}), encoder, model, torch_device, torch_dtype,
+            pipe, weights, encoder, model, torch_device, torch_dtype,
             keep_all_weights, content_text_encoder, low_memory, cache,
         )
 
@@ -339,7 +347,7 @@ class StylePipeline:
             if theirs is not None and theirs != mine and Path(theirs).expanduser() != Path(mine):
                 if name == "model" or Path(resolve_adapter_file(theirs)) != Path(mine):
                     raise UserError(f"request is for {name} {theirs!r} but this pipeline has {mine!r}")
-        default = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        default = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         return request.replace(
             model=request.model or self.model_id,
             adapter=request.adapter or self.adapter.path,
@@ -439,7 +447,8 @@ class StylePipeline:
             path = Path(folder).expanduser()
             if not (path / "config.json").is_file():
                 raise UserError(f"content text encoder {folder}: no such model folder")
-            tower = CLIPTextModelWithProjection.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+            tower = CLIPTextModelWithProjection.from_pretrained(path, dtype=self.dtype)
+            tower = tower.to(self.device).eval()  # type: ignore[arg-type]
             if tower.config.projection_dim != want:
                 raise UserError(
                     f"content text encoder {folder} gives {tower.config.projection_dim}-d embeddings; "
@@ -457,6 +466,14 @@ class StylePipeline:
             style = subtract_content(style, content.cpu(), request.content_scale)
         negative = self.negative_embeds(style)
         return style, negative
+
+    def save_style(self, request: Request, path: str | Path) -> Path:
+        """Save the request's blended references as a style file, reusable without the images."""
+        style = self.reference_embeds(request)
+        negative = unconditional_embeds(style, self.image_encoder, self.adapter.kind).cpu()
+        references = json.dumps([{"path": r.path, "weight": r.weight} for r in request.style])
+        metadata = {"adapter": self.adapter.path, "references": references}
+        return save_style(path, StyleFile(style, negative, self.adapter.kind, self.image_encoder.identity, metadata))
 
     def ip_adapter_embeds(self, request: Request) -> torch.Tensor:
         """The tensor diffusers takes as ``ip_adapter_image_embeds[0]``: (2, 1, ...) under CFG,

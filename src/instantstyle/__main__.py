@@ -1,0 +1,5 @@
+"""``python -m instantstyle`` is the ``instantstyle`` command."""
+
+from .cli import entry
+
+entry()

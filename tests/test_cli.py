@@ -1,0 +1,169 @@
+"""The command line: same pixels as the API, PNG round trip, and one-line errors (exit 2) for bad input."""
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from instantstyle.cli import entry
+from instantstyle.request import read_png_request
+
+from .conftest import pixels
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
+    try:
+        entry([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def base(tiny, tmp_path):
+    """Flags for a fast generation on the tiny SDXL fixture."""
+    return [
+        "generate",
+        "--model",
+        tiny.sdxl,
+        "--adapter",
+        tiny.sdxl_adapter,
+        "--style",
+        tiny.style_image,
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--seed",
+        "7",
+        "--device",
+        "cpu",
+    ]
+
+
+def test_cli_and_api_give_the_same_pixels(capsys, base, sdxl, tiny, tmp_path):
+    code, out, err = run(
+        capsys, *base, "--blocks", "style+layout", "--content-prompt", "a dog", "-o", tmp_path / "a.png"
+    )
+    assert code == 0, err
+    api = sdxl(
+        prompt="a cat",
+        style=str(tiny.style_image),
+        steps=2,
+        width=64,
+        height=64,
+        seed=7,
+        blocks="style+layout",
+        content_prompt="a dog",
+    )
+    assert (pixels(Image.open(tmp_path / "a.png").convert("RGB")) == pixels(api.images[0])).all()
+
+
+def test_png_carries_every_parameter_and_from_reproduces_it(capsys, base, tmp_path):
+    assert run(capsys, *base, "--scale", "0.8", "-o", tmp_path / "a.png")[0] == 0
+    request = read_png_request(tmp_path / "a.png")
+    assert (request.scale, request.seed, request.steps, request.prompt) == (0.8, 7, 2, "a cat")
+    code, _, err = run(capsys, "generate", "--from", tmp_path / "a.png", "--device", "cpu", "-o", tmp_path / "b.png")
+    assert code == 0, err
+    assert (pixels(Image.open(tmp_path / "a.png")) == pixels(Image.open(tmp_path / "b.png"))).all()
+
+
+def test_flags_override_the_png_parameters(capsys, base, tmp_path):
+    run(capsys, *base, "-o", tmp_path / "a.png")
+    run(capsys, "generate", "--from", tmp_path / "a.png", "--seed", "8", "--device", "cpu", "-o", tmp_path / "b.png")
+    assert read_png_request(tmp_path / "b.png").seed == 8
+
+
+def test_several_images_get_numbered_names(capsys, base, tmp_path):
+    code, out, _ = run(capsys, *base, "--num-images", "2", "-o", tmp_path / "x.png")
+    assert code == 0
+    assert out.split() == [str(tmp_path / "x-1.png"), str(tmp_path / "x-2.png")]
+
+
+def test_blocks_lists_the_models_attention_blocks(capsys, tiny):
+    code, out, _ = run(capsys, "blocks", "--model", tiny.sdxl)
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.startswith("up_blocks.0.attentions.1 "))
+    assert line.split()[1:] == ["2", "style,", "style+layout,", "all"]
+
+
+def bad_inputs(tiny, tmp):
+    """(flags to change, expected message): each must fail in one line with exit 2."""
+    (tmp / "empty.png").write_bytes(b"")
+    (tmp / "text.png").write_text("not an image")
+    (tmp / "exists.png").write_bytes(b"x")
+    return [
+        (["--style", tmp / "missing.png"], "no such file"),
+        (["--style", tmp / "empty.png"], "empty"),
+        (["--style", tmp / "text.png"], "not a readable image"),
+        (["--blocks", "up_blocks.7"], "matches no attention layer"),
+        (["--scale", "abc"], "not a valid float"),
+        (["--steps", "0"], "steps must be between"),
+        (["--adapter", tmp / "text.png"], "not a readable weights file"),
+        (["--adapter", tiny.sd15_adapter], "does not fit"),
+        (["--model", tmp / "nowhere"], "no such file or folder"),
+        (["--model", "someone/uncached-model"], "not in the Hugging Face cache"),
+        (["-o", "/etc/passwd/out.png"], "cannot create its folder"),
+        (["-o", tmp / "out.jpg"], "must end in .png"),
+        (["-o", tmp / "exists.png"], "--overwrite"),
+        (["--content-image", tmp / "text.png"], "content image"),
+        (["--frobnicate"], "No such option"),
+    ]
+
+
+def test_every_bad_input_is_one_line_and_exit_2(capsys, base, tiny, tmp_path):
+    for change, message in bad_inputs(tiny, tmp_path):
+        args = base + ["-o", tmp_path / "out.png"] + change
+        code, _, err = run(capsys, *args)
+        assert code == 2, (change, err)
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, (change, err)
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_from_a_png_without_parameters_is_an_error(capsys, tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    code, _, err = run(capsys, "generate", "--from", tmp_path / "plain.png", "-o", tmp_path / "o.png")
+    assert code == 2 and "no instantstyle parameters" in err
+
+
+def test_console_script_exits_2_without_traceback(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "instantstyle",
+            "generate",
+            "--style",
+            tmp_path / "none.png",
+            "--prompt",
+            "x",
+            "-o",
+            tmp_path / "o.png",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: style image") and "Traceback" not in done.stderr
+
+
+def test_selftest_passes(capsys):
+    code, out, err = run(capsys, "selftest")
+    assert code == 0, err
+    assert "selftest passed" in out
+
+
+def test_saved_style_file_replaces_the_image(capsys, base, tmp_path):
+    code, out, err = run(capsys, *base, "--save-style", tmp_path / "s.safetensors", "-o", tmp_path / "a.png")
+    assert code == 0, err
+    args = [a if a != base[base.index("--style") + 1] else tmp_path / "s.safetensors" for a in base]
+    assert run(capsys, *args, "-o", tmp_path / "b.png")[0] == 0
+    assert (pixels(Image.open(tmp_path / "a.png")) == pixels(Image.open(tmp_path / "b.png"))).all()

@@ -1,0 +1,107 @@
+"""Style embeddings: encoding, content subtraction by the formula, style files, and their errors."""
+
+import pytest
+import torch
+
+from instantstyle import StylePipeline, UserError
+from instantstyle.embeddings import StyleFile, encode_images, load_image, load_style, save_style
+
+from .conftest import FAST, pixels
+
+
+def test_style_image_is_preprocessed_like_clip_224_resize_and_centre_crop(sdxl, tiny):
+    image = load_image(tiny.style_image)
+    pixels_in = sdxl.image_encoder.processor(images=[image], return_tensors="pt").pixel_values
+    assert pixels_in.shape[-2:] == (224, 224)
+
+
+def test_content_prompt_subtraction_equals_the_formula(sdxl, tiny):
+    """image_embeds - content_scale * pooled projected text embedding of SDXL's text_encoder_2."""
+    image = encode_images([load_image(tiny.style_image)], sdxl.image_encoder, "global")
+    _, _, pooled, _ = sdxl.pipe.encode_prompt("a rabbit", device="cpu", do_classifier_free_guidance=False)
+    style, negative = sdxl.style_embeds(sdxl.complete(make_request(tiny, content_prompt="a rabbit", content_scale=0.5)))
+    assert torch.allclose(style, image - 0.5 * pooled, atol=1e-6)
+    assert torch.equal(negative, torch.zeros_like(style))
+
+
+def test_content_image_subtraction_equals_the_formula(sdxl, tiny):
+    embed = lambda path: encode_images([load_image(path)], sdxl.image_encoder, "global")  # noqa: E731
+    style, _ = sdxl.style_embeds(
+        sdxl.complete(make_request(tiny, content_image=str(tiny.content_image), content_scale=0.7))
+    )
+    assert torch.allclose(style, embed(tiny.style_image) - 0.7 * embed(tiny.content_image), atol=1e-6)
+
+
+def test_content_subtraction_changes_the_image(sdxl, tiny):
+    plain = sdxl(make_request(tiny)).images[0]
+    subtracted = sdxl(make_request(tiny, content_prompt="a rabbit", content_scale=1.0)).images[0]
+    assert abs(pixels(plain) - pixels(subtracted)).mean() > 0.5
+
+
+def test_subtraction_works_with_several_images_per_prompt(sdxl, tiny):
+    result = sdxl(make_request(tiny, content_prompt="a rabbit", num_images=3))
+    assert len(result.images) == 3
+    # The batch is the same as three single seeds' worth of noise: every image differs from the others.
+    assert abs(pixels(result.images[0]) - pixels(result.images[1])).mean() > 0
+    image_batch = sdxl(make_request(tiny, content_image=str(tiny.content_image), num_images=2))
+    assert len(image_batch.images) == 2
+
+
+def test_first_of_several_images_equals_the_single_image_run(sdxl, tiny):
+    one = sdxl(make_request(tiny, content_prompt="a rabbit")).images[0]
+    many = sdxl(make_request(tiny, content_prompt="a rabbit", num_images=2)).images[0]
+    assert abs(pixels(one) - pixels(many)).max() <= 1
+
+
+def test_plus_adapter_refuses_content_subtraction(tiny):
+    pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_plus_adapter), device="cpu")
+    with pytest.raises(UserError, match="plus"):
+        pipe(make_request(tiny, content_prompt="a rabbit"))
+
+
+def test_plus_adapter_generates(tiny):
+    pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_plus_adapter), device="cpu", blocks="all")
+    with_style = pipe(make_request(tiny, blocks="all")).images[0]
+    without = pipe(make_request(tiny, blocks="all", scale=0.0)).images[0]
+    assert abs(pixels(with_style) - pixels(without)).mean() > 0.5
+
+
+def test_vit_h_adapter_on_sdxl_needs_a_content_text_encoder(tiny):
+    pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_vith_adapter), device="cpu")
+    with pytest.raises(UserError, match="--content-text-encoder"):
+        pipe(make_request(tiny, content_prompt="a rabbit"))
+    result = pipe(make_request(tiny, content_prompt="a rabbit", content_text_encoder=str(tiny.content_text_encoder)))
+    assert result.images[0].size == (64, 64)
+
+
+def test_content_text_encoder_of_another_width_is_an_error(sd15, tiny):
+    with pytest.raises(UserError, match="-d"):
+        sd15(make_request(tiny, content_prompt="a rabbit", content_text_encoder=str(tiny.sdxl / "text_encoder_2")))
+
+
+def test_style_file_round_trip_gives_the_same_image(sdxl, tiny, tmp_path):
+    style, negative = sdxl.style_embeds(sdxl.complete(make_request(tiny)))
+    path = save_style(tmp_path / "s.safetensors", StyleFile(style, negative, "global", sdxl.image_encoder.identity, {}))
+    assert torch.equal(load_style(path).embeds, style)
+    from_image = sdxl(make_request(tiny)).images[0]
+    from_file = sdxl(make_request(tiny, style=str(path))).images[0]
+    assert (pixels(from_image) == pixels(from_file)).all()
+
+
+def test_a_corrupt_style_file_is_an_error(tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(UserError, match="style file"):
+        load_style(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image"])
+def test_empty_or_corrupt_image_is_an_error(tmp_path, content):
+    (tmp_path / "x.png").write_bytes(content)
+    with pytest.raises(UserError, match="x.png"):
+        load_image(tmp_path / "x.png")
+
+
+def make_request(tiny, **changes):
+    from instantstyle import Request
+
+    return Request(**{"prompt": "a cat", "style": str(tiny.style_image), **FAST, **changes})
