@@ -341,14 +341,17 @@ def main() -> None:
     workdir = Path(args.workdir).expanduser()
     tree = build_models(workdir, args.encoders)
     results: dict[str, dict[str, Any]] = {}
-    passthrough = [a for a in sys.argv[1:]]
+    passthrough = list(sys.argv[1:])
+    # The same allocator for all three: glibc's default mmap threshold, fixed (instantstyle's --low-memory
+    # pins it on the CPU by itself; without this (a) and (b) would be measured with a different malloc).
+    child_env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     for config in "abc":
         if config not in args.only:
             continue
         print(f"running ({config}) {CONFIGS[config]} ...", file=sys.stderr, flush=True)
         proc = subprocess.run(
             [sys.executable, __file__, *passthrough, "--run", config, "--tree", str(tree), "--workdir", str(workdir)],
-            capture_output=True, text=True,
+            capture_output=True, text=True, env=child_env,
         )
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:

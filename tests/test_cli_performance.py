@@ -26,12 +26,12 @@ def test_lora_and_scheduler_are_stored_in_the_png_and_runtime_flags_are_not(tiny
     lora = write_tiny_lora(tiny.sdxl, tmp_path / "lora.safetensors")
     out = tmp_path / "out.png"
     result = generate(tiny, out, "--lora", f"{lora}:0.5", "--scheduler", "Euler A", "--low-memory",
-                      "--cache-dir", str(tmp_path / "cache"), "--offload", "model")
+                      "--cache-dir", str(tmp_path / "cache"))
     assert result.exit_code == 0, result.output
     request = read_png_request(out)
     assert request.lora == (LoraRef(str(lora), 0.5),)
     assert request.scheduler == "euler-a"
-    assert "cache" not in request.to_json() and "offload" not in request.to_json()
+    assert "cache" not in request.to_json() and "low_memory" not in request.to_json()
     assert list((tmp_path / "cache").glob("*.safetensors"))
 
 

@@ -38,24 +38,13 @@ def expected_resident(adapter_file, unet, blocks: str) -> tuple[int, int]:
     return kept, total
 
 
-@pytest.mark.parametrize("blocks", ["style", "style+layout"])
-def test_resident_adapter_parameters_are_projection_plus_targeted_layers(tiny, blocks: str) -> None:
-    pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", blocks=blocks)
-    kept, total = expected_resident(tiny.sdxl_adapter, pipe.pipe.unet, blocks)
+def test_style_and_layout_keep_the_projection_and_both_blocks_layers_exactly(tiny) -> None:
+    # (main's test_adapter checks "style"; the benchmark prints the same fraction for the real sizes)
+    pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", blocks="style+layout")
+    kept, total = expected_resident(tiny.sdxl_adapter, pipe.pipe.unet, "style+layout")
     assert adapter_parameter_count(pipe.pipe.unet) == kept
     assert file_parameter_count(read_adapter_for(str(tiny.sdxl_adapter))) == total
     assert kept < total
-
-
-def test_keep_all_weights_keeps_the_whole_file(sdxl, tiny) -> None:
-    _, total = expected_resident(tiny.sdxl_adapter, sdxl.pipe.unet, "style")
-    assert adapter_parameter_count(sdxl.pipe.unet) == total
-
-
-def test_pruned_pipeline_makes_the_same_image_as_the_full_one(sdxl, tiny) -> None:
-    pruned = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu")
-    request = {"prompt": "a lighthouse", "style": str(tiny.style_image), **FAST}
-    assert (pixels(pruned(**request).images[0]) == pixels(sdxl(**request).images[0])).all()
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +67,7 @@ def test_low_memory_images_match_the_resident_encoder(low_memory, sdxl, tiny) ->
 
 
 def test_encoder_stays_resident_without_low_memory(sdxl, tiny) -> None:
-    sdxl(prompt="a boat", style=str(tiny.style_image), **FAST)
+    sdxl.encode(str(tiny.style_image))
     assert not sdxl.low_memory
     assert not is_released(sdxl.image_encoder)
 

@@ -67,7 +67,7 @@ def load_image_encoder(path: str | Path, dtype: torch.dtype = torch.float32, wei
         from transformers import CLIPVisionConfig
 
         with init_empty_weights():
-            model = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(path)).to(dtype).eval()
+            model = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(path)).to(dtype).eval()  # type: ignore[arg-type]  # transformers types .to loosely
     if (path / "preprocessor_config.json").is_file():
         processor = CLIPImageProcessor.from_pretrained(path)
     else:  # the h94 folders ship none; diffusers then uses CLIP's default at the model's size

@@ -49,6 +49,20 @@ def return_freed_memory() -> None:
             pass
 
 
+def pin_mmap_threshold() -> None:
+    """Keep glibc's mmap threshold at its default (128 KiB) for the rest of the process.
+
+    glibc raises the threshold each time a large block is freed (loading and pruning free many);
+    tensors allocated after that come from the heap, and freeing them no longer gives the memory
+    back: on the CPU a low-memory run would then hold a GiB of dead activations while denoising.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        except (OSError, AttributeError):
+            pass
+
+
 def encoder_bytes(encoder: ImageEncoder, dtype: torch.dtype) -> int:
     """Memory the encoder's weights take at ``dtype`` (works for released, meta-device weights too)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -72,7 +86,7 @@ def release_encoder(encoder: ImageEncoder, device: torch.device) -> None:
     can give the weights back."""
     model = encoder.model
     if device.type != "cpu":
-        model.to("cpu")
+        model.to("cpu")  # type: ignore[arg-type]  # transformers types .to loosely
         if device.type == "cuda":
             torch.cuda.empty_cache()
     elif not is_released(encoder) and Path(encoder.identity).is_dir():
@@ -91,7 +105,7 @@ def ready_encoder(encoder: ImageEncoder, device: torch.device, dtype: torch.dtyp
         fresh = CLIPVisionModelWithProjection.from_pretrained(encoder.identity, dtype=dtype)
         model.load_state_dict(fresh.state_dict(), assign=True)  # same module object: hooks survive
         del fresh
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers types .to loosely
 
 
 @contextmanager

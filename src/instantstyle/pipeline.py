@@ -299,6 +299,8 @@ class StylePipeline:
             low_memory = offload is not None or memory.memory_is_tight(torch_device, encoder, torch_dtype)
         if not low_memory:
             memory.ready_encoder(encoder, torch_device, torch_dtype)
+        elif torch_device.type == "cpu":
+            memory.pin_mmap_threshold()  # freed tensors leave the process (see memory.py)
         weights = replace(weights, state_dict={})  # the file's tensors now live, pruned, in the UNet
         memory.return_freed_memory()  # give back what loading and pruning freed
         return cls(
