@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What a style costs: plain SDXL (a) vs diffusers' own IP-Adapter recipe (b) vs instantstyle (c).
 
-    python benchmarks/bench.py           # CPU mode: 256 px, 2 steps, 3 prompts, smaller encoders (minutes)
+    python benchmarks/bench.py           # CPU mode: 256 px, 2 steps, 3 prompts, smaller encoders (5-15 min, 16 GB RAM)
     python benchmarks/bench.py --gpu     # GPU mode: 1024 px, 30 steps, 5 prompts, real-size encoders, fp16
 
 Offline: the models are random-weight SDXL components built from the public SDXL base configs
