@@ -287,11 +287,15 @@ def test_out_of_range_value_shows_a_message_in_the_page(page, tiny):
 def test_sweep_tab_renders_a_sheet(page, tiny):
     fill_form(page, tiny.style_image)
     page.get_by_role("tab", name="Sweep").click()
-    from playwright.sync_api import expect
-
     for elem_id, value in (("sweep-blocks", "style, all"), ("sweep-scales", "1")):
-        page.locator(f"#{elem_id} textarea").fill(value)
-        expect(page.locator(f"#{elem_id} textarea")).to_have_value(value)
+        box = page.locator(f"#{elem_id} textarea")
+        box.wait_for(state="visible")
+        for _ in range(10):  # the tab may still be rendering and reset a value typed too early
+            box.fill(value)
+            page.wait_for_timeout(200)
+            if box.input_value() == value:
+                break
+        assert box.input_value() == value
     page.locator("#run-sweep").click()
     sheet = page.locator("#sheet img").first
     sheet.wait_for()

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
-from .request import Request, StyleRef
+from .request import LoraRef, Request, StyleRef
 
 if TYPE_CHECKING:
     from .pipeline import Result, StylePipeline
 
-__all__ = ["Request", "Result", "StylePipeline", "StyleRef", "UserError"]
+__all__ = ["LoraRef", "Request", "Result", "StylePipeline", "StyleRef", "UserError"]
 __version__ = "0.1.0"
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from .errors import UserError
-from .request import AdapterUse, Request, StyleRef, read_png_request, write_png
+from .request import AdapterUse, LoraRef, Request, StyleRef, read_png_request, write_png
 
 FLOAT = click.FLOAT
 INT = click.INT
@@ -67,6 +67,17 @@ def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--keep-all-weights", is_flag=True, help="Keep adapter weights of untargeted layers."),
             click.option("--single-file-config", default=None, help="Diffusers folder or hub id giving the "
                          "configs for a single-file --model."),
+            click.option("--offload", default=None, type=click.Choice(["model", "sequential"]),
+                         help="Keep models off the GPU until they run (model: whole models; sequential: "
+                         "layer by layer, slowest, least memory)."),
+            click.option("--low-memory/--no-low-memory", default=None, help="Keep the image encoder off the "
+                         "device between encodes [default: when memory is tight or with --offload]."),
+            click.option("--compile", "compile_unet", is_flag=True, help="torch.compile the UNet (first image "
+                         "slow, later ones faster)."),
+            click.option("--compile-backend", default="inductor",
+                         type=click.Choice(["inductor", "aot_eager", "eager"]), hidden=True),
+            click.option("--cache-dir", default=None, envvar="INSTANTSTYLE_CACHE_DIR",
+                         help="Keep style embeddings here across runs [env INSTANTSTYLE_CACHE_DIR]."),
             click.option("--debug", is_flag=True, help="Show tracebacks."),
         ]
     ):
@@ -122,6 +133,10 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
     _request_option("style_end", "Fraction of the denoising run when the style stops acting.", type=FLOAT),
     _request_option("style_fit", "Non-square references: centre crop, pad to square, or average square tiles.",
                     type=click.Choice(["crop", "pad", "tiles"])),
+    _request_option("lora", "LoRA .safetensors file (diffusers/peft or kohya keys); repeat for several, "
+                    "FILE:SCALE to scale.", multiple=True),
+    _request_option("scheduler", "Sampler: euler, euler-a, euler-trailing, dpm++-2m, dpm++-2m-karras, ddim, lcm, "
+                    "tcd, unipc, ... (default: the model's)."),
 ]
 
 
@@ -142,6 +157,8 @@ def request_fields(params: dict[str, Any]) -> dict[str, Any]:
         extra = tuple(AdapterUse.parse(text) for text in values if ";" in text)
         if extra:
             given["adapters"] = extra
+    if "lora" in given:
+        given["lora"] = tuple(LoraRef.parse(s) for s in given["lora"])
     return given
 
 
@@ -203,6 +220,10 @@ def check_inputs(request: Request) -> None:
     from .modes import check_inputs as check_mode_inputs
 
     check_mode_inputs(request)
+    from .lora import check_lora_file
+
+    for lora in request.lora:
+        check_lora_file(lora.path)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -231,6 +252,10 @@ def load_pipeline(request: Request, params: dict[str, Any], blocks: str) -> Any:
         blocks=blocks,
         keep_all_weights=params["keep_all_weights"],
         single_file_config=params["single_file_config"],
+        offload=params.get("offload"),
+        low_memory=params.get("low_memory"),
+        compile_backend=params.get("compile_backend") if params.get("compile_unet") else None,
+        cache_dir=params.get("cache_dir"),
     )
 
 

@@ -55,12 +55,20 @@ class ImageEncoder:
         return self.model.config.projection_dim, self.model.config.hidden_size
 
 
-def load_image_encoder(path: str | Path, dtype: torch.dtype = torch.float32) -> ImageEncoder:
-    """Load a CLIP vision tower; preprocessing is its saved processor, else CLIP's default at its size."""
+def load_image_encoder(path: str | Path, dtype: torch.dtype = torch.float32, weights: bool = True) -> ImageEncoder:
+    """Load a CLIP vision tower; preprocessing is its saved processor, else CLIP's default at its size.
+    ``weights=False`` builds it from its config on the meta device (read on first use, see ``memory``)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(f"image encoder {path}: no config.json (expected a CLIPVisionModelWithProjection folder)")
-    model = CLIPVisionModelWithProjection.from_pretrained(path, dtype=dtype).eval()
+    if weights:
+        model = CLIPVisionModelWithProjection.from_pretrained(path, dtype=dtype).eval()
+    else:
+        from accelerate import init_empty_weights
+        from transformers import CLIPVisionConfig
+
+        with init_empty_weights():
+            model = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(path)).to(dtype).eval()  # type: ignore[arg-type]  # transformers types .to loosely
     if (path / "preprocessor_config.json").is_file():
         processor = CLIPImageProcessor.from_pretrained(path)
     else:  # the h94 folders ship none; diffusers then uses CLIP's default at the model's size

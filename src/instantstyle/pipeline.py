@@ -19,8 +19,9 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusio
 from PIL import Image
 
 from . import adapter as adapters
-from . import control, modes, routing
+from . import control, memory, modes, routing
 from .blocks import cross_attention_layers, resolve_blocks
+from .cache import EmbeddingCache, encoder_fingerprint
 from .embeddings import (
     ImageEncoder,
     StyleFile,
@@ -36,7 +37,9 @@ from .embeddings import (
     unconditional_embeds,
 )
 from .errors import UserError
+from .lora import apply_loras
 from .request import Request
+from .schedulers import make_scheduler
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_ADAPTER = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
@@ -261,7 +264,10 @@ class StylePipeline:
     dtype: torch.dtype
     keep_all_weights: bool = False
     content_text_encoder: str | None = None
+    low_memory: bool = False  # image encoder off the device between uses (see ``memory``)
+    disk_cache: EmbeddingCache | None = None
     _embed_cache: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
+    _base_scheduler: Any = field(default=None, repr=False)
     _content_towers: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False)
     _controlnets: dict[str, Any] = field(default_factory=dict, repr=False)
     _depth_models: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -282,9 +288,20 @@ class StylePipeline:
         keep_all_weights: bool = False,
         single_file_config: str | None = None,
         device_map: str | None = None,
+        offload: str | None = None,
+        low_memory: bool | None = None,
+        compile_backend: str | None = None,
+        cache_dir: str | None = None,
     ) -> StylePipeline:
         """Load base model, adapter and image encoder; keep adapter weights only for ``blocks``
-        (unless ``keep_all_weights``), then move everything to the device."""
+        (unless ``keep_all_weights``), then move everything to the device.
+
+        How to run, not what to make: ``device_map`` spreads the model over several GPUs; ``offload``
+        (``model``/``sequential``) moves models to the device only while they run; ``low_memory`` keeps
+        the image encoder off the device between encodes (``None``: when memory is tight, or with offload);
+        ``compile_backend`` torch.compiles the UNet; ``cache_dir`` keeps style embeddings on disk."""
+        memory.check_offload(offload)
+        cache = EmbeddingCache.open(cache_dir) if cache_dir else None
         torch_device = resolve_placement(device, device_map)
         torch_dtype = resolve_dtype(dtype, torch_device)
         weights = read_adapter_for(adapter)
@@ -296,12 +313,21 @@ class StylePipeline:
         keep = None if keep_all_weights else [set(resolve_blocks(blocks, layers, arch))]
         adapters.attach_adapters(pipe, [weights], keep)
         if device_map is None:  # a device-mapped pipeline is already placed (and refuses .to())
-            pipe.to(torch_device)
-        encoder = load_image_encoder(encoder_dir, torch_dtype)
-        encoder.model.to(torch_device)  # type: ignore[arg-type]  # transformers types .to loosely
+            memory.place_pipeline(pipe, torch_device, offload)
+        if compile_backend:
+            memory.compile_unet(pipe.unet, compile_backend)
+        encoder = load_image_encoder(encoder_dir, torch_dtype, weights=False)  # weights read on first use
+        if low_memory is None:
+            low_memory = offload is not None or memory.memory_is_tight(torch_device, encoder, torch_dtype)
+        if not low_memory:
+            memory.ready_encoder(encoder, torch_device, torch_dtype)
+        elif torch_device.type == "cpu":
+            memory.pin_mmap_threshold()  # freed tensors leave the process (see memory.py)
+        weights = replace(weights, state_dict={})  # the file's tensors now live, pruned, in the UNet
+        memory.return_freed_memory()  # give back what loading and pruning freed
         return cls(
-            pipe, replace(weights, state_dict={}), encoder, model, torch_device, torch_dtype,
-            keep_all_weights, content_text_encoder,
+            pipe, weights, encoder, model, torch_device, torch_dtype,
+            keep_all_weights, content_text_encoder, low_memory, cache,
         )
 
     @property
@@ -322,6 +348,7 @@ class StylePipeline:
         request = self.complete(request)
         modes.check_model(request, self.pipe.unet)
         slots = self.apply_blocks(request)
+        self.apply_model_changes(request)
         embeds = self.ip_adapter_embeds(request)
         pipe = modes.mode_pipeline(self.pipe, request, self.controlnet(request), self.dtype)
         extra = modes.mode_kwargs(request, self.depth_model(request))
@@ -417,18 +444,47 @@ class StylePipeline:
             self._extras[ref] = (replace(weights, state_dict={}), encoder)
         return self._extras[ref]
 
+    def apply_model_changes(self, request: Request) -> None:
+        """Set the request's scheduler (the model's own when none) and make exactly its LoRAs active."""
+        if self._base_scheduler is None:
+            self._base_scheduler = self.pipe.scheduler
+        base = self._base_scheduler
+        self.pipe.scheduler = make_scheduler(request.scheduler, base) if request.scheduler else base
+        apply_loras(self.pipe, [(lora.path, lora.scale) for lora in request.lora])
+
     # --- the style embedding -------------------------------------------------------------
     def encode(
         self, path: str, fit: str = "crop", encoder: ImageEncoder | None = None, kind: str | None = None
     ) -> torch.Tensor:
-        """Encode one reference image (fitted to a square by ``fit``), cached by image content and encoder;
-        by default for the main adapter."""
+        """Encode one reference image (fitted to a square by ``fit``; by default for the main adapter),
+        cached by image content and encoder in memory, and on disk with ``cache_dir``: a style seen
+        before never runs the encoder."""
         encoder, kind = encoder or self.image_encoder, kind or self.adapter.kind
-        key = (image_hash(path), encoder.identity, kind, fit)
+        key = (image_hash(path), encoder_fingerprint(encoder.identity), kind, fit)
         if key not in self._embed_cache:
-            image = load_image(path, "style image")
-            self._embed_cache[key] = encode_reference(image, encoder, kind, fit).cpu()
+            embeds = self.disk_cache.get(key) if self.disk_cache else None
+            if embeds is None:
+                image = load_image(path, "style image")
+                with memory.encoder_in_use(encoder, self.device, self.dtype, self.low_memory) as enc:
+                    embeds = encode_reference(image, enc, kind, fit).cpu()
+                if self.disk_cache:
+                    self.disk_cache.put(key, embeds)
+            self._embed_cache[key] = embeds
         return self._embed_cache[key]
+
+    def negative_embeds(
+        self, like: torch.Tensor, encoder: ImageEncoder | None = None, kind: str | None = None
+    ) -> torch.Tensor:
+        """The CFG negative embedding, shaped like ``like``: zeros for global adapters; plus adapters
+        encode a black image, once per encoder. By default for the main adapter."""
+        encoder, kind = encoder or self.image_encoder, kind or self.adapter.kind
+        if kind == "global":
+            return unconditional_embeds(like, None, "global")
+        key = ("<unconditional>", encoder_fingerprint(encoder.identity), kind)
+        if key not in self._embed_cache:
+            with memory.encoder_in_use(encoder, self.device, self.dtype, self.low_memory) as enc:
+                self._embed_cache[key] = unconditional_embeds(like, enc, kind).cpu()
+        return self._embed_cache[key].expand_as(like)
 
     def reference_embeds(self, request: Request) -> torch.Tensor:
         """The blended embedding of the request's style references (images or style files)."""
@@ -494,14 +550,14 @@ class StylePipeline:
         content = self.content_embeds(request)
         if content is not None:
             style = subtract_content(style, content.cpu(), request.content_scale)
-        negative = unconditional_embeds(style, self.image_encoder, self.adapter.kind).cpu().expand_as(style)
+        negative = self.negative_embeds(style)
         return style, negative
 
     def save_style(self, request: Request, path: str | Path, extra: dict[str, str] | None = None) -> Path:
         """Save the request's blended references as a style file, reusable without the images
         (``extra``: more metadata, e.g. the web UI's settings)."""
         style = self.reference_embeds(request)
-        negative = unconditional_embeds(style, self.image_encoder, self.adapter.kind).cpu()
+        negative = self.negative_embeds(style)
         references = json.dumps([{"path": r.path, "weight": r.weight} for r in request.style])
         metadata = {**(extra or {}), "adapter": self.adapter.path, "references": references}
         return save_style(path, StyleFile(style, negative, self.adapter.kind, self.image_encoder.identity, metadata))
@@ -515,10 +571,10 @@ class StylePipeline:
             weights, encoder = self.extra_adapter(use.path)
             parts = [self.encode(ref.path, request.style_fit, encoder, weights.kind) for ref in use.style]
             style = torch.cat(parts) if use.regions else blend(parts, [ref.weight for ref in use.style])
-            pairs.append((style, unconditional_embeds(style, encoder, weights.kind).cpu().expand_as(style)))
+            pairs.append((style, self.negative_embeds(style, encoder, weights.kind)))
         if request.composition is not None:
             layout = self.encode(request.composition, request.style_fit)
-            pairs.append((layout, unconditional_embeds(layout, self.image_encoder, self.adapter.kind).cpu()))
+            pairs.append((layout, self.negative_embeds(layout)))
         cfg = request.guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None
         return [
             (torch.cat([negative[None], style[None]]) if cfg else style[None]).to(self.device, self.dtype)

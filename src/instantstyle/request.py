@@ -33,12 +33,33 @@ class StyleRef:
     @classmethod
     def parse(cls, text: str) -> StyleRef:
         """Read ``image.png`` or ``image.png:0.3`` (a trailing ``:number`` is the weight)."""
-        path, sep, tail = text.rpartition(":")
-        if sep and path and _is_number(tail):
-            return cls(path, float(tail))
-        if sep and path and "." not in tail and "/" not in tail and "\\" not in tail:
-            raise UserError(f"style weight {tail!r} in {text!r} is not a number")
-        return cls(text)
+        path, weight = split_weight(text, "style weight")
+        return cls(path) if weight is None else cls(path, weight)
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    """One LoRA file and the scale it is applied at."""
+
+    path: str
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> LoraRef:
+        """Read ``lora.safetensors`` or ``lora.safetensors:0.8`` (a trailing ``:number`` is the scale)."""
+        path, scale = split_weight(text, "LoRA scale")
+        return cls(path) if scale is None else cls(path, scale)
+
+
+def split_weight(text: str, what: str) -> tuple[str, float | None]:
+    """``PATH[:NUMBER]`` -> (path, number or None); a non-number after the last colon is an error
+    unless it looks like part of a path (``C:\\x``, ``dir:v2/file.png``)."""
+    path, sep, tail = text.rpartition(":")
+    if sep and path and _is_number(tail):
+        return path, float(tail)
+    if sep and path and "." not in tail and "/" not in tail and "\\" not in tail:
+        raise UserError(f"{what} {tail!r} in {text!r} is not a number")
+    return text, None
 
 
 @dataclass(frozen=True)
@@ -137,6 +158,8 @@ class Request:
     style_end: float = 1.0
     style_fit: str = "crop"
     adapters: tuple[AdapterUse, ...] = ()  # further adapters, each with its own images and blocks
+    lora: tuple[LoraRef, ...] = ()
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.style, (str, StyleRef)):
@@ -145,6 +168,14 @@ class Request:
         object.__setattr__(self, "style", refs)
         object.__setattr__(self, "regions", tuple(_as_list(self.regions)) if self.regions else ())
         object.__setattr__(self, "adapters", tuple(_adapter_from_json(a) for a in _as_list(self.adapters) if a != ()))
+        if isinstance(self.lora, (str, LoraRef)):
+            object.__setattr__(self, "lora", (self.lora,))
+        loras = tuple(LoraRef.parse(s) if isinstance(s, str) else s for s in self.lora)
+        object.__setattr__(self, "lora", loras)
+        if isinstance(self.scheduler, str):
+            from .schedulers import canonical_name
+
+            object.__setattr__(self, "scheduler", canonical_name(self.scheduler))
         self.validate()
 
     def validate(self) -> None:
@@ -170,6 +201,10 @@ class Request:
                     raise UserError(f"{name} must be a multiple of 8, got {value}")
         if self.content_image is not None and self.content_prompt is not None:
             raise UserError("give either a content prompt or a content image, not both")
+        for lora in self.lora:
+            _check_number("LoRA scale", lora.scale, low=-10.0)
+        if self.scheduler is not None and not isinstance(self.scheduler, str):
+            raise UserError(f"scheduler must be a name, got {self.scheduler!r}")
         self._validate_modes()
 
     def _validate_modes(self) -> None:
@@ -248,6 +283,7 @@ class Request:
         if "prompt" not in data:
             raise UserError("a request needs a prompt")
         data["style"] = tuple(_style_from_json(s) for s in _as_list(data.get("style", ())))
+        data["lora"] = tuple(_lora_from_json(s) for s in _as_list(data.get("lora", ())))
         return cls(**data)
 
     @classmethod
@@ -285,6 +321,14 @@ def _style_from_json(item: Any) -> StyleRef:
     if isinstance(item, dict) and isinstance(item.get("path"), str) and set(item) <= {"path", "weight"}:
         return StyleRef(item["path"], item.get("weight", 1.0))
     raise UserError(f"a style must be a path or {{'path': ..., 'weight': ...}}, got {item!r}")
+
+
+def _lora_from_json(item: Any) -> LoraRef:
+    if isinstance(item, str):
+        return LoraRef.parse(item)
+    if isinstance(item, dict) and isinstance(item.get("path"), str) and set(item) <= {"path", "scale"}:
+        return LoraRef(item["path"], item.get("scale", 1.0))
+    raise UserError(f"a LoRA must be a path or {{'path': ..., 'scale': ...}}, got {item!r}")
 
 
 def _check_number(name: str, value: Any, low: float) -> None:
