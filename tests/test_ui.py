@@ -34,7 +34,8 @@ def form(style: list[str], **changes) -> dict:
     values = {"style": style, "prompt": "a cat", "style_weights": "", "negative_prompt": "", "blocks": "style",
               "block_table": None, "scale": 1.0, "content_prompt": "", "content_scale": 0.5, "content_image": None,
               "seed": 7, "randomize_seed": False, "steps": 2, "guidance": 5.0, "width": 64, "height": 64,
-              "num_images": 1}
+              "num_images": 1, "init_image": None, "strength": 0, "mask": None, "control": "none",
+              "control_image": None, "control_scale": 1.0, "controlnet": "", "scheduler": "model's own", "lora": ""}
     return {**values, **changes}
 
 
@@ -68,6 +69,58 @@ def test_form_values_restore_the_same_request(sdxl, work, tiny):
                                          content_prompt="a dog", content_scale=0.3, guidance=4.5))
     values, lost = ui.form_values(sdxl, work, request)
     assert lost == [] and ui.form_request(work, dict(zip(ui.FIELDS, values, strict=True))) == request
+
+
+def test_form_with_an_init_image_is_an_img2img_request_that_generates(sdxl, work, tiny, modes):
+    request = ui.form_request(work, form([str(tiny.style_image)], init_image=str(modes.init_image), strength=0.5,
+                                         steps=4))
+    assert (request.mode, request.strength, Path(request.init_image).parent) == ("img2img", 0.5, work.inputs)
+    assert sdxl(request).images[0].size == (64, 64)
+
+
+def test_form_with_a_mask_is_an_inpainting_request_that_generates(sdxl, work, tiny, modes):
+    request = ui.form_request(work, form([str(tiny.style_image)], init_image=str(modes.init_image),
+                                         mask=str(modes.left_mask)))
+    assert request.mode == "inpaint" and Path(request.mask).parent == work.inputs
+    assert sdxl(request).images[0].size == (64, 64)
+
+
+def test_form_with_canny_control_is_a_controlnet_request_that_generates(sdxl, work, tiny, modes):
+    request = ui.form_request(work, form([str(tiny.style_image)], control="canny",
+                                         control_image=str(modes.init_image), control_scale=0.7,
+                                         controlnet=str(modes.sdxl_controlnet)))
+    assert (request.control, request.control_scale, request.controlnet) == ("canny", 0.7, str(modes.sdxl_controlnet))
+    assert Path(request.control_image).parent == work.inputs
+    assert sdxl(request).images[0].size == (64, 64)
+
+
+def test_ready_control_image_upload_becomes_the_control(work, tiny, modes):
+    request = ui.form_request(work, form([str(tiny.style_image)], control=ui.READY_CONTROL,
+                                         control_image=str(modes.depth_map), controlnet=str(modes.sdxl_controlnet)))
+    assert Path(request.control).parent == work.inputs and request.control_image is None
+
+
+def test_control_image_without_a_control_kind_is_a_user_error(work, tiny, modes):
+    with pytest.raises(UserError, match="needs a control kind"):
+        ui.form_request(work, form([str(tiny.style_image)], control_image=str(modes.init_image)))
+
+
+def test_form_values_restore_the_image_mode_scheduler_and_lora_fields(sdxl, work, tiny, modes):
+    request = ui.form_request(work, form([str(tiny.style_image)], init_image=str(modes.init_image), strength=0.6,
+                                         mask=str(modes.left_mask), control="depth",
+                                         control_image=str(modes.depth_map), control_scale=0.4,
+                                         controlnet=str(modes.sdxl_controlnet), scheduler="euler-a",
+                                         lora="a.safetensors:0.5, b.safetensors"))
+    assert request.scheduler == "euler-a" and [r.scale for r in request.lora] == [0.5, 1.0]
+    values, lost = ui.form_values(sdxl, work, request)
+    assert lost == [] and ui.form_request(work, dict(zip(ui.FIELDS, values, strict=True))) == request
+
+
+def test_restore_never_takes_image_mode_files_from_outside_the_workdir(sdxl, work, tiny):
+    request = Request("a cat", style=str(tiny.style_image), init_image="/etc/passwd", mask="/etc/hosts")
+    values, lost = ui.form_values(sdxl, work, request)
+    assert {"/etc/passwd", "/etc/hosts"} <= set(lost)
+    assert values[ui.FIELDS.index("init_image")] is None and values[ui.FIELDS.index("mask")] is None
 
 
 def test_restore_never_takes_files_from_outside_the_workdir(sdxl, work):
@@ -222,6 +275,21 @@ def test_page_generates_a_real_image_into_the_gallery(page, tiny, tmp_path):
     assert Image.open(io.BytesIO(data)).size == (64, 64)
     request = read_png_request(tmp_path / "got.png")
     assert (request.prompt, request.seed, request.steps) == ("a cat", 7, 2)
+
+
+def test_page_restyles_an_uploaded_init_image(page, tiny, modes, tmp_path):
+    fill_form(page, tiny.style_image)
+    page.get_by_text("Image modes: img2img, inpainting, ControlNet").click()
+    page.locator("#init-image input[type=file]").set_input_files(str(modes.init_image))
+    page.locator("#init-image").get_by_text("init.png").first.wait_for()
+    fill_number(page, "strength", 0.5)
+    page.locator("#generate").click()
+    image = page.locator("#gallery img").first
+    image.wait_for()
+    screenshot(page, "ui-img2img.png")
+    (tmp_path / "got.png").write_bytes(page.request.get(image.get_attribute("src")).body())
+    request = read_png_request(tmp_path / "got.png")
+    assert (request.mode, request.strength, request.prompt) == ("img2img", 0.5, "a cat")
 
 
 def test_dropping_a_generated_png_restores_its_settings(page, app, tiny, tmp_path):

@@ -29,13 +29,17 @@ from .blocks import PRESETS, attention_block, list_blocks, resolve_blocks
 from .embeddings import load_image, load_style
 from .errors import UserError
 from .pipeline import StylePipeline
-from .request import Request, read_png_request, write_png
+from .request import CONTROL_KINDS, LoraRef, Request, read_png_request, write_png
+from .schedulers import SCHEDULERS
 from .sweep import Axes, parse_blocks_list, parse_number_list, render_sweep
 
 #: Largest upload gradio accepts, and the most pixels a reference image may have (about 8k x 5k).
 MAX_FILE_SIZE = "25mb"
 MAX_PIXELS = 40_000_000
 CUSTOM = "custom"
+NO_CONTROL = "none"
+READY_CONTROL = "ready control image"  # the control upload is the control image itself (needs a ControlNet)
+DEFAULT_SCHEDULER = "model's own"
 QUEUE = "pipeline"  # every event that runs the pipeline shares this concurrency slot
 
 PipeSource = StylePipeline | Callable[[], StylePipeline]
@@ -179,6 +183,7 @@ FIELDS = (
     "style", "prompt", "style_weights", "negative_prompt", "blocks", "block_table", "scale",
     "content_prompt", "content_scale", "content_image", "seed", "randomize_seed", "steps", "guidance",
     "width", "height", "num_images",
+    "init_image", "strength", "mask", "control", "control_image", "control_scale", "controlnet", "scheduler", "lora",
 )
 
 
@@ -197,6 +202,28 @@ def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
         blocks = spec_from_rows(values["block_table"])
     content_image = values["content_image"]
     content_prompt = (values["content_prompt"] or "").strip() or None
+
+    def kept(name: str, what: str) -> str | None:
+        item = values.get(name)
+        return workdir.keep_upload(_file_path(item), what) if item else None
+
+    control_kind = values.get("control") or NO_CONTROL
+    control_image = kept("control_image", "control image")
+    control: str | None = None
+    if control_kind == READY_CONTROL:
+        if control_image is None:
+            raise UserError("a ready control image needs the control image upload")
+        control, control_image = control_image, None
+    elif control_kind in CONTROL_KINDS:
+        control = control_kind
+    elif control_kind != NO_CONTROL:
+        raise UserError(f"control must be one of {NO_CONTROL}, {', '.join(CONTROL_KINDS)}, {READY_CONTROL}; "
+                        f"got {control_kind!r}")
+    elif control_image is not None:
+        raise UserError("a control image needs a control kind (canny, depth or ready control image)")
+    strength = float(values.get("strength") or 0)
+    scheduler = (values.get("scheduler") or "").strip()
+    lora_text = (values.get("lora") or "").strip()
     return Request(
         prompt=values["prompt"] or "",
         style=style,
@@ -212,6 +239,15 @@ def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
         width=_whole("width", values["width"]) or None,
         height=_whole("height", values["height"]) or None,
         num_images=_whole("number of images", values["num_images"]),
+        init_image=kept("init_image", "init image"),
+        strength=strength or None,  # 0: the mode's default
+        mask=kept("mask", "mask"),
+        control=control,
+        control_image=control_image,
+        control_scale=float(values.get("control_scale", 1.0)),
+        controlnet=(values.get("controlnet") or "").strip() or None,
+        scheduler=None if scheduler in ("", DEFAULT_SCHEDULER) else scheduler,
+        lora=tuple(LoraRef.parse(item.strip()) for item in lora_text.split(",") if item.strip()),
     )
 
 
@@ -223,6 +259,16 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
     content_image = request.content_image if request.content_image and workdir.owns(request.content_image) else None
     if request.content_image and content_image is None:
         lost.append(request.content_image)
+
+    def own(path: str | None) -> str | None:
+        """An upload to restore (or ``None``, noting it lost when it is not one of this app's kept files)."""
+        if path and not workdir.owns(path):
+            lost.append(path)
+            return None
+        return path
+
+    ready = request.control is not None and request.control not in CONTROL_KINDS
+    control_kind = READY_CONTROL if ready else (request.control or NO_CONTROL)
     values = {
         "style": [ref.path for ref in kept] or None,
         "style_weights": ", ".join(f"{ref.weight:g}" for ref in kept) if any(r.weight != 1 for r in kept) else "",
@@ -241,6 +287,15 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
         "width": request.width or 0,
         "height": request.height or 0,
         "num_images": request.num_images,
+        "init_image": own(request.init_image),
+        "strength": request.strength or 0,
+        "mask": own(request.mask),
+        "control": control_kind,
+        "control_image": own(request.control if ready else request.control_image),
+        "control_scale": request.control_scale,
+        "controlnet": request.controlnet or "",
+        "scheduler": request.scheduler or DEFAULT_SCHEDULER,
+        "lora": ", ".join(f"{ref.path}:{ref.scale:g}" if ref.scale != 1 else ref.path for ref in request.lora),
     }
     return [values[name] for name in FIELDS], lost
 
@@ -277,6 +332,9 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         blocks: str = "style", block_table: Any = None, scale: float = 1.0, content_prompt: str = "",
         content_scale: float = 0.5, content_image: str | None = None, seed: float = 0, randomize_seed: bool = True,
         steps: float = 30, guidance: float = 5.0, width: float = 0, height: float = 0, num_images: float = 1,
+        init_image: str | None = None, strength: float = 0, mask: str | None = None, control: str = NO_CONTROL,
+        control_image: str | None = None, control_scale: float = 1.0, controlnet: str = "",
+        scheduler: str = DEFAULT_SCHEDULER, lora: str = "",
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (gradio's idiom)
     ) -> tuple[list[tuple[str, str]], list[str], str]:
         """Make images from the form: returns the gallery, the PNG files (with their settings) and the request JSON."""
@@ -327,6 +385,9 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         blocks: str = "style", block_table: Any = None, scale: float = 1.0, content_prompt: str = "",
         content_scale: float = 0.5, content_image: str | None = None, seed: float = 0, randomize_seed: bool = True,
         steps: float = 30, guidance: float = 5.0, width: float = 0, height: float = 0, num_images: float = 1,
+        init_image: str | None = None, strength: float = 0, mask: str | None = None, control: str = NO_CONTROL,
+        control_image: str | None = None, control_scale: float = 1.0, controlnet: str = "",
+        scheduler: str = DEFAULT_SCHEDULER, lora: str = "",
     ) -> str:
         """Save the current style (blended embedding + settings) as a ``.safetensors`` style file."""
         form = locals()
@@ -341,6 +402,9 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         blocks: str = "style", block_table: Any = None, scale: float = 1.0, content_prompt: str = "",
         content_scale: float = 0.5, content_image: str | None = None, seed: float = 0, randomize_seed: bool = True,
         steps: float = 30, guidance: float = 5.0, width: float = 0, height: float = 0, num_images: float = 1,
+        init_image: str | None = None, strength: float = 0, mask: str | None = None, control: str = NO_CONTROL,
+        control_image: str | None = None, control_scale: float = 1.0, controlnet: str = "",
+        scheduler: str = DEFAULT_SCHEDULER, lora: str = "",
         sweep_blocks: str = "style, style+layout, all", sweep_scales: str = "0.4, 0.7, 1.0",
         sweep_content_scales: str = "",
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
@@ -375,7 +439,8 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         return f"Model `{pipe.model_id}` ({pipe.arch}) with adapter `{Path(pipe.adapter.path).name}` on {pipe.device}"
 
     with gr.Blocks(title="InstantStyle", analytics_enabled=False) as demo:
-        gr.Markdown("# InstantStyle\nText-to-image in the style of a reference image, without its content.")
+        gr.Markdown("# InstantStyle\nImages in the style of a reference image, without its content: "
+                    "from text, or from an image (img2img, inpainting, ControlNet).")
         loaded = gr.Markdown("Loading the model…", elem_id="loaded")
         with gr.Row():
             with gr.Column(scale=1):
@@ -396,6 +461,26 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
                     content_scale = gr.Slider(0, 2, value=0.5, step=0.05, label="Content scale")
                     content_image = gr.File(label="…or a content image", file_types=["image"],
                                             elem_id="content-image")
+                with gr.Accordion("Image modes: img2img, inpainting, ControlNet", open=False):
+                    init_image = gr.File(label="Init image (restyle it: img2img)", file_types=["image"],
+                                         elem_id="init-image")
+                    strength = gr.Slider(0, 1, value=0, step=0.05, elem_id="strength",
+                                         label="Strength (how much to change; 0 = default: 0.8, inpainting 1)")
+                    mask = gr.File(label="Mask for inpainting (white = repaint; needs the init image)",
+                                   file_types=["image"], elem_id="mask")
+                    with gr.Row():
+                        control = gr.Dropdown([NO_CONTROL, *CONTROL_KINDS, READY_CONTROL], value=NO_CONTROL,
+                                              label="ControlNet control", elem_id="control")
+                        control_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Control scale",
+                                                  elem_id="control-scale")
+                    control_image = gr.File(label="Control image (canny/depth source; default: the init image)",
+                                            file_types=["image"], elem_id="control-image")
+                    controlnet = gr.Textbox("", label="ControlNet model (blank: the default for the control kind)",
+                                            elem_id="controlnet")
+                with gr.Accordion("Advanced: scheduler and LoRA", open=False):
+                    scheduler = gr.Dropdown([DEFAULT_SCHEDULER, *SCHEDULERS], value=DEFAULT_SCHEDULER,
+                                            label="Scheduler", elem_id="scheduler")
+                    lora = gr.Textbox("", label="LoRA file(s) (PATH[:SCALE], comma separated)", elem_id="lora")
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
                     randomize = gr.Checkbox(value=True, label="Randomize seed", elem_id="randomize")
@@ -434,7 +519,8 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
                                         interactive=False, elem_id="style-file")
 
         form = [style, prompt, style_weights, negative, blocks, table, scale, content_prompt, content_scale,
-                content_image, seed, randomize, steps, guidance, width, height, num_images]
+                content_image, seed, randomize, steps, guidance, width, height, num_images,
+                init_image, strength, mask, control, control_image, control_scale, controlnet, scheduler, lora]
         pipeline_event = {"concurrency_limit": 1, "concurrency_id": QUEUE}
         run.click(generate, form, [gallery, files, request_json], api_name="generate", **pipeline_event)
         run_sweep.click(sweep, [*form, sweep_blocks, sweep_scales, sweep_contents], [sheet, cells, sweep_files],
