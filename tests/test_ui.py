@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -83,6 +84,22 @@ def test_form_with_a_mask_is_an_inpainting_request_that_generates(sdxl, work, ti
                                          mask=str(modes.left_mask)))
     assert request.mode == "inpaint" and Path(request.mask).parent == work.inputs
     assert sdxl(request).images[0].size == (64, 64)
+
+
+def test_strokes_painted_in_the_mask_editor_become_the_white_inpainting_mask(sdxl, work, tiny, modes):
+    layer = np.zeros((64, 64, 4), np.uint8)
+    layer[8:24, 8:40] = (255, 255, 255, 255)  # one painted stroke
+    request = ui.form_request(work, form([str(tiny.style_image)], init_image=str(modes.init_image),
+                                         mask_paint={"background": None, "layers": [layer], "composite": None}))
+    mask = np.asarray(Image.open(request.mask))
+    assert request.mode == "inpaint" and mask[16, 16] == 255 and mask[50, 50] == 0
+    assert sdxl(request).images[0].size == (64, 64)
+
+
+def test_an_unpainted_mask_editor_is_no_mask(work, tiny, modes):
+    empty = {"background": None, "layers": [np.zeros((64, 64, 4), np.uint8)], "composite": None}
+    request = ui.form_request(work, form([str(tiny.style_image)], init_image=str(modes.init_image), mask_paint=empty))
+    assert request.mode == "img2img" and request.mask is None
 
 
 def test_form_with_canny_control_is_a_controlnet_request_that_generates(sdxl, work, tiny, modes):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .blocks import PRESETS, attention_block, list_blocks, resolve_blocks
@@ -119,6 +121,19 @@ class Workdir:
             shutil.copyfile(path, kept)
         return str(kept)
 
+    def keep_painted_mask(self, editor: Any) -> str | None:
+        """The mask painted in the editor (any stroke = repaint, white), kept as a PNG; ``None`` if unpainted."""
+        layers = [np.asarray(layer) for layer in (editor or {}).get("layers") or [] if layer is not None]
+        painted = [layer[..., 3] > 0 for layer in layers if layer.ndim == 3 and layer.shape[-1] == 4]
+        if not painted or not any(p.any() for p in painted):
+            return None
+        mask = Image.fromarray(np.logical_or.reduce(painted).astype(np.uint8) * 255, "L")
+        buffer = io.BytesIO()
+        mask.save(buffer, format="PNG")
+        kept = self.inputs / f"{hashlib.sha256(buffer.getvalue()).hexdigest()[:20]}.png"
+        kept.write_bytes(buffer.getvalue())
+        return str(kept)
+
     def owns(self, path: str) -> bool:
         """Whether a path from a restored request is one of this app's kept uploads (never serve others)."""
         resolved = Path(path).expanduser().resolve()
@@ -184,6 +199,7 @@ FIELDS = (
     "content_prompt", "content_scale", "content_image", "seed", "randomize_seed", "steps", "guidance",
     "width", "height", "num_images",
     "init_image", "strength", "mask", "control", "control_image", "control_scale", "controlnet", "scheduler", "lora",
+    "mask_paint",
 )
 
 
@@ -241,7 +257,7 @@ def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
         num_images=_whole("number of images", values["num_images"]),
         init_image=kept("init_image", "init image"),
         strength=strength or None,  # 0: the mode's default
-        mask=kept("mask", "mask"),
+        mask=kept("mask", "mask") or workdir.keep_painted_mask(values.get("mask_paint")),
         control=control,
         control_image=control_image,
         control_scale=float(values.get("control_scale", 1.0)),
@@ -296,6 +312,7 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
         "controlnet": request.controlnet or "",
         "scheduler": request.scheduler or DEFAULT_SCHEDULER,
         "lora": ", ".join(f"{ref.path}:{ref.scale:g}" if ref.scale != 1 else ref.path for ref in request.lora),
+        "mask_paint": None,  # a restored mask comes back as the mask upload
     }
     return [values[name] for name in FIELDS], lost
 
@@ -334,7 +351,7 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         steps: float = 30, guidance: float = 5.0, width: float = 0, height: float = 0, num_images: float = 1,
         init_image: str | None = None, strength: float = 0, mask: str | None = None, control: str = NO_CONTROL,
         control_image: str | None = None, control_scale: float = 1.0, controlnet: str = "",
-        scheduler: str = DEFAULT_SCHEDULER, lora: str = "",
+        scheduler: str = DEFAULT_SCHEDULER, lora: str = "", mask_paint: Any = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (gradio's idiom)
     ) -> tuple[list[tuple[str, str]], list[str], str]:
         """Make images from the form: returns the gallery, the PNG files (with their settings) and the request JSON."""
@@ -387,7 +404,7 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         steps: float = 30, guidance: float = 5.0, width: float = 0, height: float = 0, num_images: float = 1,
         init_image: str | None = None, strength: float = 0, mask: str | None = None, control: str = NO_CONTROL,
         control_image: str | None = None, control_scale: float = 1.0, controlnet: str = "",
-        scheduler: str = DEFAULT_SCHEDULER, lora: str = "",
+        scheduler: str = DEFAULT_SCHEDULER, lora: str = "", mask_paint: Any = None,
     ) -> str:
         """Save the current style (blended embedding + settings) as a ``.safetensors`` style file."""
         form = locals()
@@ -404,7 +421,7 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         steps: float = 30, guidance: float = 5.0, width: float = 0, height: float = 0, num_images: float = 1,
         init_image: str | None = None, strength: float = 0, mask: str | None = None, control: str = NO_CONTROL,
         control_image: str | None = None, control_scale: float = 1.0, controlnet: str = "",
-        scheduler: str = DEFAULT_SCHEDULER, lora: str = "",
+        scheduler: str = DEFAULT_SCHEDULER, lora: str = "", mask_paint: Any = None,
         sweep_blocks: str = "style, style+layout, all", sweep_scales: str = "0.4, 0.7, 1.0",
         sweep_content_scales: str = "",
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
@@ -468,6 +485,11 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
                                          label="Strength (how much to change; 0 = default: 0.8, inpainting 1)")
                     mask = gr.File(label="Mask for inpainting (white = repaint; needs the init image)",
                                    file_types=["image"], elem_id="mask")
+                    mask_paint = gr.ImageEditor(
+                        label="…or paint the area to repaint on the init image", type="numpy", image_mode="RGBA",
+                        sources=("upload",), brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+                        elem_id="mask-paint",
+                    )
                     with gr.Row():
                         control = gr.Dropdown([NO_CONTROL, *CONTROL_KINDS, READY_CONTROL], value=NO_CONTROL,
                                               label="ControlNet control", elem_id="control")
@@ -520,7 +542,8 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
 
         form = [style, prompt, style_weights, negative, blocks, table, scale, content_prompt, content_scale,
                 content_image, seed, randomize, steps, guidance, width, height, num_images,
-                init_image, strength, mask, control, control_image, control_scale, controlnet, scheduler, lora]
+                init_image, strength, mask, control, control_image, control_scale, controlnet, scheduler, lora,
+                mask_paint]
         pipeline_event = {"concurrency_limit": 1, "concurrency_id": QUEUE}
         run.click(generate, form, [gallery, files, request_json], api_name="generate", **pipeline_event)
         run_sweep.click(sweep, [*form, sweep_blocks, sweep_scales, sweep_contents], [sheet, cells, sweep_files],
@@ -529,10 +552,17 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
         dropped.upload(restore, dropped, form, api_name="restore")
         style.upload(style_uploaded, style, form[1:], api_visibility="undocumented")
         blocks.change(load_blocks, blocks, table, api_visibility="undocumented")
+        init_image.change(paint_over, init_image, mask_paint, api_visibility="undocumented")
         table.input(lambda: CUSTOM, None, blocks, api_visibility="undocumented")  # editing the table: custom blocks
         demo.load(load_blocks, blocks, table, api_visibility="undocumented")
         demo.load(describe_pipeline, None, loaded, api_visibility="undocumented")
     return demo
+
+
+def paint_over(init_image: Any) -> dict[str, Any] | None:
+    """The mask painter's value for a new init image: the image as background, no strokes yet."""
+    path = _file_path(init_image) if init_image else None
+    return {"background": path, "layers": [], "composite": path} if path else None
 
 
 def launch(
