@@ -9,7 +9,6 @@ style embedding is encoded once for the whole sheet (``StylePipeline`` caches it
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,10 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
-from PIL.PngImagePlugin import PngInfo
 
 from .errors import UserError
-from .request import Request, write_png
+from .request import Request, save_png_atomically, write_png
 
 if TYPE_CHECKING:
     from .pipeline import StylePipeline
@@ -234,17 +232,9 @@ def contact_sheet(
 
 def save_sheet(sheet: Image.Image, path: str | Path, base: Request, axes: Axes) -> Path:
     """Write the sheet PNG atomically, with the sweep (base request and axes) in a text chunk."""
-    path = Path(path)
-    info = PngInfo()
-    info.add_text(SHEET_KEY, json.dumps({"base": base.to_dict(), "blocks": axes.blocks, "scales": axes.scales,
-                                         "content_scales": axes.content_scales}, sort_keys=True))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        sheet.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    sweep = {"base": base.to_dict(), "blocks": axes.blocks, "scales": axes.scales,
+             "content_scales": axes.content_scales}
+    return save_png_atomically(sheet, path, {SHEET_KEY: json.dumps(sweep, sort_keys=True)})
 
 
 def render_sweep(
