@@ -26,12 +26,14 @@ INT = click.INT
 def quiet_libraries() -> None:
     """Keep the terminal to our progress bar and errors: no loading bars or library warnings."""
     from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()  # its retry notices; the error that follows is ours, in one line
     warnings.filterwarnings("ignore")  # library deprecation notices are not the user's to act on
 
 

@@ -87,13 +87,30 @@ def _looks_like_path(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or ref.endswith((".safetensors", ".ckpt", ".bin")) or "\\" in ref
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers at all (to tell "no network" from "no such file")."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _hub_error(what: str, ref: str, err: Exception) -> UserError:
-    """One line for a hub failure: not cached while offline, or what the hub said."""
+    """One line for a hub failure: not cached while offline (or unreachable), or what the hub said."""
     from huggingface_hub import constants
 
     text = str(err).lower()
-    if constants.HF_HUB_OFFLINE or "offline" in text or "outgoing traffic has been disabled" in text:
-        return UserError(f"{what} {ref!r} is not in the Hugging Face cache and the hub is offline; download it first")
+    offline = constants.HF_HUB_OFFLINE or "offline" in text or "outgoing traffic has been disabled" in text
+    if offline or not _hub_reachable():
+        return UserError(f"{what} {ref!r} is not in the Hugging Face cache and the hub cannot be reached "
+                         "(offline or no network); download it first")
     return UserError(f"{what} {ref!r} could not be loaded from the hub ({type(err).__name__}: {str(err)[:200]})")
 
 
