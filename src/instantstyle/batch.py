@@ -428,7 +428,7 @@ def pipeline_key(request: Request) -> tuple[str | None, str | None, str | None]:
 
 def _fits(pipe: Any, key: tuple[str | None, str | None, str | None]) -> bool:
     """Whether a loaded pipeline is the one a job names (``None``: any)."""
-    mine = (pipe.model_id, pipe.adapter.path, pipe.image_encoder.identity)
+    mine = (pipe.model_id, pipe.adapter_ref or pipe.adapter.path, pipe.image_encoder.identity)
     return all(want is None or Path(want).expanduser().resolve() == Path(have).expanduser().resolve()
                for want, have in zip(key, mine, strict=True))
 

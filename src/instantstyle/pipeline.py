@@ -283,6 +283,7 @@ class StylePipeline:
     content_text_encoder: str | None = None
     low_memory: bool = False  # image encoder off the device between uses (see ``memory``)
     disk_cache: EmbeddingCache | None = None
+    adapter_ref: str | None = None  # the adapter as the user named it (a hub reference stays one in the PNG)
     _embed_cache: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
     _base_scheduler: Any = field(default=None, repr=False)
     _content_towers: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False)
@@ -344,7 +345,7 @@ class StylePipeline:
         memory.return_freed_memory()  # give back what loading and pruning freed
         return cls(
             pipe, weights, encoder, model, torch_device, torch_dtype,
-            keep_all_weights, content_text_encoder, low_memory, cache,
+            keep_all_weights, content_text_encoder, low_memory, cache, adapter_ref=adapter,
         )
 
     @property
@@ -392,16 +393,19 @@ class StylePipeline:
 
     def complete(self, request: Request) -> Request:
         """Fill in what the pipeline decides: model and adapter identity, size, and a seed."""
-        for name, mine in (("model", self.model_id), ("adapter", self.adapter.path)):
+        adapter = self.adapter_ref or self.adapter.path
+        for name, mine in (("model", self.model_id), ("adapter", adapter)):
             theirs = getattr(request, name)
-            if theirs is not None and theirs != mine and Path(theirs).expanduser() != Path(mine):
-                if name == "model" or Path(resolve_adapter_file(theirs)) != Path(mine):
-                    raise UserError(f"request is for {name} {theirs!r} but this pipeline has {mine!r}")
+            if theirs is None or theirs == mine or Path(theirs).expanduser() == Path(mine).expanduser():
+                continue
+            # Another spelling of the same adapter (a path into the HF cache, say) is resolved once, here only.
+            if name == "model" or resolve_adapter_file(theirs) != Path(self.adapter.path):
+                raise UserError(f"request is for {name} {theirs!r} but this pipeline has {mine!r}")
         default = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         width, height = modes.init_size(request, default) or (default, default)
         return request.replace(
             model=request.model or self.model_id,
-            adapter=request.adapter or self.adapter.path,
+            adapter=request.adapter or adapter,
             width=request.width or width,
             height=request.height or height,
             seed=request.seed if request.seed is not None else secrets.randbits(32),
