@@ -14,6 +14,8 @@ from PIL import Image
 
 from instantstyle.testing.dit import TinyDiTModels, build_tiny_dit_models
 
+from .test_fixtures import generate  # 64 px, 2 steps, seed 0: the cheapest real generation
+
 
 @pytest.fixture(scope="module")
 def dit(tmp_path_factory: pytest.TempPathFactory) -> TinyDiTModels:
@@ -27,19 +29,6 @@ def load(folder: Path):
     pipe = DiffusionPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def generate(pipe, **kwargs) -> np.ndarray:
-    """64 px, 2 steps, fixed seed: the cheapest real generation."""
-    return pipe(
-        "a photo of a cat",
-        num_inference_steps=2,
-        height=64,
-        width=64,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-        **kwargs,
-    ).images
 
 
 def with_instantx(dit: TinyDiTModels):

@@ -20,7 +20,15 @@ from typing import Any
 
 import torch
 
-from .fixtures import _make_content_image, _make_tokenizer, _randn, _save_adapter, _save_pipeline, _text_config
+from .fixtures import (
+    _make_content_image,
+    _make_tokenizer,
+    _randn,
+    _save_adapter,
+    _save_pipeline,
+    _text_config,
+    _tiny_vae,
+)
 from .fixtures import make_style_image as _make_style_image
 
 DIT_FIXTURE_VERSION = "1"
@@ -175,26 +183,15 @@ def _t5_encoder(tokenizer, d_model: int, d_ff: int, layers: int, seed: int):
 
 
 def _flow_vae(scaling_factor: float, shift_factor: float, seed: int):
-    """16-channel AutoencoderKL without quant convs (SD3 and FLUX), four levels: vae_scale_factor 8."""
+    """The shared tiny VAE topology (four levels: vae_scale_factor 8) with SD3's and FLUX's changes:
+    16 latent channels, a shift factor, no quant convs."""
     from diffusers import AutoencoderKL
 
+    config = _tiny_vae(scaling_factor=scaling_factor, force_upcast=True).config
+    base = {k: v for k, v in config.items() if not k.startswith("_")}  # "_use_default_values" would win
     torch.manual_seed(seed)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=scaling_factor,
-        shift_factor=shift_factor,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        force_upcast=True,
-    )
+    flow = {"latent_channels": 16, "shift_factor": shift_factor, "use_quant_conv": False, "use_post_quant_conv": False}
+    return AutoencoderKL.from_config({**base, **flow})
 
 
 def _build_sd3(dest: Path, seed: int) -> None:
