@@ -89,8 +89,9 @@ def scatter_plot(
     box = (MARGIN["left"], MARGIN["top"], PLOT_SIZE[0] - MARGIN["right"], PLOT_SIZE[1] - MARGIN["bottom"])
 
     known = [(i, p) for i, p in enumerate(points) if p is not None]
-    xs = [p[0] + s * (errors[i][0] if errors and errors[i] else 0) for i, p in known for s in (-1, 1)] or [0.0]
-    ys = [p[1] + s * (errors[i][1] if errors and errors[i] else 0) for i, p in known for s in (-1, 1)] or [0.0]
+    bars = [(errors[i] if errors else None) or (0.0, 0.0) for i in range(len(points))]
+    xs = [p[0] + s * bars[i][0] for i, p in known for s in (-1, 1)] or [0.0]
+    ys = [p[1] + s * bars[i][1] for i, p in known for s in (-1, 1)] or [0.0]
     (x0, x1), (y0, y1) = _axis_range(xs), _axis_range(ys)
 
     def to_px(x: float, y: float) -> tuple[float, float]:
@@ -110,8 +111,8 @@ def scatter_plot(
     draw.rectangle(box, outline=COLORS["axis"])
     if threshold is not None and x0 <= threshold[0] <= x1:
         px = to_px(threshold[0], y0)[0]
-        for top in range(box[1], box[3], 10):
-            draw.line([(px, top), (px, min(top + 5, box[3]))], fill=COLORS["pick"], width=1)
+        for dash in range(box[1], box[3], 10):
+            draw.line([(px, dash), (px, min(dash + 5, box[3]))], fill=COLORS["pick"], width=1)
         draw.text((px + 4, box[1] + 4), threshold[1], fill=COLORS["pick"], font=small)
 
     tw, th = _text_size(draw, x_label, font)
@@ -125,14 +126,13 @@ def scatter_plot(
     if note:
         draw.text((box[0], PLOT_SIZE[1] - 22), note, fill=COLORS["note"], font=small)
 
-    if errors:
-        for i, p in known:
-            if errors[i]:
-                (ex, ey), (cx, cy) = errors[i], to_px(*p)  # type: ignore[misc]
-                left, right = to_px(p[0] - ex, p[1])[0], to_px(p[0] + ex, p[1])[0]
-                top, bottom = to_px(p[0], p[1] + ey)[1], to_px(p[0], p[1] - ey)[1]
-                draw.line([(left, cy), (right, cy)], fill=COLORS["error"], width=1)
-                draw.line([(cx, top), (cx, bottom)], fill=COLORS["error"], width=1)
+    for i, p in known:
+        (ex, ey), (cx, cy) = bars[i], to_px(*p)
+        if ex or ey:
+            left, right = to_px(p[0] - ex, p[1])[0], to_px(p[0] + ex, p[1])[0]
+            top, bottom = to_px(p[0], p[1] + ey)[1], to_px(p[0], p[1] - ey)[1]
+            draw.line([(left, cy), (right, cy)], fill=COLORS["error"], width=1)
+            draw.line([(cx, top), (cx, bottom)], fill=COLORS["error"], width=1)
     line = sorted((points[i] for i in front if points[i] is not None), key=lambda p: (p[0], -p[1]))  # type: ignore[index]
     if len(line) > 1:
         draw.line([to_px(*p) for p in line], fill=COLORS["front"], width=2)  # type: ignore[misc]
