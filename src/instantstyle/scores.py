@@ -114,14 +114,24 @@ def format_value(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def format_table(records: Sequence[ScoreRecord]) -> str:
-    """A plain-text table, one row per image, one column per score."""
-    header = ["image", *SCORE_KEYS]
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False) -> str:
+    """Columns aligned for a terminal (first left, the rest right), or a markdown table."""
+    if markdown:
+        header, rows = [c.replace("|", "\\|") for c in header], [[c.replace("|", "\\|") for c in r] for r in rows]
+    widths = [max(3, *(len(row[i]) for row in [header, *rows])) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        return ("| " + " | ".join(cells) + " |") if markdown else "  ".join(cells).rstrip()
+
+    rule = ["-" * w if i == 0 else "-" * (w - 1) + ":" for i, w in enumerate(widths)]
+    return "\n".join([line(header), *([line(rule)] if markdown else []), *(line(row) for row in rows)])
+
+
+def format_table(records: Sequence[ScoreRecord], markdown: bool = False) -> str:
+    """Scored images as a table, one row per image, one column per score (``-``: not computable)."""
     rows = [[r.image, *(format_value(r.scores.get(k)) for k in SCORE_KEYS)] for r in records]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in [header, *rows]]
-    return "\n".join(line.rstrip() for line in lines)
+    return text_table(["image", *SCORE_KEYS], rows, markdown)
 
 
 @dataclass(frozen=True)
