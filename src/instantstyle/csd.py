@@ -122,11 +122,12 @@ def _load_pickle(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        what = f" calls {found.group(1)}" if found else " is not plain tensor data"
-        raise UserError(
-            f"CSD checkpoint {path}: refused, its pickle{what} (only tensors and plain data are loaded; "
-            "use a .safetensors file)"
-        ) from None
+        if found:
+            raise UserError(
+                f"CSD checkpoint {path}: refused, its pickle calls {found.group(1)} (only tensors and plain data "
+                "are loaded; use a .safetensors file)"
+            ) from None
+        raise UserError(f"CSD checkpoint {path}: not a torch checkpoint of tensors and plain data") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UserError(f"CSD checkpoint {path}: not a readable torch checkpoint ({type(err).__name__})") from None
 
