@@ -108,7 +108,7 @@ def probe_table(rows: Sequence[ProbeRow], style: str, markdown: bool = False) ->
          format_value(r.scores.clip_text), format_value(r.scores.content_leak), str(r.count)]
         for r in rows
     ]
-    return text_table(header, body, markdown=markdown)
+    return text_table(header, body, markdown=markdown, left=(1,))
 
 
 def probe_cells(rows: Sequence[ProbeRow]) -> list[Cell]:

@@ -51,7 +51,7 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 def _axis_range(values: Sequence[float]) -> tuple[float, float]:
     low, high = min(values), max(values)
-    pad = max((high - low) * 0.08, 0.01)
+    pad = max((high - low) * 0.08, 0.002)
     return low - pad, high + pad
 
 

@@ -114,17 +114,20 @@ def format_value(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False) -> str:
-    """Columns aligned for a terminal (first left, the rest right), or a markdown table."""
+def text_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False, left: Sequence[int] = (0,)
+) -> str:
+    """Columns aligned for a terminal, or a markdown table; the ``left`` columns (names) align left, the
+    rest (numbers) right."""
     if markdown:
         header, rows = [c.replace("|", "\\|") for c in header], [[c.replace("|", "\\|") for c in r] for r in rows]
     widths = [max(3, *(len(row[i]) for row in [header, *rows])) for i in range(len(header))]
 
     def line(row: Sequence[str]) -> str:
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         return ("| " + " | ".join(cells) + " |") if markdown else "  ".join(cells).rstrip()
 
-    rule = ["-" * w if i == 0 else "-" * (w - 1) + ":" for i, w in enumerate(widths)]
+    rule = ["-" * w if i in left else "-" * (w - 1) + ":" for i, w in enumerate(widths)]
     return "\n".join([line(header), *([line(rule)] if markdown else []), *(line(row) for row in rows)])
 
 
