@@ -16,6 +16,7 @@ from instantstyle.scores import (
     Scorer,
     ScoreRecord,
     Scores,
+    cosine,
     format_table,
     load_text_tower,
     mean_scores,
@@ -171,3 +172,10 @@ def test_summary_is_the_mean_and_sample_spread_of_the_known_values():
     assert summary["csd_style"] is None
     mean = mean_scores(scores)
     assert (mean.clip_text, mean.clip_style, mean.csd_style) == (pytest.approx(0.2), 0.5, None)
+
+
+def test_cosine_is_clamped_to_its_range_and_none_when_not_a_number():
+    a = torch.tensor([[0.3, -1.2, 2.0]])
+    assert cosine(a, a * 7) == 1.0  # within [-1, 1] despite float rounding
+    assert cosine(a, -a) == -1.0
+    assert cosine(a, torch.tensor([[float("nan"), 0.0, 1.0]])) is None

@@ -207,10 +207,11 @@ def load_text_tower(
     return TextTower(tokenizer, model)
 
 
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Cosine similarity of two (1, D) embeddings, clamped to [-1, 1] against float rounding."""
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Cosine similarity of two (1, D) embeddings, clamped to [-1, 1] against float rounding; ``None``
+    when it is not a number (an embedding of a NaN image)."""
     value = torch.nn.functional.cosine_similarity(a.float().cpu(), b.float().cpu(), dim=-1).item()
-    return max(-1.0, min(1.0, value))
+    return None if math.isnan(value) else max(-1.0, min(1.0, value))
 
 
 def _as_image(item: Image.Image | str | Path) -> Image.Image:
@@ -339,10 +340,10 @@ class Scorer:
             csd = csd_model.style_embeds(pictures, self.csd).cpu()
         return [
             Scores(
-                clip_text=None if text is None else _cosine(emb, text),
-                clip_style=None if style_clip is None else _cosine(emb, style_clip),
-                content_leak=None if content is None else _cosine(emb, content),
-                csd_style=None if csd is None or style_csd is None else _cosine(csd[i : i + 1], style_csd),
+                clip_text=None if text is None else cosine(emb, text),
+                clip_style=None if style_clip is None else cosine(emb, style_clip),
+                content_leak=None if content is None else cosine(emb, content),
+                csd_style=None if csd is None or style_csd is None else cosine(csd[i : i + 1], style_csd),
             )
             for i, emb in enumerate(clip)
         ]
