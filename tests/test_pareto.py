@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from instantstyle import UserError
-from instantstyle.pareto import Cell, cell_points, pareto_front, pick, style_key, style_threshold
+from instantstyle.pareto import Cell, cell_points, cells_csv, pareto_front, pick, style_key, style_threshold
 from instantstyle.scoreplot import COLORS, nice_ticks, save_plot, scatter_plot
 from instantstyle.scores import Scores
 
@@ -104,3 +104,17 @@ def test_scatter_plot_lists_unscored_points_and_needs_a_label_each():
     assert image.mode == "RGB"
     with pytest.raises(ValueError):
         scatter_plot([(0.1, 0.2)], [], "x", "y")
+
+
+def test_cells_csv_has_every_setting_and_score_and_marks_front_and_pick():
+    import csv
+    import io
+
+    table = cells()
+    points = cell_points(table)
+    rows = list(csv.DictReader(io.StringIO(cells_csv(table, pareto_front(points), pick(points)))))
+    assert len(rows) == len(TABLE)
+    assert list(rows[0])[:3] == ["label", "blocks", "scale"]
+    assert [r["blocks"] for r in rows if r["picked"] == "1"] == ["style+layout"]
+    assert sum(r["on_front"] == "1" for r in rows) == len(TABLE) - 1
+    assert float(rows[0]["csd_style"]) == 0.55 and rows[0]["content_leak"] == ""

@@ -80,3 +80,21 @@ def pick(points: Sequence[Point | None], style_floor: float = DEFAULT_STYLE_FLOO
     floor = style_threshold(max(p[0] for _, p in known), style_floor)
     eligible = [(i, p) for i, p in known if p[0] >= floor]
     return min(eligible, key=lambda item: (-item[1][1], -item[1][0], item[0]))[0]
+
+
+def cells_csv(cells: Sequence[Cell], front: Sequence[int] = (), picked: int | None = None) -> str:
+    """All cells as CSV: label, every setting (union of keys, first-seen order), every score (empty when
+    not computable), whether on the front and whether picked."""
+    import csv
+    import io
+
+    setting_keys = list(dict.fromkeys(key for cell in cells for key in cell.settings))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["label", *setting_keys, *SCORE_KEYS, "on_front", "picked"])
+    on_front = set(front)
+    for i, cell in enumerate(cells):
+        scores = [cell.scores.get(key) for key in SCORE_KEYS]
+        writer.writerow([cell.label, *(cell.settings.get(key, "") for key in setting_keys),
+                         *("" if v is None else repr(v) for v in scores), int(i in on_front), int(i == picked)])
+    return buffer.getvalue()
