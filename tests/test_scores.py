@@ -179,3 +179,14 @@ def test_cosine_is_clamped_to_its_range_and_none_when_not_a_number():
     assert cosine(a, a * 7) == 1.0  # within [-1, 1] despite float rounding
     assert cosine(a, -a) == -1.0
     assert cosine(a, torch.tensor([[float("nan"), 0.0, 1.0]])) is None
+
+
+@pytest.mark.parametrize("where, message", [
+    (lambda t: (t.adapters / "sdxl_models" / "image_encoder", None), "no CLIP tokenizer"),
+    (lambda t: (t.sdxl, "text_encoder"), "not a CLIP text model with projection"),  # no projection: would be random
+    (lambda t: (t.sdxl, None), "no config.json"),
+])
+def test_a_folder_that_is_not_a_clip_text_tower_is_refused(tiny, where, message):
+    folder, sub = where(tiny)
+    with pytest.raises(UserError, match=message):
+        load_text_tower(folder, sub, "tokenizer" if sub else None)

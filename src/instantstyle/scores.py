@@ -197,14 +197,22 @@ def load_text_tower(
 
     folder = Path(path).expanduser()
     model_dir = folder / subfolder if subfolder else folder
+    tokenizer_dir = folder / (tokenizer_subfolder or subfolder or "")
     if not (model_dir / "config.json").is_file():
         raise UserError(f"text encoder {model_dir}: no config.json (expected a CLIPTextModelWithProjection folder)")
-    model = CLIPTextModelWithProjection.from_pretrained(folder, subfolder=subfolder or "", dtype=dtype).eval()
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder=tokenizer_subfolder or subfolder or "")
-    except (OSError, ValueError, TypeError):
-        raise UserError(f"text encoder {folder}: no CLIP tokenizer beside it") from None
-    return TextTower(tokenizer, model)
+    if not any((tokenizer_dir / name).is_file() for name in ("tokenizer.json", "vocab.json")):
+        raise UserError(f"text encoder {folder}: no CLIP tokenizer (tokenizer.json or vocab.json) in {tokenizer_dir}")
+    # transformers fills weights missing from the file with random ones: a vision tower, or a text model
+    # without its projection, would load "fine" and score noise
+    loaded: Any = CLIPTextModelWithProjection.from_pretrained(
+        folder, subfolder=subfolder or "", dtype=dtype, output_loading_info=True
+    )
+    model, info = loaded
+    if info["missing_keys"]:
+        raise UserError(f"text encoder {model_dir}: not a CLIP text model with projection "
+                        f"({len(info['missing_keys'])} weights missing, e.g. {sorted(info['missing_keys'])[0]})")
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder=tokenizer_subfolder or subfolder or "")
+    return TextTower(tokenizer, model.eval())
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
