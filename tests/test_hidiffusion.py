@@ -29,6 +29,7 @@ from instantstyle.hidiffusion import (
 )
 from instantstyle.modes import default_strength
 from instantstyle.testing.hires import HiresModels, hires_models
+from instantstyle.testing.lora import write_tiny_lora
 from instantstyle.testing.original_hidiffusion import PackageUnavailable, original_hidiffusion
 
 from .conftest import FAST, pixels
@@ -85,7 +86,7 @@ def generate(pipe, width: int, height: int, steps: int) -> np.ndarray:
 
 @pytest.mark.parametrize("family, width, height, steps", [
     ("sdxl", 128, 128, STEPS),
-    ("sdxl", 128, 200, STEPS),  # non-square, odd window maps (13 x 8 latent pixels: resized, as the authors do)
+    ("sdxl", 64, 200, STEPS),  # non-square, odd window maps (13 x 4 latent pixels: resized, as the authors do)
     ("sd15", 136, 200, 5),  # SD1.5: RAD at the first level for int(0.4 * 6) = 2 of PNDM's 6 UNet calls
 ], ids=["sdxl-square", "sdxl-non-square", "sd15-non-square"])
 def test_style_preset_matches_the_hidiffusion_package(hires, package, family, width, height, steps):
@@ -134,10 +135,13 @@ def test_an_error_inside_the_block_still_removes_it(sdxl):
     ({"control": "canny", "init_image": "init"}, "img2img"),
     ({"init_image": "init", "mask": "left"}, "inpaint"),
     ({"style": ("style", "style2"), "regions": ("left", "right")}, "text"),
-], ids=["content-subtraction", "img2img", "controlnet", "controlnet-img2img", "inpaint", "regions"])
-def test_composes_with_instantstyle(sdxl, tiny, modes, changes, mode):
+    ({"lora": "lora"}, "text"),
+], ids=["content-subtraction", "img2img", "controlnet", "controlnet-img2img", "inpaint", "regions", "lora"])
+def test_composes_with_instantstyle(sdxl, tiny, modes, tmp_path, changes, mode):
     files = {"init": modes.init_image, "left": modes.left_mask, "right": modes.right_mask,
              "style": tiny.style_image, "style2": modes.second_style}
+    if "lora" in changes:
+        files["lora"] = write_tiny_lora(tiny.sdxl, tmp_path / "lora.safetensors")
 
     def path(value):
         return tuple(str(files[v]) for v in value) if isinstance(value, tuple) else str(files.get(value, value))
@@ -145,8 +149,7 @@ def test_composes_with_instantstyle(sdxl, tiny, modes, changes, mode):
     fields = {k: path(v) if k not in ("content_prompt", "strength") else v for k, v in changes.items()}
     if "control" in fields:
         fields["controlnet"] = str(modes.sdxl_controlnet)
-    request = Request(**{"prompt": "a cat", "style": str(tiny.style_image), "steps": STEPS, "width": 128,
-                         "height": 128, "seed": 3, **fields})
+    request = Request(**{"prompt": "a cat", "style": str(tiny.style_image), **FAST, "steps": STEPS, **fields})
     plain = pixels(sdxl(request).images[0])
     calls = denoising_calls(sdxl.pipe.scheduler, STEPS, default_strength(request))
     with hidiffusion(sdxl.pipe.unet, "sdxl", steps=calls, seed=3, inpaint=mode == "inpaint",
@@ -158,15 +161,20 @@ def test_composes_with_instantstyle(sdxl, tiny, modes, changes, mode):
 
 def test_refuses_what_it_cannot_act_on(sdxl):
     from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
 
     with pytest.raises(UserError, match="not on 'flux'"), hidiffusion(sdxl.pipe.unet, "flux", steps=3, seed=0):
         pass
-    with pytest.raises(UserError, match="no Transformer2DModel 'down_blocks.0.attentions.0'"):
+    with pytest.raises(UserError, match="this UNet has no Transformer2DModel"):
         with hidiffusion(sdxl.pipe.unet, "sd15", steps=3, seed=0):
             pass
     compiled = UNet2DConditionModel.from_config(sdxl.pipe.unet.config)
     compiled.compile()
     with pytest.raises(UserError, match="compiled UNet"), hidiffusion(compiled, "sdxl", steps=3, seed=0):
+        pass
+    conv_lora = UNet2DConditionModel.from_config(sdxl.pipe.unet.config)
+    conv_lora.add_adapter(LoraConfig(r=2, target_modules=[SDXL.dilated_conv]))
+    with pytest.raises(UserError, match="peft.*not a plain Conv2d"), hidiffusion(conv_lora, "sdxl", steps=3, seed=0):
         pass
 
 
@@ -210,3 +218,21 @@ def test_fixture_has_sdxl_base_and_sd15_module_names(hires, package):
     for model, listing in ((hires.sdxl, "sdxl_module_key.txt"), (hires.sd15, "sd15_module_key.txt")):
         names = {name for name, _ in UNet2DConditionModel.from_pretrained(str(model / "unet")).named_modules()}
         assert set((keys / listing).read_text().split()) < names
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the large-size switching steps start at 4096 px (SDXL) "
+                    "and 2048 px (SD1.5): too big for the CPU; run on a CUDA GPU")
+@pytest.mark.parametrize("family, size, steps", [("sdxl", 4096, 4), ("sd15", 2048, 4)])
+def test_large_sizes_match_the_hidiffusion_package_on_gpu(hires, package, family, size, steps):
+    def latents(pipe) -> torch.Tensor:
+        torch.manual_seed(SEED)
+        embeds = [e.to("cuda") for e in style_embeds(pipe)]
+        return pipe("a cat", width=size, height=size, num_inference_steps=steps, ip_adapter_image_embeds=embeds,
+                    generator=torch.Generator().manual_seed(1), output_type="latent").images.cpu()
+
+    ours_pipe = load_with_style_adapter(hires, family).to("cuda")
+    with hidiffusion(ours_pipe.unet, family, steps=denoising_calls(ours_pipe.scheduler, steps), seed=SEED) as run:
+        ours = latents(ours_pipe)
+    theirs = latents(package.apply_hidiffusion(load_with_style_adapter(hires, family).to("cuda")))
+    assert "dilate+pool" in run.phases  # the large-size schedule: RAD and the pooled phase together
+    assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()

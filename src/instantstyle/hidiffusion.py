@@ -230,8 +230,12 @@ def _module(unet: Any, name: str, kind: str) -> Any:
         module = unet.get_submodule(name)
     except AttributeError:
         module = None
-    if module is None or type(module).__name__ != kind:
+    if module is None:
         raise UserError(f"HiDiffusion: this UNet has no {kind} {name!r}; it supports SDXL and SD1.5 layouts")
+    if type(module).__name__ != kind or (kind == "Conv2d" and not isinstance(module, torch.nn.Conv2d)):
+        # e.g. a peft LoRA layer wrapping the downsampler convolution (also named Conv2d)
+        found = f"{type(module).__module__}.{type(module).__name__}"
+        raise UserError(f"HiDiffusion: {name} is a {found}, not a plain {kind} (a LoRA on it?)")
     return module
 
 
