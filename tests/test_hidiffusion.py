@@ -9,6 +9,7 @@ at step 1; 128 px make the windows of MSW-MSA 4 latent pixels wide, so their shi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,9 @@ STYLE_SCALES = {"sdxl": {"up": {"block_0": [0.0, 1.0, 0.0]}}, "sd15": {"up": {"b
 
 @pytest.fixture(scope="session")
 def hires(tiny, tmp_path_factory) -> HiresModels:
-    return hires_models(tmp_path_factory.mktemp("hires"), tiny)
+    """Beside the shared tiny tree when $INSTANTSTYLE_FIXTURES keeps it between runs, else for this session."""
+    shared = os.environ.get("INSTANTSTYLE_FIXTURES")
+    return hires_models(None if shared else tmp_path_factory.mktemp("hires"), tiny)
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ Written from the paper and checked against the authors' code (the ``hidiffusion`
 same blocks, switching steps, windows and shifts, so the same pixels. Unlike the package, nothing is
 keyed on hub model names and no class is swapped: the family's blocks are found by name
 (``FAMILIES``), and torch hooks, registered by ``hidiffusion()`` around one generation and removed
-after it, make the changes, so they compose with IP-Adapter attention processors, LoRA and accelerate's
-offload hooks. The window shifts come from a generator seeded by the caller (the package draws from
-torch's global generator; seeding both alike gives the same shifts).
+after it, make the changes, so they compose with IP-Adapter attention processors and attention LoRAs.
+The window shifts come from a generator seeded by the caller (the package draws from torch's global
+generator; seeding both alike gives the same shifts).
 """
 
 from __future__ import annotations
