@@ -40,7 +40,7 @@ from common import FULL, PRESETS, TOPOLOGIES, RunSpec, build_tree, log
 
 #: Per mode: (topology, size, steps, paired rounds, step rounds, time budget in s for step + paired).
 MODES: dict[str, dict[str, Any]] = {
-    "cpu": dict(topology="small", size=256, steps=2, rounds=6, step_rounds=6, budget_s=11 * 60, step_budget_s=200),
+    "cpu": dict(topology="small", size=256, steps=2, rounds=6, step_rounds=6, budget_s=760, step_budget_s=170),
     "gpu": dict(topology="full", size=1024, steps=30, rounds=10, step_rounds=20, budget_s=220, step_budget_s=40),
     "smoke": dict(topology="smoke", size=64, steps=2, rounds=3, step_rounds=3, budget_s=300, step_budget_s=60),
 }
