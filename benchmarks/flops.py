@@ -272,13 +272,13 @@ def residency_table(topo: Topology, presets: Sequence[str]) -> str:
     def mib(n: int, itemsize: int) -> str:
         return f"{n * itemsize / 2**20:,.0f} MiB"
 
-    rows = [["(b) diffusers IP-Adapter, any preset", f"{file_params / 1e6:.1f} M", "100%", mib(file_params, 2),
+    rows = [["(b) diffusers IP-Adapter, any preset", f"{file_params / 1e6:,.1f} M", "100%", mib(file_params, 2),
              mib(file_params, 4)]]
     for preset in presets:
         n = counts[f"c:{preset}"]
-        rows.append([f"(c) instantstyle, {preset}", f"{n / 1e6:.1f} M", f"{100 * n / file_params:.1f}%",
+        rows.append([f"(c) instantstyle, {preset}", f"{n / 1e6:,.1f} M", f"{100 * n / file_params:.1f}%",
                      mib(n, 2), mib(n, 4)])
-    rows.append(["image encoder (b: resident; c: only while encoding)", f"{encoder / 1e6:.1f} M", "-",
+    rows.append(["image encoder (b: resident; c: only while encoding)", f"{encoder / 1e6:,.1f} M", "-",
                  mib(encoder, 2), mib(encoder, 4)])
     return md_table(["resident adapter weights", "parameters", "% of the file", "fp16", "fp32"], rows)
 
