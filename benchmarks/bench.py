@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,17 @@ import step
 import torch
 from common import FULL, PRESETS, TOPOLOGIES, RunSpec, build_tree, log
 
-#: Per mode: (topology, size, steps, paired rounds, step rounds, time budget in s for step + paired).
+#: Per mode: topology, image size and steps (paired), UNet size of the per-step part, the most rounds of each,
+#: the seconds the whole run may take (rounds stop early to fit, at least 3 each) and the per-step part's share.
+#: The CPU times the per-step part at 128 px: 4x the rounds of 256 px, and the per-layer overhead it looks for
+#: is a larger share of a smaller forward.
 MODES: dict[str, dict[str, Any]] = {
-    "cpu": dict(topology="small", size=256, steps=2, rounds=6, step_rounds=6, budget_s=760, step_budget_s=170),
-    "gpu": dict(topology="full", size=1024, steps=30, rounds=10, step_rounds=20, budget_s=220, step_budget_s=40),
-    "smoke": dict(topology="smoke", size=64, steps=2, rounds=3, step_rounds=3, budget_s=300, step_budget_s=60),
+    "cpu": dict(topology="small", size=256, steps=2, step_size=128, rounds=10, step_rounds=12, budget_s=840,
+                step_budget_s=120),
+    "gpu": dict(topology="full", size=1024, steps=30, step_size=1024, rounds=10, step_rounds=20, budget_s=330,
+                step_budget_s=40),
+    "smoke": dict(topology="smoke", size=64, steps=2, step_size=64, rounds=3, step_rounds=3, budget_s=300,
+                  step_budget_s=30),
 }
 
 
@@ -58,10 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "or smoke")
     parser.add_argument("--size", type=int, default=None, help="image side in px (CPU 256, GPU 1024)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per image (CPU 2, GPU 30)")
-    parser.add_argument("--rounds", type=int, default=None, help="paired rounds at most (CPU 6, GPU 10)")
-    parser.add_argument("--step-rounds", type=int, default=None, help="per-step rounds at most (CPU 6, GPU 20)")
+    parser.add_argument("--step-size", type=int, default=None, help="px of the per-step part (CPU 128, GPU 1024)")
+    parser.add_argument("--rounds", type=int, default=None, help="paired rounds at most (CPU 10, GPU 10)")
+    parser.add_argument("--step-rounds", type=int, default=None, help="per-step rounds at most (CPU 12, GPU 20)")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="seconds for the timed parts; rounds stop early to fit (at least 3)")
+                        help="seconds for the whole run (CPU 840, GPU 330); rounds stop early to fit, at least 3")
+    parser.add_argument("--step-budget-s", type=float, default=None, help="seconds of it for per-step rounds")
     parser.add_argument("--threads", type=int, default=0, help="threads per process (default: one per CPU)")
     parser.add_argument("--cpus", default="", help="CPUs to pin every process to, e.g. 0-7 (default: all allowed)")
     parser.add_argument("--workdir", default=os.path.expanduser("~/.cache/instantstyle-bench"),
@@ -125,10 +134,11 @@ def step_flops(topo: common.Topology, size: int, preset: str) -> dict[str, int]:
     return {"plain": counts["a"], "plain2": counts["a"], "pruned": counts["c"], "full": counts["b"]}
 
 
-def run_step(args: argparse.Namespace, spec: RunSpec, logdir: Path) -> dict[str, Any]:
+def run_step(args: argparse.Namespace, spec: RunSpec, logdir: Path, budget_s: float) -> dict[str, Any]:
     """The per-step part in its own process (its memory is gone before the paired workers load)."""
+    spec = replace(spec, size=args.step_size)
     cmd = [sys.executable, str(Path(__file__).with_name("step.py")), "--spec", spec.to_json(),
-           "--rounds", str(args.step_rounds), "--budget-s", str(args.step_budget_s)]
+           "--rounds", str(args.step_rounds), "--budget-s", str(budget_s)]
     with (logdir / "step.log").open("w") as err:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
                               env=common.worker_env(spec.threads, spec.device))
@@ -168,24 +178,25 @@ def main(argv: list[str] | None = None) -> None:
         tree = build_tree(workdir, topo, getattr(torch, args.dtype), device=args.device)
         spec = RunSpec(str(tree.root), args.device, args.dtype, args.size, args.steps, preset=args.preset,
                        topology=topo.name, threads=args.threads, cpus=parse_cpus(args.cpus))
-        timing_start = time.perf_counter()
         kind = "GPU" if args.device == "cuda" else "CPU"
         if "step" in timed_parts:
             log("per-step overhead")
-            result = run_step(args, spec, logdir)
+            left = args.budget_s - (time.perf_counter() - start)
+            result = run_step(args, spec, logdir, min(args.step_budget_s, max(left, 0.0)))
             raw["step"] = result
             report.add("\n".join([
                 f"### Per-step overhead ({kind} figures; {where})",
                 "",
-                f"One UNet forward (CFG batch 2, {args.size} px), same weights and inputs, processors swapped between "
-                f"forwards in rotated order; {len(result['wall']['plain'])} rounds, {result['threads']} threads "
-                f"pinned to CPUs {result['cpus']}. Ratios are per round against the plain forward of the same round.",
+                f"One UNet forward (CFG batch 2, {args.step_size} px), same weights and inputs, processors swapped "
+                f"between forwards in rotated order; {len(result['wall']['plain'])} rounds, {result['threads']} "
+                f"threads pinned to CPUs {result['cpus']}. Ratios are per round against the plain forward of the "
+                "same round.",
                 "",
-                step.table(result, step_flops(topo, args.size, args.preset)),
+                step.table(result, step_flops(topo, args.step_size, args.preset)),
             ]))
         if "paired" in timed_parts:
             log("paired timing")
-            budget = max(args.budget_s - (time.perf_counter() - timing_start), 0.0)
+            budget = max(args.budget_s - (time.perf_counter() - start), 0.0)
             results = paired.run(spec, ["a", "a2", "b", "c"], args.rounds, budget, logdir,
                                  parallel_load=args.gpu, alone=["c-offload"] if args.gpu else [])
             raw["paired"] = results

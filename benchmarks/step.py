@@ -129,10 +129,11 @@ def table(result: dict[str, Any], flops: dict[str, int]) -> str:
             label[name], f"{Spread.of(wall[name]).median * 1e3:,.1f} ms",
             f"{Spread.of(cpu[name]).median * 1e3:,.1f} ms",
             f"{flop:.5f}", common.fmt_ratio(w), common.fmt_range(w), f"{100 * (w.median - flop):+.2f}%",
-            common.fmt_ratio(c),
+            common.fmt_ratio(c), common.fmt_range(c), f"{100 * (c.median - flop):+.2f}%",
         ])
     head = ["UNet forward (CFG batch 2)", "median wall", "median CPU", "FLOP ratio",
-            "time ratio to plain, median [IQR]", "min–max", "time above FLOPs", "CPU-time ratio [IQR]"]
+            "wall ratio to plain, median [IQR]", "wall min–max", "wall above FLOPs", "CPU-time ratio [IQR]",
+            "CPU min–max", "CPU time above FLOPs"]
     return common.md_table(head, rows)
 
 
