@@ -1,22 +1,23 @@
 #!/usr/bin/env python
 """What a style costs: plain SDXL (a) vs diffusers' own IP-Adapter recipe (b) vs instantstyle (c).
 
-    python benchmarks/bench.py           # CPU mode: 256 px, 2 steps, 3 prompts, smaller encoders (5-15 min, 16 GB RAM)
-    python benchmarks/bench.py --gpu     # GPU mode: 1024 px, 30 steps, 5 prompts, real-size encoders, fp16
+    python benchmarks/bench.py                # CPU: FLOP tables, per-step overhead, paired timing (~13 min, 16 GiB)
+    python benchmarks/bench.py --gpu          # GPU: 1024 px, fp16, 30 steps, real-size encoders
+    python benchmarks/bench.py --smoke        # every code path on a tiny SDXL-shaped model (a minute or two)
+    python benchmarks/bench.py --gpu --smoke  # the GPU mode's code path on the tiny model (the CPU if no GPU)
+    python benchmarks/bench.py --parts flops  # only the exact cost (seconds per row, no memory)
 
-Offline: the models are random-weight SDXL components built from the public SDXL base configs
-(written below as data), saved once under ``--workdir`` in fp16 and loaded back by each run, so model
-loading is measured through the real loaders. Each of (a), (b), (c) runs in its own subprocess (peak
-memory must not leak between them) with the same prompts, seed, size and steps:
+Three parts, one markdown report (stdout, and ``--out`` rewritten after each part):
 
-(a) ``StableDiffusionXLPipeline`` without any adapter;
-(b) ``load_ip_adapter`` + ``set_ip_adapter_scale`` with the InstantStyle block dict, the style image
-    passed on every call (the recipe in diffusers' docs; its image encoder stays resident);
-(c) ``instantstyle.StylePipeline`` with the same blocks, ``--low-memory`` (encoder off the device
-    between encodes) and its embedding cache.
+1. ``flops``  exact cost: FLOPs per CFG step for every preset and mode, resident adapter size, FLOPs per
+   image (``flops.py``): machine-independent.
+2. ``step``   per-step overhead: one UNet forward with plain, pruned (c) and full (b) processors, same
+   weights and inputs, interleaved (``step.py``).
+3. ``paired`` paired timing: the contestants interleaved in persistent worker processes; per-round ratios,
+   their spread, and the noise floor a'/a (``paired.py``).
 
-Peak memory is the process RSS high-water mark on the CPU (reset with /proc/self/clear_refs) and
-``max_memory_allocated`` on CUDA; "while denoising" is the peak over images 2..N, when the style is known.
+Offline: the models are random-weight SDXL components built from the public configs (``common.py``), saved
+once under ``--workdir`` at the run's dtype and loaded back through the real loaders.
 """
 
 from __future__ import annotations
@@ -24,350 +25,196 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a clean clone
+import common
+import flops
+import paired
+import step
+import torch
+from common import FULL, PRESETS, TOPOLOGIES, RunSpec, build_tree, log
 
-import torch  # noqa: E402
-
-# --- public SDXL base 1.0 configs (stabilityai/stable-diffusion-xl-base-1.0, h94/IP-Adapter) -------
-UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816, norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0,
-)
-VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    sample_size=1024, scaling_factor=0.13025, force_upcast=True,
-)
-TEXT_ENCODER = dict(  # CLIP ViT-L/14 text
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, vocab_size=49408, projection_dim=768, hidden_act="quick_gelu",
-)
-TEXT_ENCODER_2 = dict(  # OpenCLIP ViT-bigG/14 text
-    hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-    max_position_embeddings=77, vocab_size=49408, projection_dim=1280, hidden_act="gelu",
-)
-IMAGE_ENCODER = dict(  # h94/IP-Adapter sdxl_models/image_encoder: OpenCLIP ViT-bigG/14 vision
-    hidden_size=1664, intermediate_size=8192, num_hidden_layers=48, num_attention_heads=16, patch_size=14,
-    image_size=224, projection_dim=1280, hidden_act="gelu", layer_norm_eps=1e-5,
-)
-SCHEDULER = dict(
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1,
-    timestep_spacing="leading", prediction_type="epsilon", interpolation_type="linear",
-)
-SMALL_DEPTH = {"text_encoder_2": 4, "image_encoder": 6}  # --encoders small: same widths, fewer layers
-
-#: diffusers' ``set_ip_adapter_scale`` dicts for the InstantStyle presets.
-DIFFUSERS_SCALES = {
-    "style": {"up": {"block_0": [0.0, 1.0, 0.0]}},
-    "style+layout": {"down": {"block_2": [0.0, 1.0]}, "up": {"block_0": [0.0, 1.0, 0.0]}},
+#: Per mode: topology, image size and steps (paired), UNet size of the per-step part, the most rounds of each,
+#: the seconds the whole run may take (rounds stop early to fit, at least 3 each) and the per-step part's share.
+#: The CPU times the per-step part at 128 px: 4x the rounds of 256 px, and the per-layer overhead it looks for
+#: is a larger share of a smaller forward.
+MODES: dict[str, dict[str, Any]] = {
+    "cpu": dict(topology="small", size=256, steps=2, step_size=128, rounds=10, step_rounds=12, budget_s=840,
+                step_budget_s=120),
+    "gpu": dict(topology="full", size=1024, steps=30, step_size=1024, rounds=10, step_rounds=20, budget_s=330,
+                step_budget_s=40),
+    "smoke": dict(topology="smoke", size=64, steps=2, step_size=64, rounds=3, step_rounds=3, budget_s=300,
+                  step_budget_s=30),
 }
-PROMPTS = ["a lighthouse on a cliff", "a cat reading a book", "a city street at night", "a bowl of fruit",
-           "a mountain lake at dawn", "a robot playing violin", "an old sailing ship", "a cup of coffee"]
-CONFIGS = {"a": "plain SDXL", "b": "diffusers IP-Adapter", "c": "instantstyle"}
-GiB = 2**30
 
 
-# --- building the random-weight model tree ----------------------------------------------------------
-def build_models(workdir: Path, encoders: str) -> Path:
-    """``workdir/sdxl-random-<encoders>``: a diffusers SDXL folder plus an h94-layout IP-Adapter folder."""
-    tree = workdir / f"sdxl-random-{encoders}"
-    if (tree / ".complete").is_file():
-        return tree
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
-
-    from instantstyle.testing.fixtures import _global_adapter, _make_tokenizer, make_style_image
-
-    print(f"building random-weight SDXL ({encoders} encoders) in {tree} (once; a few minutes)", file=sys.stderr)
-    torch.manual_seed(0)
-    small = encoders == "small"
-    tokenizer, tokenizer_2 = _make_tokenizer(), _make_tokenizer(pad_token="!")
-
-    def text_config(base: dict[str, Any], tok: Any, depth: int | None) -> CLIPTextConfig:
-        layers = {"num_hidden_layers": depth} if depth else {}
-        ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        return CLIPTextConfig(**{**base, **layers, **ids})
-
-    torch.set_default_dtype(torch.float16)  # initialise straight in fp16: half the memory and disk
-    try:
-        unet = UNet2DConditionModel(**UNET)
-        adapter = _global_adapter(unet, IMAGE_ENCODER["projection_dim"], seed=0)
-        pipe = StableDiffusionXLPipeline(
-            vae=AutoencoderKL(**VAE),
-            text_encoder=CLIPTextModel(text_config(TEXT_ENCODER, tokenizer, None)),
-            text_encoder_2=CLIPTextModelWithProjection(
-                text_config(TEXT_ENCODER_2, tokenizer_2, SMALL_DEPTH["text_encoder_2"] if small else None)
-            ),
-            tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
-            scheduler=EulerDiscreteScheduler(**SCHEDULER),
-        )
-        tmp = tree.with_name(tree.name + ".tmp")
-        pipe.save_pretrained(str(tmp / "sdxl"))
-        del pipe, unet
-        folder = tmp / "IP-Adapter" / "sdxl_models"
-        folder.mkdir(parents=True)
-        from safetensors.torch import save_file
-
-        save_file({k: v.half().contiguous() for k, v in adapter.items()}, str(folder / "ip-adapter_sdxl.safetensors"))
-        del adapter
-        vision = dict(IMAGE_ENCODER, num_hidden_layers=SMALL_DEPTH["image_encoder"]) if small else IMAGE_ENCODER
-        CLIPVisionModelWithProjection(CLIPVisionConfig(**vision)).save_pretrained(str(folder / "image_encoder"))
-    finally:
-        torch.set_default_dtype(torch.float32)
-    make_style_image(tmp / "style.png", size=(512, 512), seed=3)
-    (tmp / ".complete").write_text("ok\n")
-    tmp.rename(tree)
-    return tree
-
-
-# --- measuring ----------------------------------------------------------------------------------------
-class PeakMemory:
-    """Peak RSS (CPU, via /proc/self/clear_refs + VmHWM) or peak allocated bytes (CUDA) since ``reset``."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            Path("/proc/self/clear_refs").write_text("5")
-
-    def read(self) -> int:
-        if self.device.type == "cuda":
-            return int(torch.cuda.max_memory_allocated(self.device))
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_config(config: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Load one contestant, make N images of N prompts in one style, report times and memory."""
-    from PIL import Image
-
-    from instantstyle.adapter import adapter_parameter_count, file_parameter_count, read_adapter
-
-    device = torch.device(args.device)
-    dtype = torch.float16 if args.gpu else torch.float32
-    tree = Path(args.tree)
-    model, adapters = tree / "sdxl", tree / "IP-Adapter"
-    adapter_file = adapters / "sdxl_models" / "ip-adapter_sdxl.safetensors"
-    style = tree / "style.png"
-    peak = PeakMemory(device)
-    encoder_runs: list[int] = []
-    common = dict(steps=args.steps, width=args.size, height=args.size, seed=args.seed, guidance=args.guidance)
-
-    start = time.perf_counter()
-    if config == "c":
-        from instantstyle import StylePipeline
-
-        style_pipe = StylePipeline.from_pretrained(
-            str(model), str(adapter_file), device=str(device), dtype=str(dtype).removeprefix("torch."),
-            blocks=args.blocks, low_memory=not args.no_low_memory,
-        )
-        pipe = style_pipe.pipe
-        style_pipe.image_encoder.model.register_forward_hook(lambda *_: encoder_runs.append(1))
-
-        def generate(prompt: str) -> Image.Image:
-            return style_pipe(prompt=prompt, style=str(style), blocks=args.blocks, **common).images[0]
-    else:
-        from diffusers import StableDiffusionXLPipeline
-
-        pipe = StableDiffusionXLPipeline.from_pretrained(str(model), dtype=dtype)
-        if config == "b":
-            pipe.load_ip_adapter(str(adapters), subfolder="sdxl_models", weight_name=adapter_file.name)
-            pipe.set_ip_adapter_scale(DIFFUSERS_SCALES[args.blocks])
-            pipe.image_encoder.register_forward_hook(lambda *_: encoder_runs.append(1))
-        pipe.to(device)
-        style_image = Image.open(style).convert("RGB")
-
-        def generate(prompt: str) -> Image.Image:
-            kwargs: dict[str, Any] = dict(
-                prompt=prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.size,
-                height=args.size, generator=torch.Generator("cpu").manual_seed(args.seed),
-            )
-            if config == "b":
-                kwargs["ip_adapter_image"] = style_image
-            return pipe(**kwargs).images[0]
-
-    pipe.set_progress_bar_config(disable=True)
-    sync(device)
-    load_s = time.perf_counter() - start
-    peaks = [peak.read()]  # loading
-    times = []
-    out = Path(args.workdir) / "images"
-    out.mkdir(parents=True, exist_ok=True)
-    cpu_times = []
-    for i, prompt in enumerate(PROMPTS[: args.prompts]):
-        peak.reset()
-        start, cpu_start = time.perf_counter(), time.process_time()
-        image = generate(prompt)
-        sync(device)
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
-        peaks.append(peak.read())
-        image.save(out / f"{config}-{i}.png")
-    has_adapter = pipe.unet.encoder_hid_proj is not None
-    return {
-        "config": config,
-        "load_s": load_s,
-        "first_s": times[0],
-        "per_image_s": min(times[1:]),  # the fastest: the machine's other load only ever adds time
-        "per_image_mean_s": statistics.mean(times[1:]),
-        "total_s": sum(times),
-        "per_image_cpu_s": min(cpu_times[1:]),  # CPU seconds of this process: what other jobs cannot inflate
-        "peak_all": max(peaks),
-        "peak_denoise": max(peaks[2:]) if len(peaks) > 2 else peaks[-1],
-        "adapter_params": adapter_parameter_count(pipe.unet) if has_adapter else 0,
-        "file_params": file_parameter_count(read_adapter(adapter_file)),
-        "encoder_runs": len(encoder_runs),
-    }
-
-
-# --- the table --------------------------------------------------------------------------------------------
-def device_name(args: argparse.Namespace) -> str:
-    if args.device.startswith("cuda"):
-        return f"GPU: {torch.cuda.get_device_name(torch.device(args.device))}, fp16"
-    model = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"CPU: {model}, {torch.get_num_threads()} threads, fp32"
-
-
-def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
-    a, b, c = (results[k] for k in "abc")
-
-    def ratio(x: float, y: float) -> str:
-        return f"{x / y:.3f}" if y else "-"
-
-    def gib(v: int) -> str:
-        return f"{v / GiB:.2f} GiB"
-
-    def params(r: dict[str, Any]) -> str:
-        return f"{r['adapter_params'] / 1e6:.1f} M ({100 * r['adapter_params'] / r['file_params']:.1f}%)"
-
-    n = args.prompts
-    rows = [
-        ("model load", *(f"{r['load_s']:.1f} s" for r in (a, b, c)), ratio(c["load_s"], a["load_s"]),
-         ratio(c["load_s"], b["load_s"])),
-        ("first image (encodes the style)", *(f"{r['first_s']:.1f} s" for r in (a, b, c)),
-         ratio(c["first_s"], a["first_s"]), ratio(c["first_s"], b["first_s"])),
-        (f"per image, fastest of images 2..{n}", *(f"{r['per_image_s']:.2f} s" for r in (a, b, c)),
-         ratio(c["per_image_s"], a["per_image_s"]), ratio(c["per_image_s"], b["per_image_s"])),
-        (f"per image, process CPU time, fastest of 2..{n}", *(f"{r['per_image_cpu_s']:.2f} s" for r in (a, b, c)),
-         ratio(c["per_image_cpu_s"], a["per_image_cpu_s"]), ratio(c["per_image_cpu_s"], b["per_image_cpu_s"])),
-        (f"{n} prompts, one style", *(f"{r['total_s']:.1f} s" for r in (a, b, c)),
-         ratio(c["total_s"], a["total_s"]), ratio(c["total_s"], b["total_s"])),
-        ("peak memory, whole run", *(gib(r["peak_all"]) for r in (a, b, c)), ratio(c["peak_all"], a["peak_all"]),
-         ratio(c["peak_all"], b["peak_all"])),
-        (f"peak memory while denoising (images 2..{n})", *(gib(r["peak_denoise"]) for r in (a, b, c)),
-         ratio(c["peak_denoise"], a["peak_denoise"]), ratio(c["peak_denoise"], b["peak_denoise"])),
-        ("adapter parameters resident (% of file)", "-", params(b), params(c), "-",
-         ratio(c["adapter_params"], b["adapter_params"])),
-        ("image encoder runs", *(str(r["encoder_runs"]) for r in (a, b, c)), "-", "-"),
-    ]
-    head = ("", "(a) plain SDXL", "(b) diffusers IP-Adapter", "(c) instantstyle", "c/a", "c/b")
-    lines = [
-        f"Device: {device_name(args)}; {args.size}x{args.size} px, {args.steps} steps, guidance {args.guidance}, "
-        f"blocks {args.blocks}, {n} prompts, seed {args.seed}; encoders: {args.encoders}"
-        + ("" if args.no_low_memory else "; (c) with --low-memory"),
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join("---" for _ in head) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpu", action="store_true", help="GPU mode: cuda, fp16, 1024 px, 30 steps, 5 prompts, "
-                        "real-size encoders")
-    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda with --gpu, else cpu)")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--gpu", action="store_true", help="GPU mode: cuda, fp16, 1024 px, 30 steps, full encoders")
+    parser.add_argument("--smoke", action="store_true", help="tiny SDXL-shaped models: tests every code path")
+    parser.add_argument("--parts", default="flops,step,paired", help="comma-separated: flops, step, paired")
+    parser.add_argument("--preset", choices=PRESETS, default="style", help="blocks preset timed (FLOPs: all)")
+    parser.add_argument("--topology", choices=sorted(TOPOLOGIES), default=None,
+                        help="full (SDXL + ViT-bigG), small (same widths, encoders with fewer layers: CPU default) "
+                        "or smoke")
     parser.add_argument("--size", type=int, default=None, help="image side in px (CPU 256, GPU 1024)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (CPU 2, GPU 30)")
-    parser.add_argument("--prompts", type=int, default=None, help="N prompts sharing one style (CPU 3, GPU 5)")
-    parser.add_argument("--encoders", choices=["full", "small"], default=None,
-                        help="real-size text_encoder_2 and ViT-bigG image encoder, or the same widths with "
-                        f"{SMALL_DEPTH} layers (default: full on GPU, small on CPU)")
-    parser.add_argument("--blocks", choices=sorted(DIFFUSERS_SCALES), default="style")
-    parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--no-low-memory", action="store_true", help="run (c) with the encoder resident")
-    parser.add_argument("--only", default="abc", help="contestants to run, e.g. ac")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps per image (CPU 2, GPU 30)")
+    parser.add_argument("--step-size", type=int, default=None, help="px of the per-step part (CPU 128, GPU 1024)")
+    parser.add_argument("--rounds", type=int, default=None, help="paired rounds at most (CPU 10, GPU 10)")
+    parser.add_argument("--step-rounds", type=int, default=None, help="per-step rounds at most (CPU 12, GPU 20)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="seconds for the whole run (CPU 840, GPU 330); rounds stop early to fit, at least 3")
+    parser.add_argument("--step-budget-s", type=float, default=None, help="seconds of it for per-step rounds")
+    parser.add_argument("--threads", type=int, default=0, help="threads per process (default: one per CPU)")
+    parser.add_argument("--cpus", default="", help="CPUs to pin every process to, e.g. 0-7 (default: all allowed)")
     parser.add_argument("--workdir", default=os.path.expanduser("~/.cache/instantstyle-bench"),
-                        help="where the random-weight models (about 11 GB full, 7 GB small) and images go")
-    parser.add_argument("--json", default=None, help="also write the raw results here")
-    parser.add_argument("--run", default=None, help=argparse.SUPPRESS)  # child process: one contestant
-    parser.add_argument("--tree", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    args.device = args.device or ("cuda" if args.gpu else "cpu")
-    args.size = args.size or (1024 if args.gpu else 256)
-    args.steps = args.steps or (30 if args.gpu else 2)
-    args.prompts = args.prompts or (5 if args.gpu else 3)
-    args.encoders = args.encoders or ("full" if args.gpu else "small")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("error: --gpu / --device cuda asked for, but no CUDA GPU is available")
-    if args.prompts < 2:
-        sys.exit("error: --prompts must be at least 2 (images 2..N are the steady state)")
+                        help="random-weight model trees (CPU small fp32: ~14 GB; GPU full fp16: ~11 GB) and logs")
+    parser.add_argument("--out", default=None, help="write the markdown report here (rewritten after each part)")
+    parser.add_argument("--json", default=None, help="also write the raw measurements here")
+    args = parser.parse_args(argv)
+    mode = MODES["smoke" if args.smoke else "gpu" if args.gpu else "cpu"]
+    for key, value in mode.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.device = "cuda" if args.gpu and torch.cuda.is_available() else "cpu"
+    if args.gpu and args.device == "cpu" and not args.smoke:
+        parser.error("--gpu asked for, but no CUDA GPU is available (add --smoke to try the code path on the CPU)")
+    args.dtype = "float16" if args.gpu else "float32"
+    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = set(args.parts) - {"flops", "step", "paired"}
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    return args
 
-    if args.run:
-        print("RESULT " + json.dumps(run_config(args.run, args)), flush=True)
-        return
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """``0-3,6`` -> (0, 1, 2, 3, 6)."""
+    cpus: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return tuple(cpus)
+
+
+class Report:
+    """The markdown report, rewritten to ``path`` after each part so a run cut short still leaves one."""
+
+    def __init__(self, path: str | None, header: str) -> None:
+        self.path = Path(path) if path else None
+        self.sections = [header]
+
+    def add(self, text: str) -> None:
+        self.sections.append(text)
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(self.text())
+
+    def text(self) -> str:
+        return "\n\n".join(self.sections) + "\n"
+
+
+def flops_section(args: argparse.Namespace, topo: common.Topology) -> str:
+    if args.smoke:
+        return flops.report(topo, [args.size], PRESETS, flops.MODES, [(topo, args.size, args.steps, 5)], args.preset)
+    if args.gpu:  # the table is the same from any machine: the GPU run counts only what it times
+        return flops.report(FULL, [args.size], [args.preset], ["text"], [(FULL, args.size, args.steps, 5)],
+                            args.preset)
+    return flops.report(FULL, [512, 1024], PRESETS, flops.MODES,
+                        [(FULL, 1024, 30, 5), (topo, args.size, args.steps, 5)], args.preset)
+
+
+def step_flops(topo: common.Topology, size: int, preset: str) -> dict[str, int]:
+    counts = {k: flops.step_flops(flops.contestant_pipeline(topo, k, preset), size) for k in "abc"}
+    return {"plain": counts["a"], "plain2": counts["a"], "pruned": counts["c"], "full": counts["b"]}
+
+
+def run_step(args: argparse.Namespace, spec: RunSpec, logdir: Path, budget_s: float) -> dict[str, Any]:
+    """The per-step part in its own process (its memory is gone before the paired workers load)."""
+    spec = replace(spec, size=args.step_size)
+    cmd = [sys.executable, str(Path(__file__).with_name("step.py")), "--spec", spec.to_json(),
+           "--rounds", str(args.step_rounds), "--budget-s", str(budget_s)]
+    with (logdir / "step.log").open("w") as err:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                              env=common.worker_env(spec.threads, spec.device))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"step part failed:\n{(logdir / 'step.log').read_text()[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    topo = TOPOLOGIES[args.topology]
     workdir = Path(args.workdir).expanduser()
-    tree = build_models(workdir, args.encoders)
-    results: dict[str, dict[str, Any]] = {}
-    passthrough = list(sys.argv[1:])
-    # The same allocator for all three: glibc's default mmap threshold, fixed (instantstyle's --low-memory
-    # pins it on the CPU by itself; without this (a) and (b) would be measured with a different malloc).
-    child_env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    for config in "abc":
-        if config not in args.only:
-            continue
-        print(f"running ({config}) {CONFIGS[config]} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(
-            [sys.executable, __file__, *passthrough, "--run", config, "--tree", str(tree), "--workdir", str(workdir)],
-            capture_output=True, text=True, env=child_env,
-        )
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            sys.exit(f"error: ({config}) failed:\n{proc.stderr[-3000:]}")
-        results[config] = json.loads(lines[-1].removeprefix("RESULT "))
+    logdir = workdir / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    mode = "smoke" if args.smoke else "GPU" if args.gpu else "CPU"
+    where = common.device_name(args.device, args.dtype)
+    command = " ".join(["python benchmarks/bench.py", *(argv if argv is not None else sys.argv[1:])])
+    header = "\n".join([
+        f"## instantstyle benchmark, {mode} mode ({where})",
+        "",
+        f"{common.versions()}; `{command}`",
+        f"Timed configuration: {args.size}x{args.size} px, {args.steps} steps, guidance 5.0, preset {args.preset}, "
+        f"{topo.name}-size model (UNet {'full size' if topo.name != 'smoke' else 'tiny'}), {args.dtype}.",
+    ])
+    report = Report(args.out, header)
+    raw: dict[str, Any] = {}
+
+    if "flops" in args.parts:
+        log("counting FLOPs on the meta device")
+        report.add(flops_section(args, topo))
+        log(f"FLOPs done at {time.perf_counter() - start:.0f} s")
+
+    timed_parts = [p for p in ("step", "paired") if p in args.parts]
+    if timed_parts:
+        tree = build_tree(workdir, topo, getattr(torch, args.dtype), device=args.device)
+        spec = RunSpec(str(tree.root), args.device, args.dtype, args.size, args.steps, preset=args.preset,
+                       topology=topo.name, threads=args.threads, cpus=parse_cpus(args.cpus))
+        kind = "GPU" if args.device == "cuda" else "CPU"
+        if "step" in timed_parts:
+            log("per-step overhead")
+            left = args.budget_s - (time.perf_counter() - start)
+            result = run_step(args, spec, logdir, min(args.step_budget_s, max(left, 0.0)))
+            raw["step"] = result
+            report.add("\n".join([
+                f"### Per-step overhead ({kind} figures; {where})",
+                "",
+                f"One UNet forward (CFG batch 2, {args.step_size} px), same weights and inputs, processors swapped "
+                f"between forwards in rotated order; {len(result['wall']['plain'])} rounds, {result['threads']} "
+                f"threads pinned to CPUs {result['cpus']}. Ratios are per round against the plain forward of the "
+                "same round.",
+                "",
+                step.table(result, step_flops(topo, args.step_size, args.preset)),
+            ]))
+        if "paired" in timed_parts:
+            log("paired timing")
+            budget = max(args.budget_s - (time.perf_counter() - start), 0.0)
+            results = paired.run(spec, ["a", "a2", "b", "c"], args.rounds, budget, logdir,
+                                 parallel_load=args.gpu, alone=["c-offload"] if args.gpu else [])
+            raw["paired"] = results
+            n = len(results["a"]["wall"])
+            report.add("\n".join([
+                f"### Paired timing ({kind} figures; {where})",
+                "",
+                f"Each contestant loaded once in its own process ({results['a']['threads']} threads pinned to CPUs "
+                f"{results['a']['cpus']}), warmed up by a first image, then {n} rounds of one image each, same "
+                "prompt and seed, order rotated each round. Ratios are per round; (a') is a second copy of (a), "
+                "timed the same way: its ratio is the noise floor.",
+                "",
+                paired.tables(results, args.device),
+            ]))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
-    if set(results) == set("abc"):
-        print(table(results, args))
-    else:
-        print(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps(raw, indent=1))
+    log(f"done in {time.perf_counter() - start:.0f} s")
+    print(report.text())
 
 
 if __name__ == "__main__":

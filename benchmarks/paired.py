@@ -1,0 +1,229 @@
+#!/usr/bin/env python
+"""Paired timing: the contestants interleaved in persistent worker processes, ratios per round.
+
+    (bench.py runs it; ``python benchmarks/paired.py --worker NAME --spec JSON`` is one worker)
+
+Each contestant (``common.LABELS``) is loaded once in its own process, pinned to the same CPUs with the
+same thread count, and warmed up by a first image (which also encodes the style). Then every round makes
+one image per contestant, same prompt and seed, in an order rotated each round; only one process works at a
+time. A round's ratios (c/a, b/a, c/b) compare images made seconds apart, so a slow minute of the machine
+slows both sides; the median and spread of the per-round ratios are the result, and a'/a (a second copy
+of plain SDXL, timed the same way) is the noise floor. Weights saved at the run's dtype are memory-mapped,
+so on the CPU the workers share one copy of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import common
+from common import LABELS, PROMPTS, RunSpec, Spread, fmt_range, fmt_ratio, log, md_table, ratios, rotated
+
+GiB = 2**30
+
+
+# --- the worker ------------------------------------------------------------------------------------------
+def reply(kind: str, payload: dict[str, Any]) -> None:
+    print(f"{kind} {json.dumps(payload)}", flush=True)
+
+
+def worker(name: str, spec: RunSpec) -> None:
+    """Load one contestant, then make an image for each ``run <i>`` line on stdin until ``quit``."""
+    import torch
+
+    threads, cpus = common.pin_threads(spec.threads, spec.cpus)
+    device = torch.device(spec.device)
+    encoder_runs = common.count_encoder_runs()
+    peak = common.PeakMemory(device)
+    peak.reset()
+    start = time.perf_counter()
+    contestant = common.load_contestant(name, spec)
+    common.sync(device)
+    reply("READY", {"load_s": time.perf_counter() - start, "load_peak": peak.read(), "threads": threads,
+                    "cpus": list(cpus)})
+    for line in sys.stdin:
+        command = line.split()
+        if not command or command[0] == "quit":
+            break
+        prompt = PROMPTS[int(command[1]) % len(PROMPTS)]
+        peak.reset()
+        runs = len(encoder_runs)
+        wall, cpu = common.timed(lambda prompt=prompt: contestant.generate(prompt), device)
+        reply("DONE", {"wall": wall, "cpu": cpu, "peak": peak.read(), "encoder_runs": len(encoder_runs) - runs})
+        # Each worker keeps its allocator cache warm (steady state), unless the GPU runs short for the others.
+        if device.type == "cuda" and torch.cuda.mem_get_info(device)[0] < 8 * GiB:
+            torch.cuda.empty_cache()
+
+
+# --- the parent ------------------------------------------------------------------------------------------
+class Worker:
+    """A contestant's process, spoken to by lines on stdin/stdout; its stderr goes to a log file."""
+
+    def __init__(self, name: str, spec: RunSpec, logdir: Path) -> None:
+        self.name = name
+        self.log_path = logdir / f"worker-{name}.log"
+        self._log: IO[str] = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", name, "--spec", spec.to_json()],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
+            env=common.worker_env(spec.threads, spec.device),
+        )
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def receive(self, kind: str) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(kind + " "):
+                return json.loads(line[len(kind) + 1:])
+        self.proc.wait()
+        tail = self.log_path.read_text()[-3000:]
+        raise RuntimeError(f"worker {self.name} exited ({self.proc.returncode}) before {kind}:\n{tail}")
+
+    def ask(self, line: str) -> dict[str, Any]:
+        self.send(line)
+        return self.receive("DONE")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send("quit")
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def run(spec: RunSpec, names: Sequence[str], rounds: int, budget_s: float, logdir: Path,
+        parallel_load: bool = False, alone: Sequence[str] = ()) -> dict[str, Any]:
+    """Load ``names`` (one after the other, or all at once), warm each up with one image, then time rotated
+    rounds until ``rounds`` or ``budget_s`` (at least 3 rounds). ``alone``: contestants measured after the
+    others have exited, by one warm-up and one timed image (memory options)."""
+    started = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    workers: dict[str, Worker] = {}
+    try:
+        for name in names:
+            workers[name] = Worker(name, spec, logdir)
+            if not parallel_load:
+                results[name] = workers[name].receive("READY")
+                log(f"{name} loaded in {results[name]['load_s']:.1f} s")
+        for name in names:
+            if parallel_load:
+                results[name] = workers[name].receive("READY")
+                log(f"{name} loaded in {results[name]['load_s']:.1f} s")
+        for name in names:  # warm-up: the first image (encodes the style for b and c)
+            first = workers[name].ask("run 0")
+            results[name].update(first_wall=first["wall"], first_cpu=first["cpu"], first_peak=first["peak"],
+                                 first_encoder_runs=first["encoder_runs"], wall=[], cpu=[], peak=[], encoder_runs=0)
+            log(f"{name} first image {first['wall']:.2f} s")
+        for r in range(rounds):
+            round_start = time.perf_counter()
+            for name in rotated(names, r):
+                done = workers[name].ask(f"run {r + 1}")
+                res = results[name]
+                res["wall"].append(done["wall"])
+                res["cpu"].append(done["cpu"])
+                res["peak"].append(done["peak"])
+                res["encoder_runs"] += done["encoder_runs"]
+            round_s = time.perf_counter() - round_start
+            log(f"round {r + 1}: " + ", ".join(f"{n} {results[n]['wall'][-1]:.2f} s" for n in names))
+            if r + 1 >= 3 and time.perf_counter() - started + round_s > budget_s:
+                log(f"time budget reached after {r + 1} rounds")
+                break
+    finally:
+        for w in workers.values():
+            w.close()
+    for name in alone:
+        w = Worker(name, spec, logdir)
+        try:
+            results[name] = w.receive("READY")
+            first = w.ask("run 0")
+            done = w.ask("run 1")
+            results[name].update(first_wall=first["wall"], first_cpu=first["cpu"], first_peak=first["peak"],
+                                 first_encoder_runs=first["encoder_runs"], wall=[done["wall"]], cpu=[done["cpu"]],
+                                 peak=[done["peak"]], encoder_runs=done["encoder_runs"])
+            log(f"{name}: {done['wall']:.2f} s, peak {done['peak'] / GiB:.2f} GiB")
+        finally:
+            w.close()
+    return results
+
+
+# --- the report ------------------------------------------------------------------------------------------
+def tables(results: dict[str, Any], device: str) -> str:
+    """Per-contestant figures, then per-round ratios against the noise floor."""
+    memory = "max_memory_allocated" if device.startswith("cuda") else "peak RSS (shared weights counted in each)"
+    rows = []
+    for name, res in results.items():
+        wall, cpu = Spread.of(res["wall"]), Spread.of(res["cpu"])
+        rows.append([
+            LABELS[name], f"{res['load_s']:.1f} s", f"{res['first_wall']:.2f} s",
+            f"{wall.median:.3f} s [{wall.q1:.3f}–{wall.q3:.3f}]", f"{cpu.median:.3f} s",
+            f"{max(res['peak']) / GiB:.2f} GiB", f"{res['first_peak'] / GiB:.2f} GiB",
+            f"{res['first_encoder_runs']} + {res['encoder_runs']}",
+        ])
+    head = ["contestant", "load", "first image (encodes the style)", "per image, median [IQR]",
+            "per image, process CPU", f"{memory}, timed images", "same, first image",
+            "image encoder runs (first + rest)"]
+    parts = [md_table(head, rows)]
+    pairs = [("a2", "a", "a'/a: noise floor"), ("b", "a", "b/a"), ("c", "a", "c/a"), ("c", "b", "c/b")]
+    ratio_rows = []
+    for num, den, label in pairs:
+        if num not in results or den not in results or len(results[num]["wall"]) != len(results[den]["wall"]):
+            continue
+        w = Spread.of(ratios(results[num]["wall"], results[den]["wall"]))
+        c = Spread.of(ratios(results[num]["cpu"], results[den]["cpu"]))
+        ratio_rows.append([label, fmt_ratio(w), fmt_range(w), fmt_ratio(c), fmt_range(c), w.n])
+    if ratio_rows:
+        parts += ["", md_table(["per-round ratio", "wall, median [IQR]", "wall, min–max", "CPU time, median [IQR]",
+                                "CPU time, min–max", "rounds"], ratio_rows)]
+    if {"a", "a2", "c"} <= set(results) and len(results["a2"]["wall"]) == len(results["c"]["wall"]):
+        parts += ["", verdict(results)]
+    return "\n".join(parts)
+
+
+def verdict(results: dict[str, Any]) -> str:
+    """Is c/a distinguishable from the noise floor a'/a (wall time, then process CPU time)?"""
+    lines = []
+    for what in ("wall", "cpu"):
+        floor = Spread.of(ratios(results["a2"][what], results["a"][what]))
+        ca = Spread.of(ratios(results["c"][what], results["a"][what]))
+        width = max(abs(floor.high - 1), abs(floor.low - 1))
+        shift = ca.median - 1
+        inside = abs(shift) <= width
+        lines.append(
+            f"{'Wall' if what == 'wall' else 'CPU'} time: c/a median {100 * shift:+.2f}% lies "
+            f"{'inside' if inside else 'outside'} the noise floor (a'/a strays up to {100 * width:.2f}% from 1 over "
+            f"{floor.n} rounds)" + (": no cost of the style is measurable at this resolution." if inside else ".")
+        )
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", required=True, choices=sorted(LABELS))
+    parser.add_argument("--spec", required=True, help="RunSpec as JSON")
+    args = parser.parse_args(argv)
+    try:
+        worker(args.worker, RunSpec.from_json(args.spec))
+    except Exception as err:
+        import traceback
+
+        traceback.print_exc()
+        reply("ERROR", {"error": f"{type(err).__name__}: {err}"})
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
