@@ -231,3 +231,29 @@ def test_csv_cells_are_typed_and_a_bad_cell_names_its_line(tiny, tmp_path):
     [job] = jobs.jobs
     assert (job.request.steps, job.request.scale, [r.weight for r in job.request.style]) == (4, 0.8, [1.0, 0.5])
     assert jobs.problems == ["jobs.csv line 3: steps must be a whole number, got 'four'"]
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # 100k levels of nesting: json.loads alone raises RecursionError
+
+
+def test_a_deeply_nested_job_line_is_skipped_with_its_line_number(tiny, tmp_path):
+    style = str(tiny.style_image)
+    good = json.dumps({"id": "a", "prompt": "a cat", "style": style})
+    (tmp_path / "jobs.jsonl").write_text(f"{good}\n{DEEP}\n{good.replace('a cat', 'a dog').replace('a', 'b', 1)}\n")
+    jobs = read_jobs(tmp_path / "jobs.jsonl")
+    assert [j.id for j in jobs.jobs] == ["a", "b"]
+    assert len(jobs.problems) == 1 and jobs.problems[0].startswith("jobs.jsonl line 2: JSON nested more than")
+
+
+def test_a_deeply_nested_matrix_spec_is_a_user_error(tmp_path):
+    (tmp_path / "matrix.json").write_text('{"styles": ' + DEEP + "}")
+    with pytest.raises(UserError, match="matrix.json: JSON nested more than"):
+        read_jobs(tmp_path / "matrix.json")
+    (tmp_path / "jobs").write_text('{"styles": ' + DEEP + "}")  # no extension: not one document, so lines
+    assert read_jobs(tmp_path / "jobs").problems == ["jobs line 1: JSON nested more than 32 levels deep"]
+
+
+def test_a_deeply_nested_manifest_line_is_dropped_with_a_warning(tmp_path):
+    (tmp_path / "manifest.jsonl").write_text('{"id": "a", "status": "done"}\n' + DEEP + "\n")
+    manifest = Manifest(tmp_path)
+    assert list(manifest.entries) == ["a"] and manifest.warnings[0].endswith("line 2: not a manifest entry; dropped")

@@ -52,3 +52,20 @@ def test_png_without_parameters_is_an_error(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     with pytest.raises(UserError, match="no instantstyle parameters"):
         read_png_request(tmp_path / "plain.png")
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # a hostile JSON value: 100k levels of nesting
+
+
+def test_deeply_nested_json_is_a_one_line_error():
+    with pytest.raises(UserError, match="nested more than") as caught:
+        Request.from_json(DEEP)
+    assert "\n" not in str(caught.value)
+
+
+def test_png_metadata_nested_too_deeply_is_a_one_line_error(tmp_path):
+    from instantstyle.request import PNG_KEY, save_png_atomically
+
+    path = save_png_atomically(Image.new("RGB", (8, 8)), tmp_path / "deep.png", {PNG_KEY: DEEP})
+    with pytest.raises(UserError, match="nested more than"):
+        read_png_request(path)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import safe_json
 from .errors import UserError
 from .request import CONTROL_KINDS, AdapterUse, Request, StyleRef, write_png
 
@@ -101,8 +102,8 @@ def job_file_kind(path: Path, text: str) -> str:
     first = text.lstrip()[:1]
     if first == "{":
         try:
-            json.loads(text)
-        except json.JSONDecodeError:
+            safe_json.loads(text)
+        except UserError:  # not one JSON document (or one nested absurdly deep): lines, each judged alone
             return "jsonl"
         return "matrix"
     return "csv"
@@ -118,9 +119,9 @@ def jsonl_rows(text: str, name: str = "jobs") -> Iterator[Row]:
             continue
         where = f"{name} line {number}"
         try:
-            data = json.loads(line)
-        except json.JSONDecodeError as err:
-            yield where, UserError(f"invalid JSON ({err.msg} at column {err.colno})")
+            data = safe_json.loads(line)
+        except UserError as err:
+            yield where, err
             continue
         yield where, data if isinstance(data, dict) else UserError("a job must be a JSON object")
 
@@ -171,9 +172,9 @@ def matrix_rows(text: str, name: str = "jobs") -> Iterator[Row]:
     """``{"styles": [...], "prompts": [...], "seeds": [...] or N, ...options for every job}``: one job per
     combination, id ``s<style>-p<prompt>-<seed>`` (a style may be a list of references to blend)."""
     try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{name}: invalid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+        spec = safe_json.loads(text)
+    except UserError as err:
+        raise UserError(f"{name}: {err}") from None
     if not isinstance(spec, dict) or "prompts" not in spec or "styles" not in spec:
         raise UserError(f'{name}: a matrix spec is a JSON object with "styles" and "prompts" lists')
     spec = dict(spec)
@@ -312,8 +313,8 @@ class Manifest:
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
+                entry = safe_json.loads(line)
+            except UserError:
                 entry = None
             if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
                 self.warnings.append(f"{self.path} line {number}: not a manifest entry; dropped")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import safe_json
 from .errors import UserError
 
 PNG_KEY = "instantstyle"
@@ -288,11 +289,7 @@ class Request:
 
     @classmethod
     def from_json(cls, text: str) -> Request:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(safe_json.loads(text))
 
     def replace(self, **changes: Any) -> Request:
         return dataclasses.replace(self, **changes)
@@ -358,7 +355,10 @@ def read_png_request(path: str | Path) -> Request:
         raise UserError(f"{path}: not a readable image ({err})") from None
     if text is None:
         raise UserError(f"{path}: carries no instantstyle parameters")
-    return Request.from_json(text)
+    try:
+        return Request.from_json(text)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
 
 
 def write_png(image: Any, path: str | Path, request: Request, index: int = 0) -> Path:
