@@ -257,3 +257,41 @@ def test_a_deeply_nested_manifest_line_is_dropped_with_a_warning(tmp_path):
     (tmp_path / "manifest.jsonl").write_text('{"id": "a", "status": "done"}\n' + DEEP + "\n")
     manifest = Manifest(tmp_path)
     assert list(manifest.entries) == ["a"] and manifest.warnings[0].endswith("line 2: not a manifest entry; dropped")
+
+
+def test_job_lines_split_on_newline_only(tiny, tmp_path):
+    prompt = "a cat\u2028on a mat\u0085by a door\x0bin the\x0cmorning"  # all line breaks to str.splitlines
+    line = json.dumps({"id": "a", "prompt": prompt, "style": str(tiny.style_image)}, ensure_ascii=False)
+    (tmp_path / "jobs.jsonl").write_text(line.replace("\\u000b", "\x0b").replace("\\f", "\x0c") + "\n")
+    jobs = read_jobs(tmp_path / "jobs.jsonl")
+    assert jobs.problems == [] and [j.request.prompt for j in jobs.jobs] == [prompt]
+
+
+def test_a_byte_that_is_not_utf8_rejects_only_its_line(tiny, tmp_path):
+    style = str(tiny.style_image)
+    lines = [json.dumps({"id": i, "prompt": "a cat", "style": style}).encode() for i in ("a", "b", "c")]
+    lines[1] = lines[1].replace(b"a cat", b"a \xff cat")
+    (tmp_path / "jobs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "jobs.csv").write_bytes(b"id,prompt,style\n" + b"".join(f"{i},a cat,{style}\n".encode() for i in "ab")
+                                        + b"c,a \xff cat," + style.encode() + b"\n")
+    jsonl, csv = read_jobs(tmp_path / "jobs.jsonl"), read_jobs(tmp_path / "jobs.csv")
+    assert [j.id for j in jsonl.jobs] == ["a", "c"] and jsonl.problems == ["jobs.jsonl line 2: not UTF-8 text"]
+    assert [j.id for j in csv.jobs] == ["a", "b"] and csv.problems == ["jobs.csv line 4: not UTF-8 text"]
+
+
+def test_a_manifest_line_that_is_not_utf8_is_dropped_alone(tmp_path):
+    (tmp_path / "manifest.jsonl").write_bytes(b'{"id": "a", "status": "done"}\n{"id": "b", "note": "\xff"}\n'
+                                              + '{"id": "c", "note": "x\u2028y"}\n'.encode())
+    manifest = Manifest(tmp_path)
+    assert list(manifest.entries) == ["a", "c"] and manifest.entries["c"]["note"] == "x\u2028y"
+    assert manifest.warnings == [f"{tmp_path / 'manifest.jsonl'} line 2: not UTF-8 text; dropped"]
+
+
+def test_a_csv_row_the_csv_reader_refuses_is_skipped_with_its_line_number(tiny, tmp_path):
+    style = str(tiny.style_image)
+    rows = f"a,a\rcat,{style}\nb,{'x' * 200_000},{style}\nc,a cat,{style}\n"  # a bare CR; a cell over 128 KiB
+    (tmp_path / "jobs.csv").write_text("id,prompt,style\n" + rows, newline="")
+    jobs = read_jobs(tmp_path / "jobs.csv")
+    assert [j.id for j in jobs.jobs] == ["c"]
+    assert [p.partition(": ")[0] for p in jobs.problems] == ["jobs.csv line 2", "jobs.csv line 3"]
+    assert all("not a CSV row" in p for p in jobs.problems)

@@ -80,9 +80,7 @@ def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None) -> JobLi
     if not path.is_file():
         raise UserError(f"job file {path}: no such file")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(f"job file {path}: not UTF-8 text") from None
+        text = safe_json.decode(path.read_bytes())  # bytes that are not UTF-8 reject their line (or cell) only
     except OSError as err:
         raise UserError(f"job file {path}: cannot be read ({err.strerror})") from None
     kind = job_file_kind(path, text)
@@ -114,10 +112,13 @@ Row = tuple[str, "dict[str, Any] | UserError"]
 
 def jsonl_rows(text: str, name: str = "jobs") -> Iterator[Row]:
     """One JSON object per line; blank lines and ``#`` comments are skipped."""
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in safe_json.lines(text):
+        where = f"{name} line {number}"
+        if line is None:
+            yield where, UserError("not UTF-8 text")
+            continue
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        where = f"{name} line {number}"
         try:
             data = safe_json.loads(line)
         except UserError as err:
@@ -132,16 +133,31 @@ def csv_rows(text: str, name: str = "jobs") -> Iterator[Row]:
     dialect = "excel-tab" if "\t" in text.partition("\n")[0] else "excel"
     reader = csv.DictReader(io.StringIO(text), dialect=dialect)
     known = {f.name for f in dataclasses.fields(Request)} | {"id"}
-    columns = [c.strip() for c in reader.fieldnames or []]
+    try:
+        columns = [c.strip() for c in reader.fieldnames or []]
+    except csv.Error as err:
+        raise UserError(f"{name} line 1: not a CSV header ({err})") from None
+    if not safe_json.is_utf8(",".join(columns)):
+        raise UserError(f"{name} line 1: not UTF-8 text")
     unknown = [c for c in columns if c not in known]
     if unknown:
         raise UserError(f"{name} line 1: unknown column(s): {', '.join(unknown)}")
     if "prompt" not in columns:
         raise UserError(f"{name} line 1: the header needs a prompt column")
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:  # a stray carriage return, a cell past csv's size limit...
+            yield f"{name} line {reader.reader.line_num}", UserError(f"not a CSV row ({err})")
+            continue
         where = f"{name} line {reader.line_num}"
         if None in row:
             yield where, UserError("more cells than header columns")
+            continue
+        if not all(safe_json.is_utf8(v) for v in row.values() if v is not None):
+            yield where, UserError("not UTF-8 text")
             continue
         cells = {k.strip(): v.strip() for k, v in row.items() if v is not None and v.strip()}
         if not cells:
@@ -172,6 +188,8 @@ def matrix_rows(text: str, name: str = "jobs") -> Iterator[Row]:
     """``{"styles": [...], "prompts": [...], "seeds": [...] or N, ...options for every job}``: one job per
     combination, id ``s<style>-p<prompt>-<seed>`` (a style may be a list of references to blend)."""
     try:
+        if not safe_json.is_utf8(text):
+            raise UserError("not UTF-8 text")
         spec = safe_json.loads(text)
     except UserError as err:
         raise UserError(f"{name}: {err}") from None
@@ -309,7 +327,10 @@ class Manifest:
             data = data[: data.rfind(b"\n") + 1]
             with open(self.path, "r+b") as f:
                 f.truncate(len(data))
-        for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        for number, line in safe_json.lines(safe_json.decode(data)):
+            if line is None:
+                self.warnings.append(f"{self.path} line {number}: not UTF-8 text; dropped")
+                continue
             if not line.strip():
                 continue
             try:
