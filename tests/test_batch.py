@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from instantstyle.batch import Manifest, read_jobs, run_batch
+from instantstyle.batch import LOCK, Manifest, read_jobs, run_batch
 from instantstyle.cli import main
 from instantstyle.errors import UserError
 from instantstyle.request import Request, read_png_request
@@ -60,7 +60,8 @@ def test_a_dozen_jobs_make_every_image_and_a_valid_manifest(sdxl, tmp_path):
         assert entry["status"] == "done" and entry["outputs"] == [entry["id"] + ".png"]
         assert read_png_request(out / entry["outputs"][0]) == Request.from_dict(entry["request"])
         assert entry["seed"] == int(entry["id"].split("-")[1]) and entry["timings"]["batch_s"] > 0
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"cat-{i}.png" for i in range(12)] + ["manifest.jsonl"])
+    made = sorted(p.name for p in out.iterdir())
+    assert made == sorted([f"cat-{i}.png" for i in range(12)] + ["manifest.jsonl", LOCK])  # no temporary files
 
 
 def test_the_style_encoder_runs_once_per_style_per_worker(sdxl, tmp_path):
@@ -121,7 +122,8 @@ def test_a_process_killed_midway_resumes_with_every_job_done_exactly_once(tiny, 
     lines = manifest_lines(out)
     assert sorted(e["id"] for e in lines) == sorted(f"cat-{i}" for i in range(8))
     assert all(e["status"] == "done" for e in lines)
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"cat-{i}.png" for i in range(8)] + ["manifest.jsonl"])
+    made = sorted(p.name for p in out.iterdir())
+    assert made == sorted([f"cat-{i}.png" for i in range(8)] + ["manifest.jsonl", LOCK])
 
 
 def test_bad_lines_are_reported_with_line_numbers_and_the_rest_run(sdxl, tmp_path):
@@ -144,7 +146,7 @@ def test_bad_lines_are_reported_with_line_numbers_and_the_rest_run(sdxl, tmp_pat
         "or '-' (it names the output file)",
     ]
     assert (report.done, len(report.problems)) == (1, 4)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png", "manifest.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["good.png", "manifest.jsonl", LOCK])
 
 
 def test_the_command_exits_2_and_runs_nothing_with_strict_when_a_line_is_bad(tiny, tmp_path):
@@ -295,3 +297,47 @@ def test_a_csv_row_the_csv_reader_refuses_is_skipped_with_its_line_number(tiny, 
     assert [j.id for j in jobs.jobs] == ["c"]
     assert [p.partition(": ")[0] for p in jobs.problems] == ["jobs.csv line 2", "jobs.csv line 3"]
     assert all("not a CSV row" in p for p in jobs.problems)
+
+
+def test_a_rerun_with_nothing_to_do_writes_nothing_and_shows_no_progress_bar(sdxl, tmp_path, capsys):
+    jobs, out = cat_jobs(tmp_path, 2), tmp_path / "out"
+    run_batch(jobs, out, pipeline=sdxl)
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()}
+    capsys.readouterr()
+    report = run_batch(jobs, out, pipeline=sdxl, progress=True)
+    assert report.skipped == 2 and capsys.readouterr().err == ""
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()} == before
+
+
+def test_stale_temporary_files_of_every_kind_are_removed_on_start(sdxl, tmp_path):
+    jobs, out = cat_jobs(tmp_path, 1), tmp_path / "out"
+    out.mkdir()
+    stale = [".manifest.jsonl.4242.tmp", ".cat-0.png.4242.tmp", ".cat-9.png.17.tmp"]
+    for name in stale:
+        (out / name).write_bytes(b"half written")
+    run_batch(jobs, out, pipeline=sdxl)
+    assert not any((out / name).exists() for name in stale)
+
+
+LOCKING = "import sys, pathlib; from instantstyle.batch import _Lock; lock = _Lock(pathlib.Path(sys.argv[1])); "
+HOLD_LOCK = LOCKING + "print('held', flush=True); sys.stdin.read(); lock.release()"
+TRY_LOCK = LOCKING + "print('held')"
+
+
+def test_two_processes_never_both_hold_the_batch_lock(tmp_path):
+    """A run that opened the lock file just before another run released it must still exclude a third run."""
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    first = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert first.stdout is not None and first.stdout.readline() == "held\n"
+    with open(out / LOCK, "a+") as second:  # a second run has opened the lock file, not yet locked it
+        first.communicate("")  # the first run finishes and releases
+        fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the second run now holds the lock
+        third = subprocess.run([sys.executable, "-c", TRY_LOCK, str(out)], env=env, capture_output=True, text=True)
+        assert third.returncode != 0 and "in use by another batch run" in third.stderr
+    after = subprocess.run([sys.executable, "-c", TRY_LOCK, str(out)], env=env, capture_output=True, text=True)
+    assert after.stdout == "held\n"

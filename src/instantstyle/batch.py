@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from . import safe_json
+from .atomic import remove_stale_temps, temp_path
 from .errors import UserError
 from .request import CONTROL_KINDS, AdapterUse, Request, StyleRef, write_png
 
 MANIFEST = "manifest.jsonl"
 LOCK = ".instantstyle-batch.lock"
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-TEMP_FILE = re.compile(r"^\..+\.png\.\d+\.tmp$")  # request.write_png's temporary names
 
 # Fields that may differ between the jobs of one denoising call; every other field must be equal. The style
 # is shared too: diffusers repeats precomputed image embeddings over the whole batch, one style per call.
@@ -311,7 +311,8 @@ class Manifest:
     """``DIR/manifest.jsonl``: one JSON line per finished job (the last line for an id wins).
 
     Lines are appended with one ``write`` and fsynced; a torn last line (power loss) is cut off on
-    open, and superseded lines are dropped by rewriting the file atomically."""
+    open, and superseded lines are dropped by rewriting the file atomically (only when there are some:
+    a run with nothing to do writes nothing)."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / MANIFEST
@@ -342,12 +343,17 @@ class Manifest:
                 continue
             self.entries[entry["id"]] = entry
             self._lines += 1
-        if self._lines != len(self.entries) or self.warnings:
+        if self.superseded or self.warnings:
             self.compact()
+
+    @property
+    def superseded(self) -> bool:
+        """Whether some lines are older entries of an id that has a later line (``compact`` drops them)."""
+        return self._lines != len(self.entries)
 
     def compact(self) -> None:
         """Rewrite with one line per id (temp file, fsync, rename)."""
-        tmp = self.path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+        tmp = temp_path(self.path)
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(e, sort_keys=True) + "\n" for e in self.entries.values())
             f.flush()
@@ -619,7 +625,10 @@ class BatchReport:
 
 
 class _Lock:
-    """An exclusive lock on the output folder, so two runs never write one manifest (freed on any exit)."""
+    """An exclusive lock on the output folder, so two runs never write one manifest (freed on any exit).
+
+    The lock file stays in the folder: deleting it on release would let a run that opened it just
+    before lock the deleted file while the next run locks a new one, both "holding" the lock."""
 
     def __init__(self, folder: Path) -> None:
         self.file = open(folder / LOCK, "a+")  # noqa: SIM115
@@ -630,7 +639,6 @@ class _Lock:
             raise UserError(f"output folder {folder} is in use by another batch run") from None
 
     def release(self) -> None:
-        Path(self.file.name).unlink(missing_ok=True)
         self.file.close()
 
 
@@ -715,9 +723,7 @@ def run_batch(
 def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, retry_failed: bool, pipeline: Any,
          ray: bool, ray_address: str | None, workers: int | None, progress: bool,
          on_problem: Callable[[str], None] | None) -> BatchReport:
-    for stray in folder.iterdir():  # temp files of images that were in flight when a run died
-        if TEMP_FILE.match(stray.name):
-            stray.unlink(missing_ok=True)
+    remove_stale_temps(folder)  # images and manifest rewrites in flight when a run died (the lock makes them stale)
     manifest = Manifest(folder)
     for warning in manifest.warnings:
         (on_problem or (lambda _: None))(warning)
@@ -759,7 +765,8 @@ def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, ret
         report.seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()
-        manifest.compact()
+        if manifest.superseded:
+            manifest.compact()
     return report
 
 
@@ -785,7 +792,7 @@ def _record(outcome: Outcome, worker: str, folder: Path, manifest: Manifest, rep
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
+    if not enabled or not total:  # nothing to do: no empty bar
         return None
     from tqdm import tqdm
 

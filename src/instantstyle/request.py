@@ -372,11 +372,13 @@ def save_png_atomically(image: Any, path: str | Path, texts: dict[str, str]) -> 
 
     from PIL.PngImagePlugin import PngInfo
 
+    from .atomic import temp_path
+
     path = Path(path)
     info = PngInfo()
     for key, text in texts.items():
         info.add_text(key, text)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         image.save(tmp, format="PNG", pnginfo=info)
         os.replace(tmp, path)
