@@ -22,7 +22,7 @@ def temp_path(path: Path) -> Path:
 def remove_stale_temps(folder: Path, older_than_s: float = 0.0) -> list[Path]:
     """Delete the temporary files in ``folder`` last written over ``older_than_s`` seconds ago (0: all of them,
     for a folder this process holds alone); returns what was removed. Unreadable entries are left alone."""
-    removed = []
+    removed: list[Path] = []
     cutoff = time.time() - older_than_s
     try:
         entries = list(os.scandir(folder))
