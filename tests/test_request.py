@@ -69,3 +69,37 @@ def test_png_metadata_nested_too_deeply_is_a_one_line_error(tmp_path):
     path = save_png_atomically(Image.new("RGB", (8, 8)), tmp_path / "deep.png", {PNG_KEY: DEEP})
     with pytest.raises(UserError, match="nested more than"):
         read_png_request(path)
+
+
+ADAPTER = "extra.safetensors;style=b.png"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"scale": 1e30}, "scale must be between 0 and 10"),
+        ({"scale": 10.5}, "scale must be between 0 and 10"),
+        ({"content_scale": 1e30}, "content scale must be between 0 and 10"),
+        ({"guidance": 1e30}, "guidance must be between 0 and 50"),
+        ({"guidance": 75.0}, "guidance must be between 0 and 50"),
+        ({"style": ("a.png:1e30",)}, "style weight must be between 0 and 10"),
+        ({"style": ("a.png:1e308", "b.png:1e308")}, "style weight must be between 0 and 10"),  # sum: inf
+        ({"style": ("a.png:0", "b.png:0")}, "style weights must not all be 0"),
+        ({"composition": "c.png", "composition_scale": 1e30}, "composition scale must be between 0 and 10"),
+        ({"control": "canny", "control_image": "c.png", "control_scale": 1e30}, "control scale must be between 0"),
+        ({"adapters": (ADAPTER + ";scale=1e30",)}, "adapter scale must be between 0 and 10"),
+        ({"adapters": (ADAPTER + ":1e30",)}, "style weight must be between 0 and 10"),
+        ({"adapters": (ADAPTER + ":0",)}, "style weights must not all be 0"),
+        ({"lora": ("l.safetensors:1e30",)}, "LoRA scale must be between -10 and 10"),
+        ({"lora": ("l.safetensors:-11",)}, "LoRA scale must be between -10 and 10"),
+    ],
+)
+def test_numbers_past_any_useful_range_are_refused(change, message):
+    with pytest.raises(UserError, match=message):
+        Request("a cat", **{"style": "a.png", **change})
+
+
+def test_the_edges_of_every_range_are_accepted():
+    request = Request("a cat", style=("a.png:10", "b.png:0"), scale=10, content_scale=10, guidance=50,
+                      lora=("l.safetensors:-10",), adapters=(ADAPTER + ";scale=10",))
+    assert (request.scale, request.guidance, request.lora[0].scale) == (10, 50, -10)

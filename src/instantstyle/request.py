@@ -22,6 +22,12 @@ FORMAT_VERSION = 1
 CONTROL_KINDS = ("canny", "depth")
 #: How a non-square reference becomes the encoder's square input.
 STYLE_FITS = ("crop", "pad", "tiles")
+#: Ranges past any useful image (the README's "Limits" explains them); past them a float16 run overflows into a
+#: black NaN image. Scales, style weights and block scales multiply what the adapter or ControlNet was trained at
+#: (1.0; useful up to about 2); guidance tops out at 30 in AUTOMATIC1111, images burn long before 50.
+MAX_SCALE = 10.0
+MAX_GUIDANCE = 50.0
+MAX_LORA_SCALE = 10.0  # either sign: negative LoRA scales are a real use (slider LoRAs)
 
 
 @dataclass(frozen=True)
@@ -101,9 +107,8 @@ class AdapterUse:
             raise UserError(f"an extra adapter needs a weights file, got {self.path!r}")
         if not self.style:
             raise UserError(f"adapter {self.path}: give its style image(s) (--adapter 'PATH;style=IMAGE')")
-        for ref in self.style:
-            _check_number("style weight", ref.weight, low=0.0)
-        _check_number("adapter scale", self.scale, low=0.0)
+        _check_weights(self.style)
+        _check_number("adapter scale", self.scale, low=0.0, high=MAX_SCALE)
         if not isinstance(self.blocks, str):
             raise UserError(f"adapter {self.path}: blocks must be text, got {self.blocks!r}")
         if self.regions and len(self.regions) != len(self.style):
@@ -185,11 +190,10 @@ class Request:
             raise UserError("prompt must be text")
         if not self.style:
             raise UserError("a style reference is required (--style IMAGE)")
-        for ref in self.style:
-            _check_number("style weight", ref.weight, low=0.0)
-        _check_number("scale", self.scale, low=0.0)
-        _check_number("content scale", self.content_scale, low=0.0)
-        _check_number("guidance", self.guidance, low=0.0)
+        _check_weights(self.style)
+        _check_number("scale", self.scale, low=0.0, high=MAX_SCALE)
+        _check_number("content scale", self.content_scale, low=0.0, high=MAX_SCALE)
+        _check_number("guidance", self.guidance, low=0.0, high=MAX_GUIDANCE)
         _check_int("steps", self.steps, low=1, high=1000)
         _check_int("number of images", self.num_images, low=1, high=64)
         if self.seed is not None:
@@ -203,7 +207,7 @@ class Request:
         if self.content_image is not None and self.content_prompt is not None:
             raise UserError("give either a content prompt or a content image, not both")
         for lora in self.lora:
-            _check_number("LoRA scale", lora.scale, low=-10.0)
+            _check_number("LoRA scale", lora.scale, low=-MAX_LORA_SCALE, high=MAX_LORA_SCALE)
         if self.scheduler is not None and not isinstance(self.scheduler, str):
             raise UserError(f"scheduler must be a name, got {self.scheduler!r}")
         self._validate_modes()
@@ -224,7 +228,7 @@ class Request:
                                 "raise --steps or --strength")
         if self.mask is not None and self.init_image is None:
             raise UserError("a mask needs an init image to repaint (--init-image)")
-        _check_number("control scale", self.control_scale, low=0.0)
+        _check_number("control scale", self.control_scale, low=0.0, high=MAX_SCALE)
         if self.depth_model is not None and self.control != "depth":
             raise UserError("--depth-model needs --control depth (it makes the depth map from --control-image)")
         if self.control is None:
@@ -237,7 +241,7 @@ class Request:
             raise UserError("--control IMAGE is the ready control image; --control-image is for canny|depth")
         elif self.controlnet is None:
             raise UserError(f"--control {self.control} (a ready control image) needs --controlnet MODEL")
-        _check_number("composition scale", self.composition_scale, low=0.0)
+        _check_number("composition scale", self.composition_scale, low=0.0, high=MAX_SCALE)
         for region in self.regions:
             if not isinstance(region, str) or not region:
                 raise UserError(f"a region must be a mask image path, got {region!r}")
@@ -328,11 +332,21 @@ def _lora_from_json(item: Any) -> LoraRef:
     raise UserError(f"a LoRA must be a path or {{'path': ..., 'scale': ...}}, got {item!r}")
 
 
-def _check_number(name: str, value: Any, low: float) -> None:
+def _check_number(name: str, value: Any, low: float, high: float | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UserError(f"{name} must be a number, got {value!r}")
+    if high is not None and not low <= value <= high:
+        raise UserError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
     if value < low:
         raise UserError(f"{name} must be at least {low}, got {value}")
+
+
+def _check_weights(refs: tuple[StyleRef, ...]) -> None:
+    """Each style weight in range, and not all 0 (blending divides by their sum)."""
+    for ref in refs:
+        _check_number("style weight", ref.weight, low=0.0, high=MAX_SCALE)
+    if refs and not any(ref.weight for ref in refs):
+        raise UserError("style weights must not all be 0")
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
