@@ -341,3 +341,16 @@ def test_two_processes_never_both_hold_the_batch_lock(tmp_path):
         assert third.returncode != 0 and "in use by another batch run" in third.stderr
     after = subprocess.run([sys.executable, "-c", TRY_LOCK, str(out)], env=env, capture_output=True, text=True)
     assert after.stdout == "held\n"
+
+
+def test_jobs_whose_images_come_out_nan_fail_and_write_no_image(sdxl, tiny, tmp_path):
+    from instantstyle.embeddings import StyleFile, save_style
+
+    request = sdxl.complete(Request("a cat", style=str(tiny.style_image), **FAST))
+    style, negative = sdxl.style_embeds(request)
+    huge = save_style(tmp_path / "huge.safetensors",
+                      StyleFile(style.clone().fill_(1e30), negative, "global", sdxl.image_encoder.identity, {}))
+    jobs = [{"id": f"nan{i}", "prompt": f"a cat {i}", "style": str(huge), **FAST} for i in range(2)]
+    report = run_batch(jobs, tmp_path / "out", pipeline=sdxl, batch_size=2)  # one shared call, then one by one
+    assert report.failed == 2 and all("NaN" in e for e in report.errors)
+    assert not list((tmp_path / "out").glob("*.png"))

@@ -105,3 +105,23 @@ def make_request(tiny, **changes):
     from instantstyle import Request
 
     return Request(**{"prompt": "a cat", "style": str(tiny.style_image), **FAST, **changes})
+
+
+def extreme_style_file(pipe, tiny, path, value):
+    """A style file (as a hostile or broken tool might write one) whose embedding is ``value`` everywhere."""
+    style, negative = pipe.style_embeds(pipe.complete(make_request(tiny)))
+    extreme = torch.full_like(style, value)
+    return save_style(path, StyleFile(extreme, negative, "global", pipe.image_encoder.identity, {}))
+
+
+def test_a_style_file_holding_inf_or_nan_is_refused_when_read(sdxl, tiny, tmp_path):
+    for value in (float("inf"), float("nan")):
+        path = extreme_style_file(sdxl, tiny, tmp_path / "bad.safetensors", value)
+        with pytest.raises(UserError, match="not finite"):
+            load_style(path)
+
+
+def test_an_image_that_comes_out_nan_is_an_error_naming_the_cause_not_a_black_image(sdxl, tiny, tmp_path):
+    path = extreme_style_file(sdxl, tiny, tmp_path / "huge.safetensors", 1e30)  # finite, but overflows attention
+    with pytest.raises(UserError, match="NaN.*likely cause"):
+        sdxl(make_request(tiny, style=str(path)))

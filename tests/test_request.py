@@ -103,3 +103,10 @@ def test_the_edges_of_every_range_are_accepted():
     request = Request("a cat", style=("a.png:10", "b.png:0"), scale=10, content_scale=10, guidance=50,
                       lora=("l.safetensors:-10",), adapters=(ADAPTER + ";scale=10",))
     assert (request.scale, request.guidance, request.lora[0].scale) == (10, 50, -10)
+
+
+def test_an_absurdly_long_prompt_is_refused_before_anything_runs():
+    with pytest.raises(UserError, match="prompt is 10,000,000 characters; the most is 10,000"):
+        Request("x" * 10_000_000, style="a.png")
+    with pytest.raises(UserError, match="negative prompt is"):
+        Request("a cat", style="a.png", negative_prompt="x" * 10_001)

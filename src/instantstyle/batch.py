@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import safe_json
+from . import guards, safe_json
 from .atomic import remove_stale_temps, temp_path
 from .errors import UserError
 from .request import CONTROL_KINDS, AdapterUse, Request, StyleRef, write_png
@@ -486,18 +486,21 @@ def generate_together(pipe: Any, requests: Sequence[Request]) -> list[Any]:
         prompts += [r.prompt] * r.num_images
         negatives += [r.negative_prompt] * r.num_images
     sd.set_progress_bar_config(disable=True)
-    output = sd(
-        prompt=prompts,
-        negative_prompt=negatives if first.negative_prompt else None,
-        num_inference_steps=first.steps,
-        guidance_scale=first.guidance,
-        width=first.width,
-        height=first.height,
-        num_images_per_prompt=1,
-        latents=torch.cat(latents),
-        generator=torch.Generator("cpu").manual_seed(first.seed),  # type: ignore[arg-type]
-        ip_adapter_image_embeds=pipe.ip_adapter_embeds(first),  # the shared style, repeated per image
-    )
+    for r in requests:
+        guards.warn_if_prompts_truncated(sd, r)
+    with guards.refuse_nonfinite(sd.vae, guards.nonfinite_cause(pipe.dtype, first)):  # a NaN job fails, alone
+        output = sd(
+            prompt=prompts,
+            negative_prompt=negatives if first.negative_prompt else None,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance,
+            width=first.width,
+            height=first.height,
+            num_images_per_prompt=1,
+            latents=torch.cat(latents),
+            generator=torch.Generator("cpu").manual_seed(first.seed),  # type: ignore[arg-type]
+            ip_adapter_image_embeds=pipe.ip_adapter_embeds(first),  # the shared style, repeated per image
+        )
     results, start = [], 0
     for r in requests:
         results.append(Result(list(output.images[start : start + r.num_images]), r))

@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .errors import UserError
+from .guards import warn_if_truncated
 
 STYLE_FILE_FORMAT = "instantstyle-style/1"
 CLIP_MEAN_RGB = (122, 116, 104)  # CLIP's normalisation mean: padding that normalises to zero
@@ -136,6 +137,7 @@ def blend(embeds: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Ten
 @torch.no_grad()
 def text_embeds(text: str, tokenizer: object, text_encoder: torch.nn.Module) -> torch.Tensor:
     """Projected pooled CLIP text embedding (1, D): the text tower's point in the shared space."""
+    warn_if_truncated(tokenizer, text, "content prompt")
     ids = tokenizer(  # type: ignore[operator]
         [text], padding="max_length", max_length=tokenizer.model_max_length,  # type: ignore[attr-defined]
         truncation=True, return_tensors="pt",
@@ -197,6 +199,8 @@ def load_style(path: str | Path) -> StyleFile:
         raise UserError(f"style file {path}: not a readable safetensors file ({type(err).__name__})") from None
     if meta.get("format") != STYLE_FILE_FORMAT or set(tensors) != {"embeds", "negative"}:
         raise UserError(f"style file {path}: not an instantstyle style file")
+    if not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise UserError(f"style file {path}: holds values that are not finite numbers (NaN or inf)")
     kind, encoder = meta.pop("kind"), meta.pop("encoder")
     meta.pop("format")
     return StyleFile(tensors["embeds"].float(), tensors["negative"].float(), kind, encoder, meta)

@@ -28,6 +28,8 @@ STYLE_FITS = ("crop", "pad", "tiles")
 MAX_SCALE = 10.0
 MAX_GUIDANCE = 50.0
 MAX_LORA_SCALE = 10.0  # either sign: negative LoRA scales are a real use (slider LoRAs)
+#: CLIP reads 75 tokens (about 300 characters) and warns past them; this only stops absurd text (10 MB took 74 s).
+MAX_PROMPT_CHARS = 10_000
 
 
 @dataclass(frozen=True)
@@ -186,8 +188,15 @@ class Request:
 
     def validate(self) -> None:
         """Raise a one-line ``UserError`` for any value that cannot make an image."""
-        if not isinstance(self.prompt, str):
-            raise UserError("prompt must be text")
+        for name in ("prompt", "negative_prompt", "content_prompt"):
+            text, label = getattr(self, name), name.replace("_", " ")
+            if text is None and name == "content_prompt":
+                continue
+            if not isinstance(text, str):
+                raise UserError(f"{label} must be text")
+            if len(text) > MAX_PROMPT_CHARS:
+                raise UserError(f"{label} is {len(text):,} characters; the most is {MAX_PROMPT_CHARS:,} "
+                                "(CLIP reads about 300)")
         if not self.style:
             raise UserError("a style reference is required (--style IMAGE)")
         _check_weights(self.style)
