@@ -176,3 +176,16 @@ def test_from_a_png_with_hostile_metadata_is_one_line_exit_2(capsys, tmp_path):
     path = save_png_atomically(Image.new("RGB", (8, 8)), tmp_path / "deep.png", {PNG_KEY: deep})
     code, _, err = run(capsys, "generate", "--from", path, "-o", tmp_path / "out.png")
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "nested more than" in err
+
+
+@pytest.mark.parametrize("hostile", ["bomb", "huge text"])
+def test_hostile_images_are_one_line_exit_2(capsys, base, tmp_path, hostile):
+    from instantstyle.request import PNG_KEY
+    from instantstyle.testing.hostile import png_claiming_size, png_with_huge_text
+
+    if hostile == "bomb":
+        args = [*base[:5], "--style", png_claiming_size(tmp_path / "bomb.png", 20000, 20000), *base[7:]]
+    else:
+        args = ["generate", "--from", png_with_huge_text(tmp_path / "huge.png", PNG_KEY)]
+    code, _, err = run(capsys, *args, "-o", tmp_path / "out.png")
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1

@@ -110,3 +110,18 @@ def test_an_absurdly_long_prompt_is_refused_before_anything_runs():
         Request("x" * 10_000_000, style="a.png")
     with pytest.raises(UserError, match="negative prompt is"):
         Request("a cat", style="a.png", negative_prompt="x" * 10_001)
+
+
+def test_png_metadata_that_inflates_past_pils_limit_is_a_user_error(tmp_path):
+    from instantstyle.request import PNG_KEY
+    from instantstyle.testing.hostile import png_with_huge_text
+
+    with pytest.raises(UserError, match="huge.png: .*text"):
+        read_png_request(png_with_huge_text(tmp_path / "huge.png", PNG_KEY))
+
+
+def test_from_a_decompression_bomb_is_a_user_error(tmp_path):
+    from instantstyle.testing.hostile import png_claiming_size
+
+    with pytest.raises(UserError, match="bomb.png"):
+        read_png_request(png_claiming_size(tmp_path / "bomb.png", 20000, 20000))

@@ -376,6 +376,10 @@ def read_png_request(path: str | Path) -> Request:
         raise UserError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"{path}: not a readable image ({err})") from None
+    except Image.DecompressionBombError as err:
+        raise UserError(f"{path}: refused as a possible decompression bomb ({err})") from None
+    except ValueError as err:  # PIL's cap on inflating text chunks (zTXt/iTXt)
+        raise UserError(f"{path}: a text chunk is too large to read ({err})") from None
     if text is None:
         raise UserError(f"{path}: carries no instantstyle parameters")
     try:
