@@ -1,0 +1,138 @@
+"""Probing blocks: every block alone (plus all and none) is generated, scored and ranked; its presets save and load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from instantstyle import Request, UserError
+from instantstyle.blocks import BlockInfo, list_blocks, resolve_blocks
+from instantstyle.pareto import cell_points, pareto_front
+from instantstyle.preset_file import expand_preset_ref, read_presets, write_presets
+from instantstyle.probe import ALL, NONE, probe_cells, probe_presets, probe_requests, probe_table, rank_blocks
+from instantstyle.scoreplot import save_plot, scatter_plot
+from instantstyle.scores import Scores, scorer_for
+
+from .conftest import FAST
+
+BLOCKS = [BlockInfo("down_blocks.2.attentions.1", 2, ("layout",)), BlockInfo("up_blocks.0.attentions.1", 2, ("style",))]
+
+
+@pytest.fixture(scope="module")
+def probed(sdxl, tiny):
+    """The probe of the tiny SDXL with one style and one prompt, scored with a content prompt."""
+    base = Request("a cat", style=(str(tiny.style_image),), **FAST)
+    blocks = list_blocks(sdxl.layers, sdxl.arch)
+    scorer = scorer_for(sdxl)
+    results = []
+    for job in probe_requests(base, blocks, content_prompts=["stripes"]):
+        made = sdxl(job.request)
+        results.append((job, scorer.score_request(made.images, made.request, job.content_prompt)[0]))
+    return blocks, results
+
+
+def test_probe_requests_are_each_block_alone_at_scale_1_then_all_and_none():
+    base = Request("a cat", style=("a.png", "b.png"), content_prompt="stripes", seed=1)
+    jobs = probe_requests(base, BLOCKS, prompts=["a cat", "a dog"])
+    assert len(jobs) == (len(BLOCKS) + 2) * 2 * 2
+    assert [j.block for j in jobs[::4]] == [b.name for b in BLOCKS] + [ALL, NONE]
+    first = jobs[0].request
+    assert (first.blocks, first.scale, first.num_images) == ("down_blocks.2.attentions.1", 1.0, 1)
+    assert (jobs[-1].request.blocks, jobs[-1].request.scale) == ("all", 0.0)
+    # the content prompt is scored as leak, never subtracted
+    assert all(j.request.content_prompt is None and j.content_prompt == "stripes" for j in jobs)
+    assert {(j.request.style[0].path, j.request.prompt) for j in jobs[:4]} == {
+        ("a.png", "a cat"), ("a.png", "a dog"), ("b.png", "a cat"), ("b.png", "a dog")}
+
+
+def test_probe_needs_one_content_prompt_per_style_or_one_for_all():
+    base = Request("a cat", style=("a.png", "b.png"))
+    assert [j.content_prompt for j in probe_requests(base, BLOCKS, content_prompts=["x", "y"])][:2] == ["x", "y"]
+    with pytest.raises(UserError, match="one per style"):
+        probe_requests(base, BLOCKS, content_prompts=["x", "y", "z"])
+    with pytest.raises(UserError, match="no attention blocks"):
+        probe_requests(base, [])
+
+
+def test_probe_ranks_every_block_of_the_model_by_style_score(probed):
+    blocks, results = probed
+    rows, key = rank_blocks(results, blocks)
+    assert key == "clip_style"  # no CSD given
+    ranked = [r for r in rows if r.rank is not None]
+    assert sorted(r.block for r in ranked) == sorted(b.name for b in blocks)
+    assert [r.rank for r in ranked] == list(range(1, len(blocks) + 1))
+    styles = [r.scores.clip_style for r in ranked]
+    assert styles == sorted(styles, reverse=True)
+    assert [r.block for r in rows[-2:]] == [ALL, NONE]
+    assert all(r.scores.content_leak is not None and r.count == 1 for r in rows)
+    table = probe_table(rows, key)
+    assert all(b.name in table for b in blocks) and "clip_style" in table.splitlines()[0]
+
+
+def test_probe_plot_opens_as_an_image(probed, tmp_path):
+    blocks, results = probed
+    rows, key = rank_blocks(results, blocks)
+    cells = probe_cells(rows)
+    points = cell_points(cells, key)
+    path = save_plot(scatter_plot(points, [c.label for c in cells], key, "clip_text", front=pareto_front(points)),
+                     tmp_path / "probe.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.height >= 540
+
+
+def test_probe_presets_save_and_load_back_as_blocks_specs(probed, sdxl, tiny, tmp_path):
+    blocks, results = probed
+    rows, _ = rank_blocks(results, blocks)
+    presets = probe_presets(rows)
+    assert presets["style"] == rows[0].block
+    assert presets["style-top3"].split(",") == [r.block for r in rows[:3]]
+    assert set(presets) == {"style", "style-top2", "style-top3", "layout", "style+layout"}
+    path = write_presets(tmp_path / "presets.json", presets)
+    for name, spec in presets.items():
+        expanded = expand_preset_ref(f"@{path}:{name}")
+        assert expanded == spec
+        assert resolve_blocks(expanded, sdxl.layers, sdxl.arch)
+    image = sdxl(Request("a cat", style=(str(tiny.style_image),), blocks=expand_preset_ref(f"@{path}:style"), **FAST))
+    assert image.images[0].size == (64, 64)
+
+
+def test_presets_without_leak_scores_have_no_layout():
+    rows, _ = rank_blocks([(j, Scores(clip_style=0.1 * n)) for n, j in
+                           enumerate(probe_requests(Request("x", style=("a.png",)), BLOCKS))], BLOCKS)
+    assert probe_presets(rows) == {"style": "up_blocks.0.attentions.1",
+                                   "style-top2": "up_blocks.0.attentions.1,down_blocks.2.attentions.1"}
+
+
+def test_presets_file_merges_and_replaces_by_name(tmp_path):
+    path = tmp_path / "p.json"
+    write_presets(path, {"a": "up_blocks.0.attentions.1", "b": "mid_block"})
+    write_presets(path, {"b": "down_blocks.2=0.5,up_blocks.0"})
+    assert read_presets(path) == {"a": "up_blocks.0.attentions.1", "b": "down_blocks.2=0.5,up_blocks.0"}
+    write_presets(path, {"c": "style"}, merge=False)
+    assert json.loads(path.read_text()) == {"c": "style"}
+
+
+def test_a_preset_reference_is_relative_to_the_base_folder(tmp_path):
+    write_presets(tmp_path / "p.json", {"mine": "up_blocks.0.attentions.1=0.8"})
+    assert expand_preset_ref("@p.json:mine", base=tmp_path) == "up_blocks.0.attentions.1=0.8"
+    assert expand_preset_ref("style,layout=0.5") == "style,layout=0.5"  # not a reference: unchanged
+
+
+@pytest.mark.parametrize("content, ref, message", [
+    (None, "@missing.json:style", "no such file"),
+    ('{"style": "up_blocks.0"', "@p.json:style", "invalid JSON"),
+    ('["style"]', "@p.json:style", "non-empty JSON object"),
+    ('{"style": "up_blocks.0=abc"}', "@p.json:style", "not a number"),
+    ('{"a:b": "style"}', "@p.json:a", "without ':'"),
+    ('{"x": "@other.json:y"}', "@p.json:x", "another presets file"),
+    ('{"style": "up_blocks.0"}', "@p.json:layout", "has no preset 'layout'; it has: style"),
+    ('{"style": "up_blocks.0"}', "@p.json", "@FILE:NAME"),
+])
+def test_bad_presets_are_one_line_errors(tmp_path, content, ref, message):
+    if content is not None:
+        (tmp_path / "p.json").write_text(content)
+    with pytest.raises(UserError, match=message) as err:
+        expand_preset_ref(ref, base=tmp_path)
+    assert "\n" not in str(err.value)
