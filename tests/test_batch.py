@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from instantstyle.batch import Manifest, read_jobs, run_batch
+from instantstyle.batch import LOCK, Manifest, read_jobs, run_batch
 from instantstyle.cli import main
 from instantstyle.errors import UserError
 from instantstyle.request import Request, read_png_request
@@ -60,7 +60,8 @@ def test_a_dozen_jobs_make_every_image_and_a_valid_manifest(sdxl, tmp_path):
         assert entry["status"] == "done" and entry["outputs"] == [entry["id"] + ".png"]
         assert read_png_request(out / entry["outputs"][0]) == Request.from_dict(entry["request"])
         assert entry["seed"] == int(entry["id"].split("-")[1]) and entry["timings"]["batch_s"] > 0
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"cat-{i}.png" for i in range(12)] + ["manifest.jsonl"])
+    made = sorted(p.name for p in out.iterdir())
+    assert made == sorted([f"cat-{i}.png" for i in range(12)] + ["manifest.jsonl", LOCK])  # no temporary files
 
 
 def test_the_style_encoder_runs_once_per_style_per_worker(sdxl, tmp_path):
@@ -121,7 +122,8 @@ def test_a_process_killed_midway_resumes_with_every_job_done_exactly_once(tiny, 
     lines = manifest_lines(out)
     assert sorted(e["id"] for e in lines) == sorted(f"cat-{i}" for i in range(8))
     assert all(e["status"] == "done" for e in lines)
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"cat-{i}.png" for i in range(8)] + ["manifest.jsonl"])
+    made = sorted(p.name for p in out.iterdir())
+    assert made == sorted([f"cat-{i}.png" for i in range(8)] + ["manifest.jsonl", LOCK])
 
 
 def test_bad_lines_are_reported_with_line_numbers_and_the_rest_run(sdxl, tmp_path):
@@ -144,7 +146,7 @@ def test_bad_lines_are_reported_with_line_numbers_and_the_rest_run(sdxl, tmp_pat
         "or '-' (it names the output file)",
     ]
     assert (report.done, len(report.problems)) == (1, 4)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png", "manifest.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["good.png", "manifest.jsonl", LOCK])
 
 
 def test_the_command_exits_2_and_runs_nothing_with_strict_when_a_line_is_bad(tiny, tmp_path):
@@ -231,3 +233,124 @@ def test_csv_cells_are_typed_and_a_bad_cell_names_its_line(tiny, tmp_path):
     [job] = jobs.jobs
     assert (job.request.steps, job.request.scale, [r.weight for r in job.request.style]) == (4, 0.8, [1.0, 0.5])
     assert jobs.problems == ["jobs.csv line 3: steps must be a whole number, got 'four'"]
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # 100k levels of nesting: json.loads alone raises RecursionError
+
+
+def test_a_deeply_nested_job_line_is_skipped_with_its_line_number(tiny, tmp_path):
+    style = str(tiny.style_image)
+    good = json.dumps({"id": "a", "prompt": "a cat", "style": style})
+    (tmp_path / "jobs.jsonl").write_text(f"{good}\n{DEEP}\n{good.replace('a cat', 'a dog').replace('a', 'b', 1)}\n")
+    jobs = read_jobs(tmp_path / "jobs.jsonl")
+    assert [j.id for j in jobs.jobs] == ["a", "b"]
+    assert len(jobs.problems) == 1 and jobs.problems[0].startswith("jobs.jsonl line 2: JSON nested more than")
+
+
+def test_a_deeply_nested_matrix_spec_is_a_user_error(tmp_path):
+    (tmp_path / "matrix.json").write_text('{"styles": ' + DEEP + "}")
+    with pytest.raises(UserError, match="matrix.json: JSON nested more than"):
+        read_jobs(tmp_path / "matrix.json")
+    (tmp_path / "jobs").write_text('{"styles": ' + DEEP + "}")  # no extension: not one document, so lines
+    assert read_jobs(tmp_path / "jobs").problems == ["jobs line 1: JSON nested more than 32 levels deep"]
+
+
+def test_a_deeply_nested_manifest_line_is_dropped_with_a_warning(tmp_path):
+    (tmp_path / "manifest.jsonl").write_text('{"id": "a", "status": "done"}\n' + DEEP + "\n")
+    manifest = Manifest(tmp_path)
+    assert list(manifest.entries) == ["a"] and manifest.warnings[0].endswith("line 2: not a manifest entry; dropped")
+
+
+def test_job_lines_split_on_newline_only(tiny, tmp_path):
+    prompt = "a cat\u2028on a mat\u0085by a door\x0bin the\x0cmorning"  # all line breaks to str.splitlines
+    line = json.dumps({"id": "a", "prompt": prompt, "style": str(tiny.style_image)}, ensure_ascii=False)
+    (tmp_path / "jobs.jsonl").write_text(line.replace("\\u000b", "\x0b").replace("\\f", "\x0c") + "\n")
+    jobs = read_jobs(tmp_path / "jobs.jsonl")
+    assert jobs.problems == [] and [j.request.prompt for j in jobs.jobs] == [prompt]
+
+
+def test_a_byte_that_is_not_utf8_rejects_only_its_line(tiny, tmp_path):
+    style = str(tiny.style_image)
+    lines = [json.dumps({"id": i, "prompt": "a cat", "style": style}).encode() for i in ("a", "b", "c")]
+    lines[1] = lines[1].replace(b"a cat", b"a \xff cat")
+    (tmp_path / "jobs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "jobs.csv").write_bytes(b"id,prompt,style\n" + b"".join(f"{i},a cat,{style}\n".encode() for i in "ab")
+                                        + b"c,a \xff cat," + style.encode() + b"\n")
+    jsonl, csv = read_jobs(tmp_path / "jobs.jsonl"), read_jobs(tmp_path / "jobs.csv")
+    assert [j.id for j in jsonl.jobs] == ["a", "c"] and jsonl.problems == ["jobs.jsonl line 2: not UTF-8 text"]
+    assert [j.id for j in csv.jobs] == ["a", "b"] and csv.problems == ["jobs.csv line 4: not UTF-8 text"]
+
+
+def test_a_manifest_line_that_is_not_utf8_is_dropped_alone(tmp_path):
+    (tmp_path / "manifest.jsonl").write_bytes(b'{"id": "a", "status": "done"}\n{"id": "b", "note": "\xff"}\n'
+                                              + '{"id": "c", "note": "x\u2028y"}\n'.encode())
+    manifest = Manifest(tmp_path)
+    assert list(manifest.entries) == ["a", "c"] and manifest.entries["c"]["note"] == "x\u2028y"
+    assert manifest.warnings == [f"{tmp_path / 'manifest.jsonl'} line 2: not UTF-8 text; dropped"]
+
+
+def test_a_csv_row_the_csv_reader_refuses_is_skipped_with_its_line_number(tiny, tmp_path):
+    style = str(tiny.style_image)
+    rows = f"a,a\rcat,{style}\nb,{'x' * 200_000},{style}\nc,a cat,{style}\n"  # a bare CR; a cell over 128 KiB
+    (tmp_path / "jobs.csv").write_text("id,prompt,style\n" + rows, newline="")
+    jobs = read_jobs(tmp_path / "jobs.csv")
+    assert [j.id for j in jobs.jobs] == ["c"]
+    assert [p.partition(": ")[0] for p in jobs.problems] == ["jobs.csv line 2", "jobs.csv line 3"]
+    assert all("not a CSV row" in p for p in jobs.problems)
+
+
+def test_a_rerun_with_nothing_to_do_writes_nothing_and_shows_no_progress_bar(sdxl, tmp_path, capsys):
+    jobs, out = cat_jobs(tmp_path, 2), tmp_path / "out"
+    run_batch(jobs, out, pipeline=sdxl)
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()}
+    capsys.readouterr()
+    report = run_batch(jobs, out, pipeline=sdxl, progress=True)
+    assert report.skipped == 2 and capsys.readouterr().err == ""
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()} == before
+
+
+def test_stale_temporary_files_of_every_kind_are_removed_on_start(sdxl, tmp_path):
+    jobs, out = cat_jobs(tmp_path, 1), tmp_path / "out"
+    out.mkdir()
+    stale = [".manifest.jsonl.4242.tmp", ".cat-0.png.4242.tmp", ".cat-9.png.17.tmp"]
+    for name in stale:
+        (out / name).write_bytes(b"half written")
+    run_batch(jobs, out, pipeline=sdxl)
+    assert not any((out / name).exists() for name in stale)
+
+
+LOCKING = "import sys, pathlib; from instantstyle.batch import _Lock; lock = _Lock(pathlib.Path(sys.argv[1])); "
+HOLD_LOCK = LOCKING + "print('held', flush=True); sys.stdin.read(); lock.release()"
+TRY_LOCK = LOCKING + "print('held')"
+
+
+def test_two_processes_never_both_hold_the_batch_lock(tmp_path):
+    """A run that opened the lock file just before another run released it must still exclude a third run."""
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    first = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert first.stdout is not None and first.stdout.readline() == "held\n"
+    with open(out / LOCK, "a+") as second:  # a second run has opened the lock file, not yet locked it
+        first.communicate("")  # the first run finishes and releases
+        fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the second run now holds the lock
+        third = subprocess.run([sys.executable, "-c", TRY_LOCK, str(out)], env=env, capture_output=True, text=True)
+        assert third.returncode != 0 and "in use by another batch run" in third.stderr
+    after = subprocess.run([sys.executable, "-c", TRY_LOCK, str(out)], env=env, capture_output=True, text=True)
+    assert after.stdout == "held\n"
+
+
+def test_jobs_whose_images_come_out_nan_fail_and_write_no_image(sdxl, tiny, tmp_path):
+    from instantstyle.embeddings import StyleFile, save_style
+
+    request = sdxl.complete(Request("a cat", style=str(tiny.style_image), **FAST))
+    style, negative = sdxl.style_embeds(request)
+    huge = save_style(tmp_path / "huge.safetensors",
+                      StyleFile(style.clone().fill_(1e30), negative, "global", sdxl.image_encoder.identity, {}))
+    jobs = [{"id": f"nan{i}", "prompt": f"a cat {i}", "style": str(huge), **FAST} for i in range(2)]
+    report = run_batch(jobs, tmp_path / "out", pipeline=sdxl, batch_size=2)  # one shared call, then one by one
+    assert report.failed == 2 and all("NaN" in e for e in report.errors)
+    assert not list((tmp_path / "out").glob("*.png"))

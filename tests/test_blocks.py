@@ -82,3 +82,9 @@ def test_list_blocks_counts_layers_and_names_presets():
     assert rows["up_blocks.0.attentions.1"].layers == 2
     assert set(rows["up_blocks.0.attentions.1"].presets) == {"style", "style+layout", "all"}
     assert rows["mid_block.attentions.0"].presets == ("all",)
+
+
+@pytest.mark.parametrize("spec", ["style=1e30", "style=nan", "style=inf", "layout=-1", "style=10.5"])
+def test_block_scales_outside_0_to_10_are_errors(spec):
+    with pytest.raises(UserError, match="between 0 and 10"):
+        parse_spec(spec)

@@ -167,3 +167,25 @@ def test_saved_style_file_replaces_the_image(capsys, base, tmp_path):
     args = [a if a != base[base.index("--style") + 1] else tmp_path / "s.safetensors" for a in base]
     assert run(capsys, *args, "-o", tmp_path / "b.png")[0] == 0
     assert (pixels(Image.open(tmp_path / "a.png")) == pixels(Image.open(tmp_path / "b.png"))).all()
+
+
+def test_from_a_png_with_hostile_metadata_is_one_line_exit_2(capsys, tmp_path):
+    from instantstyle.request import PNG_KEY, save_png_atomically
+
+    deep = "[" * 100_000 + "]" * 100_000
+    path = save_png_atomically(Image.new("RGB", (8, 8)), tmp_path / "deep.png", {PNG_KEY: deep})
+    code, _, err = run(capsys, "generate", "--from", path, "-o", tmp_path / "out.png")
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "nested more than" in err
+
+
+@pytest.mark.parametrize("hostile", ["bomb", "huge text"])
+def test_hostile_images_are_one_line_exit_2(capsys, base, tmp_path, hostile):
+    from instantstyle.request import PNG_KEY
+    from instantstyle.testing.hostile import png_claiming_size, png_with_huge_text
+
+    if hostile == "bomb":
+        args = [*base[:5], "--style", png_claiming_size(tmp_path / "bomb.png", 20000, 20000), *base[7:]]
+    else:
+        args = ["generate", "--from", png_with_huge_text(tmp_path / "huge.png", PNG_KEY)]
+    code, _, err = run(capsys, *args, "-o", tmp_path / "out.png")
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1

@@ -72,3 +72,18 @@ def test_cache_folder_that_cannot_be_made_is_a_user_error(tiny, tmp_path: Path) 
         StylePipeline.from_pretrained(
             str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", cache_dir=str(blocker / "sub")
         )
+
+
+def test_opening_the_cache_removes_temporary_files_a_killed_writer_left(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from instantstyle.cache import EmbeddingCache
+
+    stale, fresh = tmp_path / ".abc.safetensors.4242.tmp", tmp_path / ".def.safetensors.4243.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"half written")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    EmbeddingCache.open(tmp_path)
+    assert not stale.exists() and fresh.exists()  # another process may still be writing the fresh one

@@ -105,3 +105,46 @@ def make_request(tiny, **changes):
     from instantstyle import Request
 
     return Request(**{"prompt": "a cat", "style": str(tiny.style_image), **FAST, **changes})
+
+
+def extreme_style_file(pipe, tiny, path, value):
+    """A style file (as a hostile or broken tool might write one) whose embedding is ``value`` everywhere."""
+    style, negative = pipe.style_embeds(pipe.complete(make_request(tiny)))
+    extreme = torch.full_like(style, value)
+    return save_style(path, StyleFile(extreme, negative, "global", pipe.image_encoder.identity, {}))
+
+
+def test_a_style_file_holding_inf_or_nan_is_refused_when_read(sdxl, tiny, tmp_path):
+    for value in (float("inf"), float("nan")):
+        path = extreme_style_file(sdxl, tiny, tmp_path / "bad.safetensors", value)
+        with pytest.raises(UserError, match="not finite"):
+            load_style(path)
+
+
+def test_an_image_that_comes_out_nan_is_an_error_naming_the_cause_not_a_black_image(sdxl, tiny, tmp_path):
+    path = extreme_style_file(sdxl, tiny, tmp_path / "huge.safetensors", 1e30)  # finite, but overflows attention
+    with pytest.raises(UserError, match="NaN.*likely cause"):
+        sdxl(make_request(tiny, style=str(path)))
+
+
+def test_an_image_over_the_pixel_cap_is_refused_from_its_header(tmp_path):
+    from instantstyle.testing.hostile import png_claiming_size
+
+    path = png_claiming_size(tmp_path / "big.png", 7000, 7000)  # 49 MP claimed; its pixel data is not even there
+    with pytest.raises(UserError, match="7000x7000 is over the limit of 40,000,000 pixels"):
+        load_image(path, "style image")
+
+
+def test_the_pixel_cap_is_a_parameter(tiny):
+    assert load_image(tiny.style_image, max_pixels=None).size == (96, 64)
+    with pytest.raises(UserError, match="over the limit of 6,143 pixels"):
+        load_image(tiny.style_image, max_pixels=96 * 64 - 1)
+
+
+def test_a_decompression_bomb_is_a_one_line_user_error(tmp_path):
+    from instantstyle.testing.hostile import png_claiming_size
+
+    path = png_claiming_size(tmp_path / "bomb.png", 20000, 20000)  # past PIL's own limit: it refuses to open it
+    with pytest.raises(UserError, match="bomb.png: 20000x20000|bomb.png: .*decompression bomb") as caught:
+        load_image(path, "style image", max_pixels=None)
+    assert "\n" not in str(caught.value)

@@ -125,3 +125,21 @@ def test_adapter_hub_reference_not_cached_is_an_error(tiny):
 def test_dtype_defaults_to_float32_on_cpu_and_float16_on_gpu():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+
+
+def test_a_prompt_past_clips_77_tokens_is_warned_about_once(sdxl, tiny, caplog):
+    long = "a cat " + "sitting on a very long sentence " * 4  # ~150 byte-level tokens of the tiny CLIP
+    request = Request(long, style=str(tiny.style_image), **FAST)
+    with caplog.at_level("WARNING", logger="instantstyle"):
+        sdxl(request)
+        sdxl(request.replace(seed=8))
+    [warning] = [r.getMessage() for r in caplog.records if "CLIP reads 75" in r.getMessage()]
+    assert warning.startswith("warning: the prompt is ") and "long sentence" in warning
+
+
+def test_a_content_prompt_past_77_tokens_is_warned_about(sdxl, tiny, caplog):
+    content = "a dog " + "with a very long description " * 4
+    with caplog.at_level("WARNING", logger="instantstyle"):
+        sdxl(Request("a cat", style=str(tiny.style_image), content_prompt=content, **FAST))
+    assert any(r.getMessage().startswith("warning: the content prompt is ") for r in caplog.records)
+

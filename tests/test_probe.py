@@ -123,6 +123,7 @@ def test_a_preset_reference_is_relative_to_the_base_folder(tmp_path):
 @pytest.mark.parametrize("content, ref, message", [
     (None, "@missing.json:style", "no such file"),
     ('{"style": "up_blocks.0"', "@p.json:style", "invalid JSON"),
+    ('{"style": ' + "[" * 100_000 + "]" * 100_000 + "}", "@p.json:style", "nested more than"),
     ('["style"]', "@p.json:style", "non-empty JSON object"),
     ('{"style": "up_blocks.0=abc"}', "@p.json:style", "not a number"),
     ('{"a:b": "style"}', "@p.json:a", "without ':'"),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instantstyle.batch import run_batch
+from instantstyle.batch import LOCK, run_batch
 
 from .conftest import FAST, pixels
 
@@ -74,7 +74,8 @@ def test_a_ray_worker_killed_during_the_run_still_ends_with_every_job_done(local
     assert killed and (report.done, report.failed) == (8, 0)
     lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(e["id"] for e in lines) == sorted(f"job-{i}" for i in range(8))
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"job-{i}.png" for i in range(8)] + ["manifest.jsonl"])
+    made = sorted(p.name for p in out.iterdir())
+    assert made == sorted([f"job-{i}.png" for i in range(8)] + ["manifest.jsonl", LOCK])
 
 
 def test_a_worker_is_given_more_batches_of_the_model_it_holds():

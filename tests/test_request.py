@@ -52,3 +52,76 @@ def test_png_without_parameters_is_an_error(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     with pytest.raises(UserError, match="no instantstyle parameters"):
         read_png_request(tmp_path / "plain.png")
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # a hostile JSON value: 100k levels of nesting
+
+
+def test_deeply_nested_json_is_a_one_line_error():
+    with pytest.raises(UserError, match="nested more than") as caught:
+        Request.from_json(DEEP)
+    assert "\n" not in str(caught.value)
+
+
+def test_png_metadata_nested_too_deeply_is_a_one_line_error(tmp_path):
+    from instantstyle.request import PNG_KEY, save_png_atomically
+
+    path = save_png_atomically(Image.new("RGB", (8, 8)), tmp_path / "deep.png", {PNG_KEY: DEEP})
+    with pytest.raises(UserError, match="nested more than"):
+        read_png_request(path)
+
+
+ADAPTER = "extra.safetensors;style=b.png"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"scale": 1e30}, "scale must be between 0 and 10"),
+        ({"scale": 10.5}, "scale must be between 0 and 10"),
+        ({"content_scale": 1e30}, "content scale must be between 0 and 10"),
+        ({"guidance": 1e30}, "guidance must be between 0 and 50"),
+        ({"guidance": 75.0}, "guidance must be between 0 and 50"),
+        ({"style": ("a.png:1e30",)}, "style weight must be between 0 and 10"),
+        ({"style": ("a.png:1e308", "b.png:1e308")}, "style weight must be between 0 and 10"),  # sum: inf
+        ({"style": ("a.png:0", "b.png:0")}, "style weights must not all be 0"),
+        ({"composition": "c.png", "composition_scale": 1e30}, "composition scale must be between 0 and 10"),
+        ({"control": "canny", "control_image": "c.png", "control_scale": 1e30}, "control scale must be between 0"),
+        ({"adapters": (ADAPTER + ";scale=1e30",)}, "adapter scale must be between 0 and 10"),
+        ({"adapters": (ADAPTER + ":1e30",)}, "style weight must be between 0 and 10"),
+        ({"adapters": (ADAPTER + ":0",)}, "style weights must not all be 0"),
+        ({"lora": ("l.safetensors:1e30",)}, "LoRA scale must be between -10 and 10"),
+        ({"lora": ("l.safetensors:-11",)}, "LoRA scale must be between -10 and 10"),
+    ],
+)
+def test_numbers_past_any_useful_range_are_refused(change, message):
+    with pytest.raises(UserError, match=message):
+        Request("a cat", **{"style": "a.png", **change})
+
+
+def test_the_edges_of_every_range_are_accepted():
+    request = Request("a cat", style=("a.png:10", "b.png:0"), scale=10, content_scale=10, guidance=50,
+                      lora=("l.safetensors:-10",), adapters=(ADAPTER + ";scale=10",))
+    assert (request.scale, request.guidance, request.lora[0].scale) == (10, 50, -10)
+
+
+def test_an_absurdly_long_prompt_is_refused_before_anything_runs():
+    with pytest.raises(UserError, match="prompt is 10,000,000 characters; the most is 10,000"):
+        Request("x" * 10_000_000, style="a.png")
+    with pytest.raises(UserError, match="negative prompt is"):
+        Request("a cat", style="a.png", negative_prompt="x" * 10_001)
+
+
+def test_png_metadata_that_inflates_past_pils_limit_is_a_user_error(tmp_path):
+    from instantstyle.request import PNG_KEY
+    from instantstyle.testing.hostile import png_with_huge_text
+
+    with pytest.raises(UserError, match="huge.png: .*text"):
+        read_png_request(png_with_huge_text(tmp_path / "huge.png", PNG_KEY))
+
+
+def test_from_a_decompression_bomb_is_a_user_error(tmp_path):
+    from instantstyle.testing.hostile import png_claiming_size
+
+    with pytest.raises(UserError, match="bomb.png"):
+        read_png_request(png_claiming_size(tmp_path / "bomb.png", 20000, 20000))

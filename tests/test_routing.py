@@ -185,7 +185,7 @@ def test_sd15_takes_blends_composition_fit_and_a_further_adapter(sd15, tiny, mod
         ({"control": "depth"}, "needs --control-image"),
         ({"control": "pose.png"}, "needs --controlnet"),
         ({"control": "pose.png", "controlnet": "cn", "control_image": "x.png"}, "ready control image"),
-        ({"composition_scale": -1}, "composition scale must be at least"),
+        ({"composition_scale": -1}, "composition scale must be between 0 and 10"),
         ({"control": "canny", "control_image": "c.png", "depth_model": "org/depth"}, "needs --control depth"),
         ({"adapters": ["b.safetensors"]}, "give its style image(s)"),
         ({"adapters": ["b.safetensors;style=x.png;scale=big"]}, "is not a number"),

@@ -190,3 +190,8 @@ def test_a_folder_that_is_not_a_clip_text_tower_is_refused(tiny, where, message)
     folder, sub = where(tiny)
     with pytest.raises(UserError, match=message):
         load_text_tower(folder, sub, "tokenizer" if sub else None)
+
+
+def test_a_score_record_nested_absurdly_deep_is_a_one_line_error():
+    with pytest.raises(UserError, match="nested more than"):
+        ScoreRecord.from_json('{"image": "a.png", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")

@@ -139,3 +139,9 @@ def test_cli_sweep_refuses_to_overwrite_an_existing_cell(tiny, tmp_path):
                  "-o", tmp_path / "sheet.png")
     assert result.exit_code == 2 and "--overwrite" in result.output
     assert (tmp_path / "sheet-style-s1.png").read_bytes() == b"finished work"
+
+
+def test_a_sweep_scale_past_the_request_range_is_refused():
+    axes = Axes(("style",), parse_number_list("scale", "0.5,1e30"))
+    with pytest.raises(UserError, match="scale must be between 0 and 10"):
+        sweep_requests(Request("a cat", style="a.png", seed=5), axes)

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import guards, safe_json
+from .atomic import remove_stale_temps, temp_path
 from .errors import UserError
 from .request import CONTROL_KINDS, AdapterUse, Request, StyleRef, write_png
 
 MANIFEST = "manifest.jsonl"
 LOCK = ".instantstyle-batch.lock"
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-TEMP_FILE = re.compile(r"^\..+\.png\.\d+\.tmp$")  # request.write_png's temporary names
 
 # Fields that may differ between the jobs of one denoising call; every other field must be equal. The style
 # is shared too: diffusers repeats precomputed image embeddings over the whole batch, one style per call.
@@ -79,9 +80,7 @@ def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None) -> JobLi
     if not path.is_file():
         raise UserError(f"job file {path}: no such file")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(f"job file {path}: not UTF-8 text") from None
+        text = safe_json.decode(path.read_bytes())  # bytes that are not UTF-8 reject their line (or cell) only
     except OSError as err:
         raise UserError(f"job file {path}: cannot be read ({err.strerror})") from None
     kind = job_file_kind(path, text)
@@ -101,8 +100,8 @@ def job_file_kind(path: Path, text: str) -> str:
     first = text.lstrip()[:1]
     if first == "{":
         try:
-            json.loads(text)
-        except json.JSONDecodeError:
+            safe_json.loads(text)
+        except UserError:  # not one JSON document (or one nested absurdly deep): lines, each judged alone
             return "jsonl"
         return "matrix"
     return "csv"
@@ -113,14 +112,17 @@ Row = tuple[str, "dict[str, Any] | UserError"]
 
 def jsonl_rows(text: str, name: str = "jobs") -> Iterator[Row]:
     """One JSON object per line; blank lines and ``#`` comments are skipped."""
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in safe_json.lines(text):
+        where = f"{name} line {number}"
+        if line is None:
+            yield where, UserError("not UTF-8 text")
+            continue
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        where = f"{name} line {number}"
         try:
-            data = json.loads(line)
-        except json.JSONDecodeError as err:
-            yield where, UserError(f"invalid JSON ({err.msg} at column {err.colno})")
+            data = safe_json.loads(line)
+        except UserError as err:
+            yield where, err
             continue
         yield where, data if isinstance(data, dict) else UserError("a job must be a JSON object")
 
@@ -131,16 +133,31 @@ def csv_rows(text: str, name: str = "jobs") -> Iterator[Row]:
     dialect = "excel-tab" if "\t" in text.partition("\n")[0] else "excel"
     reader = csv.DictReader(io.StringIO(text), dialect=dialect)
     known = {f.name for f in dataclasses.fields(Request)} | {"id"}
-    columns = [c.strip() for c in reader.fieldnames or []]
+    try:
+        columns = [c.strip() for c in reader.fieldnames or []]
+    except csv.Error as err:
+        raise UserError(f"{name} line 1: not a CSV header ({err})") from None
+    if not safe_json.is_utf8(",".join(columns)):
+        raise UserError(f"{name} line 1: not UTF-8 text")
     unknown = [c for c in columns if c not in known]
     if unknown:
         raise UserError(f"{name} line 1: unknown column(s): {', '.join(unknown)}")
     if "prompt" not in columns:
         raise UserError(f"{name} line 1: the header needs a prompt column")
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:  # a stray carriage return, a cell past csv's size limit...
+            yield f"{name} line {reader.reader.line_num}", UserError(f"not a CSV row ({err})")
+            continue
         where = f"{name} line {reader.line_num}"
         if None in row:
             yield where, UserError("more cells than header columns")
+            continue
+        if not all(safe_json.is_utf8(v) for v in row.values() if v is not None):
+            yield where, UserError("not UTF-8 text")
             continue
         cells = {k.strip(): v.strip() for k, v in row.items() if v is not None and v.strip()}
         if not cells:
@@ -171,9 +188,11 @@ def matrix_rows(text: str, name: str = "jobs") -> Iterator[Row]:
     """``{"styles": [...], "prompts": [...], "seeds": [...] or N, ...options for every job}``: one job per
     combination, id ``s<style>-p<prompt>-<seed>`` (a style may be a list of references to blend)."""
     try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{name}: invalid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+        if not safe_json.is_utf8(text):
+            raise UserError("not UTF-8 text")
+        spec = safe_json.loads(text)
+    except UserError as err:
+        raise UserError(f"{name}: {err}") from None
     if not isinstance(spec, dict) or "prompts" not in spec or "styles" not in spec:
         raise UserError(f'{name}: a matrix spec is a JSON object with "styles" and "prompts" lists')
     spec = dict(spec)
@@ -292,7 +311,8 @@ class Manifest:
     """``DIR/manifest.jsonl``: one JSON line per finished job (the last line for an id wins).
 
     Lines are appended with one ``write`` and fsynced; a torn last line (power loss) is cut off on
-    open, and superseded lines are dropped by rewriting the file atomically."""
+    open, and superseded lines are dropped by rewriting the file atomically (only when there are some:
+    a run with nothing to do writes nothing)."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / MANIFEST
@@ -308,24 +328,32 @@ class Manifest:
             data = data[: data.rfind(b"\n") + 1]
             with open(self.path, "r+b") as f:
                 f.truncate(len(data))
-        for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        for number, line in safe_json.lines(safe_json.decode(data)):
+            if line is None:
+                self.warnings.append(f"{self.path} line {number}: not UTF-8 text; dropped")
+                continue
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
+                entry = safe_json.loads(line)
+            except UserError:
                 entry = None
             if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
                 self.warnings.append(f"{self.path} line {number}: not a manifest entry; dropped")
                 continue
             self.entries[entry["id"]] = entry
             self._lines += 1
-        if self._lines != len(self.entries) or self.warnings:
+        if self.superseded or self.warnings:
             self.compact()
+
+    @property
+    def superseded(self) -> bool:
+        """Whether some lines are older entries of an id that has a later line (``compact`` drops them)."""
+        return self._lines != len(self.entries)
 
     def compact(self) -> None:
         """Rewrite with one line per id (temp file, fsync, rename)."""
-        tmp = self.path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+        tmp = temp_path(self.path)
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(e, sort_keys=True) + "\n" for e in self.entries.values())
             f.flush()
@@ -458,18 +486,21 @@ def generate_together(pipe: Any, requests: Sequence[Request]) -> list[Any]:
         prompts += [r.prompt] * r.num_images
         negatives += [r.negative_prompt] * r.num_images
     sd.set_progress_bar_config(disable=True)
-    output = sd(
-        prompt=prompts,
-        negative_prompt=negatives if first.negative_prompt else None,
-        num_inference_steps=first.steps,
-        guidance_scale=first.guidance,
-        width=first.width,
-        height=first.height,
-        num_images_per_prompt=1,
-        latents=torch.cat(latents),
-        generator=torch.Generator("cpu").manual_seed(first.seed),  # type: ignore[arg-type]
-        ip_adapter_image_embeds=pipe.ip_adapter_embeds(first),  # the shared style, repeated per image
-    )
+    for r in requests:
+        guards.warn_if_prompts_truncated(sd, r)
+    with guards.refuse_nonfinite(sd.vae, guards.nonfinite_cause(pipe.dtype, first)):  # a NaN job fails, alone
+        output = sd(
+            prompt=prompts,
+            negative_prompt=negatives if first.negative_prompt else None,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance,
+            width=first.width,
+            height=first.height,
+            num_images_per_prompt=1,
+            latents=torch.cat(latents),
+            generator=torch.Generator("cpu").manual_seed(first.seed),  # type: ignore[arg-type]
+            ip_adapter_image_embeds=pipe.ip_adapter_embeds(first),  # the shared style, repeated per image
+        )
     results, start = [], 0
     for r in requests:
         results.append(Result(list(output.images[start : start + r.num_images]), r))
@@ -597,7 +628,10 @@ class BatchReport:
 
 
 class _Lock:
-    """An exclusive lock on the output folder, so two runs never write one manifest (freed on any exit)."""
+    """An exclusive lock on the output folder, so two runs never write one manifest (freed on any exit).
+
+    The lock file stays in the folder: deleting it on release would let a run that opened it just
+    before lock the deleted file while the next run locks a new one, both "holding" the lock."""
 
     def __init__(self, folder: Path) -> None:
         self.file = open(folder / LOCK, "a+")  # noqa: SIM115
@@ -608,7 +642,6 @@ class _Lock:
             raise UserError(f"output folder {folder} is in use by another batch run") from None
 
     def release(self) -> None:
-        Path(self.file.name).unlink(missing_ok=True)
         self.file.close()
 
 
@@ -693,9 +726,7 @@ def run_batch(
 def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, retry_failed: bool, pipeline: Any,
          ray: bool, ray_address: str | None, workers: int | None, progress: bool,
          on_problem: Callable[[str], None] | None) -> BatchReport:
-    for stray in folder.iterdir():  # temp files of images that were in flight when a run died
-        if TEMP_FILE.match(stray.name):
-            stray.unlink(missing_ok=True)
+    remove_stale_temps(folder)  # images and manifest rewrites in flight when a run died (the lock makes them stale)
     manifest = Manifest(folder)
     for warning in manifest.warnings:
         (on_problem or (lambda _: None))(warning)
@@ -737,7 +768,8 @@ def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, ret
         report.seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()
-        manifest.compact()
+        if manifest.superseded:
+            manifest.compact()
     return report
 
 
@@ -763,7 +795,7 @@ def _record(outcome: Outcome, worker: str, folder: Path, manifest: Manifest, rep
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
+    if not enabled or not total:  # nothing to do: no empty bar
         return None
     from tqdm import tqdm
 

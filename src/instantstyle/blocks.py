@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .errors import UserError
+from .request import MAX_SCALE
 
 #: Block presets per architecture. ``all`` (the original IP-Adapter) is every cross-attention layer.
 PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -74,6 +75,8 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
                 scale = float(value)
             except ValueError:
                 raise UserError(f"block scale {value.strip()!r} for {name!r} is not a number") from None
+            if not 0 <= scale <= MAX_SCALE:  # NaN fails too
+                raise UserError(f"block scale for {name!r} must be between 0 and {MAX_SCALE:g}, got {value.strip()}")
         items.append((name, scale))
     return items
 

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import torch
 
+from .atomic import remove_stale_temps, temp_path
 from .errors import UserError
+
+#: A cache folder may be shared by running processes: only temporary files this old are left by a dead writer.
+STALE_TEMP_S = 600.0
 
 
 def encoder_fingerprint(identity: str) -> str:
@@ -44,6 +48,7 @@ class EmbeddingCache:
             raise UserError(f"cache folder {folder}: cannot be created ({err.strerror})") from None
         if not os.access(path, os.W_OK):
             raise UserError(f"cache folder {folder}: is not writable")
+        remove_stale_temps(path, older_than_s=STALE_TEMP_S)
         return cls(path)
 
     def path_for(self, key: Sequence[str]) -> Path:
@@ -67,7 +72,7 @@ class EmbeddingCache:
         from safetensors.torch import save_file
 
         path = self.path_for(key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = temp_path(path)
         try:
             save_file({"embeds": embeds.detach().contiguous().cpu()}, str(tmp))
             os.replace(tmp, path)

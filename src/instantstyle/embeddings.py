@@ -19,13 +19,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .errors import UserError
+from .guards import warn_if_truncated
 
 STYLE_FILE_FORMAT = "instantstyle-style/1"
 CLIP_MEAN_RGB = (122, 116, 104)  # CLIP's normalisation mean: padding that normalises to zero
+#: The most pixels an input image may have (about 8k x 5k; 160 MB decoded as RGBA), read from its header before
+#: any pixel is decoded. PIL's own decompression-bomb limit (about 179 MP) still applies above it.
+MAX_PIXELS = 40_000_000
 
 
-def load_image(path: str | Path, what: str = "image") -> Image.Image:
-    """Open an image as RGB, or raise a one-line ``UserError`` (missing, empty, corrupt)."""
+def load_image(path: str | Path, what: str = "image", max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """Open an image as RGB, or raise a one-line ``UserError`` (missing, empty, corrupt, over ``max_pixels``
+    pixels by its header, or past PIL's decompression-bomb limit)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path}: is a folder, not an image")
@@ -35,8 +40,15 @@ def load_image(path: str | Path, what: str = "image") -> Image.Image:
         raise UserError(f"{what} {path}: the file is empty")
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise UserError(f"{what} {path}: {width}x{height} is over the limit of {max_pixels:,} pixels")
             image.load()
             return ImageOps.exif_transpose(image).convert("RGB")
+    except UserError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise UserError(f"{what} {path}: refused as a possible decompression bomb ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UserError(f"{what} {path}: not a readable image ({err})") from None
 
@@ -136,6 +148,7 @@ def blend(embeds: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Ten
 @torch.no_grad()
 def text_embeds(text: str, tokenizer: object, text_encoder: torch.nn.Module) -> torch.Tensor:
     """Projected pooled CLIP text embedding (1, D): the text tower's point in the shared space."""
+    warn_if_truncated(tokenizer, text, "content prompt")
     ids = tokenizer(  # type: ignore[operator]
         [text], padding="max_length", max_length=tokenizer.model_max_length,  # type: ignore[attr-defined]
         truncation=True, return_tensors="pt",
@@ -197,6 +210,8 @@ def load_style(path: str | Path) -> StyleFile:
         raise UserError(f"style file {path}: not a readable safetensors file ({type(err).__name__})") from None
     if meta.get("format") != STYLE_FILE_FORMAT or set(tensors) != {"embeds", "negative"}:
         raise UserError(f"style file {path}: not an instantstyle style file")
+    if not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise UserError(f"style file {path}: holds values that are not finite numbers (NaN or inf)")
     kind, encoder = meta.pop("kind"), meta.pop("encoder")
     meta.pop("format")
     return StyleFile(tensors["embeds"].float(), tensors["negative"].float(), kind, encoder, meta)

@@ -19,7 +19,7 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusio
 from PIL import Image
 
 from . import adapter as adapters
-from . import control, memory, modes, routing
+from . import control, guards, memory, modes, routing
 from .blocks import cross_attention_layers, resolve_blocks
 from .cache import EmbeddingCache, encoder_fingerprint
 from .embeddings import (
@@ -379,16 +379,18 @@ class StylePipeline:
         modes.set_vae_tiling(self.pipe.vae, request)
         pipe.set_progress_bar_config(disable=not progress)
         assert request.seed is not None
-        output = pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance,
-            num_images_per_prompt=request.num_images,
-            generator=torch.Generator("cpu").manual_seed(request.seed),
-            ip_adapter_image_embeds=embeds,
-            **extra,
-        )
+        guards.warn_if_prompts_truncated(pipe, request)
+        with guards.refuse_nonfinite(self.pipe.vae, guards.nonfinite_cause(self.dtype, request)):
+            output = pipe(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt or None,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance,
+                num_images_per_prompt=request.num_images,
+                generator=torch.Generator("cpu").manual_seed(request.seed),
+                ip_adapter_image_embeds=embeds,
+                **extra,
+            )
         return Result(modes.paste_back(list(output.images), request), request)
 
     def complete(self, request: Request) -> Request:

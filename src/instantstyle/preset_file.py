@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from . import safe_json
+from .atomic import temp_path
 from .blocks import parse_spec
 from .errors import UserError
 
@@ -43,11 +45,11 @@ def read_presets(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise UserError(f"presets file {path}: no such file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = safe_json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"presets file {path}: not readable ({type(err).__name__})") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"presets file {path}: invalid JSON ({err.msg} at line {err.lineno})") from None
+    except UserError as err:
+        raise UserError(f"presets file {path}: {err}") from None
     return check_presets(data, f"presets file {path}")
 
 
@@ -58,7 +60,7 @@ def write_presets(path: str | Path, presets: Mapping[str, str], merge: bool = Tr
     new = check_presets(dict(presets), f"presets for {path}")
     old = read_presets(path) if merge and path.exists() else {}
     data = {**old, **new}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path)

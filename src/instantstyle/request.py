@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import safe_json
 from .errors import UserError
 
 PNG_KEY = "instantstyle"
@@ -21,6 +22,14 @@ FORMAT_VERSION = 1
 CONTROL_KINDS = ("canny", "depth")
 #: How a non-square reference becomes the encoder's square input.
 STYLE_FITS = ("crop", "pad", "tiles")
+#: Ranges past any useful image (the README's "Limits" explains them); past them a float16 run overflows into a
+#: black NaN image. Scales, style weights and block scales multiply what the adapter or ControlNet was trained at
+#: (1.0; useful up to about 2); guidance tops out at 30 in AUTOMATIC1111, images burn long before 50.
+MAX_SCALE = 10.0
+MAX_GUIDANCE = 50.0
+MAX_LORA_SCALE = 10.0  # either sign: negative LoRA scales are a real use (slider LoRAs)
+#: CLIP reads 75 tokens (about 300 characters) and warns past them; this only stops absurd text (10 MB took 74 s).
+MAX_PROMPT_CHARS = 10_000
 
 
 @dataclass(frozen=True)
@@ -100,9 +109,8 @@ class AdapterUse:
             raise UserError(f"an extra adapter needs a weights file, got {self.path!r}")
         if not self.style:
             raise UserError(f"adapter {self.path}: give its style image(s) (--adapter 'PATH;style=IMAGE')")
-        for ref in self.style:
-            _check_number("style weight", ref.weight, low=0.0)
-        _check_number("adapter scale", self.scale, low=0.0)
+        _check_weights(self.style)
+        _check_number("adapter scale", self.scale, low=0.0, high=MAX_SCALE)
         if not isinstance(self.blocks, str):
             raise UserError(f"adapter {self.path}: blocks must be text, got {self.blocks!r}")
         if self.regions and len(self.regions) != len(self.style):
@@ -180,15 +188,21 @@ class Request:
 
     def validate(self) -> None:
         """Raise a one-line ``UserError`` for any value that cannot make an image."""
-        if not isinstance(self.prompt, str):
-            raise UserError("prompt must be text")
+        for name in ("prompt", "negative_prompt", "content_prompt"):
+            text, label = getattr(self, name), name.replace("_", " ")
+            if text is None and name == "content_prompt":
+                continue
+            if not isinstance(text, str):
+                raise UserError(f"{label} must be text")
+            if len(text) > MAX_PROMPT_CHARS:
+                raise UserError(f"{label} is {len(text):,} characters; the most is {MAX_PROMPT_CHARS:,} "
+                                "(CLIP reads about 300)")
         if not self.style:
             raise UserError("a style reference is required (--style IMAGE)")
-        for ref in self.style:
-            _check_number("style weight", ref.weight, low=0.0)
-        _check_number("scale", self.scale, low=0.0)
-        _check_number("content scale", self.content_scale, low=0.0)
-        _check_number("guidance", self.guidance, low=0.0)
+        _check_weights(self.style)
+        _check_number("scale", self.scale, low=0.0, high=MAX_SCALE)
+        _check_number("content scale", self.content_scale, low=0.0, high=MAX_SCALE)
+        _check_number("guidance", self.guidance, low=0.0, high=MAX_GUIDANCE)
         _check_int("steps", self.steps, low=1, high=1000)
         _check_int("number of images", self.num_images, low=1, high=64)
         if self.seed is not None:
@@ -202,7 +216,7 @@ class Request:
         if self.content_image is not None and self.content_prompt is not None:
             raise UserError("give either a content prompt or a content image, not both")
         for lora in self.lora:
-            _check_number("LoRA scale", lora.scale, low=-10.0)
+            _check_number("LoRA scale", lora.scale, low=-MAX_LORA_SCALE, high=MAX_LORA_SCALE)
         if self.scheduler is not None and not isinstance(self.scheduler, str):
             raise UserError(f"scheduler must be a name, got {self.scheduler!r}")
         self._validate_modes()
@@ -223,7 +237,7 @@ class Request:
                                 "raise --steps or --strength")
         if self.mask is not None and self.init_image is None:
             raise UserError("a mask needs an init image to repaint (--init-image)")
-        _check_number("control scale", self.control_scale, low=0.0)
+        _check_number("control scale", self.control_scale, low=0.0, high=MAX_SCALE)
         if self.depth_model is not None and self.control != "depth":
             raise UserError("--depth-model needs --control depth (it makes the depth map from --control-image)")
         if self.control is None:
@@ -236,7 +250,7 @@ class Request:
             raise UserError("--control IMAGE is the ready control image; --control-image is for canny|depth")
         elif self.controlnet is None:
             raise UserError(f"--control {self.control} (a ready control image) needs --controlnet MODEL")
-        _check_number("composition scale", self.composition_scale, low=0.0)
+        _check_number("composition scale", self.composition_scale, low=0.0, high=MAX_SCALE)
         for region in self.regions:
             if not isinstance(region, str) or not region:
                 raise UserError(f"a region must be a mask image path, got {region!r}")
@@ -288,11 +302,7 @@ class Request:
 
     @classmethod
     def from_json(cls, text: str) -> Request:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(safe_json.loads(text))
 
     def replace(self, **changes: Any) -> Request:
         return dataclasses.replace(self, **changes)
@@ -331,11 +341,21 @@ def _lora_from_json(item: Any) -> LoraRef:
     raise UserError(f"a LoRA must be a path or {{'path': ..., 'scale': ...}}, got {item!r}")
 
 
-def _check_number(name: str, value: Any, low: float) -> None:
+def _check_number(name: str, value: Any, low: float, high: float | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UserError(f"{name} must be a number, got {value!r}")
+    if high is not None and not low <= value <= high:
+        raise UserError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
     if value < low:
         raise UserError(f"{name} must be at least {low}, got {value}")
+
+
+def _check_weights(refs: tuple[StyleRef, ...]) -> None:
+    """Each style weight in range, and not all 0 (blending divides by their sum)."""
+    for ref in refs:
+        _check_number("style weight", ref.weight, low=0.0, high=MAX_SCALE)
+    if refs and not any(ref.weight for ref in refs):
+        raise UserError("style weights must not all be 0")
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
@@ -356,9 +376,16 @@ def read_png_request(path: str | Path) -> Request:
         raise UserError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"{path}: not a readable image ({err})") from None
+    except Image.DecompressionBombError as err:
+        raise UserError(f"{path}: refused as a possible decompression bomb ({err})") from None
+    except ValueError as err:  # PIL's cap on inflating text chunks (zTXt/iTXt)
+        raise UserError(f"{path}: a text chunk is too large to read ({err})") from None
     if text is None:
         raise UserError(f"{path}: carries no instantstyle parameters")
-    return Request.from_json(text)
+    try:
+        return Request.from_json(text)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
 
 
 def write_png(image: Any, path: str | Path, request: Request, index: int = 0) -> Path:
@@ -372,11 +399,13 @@ def save_png_atomically(image: Any, path: str | Path, texts: dict[str, str]) -> 
 
     from PIL.PngImagePlugin import PngInfo
 
+    from .atomic import temp_path
+
     path = Path(path)
     info = PngInfo()
     for key, text in texts.items():
         info.add_text(key, text)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         image.save(tmp, format="PNG", pnginfo=info)
         os.replace(tmp, path)

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from . import csd as csd_model
-from . import memory
+from . import memory, safe_json
 from .embeddings import ImageEncoder, blend, encode_reference, image_hash, load_image, load_style, text_embeds
 from .errors import UserError
 from .request import Request, StyleRef
@@ -99,10 +99,7 @@ class ScoreRecord:
 
     @classmethod
     def from_json(cls, text: str) -> ScoreRecord:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+        data = safe_json.loads(text)
         if not isinstance(data, dict) or not isinstance(data.get("image"), str):
             raise UserError("a score record is a JSON object with an 'image' path")
         data = dict(data)

@@ -28,16 +28,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .blocks import PRESETS, attention_block, list_blocks, resolve_blocks
-from .embeddings import load_image, load_style
+from .embeddings import MAX_PIXELS, load_image, load_style
 from .errors import UserError
 from .pipeline import StylePipeline
 from .request import CONTROL_KINDS, LoraRef, Request, read_png_request, write_png
 from .schedulers import SCHEDULERS
 from .sweep import Axes, parse_blocks_list, parse_number_list, render_sweep
 
-#: Largest upload gradio accepts, and the most pixels a reference image may have (about 8k x 5k).
+#: Largest upload gradio accepts (the most pixels an image may have is the core's MAX_PIXELS, about 8k x 5k).
 MAX_FILE_SIZE = "25mb"
-MAX_PIXELS = 40_000_000
 CUSTOM = "custom"
 NO_CONTROL = "none"
 READY_CONTROL = "ready control image"  # the control upload is the control image itself (needs a ControlNet)
