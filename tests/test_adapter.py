@@ -4,13 +4,9 @@ import pytest
 import torch
 
 from instantstyle import StylePipeline, UserError
-from instantstyle.adapter import (
-    TextOnlyAttnProcessor,
-    adapter_parameter_count,
-    file_parameter_count,
-    read_adapter,
-)
+from instantstyle.adapter import adapter_parameter_count, file_parameter_count, read_adapter
 from instantstyle.blocks import resolve_blocks
+from instantstyle.processors import TextOnlyAttnProcessor
 
 from .conftest import FAST, pixels
 

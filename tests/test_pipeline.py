@@ -6,7 +6,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from instantstyle import Request, StylePipeline, UserError
 from instantstyle.embeddings import load_image
-from instantstyle.pipeline import resolve_dtype
+from instantstyle.runtime import resolve_dtype
 from instantstyle.testing.single_file import export_single_file
 
 from .conftest import FAST, pixels

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
 from .errors import UserError
 
 
@@ -66,12 +67,8 @@ class EmbeddingCache:
         """Store an embedding (atomically: a crash leaves no half-written entry)."""
         from safetensors.torch import save_file
 
-        path = self.path_for(key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            save_file({"embeds": embeds.detach().contiguous().cpu()}, str(tmp))
-            os.replace(tmp, path)
+            with atomic_path(self.path_for(key)) as tmp:
+                save_file({"embeds": embeds.detach().contiguous().cpu()}, str(tmp))
         except OSError:
             pass  # a full or read-only disk only costs the next run an encode
-        finally:
-            tmp.unlink(missing_ok=True)

@@ -9,36 +9,20 @@ adapters do not live in that space and get no subtraction.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+from .atomic import atomic_path
 from .errors import UserError
+from .images import load_image as load_image  # re-exported: where most callers look for it
 
 STYLE_FILE_FORMAT = "instantstyle-style/1"
 CLIP_MEAN_RGB = (122, 116, 104)  # CLIP's normalisation mean: padding that normalises to zero
-
-
-def load_image(path: str | Path, what: str = "image") -> Image.Image:
-    """Open an image as RGB, or raise a one-line ``UserError`` (missing, empty, corrupt)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{what} {path}: is a folder, not an image")
-    if not path.is_file():
-        raise UserError(f"{what} {path}: no such file")
-    if path.stat().st_size == 0:
-        raise UserError(f"{what} {path}: the file is empty")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise UserError(f"{what} {path}: not a readable image ({err})") from None
 
 
 @dataclass
@@ -48,11 +32,6 @@ class ImageEncoder:
     model: CLIPVisionModelWithProjection
     processor: CLIPImageProcessor
     identity: str
-
-    @property
-    def embed_dims(self) -> tuple[int, int]:
-        """(projection dim for global adapters, hidden size for plus adapters)."""
-        return self.model.config.projection_dim, self.model.config.hidden_size
 
 
 def load_image_encoder(path: str | Path, dtype: torch.dtype = torch.float32, weights: bool = True) -> ImageEncoder:
@@ -178,7 +157,8 @@ def save_style(path: str | Path, style: StyleFile) -> Path:
         raise UserError(f"style file {path}: must end in .safetensors")
     meta = {"format": STYLE_FILE_FORMAT, "kind": style.kind, "encoder": style.encoder, **style.metadata}
     tensors = {"embeds": style.embeds.contiguous().cpu(), "negative": style.negative.contiguous().cpu()}
-    save_file(tensors, str(path), metadata={k: str(v) for k, v in meta.items()})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
     return path
 
 
@@ -200,8 +180,3 @@ def load_style(path: str | Path) -> StyleFile:
     kind, encoder = meta.pop("kind"), meta.pop("encoder")
     meta.pop("format")
     return StyleFile(tensors["embeds"].float(), tensors["negative"].float(), kind, encoder, meta)
-
-
-def describe(meta: dict[str, object]) -> dict[str, str]:
-    """Flatten settings into safetensors metadata strings (JSON for non-strings)."""
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
