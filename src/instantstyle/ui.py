@@ -35,7 +35,7 @@ from .errors import UserError
 from .families import all_families
 from .pipeline import StylePipeline
 from .preflight import check_request
-from .request import CONTROL_KINDS, LoraRef, Request, read_png_request, write_png
+from .request import CONTROL_KINDS, LoraRef, Request, StyleRef, read_png_request, write_png
 from .schedulers import SCHEDULERS
 from .sweep import Axes, parse_blocks_list, parse_number_list, render_sweep
 
@@ -58,14 +58,15 @@ class PipelineHolder:
     """The one pipeline of the app: given, or made by a factory on first use and then kept."""
 
     def __init__(self, source: PipeSource) -> None:
-        self._source = source
         self._pipe = source if isinstance(source, StylePipeline) else None
+        self._factory = None if isinstance(source, StylePipeline) else source
         self._lock = threading.Lock()
 
     def get(self) -> StylePipeline:
         with self._lock:
             if self._pipe is None:
-                self._pipe = self._source()  # type: ignore[operator]
+                assert self._factory is not None
+                self._pipe = self._factory()
             return self._pipe
 
 
@@ -328,7 +329,7 @@ def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
     weights = parse_number_list("style weight", weights_text) if weights_text else (1.0,) * len(files)
     if len(weights) != len(files):
         raise UserError(f"{len(weights)} style weights for {len(files)} style files")
-    style = tuple(f"{workdir.keep_upload(f, 'style image')}:{w:g}" for f, w in zip(files, weights, strict=True))
+    style = tuple(StyleRef(workdir.keep_upload(f, "style image"), w) for f, w in zip(files, weights, strict=True))
     blocks = values.get("blocks", "style")
     if blocks == CUSTOM:
         blocks = spec_from_rows(values.get("block_table"))
