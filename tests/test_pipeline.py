@@ -6,7 +6,6 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from instantstyle import Request, StylePipeline, UserError
 from instantstyle.embeddings import load_image
-from instantstyle.runtime import resolve_dtype
 from instantstyle.testing.single_file import export_single_file
 
 from .conftest import FAST, pixels
@@ -122,6 +121,3 @@ def test_adapter_hub_reference_not_cached_is_an_error(tiny):
         StylePipeline.from_pretrained(str(tiny.sdxl), "h94/IP-Adapter/sdxl_models/nope.safetensors", device="cpu")
 
 
-def test_dtype_defaults_to_float32_on_cpu_and_float16_on_gpu():
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16

@@ -412,7 +412,12 @@ def test_uploads_over_the_size_limit_are_refused(app):
     assert response.status_code == 413 and "maximum allowed size" in response.text
 
 
-def test_app_binds_localhost_without_a_share_link(app):
-    demo = app[2]
-    assert (demo.server_name, demo.share, demo.share_url) == ("127.0.0.1", False, None)
+def test_app_listens_on_localhost_only_without_a_share_link(app):
+    """What the operating system says is listening on the app's port: the loopback address, nothing else."""
+    import psutil
+
+    port = int(app[0].rsplit(":", 1)[1].strip("/"))
+    listening = {c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.laddr.port == port}
+    assert listening == {"127.0.0.1"}
+    assert app[2].share_url is None
 
