@@ -25,6 +25,7 @@ from .embeddings import ImageEncoder, load_image_encoder
 from .errors import UserError
 from .families import Family, all_families, family_of
 from .hub import checkpoint_family, find_image_encoder, hub_error, model_source, resolve_adapter_file
+from .processors import check_diffusers
 from .runtime import Runtime
 
 
@@ -46,6 +47,7 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
          blocks: str = "style") -> Loaded:
     """Load base model, adapter and image encoder; keep adapter weights only for ``blocks`` (unless
     ``runtime.keep_all_weights``), then place everything (device, device map or offload; compile)."""
+    check_diffusers()  # before minutes of loading: the adapter edits need the diffusers they were verified with
     cache = EmbeddingCache.open(runtime.cache_dir) if runtime.cache_dir else None
     device = runtime.placement()
     dtype = runtime.torch_dtype(device)

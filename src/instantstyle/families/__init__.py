@@ -109,7 +109,7 @@ def family_named(name: str | Family) -> Family:
 def _one(found: list[Family], what: str) -> Family:
     if not found:
         names = ", ".join(f.name for f in all_families())
-        raise UserError(f"{what} is not a supported model family ({names})")
+        raise UserError(f"{what}: not a supported model family ({names})")
     if len(found) > 1:
         raise RuntimeError(f"families overlap: {', '.join(f.name for f in found)} all match {what}")
     return found[0]
