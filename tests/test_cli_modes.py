@@ -76,6 +76,8 @@ BAD_MODE_INPUTS = [
      "give its style image(s)"),
     ("missing-further-adapter", lambda tmp, modes, tiny: [
         "--adapter", f"{tmp}/missing.safetensors;style={modes.second_style}"], "no such file"),
+    ("further-adapter-blocks-malformed", lambda tmp, modes, tiny: [
+        "--adapter", f"{tiny.sdxl_plus_adapter};style={modes.second_style};blocks=style,,all"], "empty entry"),
     ("further-adapter-style-missing", lambda tmp, modes, tiny: [
         "--adapter", f"{tiny.sdxl_plus_adapter};style=nowhere.png"], "style image of adapter"),
 ]
