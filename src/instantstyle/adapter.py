@@ -16,10 +16,9 @@ from typing import Any, Literal
 import torch
 
 from .errors import UserError
-from .families import Family
-from .logs import quiet
+from .families import Family, all_families
 from .processors import adapter_parameter_count as adapter_parameter_count  # re-exported: counts live weights
-from .processors import prune_layers
+from .processors import adapters_loaded, prune_layers
 
 AdapterKind = Literal["global", "plus"]
 
@@ -41,6 +40,7 @@ def read_adapter(path: str | Path) -> AdapterWeights:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"adapter {path}: no such file")
+    flat: dict[str, torch.Tensor] = {}
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -56,6 +56,10 @@ def read_adapter(path: str | Path) -> AdapterWeights:
     except Exception as err:  # any unreadable file is a user error, whatever the library raised
         raise UserError(f"adapter {path}: not a readable weights file ({type(err).__name__})") from None
     if not isinstance(state, dict) or not state.get("image_proj") or not state.get("ip_adapter"):
+        for family in all_families():  # a format only some family uses (h94's is every UNet family's)
+            weights = family.adapter_reader(path, flat) if family.adapter_reader is not None else None
+            if weights is not None:
+                return weights  # type: ignore[no-any-return]
         raise UserError(f"adapter {path}: not an IP-Adapter file (no image_proj / ip_adapter weights)")
     proj, layers = state["image_proj"], state["ip_adapter"]
     kind: AdapterKind
@@ -86,15 +90,9 @@ def attach_adapters(
     ``keep[i]`` is the set of layers adapter ``i`` may ever be used on; ``None`` keeps every weight
     (re-targeting then needs no reload).
     """
-    if getattr(family.denoiser_of(pipe), "encoder_hid_proj", None) is not None:
+    if adapters_loaded(family.denoiser_of(pipe)):
         pipe.unload_ip_adapter()
-    with quiet("diffusers.loaders.ip_adapter"):  # it warns that no image encoder is loaded: we bring our own
-        pipe.load_ip_adapter(
-            [a.state_dict for a in adapters],
-            subfolder=[""] * len(adapters),
-            weight_name=[""] * len(adapters),
-            image_encoder_folder=None,
-        )
+    family.load_adapters(pipe, [a.state_dict for a in adapters])
     if keep is not None:
         prune_layers(family.denoiser_of(pipe), family, keep)
 

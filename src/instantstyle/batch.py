@@ -251,9 +251,9 @@ def _resolve_paths(request: Request, base: Path | None) -> Request:
     return request.replace(**changes)
 
 
-def _check_files(request: Request, checked: dict[tuple[Any, ...], UserError | None]) -> None:
+def _check_files(request: Request, checked: dict[Any, UserError | None]) -> None:
     """The generate command's checks (images readable, blocks well-formed), once per distinct input."""
-    key = (request.style, request.content_image, request.blocks, request.image_encoder, request.content_text_encoder)
+    key = request.replace(prompt="", negative_prompt="", seed=None, num_images=1)  # what the checks look at
     if key not in checked:
         try:
             check_request(request)
@@ -464,7 +464,6 @@ def run_batch(
     if workers is not None and workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
     runtime = runtime or Runtime()
-    runtime.validate()
     if not ray:  # Ray workers find their devices on their own machines
         runtime.torch_dtype(runtime.placement())
     folder = prepare_output_dir(output_dir)

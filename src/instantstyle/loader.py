@@ -71,8 +71,9 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
         memory.ready_encoder(encoder, device, dtype)
     elif device.type == "cpu":
         memory.pin_mmap_threshold()  # freed tensors leave the process (see memory.py)
+    weights = replace(weights, state_dict={})  # the file's tensors now live, pruned, in the denoiser
     memory.return_freed_memory()  # give back what loading and pruning freed
-    return Loaded(pipe, family, replace(weights, state_dict={}), encoder, device, dtype, low_memory, cache)
+    return Loaded(pipe, family, weights, encoder, device, dtype, low_memory, cache)
 
 
 def load_base_pipeline(

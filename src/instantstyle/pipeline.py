@@ -255,7 +255,7 @@ class StylePipeline:
             "guidance_scale": request.guidance,
             "num_images_per_prompt": request.num_images,
             "generator": torch.Generator("cpu").manual_seed(request.seed),
-            "ip_adapter_image_embeds": self.ip_adapter_embeds(request),
+            **self.image_embeds_kwargs(request),
             **modes.mode_kwargs(request, self.depth_model(request)),
         }
         masks = routing.region_masks(request, (request.width, request.height))
@@ -309,18 +309,14 @@ class StylePipeline:
         """(style, negative) of the main adapter: references blended, content subtracted (InstantStyle)."""
         return styles.style_embeds(self.embeddings, request, self.main_adapter, lambda: self._text_tower(request))
 
-    def ip_adapter_embeds(self, request: Request) -> list[torch.Tensor]:
-        """What diffusers takes as ``ip_adapter_image_embeds``: per slot (main style, further adapters, then
-        composition) a tensor (2, n, ...) under CFG, negative half first, n = 1 or one per region; diffusers
-        repeats it per image."""
+    def image_embeds_kwargs(self, request: Request) -> dict[str, Any]:
+        """The diffusers call's image embeddings (``ip_adapter_image_embeds``, as the family takes them): per slot
+        (main style, further adapters, then composition) the style and its CFG negative, n = 1 or one per region."""
         further = [self._further(use.path) for use in request.adapters]
         pairs = styles.slot_embeds(self.embeddings, request, self.main_adapter, further,
                                    lambda: self._text_tower(request))
         cfg = self.family.guides(self.pipe, request.guidance)
-        return [
-            (torch.cat([negative[None], style[None]]) if cfg else style[None]).to(self.device, self.dtype)
-            for style, negative in pairs
-        ]
+        return self.family.embeds_kwargs(pairs, cfg, self.device, self.dtype)
 
     def save_style(self, request: Request, path: str | Path, extra: dict[str, str] | None = None) -> Path:
         """Save the request's blended references as a style file, reusable without the images (``extra``: more

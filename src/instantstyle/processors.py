@@ -151,9 +151,14 @@ def set_slot_count(denoiser: Any, family: Family, count: int) -> None:
                 tokens.append(tokens[0])
 
 
+def adapters_loaded(denoiser: Any) -> bool:
+    """Whether diffusers has IP-Adapters loaded in the denoiser (their image projections are there)."""
+    return getattr(denoiser, "encoder_hid_proj", None) is not None
+
+
 def active_layers(denoiser: Any, family: Family) -> list[set[str]] | None:
     """Per loaded adapter, the layers that still hold its weights (``None`` when no adapter is loaded)."""
-    if getattr(denoiser, "encoder_hid_proj", None) is None:
+    if not adapters_loaded(denoiser):
         return None
     held: list[set[str]] = [set() for _ in denoiser.encoder_hid_proj.image_projection_layers]
     for layer, proc in ip_processors(denoiser, family).items():

@@ -48,8 +48,15 @@ class Family:
     #: The attention block a layer belongs to, and the top-level block an attention block belongs to.
     attention_block: Callable[[str], str]
     top_block: Callable[[str], str]
-    #: diffusers' IP-Adapter attention processor class for this family (``IPAdapterAttnProcessor2_0``...).
+    #: diffusers' IP-Adapter processor class for this family (``IPAdapterAttnProcessor2_0``...); its state is
+    #: edited in ``processors`` only.
     ip_processor: str
+    #: Load IP-Adapter state dicts (``AdapterWeights.state_dict``, one per adapter) into the pipeline's denoiser:
+    #: diffusers' ``load_ip_adapter`` with this family's arguments.
+    load_adapters: Callable[[Any, Sequence[Mapping[str, Any]]], None]
+    #: The diffusers call's image-embedding arguments from (style, negative) per slot, with or without CFG.
+    embeds_kwargs: Callable[[Sequence[tuple[torch.Tensor, torch.Tensor]], bool, torch.device, torch.dtype],
+                            dict[str, Any]]
     #: A processor for a layer no adapter targets (holds no adapter weights), or ``None`` to keep diffusers'.
     text_only_processor: Callable[[], Any] | None
     #: Whether an IP-Adapter file fits the denoiser: ``None``, or what does not fit.
@@ -70,10 +77,13 @@ class Family:
     #: The starting noise of one request exactly as its pipeline would draw it, for batching several requests
     #: into one call (``None``: this family's requests always run one by one).
     draw_latents: Callable[[Any, Request, torch.device, torch.dtype], torch.Tensor] | None = None
+    #: Reads an adapter file of a format only this family uses (``path``, its tensors by name) into
+    #: ``adapter.AdapterWeights``, or ``None`` when it is not one; h94 files need none.
+    adapter_reader: Callable[[Any, Mapping[str, torch.Tensor]], Any] | None = None
     #: Diffusers pipeline class names for (mode, with ControlNet) that ``AutoPipelineFor*`` does not find.
     mode_pipelines: Mapping[tuple[str, bool], str] = field(default_factory=dict)
-    #: Per-feature data for this family (e.g. ``extras["hidiffusion"]``), for features outside the core.
-    extras: Mapping[str, Any] = field(default_factory=dict)
+    #: Per-feature data for this family (e.g. ``features["hidiffusion"]``), for features outside the core.
+    features: Mapping[str, Any] = field(default_factory=dict)
 
     def denoiser_of(self, pipe: Any) -> Any:
         """The loaded pipeline's denoiser (its UNet or transformer)."""

@@ -7,7 +7,7 @@ blocks (``up_blocks.0.attentions.1``, the unit InstantStyle targets) and those i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
@@ -69,6 +69,26 @@ def controlnet_fits(controlnet: Any, unet: Any) -> bool:
     return (mine.cross_attention_dim, mine.addition_embed_type) == (want.cross_attention_dim, want.addition_embed_type)
 
 
+def load_adapters(pipe: Any, state_dicts: Sequence[Mapping[str, Any]]) -> None:
+    """diffusers' ``load_ip_adapter`` with in-memory state dicts and no image encoder (we bring our own)."""
+    from ..logs import quiet
+
+    with quiet("diffusers.loaders.ip_adapter"):  # it warns that no image encoder is loaded
+        pipe.load_ip_adapter(list(state_dicts), subfolder=[""] * len(state_dicts),
+                             weight_name=[""] * len(state_dicts), image_encoder_folder=None)
+
+
+def embeds_kwargs(
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], cfg: bool, device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
+    """``ip_adapter_image_embeds``: per slot a tensor (2, n, ...) under CFG, negative half first, else (1, n, ...);
+    diffusers repeats it per image."""
+    import torch
+
+    slots = [torch.cat([negative[None], style[None]]) if cfg else style[None] for style, negative in pairs]
+    return {"ip_adapter_image_embeds": [slot.to(device, dtype) for slot in slots]}
+
+
 def native_size(pipe: Any) -> int:
     return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
@@ -103,6 +123,8 @@ FUNCTIONS: Mapping[str, Any] = {
     "attention_block": attention_block,
     "top_block": top_block,
     "text_only_processor": text_only_processor,
+    "load_adapters": load_adapters,
+    "embeds_kwargs": embeds_kwargs,
     "adapter_misfit": adapter_misfit,
     "controlnet_fits": controlnet_fits,
     "native_size": native_size,
