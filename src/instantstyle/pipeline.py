@@ -26,6 +26,7 @@ from PIL import Image
 
 from . import control, loader, modes, processors, routing, styles
 from .adapter import AdapterWeights, attach_adapters, read_adapter
+from .cache import EmbeddingCache
 from .embeddings import ImageEncoder
 from .errors import UserError
 from .extras import Extras
@@ -84,18 +85,17 @@ class StylePipeline:
     device: torch.device
     dtype: torch.dtype
     low_memory: bool = False  # image encoder off the device between uses (see ``memory``)
-    embeddings: EmbeddingStore = field(default=None, repr=False)  # type: ignore[assignment]  # set in __post_init__
+    disk_cache: EmbeddingCache | None = None  # reference embeddings kept on disk too (``Runtime.cache_dir``)
     adapter_ref: str | None = None  # the adapter as the user named it (a hub reference stays one in the PNG)
     content_text_encoder: str | None = None  # default for requests that name none
-    extras: Extras = field(default=None, repr=False)  # type: ignore[assignment]  # set in __post_init__
+    embeddings: EmbeddingStore = field(init=False, repr=False)  # reference embeddings, each computed once
+    extras: Extras = field(init=False, repr=False)  # what requests name besides the base model, loaded once
     _base_scheduler: Any = field(default=None, repr=False)
     _attached: tuple[str, ...] = field(default=(), repr=False)  # the further adapters now in the denoiser
 
     def __post_init__(self) -> None:
-        if self.embeddings is None:
-            self.embeddings = EmbeddingStore(self.device, self.dtype, self.low_memory)
-        if self.extras is None:
-            self.extras = Extras(self.device, self.dtype)
+        self.embeddings = EmbeddingStore(self.device, self.dtype, self.low_memory, self.disk_cache)
+        self.extras = Extras(self.device, self.dtype)
 
     @classmethod
     def from_pretrained(
@@ -116,8 +116,7 @@ class StylePipeline:
         parts = loader.load(model, adapter, runtime, image_encoder=image_encoder, blocks=blocks)
         return cls(
             parts.pipe, parts.family, parts.adapter, parts.image_encoder, model, runtime, parts.device, parts.dtype,
-            parts.low_memory, EmbeddingStore(parts.device, parts.dtype, parts.low_memory, parts.disk_cache),
-            adapter_ref=adapter, content_text_encoder=content_text_encoder,
+            parts.low_memory, parts.disk_cache, adapter_ref=adapter, content_text_encoder=content_text_encoder,
         )
 
     @property
@@ -127,7 +126,7 @@ class StylePipeline:
 
     @property
     def denoiser(self) -> Any:
-        """The denoising model (the UNet) that holds the adapter."""
+        """The denoising model (the UNet; a transformer in DiT families) that holds the adapter."""
         return self.family.denoiser_of(self.pipe)
 
     @property
@@ -167,9 +166,9 @@ class StylePipeline:
         return Result(modes.paste_back(images, request), request)
 
     def generate_many(self, requests: Sequence[Request]) -> list[Result]:
-        """The results of several requests, those that can (same ``batch_key``, ``can_batch``) in one denoising
-        call: each request's noise is drawn from its own seed exactly as ``__call__`` draws it, so an image does
-        not depend on the others in its call beyond float rounding."""
+        """The results of several requests: in one denoising call when they can share it (equal ``batch_key``, all
+        ``can_batch``), else one by one. In a shared call each request's noise is drawn from its own seed exactly
+        as ``__call__`` draws it, so an image does not depend on the others in its call beyond float rounding."""
         if (len(requests) < 2 or self.family.draw_latents is None or not all(can_batch(r) for r in requests)
                 or len({batch_key(r) for r in requests}) > 1):
             return [self(r) for r in requests]
