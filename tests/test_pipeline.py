@@ -121,3 +121,25 @@ def test_adapter_hub_reference_not_cached_is_an_error(tiny):
         StylePipeline.from_pretrained(str(tiny.sdxl), "h94/IP-Adapter/sdxl_models/nope.safetensors", device="cpu")
 
 
+
+
+def test_a_feature_holds_for_exactly_one_call_through_prepare(sdxl, tiny):
+    """``prepare`` is the one path to an image: a context manager a feature puts in ``during`` (HiDiffusion's
+    hooks, say) is entered around the denoising call and left after it."""
+    from contextlib import contextmanager
+
+    calls = []
+
+    @contextmanager
+    def count_denoiser_calls():
+        handle = sdxl.denoiser.register_forward_pre_hook(lambda *_: calls.append(1))
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    prepared = sdxl.prepare(make_request(tiny))
+    prepared.during.append(count_denoiser_calls())
+    image = sdxl.run(prepared).images[0]
+    assert len(calls) == FAST["steps"] and not sdxl.denoiser._forward_pre_hooks
+    assert (pixels(image) == pixels(sdxl(make_request(tiny)).images[0])).all()

@@ -8,8 +8,9 @@ masks, the style schedule). ``__call__`` runs one prepared request; ``generate_m
 may share one denoising call as one, from the first one's preparation, so a batched image equals
 ``__call__``'s of the same request whatever ran before.
 
-Where later features hook in: per-request changes to the models (a patched denoiser, a memory budget) go
-in ``_set_models``; further call arguments in ``_call_kwargs``; steps after denoising (scores) in ``finish``.
+Where later features hook in: per-request changes to the models (a memory budget) go in ``_set_models``;
+further call arguments in ``_call_kwargs``; changes that must hold only while the call runs (HiDiffusion's
+hooks on the UNet) as context managers in ``Prepared.during``; steps after denoising (scores) in ``finish``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,15 @@ class Prepared:
     request: Request
     pipe: Any
     kwargs: dict[str, Any]
+    #: Context managers entered around the denoising call and left after it (changes that last one call).
+    during: list[AbstractContextManager[Any]] = field(default_factory=list)
+
+    def call(self, **changes: Any) -> Any:
+        """Run the diffusers call (with ``changes`` to its arguments) inside every ``during`` context."""
+        with ExitStack() as stack:
+            for context in self.during:
+                stack.enter_context(context)
+            return self.pipe(**{**self.kwargs, **changes})
 
 
 @dataclass
@@ -158,8 +169,7 @@ class StylePipeline:
     def run(self, prepared: Prepared, progress: bool = False) -> Result:
         """Denoise a prepared request."""
         prepared.pipe.set_progress_bar_config(disable=not progress)
-        output = prepared.pipe(**prepared.kwargs)
-        return self.finish(prepared.request, list(output.images))
+        return self.finish(prepared.request, list(prepared.call().images))
 
     def finish(self, request: Request, images: list[Image.Image]) -> Result:
         """After denoising: inpainting puts the init image back outside the mask."""
@@ -174,8 +184,7 @@ class StylePipeline:
             return [self(r) for r in requests]
         done = [self.complete(r) for r in requests]  # fills in every seed first
         prepared = self.prepare(done[0])
-        kwargs = {
-            **prepared.kwargs,
+        batch = {
             "prompt": [r.prompt for r in done for _ in range(r.num_images)],
             "negative_prompt": [r.negative_prompt for r in done for _ in range(r.num_images)]
             if done[0].negative_prompt else None,
@@ -183,7 +192,7 @@ class StylePipeline:
             "latents": torch.cat([self.family.draw_latents(self.pipe, r, self.device, self.dtype) for r in done]),
         }
         prepared.pipe.set_progress_bar_config(disable=True)
-        images = list(prepared.pipe(**kwargs).images)
+        images = list(prepared.call(**batch).images)
         results, start = [], 0
         for r in done:
             results.append(self.finish(r, images[start : start + r.num_images]))
