@@ -83,15 +83,17 @@ def attach_instantstyle(pipe: Any, topo: Topology, preset: str) -> None:
     below ``StylePipeline``: the meta device cannot go through ``from_pretrained``; ``test_benchmark`` checks
     that the processors made here are those of a real ``StylePipeline``.)"""
     from instantstyle import adapter as adapters
-    from instantstyle.blocks import cross_attention_layers, resolve_blocks
+    from instantstyle.blocks import resolve_blocks
+    from instantstyle.families import family_named
 
+    sdxl = family_named("sdxl")
     state = adapter_state(pipe.unet, topo.embed_dim)
-    layers = cross_attention_layers(pipe.unet.attn_processors)
+    layers = sdxl.layers(pipe.unet)
     weights = adapters.AdapterWeights(
         "<meta>", "global", topo.embed_dim, pipe.unet.config.cross_attention_dim, len(layers), state
     )
-    keep = set(resolve_blocks(preset, layers, "sdxl"))
-    adapters.attach_adapters(pipe, [weights], [keep])
+    keep = set(resolve_blocks(preset, layers, sdxl))
+    adapters.attach_adapters(pipe, sdxl, [weights], [keep])
 
 
 def contestant_pipeline(topo: Topology, contestant: str, preset: str, in_channels: int = 4) -> Any:

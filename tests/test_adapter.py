@@ -4,13 +4,9 @@ import pytest
 import torch
 
 from instantstyle import StylePipeline, UserError
-from instantstyle.adapter import (
-    TextOnlyAttnProcessor,
-    adapter_parameter_count,
-    file_parameter_count,
-    read_adapter,
-)
+from instantstyle.adapter import adapter_parameter_count, file_parameter_count, read_adapter
 from instantstyle.blocks import resolve_blocks
+from instantstyle.processors import TextOnlyAttnProcessor
 
 from .conftest import FAST, pixels
 
@@ -97,3 +93,11 @@ def test_retargeting_a_pruned_pipeline_reloads_the_needed_layers(tiny, sdxl):
     pruned = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", blocks="style")
     request = dict(prompt="a cat", style=str(tiny.style_image), blocks="all", **FAST)
     assert (pixels(pruned(**request).images[0]) == pixels(sdxl(**request).images[0])).all()
+
+
+def test_a_diffusers_release_the_processor_edits_were_not_verified_with_is_refused():
+    from instantstyle.processors import check_diffusers
+
+    check_diffusers("0.42.9")
+    with pytest.raises(UserError, match=r"as laid out in diffusers 0.42.x; this is diffusers 0.43.0: install"):
+        check_diffusers("0.43.0")

@@ -211,7 +211,10 @@ def test_an_output_folder_in_use_by_another_run_is_refused(sdxl, tmp_path):
         lock.release()
 
 
-def test_device_map_without_gpus_is_one_clear_error_before_anything_runs(tiny, tmp_path):
+def test_device_map_without_gpus_is_one_clear_error_before_anything_runs(tiny, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the machine without GPUs, wherever this runs
     jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"prompt": "a", "style": str(tiny.style_image)}])
     result = CliRunner().invoke(main, ["batch", str(jobs), "-o", str(tmp_path / "out"), "--device-map", "balanced"])
     assert result.exit_code == 2
@@ -354,3 +357,29 @@ def test_jobs_whose_images_come_out_nan_fail_and_write_no_image(sdxl, tiny, tmp_
     report = run_batch(jobs, tmp_path / "out", pipeline=sdxl, batch_size=2)  # one shared call, then one by one
     assert report.failed == 2 and all("NaN" in e for e in report.errors)
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_a_batch_after_a_scheduler_and_lora_job_equals_generate(tiny, tmp_path):
+    """A job with its own scheduler and LoRA leaves nothing behind: the shared batch that runs next on the same
+    pipeline is the model's own scheduler without the LoRA, as ``generate`` of each of its jobs is."""
+    from instantstyle import StylePipeline
+    from instantstyle.testing.lora import write_tiny_lora
+
+    # A pipeline of its own: loading and unloading a LoRA leaves peft's wrappers behind (a rounding step).
+    pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", keep_all_weights=True)
+    style = new_style(tmp_path / "s.png")
+    lora = write_tiny_lora(tiny.sdxl, tmp_path / "lora.safetensors")
+    fast = {"id": "fast", "prompt": "a barn", "style": style, **FAST, "scheduler": "lcm", "lora": [str(lora)],
+            "guidance": 1.0}
+    pair = [{"id": f"plain-{i}", "prompt": f"a house {i}", "style": style, **FAST, "seed": 20 + i} for i in range(2)]
+    run_batch(write_jsonl(tmp_path / "first.jsonl", [fast]), tmp_path / "out", pipeline=pipe)
+    calls = []
+    hook = pipe.pipe.unet.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[0]))
+    try:
+        report = run_batch(write_jsonl(tmp_path / "then.jsonl", pair), tmp_path / "out", pipeline=pipe, batch_size=2)
+    finally:
+        hook.remove()
+    assert report.done == 2 and calls == [4] * FAST["steps"]  # the pair shared one call per step (CFG doubles it)
+    for row in [fast, *pair]:
+        alone = pipe(Request.from_dict({k: v for k, v in row.items() if k != "id"})).images[0]
+        assert np.abs(pixels(Image.open(tmp_path / "out" / f"{row['id']}.png")) - pixels(alone)).max() <= 2, row["id"]

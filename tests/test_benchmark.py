@@ -18,7 +18,8 @@ from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0  # no
 
 from instantstyle import StylePipeline  # noqa: E402
 from instantstyle.adapter import adapter_parameter_count  # noqa: E402
-from instantstyle.blocks import cross_attention_layers, resolve_blocks  # noqa: E402
+from instantstyle.blocks import resolve_blocks  # noqa: E402
+from instantstyle.families import family_named  # noqa: E402
 
 
 def test_rotated_rounds_put_each_contestant_in_each_position_once_per_cycle() -> None:
@@ -54,7 +55,7 @@ def scaled_layers(pipe) -> set[str]:
 @pytest.mark.parametrize("preset", common.PRESETS)
 def test_diffusers_scale_dicts_target_the_same_layers_as_instantstyle_presets(preset: str) -> None:
     b = flops.contestant_pipeline(common.SMOKE, "b", preset)
-    layers = cross_attention_layers(b.unet.attn_processors)
+    layers = family_named("sdxl").layers(b.unet)
     assert scaled_layers(b) == set(resolve_blocks(preset, layers, "sdxl"))
 
 

@@ -95,36 +95,40 @@ def test_blocks_lists_the_models_attention_blocks(capsys, tiny):
     assert line.split()[1:] == ["2", "style,", "style+layout,", "all"]
 
 
-def bad_inputs(tiny, tmp):
-    """(flags to change, expected message): each must fail in one line with exit 2."""
+def careless_files(tmp):
+    """Files a careless user passes: an empty image, a text file named .png, an output that exists."""
     (tmp / "empty.png").write_bytes(b"")
     (tmp / "text.png").write_text("not an image")
     (tmp / "exists.png").write_bytes(b"x")
-    return [
-        (["--style", tmp / "missing.png"], "no such file"),
-        (["--style", tmp / "empty.png"], "empty"),
-        (["--style", tmp / "text.png"], "not a readable image"),
-        (["--blocks", "up_blocks.7"], "matches no attention layer"),
-        (["--scale", "abc"], "not a valid float"),
-        (["--steps", "0"], "steps must be between"),
-        (["--adapter", tmp / "text.png"], "not a readable weights file"),
-        (["--adapter", tiny.sd15_adapter], "does not fit"),
-        (["--model", tmp / "nowhere"], "no such file or folder"),
-        (["--model", "someone/uncached-model"], "not in the Hugging Face cache"),
-        (["-o", "/etc/passwd/out.png"], "cannot create its folder"),
-        (["-o", tmp / "out.jpg"], "must end in .png"),
-        (["-o", tmp / "exists.png"], "--overwrite"),
-        (["--content-image", tmp / "text.png"], "content image"),
-        (["--frobnicate"], "No such option"),
-    ]
+    return tmp
 
 
-def test_every_bad_input_is_one_line_and_exit_2(capsys, base, tiny, tmp_path):
-    for change, message in bad_inputs(tiny, tmp_path):
-        args = base + ["-o", tmp_path / "out.png"] + change
-        code, _, err = run(capsys, *args)
-        assert code == 2, (change, err)
-        assert message in err and err.count("\n") == 1 and "Traceback" not in err, (change, err)
+#: (case, flags to change from the files and fixtures, expected message): each fails in one line with exit 2.
+BAD_INPUTS = [
+    ("missing-style", lambda tmp, tiny: ["--style", tmp / "missing.png"], "no such file"),
+    ("empty-style", lambda tmp, tiny: ["--style", tmp / "empty.png"], "empty"),
+    ("text-as-style", lambda tmp, tiny: ["--style", tmp / "text.png"], "not a readable image"),
+    ("unknown-block", lambda tmp, tiny: ["--blocks", "up_blocks.7"], "matches no attention layer"),
+    ("scale-not-a-number", lambda tmp, tiny: ["--scale", "abc"], "not a valid float"),
+    ("zero-steps", lambda tmp, tiny: ["--steps", "0"], "steps must be between"),
+    ("text-as-adapter", lambda tmp, tiny: ["--adapter", tmp / "text.png"], "not a readable weights file"),
+    ("adapter-of-another-model", lambda tmp, tiny: ["--adapter", tiny.sd15_adapter], "does not fit"),
+    ("missing-model", lambda tmp, tiny: ["--model", tmp / "nowhere"], "no such file or folder"),
+    ("uncached-hub-model", lambda tmp, tiny: ["--model", "someone/uncached-model"], "not in the Hugging Face cache"),
+    ("unwritable-output", lambda tmp, tiny: ["-o", "/etc/passwd/out.png"], "cannot create its folder"),
+    ("output-not-png", lambda tmp, tiny: ["-o", tmp / "out.jpg"], "must end in .png"),
+    ("output-exists", lambda tmp, tiny: ["-o", tmp / "exists.png"], "--overwrite"),
+    ("text-as-content-image", lambda tmp, tiny: ["--content-image", tmp / "text.png"], "content image"),
+    ("unknown-flag", lambda tmp, tiny: ["--frobnicate"], "No such option"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), [pytest.param(c, m, id=case) for case, c, m in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_2(capsys, base, tiny, tmp_path, change, message):
+    args = base + ["-o", tmp_path / "out.png"] + change(careless_files(tmp_path), tiny)
+    code, _, err = run(capsys, *args)
+    assert code == 2, err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert not (tmp_path / "out.png").exists()
 
 
@@ -170,7 +174,8 @@ def test_saved_style_file_replaces_the_image(capsys, base, tmp_path):
 
 
 def test_from_a_png_with_hostile_metadata_is_one_line_exit_2(capsys, tmp_path):
-    from instantstyle.request import PNG_KEY, save_png_atomically
+    from instantstyle.atomic import save_png_atomically
+    from instantstyle.request import PNG_KEY
 
     deep = "[" * 100_000 + "]" * 100_000
     path = save_png_atomically(Image.new("RGB", (8, 8)), tmp_path / "deep.png", {PNG_KEY: deep})

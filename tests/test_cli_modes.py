@@ -1,5 +1,6 @@
 """The mode flags on the command line: recorded in the PNG, reproduced by --from, bad input in one line."""
 
+import pytest
 from PIL import Image
 
 from instantstyle.request import StyleRef, read_png_request
@@ -43,35 +44,51 @@ def test_several_adapters_from_the_command_line(capsys, base, modes, tiny, tmp_p
     assert (pixels(Image.open(tmp_path / "a.png")) == pixels(Image.open(tmp_path / "b.png"))).all()
 
 
-def test_bad_mode_input_is_one_line_and_exit_2(capsys, base, modes, tiny, tmp_path):
+#: (case, flags from (tmp folder with text.png, modes, tiny), expected message): one line, exit 2 each.
+BAD_MODE_INPUTS = [
+    ("mask-without-init", lambda tmp, modes, tiny: ["--mask", modes.left_mask], "mask needs an init image"),
+    ("regions-for-one-style", lambda tmp, modes, tiny: ["--region", modes.left_mask, "--region", modes.right_mask],
+     "2 region mask(s) for 1 style(s)"),
+    ("style-weight-not-a-number", lambda tmp, modes, tiny: ["--style", f"{modes.second_style}:heavy"],
+     "is not a number"),
+    ("missing-init", lambda tmp, modes, tiny: ["--init-image", tmp / "nowhere.png"], "init image"),
+    ("text-as-mask", lambda tmp, modes, tiny: ["--init-image", modes.init_image, "--mask", tmp / "text.png"],
+     "not a readable image"),
+    ("strength-runs-no-step", lambda tmp, modes, tiny: ["--init-image", modes.init_image, "--strength", "0.2"],
+     "runs no denoising step"),
+    ("controlnet-folder-without-config", lambda tmp, modes, tiny: [
+        "--control", "canny", "--control-image", modes.init_image, "--controlnet", tmp], "no config.json"),
+    ("canny-without-image", lambda tmp, modes, tiny: ["--control", "canny"], "needs --control-image"),
+    ("missing-depth-model", lambda tmp, modes, tiny: [
+        "--control", "depth", "--control-image", modes.init_image, "--controlnet", modes.sdxl_controlnet,
+        "--depth-model", tmp / "nowhere"], "depth model"),
+    ("controlnet-as-depth-model", lambda tmp, modes, tiny: [
+        "--control", "depth", "--control-image", modes.init_image, "--controlnet", modes.sdxl_controlnet,
+        "--depth-model", modes.sdxl_controlnet], "not a depth-estimation model"),
+    ("unet-as-controlnet", lambda tmp, modes, tiny: [
+        "--control", "canny", "--control-image", modes.init_image, "--controlnet", tiny.sdxl / "unet"],
+     "not a ControlNet"),
+    ("missing-composition", lambda tmp, modes, tiny: ["--composition", tmp / "nowhere.png"], "composition image"),
+    ("window-backwards", lambda tmp, modes, tiny: ["--style-start", "0.9", "--style-end", "0.1"],
+     "is after style end"),
+    ("unknown-style-fit", lambda tmp, modes, tiny: ["--style-fit", "stretch"], "Invalid value for '--style-fit'"),
+    ("further-adapter-without-style", lambda tmp, modes, tiny: ["--adapter", f"{tiny.sdxl_plus_adapter};blocks=layout"],
+     "give its style image(s)"),
+    ("missing-further-adapter", lambda tmp, modes, tiny: [
+        "--adapter", f"{tmp}/missing.safetensors;style={modes.second_style}"], "no such file"),
+    ("further-adapter-blocks-malformed", lambda tmp, modes, tiny: [
+        "--adapter", f"{tiny.sdxl_plus_adapter};style={modes.second_style};blocks=style,,all"], "empty entry"),
+    ("further-adapter-style-missing", lambda tmp, modes, tiny: [
+        "--adapter", f"{tiny.sdxl_plus_adapter};style=nowhere.png"], "style image of adapter"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), [pytest.param(c, m, id=case) for case, c, m in BAD_MODE_INPUTS])
+def test_bad_mode_input_is_one_line_and_exit_2(capsys, base, modes, tiny, tmp_path, change, message):
     (tmp_path / "text.png").write_text("not an image")
-    cases = [
-        (["--mask", modes.left_mask], "mask needs an init image"),
-        (["--region", modes.left_mask, "--region", modes.right_mask], "2 region mask(s) for 1 style(s)"),
-        (["--style", f"{modes.second_style}:heavy"], "is not a number"),
-        (["--init-image", tmp_path / "nowhere.png"], "init image"),
-        (["--init-image", modes.init_image, "--mask", tmp_path / "text.png"], "not a readable image"),
-        (["--init-image", modes.init_image, "--strength", "0.2"], "runs no denoising step"),
-        (["--control", "canny", "--control-image", modes.init_image, "--controlnet", tmp_path], "no config.json"),
-        (["--control", "canny"], "needs --control-image"),
-        (["--control", "depth", "--control-image", modes.init_image, "--controlnet", modes.sdxl_controlnet,
-          "--depth-model", tmp_path / "nowhere"], "depth model"),
-        (["--control", "depth", "--control-image", modes.init_image, "--controlnet", modes.sdxl_controlnet,
-          "--depth-model", modes.sdxl_controlnet], "not a depth-estimation model"),
-        (["--control", "canny", "--control-image", modes.init_image, "--controlnet", tiny.sdxl / "unet"],
-         "not a ControlNet"),
-        (["--composition", tmp_path / "nowhere.png"], "composition image"),
-        (["--style-start", "0.9", "--style-end", "0.1"], "is after style end"),
-        (["--style-fit", "stretch"], "Invalid value for '--style-fit'"),
-        (["--adapter", f"{tiny.sdxl_plus_adapter};blocks=layout"], "give its style image(s)"),
-        (["--adapter", f"{tmp_path}/missing.safetensors;style={modes.second_style}"], "no such file"),
-        (["--adapter", f"{tiny.sdxl_plus_adapter};style=nowhere.png"],
-         "style image of adapter"),
-    ]
-    for change, message in cases:
-        code, _, err = run(capsys, *base, "-o", tmp_path / "out.png", *change)
-        assert code == 2, (change, err)
-        assert message in err and err.count("\n") == 1 and "Traceback" not in err, (change, err)
+    code, _, err = run(capsys, *base, "-o", tmp_path / "out.png", *change(tmp_path, modes, tiny))
+    assert code == 2, err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert not (tmp_path / "out.png").exists()
 
 

@@ -6,7 +6,6 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from instantstyle import Request, StylePipeline, UserError
 from instantstyle.embeddings import load_image
-from instantstyle.pipeline import resolve_dtype
 from instantstyle.testing.single_file import export_single_file
 
 from .conftest import FAST, pixels
@@ -122,11 +121,6 @@ def test_adapter_hub_reference_not_cached_is_an_error(tiny):
         StylePipeline.from_pretrained(str(tiny.sdxl), "h94/IP-Adapter/sdxl_models/nope.safetensors", device="cpu")
 
 
-def test_dtype_defaults_to_float32_on_cpu_and_float16_on_gpu():
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
-
-
 def test_a_prompt_past_clips_77_tokens_is_warned_about_once(sdxl, tiny, caplog):
     long = "a cat " + "sitting on a very long sentence " * 4  # ~150 byte-level tokens of the tiny CLIP
     request = Request(long, style=str(tiny.style_image), **FAST)
@@ -143,3 +137,24 @@ def test_a_content_prompt_past_77_tokens_is_warned_about(sdxl, tiny, caplog):
         sdxl(Request("a cat", style=str(tiny.style_image), content_prompt=content, **FAST))
     assert any(r.getMessage().startswith("warning: the content prompt is ") for r in caplog.records)
 
+
+def test_a_feature_holds_for_exactly_one_call_through_prepare(sdxl, tiny):
+    """``prepare`` is the one path to an image: a context manager a feature puts in ``during`` (HiDiffusion's
+    hooks, say) is entered around the denoising call and left after it."""
+    from contextlib import contextmanager
+
+    calls = []
+
+    @contextmanager
+    def count_denoiser_calls():
+        handle = sdxl.denoiser.register_forward_pre_hook(lambda *_: calls.append(1))
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    prepared = sdxl.prepare(make_request(tiny))
+    prepared.during.append(count_denoiser_calls())
+    image = sdxl.run(prepared).images[0]
+    assert len(calls) == FAST["steps"] and not sdxl.denoiser._forward_pre_hooks
+    assert (pixels(image) == pixels(sdxl(make_request(tiny)).images[0])).all()

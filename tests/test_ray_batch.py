@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from instantstyle.batch import LOCK, run_batch
+from instantstyle.runtime import Runtime
 
 from .conftest import FAST, pixels
 
@@ -43,8 +44,10 @@ def test_two_ray_cpu_workers_make_the_same_images_as_a_local_run(local_ray, tiny
     jobs = jobs_over_two_styles(tmp_path, 6)
     models = {"model": str(tiny.sdxl), "adapter": str(tiny.sdxl_adapter)}
     local = run_batch(jobs, tmp_path / "local", pipeline=sdxl, defaults=models)
-    on_ray = run_batch(jobs, tmp_path / "ray", defaults=models, ray=True, workers=2)
+    runtime = Runtime(cache_dir=str(tmp_path / "cache"))  # reaches the workers: they cache the two styles there
+    on_ray = run_batch(jobs, tmp_path / "ray", defaults=models, ray=True, workers=2, runtime=runtime)
     assert local.done == on_ray.done == 6
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
     assert len(on_ray.encoder_runs) == 2 and all(runs <= 2 for runs in on_ray.encoder_runs.values())
     for i in range(6):
         a, b = (pixels(Image.open(tmp_path / run / f"job-{i}.png")) for run in ("local", "ray"))

@@ -64,7 +64,8 @@ def test_deeply_nested_json_is_a_one_line_error():
 
 
 def test_png_metadata_nested_too_deeply_is_a_one_line_error(tmp_path):
-    from instantstyle.request import PNG_KEY, save_png_atomically
+    from instantstyle.atomic import save_png_atomically
+    from instantstyle.request import PNG_KEY
 
     path = save_png_atomically(Image.new("RGB", (8, 8)), tmp_path / "deep.png", {PNG_KEY: DEEP})
     with pytest.raises(UserError, match="nested more than"):

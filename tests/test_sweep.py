@@ -76,9 +76,17 @@ def test_sheet_places_every_cell_enlarged_under_its_labels():
     assert all(np.asarray(label).min() < 100 for label in inked)  # dark text in every header
 
 
-def test_sheet_headers_are_legible_size():
-    layout = sheet_layout((64, 64), ["style"], ["scale 1"])
-    assert layout.head_h >= 30  # an 18 px font plus padding
+def test_sheet_labels_are_drawn_legibly_large_and_inside_their_boxes():
+    """The header text as drawn on a sheet of tiny cells: capitals at least 12 px tall (an 18 px font),
+    not cut by the header box."""
+    cells = [[Image.new("RGB", (64, 64), "grey")]]
+    sheet = contact_sheet(cells, ["STYLE"], ["SCALE 1"])
+    layout = sheet_layout((64, 64), ["STYLE"], ["SCALE 1"])
+    for box in (layout.column_label_box(0), layout.row_label_box(0)):
+        ink = np.argwhere(np.asarray(sheet.crop(box).convert("L")) < 128)
+        height = ink[:, 0].max() - ink[:, 0].min() + 1
+        assert height >= 12
+        assert ink[:, 0].min() > 0 and ink[:, 0].max() < box[3] - box[1] - 1  # clear of the box's edges
 
 
 def test_sweep_encodes_the_style_once(sdxl, tiny, tmp_path):

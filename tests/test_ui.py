@@ -172,6 +172,25 @@ def test_style_file_reproduces_the_style_image_and_keeps_the_settings(sdxl, work
     assert (pixels(sdxl(request.replace(style=(str(path),))).images[0]) == pixels(sdxl(request).images[0])).all()
 
 
+def test_the_layout_places_every_form_field_exactly_once():
+    rows = [item if isinstance(item, tuple) else (item,) for _, items in ui.LAYOUT for item in items]
+    placed = [name for row in rows for name in row]
+    assert sorted(placed) == sorted(ui.FIELDS)
+
+
+def test_handlers_take_every_form_field_by_name_with_the_forms_defaults():
+    """The API of /generate and /save_style (and /sweep, plus its own fields) is the field table."""
+    import inspect
+
+    seen = {}
+    handler = ui.takes_form(ui.FORM, lambda values, progress: seen.update(values))
+    params = inspect.signature(handler).parameters
+    assert list(params) == [*ui.FIELDS, "progress"]
+    assert [p.default for p in params.values()][2:-1] == [f.default for f in ui.FORM][2:]  # style, prompt: required
+    handler(["s.png"], "a cat", steps=4)
+    assert seen == {**{f.name: f.default for f in ui.FORM}, "style": ["s.png"], "prompt": "a cat", "steps": 4}
+
+
 # --- the command -------------------------------------------------------------------------------------
 
 
@@ -412,7 +431,12 @@ def test_uploads_over_the_size_limit_are_refused(app):
     assert response.status_code == 413 and "maximum allowed size" in response.text
 
 
-def test_app_binds_localhost_without_a_share_link(app):
-    demo = app[2]
-    assert (demo.server_name, demo.share, demo.share_url) == ("127.0.0.1", False, None)
+def test_app_listens_on_localhost_only_without_a_share_link(app):
+    """What the operating system says is listening on the app's port: the loopback address, nothing else."""
+    import psutil
+
+    port = int(app[0].rsplit(":", 1)[1].strip("/"))
+    listening = {c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.laddr.port == port}
+    assert listening == {"127.0.0.1"}
+    assert app[2].share_url is None
 

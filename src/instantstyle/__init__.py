@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 from .request import LoraRef, Request, StyleRef
+from .runtime import Runtime
 
 if TYPE_CHECKING:
     from .pipeline import Result, StylePipeline
 
-__all__ = ["LoraRef", "Request", "Result", "StylePipeline", "StyleRef", "UserError"]
+__all__ = ["LoraRef", "Request", "Result", "Runtime", "StylePipeline", "StyleRef", "UserError"]
 __version__ = "0.1.0"
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 TEMP_NAME = re.compile(r"^\..+\.\d+\.tmp$")
 
@@ -38,3 +41,28 @@ def remove_stale_temps(folder: Path, older_than_s: float = 0.0) -> list[Path]:
         except OSError:
             continue
     return removed
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block ends without an
+    error, removed otherwise. Readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_png_atomically(image: Any, path: str | Path, texts: dict[str, str]) -> Path:
+    """Write a PNG with text chunks (``key: text``) atomically; returns ``path``."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, text in texts.items():
+        info.add_text(key, text)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+    return Path(path)

@@ -5,7 +5,8 @@ spec (styles x prompts x seeds). Every finished image is written atomically with
 PNG, then one line is appended to ``DIR/manifest.jsonl``; a job counts as done only when its line
 says so and its files exist, so a run killed at any moment loses at most the images in flight and
 rerunning the same command does the rest. The driver alone writes files and the manifest; workers
-(in-process, or Ray actors in ``ray_batch``) only turn batches of jobs into images.
+(in-process, or Ray actors in ``ray_batch``) only turn batches of jobs into images, each with the pipeline
+the ``Runtime`` describes and the core's batched generation (``StylePipeline.generate_many``).
 """
 
 from __future__ import annotations
@@ -18,51 +19,29 @@ import io
 import json
 import os
 import re
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import guards, safe_json
+from . import safe_json
 from .atomic import remove_stale_temps, temp_path
 from .errors import UserError
+from .preflight import check_request
 from .request import CONTROL_KINDS, AdapterUse, Request, StyleRef, write_png
+from .runtime import Runtime
+from .workers import BatchResult, Job, Outcome, Worker, pipeline_key
 
 MANIFEST = "manifest.jsonl"
 LOCK = ".instantstyle-batch.lock"
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-# Fields that may differ between the jobs of one denoising call; every other field must be equal. The style
-# is shared too: diffusers repeats precomputed image embeddings over the whole batch, one style per call.
-PER_JOB_FIELDS = ("prompt", "negative_prompt", "seed", "num_images")
-SHARED_FIELDS = ("style", "content_prompt", "content_scale", "content_image", "blocks", "scale", "steps", "guidance",
-                 "width", "height", "model", "adapter", "image_encoder", "content_text_encoder")
 PATH_FIELDS = ("content_image", "model", "adapter", "image_encoder", "content_text_encoder", "init_image", "mask",
                "control_image", "controlnet", "depth_model", "composition")
 
 
 # --- jobs -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Job:
-    """One request to render, named by ``id`` (its output files are ``ID.png`` or ``ID-N.png``)."""
-
-    id: str
-    request: Request
-    where: str = ""  # "jobs.jsonl line 3", for messages
-
-    @property
-    def outputs(self) -> list[str]:
-        n = self.request.num_images
-        return [f"{self.id}.png"] if n == 1 else [f"{self.id}-{i + 1}.png" for i in range(n)]
-
-    @property
-    def key(self) -> str:
-        """Fingerprint of what the job makes: a done job whose line changed is made again."""
-        return hashlib.sha256(self.request.to_json().encode()).hexdigest()[:16]
-
-
 @dataclass
 class JobList:
     """The jobs read from a job file, and one message per line that could not become a job."""
@@ -291,14 +270,12 @@ def _resolve_paths(request: Request, base: Path | None) -> Request:
     return request.replace(**changes)
 
 
-def _check_files(request: Request, checked: dict[tuple[Any, ...], UserError | None]) -> None:
+def _check_files(request: Request, checked: dict[Any, UserError | None]) -> None:
     """The generate command's checks (images readable, blocks well-formed), once per distinct input."""
-    from .cli import check_inputs
-
-    key = (request.style, request.content_image, request.blocks, request.image_encoder, request.content_text_encoder)
+    key = request.replace(prompt="", negative_prompt="", seed=None, num_images=1)  # what the checks look at
     if key not in checked:
         try:
-            check_inputs(request)
+            check_request(request)
             checked[key] = None
         except UserError as err:
             checked[key] = err
@@ -386,60 +363,18 @@ class Manifest:
 
 
 # --- running -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Runtime:
-    """How to run (never what to make): passed to every worker's ``StylePipeline.from_pretrained``."""
-
-    device: str = "auto"
-    dtype: str = "auto"
-    keep_all_weights: bool = False
-    single_file_config: str | None = None
-    device_map: str | None = None  # "balanced": one model spread over all GPUs of a machine
-
-
-@dataclass
-class Outcome:
-    """What a worker sends back for one job: its images and completed request, or an error."""
-
-    job: Job
-    images: list[Any]
-    request: Request | None
-    error: str | None
-    seconds: float
-    batch_images: int
-
-
-@dataclass
-class BatchResult:
-    """A worker's answer for one batch, with its running count of image-encoder forward passes."""
-
-    outcomes: list[Outcome]
-    worker: str
-    encoder_runs: int
-
-
-def share_key(request: Request) -> tuple[Any, ...]:
-    """Jobs with equal keys can share one denoising call."""
-    return tuple(getattr(request, f) for f in SHARED_FIELDS) + (bool(request.negative_prompt),)
-
-
-def _solo(request: Request) -> bool:
-    """A request using fields this module does not batch (added to the core later) runs alone."""
-    default = Request(prompt="", style=(StyleRef("x"),))
-    known = set(PER_JOB_FIELDS) | set(SHARED_FIELDS)
-    return any(getattr(request, f.name) != getattr(default, f.name)
-               for f in dataclasses.fields(Request) if f.name not in known)
-
-
 def plan_batches(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
-    """Group jobs by pipeline (model, adapter, encoder), then by shared settings, into batches of at
-    most ``batch_size`` images; the order is deterministic, so every runner makes the same batches."""
+    """Group jobs by pipeline (model, adapter, encoder), then by what they must share to be denoised together
+    (``pipeline.batch_key``; a job that cannot be batched is alone), into batches of at most ``batch_size``
+    images; the order is deterministic, so every runner makes the same batches."""
+    from .pipeline import batch_key, can_batch
+
     groups: dict[tuple[Any, ...], list[Job]] = {}
     for job in jobs:
-        solo = (job.id,) if _solo(job.request) else ()
-        groups.setdefault((pipeline_key(job.request), share_key(job.request), solo), []).append(job)
+        solo = () if can_batch(job.request) else (job.id,)
+        groups.setdefault((pipeline_key(job.request), batch_key(job.request), solo), []).append(job)
     batches: list[list[Job]] = []
-    for group in sorted(groups.values(), key=lambda g: repr((pipeline_key(g[0].request), share_key(g[0].request)))):
+    for group in sorted(groups.values(), key=lambda g: repr((pipeline_key(g[0].request), batch_key(g[0].request)))):
         current: list[Job] = []
         for job in group:
             if current and sum(j.request.num_images for j in current) + job.request.num_images > batch_size:
@@ -448,152 +383,6 @@ def plan_batches(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
             current.append(job)
         batches.append(current)
     return batches
-
-
-def pipeline_key(request: Request) -> tuple[str | None, str | None, str | None]:
-    return request.model, request.adapter, request.image_encoder
-
-
-def _fits(pipe: Any, key: tuple[str | None, str | None, str | None]) -> bool:
-    """Whether a loaded pipeline is the one a job names (``None``: any)."""
-    mine = (pipe.model_id, pipe.adapter_ref or pipe.adapter.path, pipe.image_encoder.identity)
-    return all(want is None or Path(want).expanduser().resolve() == Path(have).expanduser().resolve()
-               for want, have in zip(key, mine, strict=True))
-
-
-def generate_together(pipe: Any, requests: Sequence[Request]) -> list[Any]:
-    """Run requests that share settings (``share_key``) as one denoising call; returns a ``Result`` each.
-
-    Each job's starting noise is drawn exactly as ``StylePipeline`` draws it (its own seed, all its
-    images), so an image does not depend on which jobs it was batched with beyond float rounding."""
-    import torch
-    from diffusers.utils.torch_utils import randn_tensor
-
-    from .pipeline import Result
-
-    if len(requests) == 1 or any(_solo(r) for r in requests):
-        return [pipe(r) for r in requests]
-    requests = [pipe.complete(r) for r in requests]  # fills in seed, size, model and adapter
-    first = requests[0]
-    assert all(r.seed is not None and r.width and r.height for r in requests)
-    pipe.apply_blocks(first)
-    sd = pipe.pipe
-    shape = (sd.unet.config.in_channels, first.height // sd.vae_scale_factor, first.width // sd.vae_scale_factor)
-    latents, prompts, negatives = [], [], []
-    for r in requests:
-        generator = torch.Generator("cpu").manual_seed(r.seed)  # type: ignore[arg-type]
-        latents.append(randn_tensor((r.num_images, *shape), generator=generator, device=pipe.device, dtype=pipe.dtype))
-        prompts += [r.prompt] * r.num_images
-        negatives += [r.negative_prompt] * r.num_images
-    sd.set_progress_bar_config(disable=True)
-    for r in requests:
-        guards.warn_if_prompts_truncated(sd, r)
-    with guards.refuse_nonfinite(sd.vae, guards.nonfinite_cause(pipe.dtype, first)):  # a NaN job fails, alone
-        output = sd(
-            prompt=prompts,
-            negative_prompt=negatives if first.negative_prompt else None,
-            num_inference_steps=first.steps,
-            guidance_scale=first.guidance,
-            width=first.width,
-            height=first.height,
-            num_images_per_prompt=1,
-            latents=torch.cat(latents),
-            generator=torch.Generator("cpu").manual_seed(first.seed),  # type: ignore[arg-type]
-            ip_adapter_image_embeds=pipe.ip_adapter_embeds(first),  # the shared style, repeated per image
-        )
-    results, start = [], 0
-    for r in requests:
-        results.append(Result(list(output.images[start : start + r.num_images]), r))
-        start += r.num_images
-    return results
-
-
-class Worker:
-    """Turns batches of jobs into images on one device: one pipeline at a time, and every style it
-    has encoded kept (the core's embedding cache, shared across the pipelines it loads)."""
-
-    def __init__(self, runtime: Runtime | None = None, pipeline: Any = None, threads: int | None = None) -> None:
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        self.runtime = runtime or Runtime()
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.encoder_runs = 0
-        self.given = pipeline
-        self.pipeline: Any = None
-        self.loaded: tuple[Any, ...] | None = None
-        self.load_errors: dict[tuple[Any, ...], Exception] = {}
-        self.hooks: list[Any] = []
-        self.embed_cache: dict[Any, Any] = pipeline._embed_cache if pipeline is not None else {}
-        if pipeline is not None:
-            self._watch(pipeline)
-
-    def _watch(self, pipeline: Any) -> None:
-        pipeline._embed_cache = self.embed_cache  # the core's embedding cache, kept across models
-        self.hooks.append(pipeline.image_encoder.model.register_forward_hook(self._count))
-
-    def close(self) -> None:
-        """Stop counting encoder passes (a pipeline given by the caller outlives this worker)."""
-        for hook in self.hooks:
-            hook.remove()
-
-    def _count(self, *_: Any) -> None:
-        self.encoder_runs += 1
-
-    def pipeline_for(self, jobs: Sequence[Job]) -> Any:
-        """The given pipeline if the jobs name no other model, else the loaded one when it fits, else a new
-        one (the previous one released first)."""
-        from .pipeline import DEFAULT_ADAPTER, DEFAULT_MODEL, StylePipeline
-
-        key = pipeline_key(jobs[0].request)
-        if self.given is not None and _fits(self.given, key):
-            return self.given
-        if self.pipeline is not None and self.loaded == key:
-            return self.pipeline
-        if key in self.load_errors:
-            raise self.load_errors[key]
-        self.pipeline = self.loaded = None
-        model, adapter, encoder = key
-        rt = self.runtime
-        try:
-            pipe = StylePipeline.from_pretrained(
-                model or DEFAULT_MODEL, adapter or DEFAULT_ADAPTER, image_encoder=encoder, device=rt.device,
-                dtype=rt.dtype, blocks=jobs[0].request.blocks, keep_all_weights=rt.keep_all_weights,
-                single_file_config=rt.single_file_config, device_map=rt.device_map,
-            )
-        except Exception as err:
-            self.load_errors[key] = err
-            raise
-        self._watch(pipe)
-        self.pipeline, self.loaded = pipe, key
-        return pipe
-
-    def run(self, jobs: Sequence[Job]) -> BatchResult:
-        """Make the images of one batch; a failing batch is retried job by job so one bad job fails alone."""
-        outcomes: list[Outcome] = []
-        try:
-            pipe = self.pipeline_for(jobs)
-        except Exception as err:  # the model cannot load: every job of the batch fails with that reason
-            return BatchResult([self._failed(j, err, 0.0) for j in jobs], self.name, self.encoder_runs)
-        start = time.perf_counter()
-        try:
-            results = generate_together(pipe, [j.request for j in jobs])
-        except Exception as err:
-            if len(jobs) == 1:
-                return BatchResult([self._failed(jobs[0], err, time.perf_counter() - start)], self.name,
-                                   self.encoder_runs)
-            for job in jobs:
-                outcomes += self.run([job]).outcomes
-            return BatchResult(outcomes, self.name, self.encoder_runs)
-        seconds = time.perf_counter() - start
-        images = sum(len(r.images) for r in results)
-        outcomes = [Outcome(j, r.images, r.request, None, seconds, images) for j, r in zip(jobs, results, strict=True)]
-        return BatchResult(outcomes, self.name, self.encoder_runs)
-
-    def _failed(self, job: Job, err: Exception, seconds: float) -> Outcome:
-        message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-        return Outcome(job, [], None, message.splitlines()[0] if message else type(err).__name__, seconds, 0)
 
 
 @dataclass
@@ -696,17 +485,17 @@ def run_batch(
     """Render every job not yet done into ``output_dir`` (images + ``manifest.jsonl``), resumably.
 
     ``jobs``: a job file or a list of jobs/requests/dicts. ``pipeline``: an already loaded
-    ``StylePipeline`` for jobs that name no other model (in-process runs only). ``ray``: distribute
-    batches over Ray actors (``ray_address`` of a cluster, else a local one) with ``workers`` actors."""
+    ``StylePipeline`` for jobs that name no other model (in-process runs only; it keeps its own runtime).
+    ``runtime``: how workers load every other pipeline (device, offload, low memory, compile, cache folder...).
+    ``ray``: distribute batches over Ray actors (``ray_address`` of a cluster, else a local one) with
+    ``workers`` actors, each loading with the same ``runtime``."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     if workers is not None and workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
     runtime = runtime or Runtime()
-    if not ray:  # Ray workers decide on their own machines
-        from .pipeline import resolve_dtype, resolve_placement
-
-        resolve_dtype(runtime.dtype, resolve_placement(runtime.device, runtime.device_map))
+    if not ray:  # Ray workers find their devices on their own machines
+        runtime.torch_dtype(runtime.placement())
     folder = prepare_output_dir(output_dir)
     job_list = as_jobs(jobs, defaults)
     for problem in job_list.problems:

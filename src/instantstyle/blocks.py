@@ -1,59 +1,33 @@
-"""Where image features go: block presets per architecture and block specs resolved to layers.
+"""Where image features go: block specs resolved against a model's injectable attention layers.
 
 InstantStyle's first idea is to inject the image only into the attention blocks that carry style
-(SDXL: ``up_blocks.0.attentions.1``) and, optionally, layout (``down_blocks.2.attentions.1``).
-Everything here is pure string work on the UNet's attention-processor names, so it is tested
-without models.
+(SDXL: ``up_blocks.0.attentions.1``) and, optionally, layout (``down_blocks.2.attentions.1``). A spec
+names presets, blocks and scales (``style``, ``up_blocks.0.attentions.1=1.0,layout=0.4``); presets and
+how layer names group into blocks come from the model family (``families``). Everything here is pure
+string work on layer names, so it is tested without models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import UserError
+from .families import Family, family_named
 from .request import MAX_SCALE
-
-#: Block presets per architecture. ``all`` (the original IP-Adapter) is every cross-attention layer.
-PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
-    "sdxl": {
-        "style": ("up_blocks.0.attentions.1",),
-        "layout": ("down_blocks.2.attentions.1",),
-        "style+layout": ("up_blocks.0.attentions.1", "down_blocks.2.attentions.1"),
-        "all": ("down_blocks", "mid_block", "up_blocks"),
-    },
-    # SD1.5 is experimental in the paper: style is weaker, so whole blocks are targeted.
-    "sd15": {
-        "style": ("up_blocks.1",),
-        "layout": ("down_blocks.2", "mid_block"),
-        "style+layout": ("down_blocks.2", "mid_block", "up_blocks.1"),
-        "all": ("down_blocks", "mid_block", "up_blocks"),
-    },
-}
-
-
-def cross_attention_layers(processor_names: Iterable[str]) -> list[str]:
-    """The cross-attention layers (``...attn2``) of a UNet, in ``unet.attn_processors`` order."""
-    return [n.removesuffix(".processor") for n in processor_names if n.endswith("attn2.processor")]
-
-
-def attention_block(layer: str) -> str:
-    """The attention block a layer belongs to: ``up_blocks.0.attentions.1`` for its transformer layers."""
-    return layer.split(".transformer_blocks.")[0]
 
 
 def _matches(layer: str, name: str) -> bool:
     return layer == name or layer.startswith(name + ".")
 
 
-def valid_block_names(layers: Sequence[str]) -> list[str]:
-    """Every name a block spec may use: whole blocks (``up_blocks.1``) and attention blocks."""
+def valid_block_names(layers: Sequence[str], family: Family | str) -> list[str]:
+    """Every name a block spec may use: top-level blocks (``up_blocks.1``) and attention blocks."""
+    family = family_named(family)
     names: dict[str, None] = {}
     for layer in layers:
-        block = attention_block(layer)
-        parts = block.split(".")
-        top = parts[0] if parts[0] == "mid_block" else ".".join(parts[:2])
-        names[top] = None
+        block = family.attention_block(layer)
+        names[family.top_block(block)] = None
         names[block] = None
     return list(names)
 
@@ -81,21 +55,23 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
     return items
 
 
-def resolve_blocks(spec: str, layers: Sequence[str], arch: str, scale: float = 1.0) -> dict[str, float]:
-    """Resolve a blocks spec against a UNet's cross-attention layers into ``{layer: scale}``.
+def resolve_blocks(spec: str, layers: Sequence[str], family: Family | str, scale: float = 1.0) -> dict[str, float]:
+    """Resolve a blocks spec against a model's injectable layers into ``{layer: scale}``.
 
-    A preset name expands to its blocks; a block name selects every layer under it. The global
-    ``scale`` multiplies every selected block. Layers not named are absent (no image features).
+    A preset name (of the model's ``family``, or a family name) expands to its blocks; a block name selects
+    every layer under it. The global ``scale`` multiplies every selected block. Layers not named are absent
+    (no image features).
     """
-    presets = PRESETS.get(arch, {})
+    family = family_named(family)
+    presets = family.presets
     resolved: dict[str, float] = {}
     for name, block_scale in parse_spec(spec):
         targets = presets.get(name, (name,))
         hit = [layer for layer in layers if any(_matches(layer, t) for t in targets)]
         if not hit:
             raise UserError(
-                f"block {name!r} matches no attention layer of this {arch} model; valid names: "
-                + ", ".join(list(presets) + valid_block_names(layers))
+                f"block {name!r} matches no attention layer of this {family.name} model; valid names: "
+                + ", ".join(list(presets) + valid_block_names(layers, family))
             )
         for layer in hit:
             resolved[layer] = block_scale * scale
@@ -111,13 +87,12 @@ class BlockInfo:
     presets: tuple[str, ...]
 
 
-def list_blocks(layers: Sequence[str], arch: str) -> list[BlockInfo]:
+def list_blocks(layers: Sequence[str], family: Family | str) -> list[BlockInfo]:
     """The model's attention blocks with their layer count and the presets that include them."""
+    family = family_named(family)
     rows = []
-    for block in dict.fromkeys(attention_block(layer) for layer in layers):
-        members = [layer for layer in layers if attention_block(layer) == block]
-        presets = tuple(
-            p for p, targets in PRESETS.get(arch, {}).items() if any(_matches(block, t) for t in targets)
-        )
+    for block in dict.fromkeys(family.attention_block(layer) for layer in layers):
+        members = [layer for layer in layers if family.attention_block(layer) == block]
+        presets = tuple(p for p, targets in family.presets.items() if any(_matches(block, t) for t in targets))
         rows.append(BlockInfo(block, len(members), presets))
     return rows

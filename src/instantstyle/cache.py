@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import remove_stale_temps, temp_path
+from .atomic import atomic_path, remove_stale_temps
 from .errors import UserError
 
 #: A cache folder may be shared by running processes: only temporary files this old are left by a dead writer.
@@ -71,12 +71,8 @@ class EmbeddingCache:
         """Store an embedding (atomically: a crash leaves no half-written entry)."""
         from safetensors.torch import save_file
 
-        path = self.path_for(key)
-        tmp = temp_path(path)
         try:
-            save_file({"embeds": embeds.detach().contiguous().cpu()}, str(tmp))
-            os.replace(tmp, path)
+            with atomic_path(self.path_for(key)) as tmp:
+                save_file({"embeds": embeds.detach().contiguous().cpu()}, str(tmp))
         except OSError:
             pass  # a full or read-only disk only costs the next run an encode
-        finally:
-            tmp.unlink(missing_ok=True)

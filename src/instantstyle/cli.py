@@ -1,4 +1,5 @@
-"""The command line: parses flags into a ``Request`` and hands it to ``StylePipeline``.
+"""The command line: parses flags into a ``Request`` (what to make) and a ``Runtime`` (how to run), checks
+them (``preflight``), loads the pipeline once (``StylePipeline.from_pretrained``) and runs the request.
 
 Bad input exits 2 with one line on stderr (``--debug`` shows the traceback); everything that can be
 checked without a model (images, numbers, output path, blocks) is checked before a model loads.
@@ -9,32 +10,32 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .errors import UserError
+from .logs import quiet_libraries
+from .preflight import check_blocks, check_request
 from .request import AdapterUse, LoraRef, Request, StyleRef, read_png_request, write_png
+from .runtime import (
+    COMPILE_BACKENDS,
+    DEFAULT_ADAPTER,
+    DEFAULT_MODEL,
+    DEVICE_MAPS,
+    DEVICES,
+    DTYPES,
+    OFFLOAD_MODES,
+    Runtime,
+)
+
+if TYPE_CHECKING:
+    from .pipeline import StylePipeline
 
 FLOAT = click.FLOAT
 INT = click.INT
-
-
-def quiet_libraries() -> None:
-    """Keep the terminal to our progress bar and errors: no loading bars or library warnings."""
-    from diffusers.utils import logging as diffusers_logging
-    from huggingface_hub.utils import logging as hub_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    hub_logging.set_verbosity_error()  # its retry notices; the error that follows is ours, in one line
-    warnings.filterwarnings("ignore")  # library deprecation notices are not the user's to act on
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -58,33 +59,59 @@ def run_cli(fn: Callable[..., Any], debug: bool, *args: Any, **kwargs: Any) -> A
         _fail(f"{type(err).__name__}: {err} (run with --debug for the traceback)", 1)
 
 
-# Options shared by every command that runs a pipeline (how to run, not what to make).
-def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(
-        [
-            click.option("--device", default="auto", show_default=True,
-                         type=click.Choice(["auto", "cpu", "cuda", "mps"])),
-            click.option("--dtype", default="auto", show_default=True, help="auto: float16 on GPU, float32 on CPU.",
-                         type=click.Choice(["auto", "float32", "float16", "bfloat16"])),
-            click.option("--keep-all-weights", is_flag=True, help="Keep adapter weights of untargeted layers."),
-            click.option("--single-file-config", default=None, help="Diffusers folder or hub id giving the "
-                         "configs for a single-file --model."),
-            click.option("--offload", default=None, type=click.Choice(["model", "sequential"]),
-                         help="Keep models off the GPU until they run (model: whole models; sequential: "
-                         "layer by layer, slowest, least memory)."),
-            click.option("--low-memory/--no-low-memory", default=None, help="Keep the image encoder off the "
-                         "device between encodes [default: when memory is tight or with --offload]."),
-            click.option("--compile", "compile_unet", is_flag=True, help="torch.compile the UNet (first image "
-                         "slow, later ones faster)."),
-            click.option("--compile-backend", default="inductor",
-                         type=click.Choice(["inductor", "aot_eager", "eager"]), hidden=True),
-            click.option("--cache-dir", default=None, envvar="INSTANTSTYLE_CACHE_DIR",
-                         help="Keep style embeddings here across runs [env INSTANTSTYLE_CACHE_DIR]."),
-            click.option("--debug", is_flag=True, help="Show tracebacks."),
-        ]
-    ):
-        fn = option(fn)
-    return fn
+# Options shared by every command that runs a pipeline (how to run, not what to make): one Runtime field each,
+# as (field, click.option arguments).
+RUNTIME_OPTIONS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
+    ("device", ("--device",), {"default": "auto", "show_default": True, "type": click.Choice(DEVICES)}),
+    ("dtype", ("--dtype",), {"default": "auto", "show_default": True, "type": click.Choice(DTYPES),
+                             "help": "auto: float16 on GPU, float32 on CPU."}),
+    ("keep_all_weights", ("--keep-all-weights",), {"is_flag": True,
+                                                   "help": "Keep adapter weights of untargeted layers."}),
+    ("single_file_config", ("--single-file-config",), {"default": None, "help": "Diffusers folder or hub id giving "
+                                                       "the configs for a single-file --model."}),
+    ("device_map", ("--device-map",), {"default": None, "type": click.Choice(DEVICE_MAPS), "help": "Spread each "
+                                       "model over all GPUs of a machine (for models too large for one GPU)."}),
+    ("offload", ("--offload",), {"default": None, "type": click.Choice(OFFLOAD_MODES), "help": "Keep models off the "
+                                 "GPU until they run (model: whole models; sequential: layer by layer, slowest, "
+                                 "least memory)."}),
+    ("low_memory", ("--low-memory/--no-low-memory",), {"default": None, "help": "Keep the image encoder off the "
+                                                       "device between encodes [default: when memory is tight or "
+                                                       "with --offload]."}),
+    ("compile", ("--compile", "compile_unet"), {"is_flag": True, "help": "torch.compile the UNet (first image slow, "
+                                                "later ones faster)."}),
+    ("compile_backend", ("--compile-backend",), {"default": "inductor", "type": click.Choice(COMPILE_BACKENDS),
+                                                 "hidden": True}),
+    ("cache_dir", ("--cache-dir",), {"default": None, "envvar": "INSTANTSTYLE_CACHE_DIR",
+                                     "help": "Keep style embeddings here across runs [env INSTANTSTYLE_CACHE_DIR]."}),
+    ("debug", ("--debug",), {"is_flag": True, "help": "Show tracebacks."}),
+]
+
+
+def runtime_options(*, exclude: Sequence[str] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a command with the runtime options (but ``exclude``) and ``--debug``."""
+
+    def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for name, decls, attrs in reversed(RUNTIME_OPTIONS):
+            if name not in exclude:
+                fn = click.option(*decls, **attrs)(fn)
+        return fn
+
+    return add
+
+
+def runtime_from(params: dict[str, Any], **fixed: Any) -> Runtime:
+    """The ``Runtime`` the runtime options describe (``fixed``: fields a command decides itself)."""
+    return Runtime(
+        device=params["device"],
+        dtype=params["dtype"],
+        device_map=params.get("device_map"),
+        offload=params.get("offload"),
+        low_memory=params.get("low_memory"),
+        compile_backend=params["compile_backend"] if params.get("compile_unet") else None,
+        cache_dir=params.get("cache_dir"),
+        keep_all_weights=bool(params.get("keep_all_weights")),
+        single_file_config=params.get("single_file_config"),
+    ).replace(**fixed)
 
 
 def _request_option(field: str, help: str = "", **kwargs: Any) -> tuple[str, click.Option]:
@@ -173,8 +200,6 @@ def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
         raise UserError("--prompt is required (or --from IMAGE.png)")
     if "style" not in given:
         raise UserError("--style is required (or --from IMAGE.png)")
-    from .pipeline import DEFAULT_ADAPTER, DEFAULT_MODEL
-
     given.setdefault("model", DEFAULT_MODEL)
     given.setdefault("adapter", DEFAULT_ADAPTER)
     return Request(**given)
@@ -202,75 +227,35 @@ def output_paths(output: str, count: int, overwrite: bool) -> list[Path]:
     return paths
 
 
-def check_inputs(request: Request) -> None:
-    """Everything checkable without a model: images readable, blocks spec well-formed."""
-    from .blocks import parse_spec
-    from .embeddings import load_image
-
-    for ref in request.style:
-        if not ref.path.endswith(".safetensors"):
-            load_image(ref.path, "style image")
-        elif not Path(ref.path).is_file():
-            raise UserError(f"style file {ref.path}: no such file")
-    if request.content_image is not None:
-        load_image(request.content_image, "content image")
-    for name in ("image_encoder", "content_text_encoder"):
-        folder = getattr(request, name)
-        if folder is not None and folder.startswith((".", "/", "~")) and not Path(folder).expanduser().is_dir():
-            raise UserError(f"{name.replace('_', ' ')} {folder}: no such folder")
-    parse_spec(request.blocks)
-    from .modes import check_inputs as check_mode_inputs
-
-    check_mode_inputs(request)
-    from .lora import check_lora_file
-
-    for lora in request.lora:
-        check_lora_file(lora.path)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="instantstyle")
 def main() -> None:
     """instantstyle: text-to-image in the style of a reference image (InstantStyle on diffusers)."""
 
 
-def load_pipeline(request: Request, params: dict[str, Any], blocks: str) -> Any:
-    """Check every blocks spec against the model's UNet config, then load the pipeline for them."""
-    from .blocks import parse_spec, resolve_blocks
-    from .pipeline import StylePipeline, unet_layers
+def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str]) -> StylePipeline:
+    """Check the blocks specs against the model's config, then load the request's model and adapter."""
+    from .pipeline import StylePipeline
 
     assert request.model is not None and request.adapter is not None
-    arch, layers = unet_layers(request.model, params["single_file_config"])
-    for name, _ in parse_spec(blocks):
-        if layers:
-            resolve_blocks(name, layers, arch)
+    check_blocks(request.model, specs, runtime.single_file_config)
     return StylePipeline.from_pretrained(
-        request.model,
-        request.adapter,
-        image_encoder=request.image_encoder,
-        content_text_encoder=request.content_text_encoder,
-        device=params["device"],
-        dtype=params["dtype"],
-        blocks=blocks,
-        keep_all_weights=params["keep_all_weights"],
-        single_file_config=params["single_file_config"],
-        offload=params.get("offload"),
-        low_memory=params.get("low_memory"),
-        compile_backend=params.get("compile_backend") if params.get("compile_unet") else None,
-        cache_dir=params.get("cache_dir"),
+        request.model, request.adapter, runtime, image_encoder=request.image_encoder,
+        content_text_encoder=request.content_text_encoder, blocks=",".join(specs),
     )
 
 
 def _generate(params: dict[str, Any]) -> None:
     source = read_png_request(params["from_png"]) if params["from_png"] else None
     request = request_from_cli(params, source)
-    check_inputs(request)
+    runtime = runtime_from(params)
+    check_request(request)
     paths = output_paths(params["output"], request.num_images, params["overwrite"])
     if params["save_style"] and not params["save_style"].endswith(".safetensors"):
         raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
     if not params["debug"]:
         quiet_libraries()
-    pipe = load_pipeline(request, params, request.blocks)
+    pipe = load_pipeline(request, runtime, [request.blocks])
     if params["save_style"]:
         click.echo(str(pipe.save_style(request, params["save_style"])))
     result = pipe(request, progress=True)
@@ -284,9 +269,8 @@ def _generate(params: dict[str, Any]) -> None:
 @click.option("--output", "-o", required=True, help="Output .png (several images: NAME-1.png, ...).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--save-style", default=None, help="Also save the style (embedding + sources) to this .safetensors file.")
-@runtime_options
-@click.pass_context
-def generate(ctx: click.Context, **params: Any) -> None:
+@runtime_options()
+def generate(**params: Any) -> None:
     """Make images in the style of --style, with the content of --prompt."""
     run_cli(_generate, params["debug"], params)
 
@@ -302,20 +286,19 @@ def blocks(model: str | None, single_file_config: str | None, debug: bool) -> No
     """List a model's attention blocks: name, layer count, presets that use it."""
 
     def body() -> None:
-        import torch
-
         from .blocks import list_blocks
-        from .pipeline import DEFAULT_MODEL, load_base_pipeline, model_arch, unet_layers
+        from .preflight import model_layers
 
         name = model or DEFAULT_MODEL
-        arch, layers = unet_layers(name, single_file_config)
-        if not layers:  # a single file without configs: load it to see its UNet
-            pipe = load_base_pipeline(name, torch.float32)
-            arch, layers = model_arch(pipe), [
-                n.removesuffix(".processor") for n in pipe.unet.attn_processors if n.endswith("attn2.processor")
-            ]
-        click.echo(f"{name} ({arch}): {len(layers)} cross-attention layers")
-        rows = list_blocks(layers, arch)
+        family, layers = model_layers(name, single_file_config)
+        if not layers:  # a single file without configs: load it to see its denoiser
+            import torch
+
+            from .loader import load_base_pipeline
+
+            layers = family.layers(family.denoiser_of(load_base_pipeline(name, torch.float32)))
+        click.echo(f"{name} ({family.name}): {len(layers)} cross-attention layers")
+        rows = list_blocks(layers, family)
         width = max(len(r.name) for r in rows)
         click.echo(f"{'block':<{width}}  layers  presets")
         for row in rows:
@@ -341,14 +324,12 @@ def selftest(keep: str | None, debug: bool) -> None:
 
 
 def _batch(params: dict[str, Any]) -> int:
-    from .batch import Runtime, run_batch
-    from .pipeline import DEFAULT_ADAPTER, DEFAULT_MODEL
+    from .batch import run_batch
 
     defaults = request_fields(params)
     defaults.setdefault("model", DEFAULT_MODEL)
     defaults.setdefault("adapter", DEFAULT_ADAPTER)
-    runtime = Runtime(params["device"], params["dtype"], params["keep_all_weights"], params["single_file_config"],
-                      params["device_map"])
+    runtime = runtime_from(params)
     address = params["ray"]
     if params["workers"] is not None and address is None:
         raise UserError("--workers is the number of Ray workers; add --ray")
@@ -384,10 +365,8 @@ def _batch(params: dict[str, Any]) -> int:
               help="Run on Ray: a cluster address (e.g. ray://head:10001 or auto), or a local Ray without one.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Ray workers (default: one per GPU, "
               "else 1).")
-@click.option("--device-map", default=None, type=click.Choice(["balanced"]), help="Spread each model over all "
-              "GPUs of a machine (for models too large for one GPU).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@runtime_options
+@runtime_options()
 def batch(**params: Any) -> None:
     """Render every job of JOBS (.jsonl, .csv or a .json matrix) into --output; rerun to resume.
 
@@ -430,14 +409,15 @@ def _sweep(params: dict[str, Any]) -> None:
     base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
     if axes.content_scales and base.content_prompt is None and base.content_image is None:
         raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
-    check_inputs(base)
+    runtime = runtime_from(params)
+    check_request(base)
     if not params["debug"]:
         quiet_libraries()
     sheet = output_paths(params["output"], 1, params["overwrite"])[0]
     for row in sweep_requests(base.replace(seed=0), axes):  # cell names depend on blocks and scales only
         for cell in row:
             output_paths(str(sheet.with_name(cell_name(sheet.stem, cell, axes))), 1, params["overwrite"])
-    pipe = load_pipeline(base, params, blocks=",".join(axes.blocks))
+    pipe = load_pipeline(base, runtime, axes.blocks)
     render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)))
     click.echo(str(sheet))
 
@@ -453,7 +433,7 @@ def _sweep(params: dict[str, Any]) -> None:
 @click.option("--output", "-o", required=True, help="The sheet .png; cells are written beside it as "
               "SHEET-BLOCKS-sSCALE.png.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@runtime_options
+@runtime_options()
 def sweep(**params: Any) -> None:
     """Render every blocks x scale combination with one seed into a labelled contact sheet."""
     run_cli(_sweep, params["debug"], params)
@@ -474,8 +454,9 @@ def _ui(params: dict[str, Any]) -> None:
         raise UserError(f"the web UI needs gradio: pip install 'instantstyle[ui]' ({err})") from None
     import socket
 
-    from .pipeline import DEFAULT_ADAPTER, DEFAULT_MODEL, StylePipeline
+    from .pipeline import StylePipeline
 
+    runtime = runtime_from(params, keep_all_weights=True)  # any blocks per request, without reloading the adapter
     try:  # a taken port fails before the model loads, not after
         with socket.create_server((params["host"], params["port"])):
             pass
@@ -486,14 +467,8 @@ def _ui(params: dict[str, Any]) -> None:
         click.echo(f"warning: serving on {params['host']}: anyone who can reach this machine can use the page",
                    err=True)
     pipe = StylePipeline.from_pretrained(
-        params["model"] or DEFAULT_MODEL,
-        params["adapter"] or DEFAULT_ADAPTER,
-        image_encoder=params["image_encoder"],
-        content_text_encoder=params["content_text_encoder"],
-        device=params["device"],
-        dtype=params["dtype"],
-        keep_all_weights=True,  # any blocks per request, without reloading the adapter
-        single_file_config=params["single_file_config"],
+        params["model"] or DEFAULT_MODEL, params["adapter"] or DEFAULT_ADAPTER, runtime,
+        image_encoder=params["image_encoder"], content_text_encoder=params["content_text_encoder"],
     )
     click.echo(f"serving http://{params['host']}:{params['port']}/ (outputs in {params['workdir']})")
     launch(pipe, params["workdir"], params["host"], params["port"], share=params["share"])
@@ -509,10 +484,7 @@ def _ui(params: dict[str, Any]) -> None:
 @click.option("--port", default=7860, type=click.IntRange(1, 65535))
 @click.option("--share", is_flag=True, help="Also open a public gradio.live link (off unless asked).")
 @click.option("--workdir", default="instantstyle-ui", help="Folder for uploads and generated images.")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]))
-@click.option("--dtype", default="auto", type=click.Choice(["auto", "float32", "float16", "bfloat16"]))
-@click.option("--single-file-config", default=None, help="Configs for a single-file --model.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@runtime_options(exclude=("keep_all_weights",))  # the page keeps every weight: any blocks per request
 def ui(**params: Any) -> None:
     """Serve the web UI: generate, sweep, restore settings from PNGs, save style files."""
     run_cli(_ui, params["debug"], params)

@@ -10,7 +10,6 @@ tokens never reach the ControlNet: diffusers gives it only the text embeddings, 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .embeddings import load_image
 from .errors import UserError
-
-#: The ControlNet used when ``--controlnet`` is not given, per model architecture and control kind.
-DEFAULT_CONTROLNETS = {
-    "sdxl": {"canny": "diffusers/controlnet-canny-sdxl-1.0", "depth": "diffusers/controlnet-depth-sdxl-1.0"},
-    "sd15": {"canny": "lllyasviel/control_v11p_sd15_canny", "depth": "lllyasviel/control_v11f1p_sd15_depth"},
-}
+from .families import Family
+from .hub import check_controlnet_ref, check_model_ref, hub_error
+from .images import load_image
 
 
 def canny(image: Image.Image, low: float = 100.0, high: float = 200.0) -> Image.Image:
@@ -80,8 +75,6 @@ def load_depth_model(ref: str, device: torch.device) -> tuple[Any, Any]:
     """A transformers depth-estimation model and its image processor (folder or hub id)."""
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-    from .pipeline import _hub_error
-
     check_model_ref("depth model", ref)
     try:
         processor = AutoImageProcessor.from_pretrained(ref)
@@ -89,7 +82,7 @@ def load_depth_model(ref: str, device: torch.device) -> tuple[Any, Any]:
     except OSError as err:
         if Path(ref).expanduser().is_dir():
             raise UserError(f"depth model {ref}: not a depth-estimation model ({str(err)[:120]})") from None
-        raise _hub_error("depth model", ref, err) from None
+        raise hub_error("depth model", ref, err) from None
     except (ValueError, KeyError) as err:
         raise UserError(f"depth model {ref}: not a depth-estimation model ({type(err).__name__})") from None
     return processor, model.to(device).eval()  # type: ignore[arg-type]
@@ -107,61 +100,34 @@ def estimate_depth(image: Image.Image, depth_model: tuple[Any, Any], size: tuple
     return Image.fromarray((depth.cpu().numpy() * 255).round().astype(np.uint8)).convert("RGB")
 
 
-def controlnet_ref(kind: str, arch: str, given: str | None) -> str:
-    """The ControlNet to use: the one given, else the default for this control kind and model."""
+def controlnet_ref(kind: str, family: Family, given: str | None) -> str:
+    """The ControlNet to use: the one given, else the family's default for this control kind."""
     if given is not None:
         return given
-    if kind not in DEFAULT_CONTROLNETS[arch]:
+    if kind not in family.default_controlnets:
         raise UserError(f"--control {kind}: give the ControlNet for this control image with --controlnet")
-    return DEFAULT_CONTROLNETS[arch][kind]
+    return family.default_controlnets[kind]
 
 
-def check_model_ref(what: str, ref: str) -> None:
-    """A model reference must be an existing folder or a hub id (``org/name``)."""
-    from .pipeline import _looks_like_path
-
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"{what} {ref}: no config.json in that folder")
-    elif path.exists() or _looks_like_path(ref) or ref.count("/") != 1:
-        raise UserError(f"{what} {ref}: no such folder (give a model folder or hub id)")
-
-
-def check_controlnet_ref(ref: str) -> None:
-    """A ControlNet reference must be a diffusers ControlNet folder or a hub id (``org/name``)."""
-    check_model_ref("controlnet", ref)
-    config = Path(ref).expanduser() / "config.json"
-    if config.is_file():
-        try:
-            kind = json.loads(config.read_text()).get("_class_name", "")
-        except (OSError, ValueError, AttributeError):
-            raise UserError(f"controlnet {ref}: config.json is not readable JSON") from None
-        if "ControlNet" not in str(kind):
-            raise UserError(f"controlnet {ref}: is a {kind or 'non-ControlNet'} folder, not a ControlNet")
-
-
-def load_controlnet(ref: str, unet: Any, dtype: torch.dtype) -> Any:
-    """Load a ControlNet (diffusers folder or hub id) and check that it fits the UNet."""
-    from diffusers import ControlNetModel
-
-    from .pipeline import _hub_error
+def load_controlnet(ref: str, family: Family, denoiser: Any, dtype: torch.dtype) -> Any:
+    """Load a ControlNet of the family's class (diffusers folder or hub id) and check that it fits the denoiser."""
+    import diffusers
 
     check_controlnet_ref(ref)
+    cls = getattr(diffusers, family.controlnet_class)
     path = Path(ref).expanduser()
     if path.is_dir():
         try:
-            controlnet = ControlNetModel.from_pretrained(str(path), dtype=dtype)
+            controlnet = cls.from_pretrained(str(path), dtype=dtype)
         except Exception as err:  # a broken folder is a user error, whatever diffusers raised
             raise UserError(f"controlnet {ref}: not a loadable ControlNet ({type(err).__name__})") from None
     else:
         try:
-            controlnet = ControlNetModel.from_pretrained(ref, dtype=dtype)
+            controlnet = cls.from_pretrained(ref, dtype=dtype)
         except OSError as err:
-            raise _hub_error("controlnet", ref, err) from None
-    config, want = controlnet.config, unet.config
-    if (config.cross_attention_dim, config.addition_embed_type) != (want.cross_attention_dim, want.addition_embed_type):
-        raise UserError(f"controlnet {ref} was made for another kind of model (SD1.5 vs SDXL)")
+            raise hub_error("controlnet", ref, err) from None
+    if not family.controlnet_fits(controlnet, denoiser):
+        raise UserError(f"controlnet {ref} was made for another kind of model (not {family.name})")
     if getattr(controlnet, "encoder_hid_proj", None) is not None:
         raise UserError(f"controlnet {ref} carries an image projection; image tokens must not reach a ControlNet")
     return controlnet.eval()

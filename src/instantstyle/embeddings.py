@@ -9,48 +9,22 @@ adapters do not live in that space and get no subtraction.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+from .atomic import atomic_path
 from .errors import UserError
 from .guards import warn_if_truncated
+from .images import MAX_PIXELS as MAX_PIXELS  # re-exported: where most callers look for them
+from .images import load_image as load_image
 
 STYLE_FILE_FORMAT = "instantstyle-style/1"
 CLIP_MEAN_RGB = (122, 116, 104)  # CLIP's normalisation mean: padding that normalises to zero
-#: The most pixels an input image may have (about 8k x 5k; 160 MB decoded as RGBA), read from its header before
-#: any pixel is decoded. PIL's own decompression-bomb limit (about 179 MP) still applies above it.
-MAX_PIXELS = 40_000_000
-
-
-def load_image(path: str | Path, what: str = "image", max_pixels: int | None = MAX_PIXELS) -> Image.Image:
-    """Open an image as RGB, or raise a one-line ``UserError`` (missing, empty, corrupt, over ``max_pixels``
-    pixels by its header, or past PIL's decompression-bomb limit)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{what} {path}: is a folder, not an image")
-    if not path.is_file():
-        raise UserError(f"{what} {path}: no such file")
-    if path.stat().st_size == 0:
-        raise UserError(f"{what} {path}: the file is empty")
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise UserError(f"{what} {path}: {width}x{height} is over the limit of {max_pixels:,} pixels")
-            image.load()
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except UserError:
-        raise
-    except Image.DecompressionBombError as err:
-        raise UserError(f"{what} {path}: refused as a possible decompression bomb ({err})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise UserError(f"{what} {path}: not a readable image ({err})") from None
 
 
 @dataclass
@@ -60,11 +34,6 @@ class ImageEncoder:
     model: CLIPVisionModelWithProjection
     processor: CLIPImageProcessor
     identity: str
-
-    @property
-    def embed_dims(self) -> tuple[int, int]:
-        """(projection dim for global adapters, hidden size for plus adapters)."""
-        return self.model.config.projection_dim, self.model.config.hidden_size
 
 
 def load_image_encoder(path: str | Path, dtype: torch.dtype = torch.float32, weights: bool = True) -> ImageEncoder:
@@ -191,7 +160,8 @@ def save_style(path: str | Path, style: StyleFile) -> Path:
         raise UserError(f"style file {path}: must end in .safetensors")
     meta = {"format": STYLE_FILE_FORMAT, "kind": style.kind, "encoder": style.encoder, **style.metadata}
     tensors = {"embeds": style.embeds.contiguous().cpu(), "negative": style.negative.contiguous().cpu()}
-    save_file(tensors, str(path), metadata={k: str(v) for k, v in meta.items()})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
     return path
 
 
@@ -215,8 +185,3 @@ def load_style(path: str | Path) -> StyleFile:
     kind, encoder = meta.pop("kind"), meta.pop("encoder")
     meta.pop("format")
     return StyleFile(tensors["embeds"].float(), tensors["negative"].float(), kind, encoder, meta)
-
-
-def describe(meta: dict[str, object]) -> dict[str, str]:
-    """Flatten settings into safetensors metadata strings (JSON for non-strings)."""
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}

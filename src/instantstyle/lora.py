@@ -9,12 +9,12 @@ The IP-Adapter lives in the attention processors, LoRAs in the linear layers: th
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .logs import quiet
 
 PREFIX = "isl_"  # adapter names this module owns; LoRAs loaded by others are left alone
 
@@ -74,17 +74,13 @@ def load_lora(pipe: Any, path: str, name: str) -> None:
         import peft  # noqa: F401
     except ImportError:
         raise UserError("--lora needs the peft package (pip install peft)") from None
-    quiet = logging.getLogger("diffusers.loaders")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
     try:
-        pipe.load_lora_weights(str(Path(path).expanduser()), adapter_name=name)
+        with quiet("diffusers.loaders"):
+            pipe.load_lora_weights(str(Path(path).expanduser()), adapter_name=name)
     except UserError:
         raise
     except Exception as err:  # safetensors, peft and the key converters raise many types
         raise UserError(f"LoRA {path}: cannot be loaded into this model ({type(err).__name__}: "
                         f"{str(err).splitlines()[0][:160] if str(err) else ''})") from None
-    finally:
-        quiet.setLevel(level)
     if name not in loaded_names(pipe):
         raise UserError(f"LoRA {path}: none of its weights match a layer of this model")

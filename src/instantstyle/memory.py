@@ -1,5 +1,5 @@
 """Where the weights live while images are made: the image encoder only while it encodes, model
-offload, and a compiled UNet.
+offload, and a compiled denoiser.
 
 The image encoder (ViT-bigG for SDXL: 1.8 B parameters) is needed once per new style image and
 never while denoising. With ``low_memory`` it stays off the device between uses: parked in CPU
@@ -21,9 +21,8 @@ import torch
 
 from .embeddings import ImageEncoder
 from .errors import UserError
+from .runtime import COMPILE_BACKENDS, OFFLOAD_MODES
 
-OFFLOAD_MODES = ("model", "sequential")
-COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 GiB = 2**30
 
 
@@ -121,15 +120,11 @@ def encoder_in_use(
             release_encoder(encoder, device)
 
 
-def check_offload(offload: str | None) -> None:
-    if offload is not None and offload not in OFFLOAD_MODES:
-        raise UserError(f"unknown offload mode {offload!r} (model, sequential)")
-
-
 def place_pipeline(pipe: Any, device: torch.device, offload: str | None) -> None:
     """Move the diffusers pipeline to the device, or let accelerate move each model (``model``) or
     each layer (``sequential``) there only while it runs."""
-    check_offload(offload)
+    if offload not in (None, *OFFLOAD_MODES):
+        raise UserError(f"unknown offload mode {offload!r} ({', '.join(OFFLOAD_MODES)})")
     if offload is None:
         pipe.to(device)
     elif offload == "model":
@@ -138,9 +133,9 @@ def place_pipeline(pipe: Any, device: torch.device, offload: str | None) -> None
         pipe.enable_sequential_cpu_offload(device=device)
 
 
-def compile_unet(unet: torch.nn.Module, backend: str = "inductor") -> None:
-    """``torch.compile`` the UNet in place (its attention processors included). Shapes and scales
+def compile_denoiser(denoiser: torch.nn.Module, backend: str = "inductor") -> None:
+    """``torch.compile`` the denoiser in place (its attention processors included). Shapes and scales
     stay the same from step to step and image to image, so it compiles once per size."""
     if backend not in COMPILE_BACKENDS:
         raise UserError(f"unknown compile backend {backend!r} ({', '.join(COMPILE_BACKENDS)})")
-    unet.compile(backend=backend, fullgraph=False, dynamic=False)
+    denoiser.compile(backend=backend, fullgraph=False, dynamic=False)

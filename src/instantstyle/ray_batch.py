@@ -1,6 +1,6 @@
 """Scale-out: the batch driver's batches run on Ray actors, one pipeline each, results streamed back.
 
-Each actor is a ``batch.Worker`` (one per GPU with ``num_gpus=1``; CPU actors share the cores when
+Each actor is a ``workers.Worker`` (one per GPU with ``num_gpus=1``; CPU actors share the cores when
 the cluster has no GPU). The driver keeps two batches in flight per actor, writes every result as it
 arrives (it alone writes files and the manifest) and, when an actor dies, puts its batches back in the
 queue for the others and starts a replacement. Paths in jobs must be readable on every node.
@@ -12,8 +12,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .batch import BatchResult, Job, Outcome, Runtime, Worker, pipeline_key
 from .errors import UserError
+from .runtime import Runtime
+from .workers import BatchResult, Job, Outcome, Worker, pipeline_key
 
 IN_FLIGHT = 2  # batches queued per actor: the next one is ready while the driver writes images
 MAX_ATTEMPTS = 3  # a batch whose worker died this often fails instead of killing more workers

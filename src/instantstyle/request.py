@@ -390,25 +390,6 @@ def read_png_request(path: str | Path) -> Request:
 
 def write_png(image: Any, path: str | Path, request: Request, index: int = 0) -> Path:
     """Save an image with its request in a PNG text chunk, atomically (temp file, then rename)."""
+    from .atomic import save_png_atomically
+
     return save_png_atomically(image, path, {PNG_KEY: request.to_json(), PNG_KEY + "-index": str(index)})
-
-
-def save_png_atomically(image: Any, path: str | Path, texts: dict[str, str]) -> Path:
-    """Write a PNG with text chunks via a temporary file and a rename: never a partial file at ``path``."""
-    import os
-
-    from PIL.PngImagePlugin import PngInfo
-
-    from .atomic import temp_path
-
-    path = Path(path)
-    info = PngInfo()
-    for key, text in texts.items():
-        info.add_text(key, text)
-    tmp = temp_path(path)
-    try:
-        image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

@@ -4,7 +4,8 @@ Diffusers' IP-Adapter processors zip a list of image embeddings ("slots") with p
 to_k_ip/to_v_ip projections. Composition adds a second slot that shares the first one's weights
 (the same modules registered twice, no copy): slot 0 carries the style image to the style blocks,
 slot 1 the composition image to the layout block. Regions give each style image of slot 0 its own
-attention mask; the schedule turns all slots off outside ``[style_start, style_end)`` of the run.
+attention mask; the schedule turns all slots off outside ``[style_start, style_end)`` of the run. The
+processor state itself is set in ``processors``.
 """
 
 from __future__ import annotations
@@ -13,23 +14,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 
-from .adapter import set_layer_scales
 from .blocks import resolve_blocks
-from .embeddings import load_image
+from .families import Family
+from .images import load_image
+from .processors import set_scales
 from .request import Request
 
 
-def slot_scales(request: Request, layers: Sequence[str], arch: str) -> list[dict[str, float]]:
+def slot_scales(request: Request, layers: Sequence[str], family: Family) -> list[dict[str, float]]:
     """Per slot ``{layer: scale}``, in the processors' order: the main adapter (the request's blocks), each
     further adapter (its own blocks), then with a composition image a last slot sharing the main
     adapter's weights, which takes the layout block (at ``composition_scale``) away from the first."""
-    scales = resolve_blocks(request.blocks, layers, arch, request.scale)
-    extra = [resolve_blocks(a.blocks, layers, arch, a.scale) for a in request.adapters]
+    scales = resolve_blocks(request.blocks, layers, family, request.scale)
+    extra = [resolve_blocks(a.blocks, layers, family, a.scale) for a in request.adapters]
     if request.composition is None:
         return [scales, *extra]
-    layout = resolve_blocks("layout", layers, arch, request.composition_scale)
+    layout = resolve_blocks("layout", layers, family, request.composition_scale)
     return [{layer: s for layer, s in scales.items() if layer not in layout}, *extra, layout]
 
 
@@ -38,36 +39,6 @@ def per_image_weights(request: Request) -> list[list[float] | None]:
     slots: list[list[float] | None] = [[r.weight for r in request.style] if request.regions else None]
     slots += [[r.weight for r in a.style] if a.regions else None for a in request.adapters]
     return slots + [None] * (request.composition is not None)
-
-
-def set_slot_count(unet: Any, count: int) -> None:
-    """Make the loaded adapters offer ``count`` slots, those past the loaded adapters sharing slot 0's weights
-    (``count`` must not be below the number of adapters loaded)."""
-    projections = unet.encoder_hid_proj.image_projection_layers
-    while len(projections) > count:
-        del projections[-1]
-    while len(projections) < count:
-        projections.append(projections[0])
-    for proc in unet.attn_processors.values():
-        if isinstance(proc, IPAdapterAttnProcessor2_0):
-            del proc.to_k_ip[count:], proc.to_v_ip[count:], proc.scale[count:], proc.num_tokens[count:]
-            while len(proc.to_k_ip) < count:
-                proc.to_k_ip.append(proc.to_k_ip[0])
-                proc.to_v_ip.append(proc.to_v_ip[0])
-                proc.scale.append(0.0)
-                proc.num_tokens.append(proc.num_tokens[0])
-
-
-def set_scales(
-    unet: Any, slots: Sequence[dict[str, float]], weights: Sequence[Sequence[float] | None] = ()
-) -> None:
-    """Set per-slot layer scales; a slot with regions gets one scale per style (times its weight)."""
-    set_layer_scales(unet, slots)
-    for proc in unet.attn_processors.values():
-        if isinstance(proc, IPAdapterAttnProcessor2_0):
-            for i, per_image in enumerate(weights):
-                if per_image is not None:
-                    proc.scale[i] = [proc.scale[i] * w for w in per_image]
 
 
 def region_masks(request: Request, size: tuple[int, int]) -> list[torch.Tensor | None] | None:
@@ -90,7 +61,8 @@ def region_masks(request: Request, size: tuple[int, int]) -> list[torch.Tensor |
 
 
 def schedule_callback(
-    request: Request, unet: Any, slots: Sequence[dict[str, float]], weights: Sequence[Sequence[float] | None]
+    request: Request, denoiser: Any, family: Family, slots: Sequence[dict[str, float]],
+    weights: Sequence[Sequence[float] | None],
 ) -> Callable[..., dict[str, Any]] | None:
     """A ``callback_on_step_end`` that applies the image features only during ``[style_start, style_end)``
     of the denoising run (fractions of the steps actually run); ``None`` when they act throughout.
@@ -104,7 +76,7 @@ def schedule_callback(
 
     def apply(fraction: float) -> None:
         on = request.style_start <= fraction < request.style_end
-        set_scales(unet, slots if on else off, weights)
+        set_scales(denoiser, family, slots if on else off, weights)
 
     apply(0.0)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .request import save_png_atomically
+from .atomic import save_png_atomically
 
 PLOT_SIZE = (720, 540)  # the axes' box with its margins, legend to the right
 MARGIN = {"left": 84, "right": 24, "top": 56, "bottom": 76}

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import save_png_atomically
 from .errors import UserError
-from .request import Request, save_png_atomically, write_png
+from .request import Request, write_png
 
 if TYPE_CHECKING:
     from .pipeline import StylePipeline

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -20,18 +21,21 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import gradio as gr
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .blocks import PRESETS, attention_block, list_blocks, resolve_blocks
+from .blocks import list_blocks, resolve_blocks
 from .embeddings import MAX_PIXELS, load_image, load_style
 from .errors import UserError
+from .families import all_families
 from .pipeline import StylePipeline
-from .request import CONTROL_KINDS, LoraRef, Request, read_png_request, write_png
+from .preflight import check_request
+from .request import CONTROL_KINDS, LoraRef, Request, StyleRef, read_png_request, write_png
 from .schedulers import SCHEDULERS
 from .sweep import Axes, parse_blocks_list, parse_number_list, render_sweep
 
@@ -42,6 +46,9 @@ NO_CONTROL = "none"
 READY_CONTROL = "ready control image"  # the control upload is the control image itself (needs a ControlNet)
 DEFAULT_SCHEDULER = "model's own"
 QUEUE = "pipeline"  # every event that runs the pipeline shares this concurrency slot
+#: Block presets offered in the page (every family has the same preset names).
+PRESET_NAMES = tuple(dict.fromkeys(name for family in all_families() for name in family.presets))
+R = TypeVar("R")
 
 PipeSource = StylePipeline | Callable[[], StylePipeline]
 
@@ -50,14 +57,15 @@ class PipelineHolder:
     """The one pipeline of the app: given, or made by a factory on first use and then kept."""
 
     def __init__(self, source: PipeSource) -> None:
-        self._source = source
         self._pipe = source if isinstance(source, StylePipeline) else None
+        self._factory = None if isinstance(source, StylePipeline) else source
         self._lock = threading.Lock()
 
     def get(self) -> StylePipeline:
         with self._lock:
             if self._pipe is None:
-                self._pipe = self._source()  # type: ignore[operator]
+                assert self._factory is not None
+                self._pipe = self._factory()
             return self._pipe
 
 
@@ -167,7 +175,7 @@ def block_rows(pipe: StylePipeline, preset: str) -> list[list[Any]]:
 def rows_from_spec(pipe: StylePipeline, spec: str) -> list[list[Any]]:
     """The editor's rows for any blocks spec (each block at the scale of its layers)."""
     scales = resolve_blocks(spec, pipe.layers, pipe.arch)
-    per_block = {attention_block(layer): scale for layer, scale in scales.items()}
+    per_block = {pipe.family.attention_block(layer): scale for layer, scale in scales.items()}
     return [[row.name, per_block.get(row.name, 0.0)] for row in list_blocks(pipe.layers, pipe.arch)]
 
 
@@ -192,127 +200,206 @@ def spec_from_rows(rows: Any) -> str:
     return ",".join(items)
 
 
-# The form fields in the order every handler takes them (and the API documents them).
-FIELDS = (
-    "style", "prompt", "style_weights", "negative_prompt", "blocks", "block_table", "scale",
-    "content_prompt", "content_scale", "content_image", "seed", "randomize_seed", "steps", "guidance",
-    "width", "height", "num_images",
-    "init_image", "strength", "mask", "control", "control_image", "control_scale", "controlnet", "scheduler", "lora",
-    "mask_paint",
+# --- the form: every field declared once ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Field:
+    """One form field: its component (built around its default, which is also the API default) and, for a
+    field that is one ``Request`` field of the same name, how its value goes into the request and comes back.
+    The composite fields (style and weights, blocks and table, seed and randomize, uploads, control) are
+    translated by ``form_request`` / ``form_values``."""
+
+    name: str
+    default: Any
+    component: Callable[[Any], Any]
+    to_request: Callable[[Any], Any] | None = None
+    from_request: Callable[[Any], Any] | None = None
+    required: bool = False  # no API default (the style and the prompt)
+
+
+def _text(label: str, elem_id: str | None = None, lines: int = 1) -> Callable[[Any], Any]:
+    return lambda value: gr.Textbox(value, label=label, elem_id=elem_id, lines=lines)
+
+
+def _slider(low: float, high: float, step: float, label: str, elem_id: str | None = None) -> Callable[[Any], Any]:
+    return lambda value: gr.Slider(low, high, value=value, step=step, label=label, elem_id=elem_id)
+
+
+def _number(label: str, elem_id: str) -> Callable[[Any], Any]:
+    return lambda value: gr.Number(value=value, precision=0, minimum=0, label=label, elem_id=elem_id)
+
+
+def _upload(label: str, elem_id: str) -> Callable[[Any], Any]:
+    return lambda value: gr.File(value, label=label, file_types=["image"], elem_id=elem_id)
+
+
+def _or_none(value: Any) -> str | None:
+    return (value or "").strip() or None
+
+
+def _or_empty(value: Any) -> str:
+    return value or ""
+
+
+def _optional_whole(name: str) -> Callable[[Any], int | None]:
+    return lambda value: _whole(name, value) or None
+
+
+def _scheduler(value: Any) -> str | None:
+    name = (value or "").strip()
+    return None if name in ("", DEFAULT_SCHEDULER) else name
+
+
+def _loras(value: Any) -> tuple[LoraRef, ...]:
+    return tuple(LoraRef.parse(item.strip()) for item in (value or "").split(",") if item.strip())
+
+
+FORM: tuple[Field, ...] = (
+    Field("style", None, lambda value: gr.File(value, label="Style image(s) or style file (.safetensors)",
+                                               file_count="multiple", file_types=["image", ".safetensors"],
+                                               elem_id="style"), required=True),
+    Field("prompt", "", _text("Prompt", "prompt", lines=2), _or_empty, _or_empty, required=True),
+    Field("style_weights", "", _text("Style weights (comma separated, blank: equal)", "weights")),
+    Field("negative_prompt", "", _text("Negative prompt", "negative"), _or_empty, _or_empty),
+    Field("blocks", "style", lambda value: gr.Dropdown([*PRESET_NAMES, CUSTOM], value=value, label="Blocks",
+                                                       elem_id="blocks")),
+    Field("block_table", None, lambda value: gr.Dataframe(value, headers=["block", "scale"],
+                                                          datatype=["str", "number"], static_columns=[0],
+                                                          label="Per-block scales", elem_id="block-table")),
+    Field("scale", 1.0, _slider(0, 2, 0.05, "Scale", "scale"), float, float),
+    Field("content_prompt", "", _text("Content prompt (what the style image shows)", "content-prompt"), _or_none,
+          _or_empty),
+    Field("content_scale", 0.5, _slider(0, 2, 0.05, "Content scale"), float, float),
+    Field("content_image", None, _upload("…or a content image", "content-image")),
+    Field("seed", 0, lambda value: gr.Number(value=value, precision=0, minimum=0, label="Seed", elem_id="seed")),
+    Field("randomize_seed", True, lambda value: gr.Checkbox(value=value, label="Randomize seed", elem_id="randomize")),
+    Field("steps", 30, _slider(1, 100, 1, "Steps", "steps"), lambda v: _whole("steps", v), int),
+    Field("guidance", 5.0, _slider(0, 20, 0.5, "Guidance"), float, float),
+    Field("width", 0, _number("Width (0 = model's)", "width"), _optional_whole("width"), lambda v: v or 0),
+    Field("height", 0, _number("Height (0 = model's)", "height"), _optional_whole("height"), lambda v: v or 0),
+    Field("num_images", 1, _slider(1, 8, 1, "Images"), lambda v: _whole("number of images", v), int),
+    Field("init_image", None, _upload("Init image (restyle it: img2img)", "init-image")),
+    Field("strength", 0, _slider(0, 1, 0.05, "Strength (how much to change; 0 = default: 0.8, inpainting 1)",
+                                 "strength"), lambda v: float(v or 0) or None, lambda v: v or 0),
+    Field("mask", None, _upload("Mask for inpainting (white = repaint; needs the init image)", "mask")),
+    Field("control", NO_CONTROL, lambda value: gr.Dropdown([NO_CONTROL, *CONTROL_KINDS, READY_CONTROL], value=value,
+                                                           label="ControlNet control", elem_id="control")),
+    Field("control_image", None, _upload("Control image (canny/depth source; default: the init image)",
+                                         "control-image")),
+    Field("control_scale", 1.0, _slider(0, 2, 0.05, "Control scale", "control-scale"), float, float),
+    Field("controlnet", "", _text("ControlNet model (blank: the default for the control kind)", "controlnet"),
+          _or_none, _or_empty),
+    Field("scheduler", DEFAULT_SCHEDULER, lambda value: gr.Dropdown([DEFAULT_SCHEDULER, *SCHEDULERS], value=value,
+                                                                    label="Scheduler", elem_id="scheduler"),
+          _scheduler, lambda v: v or DEFAULT_SCHEDULER),
+    Field("lora", "", _text("LoRA file(s) (PATH[:SCALE], comma separated)", "lora"), _loras,
+          lambda refs: ", ".join(f"{r.path}:{r.scale:g}" if r.scale != 1 else r.path for r in refs)),
+    Field("mask_paint", None, lambda value: gr.ImageEditor(
+        value, label="…or paint the area to repaint on the init image", type="numpy", image_mode="RGBA",
+        sources=("upload",), brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), elem_id="mask-paint")),
+)
+#: The form's field names, in the order every handler (and the API) takes them.
+FIELDS = tuple(f.name for f in FORM)
+#: Where each field goes: (accordion label, or None for the column itself; items), an item being a field or a row.
+LAYOUT: tuple[tuple[str | None, tuple[str | tuple[str, ...], ...]], ...] = (
+    (None, ("style", "style_weights", "prompt", "negative_prompt", "blocks", "scale")),
+    ("Advanced: per-block scales (choose blocks = custom)", ("block_table",)),
+    ("Content subtraction", ("content_prompt", "content_scale", "content_image")),
+    ("Image modes: img2img, inpainting, ControlNet",
+     ("init_image", "strength", "mask", "mask_paint", ("control", "control_scale"), "control_image", "controlnet")),
+    ("Advanced: scheduler and LoRA", ("scheduler", "lora")),
+    (None, (("seed", "randomize_seed"), ("steps", "guidance"), ("width", "height", "num_images"))),
+)
+#: The sweep tab's own fields, taken after the form's by the sweep handler.
+SWEEP_FORM: tuple[Field, ...] = (
+    Field("sweep_blocks", "style, style+layout, all", _text("Blocks to compare (rows)", "sweep-blocks")),
+    Field("sweep_scales", "0.4, 0.7, 1.0", _text("Scales to compare (columns)", "sweep-scales")),
+    Field("sweep_content_scales", "", _text("Content scales to compare (optional, rows)")),
 )
 
 
 def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
     """The ``Request`` a filled-in form stands for (uploads checked and kept in the workdir)."""
-    files = [_file_path(f) for f in values["style"] or []]
+    files = [_file_path(f) for f in values.get("style") or []]
     if not files:
         raise UserError("upload a style image (or a style file) first")
-    weights_text = (values["style_weights"] or "").strip()
+    weights_text = (values.get("style_weights") or "").strip()
     weights = parse_number_list("style weight", weights_text) if weights_text else (1.0,) * len(files)
     if len(weights) != len(files):
         raise UserError(f"{len(weights)} style weights for {len(files)} style files")
-    style = tuple(f"{workdir.keep_upload(f, 'style image')}:{w:g}" for f, w in zip(files, weights, strict=True))
-    blocks = values["blocks"]
+    style = tuple(StyleRef(workdir.keep_upload(f, "style image"), w) for f, w in zip(files, weights, strict=True))
+    blocks = values.get("blocks", "style")
     if blocks == CUSTOM:
-        blocks = spec_from_rows(values["block_table"])
-    content_image = values["content_image"]
-    content_prompt = (values["content_prompt"] or "").strip() or None
+        blocks = spec_from_rows(values.get("block_table"))
 
     def kept(name: str, what: str) -> str | None:
         item = values.get(name)
         return workdir.keep_upload(_file_path(item), what) if item else None
 
-    control_kind = values.get("control") or NO_CONTROL
-    control_image = kept("control_image", "control image")
-    control: str | None = None
-    if control_kind == READY_CONTROL:
-        if control_image is None:
-            raise UserError("a ready control image needs the control image upload")
-        control, control_image = control_image, None
-    elif control_kind in CONTROL_KINDS:
-        control = control_kind
-    elif control_kind != NO_CONTROL:
-        raise UserError(f"control must be one of {NO_CONTROL}, {', '.join(CONTROL_KINDS)}, {READY_CONTROL}; "
-                        f"got {control_kind!r}")
-    elif control_image is not None:
-        raise UserError("a control image needs a control kind (canny, depth or ready control image)")
-    strength = float(values.get("strength") or 0)
-    scheduler = (values.get("scheduler") or "").strip()
-    lora_text = (values.get("lora") or "").strip()
+    content_image = kept("content_image", "content image")
+    control, control_image = _control_from_form(values.get("control") or NO_CONTROL,
+                                                kept("control_image", "control image"))
+    plain = {f.name: f.to_request(values.get(f.name, f.default)) for f in FORM if f.to_request is not None}
+    randomize = values.get("randomize_seed", True)
     return Request(
-        prompt=values["prompt"] or "",
+        **plain,
         style=style,
-        negative_prompt=values["negative_prompt"] or "",
         blocks=blocks,
-        scale=float(values["scale"]),
-        content_prompt=content_prompt,
-        content_scale=float(values["content_scale"]),
-        content_image=workdir.keep_upload(_file_path(content_image), "content image") if content_image else None,
-        steps=_whole("steps", values["steps"]),
-        guidance=float(values["guidance"]),
-        seed=None if values["randomize_seed"] else _whole("seed", values["seed"]),
-        width=_whole("width", values["width"]) or None,
-        height=_whole("height", values["height"]) or None,
-        num_images=_whole("number of images", values["num_images"]),
+        content_image=content_image,
+        seed=None if randomize else _whole("seed", values.get("seed", 0)),
         init_image=kept("init_image", "init image"),
-        strength=strength or None,  # 0: the mode's default
         mask=kept("mask", "mask") or workdir.keep_painted_mask(values.get("mask_paint")),
         control=control,
         control_image=control_image,
-        control_scale=float(values.get("control_scale", 1.0)),
-        controlnet=(values.get("controlnet") or "").strip() or None,
-        scheduler=None if scheduler in ("", DEFAULT_SCHEDULER) else scheduler,
-        lora=tuple(LoraRef.parse(item.strip()) for item in lora_text.split(",") if item.strip()),
     )
 
 
+def _control_from_form(kind: str, upload: str | None) -> tuple[str | None, str | None]:
+    """(control, control image) of the request from the control dropdown and the control upload."""
+    if kind == READY_CONTROL:
+        if upload is None:
+            raise UserError("a ready control image needs the control image upload")
+        return upload, None
+    if kind in CONTROL_KINDS:
+        return kind, upload
+    if kind != NO_CONTROL:
+        raise UserError(f"control must be one of {NO_CONTROL}, {', '.join(CONTROL_KINDS)}, {READY_CONTROL}; "
+                        f"got {kind!r}")
+    if upload is not None:
+        raise UserError("a control image needs a control kind (canny, depth or ready control image)")
+    return None, None
+
+
 def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tuple[list[Any], list[str]]:
-    """The form field values for a request, in ``FIELDS`` order, and the style paths that could not be restored."""
-    kept = [ref for ref in request.style if workdir.owns(ref.path)]
-    lost = [ref.path for ref in request.style if not workdir.owns(ref.path)]
-    preset = request.blocks if request.blocks in PRESETS.get(pipe.arch, {}) else CUSTOM
-    content_image = request.content_image if request.content_image and workdir.owns(request.content_image) else None
-    if request.content_image and content_image is None:
-        lost.append(request.content_image)
+    """The form field values for a request, in ``FIELDS`` order, and the paths that could not be restored
+    (only this app's kept uploads are: the page never serves other paths)."""
+    lost: list[str] = []
 
     def own(path: str | None) -> str | None:
-        """An upload to restore (or ``None``, noting it lost when it is not one of this app's kept files)."""
         if path and not workdir.owns(path):
             lost.append(path)
             return None
         return path
 
+    kept = [ref for ref in request.style if own(ref.path)]
+    preset = request.blocks if request.blocks in pipe.family.presets else CUSTOM
     ready = request.control is not None and request.control not in CONTROL_KINDS
-    control_kind = READY_CONTROL if ready else (request.control or NO_CONTROL)
-    values = {
-        "style": [ref.path for ref in kept] or None,
-        "style_weights": ", ".join(f"{ref.weight:g}" for ref in kept) if any(r.weight != 1 for r in kept) else "",
-        "prompt": request.prompt,
-        "negative_prompt": request.negative_prompt,
-        "blocks": preset,
-        "block_table": rows_from_spec(pipe, request.blocks) if preset == CUSTOM else block_rows(pipe, preset),
-        "scale": request.scale,
-        "content_prompt": request.content_prompt or "",
-        "content_scale": request.content_scale,
-        "content_image": content_image,
-        "seed": request.seed or 0,
-        "randomize_seed": request.seed is None,
-        "steps": request.steps,
-        "guidance": request.guidance,
-        "width": request.width or 0,
-        "height": request.height or 0,
-        "num_images": request.num_images,
-        "init_image": own(request.init_image),
-        "strength": request.strength or 0,
-        "mask": own(request.mask),
-        "control": control_kind,
-        "control_image": own(request.control if ready else request.control_image),
-        "control_scale": request.control_scale,
-        "controlnet": request.controlnet or "",
-        "scheduler": request.scheduler or DEFAULT_SCHEDULER,
-        "lora": ", ".join(f"{ref.path}:{ref.scale:g}" if ref.scale != 1 else ref.path for ref in request.lora),
-        "mask_paint": None,  # a restored mask comes back as the mask upload
-    }
+    values = {f.name: f.from_request(getattr(request, f.name)) for f in FORM if f.from_request is not None}
+    values.update(
+        style=[ref.path for ref in kept] or None,
+        style_weights=", ".join(f"{ref.weight:g}" for ref in kept) if any(r.weight != 1 for r in kept) else "",
+        blocks=preset,
+        block_table=rows_from_spec(pipe, request.blocks) if preset == CUSTOM else block_rows(pipe, preset),
+        content_image=own(request.content_image),
+        seed=request.seed or 0,
+        randomize_seed=request.seed is None,
+        init_image=own(request.init_image),
+        mask=own(request.mask),
+        control=READY_CONTROL if ready else (request.control or NO_CONTROL),
+        control_image=own(request.control if ready else request.control_image),
+        mask_paint=None,  # a restored mask comes back as the mask upload
+    )
     return [values[name] for name in FIELDS], lost
 
 
@@ -321,44 +408,82 @@ def style_settings(request: Request) -> dict[str, str]:
     return {"request": request.replace(style=("(this style file)",)).to_json()}
 
 
+def takes_form(fields: tuple[Field, ...], fn: Callable[[dict[str, Any], Any], R]) -> Callable[..., R]:
+    """A gradio handler taking ``fields`` by name, with their defaults (the API's parameters), then gradio's
+    progress tracker, that calls ``fn(values, progress)`` with the fields as one dict; user errors become
+    messages in the page (``shows_errors``)."""
+    names = [f.name for f in fields]
+
+    @shows_errors
+    def handler(*args: Any, **kwargs: Any) -> R:
+        bound = handler.__signature__.bind(*args, **kwargs)  # type: ignore[attr-defined]
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        progress = values.pop("progress")
+        return fn({name: values[name] for name in names}, progress)
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(f.name, kind, **({} if f.required else {"default": f.default})) for f in fields]
+        + [inspect.Parameter("progress", kind, default=gr.Progress(track_tqdm=True))]
+    )
+    return handler
+
+
 THEME_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page works offline
 
 
-def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
-    """The gradio app over one pipeline (or a factory called on first use); outputs go under ``workdir``."""
-    holder = PipelineHolder(source)
-    work = Workdir(workdir)
+@dataclass
+class App:
+    """What the page's events do, on the app's one pipeline and its workdir."""
 
-    def run_request(values: dict[str, Any], progress: gr.Progress) -> tuple[list[tuple[str, str]], list[str], str]:
-        pipe = holder.get()
-        request = form_request(work, values)
+    holder: PipelineHolder
+    work: Workdir
+
+    def generate(self, values: dict[str, Any], progress: Any) -> tuple[list[tuple[str, str]], list[str], str]:
+        """Make images from the form: the gallery, the PNG files (with their settings) and the request JSON."""
+        pipe = self.holder.get()
+        request = form_request(self.work, values)
+        check_request(request)
         progress(0, desc="generating")
         result = pipe(request, progress=True)
         paths = []
         for i, image in enumerate(result.images):
-            path = work.new_output(f"seed{result.request.seed}-{i + 1}")
+            path = self.work.new_output(f"seed{result.request.seed}-{i + 1}")
             paths.append(str(write_png(image, path, result.request, i)))
         captions = [f"seed {result.request.seed} #{i + 1}" for i in range(len(paths))]
         return list(zip(paths, captions, strict=True)), paths, json.dumps(result.request.to_dict(), indent=2)
 
-    # The API endpoints take the form's fields by name, with the form's defaults (see docs: "API").
-    @shows_errors
-    def generate(
-        style: list[str] | None, prompt: str, style_weights: str = "", negative_prompt: str = "",
-        blocks: str = "style", block_table: Any = None, scale: float = 1.0, content_prompt: str = "",
-        content_scale: float = 0.5, content_image: str | None = None, seed: float = 0, randomize_seed: bool = True,
-        steps: float = 30, guidance: float = 5.0, width: float = 0, height: float = 0, num_images: float = 1,
-        init_image: str | None = None, strength: float = 0, mask: str | None = None, control: str = NO_CONTROL,
-        control_image: str | None = None, control_scale: float = 1.0, controlnet: str = "",
-        scheduler: str = DEFAULT_SCHEDULER, lora: str = "", mask_paint: Any = None,
-        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (gradio's idiom)
-    ) -> tuple[list[tuple[str, str]], list[str], str]:
-        """Make images from the form: returns the gallery, the PNG files (with their settings) and the request JSON."""
-        form = locals()
-        return run_request({name: form[name] for name in FIELDS}, progress)
+    def sweep(self, values: dict[str, Any], progress: Any) -> tuple[str, list[tuple[str, str]], list[str]]:
+        """Render a labelled sheet over blocks x scale (x content scale) with the form's other settings."""
+        contents = (values["sweep_content_scales"] or "").strip()
+        axes = Axes(parse_blocks_list(values["sweep_blocks"] or ""),
+                    parse_number_list("scale", values["sweep_scales"] or ""),
+                    parse_number_list("content scale", contents) if contents else ())
+        pipe = self.holder.get()
+        base = form_request(self.work, values).replace(num_images=1)
+        if axes.content_scales and base.content_prompt is None and base.content_image is None:
+            raise UserError("content scales need a content prompt or a content image")
+        check_request(base)
+        for row_blocks, _ in axes.rows:
+            resolve_blocks(row_blocks, pipe.layers, pipe.family)
+        total, done = len(axes.rows) * len(axes.scales), []
 
-    @shows_errors
-    def restore(png: str | None) -> list[Any]:
+        def tick(path: Path) -> None:
+            done.append(str(path))
+            progress((len(done), total), desc="sweep cells", unit="cells")
+
+        sheet, _ = render_sweep(pipe, base, axes, self.work.new_output("sweep"), on_cell=tick)
+        return str(sheet), [(p, Path(p).stem.split("-sweep-")[-1]) for p in done], [str(sheet), *done]
+
+    def save_style(self, values: dict[str, Any], progress: Any) -> str:
+        """Save the current style (blended embedding + settings) as a ``.safetensors`` style file."""
+        request = form_request(self.work, values)
+        path = self.work.new_output("style", ".safetensors")
+        self.holder.get().save_style(request, path, extra=style_settings(request))
+        return str(path)
+
+    def restore(self, png: str | None) -> list[Any]:
         """Read the settings carried by a PNG made by instantstyle back into the form."""
         if not png:
             return [gr.skip()] * len(FIELDS)
@@ -367,195 +492,113 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
             request = read_png_request(path)
         except UserError as err:
             raise UserError(str(err).replace(path, Path(path).name)) from None
-        pipe = holder.get()
-        values, lost = form_values(pipe, work, request)
+        pipe = self.holder.get()
+        values, lost = form_values(pipe, self.work, request)
         notes = []
         if lost:
             notes.append("upload the reference image(s) again: " + ", ".join(Path(p).name for p in lost))
         if request.model is not None and request.model != pipe.model_id:
             notes.append(f"it was made with model {request.model}; this page runs {pipe.model_id}")
-        if notes:
-            gr.Warning("settings restored; " + "; ".join(notes))
-        else:
-            gr.Info("settings restored")
+        (gr.Warning if notes else gr.Info)("settings restored" + "".join(f"; {n}" for n in notes))
         return values
 
-    @shows_errors
-    def style_uploaded(files: list[str] | None) -> list[Any]:
+    def style_uploaded(self, files: list[str] | None) -> list[Any]:
         """A style file brings its settings along: restore them (the style file stays the style)."""
         paths = [_file_path(f) for f in files or []]
         if len(paths) != 1 or not paths[0].endswith(".safetensors"):
             return [gr.skip()] * (len(FIELDS) - 1)
-        kept = work.keep_upload(paths[0], "style file")
+        kept = self.work.keep_upload(paths[0], "style file")
         settings = load_style(kept).metadata.get("request")
         if settings is None:
             return [gr.skip()] * (len(FIELDS) - 1)
-        request = Request.from_json(settings).replace(style=(kept,))
-        values, _ = form_values(holder.get(), work, request)
+        values, _ = form_values(self.holder.get(), self.work, Request.from_json(settings).replace(style=(kept,)))
         gr.Info("style file loaded with its settings")
         return values[1:]  # everything but the style input itself
 
-    @shows_errors
-    def save_current_style(
-        style: list[str] | None, prompt: str, style_weights: str = "", negative_prompt: str = "",
-        blocks: str = "style", block_table: Any = None, scale: float = 1.0, content_prompt: str = "",
-        content_scale: float = 0.5, content_image: str | None = None, seed: float = 0, randomize_seed: bool = True,
-        steps: float = 30, guidance: float = 5.0, width: float = 0, height: float = 0, num_images: float = 1,
-        init_image: str | None = None, strength: float = 0, mask: str | None = None, control: str = NO_CONTROL,
-        control_image: str | None = None, control_scale: float = 1.0, controlnet: str = "",
-        scheduler: str = DEFAULT_SCHEDULER, lora: str = "", mask_paint: Any = None,
-    ) -> str:
-        """Save the current style (blended embedding + settings) as a ``.safetensors`` style file."""
-        form = locals()
-        request = form_request(work, {name: form[name] for name in FIELDS})
-        path = work.new_output("style", ".safetensors")
-        holder.get().save_style(request, path, extra=style_settings(request))
-        return str(path)
+    def load_blocks(self, preset: str) -> Any:
+        return block_rows(self.holder.get(), preset) if preset != CUSTOM else gr.skip()
 
-    @shows_errors
-    def sweep(
-        style: list[str] | None, prompt: str, style_weights: str = "", negative_prompt: str = "",
-        blocks: str = "style", block_table: Any = None, scale: float = 1.0, content_prompt: str = "",
-        content_scale: float = 0.5, content_image: str | None = None, seed: float = 0, randomize_seed: bool = True,
-        steps: float = 30, guidance: float = 5.0, width: float = 0, height: float = 0, num_images: float = 1,
-        init_image: str | None = None, strength: float = 0, mask: str | None = None, control: str = NO_CONTROL,
-        control_image: str | None = None, control_scale: float = 1.0, controlnet: str = "",
-        scheduler: str = DEFAULT_SCHEDULER, lora: str = "", mask_paint: Any = None,
-        sweep_blocks: str = "style, style+layout, all", sweep_scales: str = "0.4, 0.7, 1.0",
-        sweep_content_scales: str = "",
-        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
-    ) -> tuple[str, list[tuple[str, str]], list[str]]:
-        """Render a labelled sheet over blocks x scale (x content scale) with the form's other settings."""
-        form = locals()
-        values = {name: form[name] for name in FIELDS}
-        axes = Axes(parse_blocks_list(sweep_blocks or ""), parse_number_list("scale", sweep_scales or ""),
-                    parse_number_list("content scale", sweep_content_scales)
-                    if (sweep_content_scales or "").strip() else ())
-        pipe = holder.get()
-        base = form_request(work, values).replace(num_images=1)
-        if axes.content_scales and base.content_prompt is None and base.content_image is None:
-            raise UserError("content scales need a content prompt or a content image")
-        for row_blocks, _ in axes.rows:
-            resolve_blocks(row_blocks, pipe.layers, pipe.arch)
-        total = len(axes.rows) * len(axes.scales)
-        done: list[str] = []
-
-        def tick(path: Path) -> None:
-            done.append(str(path))
-            progress((len(done), total), desc="sweep cells", unit="cells")
-
-        sheet, _ = render_sweep(pipe, base, axes, work.new_output("sweep"), on_cell=tick)
-        return str(sheet), [(p, Path(p).stem.split("-sweep-")[-1]) for p in done], [str(sheet), *done]
-
-    def load_blocks(preset: str) -> list[list[Any]]:
-        return block_rows(holder.get(), preset) if preset != CUSTOM else gr.skip()
-
-    def describe_pipeline() -> str:
-        pipe = holder.get()
+    def describe_pipeline(self) -> str:
+        pipe = self.holder.get()
         return f"Model `{pipe.model_id}` ({pipe.arch}) with adapter `{Path(pipe.adapter.path).name}` on {pipe.device}"
 
+
+def _build(fields: tuple[Field, ...], items: tuple[str | tuple[str, ...], ...], made: dict[str, Any]) -> None:
+    """Build the components of ``items`` (a field, or a row of fields) in place, noting them in ``made``."""
+    by_name = {f.name: f for f in fields}
+    for item in items:
+        if isinstance(item, tuple):
+            with gr.Row():
+                _build(fields, item, made)
+        else:
+            made[item] = by_name[item].component(by_name[item].default)
+
+
+def _form_column() -> dict[str, Any]:
+    """The form, laid out by ``LAYOUT``: field name -> component."""
+    made: dict[str, Any] = {}
+    for label, items in LAYOUT:
+        if label is None:
+            _build(FORM, items, made)
+        else:
+            with gr.Accordion(label, open=False):
+                _build(FORM, items, made)
+    return made
+
+
+def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
+    """The gradio app over one pipeline (or a factory called on first use); outputs go under ``workdir``."""
+    app = App(PipelineHolder(source), Workdir(workdir))
     with gr.Blocks(title="InstantStyle", analytics_enabled=False) as demo:
         gr.Markdown("# InstantStyle\nImages in the style of a reference image, without its content: "
                     "from text, or from an image (img2img, inpainting, ControlNet).")
         loaded = gr.Markdown("Loading the model…", elem_id="loaded")
         with gr.Row():
             with gr.Column(scale=1):
-                style = gr.File(label="Style image(s) or style file (.safetensors)", file_count="multiple",
-                                file_types=["image", ".safetensors"], elem_id="style")
-                style_weights = gr.Textbox("", label="Style weights (comma separated, blank: equal)",
-                                           elem_id="weights")
-                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
-                negative = gr.Textbox("", label="Negative prompt", elem_id="negative")
-                blocks = gr.Dropdown([*PRESETS["sdxl"], CUSTOM], value="style", label="Blocks", elem_id="blocks")
-                scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Scale", elem_id="scale")
-                with gr.Accordion("Advanced: per-block scales (choose blocks = custom)", open=False):
-                    table = gr.Dataframe(headers=["block", "scale"], datatype=["str", "number"],
-                                         static_columns=[0], label="Per-block scales", elem_id="block-table")
-                with gr.Accordion("Content subtraction", open=False):
-                    content_prompt = gr.Textbox("", label="Content prompt (what the style image shows)",
-                                                elem_id="content-prompt")
-                    content_scale = gr.Slider(0, 2, value=0.5, step=0.05, label="Content scale")
-                    content_image = gr.File(label="…or a content image", file_types=["image"],
-                                            elem_id="content-image")
-                with gr.Accordion("Image modes: img2img, inpainting, ControlNet", open=False):
-                    init_image = gr.File(label="Init image (restyle it: img2img)", file_types=["image"],
-                                         elem_id="init-image")
-                    strength = gr.Slider(0, 1, value=0, step=0.05, elem_id="strength",
-                                         label="Strength (how much to change; 0 = default: 0.8, inpainting 1)")
-                    mask = gr.File(label="Mask for inpainting (white = repaint; needs the init image)",
-                                   file_types=["image"], elem_id="mask")
-                    mask_paint = gr.ImageEditor(
-                        label="…or paint the area to repaint on the init image", type="numpy", image_mode="RGBA",
-                        sources=("upload",), brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
-                        elem_id="mask-paint",
-                    )
-                    with gr.Row():
-                        control = gr.Dropdown([NO_CONTROL, *CONTROL_KINDS, READY_CONTROL], value=NO_CONTROL,
-                                              label="ControlNet control", elem_id="control")
-                        control_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Control scale",
-                                                  elem_id="control-scale")
-                    control_image = gr.File(label="Control image (canny/depth source; default: the init image)",
-                                            file_types=["image"], elem_id="control-image")
-                    controlnet = gr.Textbox("", label="ControlNet model (blank: the default for the control kind)",
-                                            elem_id="controlnet")
-                with gr.Accordion("Advanced: scheduler and LoRA", open=False):
-                    scheduler = gr.Dropdown([DEFAULT_SCHEDULER, *SCHEDULERS], value=DEFAULT_SCHEDULER,
-                                            label="Scheduler", elem_id="scheduler")
-                    lora = gr.Textbox("", label="LoRA file(s) (PATH[:SCALE], comma separated)", elem_id="lora")
-                with gr.Row():
-                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
-                    randomize = gr.Checkbox(value=True, label="Randomize seed", elem_id="randomize")
-                with gr.Row():
-                    steps = gr.Slider(1, 100, value=30, step=1, label="Steps", elem_id="steps")
-                    guidance = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance")
-                with gr.Row():
-                    width = gr.Number(value=0, precision=0, minimum=0, label="Width (0 = model's)", elem_id="width")
-                    height = gr.Number(value=0, precision=0, minimum=0, label="Height (0 = model's)",
-                                       elem_id="height")
-                    num_images = gr.Slider(1, 8, value=1, step=1, label="Images")
+                field = _form_column()
             with gr.Column(scale=1):
-                with gr.Tab("Generate"):
-                    run = gr.Button("Generate", variant="primary", elem_id="generate")
-                    gallery = gr.Gallery(label="Results", columns=2, elem_id="gallery", format="png")
-                    files = gr.File(label="Download PNGs (settings inside)", file_count="multiple",
-                                    interactive=False, elem_id="downloads")
-                    request_json = gr.Code(label="Request", language="json", interactive=False)
-                with gr.Tab("Sweep"):
-                    sweep_blocks = gr.Textbox("style, style+layout, all", label="Blocks to compare (rows)",
-                                              elem_id="sweep-blocks")
-                    sweep_scales = gr.Textbox("0.4, 0.7, 1.0", label="Scales to compare (columns)",
-                                              elem_id="sweep-scales")
-                    sweep_contents = gr.Textbox("", label="Content scales to compare (optional, rows)")
-                    run_sweep = gr.Button("Render sweep", variant="primary", elem_id="run-sweep")
-                    sheet = gr.Image(label="Sweep sheet", type="filepath", format="png", interactive=False,
-                                     elem_id="sheet")
-                    cells = gr.Gallery(label="Cells", columns=3, format="png")
-                    sweep_files = gr.File(label="Download sheet and cells", file_count="multiple",
-                                          interactive=False)
-                with gr.Tab("Restore & style files"):
-                    dropped = gr.File(label="Drop a PNG made by instantstyle to restore its settings",
-                                      file_types=[".png"], elem_id="restore")
-                    save = gr.Button("Save current style as a style file", elem_id="save-style")
-                    style_out = gr.File(label="Style file (upload it as the style to reuse it without the image)",
-                                        interactive=False, elem_id="style-file")
-
-        form = [style, prompt, style_weights, negative, blocks, table, scale, content_prompt, content_scale,
-                content_image, seed, randomize, steps, guidance, width, height, num_images,
-                init_image, strength, mask, control, control_image, control_scale, controlnet, scheduler, lora,
-                mask_paint]
-        pipeline_event = {"concurrency_limit": 1, "concurrency_id": QUEUE}
-        run.click(generate, form, [gallery, files, request_json], api_name="generate", **pipeline_event)
-        run_sweep.click(sweep, [*form, sweep_blocks, sweep_scales, sweep_contents], [sheet, cells, sweep_files],
-                        api_name="sweep", **pipeline_event)
-        save.click(save_current_style, form, style_out, api_name="save_style", **pipeline_event)
-        dropped.upload(restore, dropped, form, api_name="restore")
-        style.upload(style_uploaded, style, form[1:], api_visibility="undocumented")
-        blocks.change(load_blocks, blocks, table, api_visibility="undocumented")
-        init_image.change(paint_over, init_image, mask_paint, api_visibility="undocumented")
-        table.input(lambda: CUSTOM, None, blocks, api_visibility="undocumented")  # editing the table: custom blocks
-        demo.load(load_blocks, blocks, table, api_visibility="undocumented")
-        demo.load(describe_pipeline, None, loaded, api_visibility="undocumented")
+                out = _result_tabs()
+        form = [field[name] for name in FIELDS]
+        queue = {"concurrency_limit": 1, "concurrency_id": QUEUE}  # events that use the pipeline take turns
+        quiet = {"api_visibility": "undocumented"}
+        out["generate"].click(takes_form(FORM, app.generate), form, [out["gallery"], out["downloads"], out["json"]],
+                              api_name="generate", **queue)
+        out["run-sweep"].click(takes_form(FORM + SWEEP_FORM, app.sweep), form + [out[f.name] for f in SWEEP_FORM],
+                               [out["sheet"], out["cells"], out["sweep-files"]], api_name="sweep", **queue)
+        out["save-style"].click(takes_form(FORM, app.save_style), form, out["style-file"], api_name="save_style",
+                                **queue)
+        out["restore"].upload(shows_errors(app.restore), out["restore"], form, api_name="restore")
+        field["style"].upload(shows_errors(app.style_uploaded), field["style"], form[1:], **quiet)
+        field["blocks"].change(app.load_blocks, field["blocks"], field["block_table"], **quiet)
+        field["init_image"].change(paint_over, field["init_image"], field["mask_paint"], **quiet)
+        field["block_table"].input(lambda: CUSTOM, None, field["blocks"], **quiet)  # an edited table: custom
+        demo.load(app.load_blocks, field["blocks"], field["block_table"], **quiet)
+        demo.load(app.describe_pipeline, None, loaded, **quiet)
     return demo
+
+
+def _result_tabs() -> dict[str, Any]:
+    """The right-hand tabs (results, sweep, restore and style files): name -> component."""
+    out: dict[str, Any] = {}
+    with gr.Tab("Generate"):
+        out["generate"] = gr.Button("Generate", variant="primary", elem_id="generate")
+        out["gallery"] = gr.Gallery(label="Results", columns=2, elem_id="gallery", format="png")
+        out["downloads"] = gr.File(label="Download PNGs (settings inside)", file_count="multiple", interactive=False,
+                                   elem_id="downloads")
+        out["json"] = gr.Code(label="Request", language="json", interactive=False)
+    with gr.Tab("Sweep"):
+        _build(SWEEP_FORM, tuple(f.name for f in SWEEP_FORM), out)
+        out["run-sweep"] = gr.Button("Render sweep", variant="primary", elem_id="run-sweep")
+        out["sheet"] = gr.Image(label="Sweep sheet", type="filepath", format="png", interactive=False, elem_id="sheet")
+        out["cells"] = gr.Gallery(label="Cells", columns=3, format="png")
+        out["sweep-files"] = gr.File(label="Download sheet and cells", file_count="multiple", interactive=False)
+    with gr.Tab("Restore & style files"):
+        out["restore"] = gr.File(label="Drop a PNG made by instantstyle to restore its settings",
+                                 file_types=[".png"], elem_id="restore")
+        out["save-style"] = gr.Button("Save current style as a style file", elem_id="save-style")
+        out["style-file"] = gr.File(label="Style file (upload it as the style to reuse it without the image)",
+                                    interactive=False, elem_id="style-file")
+    return out
 
 
 def paint_over(init_image: Any) -> dict[str, Any] | None:

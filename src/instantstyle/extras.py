@@ -1,0 +1,75 @@
+"""Models a request may name beyond the loaded pipeline, each loaded once and kept: ControlNets, depth
+estimators, further IP-Adapters (with their image encoders) and CLIP text towers for content subtraction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import control
+from .adapter import check_adapter_fits, read_adapter
+from .embeddings import ImageEncoder, load_image_encoder
+from .errors import UserError
+from .families import Family
+from .hub import find_image_encoder, resolve_adapter_file
+from .styles import LoadedAdapter
+
+
+@dataclass
+class Extras:
+    """The registry, on one device at one dtype."""
+
+    device: torch.device
+    dtype: torch.dtype
+    controlnets: dict[str, Any] = field(default_factory=dict)
+    depth_models: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    adapters: dict[str, LoadedAdapter] = field(default_factory=dict)
+    text_towers: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def controlnet(self, ref: str, family: Family, denoiser: Any) -> Any:
+        """A ControlNet (checked against the denoiser), on the device."""
+        if ref not in self.controlnets:
+            self.controlnets[ref] = control.load_controlnet(ref, family, denoiser, self.dtype).to(self.device)
+        return self.controlnets[ref]
+
+    def depth_model(self, ref: str) -> tuple[Any, Any]:
+        """A transformers depth estimator and its image processor."""
+        if ref not in self.depth_models:
+            self.depth_models[ref] = control.load_depth_model(ref, self.device)
+        return self.depth_models[ref]
+
+    def adapter(self, ref: str, family: Family, denoiser: Any, encoders: list[ImageEncoder]) -> LoadedAdapter:
+        """A further adapter (its file read and checked against the denoiser; the weights are not kept here) and
+        its image encoder: one of ``encoders`` (already loaded) when it is the same folder."""
+        if ref not in self.adapters:
+            weights = read_adapter(resolve_adapter_file(ref))
+            check_adapter_fits(weights, family, denoiser)
+            folder = str(find_image_encoder(weights))
+            known = [*encoders, *(a.encoder for a in self.adapters.values())]
+            encoder = next((e for e in known if e.identity == folder), None)
+            if encoder is None:
+                encoder = load_image_encoder(folder, self.dtype)
+                encoder.model.to(self.device)  # type: ignore[arg-type]  # transformers types .to loosely
+            self.adapters[ref] = LoadedAdapter(replace(weights, state_dict={}), encoder)
+        return self.adapters[ref]
+
+    def text_tower(self, folder: str, want: int) -> tuple[Any, Any]:
+        """(tokenizer, CLIP text model with projection) from a folder; its projection must be ``want`` wide."""
+        if folder not in self.text_towers:
+            from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+            path = Path(folder).expanduser()
+            if not (path / "config.json").is_file():
+                raise UserError(f"content text encoder {folder}: no such model folder")
+            tower = CLIPTextModelWithProjection.from_pretrained(path, dtype=self.dtype)
+            tower = tower.to(self.device).eval()  # type: ignore[arg-type]
+            if tower.config.projection_dim != want:
+                raise UserError(
+                    f"content text encoder {folder} gives {tower.config.projection_dim}-d embeddings; "
+                    f"the adapter's image encoder {want}"
+                )
+            self.text_towers[folder] = (CLIPTokenizer.from_pretrained(path), tower)
+        return self.text_towers[folder]

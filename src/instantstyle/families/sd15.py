@@ -1,0 +1,41 @@
+"""Stable Diffusion 1.5 (and UNets like it): experimental in the paper; style is weaker, so whole blocks are
+targeted."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import Family, unet
+
+
+def matches(class_name: str, config: Mapping[str, Any]) -> bool:
+    """A UNet without SDXL's text+time added conditioning."""
+    return unet.is_unet(class_name) and config.get("addition_embed_type") != "text_time"
+
+
+def matches_checkpoint(keys: Sequence[str]) -> bool:
+    """SD1.5 checkpoints hold one text embedder (``cond_stage_model``) and no second one."""
+    return any(k.startswith("cond_stage_model.") for k in keys) and not any(
+        k.startswith("conditioner.embedders.1.") for k in keys)
+
+
+FAMILY = Family(
+    name="sd15",
+    matches=matches,
+    matches_checkpoint=matches_checkpoint,
+    text_pipeline="StableDiffusionPipeline",
+    presets={
+        "style": ("up_blocks.1",),
+        "layout": ("down_blocks.2", "mid_block"),
+        "style+layout": ("down_blocks.2", "mid_block", "up_blocks.1"),
+        "all": ("down_blocks", "mid_block", "up_blocks"),
+    },
+    content_towers=(),  # CLIP ViT-L text is not the ViT-H image encoder's space: the user names a text tower
+    default_controlnets={
+        "canny": "lllyasviel/control_v11p_sd15_canny",
+        "depth": "lllyasviel/control_v11f1p_sd15_depth",
+    },
+    **unet.DENOISER,
+    **unet.FUNCTIONS,
+)

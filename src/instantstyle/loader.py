@@ -1,0 +1,120 @@
+"""Loading, once for every surface: the base model, its family, the IP-Adapter and its image encoder, placed
+as the ``Runtime`` says.
+
+The base model is a diffusers folder, a hub id or a single original-format ``.safetensors`` file; an
+img2img or inpainting model folder becomes its text-to-image sibling (same components), from which every
+mode is built later. The adapter is attached with diffusers' ``load_ip_adapter`` and, unless the runtime
+keeps all weights, pruned to the layers the blocks spec targets. ``StylePipeline.from_pretrained`` is the
+entry point; this module returns the parts it is made of.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+
+from . import memory
+from .adapter import AdapterWeights, attach_adapters, check_adapter_fits, read_adapter
+from .blocks import resolve_blocks
+from .cache import EmbeddingCache
+from .embeddings import ImageEncoder, load_image_encoder
+from .errors import UserError
+from .families import Family, all_families, family_of
+from .hub import checkpoint_family, find_image_encoder, hub_error, model_source, resolve_adapter_file
+from .processors import check_diffusers
+from .runtime import Runtime
+
+
+@dataclass
+class Loaded:
+    """What ``load`` made: the diffusers text-to-image pipeline with the adapter in its denoiser, and the rest."""
+
+    pipe: Any
+    family: Family
+    adapter: AdapterWeights  # kind and dims; the weights live, pruned, in the denoiser
+    image_encoder: ImageEncoder
+    device: torch.device
+    dtype: torch.dtype
+    low_memory: bool
+    disk_cache: EmbeddingCache | None
+
+
+def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | None = None,
+         blocks: str = "style") -> Loaded:
+    """Load base model, adapter and image encoder; keep adapter weights only for ``blocks`` (unless
+    ``runtime.keep_all_weights``), then place everything (device, device map or offload; compile)."""
+    check_diffusers()  # before minutes of loading: the adapter edits need the diffusers they were verified with
+    cache = EmbeddingCache.open(runtime.cache_dir) if runtime.cache_dir else None
+    device = runtime.placement()
+    dtype = runtime.torch_dtype(device)
+    weights = read_adapter(resolve_adapter_file(adapter))
+    encoder_dir = find_image_encoder(weights, image_encoder)
+    pipe = load_base_pipeline(model, dtype, runtime.single_file_config, runtime.device_map)
+    family = family_of(pipe, f"model {model}")
+    denoiser = family.denoiser_of(pipe)
+    check_adapter_fits(weights, family, denoiser)
+    keep = None if runtime.keep_all_weights else [set(resolve_blocks(blocks, family.layers(denoiser), family))]
+    attach_adapters(pipe, family, [weights], keep)
+    if runtime.device_map is None:  # a device-mapped pipeline is already placed (and refuses .to())
+        memory.place_pipeline(pipe, device, runtime.offload)
+    if runtime.compile_backend:
+        memory.compile_denoiser(denoiser, runtime.compile_backend)
+    encoder = load_image_encoder(encoder_dir, dtype, weights=False)  # weights read on first use
+    low_memory = runtime.low_memory
+    if low_memory is None:
+        low_memory = runtime.offload is not None or memory.memory_is_tight(device, encoder, dtype)
+    if not low_memory:
+        memory.ready_encoder(encoder, device, dtype)
+    elif device.type == "cpu":
+        memory.pin_mmap_threshold()  # freed tensors leave the process (see memory.py)
+    weights = replace(weights, state_dict={})  # the file's tensors now live, pruned, in the denoiser
+    memory.return_freed_memory()  # give back what loading and pruning freed
+    return Loaded(pipe, family, weights, encoder, device, dtype, low_memory, cache)
+
+
+def load_base_pipeline(
+    model: str, dtype: torch.dtype, config: str | None = None, device_map: str | None = None
+) -> Any:
+    """The base text-to-image pipeline from a folder, a single file or a hub id (on the CPU, or spread over the
+    GPUs by diffusers' ``device_map="balanced"``; folders and hub ids only)."""
+    source = model_source(model)
+    placement = {} if device_map is None else {"device_map": device_map}
+    if isinstance(source, Path) and source.is_file():
+        if device_map is not None:
+            raise UserError(f"model {source}: --device-map needs a diffusers folder or hub id, not a single file")
+        cls = getattr(diffusers, checkpoint_family(source).text_pipeline)
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if config is not None:
+            kwargs["config"] = config
+        try:
+            pipe = cls.from_single_file(str(source), **kwargs)
+        except OSError as err:
+            raise hub_error("the config for single-file model", model, err) from None
+    else:
+        try:
+            pipe = diffusers.DiffusionPipeline.from_pretrained(str(source), dtype=dtype, **placement)
+        except OSError as err:
+            if isinstance(source, Path):
+                raise
+            raise hub_error("model", model, err) from None
+    pipe = as_text_pipeline(pipe)
+    family = family_of(pipe, f"model {model}")
+    if type(pipe).__name__ != family.text_pipeline:
+        raise UserError(f"model {model}: {type(pipe).__name__} is not supported (a {family.name} text-to-image, "
+                        "img2img or inpainting pipeline)")
+    return pipe
+
+
+def as_text_pipeline(pipe: Any) -> Any:
+    """An img2img or inpainting pipeline (e.g. an inpainting model folder) as its text-to-image sibling sharing the
+    components (diffusers' ``AutoPipelineForText2Image.from_pipe``): every mode is then built from it alike."""
+    if any(type(pipe).__name__ == family.text_pipeline for family in all_families()):
+        return pipe
+    try:
+        return diffusers.AutoPipelineForText2Image.from_pipe(pipe)
+    except (ValueError, KeyError):  # no text-to-image sibling: the caller refuses it
+        return pipe

@@ -1,0 +1,108 @@
+"""Checks that need no model, run the same way by every surface before anything loads.
+
+``check_request``: every file a request names is there and readable (style images and files, content,
+mode inputs, masks, further adapters, LoRAs), every blocks spec is well-formed and every model reference
+is shaped like one. ``check_blocks``: the blocks specs name blocks the model has, read from its
+denoiser's config alone (no weights). Bad input is a one-line ``UserError`` before minutes of loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from .blocks import parse_spec, resolve_blocks
+from .errors import UserError
+from .families import Family, all_families, family_of_denoiser
+from .hub import (
+    check_controlnet_ref,
+    check_model_ref,
+    checkpoint_family,
+    hub_error,
+    is_local_adapter_ref,
+    model_source,
+    resolve_adapter_file,
+)
+from .images import load_image
+from .lora import check_lora_file
+from .request import CONTROL_KINDS, Request
+
+
+def check_request(request: Request) -> None:
+    """Everything about a request that can be checked without a model."""
+    for ref in request.style:
+        if not ref.path.endswith(".safetensors"):
+            load_image(ref.path, "style image")
+        elif not Path(ref.path).is_file():
+            raise UserError(f"style file {ref.path}: no such file")
+    if request.content_image is not None:
+        load_image(request.content_image, "content image")
+    for name in ("image_encoder", "content_text_encoder"):
+        folder = getattr(request, name)
+        if folder is not None and folder.startswith((".", "/", "~")) and not Path(folder).expanduser().is_dir():
+            raise UserError(f"{name.replace('_', ' ')} {folder}: no such folder")
+    for spec in (request.blocks, *(use.blocks for use in request.adapters)):
+        parse_spec(spec)
+    check_mode_inputs(request)
+    for lora in request.lora:
+        check_lora_file(lora.path)
+
+
+def check_mode_inputs(request: Request) -> None:
+    """Every image-mode input readable: init image, mask, composition, regions, further adapters and their
+    styles, the control image, the ControlNet and depth model references."""
+    for name, what in (("init_image", "init image"), ("mask", "mask"), ("composition", "composition image")):
+        if getattr(request, name) is not None:
+            load_image(getattr(request, name), what)
+    for region in (*request.regions, *(r for use in request.adapters for r in use.regions)):
+        load_image(region, "region mask")
+    for use in request.adapters:
+        if is_local_adapter_ref(use.path):
+            resolve_adapter_file(use.path)  # a local reference: its errors, without touching the hub
+        for ref in use.style:
+            load_image(ref.path, f"style image of adapter {use.path}")
+    if request.control is not None:
+        source = request.control if request.control not in CONTROL_KINDS else request.control_image
+        load_image(source or request.init_image or "", "control image")
+    if request.controlnet is not None:
+        check_controlnet_ref(request.controlnet)
+    if request.depth_model is not None:
+        check_model_ref("depth model", request.depth_model)
+
+
+def model_layers(model: str, single_file_config: str | None = None) -> tuple[Family, list[str]]:
+    """(family, injectable layers) of a model from its denoiser's config alone, without weights: cheap enough to
+    check blocks specs before loading. A single file without ``single_file_config`` gives its family and no layers
+    (they are known only after loading)."""
+    import diffusers
+    from accelerate import init_empty_weights
+
+    source = model_source(model)
+    if isinstance(source, Path) and source.is_file():
+        if single_file_config is None:
+            return checkpoint_family(source), []
+        source = Path(single_file_config).expanduser()
+    try:
+        index = diffusers.DiffusionPipeline.load_config(str(source))
+        for attr, class_name in dict.fromkeys((f.denoiser, f.denoiser_class) for f in all_families()):
+            if list(index.get(attr) or [None, None])[1] == class_name:
+                cls = getattr(diffusers, class_name)
+                config = cls.load_config(str(source), subfolder=attr)
+                break
+        else:
+            raise UserError(f"model {model}: no denoiser of a supported model family "
+                            f"({', '.join(f.name for f in all_families())})")
+    except OSError as err:
+        raise hub_error("model", model, err) from None
+    family = family_of_denoiser(class_name, config, f"model {model}")
+    with init_empty_weights():
+        denoiser = cls.from_config(config)
+    return family, family.layers(denoiser)
+
+
+def check_blocks(model: str, specs: Sequence[str], single_file_config: str | None = None) -> None:
+    """Every blocks spec names blocks the model has (read from its config; skipped for a bare single file)."""
+    family, layers = model_layers(model, single_file_config)
+    if layers:
+        for spec in specs:
+            resolve_blocks(spec, layers, family)
