@@ -35,7 +35,7 @@ from .extras import Extras
 from .families import Family
 from .hub import resolve_adapter_file
 from .lora import apply_loras
-from .request import Request
+from .request import MIN_SIZE, Request
 from .runtime import DEFAULT_ADAPTER, DEFAULT_MODEL, Runtime
 from .schedulers import make_scheduler
 from .styles import EmbeddingStore, LoadedAdapter
@@ -105,7 +105,8 @@ class StylePipeline:
     _attached: tuple[str, ...] = field(default=(), repr=False)  # the further adapters now in the denoiser
 
     def __post_init__(self) -> None:
-        self.embeddings = EmbeddingStore(self.device, self.dtype, self.low_memory, self.disk_cache)
+        self.embeddings = EmbeddingStore(self.device, self.dtype, self.low_memory, self.disk_cache,
+                                         self.runtime.max_pixels)
         self.extras = Extras(self.device, self.dtype)
 
     @classmethod
@@ -176,7 +177,7 @@ class StylePipeline:
 
     def finish(self, request: Request, images: list[Image.Image]) -> Result:
         """After denoising: inpainting puts the init image back outside the mask."""
-        return Result(modes.paste_back(images, request), request)
+        return Result(modes.paste_back(images, request, self.runtime.max_pixels), request)
 
     def generate_many(self, requests: Sequence[Request]) -> list[Result]:
         """The results of several requests: in one denoising call when they can share it (equal ``batch_key``, all
@@ -215,7 +216,10 @@ class StylePipeline:
             if name == "model" or resolve_adapter_file(theirs) != Path(self.adapter.path):
                 raise UserError(f"request is for {name} {theirs!r} but this pipeline has {mine!r}")
         default = self.family.native_size(self.pipe)
-        width, height = modes.init_size(request, default) or (default, default)
+        width, height = modes.init_size(request, default, self.runtime.max_pixels) or (default, default)
+        for given, fallback in ((request.width, width), (request.height, height)):
+            if given is None and fallback < MIN_SIZE:  # the user never gave it: say where it came from
+                raise UserError(f"the model's default size {fallback} is below {MIN_SIZE}; pass --width/--height")
         return request.replace(
             model=request.model or self.model_id,
             adapter=request.adapter or adapter,
@@ -269,9 +273,9 @@ class StylePipeline:
             "num_images_per_prompt": request.num_images,
             "generator": torch.Generator("cpu").manual_seed(request.seed),
             **self.image_embeds_kwargs(request),
-            **modes.mode_kwargs(request, self.depth_model(request)),
+            **modes.mode_kwargs(request, self.depth_model(request), self.runtime.max_pixels),
         }
-        masks = routing.region_masks(request, (request.width, request.height))
+        masks = routing.region_masks(request, (request.width, request.height), self.runtime.max_pixels)
         if masks is not None:
             kwargs["cross_attention_kwargs"] = {"ip_adapter_masks": masks}
         callback = routing.schedule_callback(request, self.denoiser, self.family, slots,

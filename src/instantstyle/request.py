@@ -30,6 +30,7 @@ MAX_GUIDANCE = 50.0
 MAX_LORA_SCALE = 10.0  # either sign: negative LoRA scales are a real use (slider LoRAs)
 #: CLIP reads 75 tokens (about 300 characters) and warns past them; this only stops absurd text (10 MB took 74 s).
 MAX_PROMPT_CHARS = 10_000
+MIN_SIZE, MAX_SIZE = 64, 8192  # output width and height, pixels
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ class Request:
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None:
-                _check_int(name, value, low=64, high=8192)
+                _check_int(name, value, low=MIN_SIZE, high=MAX_SIZE)
                 if value % 8:
                     raise UserError(f"{name} must be a multiple of 8, got {value}")
         if self.content_image is not None and self.content_prompt is not None:
