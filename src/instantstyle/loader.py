@@ -24,7 +24,7 @@ from .cache import EmbeddingCache
 from .embeddings import ImageEncoder, load_image_encoder
 from .errors import UserError
 from .families import Family, all_families, family_of
-from .hub import checkpoint_family, find_image_encoder, hub_error, model_source, resolve_adapter_file
+from .hub import checkpoint_family, find_image_encoder, hub_error, model_source, require_hub, resolve_adapter_file
 from .processors import check_diffusers
 from .runtime import Runtime
 
@@ -48,6 +48,8 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
     """Load base model, adapter and image encoder; keep adapter weights only for ``blocks`` (unless
     ``runtime.keep_all_weights``), then place everything (device, device map or offload; compile)."""
     check_diffusers()  # before minutes of loading: the adapter edits need the diffusers they were verified with
+    require_hub(("model", model), ("adapter", adapter), ("image encoder", image_encoder),
+                ("single-file config", runtime.single_file_config))  # all that is missing, in one line, at once
     cache = EmbeddingCache.open(runtime.cache_dir) if runtime.cache_dir else None
     device = runtime.placement()
     dtype = runtime.torch_dtype(device)
