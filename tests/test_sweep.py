@@ -115,13 +115,14 @@ def test_sweep_writes_sheet_and_reproducible_cells(sdxl, tiny, tmp_path):
     assert pixels(Image.open(paths[0][0])).tolist() != pixels(Image.open(paths[0][1])).tolist()
 
 
-def test_cli_sweep_cells_equal_single_generate_runs(tiny, tmp_path):
+def test_cli_sweep_cells_equal_single_generate_runs_and_show_the_same_progress(tiny, tmp_path):
     flags = model_flags(tiny) + ["--style", tiny.style_image]
     result = cli("sweep", *flags, "--blocks", "style,all", "--scale", "0.5", "-o", tmp_path / "sheet.png")
     assert result.exit_code == 0, result.output
     assert len(list(tmp_path.glob("sheet-*.png"))) == 2 and (tmp_path / "sheet.png").is_file()
     single = cli("generate", *flags, "--blocks", "all", "--scale", "0.5", "-o", tmp_path / "single.png")
     assert single.exit_code == 0, single.output
+    assert single.stderr.count("| 0/2 [") == 1 and result.stderr.count("| 0/2 [") == 2  # one step bar per image
     assert (pixels(Image.open(tmp_path / "single.png")) == pixels(Image.open(tmp_path / "sheet-all-s0.5.png"))).all()
 
 
