@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .errors import UserError
+from .hub import require_hub
+from .images import MAX_PIXELS, PIL_PIXEL_LIMIT
 from .logs import quiet_libraries
 from .preflight import check_blocks, check_request
 from .request import AdapterUse, LoraRef, Request, StyleRef, read_png_request, write_png
@@ -83,6 +85,9 @@ RUNTIME_OPTIONS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
                                                  "hidden": True}),
     ("cache_dir", ("--cache-dir",), {"default": None, "envvar": "INSTANTSTYLE_CACHE_DIR",
                                      "help": "Keep style embeddings here across runs [env INSTANTSTYLE_CACHE_DIR]."}),
+    ("max_pixels", ("--max-pixels",), {"default": MAX_PIXELS, "type": INT, "show_default": True,
+                                       "help": "Refuse any input image with more pixels (read from its header, "
+                                       f"before decoding; at most {PIL_PIXEL_LIMIT:,})."}),
     ("debug", ("--debug",), {"is_flag": True, "help": "Show tracebacks."}),
 ]
 
@@ -111,6 +116,7 @@ def runtime_from(params: dict[str, Any], **fixed: Any) -> Runtime:
         cache_dir=params.get("cache_dir"),
         keep_all_weights=bool(params.get("keep_all_weights")),
         single_file_config=params.get("single_file_config"),
+        max_pixels=params.get("max_pixels", MAX_PIXELS),
     ).replace(**fixed)
 
 
@@ -238,6 +244,8 @@ def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str]) -> S
     from .pipeline import StylePipeline
 
     assert request.model is not None and request.adapter is not None
+    require_hub(("model", request.model), ("adapter", request.adapter), ("image encoder", request.image_encoder),
+                ("single-file config", runtime.single_file_config))  # what is missing, in one line, without waiting
     check_blocks(request.model, specs, runtime.single_file_config)
     return StylePipeline.from_pretrained(
         request.model, request.adapter, runtime, image_encoder=request.image_encoder,
@@ -249,7 +257,7 @@ def _generate(params: dict[str, Any]) -> None:
     source = read_png_request(params["from_png"]) if params["from_png"] else None
     request = request_from_cli(params, source)
     runtime = runtime_from(params)
-    check_request(request)
+    check_request(request, runtime.max_pixels)
     paths = output_paths(params["output"], request.num_images, params["overwrite"])
     if params["save_style"] and not params["save_style"].endswith(".safetensors"):
         raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
@@ -410,7 +418,7 @@ def _sweep(params: dict[str, Any]) -> None:
     if axes.content_scales and base.content_prompt is None and base.content_image is None:
         raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
     runtime = runtime_from(params)
-    check_request(base)
+    check_request(base, runtime.max_pixels)
     if not params["debug"]:
         quiet_libraries()
     sheet = output_paths(params["output"], 1, params["overwrite"])[0]
@@ -418,7 +426,7 @@ def _sweep(params: dict[str, Any]) -> None:
         for cell in row:
             output_paths(str(sheet.with_name(cell_name(sheet.stem, cell, axes))), 1, params["overwrite"])
     pipe = load_pipeline(base, runtime, axes.blocks)
-    render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)))
+    render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)), progress=True)
     click.echo(str(sheet))
 
 
@@ -449,7 +457,7 @@ for _name, _option in REQUEST_OPTIONS:
 
 def _ui(params: dict[str, Any]) -> None:
     try:
-        from .ui import launch
+        from .ui import launch, read_auth
     except ImportError as err:
         raise UserError(f"the web UI needs gradio: pip install 'instantstyle[ui]' ({err})") from None
     import socket
@@ -457,21 +465,32 @@ def _ui(params: dict[str, Any]) -> None:
     from .pipeline import StylePipeline
 
     runtime = runtime_from(params, keep_all_weights=True)  # any blocks per request, without reloading the adapter
+    auth = read_auth(params["auth"], params["auth_file"])
+    for folder in params["models_dir"]:
+        if not Path(folder).expanduser().is_dir():
+            raise UserError(f"--models-dir {folder}: no such folder")
     try:  # a taken port fails before the model loads, not after
         with socket.create_server((params["host"], params["port"])):
             pass
     except OSError as err:
         where = f"{params['host']}:{params['port']}"
         raise UserError(f"cannot serve on {where} ({err.strerror or err}); check --host and --port") from None
-    if params["host"] not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: serving on {params['host']}: anyone who can reach this machine can use the page",
-                   err=True)
+    if params["host"] not in ("127.0.0.1", "localhost", "::1") or params["share"]:
+        where = "a public gradio.live link" if params["share"] else params["host"]
+        if auth:
+            click.echo(f"warning: serving on {where} with a login; over plain HTTP the password travels in clear "
+                       "(put the page behind HTTPS)", err=True)
+        else:
+            click.echo(f"warning: serving on {where} without a login: anyone who can reach it can use the page "
+                       "(--auth USER:PASSWORD or --auth-file FILE adds one)", err=True)
     pipe = StylePipeline.from_pretrained(
         params["model"] or DEFAULT_MODEL, params["adapter"] or DEFAULT_ADAPTER, runtime,
         image_encoder=params["image_encoder"], content_text_encoder=params["content_text_encoder"],
     )
-    click.echo(f"serving http://{params['host']}:{params['port']}/ (outputs in {params['workdir']})")
-    launch(pipe, params["workdir"], params["host"], params["port"], share=params["share"])
+    public = "" if params["share"] else "; no public link (--share makes a temporary gradio.live one)"
+    click.echo(f"serving http://{params['host']}:{params['port']}/ (outputs in {params['workdir']}{public})")
+    launch(pipe, params["workdir"], params["host"], params["port"], share=params["share"], auth=auth,
+           models_dirs=params["models_dir"], max_pixels=runtime.max_pixels)
 
 
 @main.command(context_settings={"show_default": True})
@@ -484,6 +503,11 @@ def _ui(params: dict[str, Any]) -> None:
 @click.option("--port", default=7860, type=click.IntRange(1, 65535))
 @click.option("--share", is_flag=True, help="Also open a public gradio.live link (off unless asked).")
 @click.option("--workdir", default="instantstyle-ui", help="Folder for uploads and generated images.")
+@click.option("--auth", multiple=True, metavar="USER:PASSWORD", help="Require a login (repeat for more users; "
+              "--auth-file keeps passwords out of the process list).")
+@click.option("--auth-file", multiple=True, metavar="FILE", help="Logins, one USER:PASSWORD per line.")
+@click.option("--models-dir", multiple=True, metavar="DIR", help="A folder the page may read LoRA files and "
+              "ControlNet folders from (repeatable; none by default).")
 @runtime_options(exclude=("keep_all_weights",))  # the page keeps every weight: any blocks per request
 def ui(**params: Any) -> None:
     """Serve the web UI: generate, sweep, restore settings from PNGs, save style files."""
