@@ -197,10 +197,9 @@ def test_hostile_images_are_one_line_exit_2(capsys, base, tmp_path, hostile):
 
 
 def test_a_model_whose_default_size_is_below_64_asks_for_a_size_not_got_32(capsys, small_default, tiny, tmp_path):
-    code, _, err = run(capsys, "generate", "--model", small_default, "--adapter", tiny.sdxl_adapter, "--style",
-                       tiny.style_image, "--prompt", "a cat", "--steps", "1", "--device", "cpu", "-o", tmp_path / "o.png")
+    flags = ["generate", "--model", small_default, "--adapter", tiny.sdxl_adapter, "--style", tiny.style_image,
+             "--prompt", "a cat", "--steps", "1", "--device", "cpu", "-o", tmp_path / "o.png"]
+    code, _, err = run(capsys, *flags)
     assert code == 2 and err == "error: the model's default size 32 is below 64; pass --width/--height\n"
-    code, _, err = run(capsys, "generate", "--model", small_default, "--adapter", tiny.sdxl_adapter, "--style",
-                       tiny.style_image, "--prompt", "a cat", "--steps", "1", "--device", "cpu", "--width", "64",
-                       "-o", tmp_path / "o.png")
+    code, _, err = run(capsys, *flags, "--width", "64")
     assert code == 2 and "default size 32 is below 64" in err  # the height still falls back

@@ -55,8 +55,9 @@ LOCAL_FLAG = {"model": "--model", "adapter": "--adapter", "image encoder": "--im
 @functools.cache
 def hub_reachable() -> bool:
     """Whether the Hugging Face hub answers one request within ``HUB_CHECK_TIMEOUT`` (no retries; an answer that
-    ``huggingface_hub`` would retry, 5xx or 429, does not count), asked once per process. When it does not, ``huggingface_hub`` is switched to offline mode for the rest
-    of the process, so cached files load at once instead of after its retries (``HF_HUB_OFFLINE=1``: no request)."""
+    ``huggingface_hub`` would retry, 5xx or 429, does not count), asked once per process. When it does not,
+    ``huggingface_hub`` is switched to offline mode for the rest of the process, so cached files load at once
+    instead of after its retries (``HF_HUB_OFFLINE=1``: no request at all)."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:

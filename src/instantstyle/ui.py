@@ -185,31 +185,35 @@ class Workdir:
         return path
 
 
-class CappedImageEditor(gr.ImageEditor):
-    """gradio's image editor (drawn by the page as the same component) that refuses, before decoding anything, an
-    image over the app's pixel cap (read from its header) and more than ``MAX_MASK_LAYERS`` layers: gradio decodes
-    the background, every layer and the composite before a handler runs."""
+def cap_mask_painter(editor: gr.ImageEditor, max_pixels: int | None = MAX_PIXELS) -> gr.ImageEditor:
+    """gradio decodes an image editor's background, every layer and the composite before a handler runs: make this
+    editor refuse, before that, an image over ``editor.max_pixels`` (read from its header; settable later, as
+    ``build_app`` does) and more than ``MAX_MASK_LAYERS`` layers. (Patched on the instance: a subclass of a gradio
+    component makes gradio write a ``.pyi`` file beside this module.)"""
+    preprocess, convert = editor.preprocess, editor.convert_and_format_image
+    editor.max_pixels = max_pixels  # type: ignore[attr-defined]
 
-    is_template = True  # the page draws gradio's own ImageEditor
-    max_pixels: int | None = MAX_PIXELS  # set by ``build_app`` from the app's cap
-
-    def preprocess(self, payload: Any) -> Any:
+    def checked_preprocess(payload: Any) -> Any:
         if payload is not None:
-            sent = self.blob_storage.get(payload.id) if payload.id is not None else payload
+            sent = editor.blob_storage.get(payload.id) if payload.id is not None else payload
             if sent is not None and len(sent.layers or []) > MAX_MASK_LAYERS:
                 raise gr.Error(f"mask painter: {len(sent.layers)} layers sent; the most is {MAX_MASK_LAYERS}",
                                duration=None, print_exception=False)
-        return super().preprocess(payload)
+        return preprocess(payload)
 
-    def convert_and_format_image(self, file: Any, flatten_on_white: bool = False) -> Any:
+    def checked_convert(file: Any, flatten_on_white: bool = False) -> Any:
         if file is not None:
             source = file.path if isinstance(file, FileData) else io.BytesIO(file)
             name = Path(file.orig_name or file.path).name if isinstance(file, FileData) else "(painted)"
             try:
-                image_size(source, "mask painter image", self.max_pixels, name=name)
+                image_size(source, "mask painter image", editor.max_pixels, name=name)  # type: ignore[attr-defined]
             except UserError as err:
                 raise gr.Error(str(err), duration=None, print_exception=False) from None
-        return super().convert_and_format_image(file, flatten_on_white)
+        return convert(file, flatten_on_white)
+
+    setattr(editor, "preprocess", checked_preprocess)  # noqa: B010  (mypy: no assigning to a method)
+    setattr(editor, "convert_and_format_image", checked_convert)  # noqa: B010
+    return editor
 
 
 def block_rows(pipe: StylePipeline, preset: str) -> list[list[Any]]:
@@ -372,10 +376,10 @@ FORM: tuple[Field, ...] = (
           _scheduler, lambda v: v or DEFAULT_SCHEDULER),
     Field("lora", "", _text("LoRA file(s) (PATH[:SCALE], comma separated)", "lora"), _loras,
           lambda refs: ", ".join(f"{r.path}:{r.scale:g}" if r.scale != 1 else r.path for r in refs)),
-    Field("mask_paint", None, lambda value: CappedImageEditor(
+    Field("mask_paint", None, lambda value: cap_mask_painter(gr.ImageEditor(
         value, label="…or paint the area to repaint on the init image", type="numpy", image_mode="RGBA",
         sources=("upload",), brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), layers=False,
-        elem_id="mask-paint")),
+        elem_id="mask-paint"))),
 )
 #: The form's field names, in the order every handler (and the API) takes them.
 FIELDS = tuple(f.name for f in FORM)
