@@ -508,6 +508,31 @@ def test_page_restyles_an_uploaded_init_image(page, tiny, modes, tmp_path):
     assert (request.mode, request.strength, request.prompt) == ("img2img", 0.5, "a cat")
 
 
+def test_strokes_painted_in_the_page_become_the_inpainting_mask(page, tiny, modes, tmp_path):
+    """Drawn with the mouse in the browser: the painter (one layer, capped) still sends the strokes."""
+    fill_form(page, tiny.style_image)
+    page.get_by_text("Image modes: img2img, inpainting, ControlNet").click()
+    page.locator("#init-image input[type=file]").set_input_files(str(modes.init_image))
+    page.locator("#init-image").get_by_text("init.png").first.wait_for()
+    editor = page.locator("#mask-paint")
+    editor.scroll_into_view_if_needed()
+    editor.get_by_role("button", name="Brush").first.click()
+    box = editor.locator("canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2 - 60, box["y"] + box["height"] / 2 - 60
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for i in range(1, 13):
+        page.mouse.move(x + i * 10, y + i * 10, steps=3)
+    page.mouse.up()
+    page.locator("#generate").click()
+    image = page.locator("#gallery img").first
+    image.wait_for()
+    (tmp_path / "got.png").write_bytes(page.request.get(image.get_attribute("src")).body())
+    request = read_png_request(tmp_path / "got.png")
+    painted = np.asarray(Image.open(request.mask)) > 0
+    assert request.mode == "inpaint" and 0 < painted.mean() < 1
+
+
 def test_dropping_a_generated_png_restores_its_settings(page, app, tiny, tmp_path):
     style = app[1].keep_upload(tiny.style_image, "style image")
     request = Request("a lighthouse at dusk", style=style, negative_prompt="blurry", blocks="style+layout",
