@@ -36,7 +36,7 @@ def test_not_cached_while_offline_says_so_and_how_to_get_it():
     error = hub_error("model", "org/name", wrapped(LocalEntryNotFoundError("no cached snapshot")))
     assert str(error) == ("model 'org/name' is not in the Hugging Face cache and the hub cannot be reached (offline, "
                           "no network, or a partial download): download it where there is network with "
-                          "`hf download org/name`; --model also takes a local folder or file")
+                          "`hf download org/name`; --model also takes a local folder or .safetensors file")
 
 
 @pytest.mark.parametrize(
@@ -147,7 +147,7 @@ def test_everything_missing_is_one_line_with_the_download_command_for_each(hub_a
     assert "\n" not in message and message.count("is not in the Hugging Face cache") == 2
     assert "`hf download stabilityai/stable-diffusion-xl-base-1.0`" in message
     assert '`hf download h94/IP-Adapter --include "sdxl_models/*"`' in message
-    assert "--model also takes a local folder or file" in message
+    assert "--model also takes a local folder or .safetensors file" in message
 
 
 def test_local_references_never_ask_the_hub(hub_at, tiny):

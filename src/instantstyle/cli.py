@@ -244,8 +244,9 @@ def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str]) -> S
     from .pipeline import StylePipeline
 
     assert request.model is not None and request.adapter is not None
+    config = runtime.single_file_config if Path(request.model).expanduser().is_file() else None
     require_hub(("model", request.model), ("adapter", request.adapter), ("image encoder", request.image_encoder),
-                ("single-file config", runtime.single_file_config))  # what is missing, in one line, without waiting
+                ("single-file config", config))  # what is missing, in one line, without waiting
     check_blocks(request.model, specs, runtime.single_file_config)
     return StylePipeline.from_pretrained(
         request.model, request.adapter, runtime, image_encoder=request.image_encoder,

@@ -46,10 +46,11 @@ def _causes(err: BaseException) -> Iterator[BaseException]:
 
 #: How long the one reachability check of the hub may take, name lookup included (seconds).
 HUB_CHECK_TIMEOUT = 3.0
-#: The flag that takes a local copy instead, for each kind of hub reference.
-LOCAL_FLAG = {"model": "--model", "adapter": "--adapter", "image encoder": "--image-encoder",
-              "controlnet": "--controlnet", "depth model": "--depth-model", "content text encoder":
-              "--content-text-encoder", "single-file config": "--single-file-config"}
+#: The flag that takes a local copy instead, and what it takes, for each kind of hub reference.
+LOCAL_FLAG = {"model": "--model also takes a local folder or .safetensors file",
+              "adapter": "--adapter also takes a local file",
+              **{what: f"--{what.replace(' ', '-')} also takes a local folder" for what in (
+                  "image encoder", "controlnet", "depth model", "content text encoder", "single-file config")}}
 
 
 @functools.cache
@@ -104,8 +105,7 @@ class HubRef:
 
     def missing(self, why: str = "the hub cannot be reached") -> str:
         """One line: not in the cache, ``why`` not from the hub, and how to get it."""
-        flag = LOCAL_FLAG.get(self.what)
-        local = f"; {flag} also takes a local folder or file" if flag else ""
+        local = f"; {LOCAL_FLAG[self.what]}" if self.what in LOCAL_FLAG else ""
         return (f"{self.what} {self.ref!r} is not in the Hugging Face cache and {why}: download it where there is "
                 f"network with `{self.download_command()}`{local}")
 

@@ -48,8 +48,9 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
     """Load base model, adapter and image encoder; keep adapter weights only for ``blocks`` (unless
     ``runtime.keep_all_weights``), then place everything (device, device map or offload; compile)."""
     check_diffusers()  # before minutes of loading: the adapter edits need the diffusers they were verified with
+    single_file = Path(model).expanduser().is_file()
     require_hub(("model", model), ("adapter", adapter), ("image encoder", image_encoder),
-                ("single-file config", runtime.single_file_config))  # all that is missing, in one line, at once
+                ("single-file config", runtime.single_file_config if single_file else None))  # all missing, at once
     cache = EmbeddingCache.open(runtime.cache_dir) if runtime.cache_dir else None
     device = runtime.placement()
     dtype = runtime.torch_dtype(device)
