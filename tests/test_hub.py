@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -148,6 +149,21 @@ def test_everything_missing_is_one_line_with_the_download_command_for_each(hub_a
     assert "`hf download stabilityai/stable-diffusion-xl-base-1.0`" in message
     assert '`hf download h94/IP-Adapter --include "sdxl_models/*"`' in message
     assert "--model also takes a local folder or .safetensors file" in message
+
+
+@pytest.mark.parametrize(
+    ("what", "ref", "command"),
+    [
+        ("adapter", "org/repo/ip.safetensors", "hf download org/repo ip.safetensors"),
+        ("adapter", "org/repo/sdxl/ip.bin", 'hf download org/repo --include "sdxl/*"'),
+        ("image encoder", "org/repo/models/image_encoder", 'hf download org/repo --include "models/image_encoder/*"'),
+        ("controlnet", "org/cn", "hf download org/cn"),
+    ],
+)
+def test_the_download_command_fetches_what_the_reference_needs(hub_at, what, ref, command):
+    hub_at(status=503)
+    with pytest.raises(UserError, match=f"with `{re.escape(command)}`"):
+        require_hub((what, ref))
 
 
 def test_local_references_never_ask_the_hub(hub_at, tiny):

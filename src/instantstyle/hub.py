@@ -101,7 +101,9 @@ class HubRef:
         return isinstance(try_to_load_from_cache(self.repo, self.file), str)
 
     def download_command(self) -> str:
-        return f'hf download {self.repo} --include "{self.folder}/*"' if self.folder else f"hf download {self.repo}"
+        if self.folder:  # an adapter's folder holds its image encoder in h94's layout
+            return f'hf download {self.repo} --include "{self.folder}/*"'
+        return f"hf download {self.repo} {self.file}" if self.what == "adapter" else f"hf download {self.repo}"
 
     def missing(self, why: str = "the hub cannot be reached") -> str:
         """One line: not in the cache, ``why`` not from the hub, and how to get it."""
