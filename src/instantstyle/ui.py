@@ -48,6 +48,8 @@ MAX_FILE_SIZE = "25mb"
 DELETE_CACHE = (600, 3600)
 #: The mask painter takes one layer of strokes; more than this many from a client is refused before decoding.
 MAX_MASK_LAYERS = 4
+#: The largest ``--auth-file`` read (a file of logins is a few lines).
+MAX_AUTH_FILE = 1024 * 1024
 #: ControlNets the page may name without a models folder: each family's default for a control kind.
 DEFAULT_CONTROLNETS = frozenset(ref for family in all_families() for ref in family.default_controlnets.values())
 CUSTOM = "custom"
@@ -728,7 +730,11 @@ def read_auth(pairs: Sequence[str] = (), files: Sequence[str | Path] = ()) -> li
     for name in files:
         path = Path(name).expanduser()
         try:
-            text = path.read_bytes().decode("utf-8")
+            with path.open("rb") as file:
+                data = file.read(MAX_AUTH_FILE + 1)  # never all of /dev/zero
+            if len(data) > MAX_AUTH_FILE:
+                raise UserError(f"auth file {name}: over {MAX_AUTH_FILE // 1024} KB; it holds USER:PASSWORD lines")
+            text = data.decode("utf-8")
         except FileNotFoundError:
             raise UserError(f"auth file {name}: no such file") from None
         except IsADirectoryError:
