@@ -211,6 +211,17 @@ def test_blocks_of_an_uncached_model_without_network_is_one_line(hub_at, capsys)
     assert server.connections == 1
 
 
+def test_the_ui_with_an_uncached_model_without_network_is_one_line(hub_at, capsys):
+    pytest.importorskip("gradio")
+    server = hub_at(status=None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, err = run(capsys, "ui", "--port", port)
+    assert code == 2 and err.count("\n") == 1 and "`hf download stabilityai/stable-diffusion-xl-base-1.0`" in err
+    assert '`hf download h94/IP-Adapter --include "sdxl_models/*"`' in err and server.connections == 1
+
+
 def test_offline_mode_set_asks_nothing_and_says_so(hub_at, capsys, monkeypatch, tiny, tmp_path):
     server = hub_at(status=200)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
