@@ -185,6 +185,20 @@ def test_size_0_on_a_model_whose_default_is_below_64_says_so(small_default, tiny
         app.generate(form([str(tiny.style_image)], width=0, height=0), progress=lambda *a, **k: None)
 
 
+def test_a_cap_raised_above_the_default_holds_on_every_check_of_the_page(sdxl, tiny, tmp_path):
+    """``ui --max-pixels 41000000``: a 6400 x 6400 reference (41 MP, over the default 40 MP) generates."""
+    import dataclasses
+
+    from .test_pixel_cap import huge_png
+
+    cap = 41_000_000
+    pipe = dataclasses.replace(sdxl, runtime=sdxl.runtime.replace(max_pixels=cap))  # the CLI gives both the same
+    app = ui.App(ui.PipelineHolder(pipe), ui.Workdir(tmp_path / "ui", max_pixels=cap))
+    big = huge_png(tmp_path / "big.png", side=6400, whole=True)
+    gallery, _, _ = app.generate(form([str(big)]), progress=lambda *a, **k: None)
+    assert Image.open(gallery[0][0]).size == (64, 64)
+
+
 def mask_painter(max_pixels: int = ui.MAX_PIXELS):
     editor = {f.name: f for f in ui.FORM}["mask_paint"].component(None)
     editor.max_pixels = max_pixels

@@ -548,7 +548,7 @@ class App:
         """Make images from the form: the gallery, the PNG files (with their settings) and the request JSON."""
         pipe = self.holder.get()
         request = form_request(self.work, values)
-        check_request(request)
+        check_request(request, self.work.max_pixels)
         progress(0, desc="generating")
         result = pipe(request, progress=True)
         paths = []
@@ -568,7 +568,7 @@ class App:
         base = form_request(self.work, values).replace(num_images=1)
         if axes.content_scales and base.content_prompt is None and base.content_image is None:
             raise UserError("content scales need a content prompt or a content image")
-        check_request(base)
+        check_request(base, self.work.max_pixels)
         for row_blocks, _ in axes.rows:
             resolve_blocks(row_blocks, pipe.layers, pipe.family)
         total, done = len(axes.rows) * len(axes.scales), []
