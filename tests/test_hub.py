@@ -17,9 +17,10 @@ from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundE
 
 from instantstyle import UserError
 from instantstyle import hub as hub_module
-from instantstyle.cli import entry
 from instantstyle.hub import hub_error, hub_reachable, model_source, require_hub
 from instantstyle.runtime import DEFAULT_ADAPTER, DEFAULT_MODEL
+
+from .test_cli import run
 
 
 def wrapped(cause: Exception) -> OSError:
@@ -179,15 +180,6 @@ def cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subproces
                           capture_output=True, text=True, env={**clean, **env}, timeout=timeout)
 
 
-def run(capsys, *args) -> tuple[int, str]:
-    try:
-        entry([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    return code, capsys.readouterr().err
-
-
 def test_first_run_without_network_is_one_line_at_once(tmp_path, tiny):
     """The default model and adapter, nothing cached, a hub that never answers (a fresh process, as a user runs it):
     one question, no retries, one line naming both downloads (it used to retry for about 27 s)."""
@@ -206,7 +198,7 @@ def test_first_run_without_network_is_one_line_at_once(tmp_path, tiny):
 def test_blocks_of_an_uncached_model_without_network_is_one_line(hub_at, capsys):
     """It used to print 11-14 lines of hub retries first."""
     server = hub_at(status=None)
-    code, err = run(capsys, "blocks")
+    code, _, err = run(capsys, "blocks")
     assert code == 2 and err.count("\n") == 1 and "`hf download stabilityai/stable-diffusion-xl-base-1.0`" in err
     assert server.connections == 1
 
@@ -217,7 +209,7 @@ def test_the_ui_with_an_uncached_model_without_network_is_one_line(hub_at, capsy
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code, err = run(capsys, "ui", "--port", port)
+    code, _, err = run(capsys, "ui", "--port", port)
     assert code == 2 and err.count("\n") == 1 and "`hf download stabilityai/stable-diffusion-xl-base-1.0`" in err
     assert '`hf download h94/IP-Adapter --include "sdxl_models/*"`' in err and server.connections == 1
 
@@ -225,7 +217,7 @@ def test_the_ui_with_an_uncached_model_without_network_is_one_line(hub_at, capsy
 def test_offline_mode_set_asks_nothing_and_says_so(hub_at, capsys, monkeypatch, tiny, tmp_path):
     server = hub_at(status=200)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    code, err = run(capsys, "generate", "--style", tiny.style_image, "--prompt", "a cat", "-o", tmp_path / "o.png")
+    code, _, err = run(capsys, "generate", "--style", tiny.style_image, "--prompt", "a cat", "-o", tmp_path / "o.png")
     assert code == 2 and err.count("\n") == 1 and "HF_HUB_OFFLINE is set" in err and server.connections == 0
 
 

@@ -13,13 +13,13 @@ import pytest
 
 from instantstyle import Request, UserError
 from instantstyle.batch import run_batch
-from instantstyle.cli import entry
 from instantstyle.images import MAX_PIXELS, PIL_PIXEL_LIMIT, image_size, load_image
 from instantstyle.preflight import check_request
 from instantstyle.runtime import Runtime
 from instantstyle.testing import make_style_image
 
 from .conftest import FAST
+from .test_cli import run
 
 CAP = 64 * 64  # the lowest cap there is; the test images below are 80 x 80
 
@@ -98,16 +98,11 @@ def test_the_default_cap_is_forty_megapixels():
 def cli(capsys):
     """The console entry point in-process: (exit code, stdout + stderr)."""
 
-    def run(*args) -> tuple[int, str]:
-        try:
-            entry([str(a) for a in args])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        out = capsys.readouterr()
-        return code, out.out + out.err
+    def both(*args) -> tuple[int, str]:
+        code, out, err = run(capsys, *args)
+        return code, out + err
 
-    return run
+    return both
 
 
 @pytest.mark.parametrize("command", ["generate", "sweep"])
