@@ -10,6 +10,7 @@ at step 1; 128 px make the windows of MSW-MSA 4 latent pixels wide, so their shi
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,8 @@ import torch
 
 from instantstyle import Request
 from instantstyle.errors import UserError
+from instantstyle.families import family_named
 from instantstyle.hidiffusion import (
-    SD15,
-    SDXL,
     denoising_calls,
     hidiffusion,
     switching_schedule,
@@ -28,6 +28,7 @@ from instantstyle.hidiffusion import (
     window_partition,
     window_shift,
 )
+from instantstyle.hidiffusion_settings import settings_of
 from instantstyle.modes import default_strength
 from instantstyle.testing.hires import HiresModels, hires_models
 from instantstyle.testing.lora import write_tiny_lora
@@ -35,6 +36,7 @@ from instantstyle.testing.original_hidiffusion import PackageUnavailable, origin
 
 from .conftest import FAST, pixels
 
+SDXL, SD15 = settings_of("sdxl"), settings_of("sd15")
 STEPS = 7  # SDXL: int(8/50 * 7) = 1 step of RAD, then the pooled phase until int(0.4 * 7) = 2
 SEED = 11  # seeds MSW-MSA's shifts: ours through hidiffusion(seed=...), the package's through torch's global RNG
 #: diffusers' set_ip_adapter_scale for InstantStyle's style preset (SDXL: up_blocks.0.attentions.1 only).
@@ -166,8 +168,10 @@ def test_refuses_what_it_cannot_act_on(sdxl):
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
 
-    with pytest.raises(UserError, match="not on 'flux'"), hidiffusion(sdxl.pipe.unet, "flux", steps=3, seed=0):
-        pass
+    without = replace(family_named("sdxl"), name="dit", features={})  # a family that gives no HiDiffusion settings
+    with pytest.raises(UserError, match=r"^--hidiffusion works on UNet models \(sd15, sdxl\), not on dit: "):
+        with hidiffusion(sdxl.pipe.unet, without, steps=3, seed=0):
+            pass
     with pytest.raises(UserError, match="this UNet has no Transformer2DModel"):
         with hidiffusion(sdxl.pipe.unet, "sd15", steps=3, seed=0):
             pass
