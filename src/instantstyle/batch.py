@@ -28,7 +28,7 @@ from typing import Any
 from . import safe_json
 from .atomic import remove_stale_temps, temp_path
 from .errors import UserError
-from .preflight import check_request
+from .preflight import check_request, check_runtime
 from .request import CONTROL_KINDS, AdapterUse, Request, StyleRef, write_png
 from .runtime import Runtime
 from .workers import BatchResult, Job, Outcome, Worker, pipeline_key
@@ -37,6 +37,8 @@ MANIFEST = "manifest.jsonl"
 LOCK = ".instantstyle-batch.lock"
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
+#: How a CSV cell spells a yes/no field (``hidiffusion``).
+BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 PATH_FIELDS = ("content_image", "model", "adapter", "image_encoder", "content_text_encoder", "init_image", "mask",
                "control_image", "controlnet", "depth_model", "composition")
 
@@ -153,6 +155,10 @@ def _from_cell(name: str, value: str) -> Any:
         return [s.strip() for s in value.split(";") if s.strip()]
     types = {f.name: str(f.type) for f in dataclasses.fields(Request)}
     kind = types.get(name, "str")
+    if kind == "bool":
+        if value.lower() not in BOOLEANS:
+            raise UserError(f"{name} must be true or false, got {value!r}")
+        return BOOLEANS[value.lower()]
     try:
         if kind.startswith("int"):
             return int(value)
@@ -466,6 +472,20 @@ def as_jobs(jobs: Any, defaults: dict[str, Any] | None = None) -> JobList:
     return JobList(listed + made.jobs, made.problems)
 
 
+def runnable_with(job_list: JobList, runtime: Runtime) -> JobList:
+    """The jobs ``runtime`` can run; the others (``check_runtime``: HiDiffusion with ``--compile``) become
+    problems, reported like bad lines."""
+    jobs, problems = [], list(job_list.problems)
+    for job in job_list.jobs:
+        try:
+            check_runtime(job.request, runtime)
+        except UserError as err:
+            problems.append(f"{job.where or job.id}: {err}")
+            continue
+        jobs.append(job)
+    return JobList(jobs, problems)
+
+
 def run_batch(
     jobs: Any,
     output_dir: str | Path,
@@ -497,7 +517,7 @@ def run_batch(
     if not ray:  # Ray workers find their devices on their own machines
         runtime.torch_dtype(runtime.placement())
     folder = prepare_output_dir(output_dir)
-    job_list = as_jobs(jobs, defaults)
+    job_list = runnable_with(as_jobs(jobs, defaults), runtime)
     for problem in job_list.problems:
         (on_problem or (lambda _: None))(problem)
     if strict and job_list.problems:

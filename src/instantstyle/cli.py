@@ -18,7 +18,7 @@ import click
 
 from .errors import UserError
 from .logs import quiet_libraries
-from .preflight import check_blocks, check_request
+from .preflight import check_blocks, check_request, check_runtime
 from .request import AdapterUse, LoraRef, Request, StyleRef, read_png_request, write_png
 from .runtime import (
     COMPILE_BACKENDS,
@@ -166,6 +166,9 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
                     "FILE:SCALE to scale.", multiple=True),
     _request_option("scheduler", "Sampler: euler, euler-a, euler-trailing, dpm++-2m, dpm++-2m-karras, ddim, lcm, "
                     "tcd, unipc, ... (default: the model's)."),
+    ("hidiffusion", click.Option(["--hidiffusion/--no-hidiffusion"], default=None, help="HiDiffusion for sizes "
+                                 "above the model's native one (SDXL: 2048 px and up): no repeated subjects, and "
+                                 "faster. SDXL and SD1.5 only; not with --compile.")),
 ]
 
 
@@ -238,7 +241,7 @@ def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str]) -> S
     from .pipeline import StylePipeline
 
     assert request.model is not None and request.adapter is not None
-    check_blocks(request.model, specs, runtime.single_file_config)
+    check_blocks(request.model, specs, runtime.single_file_config, request)
     return StylePipeline.from_pretrained(
         request.model, request.adapter, runtime, image_encoder=request.image_encoder,
         content_text_encoder=request.content_text_encoder, blocks=",".join(specs),
@@ -250,6 +253,7 @@ def _generate(params: dict[str, Any]) -> None:
     request = request_from_cli(params, source)
     runtime = runtime_from(params)
     check_request(request)
+    check_runtime(request, runtime)
     paths = output_paths(params["output"], request.num_images, params["overwrite"])
     if params["save_style"] and not params["save_style"].endswith(".safetensors"):
         raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
@@ -411,6 +415,7 @@ def _sweep(params: dict[str, Any]) -> None:
         raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
     runtime = runtime_from(params)
     check_request(base)
+    check_runtime(base, runtime)
     if not params["debug"]:
         quiet_libraries()
     sheet = output_paths(params["output"], 1, params["overwrite"])[0]

@@ -10,7 +10,8 @@ may share one denoising call as one, from the first one's preparation, so a batc
 
 Where later features hook in: per-request changes to the models (a memory budget) go in ``_set_models``;
 further call arguments in ``_call_kwargs``; changes that must hold only while the call runs (HiDiffusion's
-hooks on the UNet) as context managers in ``Prepared.during``; steps after denoising (scores) in ``finish``.
+hooks on the UNet, ``Request.hidiffusion``) as context managers in ``Prepared.during``; steps after denoising
+(scores) in ``finish``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import control, guards, loader, modes, processors, routing, styles
+from . import control, guards, hidiffusion, loader, modes, processors, routing, styles
 from .adapter import AdapterWeights, attach_adapters, read_adapter
 from .cache import EmbeddingCache
 from .embeddings import ImageEncoder
@@ -49,6 +50,12 @@ def batch_key(request: Request) -> tuple[Any, ...]:
     all or none have a negative prompt (an empty one is no negative prompt, not the encoding of "")."""
     fields = [f.name for f in dataclasses.fields(Request) if f.name not in PER_IMAGE_FIELDS]
     return (*(getattr(request, name) for name in fields), bool(request.negative_prompt))
+
+
+def _seed(request: Request) -> int:
+    """The seed of a completed request."""
+    assert request.seed is not None
+    return request.seed
 
 
 def can_batch(request: Request) -> bool:
@@ -158,16 +165,24 @@ class StylePipeline:
             request = request.replace(**fields)
         return self.run(self.prepare(request), progress)
 
-    def prepare(self, request: Request) -> Prepared:
-        """Complete the request, set the models for it and build its denoising call."""
+    def prepare(self, request: Request, shared: Sequence[Request] = ()) -> Prepared:
+        """Complete the request, set the models for it and build its denoising call. ``shared``: the other
+        (completed) requests of a call that batches several (``generate_many``), whose seeds the per-image
+        randomness of the call draws from."""
         request = self.complete(request)
+        if request.hidiffusion:  # a family without it is refused before the models change
+            hidiffusion.settings_of(self.family)
         self.family.check_request(request, self.denoiser)
         slots = self._set_models(request)
         kwargs = self._call_kwargs(request, slots)
         pipe = modes.mode_pipeline(self.pipe, self.family, request, self.controlnet(request))
         guards.warn_if_prompts_truncated(pipe, request)
         never_nan = guards.refuse_nonfinite(self.pipe.vae, guards.nonfinite_cause(self.dtype, request))
-        return Prepared(request, pipe, kwargs, [never_nan])
+        during: list[AbstractContextManager[Any]] = [never_nan]
+        if request.hidiffusion:
+            seeds = [_seed(r) for r in (request, *shared) for _ in range(r.num_images)] if shared else None
+            during.append(hidiffusion.for_request(self.family, self.denoiser, pipe.scheduler, request, seeds))
+        return Prepared(request, pipe, kwargs, during)
 
     def run(self, prepared: Prepared, progress: bool = False) -> Result:
         """Denoise a prepared request."""
@@ -186,7 +201,7 @@ class StylePipeline:
                 or len({batch_key(r) for r in requests}) > 1):
             return [self(r) for r in requests]
         done = [self.complete(r) for r in requests]  # fills in every seed first
-        prepared = self.prepare(done[0])
+        prepared = self.prepare(done[0], done[1:])
         for r in done[1:]:
             guards.warn_if_prompts_truncated(prepared.pipe, r)
         batch = {

@@ -34,7 +34,7 @@ from .embeddings import MAX_PIXELS, load_image, load_style
 from .errors import UserError
 from .families import all_families
 from .pipeline import StylePipeline
-from .preflight import check_request
+from .preflight import check_request, check_runtime
 from .request import CONTROL_KINDS, LoraRef, Request, StyleRef, read_png_request, write_png
 from .schedulers import SCHEDULERS
 from .sweep import Axes, parse_blocks_list, parse_number_list, render_sweep
@@ -298,6 +298,9 @@ FORM: tuple[Field, ...] = (
     Field("mask_paint", None, lambda value: gr.ImageEditor(
         value, label="…or paint the area to repaint on the init image", type="numpy", image_mode="RGBA",
         sources=("upload",), brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), elem_id="mask-paint")),
+    Field("hidiffusion", False, lambda value: gr.Checkbox(value=value, label="HiDiffusion: for sizes above the "
+                                                          "model's own (SDXL: 2048 px and up)", elem_id="hidiffusion"),
+          bool, bool),
 )
 #: The form's field names, in the order every handler (and the API) takes them.
 FIELDS = tuple(f.name for f in FORM)
@@ -309,7 +312,7 @@ LAYOUT: tuple[tuple[str | None, tuple[str | tuple[str, ...], ...]], ...] = (
     ("Image modes: img2img, inpainting, ControlNet",
      ("init_image", "strength", "mask", "mask_paint", ("control", "control_scale"), "control_image", "controlnet")),
     ("Advanced: scheduler and LoRA", ("scheduler", "lora")),
-    (None, (("seed", "randomize_seed"), ("steps", "guidance"), ("width", "height", "num_images"))),
+    (None, (("seed", "randomize_seed"), ("steps", "guidance"), ("width", "height", "num_images"), "hidiffusion")),
 )
 #: The sweep tab's own fields, taken after the form's by the sweep handler.
 SWEEP_FORM: tuple[Field, ...] = (
@@ -445,6 +448,7 @@ class App:
         pipe = self.holder.get()
         request = form_request(self.work, values)
         check_request(request)
+        check_runtime(request, pipe.runtime)
         progress(0, desc="generating")
         result = pipe(request, progress=True)
         paths = []
@@ -465,6 +469,7 @@ class App:
         if axes.content_scales and base.content_prompt is None and base.content_image is None:
             raise UserError("content scales need a content prompt or a content image")
         check_request(base)
+        check_runtime(base, pipe.runtime)
         for row_blocks, _ in axes.rows:
             resolve_blocks(row_blocks, pipe.layers, pipe.family)
         total, done = len(axes.rows) * len(axes.scales), []
