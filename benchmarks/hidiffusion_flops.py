@@ -244,6 +244,8 @@ def package_equivalence(cases: Sequence[tuple[str, int, int]], device: torch.dev
     if any(wheels.glob("hidiffusion-*.whl")):  # a machine without network: pip takes the carried wheel
         os.environ.setdefault("PIP_FIND_LINKS", str(wheels))
         os.environ.setdefault("PIP_NO_INDEX", "1")
+    os.environ.setdefault("PIP_RETRIES", "0")  # without the wheel or a network, fail in seconds, not minutes
+    os.environ.setdefault("PIP_TIMEOUT", "5")
     try:
         package = original_hidiffusion()
     except PackageUnavailable as err:
