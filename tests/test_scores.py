@@ -10,7 +10,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from instantstyle import Request, UserError
-from instantstyle.embeddings import load_image_encoder
+from instantstyle.embeddings import load_image_encoder, load_text_tower
 from instantstyle.scores import (
     SCORE_KEYS,
     Scorer,
@@ -18,7 +18,6 @@ from instantstyle.scores import (
     Scores,
     cosine,
     format_table,
-    load_text_tower,
     mean_scores,
     scorer_for,
     summarize,

@@ -29,7 +29,7 @@ from PIL import Image
 from . import control, guards, loader, modes, processors, routing, styles
 from .adapter import AdapterWeights, attach_adapters, read_adapter
 from .cache import EmbeddingCache
-from .embeddings import ImageEncoder
+from .embeddings import ImageEncoder, TextTower
 from .errors import UserError
 from .extras import Extras
 from .families import Family
@@ -295,10 +295,10 @@ class StylePipeline:
     def _further(self, ref: str) -> LoadedAdapter:
         return self.extras.adapter(ref, self.family, self.denoiser, [self.image_encoder])
 
-    def content_text_tower(self, folder: str | None = None) -> tuple[Any, Any]:
-        """(tokenizer, CLIP text tower) in the image encoder's space, for content prompts and scores: the one named
-        (``folder``, else the pipeline's default), else one of the model's own (SDXL's ``text_encoder_2`` for its
-        ViT-bigG adapter)."""
+    def content_text_tower(self, folder: str | None = None) -> TextTower:
+        """The CLIP text tower (and tokenizer) in the image encoder's space, for content prompts and scores: the one
+        named (``folder``, else the pipeline's default), else one of the model's own (SDXL's ``text_encoder_2`` for
+        its ViT-bigG adapter)."""
         want = self.adapter.image_embed_dim
         folder = folder or self.content_text_encoder
         if folder is not None:
@@ -306,7 +306,7 @@ class StylePipeline:
         for tokenizer, encoder in self.family.content_towers:
             tower = getattr(self.pipe, encoder, None)
             if tower is not None and getattr(tower.config, "projection_dim", None) == want:
-                return getattr(self.pipe, tokenizer), tower
+                return TextTower(getattr(self.pipe, tokenizer), tower)
         raise UserError(f"content prompt needs a CLIP text encoder with {want}-d projection (the image encoder's "
                         "space); pass --content-text-encoder")
 

@@ -29,7 +29,15 @@ from PIL import Image
 
 from . import csd as csd_model
 from . import memory, safe_json
-from .embeddings import ImageEncoder, blend, encode_reference, image_hash, load_image, load_style, text_embeds
+from .embeddings import (
+    ImageEncoder,
+    TextTower,
+    blend,
+    encode_reference,
+    image_hash,
+    load_image,
+    load_style,
+)
 from .errors import UserError
 from .request import Request, StyleRef
 
@@ -166,50 +174,6 @@ def mean_scores(scores: Sequence[Scores]) -> Scores:
 
 
 # --- the encoders --------------------------------------------------------------------------
-
-
-@dataclass
-class TextTower:
-    """A CLIP text tower with projection (``CLIPTextModelWithProjection``) and its tokenizer."""
-
-    tokenizer: Any
-    model: Any
-
-    @property
-    def projection_dim(self) -> int:
-        return int(self.model.config.projection_dim)
-
-    def embed(self, text: str) -> torch.Tensor:
-        """The text's point in the shared CLIP space (1, D), as content subtraction computes it."""
-        return text_embeds(text, self.tokenizer, self.model)
-
-
-def load_text_tower(
-    path: str | Path, subfolder: str | None = None, tokenizer_subfolder: str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> TextTower:
-    """Load a CLIP text tower: a folder with the model and its tokenizer (``--content-text-encoder``), or
-    a diffusers model folder's ``text_encoder_2`` / ``tokenizer_2`` (``subfolder``, ``tokenizer_subfolder``)."""
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-
-    folder = Path(path).expanduser()
-    model_dir = folder / subfolder if subfolder else folder
-    tokenizer_dir = folder / (tokenizer_subfolder or subfolder or "")
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"text encoder {model_dir}: no config.json (expected a CLIPTextModelWithProjection folder)")
-    if not any((tokenizer_dir / name).is_file() for name in ("tokenizer.json", "vocab.json")):
-        raise UserError(f"text encoder {folder}: no CLIP tokenizer (tokenizer.json or vocab.json) in {tokenizer_dir}")
-    # transformers fills weights missing from the file with random ones: a vision tower, or a text model
-    # without its projection, would load "fine" and score noise
-    loaded: Any = CLIPTextModelWithProjection.from_pretrained(
-        folder, subfolder=subfolder or "", dtype=dtype, output_loading_info=True
-    )
-    model, info = loaded
-    if info["missing_keys"]:
-        raise UserError(f"text encoder {model_dir}: not a CLIP text model with projection "
-                        f"({len(info['missing_keys'])} weights missing, e.g. {sorted(info['missing_keys'])[0]})")
-    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder=tokenizer_subfolder or subfolder or "")
-    return TextTower(tokenizer, model.eval())
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
@@ -368,8 +332,7 @@ def scorer_for(
     """A scorer reusing a loaded pipeline's image encoder and its text tower in that space (SDXL's
     ``text_encoder_2`` for ViT-bigG; ``content_text_encoder`` otherwise; none when neither fits)."""
     try:
-        tokenizer, model = pipe.content_text_tower(content_text_encoder or pipe.content_text_encoder)
-        tower: TextTower | None = TextTower(tokenizer, model)
+        tower: TextTower | None = pipe.content_text_tower(content_text_encoder or pipe.content_text_encoder)
     except UserError:
         if content_text_encoder is not None:
             raise
