@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from .atomic import save_png_atomically
+from .drawing import font as load_font
+from .drawing import text_size
 from .errors import UserError
 from .request import Request, write_png
 
@@ -143,18 +145,6 @@ def run_sweep(
     return images, done
 
 
-def _font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (OSError, TypeError, ImportError):  # Pillow without FreeType: the small bitmap font
-        return ImageFont.load_default()
-
-
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> tuple:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    return right - left, bottom - top
-
-
 @dataclass(frozen=True)
 class SheetLayout:
     """Where everything goes on a contact sheet (pixels): header sizes, cell size and enlargement."""
@@ -189,14 +179,14 @@ def sheet_layout(
     """Size the sheet so every label fits; small cells are enlarged by a whole factor to ``MIN_CELL``."""
     factor = max(1, -(-MIN_CELL // min(cell_size)))
     cell_w, cell_h = cell_size[0] * factor, cell_size[1] * factor
-    font = _font()
+    font = load_font(FONT_SIZE)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    line_h = max(_text_size(probe, t, font)[1] for t in ["Ag", *row_labels, *column_labels])
-    label_w = max(_text_size(probe, t, font)[0] for t in row_labels) + 2 * PAD
-    col_w = max(cell_w + PAD, *(_text_size(probe, t, font)[0] + 2 * PAD for t in column_labels))
+    line_h = max(text_size(probe, t, font)[1] for t in ["Ag", *row_labels, *column_labels])
+    label_w = max(text_size(probe, t, font)[0] for t in row_labels) + 2 * PAD
+    col_w = max(cell_w + PAD, *(text_size(probe, t, font)[0] + 2 * PAD for t in column_labels))
     title_h = line_h + 2 * PAD if title else 0
     head_h = line_h + 2 * PAD
-    title_w = _text_size(probe, title, font)[0] + 2 * PAD if title else 0
+    title_w = text_size(probe, title, font)[0] + 2 * PAD if title else 0
     width = max(label_w + col_w * len(column_labels) + PAD, title_w)
     height = title_h + head_h + (cell_h + PAD) * len(row_labels)
     return SheetLayout(title_h, head_h, label_w, col_w, cell_w, cell_h, factor, (width, height))
@@ -213,18 +203,18 @@ def contact_sheet(
         raise ValueError("labels do not match the grid")
     cell_size = max(im.width for row in images for im in row), max(im.height for row in images for im in row)
     layout = sheet_layout(cell_size, row_labels, column_labels, title)
-    font = _font()
+    font = load_font(FONT_SIZE)
     sheet = Image.new("RGB", layout.size, "white")
     draw = ImageDraw.Draw(sheet)
     if title:
         draw.text((PAD, PAD), title, fill="black", font=font)
     for c, text in enumerate(column_labels):
         left, top, right, _ = layout.column_label_box(c)
-        draw.text((left + (right - left - _text_size(draw, text, font)[0]) // 2, top + PAD), text, fill="black",
+        draw.text((left + (right - left - text_size(draw, text, font)[0]) // 2, top + PAD), text, fill="black",
                   font=font)
     for r, text in enumerate(row_labels):
         _, top, _, bottom = layout.row_label_box(r)
-        draw.text((PAD, (top + bottom - _text_size(draw, text, font)[1]) // 2), text, fill="black", font=font)
+        draw.text((PAD, (top + bottom - text_size(draw, text, font)[1]) // 2), text, fill="black", font=font)
         for c, image in enumerate(images[r]):
             size = image.width * layout.factor, image.height * layout.factor
             sheet.paste(image.convert("RGB").resize(size, Image.Resampling.NEAREST), layout.cell_box(r, c)[:2])
