@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from instantstyle import Request, UserError
-from instantstyle.blocks import BlockInfo, list_blocks, resolve_blocks
+from instantstyle.blocks import BlockInfo, expand_preset_ref, list_blocks, read_presets, resolve_blocks
 from instantstyle.pareto import cell_points, pareto_front
-from instantstyle.preset_file import expand_preset_ref, read_presets, write_presets
+from instantstyle.preset_file import write_presets
 from instantstyle.probe import ALL, NONE, probe_cells, probe_presets, probe_requests, probe_table, rank_blocks
 from instantstyle.scoreplot import save_plot, scatter_plot
-from instantstyle.scores import Scores, scorer_for
+from instantstyle.scores import Scores
 
 from .conftest import FAST
 
@@ -25,7 +25,7 @@ def probed(sdxl, tiny):
     """The probe of the tiny SDXL with one style and one prompt, scored with a content prompt."""
     base = Request("a cat", style=(str(tiny.style_image),), **FAST)
     blocks = list_blocks(sdxl.layers, sdxl.arch)
-    scorer = scorer_for(sdxl)
+    scorer = sdxl.scorer()
     results = []
     for job in probe_requests(base, blocks, content_prompts=["stripes"]):
         made = sdxl(job.request)

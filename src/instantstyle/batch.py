@@ -27,6 +27,7 @@ from typing import Any
 
 from . import safe_json
 from .atomic import remove_stale_temps, temp_path
+from .blocks import is_preset_ref, split_preset_ref
 from .errors import UserError
 from .preflight import check_request
 from .request import CONTROL_KINDS, AdapterUse, Request, StyleRef, write_png
@@ -262,12 +263,21 @@ def _resolve_paths(request: Request, base: Path | None) -> Request:
     if request.control is not None and request.control not in CONTROL_KINDS:  # a ready control image
         changes["control"] = _local(request.control, base)
     changes["regions"] = tuple(_local(r, base) for r in request.regions)
+    changes["blocks"] = _local_preset_ref(request.blocks, base)
     changes["adapters"] = tuple(
-        AdapterUse(_local(a.path, base), tuple(StyleRef(_local(r.path, base), r.weight) for r in a.style), a.blocks,
-                   a.scale, tuple(_local(r, base) for r in a.regions))
+        AdapterUse(_local(a.path, base), tuple(StyleRef(_local(r.path, base), r.weight) for r in a.style),
+                   _local_preset_ref(a.blocks, base), a.scale, tuple(_local(r, base) for r in a.regions))
         for a in request.adapters
     )
     return request.replace(**changes)
+
+
+def _local_preset_ref(spec: str, base: Path | None) -> str:
+    """A blocks spec ``@FILE:NAME`` with FILE taken from the job file's folder like every other path."""
+    if not is_preset_ref(spec):
+        return spec
+    file, name = split_preset_ref(spec)
+    return f"@{_local(file, base)}:{name}"
 
 
 def _check_files(request: Request, checked: dict[Any, UserError | None]) -> None:

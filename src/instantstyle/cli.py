@@ -235,13 +235,14 @@ def main() -> None:
 
 def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str]) -> StylePipeline:
     """Check the blocks specs against the model's config, then load the request's model and adapter."""
+    from .blocks import expand_preset_ref
     from .pipeline import StylePipeline
 
     assert request.model is not None and request.adapter is not None
     check_blocks(request.model, specs, runtime.single_file_config)
     return StylePipeline.from_pretrained(
         request.model, request.adapter, runtime, image_encoder=request.image_encoder,
-        content_text_encoder=request.content_text_encoder, blocks=",".join(specs),
+        content_text_encoder=request.content_text_encoder, blocks=",".join(expand_preset_ref(s) for s in specs),
     )
 
 

@@ -1,5 +1,6 @@
 """Models a request may name beyond the loaded pipeline, each loaded once and kept: ControlNets, depth
-estimators, further IP-Adapters (with their image encoders) and CLIP text towers for content subtraction."""
+estimators, further IP-Adapters (with their image encoders), CLIP text towers for content subtraction and
+scores, and CSD models for style scores."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from . import control
 from .adapter import check_adapter_fits, read_adapter
+from .csd import CsdModel, load_csd
 from .embeddings import ImageEncoder, TextTower, load_image_encoder, load_text_tower
 from .errors import UserError
 from .families import Family
@@ -27,6 +29,7 @@ class Extras:
     depth_models: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     adapters: dict[str, LoadedAdapter] = field(default_factory=dict)
     text_towers: dict[str, TextTower] = field(default_factory=dict)
+    csd_models: dict[str, CsdModel] = field(default_factory=dict)
 
     def controlnet(self, ref: str, family: Family, denoiser: Any) -> Any:
         """A ControlNet (checked against the denoiser), on the device."""
@@ -66,3 +69,9 @@ class Extras:
             tower.model.to(self.device)
             self.text_towers[folder] = tower
         return self.text_towers[folder]
+
+    def csd(self, path: str) -> CsdModel:
+        """The CSD style model from a checkpoint file or folder (read safely, see ``csd``), on the device."""
+        if path not in self.csd_models:
+            self.csd_models[path] = load_csd(path, self.device, self.dtype)
+        return self.csd_models[path]

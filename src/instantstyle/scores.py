@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from PIL import Image
@@ -40,9 +40,6 @@ from .embeddings import (
 )
 from .errors import UserError
 from .request import Request, StyleRef
-
-if TYPE_CHECKING:
-    from .pipeline import StylePipeline
 
 SCORE_KEYS = ("clip_text", "clip_style", "content_leak", "csd_style")
 #: What each score is called in tables and on plot axes.
@@ -324,18 +321,3 @@ class Scorer:
         ``content_prompt``, else the request's own content prompt."""
         return self.score(images, request.prompt, request.style, content_prompt or request.content_prompt,
                           request.style_fit)
-
-
-def scorer_for(
-    pipe: StylePipeline, content_text_encoder: str | None = None, csd: csd_model.CsdModel | None = None
-) -> Scorer:
-    """A scorer reusing a loaded pipeline's image encoder and its text tower in that space (SDXL's
-    ``text_encoder_2`` for ViT-bigG; ``content_text_encoder`` otherwise; none when neither fits)."""
-    try:
-        tower: TextTower | None = pipe.content_text_tower(content_text_encoder or pipe.content_text_encoder)
-    except UserError:
-        if content_text_encoder is not None:
-            raise
-        tower = None
-    return Scorer(pipe.image_encoder, tower, csd, pipe.device, pipe.dtype, pipe.low_memory)
-
