@@ -33,6 +33,7 @@ from .runtime import (
 
 if TYPE_CHECKING:
     from .pipeline import StylePipeline
+    from .scores import Scores
 
 FLOAT = click.FLOAT
 INT = click.INT
@@ -254,15 +255,49 @@ def _generate(params: dict[str, Any]) -> None:
     paths = output_paths(params["output"], request.num_images, params["overwrite"])
     if params["save_style"] and not params["save_style"].endswith(".safetensors"):
         raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
+    scoring = params["score"] or params["csd"] is not None
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
     if not params["debug"]:
         quiet_libraries()
     pipe = load_pipeline(request, runtime, [request.blocks])
     if params["save_style"]:
         click.echo(str(pipe.save_style(request, params["save_style"])))
+    scorer = pipe.scorer(request.content_text_encoder, params["csd"]) if scoring else None  # loaded before the run
     result = pipe(request, progress=True)
+    scores, failure = score_safely(lambda: scorer.score_request(result.images, result.request) if scorer else None)
     for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
-        write_png(image, path, result.request, i)
+        write_png(image, path, result.request, i, scores[i].png_text() if scores else None)
         click.echo(str(path))
+    if failure is not None:  # the images are written; only their scores are missing
+        raise failure
+    if scorer is not None and scores is not None:
+        echo_scores([str(p) for p in paths], scores, scorer.unavailable())
+
+
+def check_csd_path(path: str) -> None:
+    """A CSD checkpoint given on the command line exists (read, safely, when it loads)."""
+    if not Path(path).expanduser().exists():
+        raise UserError(f"CSD checkpoint {path}: no such file")
+
+
+def score_safely(fn: Callable[[], Any]) -> tuple[Any, UserError | None]:
+    """(``fn()``, None), or (None, the error) when scoring fails: the caller writes the images first."""
+    try:
+        return fn(), None
+    except UserError as err:
+        return None, UserError(f"the images are written, but not scored: {err}")
+
+
+def echo_scores(names: Sequence[str], scores: Sequence[Scores], unavailable: dict[str, str],
+                as_json: bool = False) -> None:
+    """Print scores: a table (or one JSON object per line), and on stderr a note per score never computed."""
+    from .scores import ScoreRecord, format_table
+
+    records = [ScoreRecord(name, s) for name, s in zip(names, scores, strict=True)]
+    click.echo("\n".join(r.to_json() for r in records) if as_json else format_table(records))
+    for key, reason in unavailable.items():
+        click.echo(f"note: {key} not scored: {reason}", err=True)
 
 
 @main.command()
@@ -270,13 +305,16 @@ def _generate(params: dict[str, Any]) -> None:
 @click.option("--output", "-o", required=True, help="Output .png (several images: NAME-1.png, ...).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--save-style", default=None, help="Also save the style (embedding + sources) to this .safetensors file.")
+@click.option("--score", is_flag=True, help="Score each image (CLIP style, CLIP text, content leak against "
+              "--content-prompt; CSD with --csd): printed, and stored in the PNG.")
+@click.option("--csd", default=None, help="CSD checkpoint for the csd_style score (implies --score).")
 @runtime_options()
 def generate(**params: Any) -> None:
     """Make images in the style of --style, with the content of --prompt."""
     run_cli(_generate, params["debug"], params)
 
 
-generate.params[4:4] = [option for _, option in REQUEST_OPTIONS]  # after --from, --output, --overwrite, --save-style
+generate.params[6:6] = [option for _, option in REQUEST_OPTIONS]  # after --from ... --csd
 
 
 @main.command()
@@ -306,6 +344,107 @@ def blocks(model: str | None, single_file_config: str | None, debug: bool) -> No
             click.echo(f"{row.name:<{width}}  {row.layers:>6}  {', '.join(row.presets)}")
 
     run_cli(body, debug)
+
+
+# --- score: the scores of images that exist ----------------------------------------------------------
+
+#: The models ``score`` loads: each from its flag, else from the requests the images carry (all must agree).
+SCORE_MODELS = ("model", "adapter", "image_encoder", "content_text_encoder")
+
+
+def _score(params: dict[str, Any]) -> None:
+    from PIL import Image
+
+    from .hub import is_local_adapter_ref, model_source, resolve_adapter_file
+    from .images import load_image
+    from .loader import load_scorer
+    from .request import PNG_KEY
+
+    if not params["images"]:
+        raise UserError("give the images to score: instantstyle score IMAGE... --prompt TEXT --style REF")
+    for name in ("prompt", "content_prompt"):
+        if params[name] is not None and not params[name].strip():
+            raise UserError(f"--{name.replace('_', '-')} is empty")
+    styles = tuple(StyleRef.parse(text) for text in params["style"])
+    if styles:
+        Request("", style=styles)  # the weights' checks
+    for ref in styles:
+        if ref.path.endswith(".safetensors"):
+            if not Path(ref.path).is_file():
+                raise UserError(f"style file {ref.path}: no such file")
+        else:
+            load_image(ref.path, "style image")
+    pictures, saved = [], []
+    for path in params["images"]:
+        pictures.append(load_image(path, "image"))
+        with Image.open(path) as image:  # readable: load_image said so
+            saved.append(read_png_request(path) if PNG_KEY in image.info else None)
+    wanted: list[tuple[str | None, tuple[StyleRef, ...], str | None, str]] = []
+    for path, request in zip(params["images"], saved, strict=True):
+        prompt = params["prompt"] if params["prompt"] is not None else request and request.prompt
+        style = styles or (request.style if request else ())
+        if not prompt and not style:
+            raise UserError(f"image {path}: nothing to score it against; give --prompt and/or --style (it carries "
+                            "no instantstyle parameters)")
+        content = params["content_prompt"] or (request.content_prompt if request else None)
+        fit = params["style_fit"] or (request.style_fit if request else "crop")
+        wanted.append((prompt or None, style, content, fit))
+    models = {name: params[name] or _shared(name, saved) for name in SCORE_MODELS}
+    model = None if models["content_text_encoder"] else models["model"] or DEFAULT_MODEL
+    adapter = models["adapter"] or DEFAULT_ADAPTER
+    if model is not None:
+        model_source(model)  # shaped like a model, before anything loads
+    if is_local_adapter_ref(adapter):
+        resolve_adapter_file(adapter)
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
+    if not params["debug"]:
+        quiet_libraries()
+    scorer = load_scorer(adapter, runtime_from(params), model=model,
+                         image_encoder=models["image_encoder"], content_text_encoder=models["content_text_encoder"],
+                         csd=params["csd"])
+    scores = [scorer.score([picture], *against)[0] for picture, against in zip(pictures, wanted, strict=True)]
+    echo_scores(params["images"], scores, scorer.unavailable(), params["as_json"])
+
+
+def _shared(name: str, saved: Sequence[Request | None]) -> str | None:
+    """The value of a request field that every image carrying a request agrees on (``None``: none carries one)."""
+    values = {getattr(r, name) for r in saved if r is not None and getattr(r, name) is not None}
+    if len(values) > 1:
+        flag = "--" + name.replace("_", "-")
+        raise UserError(f"the images were made with different {name.replace('_', ' ')}s ({', '.join(sorted(values))}); "
+                        f"give {flag}")
+    return values.pop() if values else None
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("images", nargs=-1)
+@click.option("--prompt", default=None, help="The prompt to score prompt fidelity against (default: each image's own, "
+              "from its PNG).")
+@click.option("--style", multiple=True, help="Style reference (image or style file), PATH:WEIGHT to weight; repeat "
+              "to blend (default: each image's own).")
+@click.option("--content-prompt", default=None, help="What the style reference shows: the content leak is scored "
+              "against it (default: each image's own).")
+@click.option("--model", default=None, help="Model whose CLIP text tower is in the adapter's space (SDXL's "
+              "text_encoder_2) [default: the images' own, else SDXL base 1.0].")
+@click.option("--adapter", default=None, help="IP-Adapter whose image encoder scores [default: the images' own, "
+              "else h94 SDXL].")
+@click.option("--image-encoder", default=None, help="CLIP image encoder folder (default: found beside the adapter).")
+@click.option("--content-text-encoder", default=None, help="CLIP text tower in the image encoder's space (ViT-H "
+              "adapters); replaces --model's.")
+@click.option("--style-fit", default=None, type=click.Choice(["crop", "pad", "tiles"]),
+              help="How non-square references are encoded [default: the images' own, else crop].")
+@click.option("--csd", default=None, help="CSD checkpoint (the authors' checkpoint.pth, or .safetensors) for "
+              "csd_style.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line, instead of a table.")
+@runtime_options(exclude=[name for name, _, _ in RUNTIME_OPTIONS if name not in ("device", "dtype",
+                                                                                  "single_file_config", "debug")])
+def score(**params: Any) -> None:
+    """Score images: CLIP text (prompt fidelity), CLIP style, content leak, CSD style; cosines in [-1, 1].
+
+    Images made by instantstyle carry their prompt, style and model: `instantstyle score out/*.png` scores
+    each against its own."""
+    run_cli(_score, params["debug"], params)
 
 
 @main.command()

@@ -42,6 +42,10 @@ from .errors import UserError
 from .request import Request, StyleRef
 
 SCORE_KEYS = ("clip_text", "clip_style", "content_leak", "csd_style")
+#: The PNG text chunk holding an image's scores (``generate --score``, ``batch --score``, sweep cells).
+PNG_SCORES_KEY = "instantstyle-scores"
+#: Short names, for captions under images.
+SCORE_SHORT = {"clip_text": "text", "clip_style": "style", "content_leak": "leak", "csd_style": "csd"}
 #: What each score is called in tables and on plot axes.
 SCORE_TITLES = {
     "clip_text": "CLIP text (prompt fidelity)",
@@ -78,6 +82,14 @@ class Scores:
     def to_dict(self) -> dict[str, float | None]:
         return {key: getattr(self, key) for key in SCORE_KEYS}
 
+    def png_text(self) -> dict[str, str]:
+        """The PNG text chunk carrying these scores (``write_png``'s ``extra``)."""
+        return {PNG_SCORES_KEY: json.dumps(self.to_dict())}
+
+    def caption(self, sep: str = "  ") -> str:
+        """The computable scores in short: ``style 0.812  text 0.301`` (empty when none is)."""
+        return sep.join(f"{SCORE_SHORT[k]} {format_value(v)}" for k in CAPTION_ORDER if (v := self.get(k)) is not None)
+
     @classmethod
     def from_dict(cls, data: Any) -> Scores:
         """From JSON data (a manifest line's ``scores``); unknown keys are a ``UserError``."""
@@ -109,6 +121,17 @@ class ScoreRecord:
             raise UserError("a score record is a JSON object with an 'image' path")
         data = dict(data)
         return cls(data.pop("image"), Scores.from_dict(data))
+
+
+#: Captions list style first: what a style tool is judged on.
+CAPTION_ORDER = ("clip_style", "csd_style", "clip_text", "content_leak")
+
+
+def read_png_scores(path: str | Path) -> Scores | None:
+    """The scores stored in a PNG by ``write_png`` (``None``: none stored)."""
+    with Image.open(path) as image:
+        text = image.info.get(PNG_SCORES_KEY)
+    return None if text is None else Scores.from_dict(safe_json.loads(text))
 
 
 def format_value(value: float | None, digits: int = 3) -> str:
