@@ -465,6 +465,7 @@ def selftest(keep: str | None, debug: bool) -> None:
 
 def _batch(params: dict[str, Any]) -> int:
     from .batch import run_batch
+    from .workers import Scoring
 
     defaults = request_fields(params)
     defaults.setdefault("model", DEFAULT_MODEL)
@@ -473,6 +474,9 @@ def _batch(params: dict[str, Any]) -> int:
     address = params["ray"]
     if params["workers"] is not None and address is None:
         raise UserError("--workers is the number of Ray workers; add --ray")
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
+    scoring = Scoring(params["csd"]) if params["score"] or params["csd"] is not None else None
     if not params["debug"]:
         quiet_libraries()
     try:
@@ -481,7 +485,7 @@ def _batch(params: dict[str, Any]) -> int:
             retry_failed=params["retry_failed"], strict=params["strict"], defaults=defaults,
             ray=address is not None, ray_address=None if address in (None, "local") else address,
             workers=params["workers"], progress=not params["quiet"],
-            on_problem=lambda message: click.echo(f"skipped: {message}", err=True),
+            on_problem=lambda message: click.echo(f"skipped: {message}", err=True), scoring=scoring,
         )
     except KeyboardInterrupt:
         click.echo("finished images and the manifest are kept; run the same command again to resume", err=True)
@@ -506,6 +510,9 @@ def _batch(params: dict[str, Any]) -> int:
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Ray workers (default: one per GPU, "
               "else 1).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--score", is_flag=True, help="Score every image (CLIP style, CLIP text, content leak; CSD with "
+              "--csd): in its manifest line and its PNG.")
+@click.option("--csd", default=None, help="CSD checkpoint for the csd_style score (implies --score).")
 @runtime_options()
 def batch(**params: Any) -> None:
     """Render every job of JOBS (.jsonl, .csv or a .json matrix) into --output; rerun to resume.
