@@ -7,6 +7,7 @@ checked without a model (images, numbers, output path, blocks) is checked before
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import traceback
@@ -545,7 +546,7 @@ SWEPT = ("blocks", "scale", "content_scale", "num_images")
 
 
 def _sweep(params: dict[str, Any]) -> None:
-    from .sweep import Axes, cell_name, parse_blocks_list, parse_number_list, render_sweep, sweep_requests
+    from .sweep import Axes, cell_name, csv_path, parse_blocks_list, parse_number_list, plot_path, render_sweep
 
     axes = Axes(
         parse_blocks_list(params["sweep_blocks"]),
@@ -556,17 +557,86 @@ def _sweep(params: dict[str, Any]) -> None:
     base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
     if axes.content_scales and base.content_prompt is None and base.content_image is None:
         raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
+    if not params["score"] and (params["pick"] or params["csd"] is not None):
+        raise UserError(f"{'--pick' if params['pick'] else '--csd'} needs the scores; drop --no-score")
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
     runtime = runtime_from(params)
     check_request(base)
     if not params["debug"]:
         quiet_libraries()
     sheet = output_paths(params["output"], 1, params["overwrite"])[0]
-    for row in sweep_requests(base.replace(seed=0), axes):  # cell names depend on blocks and scales only
-        for cell in row:
-            output_paths(str(sheet.with_name(cell_name(sheet.stem, cell, axes))), 1, params["overwrite"])
+    outputs = [sheet.with_name(cell_name(sheet.stem, axes, r, c)) for r in range(len(axes.rows))
+               for c in range(len(axes.scales))]
+    if params["score"]:
+        outputs += [plot_path(sheet), csv_path(sheet)]
+    if params["pick"]:
+        outputs += [*pick_paths(sheet)]
+    for path in outputs:  # nothing finished is overwritten without --overwrite, checked before any work
+        if path.suffix == ".png":
+            output_paths(str(path), 1, params["overwrite"])
+        elif path.exists() and not params["overwrite"]:
+            raise UserError(f"output {path} exists; pass --overwrite to replace it")
     pipe = load_pipeline(base, runtime, axes.blocks)
-    render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)))
+    scorer = pipe.scorer(base.content_text_encoder, params["csd"]) if params["score"] else None
+    if params["pick"] and scorer is not None and "clip_text" in scorer.unavailable():
+        raise UserError(f"--pick needs prompt scores, and this model has none: {scorer.unavailable()['clip_text']}")
+    out = render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)), scorer=scorer,
+                       style_floor=params["pick_style_floor"] if params["pick"] else None)
     click.echo(str(sheet))
+    if scorer is None:
+        return
+    click.echo(f"{out.plot}\n{out.table}")
+    echo_scores([cell.settings["file"] for cell in out.cells], [cell.scores for cell in out.cells],
+                scorer.unavailable())
+    if out.picked is not None:
+        write_pick(pipe, out.picked_request(), out.cells[out.picked], sheet)
+
+
+def pick_paths(sheet: Path) -> tuple[Path, Path]:
+    """Where ``sweep --pick`` writes the pick: a ``generate`` command line and a style file with its settings."""
+    return sheet.with_name(f"{sheet.stem}-pick.sh"), sheet.with_name(f"{sheet.stem}-pick.safetensors")
+
+
+def write_pick(pipe: StylePipeline, request: Request, cell: Any, sheet: Path) -> None:
+    """Print the picked cell and save it as a ready ``generate`` command line and a style file carrying its
+    settings (the web UI restores them when the file is uploaded as the style)."""
+    from .atomic import atomic_path
+    from .styles import style_settings
+
+    script, style_file = pick_paths(sheet)
+    command = generate_command(request, sheet.with_name(f"{sheet.stem}-pick.png"))
+    with atomic_path(script) as tmp:
+        tmp.write_text(f"#!/bin/sh\n# {cell.label}: {cell.scores.caption(', ')}\n{command}\n", encoding="utf-8")
+    pipe.save_style(request, style_file, extra=style_settings(request))
+    click.echo(f"pick: {cell.label} ({cell.scores.caption(', ')})\n{command}\n{script}\n{style_file}")
+
+
+def generate_command(request: Request, output: str | Path) -> str:
+    """The ``instantstyle generate`` command line that makes ``request`` (its fields that differ from the defaults,
+    as flags) into ``output``."""
+    import shlex
+
+    defaults = {f.name: f.default for f in dataclasses.fields(Request)}
+    flags: list[str] = []
+    for name, option in REQUEST_OPTIONS:
+        value = getattr(request, name)
+        if value is None or value == () or value == defaults.get(name) and name not in ("prompt", "seed"):
+            continue
+        flag = option.opts[0]
+        if name == "style":
+            flags += [a for ref in value for a in (flag, ref.path if ref.weight == 1 else f"{ref.path}:{ref.weight!r}")]
+        elif name == "lora":
+            flags += [a for ref in value for a in (flag, ref.path if ref.scale == 1 else f"{ref.path}:{ref.scale!r}")]
+        elif name == "regions":
+            flags += [a for region in value for a in (flag, region)]
+        else:
+            flags += [flag, str(value)]
+    for use in request.adapters:
+        parts = [use.path, *(f"style={r.path}" + ("" if r.weight == 1 else f":{r.weight!r}") for r in use.style),
+                 f"blocks={use.blocks}", f"scale={use.scale!r}", *(f"region={r}" for r in use.regions)]
+        flags += ["--adapter", ";".join(parts)]
+    return shlex.join(["instantstyle", "generate", *flags, "-o", str(output)])
 
 
 @main.command(context_settings={"show_default": True})
@@ -580,6 +650,14 @@ def _sweep(params: dict[str, Any]) -> None:
 @click.option("--output", "-o", required=True, help="The sheet .png; cells are written beside it as "
               "SHEET-BLOCKS-sSCALE.png.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--score/--no-score", default=True, help="Score every cell (CLIP style, CLIP text, content leak; CSD "
+              "with --csd): captions on the sheet, SHEET-plot.png (style vs prompt, Pareto front) and SHEET.csv.")
+@click.option("--csd", default=None, help="CSD checkpoint: csd_style becomes the style score.")
+@click.option("--pick", is_flag=True, help="Pick the cell on the Pareto front with the best prompt score whose style "
+              "score stays within --pick-style-floor of the best: print it, save SHEET-pick.sh (the generate command "
+              "line) and SHEET-pick.safetensors (a style file with those settings).")
+@click.option("--pick-style-floor", default=0.9, type=click.FloatRange(0, 1), help="The fraction of the best style "
+              "score the pick must keep.")
 @runtime_options()
 def sweep(**params: Any) -> None:
     """Render every blocks x scale combination with one seed into a labelled contact sheet."""
@@ -604,6 +682,8 @@ def _ui(params: dict[str, Any]) -> None:
     from .pipeline import StylePipeline
 
     runtime = runtime_from(params, keep_all_weights=True)  # any blocks per request, without reloading the adapter
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
     try:  # a taken port fails before the model loads, not after
         with socket.create_server((params["host"], params["port"])):
             pass
@@ -618,7 +698,7 @@ def _ui(params: dict[str, Any]) -> None:
         image_encoder=params["image_encoder"], content_text_encoder=params["content_text_encoder"],
     )
     click.echo(f"serving http://{params['host']}:{params['port']}/ (outputs in {params['workdir']})")
-    launch(pipe, params["workdir"], params["host"], params["port"], share=params["share"])
+    launch(pipe, params["workdir"], params["host"], params["port"], share=params["share"], csd=params["csd"])
 
 
 @main.command(context_settings={"show_default": True})
@@ -631,6 +711,7 @@ def _ui(params: dict[str, Any]) -> None:
 @click.option("--port", default=7860, type=click.IntRange(1, 65535))
 @click.option("--share", is_flag=True, help="Also open a public gradio.live link (off unless asked).")
 @click.option("--workdir", default="instantstyle-ui", help="Folder for uploads and generated images.")
+@click.option("--csd", default=None, help="CSD checkpoint: images are also scored by csd_style.")
 @runtime_options(exclude=("keep_all_weights",))  # the page keeps every weight: any blocks per request
 def ui(**params: Any) -> None:
     """Serve the web UI: generate, sweep, restore settings from PNGs, save style files."""

@@ -86,9 +86,13 @@ class Scores:
         """The PNG text chunk carrying these scores (``write_png``'s ``extra``)."""
         return {PNG_SCORES_KEY: json.dumps(self.to_dict())}
 
+    def caption_items(self) -> list[str]:
+        """The computable scores in short, style first: ``["style 0.812", "text 0.301"]``."""
+        return [f"{SCORE_SHORT[k]} {format_value(v)}" for k in CAPTION_ORDER if (v := self.get(k)) is not None]
+
     def caption(self, sep: str = "  ") -> str:
-        """The computable scores in short: ``style 0.812  text 0.301`` (empty when none is)."""
-        return sep.join(f"{SCORE_SHORT[k]} {format_value(v)}" for k in CAPTION_ORDER if (v := self.get(k)) is not None)
+        """The computable scores in one line: ``style 0.812  text 0.301`` (empty when none is)."""
+        return sep.join(self.caption_items())
 
     @classmethod
     def from_dict(cls, data: Any) -> Scores:

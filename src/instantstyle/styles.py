@@ -154,3 +154,9 @@ def save_style_file(
     metadata = {**(extra or {}), "adapter": main.weights.path, "references": references}
     negative = store.negative(style, main)
     return save_style(path, StyleFile(style, negative, main.weights.kind, main.encoder.identity, metadata))
+
+
+def style_settings(request: Request) -> dict[str, str]:
+    """Style-file metadata that brings the request's settings along (the request, minus the style): the web UI
+    restores them when the file is uploaded as the style."""
+    return {"request": request.replace(style=("(this style file)",)).to_json()}
