@@ -461,7 +461,8 @@ class App:
         for i, image in enumerate(result.images):
             path = self.work.new_output(f"seed{result.request.seed}-{i + 1}")
             paths.append(str(write_png(image, path, result.request, i, scores[i].png_text() if scores else None)))
-            captions.append(f"seed {result.request.seed} #{i + 1}" + (f" · {scores[i].caption()}" if scores else ""))
+            items = scores[i].caption_items() if scores else []
+            captions.append(" · ".join([f"seed {result.request.seed} #{i + 1}", *items]))
         return list(zip(paths, captions, strict=True)), paths, json.dumps(result.request.to_dict(), indent=2)
 
     def sweep(self, values: dict[str, Any], progress: Any) -> tuple[str, list[tuple[str, str]], list[str]]:
@@ -485,7 +486,8 @@ class App:
 
         out = render_sweep(pipe, base, axes, self.work.new_output("sweep"), on_cell=tick,
                            scorer=pipe.scorer(base.content_text_encoder, self.csd))
-        cells = [(str(p), f"{c.label} · {c.scores.caption()}") for p, c in zip(done, out.cells, strict=True)]
+        cells = [(path, " · ".join([cell.label, *cell.scores.caption_items()]))
+                 for path, cell in zip(done, out.cells, strict=True)]
         return str(out.sheet), cells, [str(out.sheet), str(out.plot), str(out.table), *done]
 
     def save_style(self, values: dict[str, Any], progress: Any) -> str:
