@@ -669,6 +669,103 @@ for _name, _option in REQUEST_OPTIONS:
         sweep.params.append(_option)
 
 
+# --- probe-blocks: find a model's style blocks ----------------------------------------------------------
+
+PROBED = ("blocks", "scale", "style", "prompt", "content_prompt", "content_scale", "content_image", "num_images")
+PROBE_FILES = ("probe.png", "probe.csv", "probe.md")
+
+
+def _probe_blocks(params: dict[str, Any]) -> None:
+    from .blocks import list_blocks, read_presets
+    from .pareto import cell_points, cells_csv, pareto_front
+    from .preset_file import write_presets
+    from .probe import probe_cells, probe_presets, probe_requests, probe_table, rank_blocks, run_probe
+    from .scoreplot import save_plot, scatter_plot
+    from .scores import SCORE_TITLES
+
+    if not params["probe_styles"]:
+        raise UserError("--style is required: the reference(s) whose style the blocks are probed with")
+    if not params["probe_prompts"] or not all(p.strip() for p in params["probe_prompts"]):
+        raise UserError("--prompt is required (and not empty): what the probe images show")
+    styles = tuple(StyleRef.parse(text) for text in params["probe_styles"])
+    contents = list(params["probe_content_prompts"])
+    if len(contents) not in (0, 1, len(styles)):
+        raise UserError(f"{len(contents)} content prompts for {len(styles)} styles: give one per style, or one")
+    given = request_fields({**params, **dict.fromkeys(PROBED)})
+    given.setdefault("model", DEFAULT_MODEL)
+    given.setdefault("adapter", DEFAULT_ADAPTER)
+    base = Request(params["probe_prompts"][0], style=styles, **given)
+    check_request(base)
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
+    folder = Path(params["output"]).expanduser()
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir()) and not params["overwrite"]):
+        raise UserError(f"output {folder}: " + ("is a file" if not folder.is_dir() else
+                                                "is not empty; pass --overwrite to write into it"))
+    presets_file = Path(params["save_presets"]).expanduser() if params["save_presets"] else None
+    if presets_file is not None and presets_file.exists():
+        read_presets(presets_file)  # new presets merge into it: it must be one
+    output_paths(str(folder / PROBE_FILES[0]), 1, overwrite=True)  # the folder can be made and written
+    if not params["debug"]:
+        quiet_libraries()
+    pipe = load_pipeline(base, runtime_from(params), ["all"])
+    scorer = pipe.scorer(base.content_text_encoder, params["csd"])
+    blocks = list_blocks(pipe.layers, pipe.arch)
+    jobs = probe_requests(pipe.complete(base), blocks, styles, params["probe_prompts"], contents)
+    per_block = len(styles) * len(params["probe_prompts"])
+    click.echo(f"probing {len(blocks)} blocks (+ all, none) x {len(styles)} style(s) x "
+               f"{len(params['probe_prompts'])} prompt(s): {len(jobs)} images into {folder}", err=True)
+
+    def save(index: int, job: Any, image: Any, request: Request, scores: Any) -> None:
+        style, prompt = divmod(index % per_block, len(params["probe_prompts"]))
+        name = f"{job.block}-style{style + 1}-prompt{prompt + 1}.png"
+        write_png(image, folder / name, request, extra=scores.png_text())
+
+    rows, key = rank_blocks(run_probe(pipe, jobs, scorer, params["batch_size"], save), blocks)
+    click.echo(probe_table(rows, key))
+    cells = probe_cells(rows)
+    points = cell_points(cells, key)
+    front = pareto_front(points)
+    plot = scatter_plot(points, [c.label for c in cells], SCORE_TITLES[key], SCORE_TITLES["clip_text"], front=front,
+                        title="probe: the adapter in each block alone (and all, none)")
+    paths = [save_plot(plot, folder / PROBE_FILES[0]), folder / PROBE_FILES[1], folder / PROBE_FILES[2]]
+    paths[1].write_text(cells_csv(cells, front), encoding="utf-8")
+    paths[2].write_text(probe_table(rows, key, markdown=True) + "\n", encoding="utf-8")
+    click.echo("\n".join(str(p) for p in paths))
+    for name, reason in scorer.unavailable().items():
+        click.echo(f"note: {name} not scored: {reason}", err=True)
+    if presets_file is not None:
+        presets = probe_presets(rows)
+        write_presets(presets_file, presets)
+        click.echo(f"presets in {presets_file}: " + ", ".join(f"{k}={v}" for k, v in presets.items()))
+        click.echo(f"use them as --blocks @{presets_file}:style", err=True)
+
+
+@main.command("probe-blocks", context_settings={"show_default": True})
+@click.option("--style", "probe_styles", multiple=True, help="Style reference(s) to probe with; repeat for several "
+              "(each probed alone).")
+@click.option("--prompt", "probe_prompts", multiple=True, help="Prompt(s) to probe with; repeat for several.")
+@click.option("--content-prompt", "probe_content_prompts", multiple=True, help="What each style reference shows "
+              "(one per --style, or one for all): scored as the content leak, never subtracted.")
+@click.option("--output", "-o", required=True, help="Folder for the probe images, probe.png (plot), probe.csv and "
+              "probe.md (the ranked table).")
+@click.option("--overwrite", is_flag=True, help="Write into a folder that is not empty.")
+@click.option("--save-presets", default=None, help="Save the best blocks as named presets (style, style-top2, ... "
+              "layout, style+layout) in this JSON file (merged into it), for --blocks @FILE:NAME.")
+@click.option("--csd", default=None, help="CSD checkpoint: blocks are then ranked by csd_style.")
+@click.option("--batch-size", default=4, type=click.IntRange(min=1), help="Images per denoising call.")
+@runtime_options()
+def probe_blocks(**params: Any) -> None:
+    """Find a model's style blocks: inject the style into each attention block alone (and all, and none), score
+    every image, and rank the blocks by style score (with prompt score and content leak)."""
+    run_cli(_probe_blocks, params["debug"], params)
+
+
+for _name, _option in REQUEST_OPTIONS:
+    if _name not in PROBED:
+        probe_blocks.params.append(_option)
+
+
 # --- ui: the web page ---------------------------------------------------------------------------------
 
 
