@@ -134,7 +134,7 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
                     multiple=True),
     _request_option("prompt", "What to paint."),
     _request_option("negative_prompt", "What to avoid."),
-    _request_option("blocks", "style | layout | style+layout | all | NAME[=S],..."),
+    _request_option("blocks", "style | layout | style+layout | all | NAME[=S],... | @FILE:NAME (a presets file)."),
     _request_option("scale", "Multiplies every selected block's scale.", type=FLOAT),
     _request_option("content_prompt", "Content to subtract from the style (e.g. what the style image shows)."),
     _request_option("content_scale", "How much of the content to subtract.", type=FLOAT),

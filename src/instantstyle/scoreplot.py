@@ -101,6 +101,8 @@ def scatter_plot(
         for dash in range(box[1], box[3], 10):
             draw.line([(px, dash), (px, min(dash + 5, box[3]))], fill=COLORS["pick"], width=1)
         draw.text((px + 4, box[1] + 4), threshold[1], fill=COLORS["pick"], font=small)
+    elif threshold is not None:  # every point is above it: say where it is instead of drawing it
+        draw.text((box[0] + 6, box[1] + 4), f"{threshold[1]}: left of the axes", fill=COLORS["pick"], font=small)
 
     tw, th = text_size(draw, x_label, font)
     draw.text(((box[0] + box[2] - tw) / 2, box[3] + 30), x_label, fill="black", font=font)

@@ -389,7 +389,8 @@ def sweep_plot(cells: Sequence[Cell], front: Sequence[int], picked: int | None,
     threshold = None
     if picked is not None and style_floor is not None:
         best = max(p[0] for p in points if p is not None)
-        threshold = (style_threshold(best, style_floor), f"style floor ({style_floor:g} of the best)")
+        value = style_threshold(best, style_floor)
+        threshold = (value, f"style floor {value:.3f} ({style_floor:g} of the best)")
     return scatter_plot(points, [c.label for c in cells], SCORE_TITLES[key], SCORE_TITLES["clip_text"],
                         front=front, picked=picked, threshold=threshold,
                         title="sweep: style vs prompt fidelity, one point per cell")
