@@ -10,7 +10,8 @@ may share one denoising call as one, from the first one's preparation, so a batc
 
 Where later features hook in: per-request changes to the models (a memory budget) go in ``_set_models``;
 further call arguments in ``_call_kwargs``; changes that must hold only while the call runs (HiDiffusion's
-hooks on the UNet) as context managers in ``Prepared.during``; steps after denoising (scores) in ``finish``.
+hooks on the UNet) as context managers in ``Prepared.during``; steps that change the images after denoising in
+``finish``. Scores are asked for from a finished ``Result`` (``score``): they never change an image.
 """
 
 from __future__ import annotations
