@@ -236,6 +236,7 @@ def test_presets_saved_by_the_probe_work_as_blocks_on_the_command_line(capsys, s
     (["--style", "{style}", "--style", "{style}", "--prompt", "a", "--content-prompt", "x", "--content-prompt", "y",
       "--content-prompt", "z"], "3 content prompts for 2 styles"),
     (["--style", "{style}", "--prompt", "a", "--save-presets", "{tmp}/text.json"], "presets file"),
+    (["--style", "{style}", "--prompt", "a", "--save-presets", "{tmp}/no/such/p.json"], "does not exist or is not"),
     (["--style", "{style}", "--prompt", "a", "--csd", "{tmp}/missing.pth"], "CSD checkpoint"),
     (["--style", "{style}", "--prompt", "a", "--batch-size", "0"], "0 is not in the range x>=1"),
 ])

@@ -705,6 +705,8 @@ def _probe_blocks(params: dict[str, Any]) -> None:
     presets_file = Path(params["save_presets"]).expanduser() if params["save_presets"] else None
     if presets_file is not None and presets_file.exists():
         read_presets(presets_file)  # new presets merge into it: it must be one
+    elif presets_file is not None and not (presets_file.parent.is_dir() and os.access(presets_file.parent, os.W_OK)):
+        raise UserError(f"presets file {presets_file}: its folder does not exist or is not writable")
     output_paths(str(folder / PROBE_FILES[0]), 1, overwrite=True)  # the folder can be made and written
     if not params["debug"]:
         quiet_libraries()
