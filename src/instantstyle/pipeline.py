@@ -10,8 +10,9 @@ may share one denoising call as one, from the first one's preparation, so a batc
 
 Where later features hook in: per-request changes to the models (a memory budget) go in ``_set_models``;
 further call arguments in ``_call_kwargs``; changes that must hold only while the call runs (HiDiffusion's
-hooks on the UNet, ``Request.hidiffusion``) as context managers in ``Prepared.during``; steps after denoising
-(scores) in ``finish``.
+hooks on the UNet, ``Request.hidiffusion``) as context managers in ``Prepared.during``; steps that change the
+images after denoising in ``finish``. Scores are asked for from a finished ``Result`` (``score``): they never
+change an image.
 """
 
 from __future__ import annotations
@@ -29,16 +30,19 @@ from PIL import Image
 
 from . import control, guards, hidiffusion, loader, modes, processors, routing, styles
 from .adapter import AdapterWeights, attach_adapters, read_adapter
+from .blocks import expand_preset_ref
 from .cache import EmbeddingCache
-from .embeddings import ImageEncoder
+from .csd import CsdModel
+from .embeddings import ImageEncoder, TextTower
 from .errors import UserError
 from .extras import Extras
 from .families import Family
 from .hub import resolve_adapter_file
 from .lora import apply_loras
-from .request import Request
+from .request import Request, StyleRef
 from .runtime import DEFAULT_ADAPTER, DEFAULT_MODEL, Runtime
 from .schedulers import make_scheduler
+from .scores import Scorer, Scores
 from .styles import EmbeddingStore, LoadedAdapter
 
 #: Fields in which requests sharing one denoising call may differ (each image keeps its own noise).
@@ -110,6 +114,7 @@ class StylePipeline:
     extras: Extras = field(init=False, repr=False)  # what requests name besides the base model, loaded once
     _base_scheduler: Any = field(default=None, repr=False)
     _attached: tuple[str, ...] = field(default=(), repr=False)  # the further adapters now in the denoiser
+    _scorers: dict[tuple[str | None, str | None], Scorer] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.embeddings = EmbeddingStore(self.device, self.dtype, self.low_memory, self.disk_cache)
@@ -220,7 +225,8 @@ class StylePipeline:
         return results
 
     def complete(self, request: Request) -> Request:
-        """Fill in what the pipeline decides: model and adapter identity, size, seed, strength and ControlNet."""
+        """Fill in what the pipeline decides: model and adapter identity, size, seed, strength and ControlNet; a
+        blocks spec ``@FILE:NAME`` becomes the spec it names (so the image records the blocks it was made with)."""
         adapter = self.adapter_ref or self.adapter.path
         for name, mine in (("model", self.model_id), ("adapter", adapter)):
             theirs = getattr(request, name)
@@ -239,6 +245,8 @@ class StylePipeline:
             seed=request.seed if request.seed is not None else secrets.randbits(32),
             strength=modes.default_strength(request),
             controlnet=request.control and control.controlnet_ref(request.control, self.family, request.controlnet),
+            blocks=expand_preset_ref(request.blocks),
+            adapters=tuple(dataclasses.replace(use, blocks=expand_preset_ref(use.blocks)) for use in request.adapters),
         )
 
     def _set_models(self, request: Request) -> list[dict[str, float]]:
@@ -310,10 +318,10 @@ class StylePipeline:
     def _further(self, ref: str) -> LoadedAdapter:
         return self.extras.adapter(ref, self.family, self.denoiser, [self.image_encoder])
 
-    def content_text_tower(self, folder: str | None = None) -> tuple[Any, Any]:
-        """(tokenizer, CLIP text tower) in the image encoder's space, for content prompts and scores: the one named
-        (``folder``, else the pipeline's default), else one of the model's own (SDXL's ``text_encoder_2`` for its
-        ViT-bigG adapter)."""
+    def content_text_tower(self, folder: str | None = None) -> TextTower:
+        """The CLIP text tower (and tokenizer) in the image encoder's space, for content prompts and scores: the one
+        named (``folder``, else the pipeline's default), else one of the model's own (SDXL's ``text_encoder_2`` for
+        its ViT-bigG adapter)."""
         want = self.adapter.image_embed_dim
         folder = folder or self.content_text_encoder
         if folder is not None:
@@ -321,9 +329,46 @@ class StylePipeline:
         for tokenizer, encoder in self.family.content_towers:
             tower = getattr(self.pipe, encoder, None)
             if tower is not None and getattr(tower.config, "projection_dim", None) == want:
-                return getattr(self.pipe, tokenizer), tower
+                return TextTower(getattr(self.pipe, tokenizer), tower)
         raise UserError(f"content prompt needs a CLIP text encoder with {want}-d projection (the image encoder's "
                         "space); pass --content-text-encoder")
+
+    # --- scores ------------------------------------------------------------------------------------------
+    def scorer(self, content_text_encoder: str | None = None, csd: str | Path | CsdModel | None = None) -> Scorer:
+        """A ``Scorer`` on this pipeline's loaded encoders: its image encoder, the CLIP text tower of that space
+        (``content_text_tower``; none when the model has none and none is named: then no text scores), and CSD
+        (a checkpoint file, loaded once, or a loaded ``CsdModel``; none: no CSD score). Made once per choice."""
+        key = (content_text_encoder or self.content_text_encoder,
+               csd.identity if isinstance(csd, CsdModel) else None if csd is None else str(csd))
+        if key not in self._scorers:
+            try:
+                tower: TextTower | None = self.content_text_tower(key[0])
+            except UserError:
+                if key[0] is not None:  # a tower the user named that does not load or fit: say so
+                    raise
+                tower = None
+            model = csd if isinstance(csd, CsdModel) else None if csd is None else self.extras.csd(str(csd))
+            self._scorers[key] = Scorer(self.image_encoder, tower, model, self.device, self.dtype, self.low_memory)
+        return self._scorers[key]
+
+    def score(
+        self,
+        images: Result | Sequence[Image.Image | str | Path],
+        prompt: str | None = None,
+        style: Sequence[StyleRef | str] | StyleRef | str = (),
+        content_prompt: str | None = None,
+        *,
+        csd: str | Path | CsdModel | None = None,
+    ) -> list[Scores]:
+        """The scores of images (see ``scores``): CLIP text against ``prompt``, CLIP style (and CSD with ``csd``)
+        against the ``style`` references, content leak against ``content_prompt``. Given a ``Result``, its
+        request supplies whatever is not given (prompt, style, content prompt, fit, text tower)."""
+        if isinstance(images, Result):
+            request = images.request
+            scorer = self.scorer(request.content_text_encoder, csd)
+            return scorer.score(images.images, prompt if prompt is not None else request.prompt,
+                                style or request.style, content_prompt or request.content_prompt, request.style_fit)
+        return self.scorer(csd=csd).score(images, prompt, style, content_prompt)
 
     # --- the style embedding ----------------------------------------------------------------------
     @property

@@ -391,8 +391,11 @@ def read_png_request(path: str | Path) -> Request:
         raise UserError(f"{path}: {err}") from None
 
 
-def write_png(image: Any, path: str | Path, request: Request, index: int = 0) -> Path:
-    """Save an image with its request in a PNG text chunk, atomically (temp file, then rename)."""
+def write_png(image: Any, path: str | Path, request: Request, index: int = 0,
+              extra: dict[str, str] | None = None) -> Path:
+    """Save an image with its request in a PNG text chunk, atomically (temp file, then rename); ``extra``: more
+    text chunks (the image's scores)."""
     from .atomic import save_png_atomically
 
-    return save_png_atomically(image, path, {PNG_KEY: request.to_json(), PNG_KEY + "-index": str(index)})
+    return save_png_atomically(image, path, {PNG_KEY: request.to_json(), PNG_KEY + "-index": str(index),
+                                             **(extra or {})})
