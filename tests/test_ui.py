@@ -308,7 +308,7 @@ def test_restoring_a_png_holds_its_values_to_the_forms_limits(sdxl, work, tiny, 
         ([], "# nothing\n\n", "auth file LOGINS: holds no USER:PASSWORD line"),
         ([], b"ann:\xff\n", "auth file LOGINS: not UTF-8 text"),
         ([], "MISSING", "auth file LOGINS: no such file"),
-        ([], "x:secret\n" * 200_000, "auth file LOGINS: over 1024 KB"),
+        ([], "x:secret\n" * 200_000, "auth file LOGINS: over 1 MB"),
     ],
 )
 def test_careless_logins_are_one_line_that_never_shows_a_password(tmp_path, pairs, text, message):

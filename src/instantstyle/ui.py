@@ -42,6 +42,7 @@ from .schedulers import SCHEDULERS
 from .scores import Scores
 from .styles import style_settings
 from .sweep import Axes, parse_blocks_list, parse_number_list, render_sweep
+from .textfiles import read_small_text
 
 #: Largest upload gradio accepts (the most pixels an image may have is the app's pixel cap, ``ui --max-pixels``).
 MAX_FILE_SIZE = "25mb"
@@ -750,21 +751,7 @@ def read_auth(pairs: Sequence[str] = (), files: Sequence[str | Path] = ()) -> li
     skipped); a malformed one is a one-line ``UserError`` that never shows the password."""
     found = [("--auth value", pair) for pair in pairs]
     for name in files:
-        path = Path(name).expanduser()
-        try:
-            with path.open("rb") as file:
-                data = file.read(MAX_AUTH_FILE + 1)  # never all of /dev/zero
-            if len(data) > MAX_AUTH_FILE:
-                raise UserError(f"auth file {name}: over {MAX_AUTH_FILE // 1024} KB; it holds USER:PASSWORD lines")
-            text = data.decode("utf-8")
-        except FileNotFoundError:
-            raise UserError(f"auth file {name}: no such file") from None
-        except IsADirectoryError:
-            raise UserError(f"auth file {name}: is a folder") from None
-        except OSError as err:
-            raise UserError(f"auth file {name}: cannot be read ({err.strerror})") from None
-        except UnicodeDecodeError:
-            raise UserError(f"auth file {name}: not UTF-8 text") from None
+        text = read_small_text(name, "auth file", MAX_AUTH_FILE, "USER:PASSWORD lines")  # never all of /dev/zero
         lines = [(f"auth file {name} line {n}", line.strip()) for n, line in enumerate(text.split("\n"), 1)]
         lines = [(where, line) for where, line in lines if line and not line.startswith("#")]
         if not lines:
