@@ -134,3 +134,23 @@ def test_max_pixels_reaches_the_batch_command(cli, tiny, big, tmp_path):
     jobs.write_text(json.dumps({"prompt": "a cat", "style": big}) + "\n")
     code, output = cli("batch", jobs, "-o", tmp_path / "out", "--max-pixels", CAP, "--model", tiny.sdxl)
     assert code == 2 and "jobs.jsonl line 1: style image" in output and "over the limit of 4,096" in output
+
+
+@pytest.mark.parametrize("command", ["score", "probe-blocks"])
+def test_max_pixels_reaches_score_and_probe_blocks_before_a_model_loads(cli, tiny, big, tmp_path, command):
+    models = ["--model", tmp_path / "no-model-needed", "--adapter", tiny.sdxl_adapter]
+    flags = {"score": [big, "--prompt", "a cat"],
+             "probe-blocks": ["--style", big, "--prompt", "a cat", "-o", tmp_path / "probe"]}[command]
+    code, output = cli(command, *flags, *models, "--max-pixels", CAP)
+    assert code == 2 and output.count("\n") == 1 and "80x80 is over the limit of 4,096 pixels" in output, output
+
+
+def test_scores_hold_the_images_they_read_to_the_pipelines_cap(sdxl, tiny, big):
+    """Scored images and style references named by path, through the pipeline's scorer (the UI's and the API's)."""
+    capped = dataclasses.replace(sdxl, runtime=sdxl.runtime.replace(max_pixels=CAP), _scorers={})
+    scorer = capped.scorer()
+    with pytest.raises(UserError, match="^image .* over the limit of 4,096 pixels"):
+        scorer.score([big], "a cat")
+    with pytest.raises(UserError, match="^style image .* over the limit of 4,096 pixels"):
+        scorer.score([str(tiny.content_image)], "a cat", style=big)
+    assert scorer.score([str(tiny.content_image)], "a cat", style=str(tiny.content_image))[0].clip_style is not None

@@ -376,6 +376,7 @@ def _score(params: dict[str, Any]) -> None:
 
     if not params["images"]:
         raise UserError("give the images to score: instantstyle score IMAGE... --prompt TEXT --style REF")
+    runtime = runtime_from(params)  # its pixel cap holds for every image read here
     for name in ("prompt", "content_prompt"):
         if params[name] is not None and not params[name].strip():
             raise UserError(f"--{name.replace('_', '-')} is empty")
@@ -387,10 +388,10 @@ def _score(params: dict[str, Any]) -> None:
             if not Path(ref.path).is_file():
                 raise UserError(f"style file {ref.path}: no such file")
         else:
-            load_image(ref.path, "style image")
+            load_image(ref.path, "style image", runtime.max_pixels)
     pictures, saved = [], []
     for path in params["images"]:
-        pictures.append(load_image(path, "image"))
+        pictures.append(load_image(path, "image", runtime.max_pixels))
         with Image.open(path) as image:  # readable: load_image said so
             saved.append(read_png_request(path) if PNG_KEY in image.info else None)
     wanted: list[tuple[str | None, tuple[StyleRef, ...], str | None, str]] = []
@@ -414,7 +415,7 @@ def _score(params: dict[str, Any]) -> None:
         check_csd_path(params["csd"])
     if not params["debug"]:
         quiet_libraries()
-    scorer = load_scorer(adapter, runtime_from(params), model=model,
+    scorer = load_scorer(adapter, runtime, model=model,
                          image_encoder=models["image_encoder"], content_text_encoder=models["content_text_encoder"],
                          csd=params["csd"])
     scores = [scorer.score([picture], *against)[0] for picture, against in zip(pictures, wanted, strict=True)]
@@ -452,7 +453,8 @@ def _shared(name: str, saved: Sequence[Request | None]) -> str | None:
               "csd_style.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line, instead of a table.")
 @runtime_options(exclude=[name for name, _, _ in RUNTIME_OPTIONS if name not in ("device", "dtype",
-                                                                                  "single_file_config", "debug")])
+                                                                                  "single_file_config", "max_pixels",
+                                                                                  "debug")])
 def score(**params: Any) -> None:
     """Score images: CLIP text (prompt fidelity), CLIP style, content leak, CSD style; cosines in [-1, 1].
 
@@ -709,7 +711,9 @@ def _probe_blocks(params: dict[str, Any]) -> None:
     given.setdefault("model", DEFAULT_MODEL)
     given.setdefault("adapter", DEFAULT_ADAPTER)
     base = Request(params["probe_prompts"][0], style=styles, **given)
-    check_request(base)
+    runtime = runtime_from(params)
+    check_request(base, runtime.max_pixels)
+    check_runtime(base, runtime)
     if params["csd"] is not None:
         check_csd_path(params["csd"])
     folder = Path(params["output"]).expanduser()
@@ -724,7 +728,7 @@ def _probe_blocks(params: dict[str, Any]) -> None:
     output_paths(str(folder / PROBE_FILES[0]), 1, overwrite=True)  # the folder can be made and written
     if not params["debug"]:
         quiet_libraries()
-    pipe = load_pipeline(base, runtime_from(params), ["all"])
+    pipe = load_pipeline(base, runtime, ["all"])
     scorer = pipe.scorer(base.content_text_encoder, params["csd"])
     blocks = list_blocks(pipe.layers, pipe.arch)
     jobs = probe_requests(pipe.complete(base), blocks, styles, params["probe_prompts"], contents)

@@ -149,7 +149,7 @@ def load_scorer(adapter: str, runtime: Runtime, *, model: str | None = None, ima
     encoder.model.to(device)  # type: ignore[arg-type]  # transformers types .to loosely
     if tower is not None:
         tower.model.to(device)
-    return Scorer(encoder, tower, csd_model)
+    return Scorer(encoder, tower, csd_model, max_pixels=runtime.max_pixels)
 
 
 def model_text_tower(model: str, want: int, dtype: torch.dtype, config: str | None = None) -> TextTower | None:

@@ -352,7 +352,8 @@ class StylePipeline:
                     raise
                 tower = None
             model = csd if isinstance(csd, CsdModel) else None if csd is None else self.extras.csd(str(csd))
-            self._scorers[key] = Scorer(self.image_encoder, tower, model, self.device, self.dtype, self.low_memory)
+            self._scorers[key] = Scorer(self.image_encoder, tower, model, self.device, self.dtype, self.low_memory,
+                                          self.runtime.max_pixels)
         return self._scorers[key]
 
     def score(
