@@ -383,14 +383,62 @@ def test_the_sweep_tab_scores_its_cells_and_returns_the_plot_and_csv(sdxl, work,
     assert "scores" in json.loads(Image.open(sheet).info[SHEET_KEY])
 
 
-def test_the_blocks_field_takes_a_typed_spec_or_a_presets_reference(sdxl, work, tiny, tmp_path):
-    write_presets(tmp_path / "p.json", {"mine": "up_blocks.0.attentions.1=0.5"})
-    request = ui.form_request(work, form([str(tiny.style_image)], blocks=f"@{tmp_path / 'p.json'}:mine"))
+def test_the_blocks_field_takes_a_typed_spec_or_a_presets_reference(sdxl, tiny, tmp_path, models_dir):
+    write_presets(models_dir / "p.json", {"mine": "up_blocks.0.attentions.1=0.5"})
+    work = ui.Workdir(tmp_path / "ui", models_dirs=[models_dir])
+    request = ui.form_request(work, form([str(tiny.style_image)], blocks="@p.json:mine"))
     assert sdxl(request).request.blocks == "up_blocks.0.attentions.1=0.5"
     app = ui.App(ui.PipelineHolder(sdxl), work)
-    assert [r for r in app.load_blocks(request.blocks) if r[1]] == [["up_blocks.0.attentions.1", 0.5]]
+    for spec in ("@p.json:mine", request.blocks):
+        assert [r for r in app.load_blocks(spec) if r[1]] == [["up_blocks.0.attentions.1", 0.5]]
     with pytest.raises(UserError, match="no preset 'other'"):
-        app.generate(form([str(tiny.style_image)], blocks=f"@{tmp_path / 'p.json'}:other"), no_progress)
+        app.generate(form([str(tiny.style_image)], blocks="@p.json:other"), no_progress)
+
+
+def test_the_page_reads_presets_files_only_from_the_models_folders(sdxl, tiny, tmp_path, models_dir):
+    """A presets file outside the folders is never opened, whichever field names it: the message is the one for a
+    missing file, never the names of the presets it holds."""
+    write_presets(tmp_path / "secret.json", {"hidden": "up_blocks.0.attentions.1"})
+    work = ui.Workdir(tmp_path / "ui", models_dirs=[models_dir])
+    app = ui.App(ui.PipelineHolder(sdxl), work)
+    ref = f"@{tmp_path / 'secret.json'}:nope"
+    png = write_png(Image.new("RGB", (64, 64)), tmp_path / "crafted.png",
+                    Request("a cat", style=str(tiny.style_image), blocks=ref))
+    attempts = [lambda: ui.form_request(work, form([str(tiny.style_image)], blocks=ref)),
+                lambda: app.load_blocks(ref),
+                lambda: app.sweep({**form([str(tiny.style_image)]), "sweep_blocks": f"style; {ref}",
+                                   "sweep_scales": "1", "sweep_content_scales": ""}, no_progress),
+                lambda: app.restore(str(png))]
+    for attempt in attempts:
+        with pytest.raises(UserError, match=r"presets file .*secret.json: not found in the models folders") as err:
+            attempt()
+        assert "hidden" not in str(err.value)
+
+
+def test_a_presets_file_in_a_models_folder_is_read_safely(tmp_path, models_dir):
+    """Garbage, a folder or a huge file where a presets file should be: one line naming it as the visitor did."""
+    (models_dir / "garbage.json").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    (models_dir / "folder.json").mkdir()
+    with open(models_dir / "huge.json", "wb") as file:
+        file.truncate(2**31)  # sparse: 2 GB that are never read whole
+    work = ui.Workdir(tmp_path / "ui", models_dirs=[models_dir])
+    for name, message in [("garbage.json", "not UTF-8 text"), ("folder.json", "is a folder"),
+                          ("huge.json", "over 1 MB")]:
+        with pytest.raises(UserError, match=f"^presets file {name}: {message}") as err:
+            work.blocks_spec(f"@{name}:style")
+        assert str(models_dir) not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_hidiffusion_checkbox_restores_and_takes_only_true_or_false(sdxl, work, tiny, tmp_path):
+    png = write_png(Image.new("RGB", (64, 64)), tmp_path / "hi.png",
+                    Request("a cat", style=str(tiny.style_image), hidiffusion=True))
+    app = ui.App(ui.PipelineHolder(sdxl), work)
+    with pytest.warns(UserWarning):  # the style image was not uploaded to this page
+        assert dict(zip(ui.FIELDS, app.restore(str(png)), strict=True))["hidiffusion"] is True
+    assert ui.form_request(work, form([str(tiny.style_image)], hidiffusion=True)).hidiffusion is True
+    for value in ("false", 1, "yes"):  # what an API client might send
+        with pytest.raises(UserError, match="hidiffusion must be true or false"):
+            ui.form_request(work, form([str(tiny.style_image)], hidiffusion=value))
 
 
 # --- the command -------------------------------------------------------------------------------------

@@ -842,8 +842,8 @@ def _ui(params: dict[str, Any]) -> None:
 @click.option("--auth", multiple=True, metavar="USER:PASSWORD", help="Require a login (repeat for more users; "
               "--auth-file keeps passwords out of the process list).")
 @click.option("--auth-file", multiple=True, metavar="FILE", help="Logins, one USER:PASSWORD per line.")
-@click.option("--models-dir", multiple=True, metavar="DIR", help="A folder the page may read LoRA files and "
-              "ControlNet folders from (repeatable; none by default).")
+@click.option("--models-dir", multiple=True, metavar="DIR", help="A folder the page may read LoRA files, "
+              "ControlNet folders and presets files (--blocks @FILE:NAME) from (repeatable; none by default).")
 @click.option("--csd", default=None, help="CSD checkpoint: images are also scored by csd_style.")
 @runtime_options(exclude=("keep_all_weights",))  # the page keeps every weight: any blocks per request
 def ui(**params: Any) -> None:

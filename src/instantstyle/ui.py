@@ -30,7 +30,7 @@ import numpy as np
 from gradio.data_classes import FileData
 from PIL import Image
 
-from .blocks import list_blocks, resolve_blocks
+from .blocks import expand_preset_ref, is_preset_ref, list_blocks, resolve_blocks, split_preset_ref
 from .embeddings import load_style
 from .errors import UserError
 from .families import all_families
@@ -117,8 +117,8 @@ def _file_path(item: Any) -> str:
 
 class Workdir:
     """The server's files as the page sees them: where the app keeps what it makes (``inputs/``: uploads, by
-    content hash; ``outputs/``), the operator's models folders it may read LoRAs and ControlNets from
-    (``ui --models-dir``; none by default), and the pixel cap on every image a visitor sends."""
+    content hash; ``outputs/``), the operator's models folders it may read LoRAs, ControlNets and presets files
+    from (``ui --models-dir``; none by default), and the pixel cap on every image a visitor sends."""
 
     def __init__(self, root: str | Path, models_dirs: Sequence[str | Path] = (), max_pixels: int = MAX_PIXELS) -> None:
         self.root = Path(root).expanduser().resolve()
@@ -160,10 +160,10 @@ class Workdir:
         return str(kept)
 
     def model_path(self, what: str, ref: str, defaults: frozenset[str] = frozenset()) -> str:
-        """A LoRA file or ControlNet folder named in the page: ``ref`` inside one of the models folders (a path in
-        one, or relative to one), as an absolute path; one of ``defaults`` as it is. Anything else (missing, outside
-        the folders, a hub id, ``..``) gets the same message, so the page tells a visitor nothing about the
-        server's other files."""
+        """A LoRA file, ControlNet folder or presets file named in the page: ``ref`` inside one of the models folders
+        (a path in one, or relative to one), as an absolute path; one of ``defaults`` as it is. Anything else
+        (missing, outside the folders, a hub id, ``..``) gets the same message, so the page tells a visitor nothing
+        about the server's other files."""
         if ref in defaults:
             return ref
         if ".." not in Path(ref).parts:
@@ -174,6 +174,18 @@ class Workdir:
         where = "the models folders this page may read" if self.models_dirs else "any models folder (none is allowed)"
         raise UserError(f"{what} {ref}: not found in {where}; the server's operator allows folders with "
                         "`instantstyle ui --models-dir DIR`")
+
+    def blocks_spec(self, spec: str) -> str:
+        """A blocks spec from the page, with ``@FILE:NAME`` expanded to the blocks it names: FILE is read only from
+        the models folders, as LoRAs are (``model_path``), and errors name it as the visitor gave it."""
+        if not is_preset_ref(spec):
+            return spec
+        file, name = split_preset_ref(spec)
+        path = self.model_path("presets file", file)
+        try:
+            return expand_preset_ref(f"@{path}:{name}")
+        except UserError as err:
+            raise UserError(str(err).replace(path, file)) from None
 
     def owns(self, path: str) -> bool:
         """Whether a path from a restored request is one of this app's kept uploads (never serve others)."""
@@ -318,6 +330,12 @@ def _upload(label: str, elem_id: str) -> Callable[[Any], Any]:
     return lambda value: gr.File(value, label=label, file_types=["image"], elem_id=elem_id)
 
 
+def _checkbox(value: Any) -> Any:
+    """A checkbox's value as sent (``None``: unticked); anything but true/false is left for ``Request`` to refuse,
+    never read as its truthiness (an API client's ``"false"``)."""
+    return False if value is None else value
+
+
 def _or_none(value: Any) -> str | None:
     return (value or "").strip() or None
 
@@ -388,7 +406,7 @@ FORM: tuple[Field, ...] = (
         elem_id="mask-paint"))),
     Field("hidiffusion", False, lambda value: gr.Checkbox(value=value, label="HiDiffusion: for sizes above the "
                                                           "model's own (SDXL: 2048 px and up)", elem_id="hidiffusion"),
-          bool, bool),
+          _checkbox, bool),
 )
 #: The form's field names, in the order every handler (and the API) takes them.
 FIELDS = tuple(f.name for f in FORM)
@@ -421,8 +439,7 @@ def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
         raise UserError(f"{len(weights)} style weights for {len(files)} style files")
     style = tuple(StyleRef(workdir.keep_upload(f, "style image"), w) for f, w in zip(files, weights, strict=True))
     blocks = values.get("blocks", "style")
-    if blocks == CUSTOM:
-        blocks = spec_from_rows(values.get("block_table"))
+    blocks = spec_from_rows(values.get("block_table")) if blocks == CUSTOM else workdir.blocks_spec(blocks)
 
     def kept(name: str, what: str) -> str | None:
         item = values.get(name)
@@ -484,7 +501,8 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
         style=[ref.path for ref in kept] or None,
         style_weights=", ".join(f"{ref.weight:g}" for ref in kept) if any(r.weight != 1 for r in kept) else "",
         blocks=preset,
-        block_table=rows_from_spec(pipe, request.blocks) if preset == CUSTOM else block_rows(pipe, preset),
+        block_table=rows_from_spec(pipe, workdir.blocks_spec(request.blocks)) if preset == CUSTOM
+        else block_rows(pipe, preset),
         content_image=own(request.content_image),
         seed=request.seed or 0,
         randomize_seed=request.seed is None,
@@ -577,7 +595,7 @@ class App:
     def sweep(self, values: dict[str, Any], progress: Any) -> tuple[str, list[tuple[str, str]], list[str]]:
         """Render a labelled sheet over blocks x scale (x content scale) with the form's other settings."""
         contents = (values["sweep_content_scales"] or "").strip()
-        axes = Axes(parse_blocks_list(values["sweep_blocks"] or ""),
+        axes = Axes(tuple(self.work.blocks_spec(spec) for spec in parse_blocks_list(values["sweep_blocks"] or "")),
                     parse_number_list("scale", values["sweep_scales"] or ""),
                     parse_number_list("content scale", contents) if contents else ())
         pipe = self.holder.get()
@@ -655,7 +673,7 @@ class App:
 
     def load_blocks(self, spec: str) -> Any:
         """The per-block table for the blocks field: a preset, a typed spec or ``@FILE:NAME``."""
-        return rows_from_spec(self.holder.get(), spec) if spec and spec != CUSTOM else gr.skip()
+        return rows_from_spec(self.holder.get(), self.work.blocks_spec(spec)) if spec and spec != CUSTOM else gr.skip()
 
     def describe_pipeline(self) -> str:
         pipe = self.holder.get()
