@@ -214,6 +214,17 @@ def test_the_ui_with_an_uncached_model_without_network_is_one_line(hub_at, capsy
     assert '`hf download h94/IP-Adapter --include "sdxl_models/*"`' in err and server.connections == 1
 
 
+@pytest.mark.parametrize("command", ["score", "probe-blocks"])
+def test_score_and_probe_blocks_without_network_name_every_missing_download_in_one_line(hub_at, capsys, tiny,
+                                                                                          tmp_path, command):
+    server = hub_at(status=None)
+    args = {"score": [tiny.style_image, "--prompt", "a cat"],
+            "probe-blocks": ["--style", tiny.style_image, "--prompt", "a cat", "-o", tmp_path / "probe"]}[command]
+    code, _, err = run(capsys, command, *args)
+    assert code == 2 and err.count("\n") == 1 and "`hf download stabilityai/stable-diffusion-xl-base-1.0`" in err
+    assert '`hf download h94/IP-Adapter --include "sdxl_models/*"`' in err and server.connections == 1
+
+
 def test_offline_mode_set_asks_nothing_and_says_so(hub_at, capsys, monkeypatch, tiny, tmp_path):
     server = hub_at(status=200)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

@@ -208,3 +208,8 @@ def test_pipeline_score_loads_a_csd_file_once_and_adds_csd_style(sdxl, tiny, tmp
     scores = sdxl.score([tiny.content_image], "a house", style=str(tiny.style_image), csd=checkpoint)[0]
     assert scores.csd_style is not None and scores.clip_text is not None
     assert sdxl.scorer(csd=checkpoint) is sdxl.scorer(csd=checkpoint)
+
+
+def test_an_absurd_prompt_to_score_against_is_one_line_before_tokenizing(sdxl, tiny):
+    with pytest.raises(UserError, match=r"^content prompt is 10,001 characters; the most is 10,000"):
+        sdxl.scorer().score([str(tiny.content_image)], "a cat", content_prompt="x" * 10_001)

@@ -250,6 +250,7 @@ def test_cli_sweep_without_scores_writes_no_plot_csv_or_captions(tiny, tmp_path)
     (["--csd", "x.pth", "--no-score"], "--csd needs the scores"),
     (["--csd", "missing.pth"], "CSD checkpoint missing.pth: no such file"),
     (["--pick", "--pick-style-floor", "1.5"], "1.5 is not in the range 0<=x<=1"),
+    (["--pick", "--pick-style-floor", "nan"], "--pick-style-floor must be between 0 and 1, got nan"),
 ])
 def test_cli_sweep_bad_score_flags_are_one_line_and_exit_2(capsys, tiny, tmp_path, args, message):
     from instantstyle.cli import entry

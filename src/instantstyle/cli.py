@@ -22,7 +22,7 @@ from .hub import require_hub
 from .images import MAX_PIXELS, PIL_PIXEL_LIMIT
 from .logs import quiet_libraries
 from .preflight import check_blocks, check_request, check_runtime
-from .request import AdapterUse, LoraRef, Request, StyleRef, read_png_request, write_png
+from .request import AdapterUse, LoraRef, Request, StyleRef, check_prompt, read_png_request, write_png
 from .runtime import (
     COMPILE_BACKENDS,
     DEFAULT_ADAPTER,
@@ -380,6 +380,8 @@ def _score(params: dict[str, Any]) -> None:
     for name in ("prompt", "content_prompt"):
         if params[name] is not None and not params[name].strip():
             raise UserError(f"--{name.replace('_', '-')} is empty")
+        if params[name] is not None:
+            check_prompt(f"--{name.replace('_', '-')}", params[name])
     styles = tuple(StyleRef.parse(text) for text in params["style"])
     if styles:
         Request("", style=styles)  # the weights' checks
@@ -407,6 +409,8 @@ def _score(params: dict[str, Any]) -> None:
     models = {name: params[name] or _shared(name, saved) for name in SCORE_MODELS}
     model = None if models["content_text_encoder"] else models["model"] or DEFAULT_MODEL
     adapter = models["adapter"] or DEFAULT_ADAPTER
+    require_hub(("model", model), ("adapter", adapter), ("image encoder", models["image_encoder"]),
+                ("content text encoder", models["content_text_encoder"]))  # what is missing, in one line, at once
     if model is not None:
         model_source(model)  # shaped like a model, before anything loads
     if is_local_adapter_ref(adapter):
@@ -574,6 +578,8 @@ def _sweep(params: dict[str, Any]) -> None:
         raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
     if not params["score"] and (params["pick"] or params["csd"] is not None):
         raise UserError(f"{'--pick' if params['pick'] else '--csd'} needs the scores; drop --no-score")
+    if not 0 <= params["pick_style_floor"] <= 1:  # click's range lets nan through
+        raise UserError(f"--pick-style-floor must be between 0 and 1, got {params['pick_style_floor']}")
     if params["csd"] is not None:
         check_csd_path(params["csd"])
     runtime = runtime_from(params)

@@ -40,7 +40,7 @@ from .embeddings import (
 )
 from .errors import UserError
 from .images import MAX_PIXELS
-from .request import Request, StyleRef
+from .request import Request, StyleRef, check_prompt
 
 SCORE_KEYS = ("clip_text", "clip_style", "content_leak", "csd_style")
 #: The PNG text chunk holding an image's scores (``generate --score``, ``batch --score``, sweep cells).
@@ -323,6 +323,9 @@ class Scorer:
     ) -> list[Scores]:
         """Score each image against the prompt, the style references (``PATH[:WEIGHT]`` or ``StyleRef``;
         images or style files) and the content prompt. Images and references are encoded alike (``fit``)."""
+        for label, given in (("prompt", prompt), ("content prompt", content_prompt)):
+            if given is not None:
+                check_prompt(label, given)
         pictures = [_as_image(item, self.max_pixels) for item in images]
         style_clip = self.style_embedding(style, fit)
         style_csd = self.csd_embedding(style)
