@@ -373,13 +373,14 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
         raise UserError(f"{name} must be between {low} and {high}, got {value}")
 
 
-def read_png_request(path: str | Path) -> Request:
-    """Read the request stored in a PNG made by instantstyle (``generate --from image.png``)."""
+def read_png_text(path: str | Path, key: str) -> str | None:
+    """The text chunk ``key`` of a PNG (``None``: it has none), or a one-line ``UserError``: missing, not an image,
+    a decompression bomb, or a text chunk that inflates past PIL's limit."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            text = image.info.get(PNG_KEY)
+            text = image.info.get(key)
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as err:
@@ -388,6 +389,12 @@ def read_png_request(path: str | Path) -> Request:
         raise UserError(f"{path}: refused as a possible decompression bomb ({err})") from None
     except ValueError as err:  # PIL's cap on inflating text chunks (zTXt/iTXt)
         raise UserError(f"{path}: a text chunk is too large to read ({err})") from None
+    return text if isinstance(text, str) else None
+
+
+def read_png_request(path: str | Path) -> Request:
+    """Read the request stored in a PNG made by instantstyle (``generate --from image.png``)."""
+    text = read_png_text(path, PNG_KEY)
     if text is None:
         raise UserError(f"{path}: carries no instantstyle parameters")
     try:

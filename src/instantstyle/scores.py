@@ -40,7 +40,7 @@ from .embeddings import (
 )
 from .errors import UserError
 from .images import MAX_PIXELS
-from .request import Request, StyleRef, check_prompt
+from .request import Request, StyleRef, check_prompt, read_png_text
 
 SCORE_KEYS = ("clip_text", "clip_style", "content_leak", "csd_style")
 #: The PNG text chunk holding an image's scores (``generate --score``, ``batch --score``, sweep cells).
@@ -134,8 +134,7 @@ CAPTION_ORDER = ("clip_style", "csd_style", "clip_text", "content_leak")
 
 def read_png_scores(path: str | Path) -> Scores | None:
     """The scores stored in a PNG by ``write_png`` (``None``: none stored)."""
-    with Image.open(path) as image:
-        text = image.info.get(PNG_SCORES_KEY)
+    text = read_png_text(path, PNG_SCORES_KEY)
     return None if text is None else Scores.from_dict(safe_json.loads(text))
 
 
