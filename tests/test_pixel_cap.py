@@ -147,7 +147,7 @@ def test_max_pixels_reaches_score_and_probe_blocks_before_a_model_loads(cli, tin
 
 def test_scores_hold_the_images_they_read_to_the_pipelines_cap(sdxl, tiny, big):
     """Scored images and style references named by path, through the pipeline's scorer (the UI's and the API's)."""
-    capped = dataclasses.replace(sdxl, runtime=sdxl.runtime.replace(max_pixels=CAP), _scorers={})
+    capped = dataclasses.replace(sdxl, runtime=sdxl.runtime.replace(max_pixels=CAP))
     scorer = capped.scorer()
     with pytest.raises(UserError, match="^image .* over the limit of 4,096 pixels"):
         scorer.score([big], "a cat")

@@ -194,11 +194,13 @@ def test_a_cap_raised_above_the_default_holds_on_every_check_of_the_page(sdxl, t
     from .test_pixel_cap import huge_png
 
     cap = 41_000_000
+    sdxl.scorer()  # a scorer made before, under the default cap, stays with its pipeline
     pipe = dataclasses.replace(sdxl, runtime=sdxl.runtime.replace(max_pixels=cap))  # the CLI gives both the same
     app = ui.App(ui.PipelineHolder(pipe), ui.Workdir(tmp_path / "ui", max_pixels=cap))
     big = huge_png(tmp_path / "big.png", side=6400, whole=True)
     gallery, _, _ = app.generate(form([str(big)]), progress=lambda *a, **k: None)
     assert Image.open(gallery[0][0]).size == (64, 64)
+    assert " · style " in gallery[0][1]  # scored too: the scorer reads the reference under the same cap
 
 
 def mask_painter(max_pixels: int = ui.MAX_PIXELS):

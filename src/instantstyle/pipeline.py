@@ -114,7 +114,7 @@ class StylePipeline:
     extras: Extras = field(init=False, repr=False)  # what requests name besides the base model, loaded once
     _base_scheduler: Any = field(default=None, repr=False)
     _attached: tuple[str, ...] = field(default=(), repr=False)  # the further adapters now in the denoiser
-    _scorers: dict[tuple[str | None, str | None], Scorer] = field(default_factory=dict, repr=False)
+    _scorers: dict[tuple[str | None, str | None], Scorer] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.embeddings = EmbeddingStore(self.device, self.dtype, self.low_memory, self.disk_cache,
