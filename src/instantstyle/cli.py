@@ -132,14 +132,18 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
                     multiple=True),
     _request_option("prompt", "What to paint."),
     _request_option("negative_prompt", "What to avoid."),
-    _request_option("blocks", "style | layout | style+layout | all | NAME[=S],..."),
+    _request_option("blocks", "style | layout | style+layout | all | NAME[=S],... | PREFIX.A-B[=S] (a range) "
+                    "[default: the model's: style on SDXL/SD1.5, all on SD3/FLUX]"),
     _request_option("scale", "Multiplies every selected block's scale.", type=FLOAT),
     _request_option("content_prompt", "Content to subtract from the style (e.g. what the style image shows)."),
     _request_option("content_scale", "How much of the content to subtract.", type=FLOAT),
     _request_option("content_image", "Image whose content to subtract."),
     _request_option("content_text_encoder", "CLIP text model in the image encoder's space (ViT-H adapters)."),
     _request_option("steps", "Denoising steps.", type=INT),
-    _request_option("guidance", "Classifier-free guidance scale.", type=FLOAT),
+    _request_option("guidance", "Classifier-free guidance scale (FLUX.1-dev: the distilled guidance, a model input).",
+                    type=FLOAT),
+    _request_option("true_cfg", "Guidance-distilled models (FLUX.1-dev): above 1, real classifier-free guidance "
+                    "with the negative prompt and a negative image (two passes per step).", type=FLOAT),
     _request_option("seed", "Random seed (default: random, recorded in the PNG).", type=INT),
     _request_option("width", "Image width (default: the model's).", type=INT),
     _request_option("height", "Image height (default: the model's).", type=INT),
@@ -233,15 +237,17 @@ def main() -> None:
     """instantstyle: text-to-image in the style of a reference image (InstantStyle on diffusers)."""
 
 
-def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str]) -> StylePipeline:
-    """Check the blocks specs against the model's config, then load the request's model and adapter."""
+def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str | None]) -> StylePipeline:
+    """Check the blocks specs against the model's config, then load the request's model and adapter (``None``
+    among the specs: the family's default blocks)."""
     from .pipeline import StylePipeline
 
     assert request.model is not None and request.adapter is not None
     check_blocks(request.model, specs, runtime.single_file_config)
+    blocks = ",".join(spec for spec in specs if spec is not None) if None not in specs else None
     return StylePipeline.from_pretrained(
         request.model, request.adapter, runtime, image_encoder=request.image_encoder,
-        content_text_encoder=request.content_text_encoder, blocks=",".join(specs),
+        content_text_encoder=request.content_text_encoder, blocks=blocks,
     )
 
 
@@ -283,26 +289,31 @@ generate.params[4:4] = [option for _, option in REQUEST_OPTIONS]  # after --from
 @click.option("--single-file-config", default=None)
 @click.option("--debug", is_flag=True)
 def blocks(model: str | None, single_file_config: str | None, debug: bool) -> None:
-    """List a model's attention blocks: name, layer count, presets that use it."""
+    """List a model's attention blocks the adapter reaches: name, layer count, presets that use it."""
 
     def body() -> None:
         from .blocks import list_blocks
-        from .preflight import model_layers
+        from .preflight import model_denoiser
 
         name = model or DEFAULT_MODEL
-        family, layers = model_layers(name, single_file_config)
-        if not layers:  # a single file without configs: load it to see its denoiser
+        family, denoiser = model_denoiser(name, single_file_config)
+        if denoiser is None:  # a single file without configs: load it to see its denoiser
             import torch
 
             from .loader import load_base_pipeline
 
-            layers = family.layers(family.denoiser_of(load_base_pipeline(name, torch.float32)))
-        click.echo(f"{name} ({family.name}): {len(layers)} cross-attention layers")
+            denoiser = family.denoiser_of(load_base_pipeline(name, torch.float32))
+        layers = family.layers(denoiser)
+        click.echo(f"{name} ({family.name}): {len(layers)} attention layers take image features; default "
+                   f"blocks: {family.default_blocks}")
         rows = list_blocks(layers, family)
         width = max(len(r.name) for r in rows)
         click.echo(f"{'block':<{width}}  layers  presets")
         for row in rows:
             click.echo(f"{row.name:<{width}}  {row.layers:>6}  {', '.join(row.presets)}")
+        note = family.blocks_note(denoiser) if family.blocks_note is not None else None
+        if note:
+            click.echo(note)
 
     run_cli(body, debug)
 

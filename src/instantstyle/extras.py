@@ -3,6 +3,7 @@ estimators, further IP-Adapters (with their image encoders) and CLIP text towers
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,17 @@ from .errors import UserError
 from .families import Family
 from .hub import find_image_encoder, resolve_adapter_file
 from .styles import LoadedAdapter
+
+
+def has_clip_text_tower(folder: Path) -> bool:
+    """Whether a model folder is a whole CLIP model (both towers and a tokenizer), like
+    openai/clip-vit-large-patch14: then its text tower shares the image tower's space."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(config, dict) and config.get("model_type") == "clip" and "text_config" in config
+            and any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json")))
 
 
 @dataclass
@@ -53,7 +65,7 @@ class Extras:
             if encoder is None:
                 encoder = load_image_encoder(folder, self.dtype)
                 encoder.model.to(self.device)  # type: ignore[arg-type]  # transformers types .to loosely
-            self.adapters[ref] = LoadedAdapter(replace(weights, state_dict={}), encoder)
+            self.adapters[ref] = LoadedAdapter(replace(weights, state_dict={}), encoder, family.negative_image)
         return self.adapters[ref]
 
     def text_tower(self, folder: str, want: int) -> tuple[Any, Any]:

@@ -44,9 +44,10 @@ class Loaded:
 
 
 def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | None = None,
-         blocks: str = "style") -> Loaded:
-    """Load base model, adapter and image encoder; keep adapter weights only for ``blocks`` (unless
-    ``runtime.keep_all_weights``), then place everything (device, device map or offload; compile)."""
+         blocks: str | None = None) -> Loaded:
+    """Load base model, adapter and image encoder; keep adapter weights only for ``blocks`` (``None``: the family's
+    default; all of them with ``runtime.keep_all_weights``), then place everything (device, device map or offload;
+    compile)."""
     check_diffusers()  # before minutes of loading: the adapter edits need the diffusers they were verified with
     cache = EmbeddingCache.open(runtime.cache_dir) if runtime.cache_dir else None
     device = runtime.placement()

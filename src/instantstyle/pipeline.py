@@ -31,7 +31,7 @@ from .adapter import AdapterWeights, attach_adapters, read_adapter
 from .cache import EmbeddingCache
 from .embeddings import ImageEncoder
 from .errors import UserError
-from .extras import Extras
+from .extras import Extras, has_clip_text_tower
 from .families import Family
 from .hub import resolve_adapter_file
 from .lora import apply_loras
@@ -117,10 +117,11 @@ class StylePipeline:
         *,
         image_encoder: str | None = None,
         content_text_encoder: str | None = None,
-        blocks: str = "style",
+        blocks: str | None = None,
         **options: Any,
     ) -> StylePipeline:
-        """The one loader: base model, adapter (weights kept only for ``blocks`` unless the runtime keeps all)
+        """The one loader: base model, adapter (weights kept only for ``blocks``, ``None`` being the family's
+        default, unless the runtime keeps all)
         and image encoder, placed as ``runtime`` says. ``options`` are ``Runtime`` fields overriding it
         (``device="cpu"``, ``offload="model"``, ``low_memory=True``, ``cache_dir=...``); see ``runtime``."""
         runtime = (runtime or Runtime()).replace(**options)
@@ -165,6 +166,7 @@ class StylePipeline:
         slots = self._set_models(request)
         kwargs = self._call_kwargs(request, slots)
         pipe = modes.mode_pipeline(self.pipe, self.family, request, self.controlnet(request))
+        kwargs = modes.fit_call(pipe, kwargs, request)
         guards.warn_if_prompts_truncated(pipe, request)
         never_nan = guards.refuse_nonfinite(self.pipe.vae, guards.nonfinite_cause(self.dtype, request))
         return Prepared(request, pipe, kwargs, [never_nan])
@@ -192,7 +194,7 @@ class StylePipeline:
         batch = {
             "prompt": [r.prompt for r in done for _ in range(r.num_images)],
             "negative_prompt": [r.negative_prompt for r in done for _ in range(r.num_images)]
-            if done[0].negative_prompt else None,
+            if prepared.kwargs.get("negative_prompt") is not None else None,
             "num_images_per_prompt": 1,
             "latents": torch.cat([self.family.draw_latents(self.pipe, r, self.device, self.dtype) for r in done]),
         }
@@ -215,10 +217,14 @@ class StylePipeline:
             if name == "model" or resolve_adapter_file(theirs) != Path(self.adapter.path):
                 raise UserError(f"request is for {name} {theirs!r} but this pipeline has {mine!r}")
         default = self.family.native_size(self.pipe)
-        width, height = modes.init_size(request, default) or (default, default)
+        width, height = modes.init_size(request, default, self.family.size_multiple) or (default, default)
+        blocks = self.family.default_blocks
         return request.replace(
             model=request.model or self.model_id,
             adapter=request.adapter or adapter,
+            blocks=blocks if request.blocks is None else request.blocks,
+            adapters=tuple(a if a.blocks is not None else dataclasses.replace(a, blocks=blocks)
+                           for a in request.adapters),
             width=request.width or width,
             height=request.height or height,
             seed=request.seed if request.seed is not None else secrets.randbits(32),
@@ -265,7 +271,7 @@ class StylePipeline:
             "prompt": request.prompt,
             "negative_prompt": request.negative_prompt or None,
             "num_inference_steps": request.steps,
-            "guidance_scale": request.guidance,
+            **self.family.guidance_kwargs(request),
             "num_images_per_prompt": request.num_images,
             "generator": torch.Generator("cpu").manual_seed(request.seed),
             **self.image_embeds_kwargs(request),
@@ -298,7 +304,8 @@ class StylePipeline:
     def content_text_tower(self, folder: str | None = None) -> tuple[Any, Any]:
         """(tokenizer, CLIP text tower) in the image encoder's space, for content prompts and scores: the one named
         (``folder``, else the pipeline's default), else one of the model's own (SDXL's ``text_encoder_2`` for its
-        ViT-bigG adapter)."""
+        ViT-bigG adapter), else the image encoder's own CLIP repository's (openai/clip-vit-large-patch14 holds
+        both towers: XLabs' FLUX adapters)."""
         want = self.adapter.image_embed_dim
         folder = folder or self.content_text_encoder
         if folder is not None:
@@ -307,13 +314,16 @@ class StylePipeline:
             tower = getattr(self.pipe, encoder, None)
             if tower is not None and getattr(tower.config, "projection_dim", None) == want:
                 return getattr(self.pipe, tokenizer), tower
+        own = Path(self.image_encoder.identity)
+        if has_clip_text_tower(own):
+            return self.extras.text_tower(str(own), want)
         raise UserError(f"content prompt needs a CLIP text encoder with {want}-d projection (the image encoder's "
                         "space); pass --content-text-encoder")
 
     # --- the style embedding ----------------------------------------------------------------------
     @property
     def main_adapter(self) -> LoadedAdapter:
-        return LoadedAdapter(self.adapter, self.image_encoder)
+        return LoadedAdapter(self.adapter, self.image_encoder, self.family.negative_image)
 
     def encode(self, path: str, fit: str = "crop") -> torch.Tensor:
         """One reference image's embedding for the main adapter (cached by content; see ``EmbeddingStore``)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .blocks import parse_spec, resolve_blocks
 from .errors import UserError
@@ -42,7 +43,8 @@ def check_request(request: Request) -> None:
         if folder is not None and folder.startswith((".", "/", "~")) and not Path(folder).expanduser().is_dir():
             raise UserError(f"{name.replace('_', ' ')} {folder}: no such folder")
     for spec in (request.blocks, *(use.blocks for use in request.adapters)):
-        parse_spec(spec)
+        if spec is not None:  # None: the family's default
+            parse_spec(spec)
     check_mode_inputs(request)
     for lora in request.lora:
         check_lora_file(lora.path)
@@ -74,13 +76,20 @@ def model_layers(model: str, single_file_config: str | None = None) -> tuple[Fam
     """(family, injectable layers) of a model from its denoiser's config alone, without weights: cheap enough to
     check blocks specs before loading. A single file without ``single_file_config`` gives its family and no layers
     (they are known only after loading)."""
+    family, denoiser = model_denoiser(model, single_file_config)
+    return family, family.layers(denoiser) if denoiser is not None else []
+
+
+def model_denoiser(model: str, single_file_config: str | None = None) -> tuple[Family, Any]:
+    """(family, denoiser built on the meta device from its config: no weights) of a model; a single file without
+    ``single_file_config`` gives its family and ``None``."""
     import diffusers
     from accelerate import init_empty_weights
 
     source = model_source(model)
     if isinstance(source, Path) and source.is_file():
         if single_file_config is None:
-            return checkpoint_family(source), []
+            return checkpoint_family(source), None
         source = Path(single_file_config).expanduser()
     try:
         index = diffusers.DiffusionPipeline.load_config(str(source))
@@ -96,11 +105,10 @@ def model_layers(model: str, single_file_config: str | None = None) -> tuple[Fam
         raise hub_error("model", model, err) from None
     family = family_of_denoiser(class_name, config, f"model {model}")
     with init_empty_weights():
-        denoiser = cls.from_config(config)
-    return family, family.layers(denoiser)
+        return family, cls.from_config(config)
 
 
-def check_blocks(model: str, specs: Sequence[str], single_file_config: str | None = None) -> None:
+def check_blocks(model: str, specs: Sequence[str | None], single_file_config: str | None = None) -> None:
     """Every blocks spec names blocks the model has (read from its config; skipped for a bare single file)."""
     family, layers = model_layers(model, single_file_config)
     if layers:

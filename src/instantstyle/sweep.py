@@ -111,7 +111,7 @@ def sweep_requests(base: Request, axes: Axes) -> list[list[Request]]:
 
 def cell_name(stem: str, request: Request, axes: Axes) -> str:
     """File name of one cell: ``sheet-style-s0.7.png`` (with ``-c0.5`` when content scales vary)."""
-    slug = re.sub(r"[^A-Za-z0-9+.]+", "_", request.blocks).strip("_")
+    slug = re.sub(r"[^A-Za-z0-9+.]+", "_", request.blocks or "default").strip("_")
     name = f"{stem}-{slug}-s{_num(request.scale)}"
     if axes.content_scales:
         name += f"-c{_num(request.content_scale)}"

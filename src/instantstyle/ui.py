@@ -42,6 +42,7 @@ from .sweep import Axes, parse_blocks_list, parse_number_list, render_sweep
 #: Largest upload gradio accepts (the most pixels an image may have is the core's MAX_PIXELS, about 8k x 5k).
 MAX_FILE_SIZE = "25mb"
 CUSTOM = "custom"
+MODEL_BLOCKS = "model's default"  # the request names no blocks: the family's default (style; all on SD3/FLUX)
 NO_CONTROL = "none"
 READY_CONTROL = "ready control image"  # the control upload is the control image itself (needs a ControlNet)
 DEFAULT_SCHEDULER = "model's own"
@@ -169,6 +170,7 @@ def check_pixels(path: str | Path, what: str) -> None:
 
 def block_rows(pipe: StylePipeline, preset: str) -> list[list[Any]]:
     """The per-block editor's rows for a preset: every attention block with scale 1 if the preset uses it."""
+    preset = pipe.family.default_blocks if preset == MODEL_BLOCKS else preset
     return [[row.name, 1.0 if preset in row.presets else 0.0] for row in list_blocks(pipe.layers, pipe.arch)]
 
 
@@ -262,8 +264,8 @@ FORM: tuple[Field, ...] = (
     Field("prompt", "", _text("Prompt", "prompt", lines=2), _or_empty, _or_empty, required=True),
     Field("style_weights", "", _text("Style weights (comma separated, blank: equal)", "weights")),
     Field("negative_prompt", "", _text("Negative prompt", "negative"), _or_empty, _or_empty),
-    Field("blocks", "style", lambda value: gr.Dropdown([*PRESET_NAMES, CUSTOM], value=value, label="Blocks",
-                                                       elem_id="blocks")),
+    Field("blocks", MODEL_BLOCKS, lambda value: gr.Dropdown([MODEL_BLOCKS, *PRESET_NAMES, CUSTOM], value=value,
+                                                            label="Blocks", elem_id="blocks")),
     Field("block_table", None, lambda value: gr.Dataframe(value, headers=["block", "scale"],
                                                           datatype=["str", "number"], static_columns=[0],
                                                           label="Per-block scales", elem_id="block-table")),
@@ -276,6 +278,8 @@ FORM: tuple[Field, ...] = (
     Field("randomize_seed", True, lambda value: gr.Checkbox(value=value, label="Randomize seed", elem_id="randomize")),
     Field("steps", 30, _slider(1, 100, 1, "Steps", "steps"), lambda v: _whole("steps", v), int),
     Field("guidance", 5.0, _slider(0, 20, 0.5, "Guidance"), float, float),
+    Field("true_cfg", 1.0, _slider(1, 10, 0.5, "True CFG (FLUX.1-dev: above 1 uses the negative prompt)", "true-cfg"),
+          float, float),
     Field("width", 0, _number("Width (0 = model's)", "width"), _optional_whole("width"), lambda v: v or 0),
     Field("height", 0, _number("Height (0 = model's)", "height"), _optional_whole("height"), lambda v: v or 0),
     Field("num_images", 1, _slider(1, 8, 1, "Images"), lambda v: _whole("number of images", v), int),
@@ -309,7 +313,7 @@ LAYOUT: tuple[tuple[str | None, tuple[str | tuple[str, ...], ...]], ...] = (
     ("Image modes: img2img, inpainting, ControlNet",
      ("init_image", "strength", "mask", "mask_paint", ("control", "control_scale"), "control_image", "controlnet")),
     ("Advanced: scheduler and LoRA", ("scheduler", "lora")),
-    (None, (("seed", "randomize_seed"), ("steps", "guidance"), ("width", "height", "num_images"))),
+    (None, (("seed", "randomize_seed"), ("steps", "guidance", "true_cfg"), ("width", "height", "num_images"))),
 )
 #: The sweep tab's own fields, taken after the form's by the sweep handler.
 SWEEP_FORM: tuple[Field, ...] = (
@@ -329,9 +333,11 @@ def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
     if len(weights) != len(files):
         raise UserError(f"{len(weights)} style weights for {len(files)} style files")
     style = tuple(StyleRef(workdir.keep_upload(f, "style image"), w) for f, w in zip(files, weights, strict=True))
-    blocks = values.get("blocks", "style")
+    blocks = values.get("blocks", MODEL_BLOCKS)
     if blocks == CUSTOM:
         blocks = spec_from_rows(values.get("block_table"))
+    elif blocks == MODEL_BLOCKS:
+        blocks = None
 
     def kept(name: str, what: str) -> str | None:
         item = values.get(name)
@@ -383,14 +389,15 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
         return path
 
     kept = [ref for ref in request.style if own(ref.path)]
-    preset = request.blocks if request.blocks in pipe.family.presets else CUSTOM
+    preset = (MODEL_BLOCKS if request.blocks is None
+              else request.blocks if request.blocks in pipe.family.presets else CUSTOM)
     ready = request.control is not None and request.control not in CONTROL_KINDS
     values = {f.name: f.from_request(getattr(request, f.name)) for f in FORM if f.from_request is not None}
     values.update(
         style=[ref.path for ref in kept] or None,
         style_weights=", ".join(f"{ref.weight:g}" for ref in kept) if any(r.weight != 1 for r in kept) else "",
         blocks=preset,
-        block_table=rows_from_spec(pipe, request.blocks) if preset == CUSTOM else block_rows(pipe, preset),
+        block_table=rows_from_spec(pipe, request.blocks or "") if preset == CUSTOM else block_rows(pipe, preset),
         content_image=own(request.content_image),
         seed=request.seed or 0,
         randomize_seed=request.seed is None,
