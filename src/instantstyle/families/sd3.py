@@ -78,7 +78,7 @@ def adapter_misfit(adapter: AdapterWeights, transformer: Any) -> str | None:
 
 def controlnet_fits(controlnet: Any, transformer: Any) -> bool:
     """Same widths, and not the inpainting ControlNet (extra mask channels), which takes other inputs."""
-    return dit.controlnet_fits(controlnet, transformer) and not controlnet.config.num_extra_conditioning_channels
+    return dit.controlnet_fits(controlnet, transformer) and not controlnet.config.get("extra_conditioning_channels", 0)
 
 
 def native_size(pipe: Any) -> int:
