@@ -365,3 +365,34 @@ def test_two_xlabs_adapters_with_their_own_blocks_equal_diffusers_two_adapter_re
     expected = recipe_call(recipe, "flux",
                            ip_adapter_image=[Image.open(dit.style_image), Image.open(dit.content_image)])
     assert np.array_equal(pixels(got), pixels(expected))
+
+
+# --------------------------------------------------------------------------------------------
+# Single files
+
+
+def test_sd3_and_flux_single_files_are_recognised_by_their_tensor_names():
+    from instantstyle.families import family_of_checkpoint
+
+    sd3_keys = ["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "first_stage_model.decoder.x"]
+    assert family_of_checkpoint(sd3_keys, "m").name == "sd3"
+    assert family_of_checkpoint(["double_blocks.0.img_attn.norm.key_norm.scale"], "m").name == "flux"
+
+
+def test_a_transformer_only_single_file_without_configs_is_one_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from instantstyle.loader import load_base_pipeline
+
+    path = tmp_path / "flux1-dev.safetensors"
+    save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.ones(2)}, str(path))
+    with pytest.raises(UserError, match="holds only the flux transformer; give --single-file-config"):
+        load_base_pipeline(str(path), torch.float32)
+
+
+def test_auto_dtype_on_a_gpu_is_bfloat16_for_the_transformer_families(sd3, flux, sdxl):
+    from instantstyle.runtime import Runtime
+
+    gpu = torch.device("cuda")  # resolved without touching a GPU
+    assert [Runtime().torch_dtype(gpu, p.family.gpu_dtype) for p in (sd3, flux, sdxl)] == [
+        torch.bfloat16, torch.bfloat16, torch.float16]

@@ -64,7 +64,7 @@ def run_cli(fn: Callable[..., Any], debug: bool, *args: Any, **kwargs: Any) -> A
 RUNTIME_OPTIONS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
     ("device", ("--device",), {"default": "auto", "show_default": True, "type": click.Choice(DEVICES)}),
     ("dtype", ("--dtype",), {"default": "auto", "show_default": True, "type": click.Choice(DTYPES),
-                             "help": "auto: float16 on GPU, float32 on CPU."}),
+                             "help": "auto: float16 on GPU (bfloat16 for SD3.5 and FLUX), float32 on CPU."}),
     ("keep_all_weights", ("--keep-all-weights",), {"is_flag": True,
                                                    "help": "Keep adapter weights of untargeted layers."}),
     ("single_file_config", ("--single-file-config",), {"default": None, "help": "Diffusers folder or hub id giving "

@@ -246,13 +246,26 @@ def _hub_encoder(repo: str, index: int, want: int, strict: bool) -> Path | None:
         return None
 
 
-def checkpoint_family(path: Path) -> Family:
-    """The model family of a single-file (original-format) ``.safetensors`` checkpoint, from its tensor names."""
+def checkpoint_keys(path: Path) -> list[str]:
+    """The tensor names of a single-file ``.safetensors`` checkpoint (read from its header only)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
+            return list(f.keys())
     except Exception as err:
         raise UserError(f"model {path}: not a readable .safetensors checkpoint ({type(err).__name__})") from None
-    return family_of_checkpoint(keys, f"model {path}")
+
+
+def checkpoint_family(path: Path) -> Family:
+    """The model family of a single-file (original-format) ``.safetensors`` checkpoint, from its tensor names."""
+    return family_of_checkpoint(checkpoint_keys(path), f"model {path}")
+
+
+#: Tensor-name prefixes of the parts besides the denoiser in whole-model single files (VAE, text encoders).
+WHOLE_MODEL_PREFIXES = ("first_stage_model.", "vae.", "cond_stage_model.", "conditioner.", "text_encoders.")
+
+
+def holds_denoiser_only(keys: list[str]) -> bool:
+    """Whether a single file holds only the denoiser (BFL's ``flux1-dev.safetensors``), not a whole model."""
+    return not any(k.startswith(WHOLE_MODEL_PREFIXES) for k in keys)

@@ -83,13 +83,29 @@ def model_layers(model: str, single_file_config: str | None = None) -> tuple[Fam
 def model_denoiser(model: str, single_file_config: str | None = None) -> tuple[Family, Any]:
     """(family, denoiser built on the meta device from its config: no weights) of a model; a single file without
     ``single_file_config`` gives its family and ``None``."""
-    import diffusers
     from accelerate import init_empty_weights
+
+    family, cls, config = _denoiser_config(model, single_file_config)
+    if cls is None:
+        return family, None
+    with init_empty_weights():
+        return family, cls.from_config(config)
+
+
+def model_family(model: str, single_file_config: str | None = None) -> Family:
+    """The family of a model from its configs (or a single file's tensor names) alone."""
+    return _denoiser_config(model, single_file_config)[0]
+
+
+def _denoiser_config(model: str, single_file_config: str | None) -> tuple[Family, Any, Any]:
+    """(family, denoiser class, its config) from the model's configs; (family, None, None) for a single file
+    without ``single_file_config``."""
+    import diffusers
 
     source = model_source(model)
     if isinstance(source, Path) and source.is_file():
         if single_file_config is None:
-            return checkpoint_family(source), None
+            return checkpoint_family(source), None, None
         source = Path(single_file_config).expanduser()
     try:
         index = diffusers.DiffusionPipeline.load_config(str(source))
@@ -103,9 +119,7 @@ def model_denoiser(model: str, single_file_config: str | None = None) -> tuple[F
                             f"({', '.join(f.name for f in all_families())})")
     except OSError as err:
         raise hub_error("model", model, err) from None
-    family = family_of_denoiser(class_name, config, f"model {model}")
-    with init_empty_weights():
-        return family, cls.from_config(config)
+    return family_of_denoiser(class_name, config, f"model {model}"), cls, config
 
 
 def check_blocks(model: str, specs: Sequence[str | None], single_file_config: str | None = None) -> None:

@@ -101,6 +101,9 @@ class Family:
     blocks_note: Callable[[Any], str | None] | None = None
     #: Output width and height must be multiples of this (default sizes are rounded to it).
     size_multiple: int = 8
+    #: The half precision ``--dtype auto`` means on a GPU: bfloat16 for models whose T5 or activations overflow
+    #: float16 (SD3.5, FLUX).
+    gpu_dtype: str = "float16"
     #: Per-feature data for this family (e.g. ``features["hidiffusion"]``), for features outside the core.
     features: Mapping[str, Any] = field(default_factory=dict)
 

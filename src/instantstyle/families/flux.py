@@ -190,4 +190,5 @@ FAMILY = Family(
     guidance_kwargs=guidance_kwargs,
     blocks_note=blocks_note,
     size_multiple=dit.SIZE_MULTIPLE,
+    gpu_dtype="bfloat16",
 )

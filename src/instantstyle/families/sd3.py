@@ -133,4 +133,5 @@ FAMILY = Family(
     image_encoders=("google/siglip-so400m-patch14-384",),
     negative_image="zeros",
     size_multiple=dit.SIZE_MULTIPLE,
+    gpu_dtype="bfloat16",
 )
