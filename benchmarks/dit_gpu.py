@@ -95,8 +95,8 @@ def smoke_configs(family: str) -> Configs:
     tree = fixtures.tiny_dit_models()
     folder = tree.sd3 if family == "sd3" else tree.flux
 
-    def read(sub: str) -> dict[str, Any]:
-        data = json.loads((folder / sub / "config.json").read_text())
+    def read(sub: str, name: str = "config.json") -> dict[str, Any]:
+        data = json.loads((folder / sub / name).read_text())
         return {k: v for k, v in data.items() if not k.startswith("_")}
 
     def text(sub: str) -> dict[str, Any]:
@@ -113,7 +113,7 @@ def smoke_configs(family: str) -> Configs:
         encoder = CLIPVisionConfig.from_pretrained(str(tree.clip_l)).to_diff_dict()
         resampler, texts = {}, [text("text_encoder")]
     return Configs(read("transformer"), read("vae"), texts, t5.to_diff_dict(), encoder, resampler,
-                   read("scheduler"))
+                   read("scheduler", "scheduler_config.json"))
 
 
 # --- building on the device ---------------------------------------------------------------------------------
