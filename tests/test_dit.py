@@ -292,15 +292,16 @@ def test_inpainting_repaints_inside_the_mask_only(family, dit, request, tmp_path
 @pytest.fixture(scope="module")
 def controlnets(dit, tmp_path_factory) -> dict[str, Path]:
     """Tiny ControlNets made from each fixture transformer, saved as diffusers folders."""
-    from diffusers import FluxControlNetModel, SD3ControlNetModel
+    from diffusers import FluxControlNetModel, FluxTransformer2DModel, SD3ControlNetModel, SD3Transformer2DModel
 
     root = tmp_path_factory.mktemp("dit-controlnets")
     torch.manual_seed(0)
-    sd3 = SD3ControlNetModel.from_transformer(load(dit.sd3).transformer, num_layers=2,
-                                              num_extra_conditioning_channels=0)
+    sd3 = SD3ControlNetModel.from_transformer(SD3Transformer2DModel.from_pretrained(str(dit.sd3 / "transformer")),
+                                              num_layers=2, num_extra_conditioning_channels=0)
     sd3.save_pretrained(root / "sd3")
-    config = load(dit.flux).transformer.config
-    flux = FluxControlNetModel.from_transformer(load(dit.flux).transformer, num_layers=1, num_single_layers=1,
+    transformer = FluxTransformer2DModel.from_pretrained(str(dit.flux / "transformer"))
+    config = transformer.config
+    flux = FluxControlNetModel.from_transformer(transformer, num_layers=1, num_single_layers=1,
                                                 attention_head_dim=config.attention_head_dim,
                                                 num_attention_heads=config.num_attention_heads)
     flux.save_pretrained(root / "flux")
