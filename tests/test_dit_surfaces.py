@@ -68,3 +68,17 @@ def test_scores_use_each_familys_own_encoders(sd3, flux, dit):
     assert None not in (flux_scores.clip_text, flux_scores.clip_style, flux_scores.content_leak)
     assert sd3_scores.clip_style is not None and sd3_scores.clip_text is None
     assert "clip_text" in sd3_scorer.unavailable()
+
+
+def test_cli_sweep_without_blocks_compares_the_familys_presets(capsys, dit, tmp_path):
+    """SDXL's default rows are style, style+layout and all; an SD3 model has only all."""
+    from instantstyle.sweep import SHEET_KEY
+
+    from .test_cli import run
+
+    code, _, err = run(capsys, "sweep", "--model", dit.sd3, "--adapter", dit.sd3_adapter, "--style",
+                       dit.style_image, "--prompt", "a cat", "--steps", "2", "--width", "64", "--height", "64",
+                       "--device", "cpu", "--scale", "0.5,1", "-o", tmp_path / "sheet.png")
+    assert code == 0, err
+    meta = json.loads(Image.open(tmp_path / "sheet.png").info[SHEET_KEY])
+    assert meta["blocks"] == ["all"] and meta["scales"] == [0.5, 1.0]

@@ -408,16 +408,24 @@ def entry(argv: list[str] | None = None) -> None:
 SWEPT = ("blocks", "scale", "content_scale", "num_images")
 
 
+#: The sweep's rows without --blocks: these, as far as the model's family has them (SD3/FLUX: all).
+SWEEP_ROWS = ("style", "style+layout", "all")
+
+
 def _sweep(params: dict[str, Any]) -> None:
+    from .preflight import model_family
     from .sweep import Axes, cell_name, parse_blocks_list, parse_number_list, render_sweep, sweep_requests
 
+    source = read_png_request(params["from_png"]) if params["from_png"] else None
+    base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
+    assert base.model is not None
+    rows = params["sweep_blocks"] or tuple(
+        name for name in SWEEP_ROWS if name in model_family(base.model, params.get("single_file_config")).presets)
     axes = Axes(
-        parse_blocks_list(params["sweep_blocks"]),
+        parse_blocks_list(rows),
         parse_number_list("scale", params["sweep_scales"]),
         parse_number_list("content scale", params["sweep_content_scales"]) if params["sweep_content_scales"] else (),
     )
-    source = read_png_request(params["from_png"]) if params["from_png"] else None
-    base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
     if axes.content_scales and base.content_prompt is None and base.content_image is None:
         raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
     runtime = runtime_from(params)
@@ -434,9 +442,9 @@ def _sweep(params: dict[str, Any]) -> None:
 
 
 @main.command(context_settings={"show_default": True})
-@click.option("--blocks", "sweep_blocks", multiple=True, default=("style", "style+layout", "all"),
-              help="Blocks specs to compare, one row each: style,style+layout,all (';' between specs "
-              "that contain commas).")
+@click.option("--blocks", "sweep_blocks", multiple=True, default=(),
+              help="Blocks specs to compare, one row each (';' between specs that contain commas) [default: "
+              "style,style+layout,all; all on SD3/FLUX].")
 @click.option("--scale", "sweep_scales", default="0.4,0.7,1.0", help="Scales to compare, one column each.")
 @click.option("--content-scale", "sweep_content_scales", default=None,
               help="Content scales to compare (rows within each blocks spec); needs --content-prompt.")
