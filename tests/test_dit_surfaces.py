@@ -82,3 +82,14 @@ def test_cli_sweep_without_blocks_compares_the_familys_presets(capsys, dit, tmp_
     assert code == 0, err
     meta = json.loads(Image.open(tmp_path / "sheet.png").info[SHEET_KEY])
     assert meta["blocks"] == ["all"] and meta["scales"] == [0.5, 1.0]
+
+
+def test_the_web_ui_sweep_with_blank_blocks_compares_the_familys_presets(sd3, dit, tmp_path):
+    from instantstyle import ui
+    from instantstyle.sweep import SHEET_KEY
+
+    values = {f.name: f.default for f in (*ui.FORM, *ui.SWEEP_FORM)}
+    values.update(style=[str(dit.style_image)], prompt="a cat", randomize_seed=False, steps=2, width=64, height=64,
+                  sweep_scales="1")
+    sheet, cells, _ = ui.App(ui.PipelineHolder(sd3), ui.Workdir(tmp_path / "ui")).sweep(values, lambda *a, **k: None)
+    assert json.loads(Image.open(sheet).info[SHEET_KEY])["blocks"] == ["all"] and len(cells) == 1

@@ -408,19 +408,23 @@ def entry(argv: list[str] | None = None) -> None:
 SWEPT = ("blocks", "scale", "content_scale", "num_images")
 
 
-#: The sweep's rows without --blocks: these, as far as the model's family has them (SD3/FLUX: all).
-SWEEP_ROWS = ("style", "style+layout", "all")
-
-
 def _sweep(params: dict[str, Any]) -> None:
     from .preflight import model_family
-    from .sweep import Axes, cell_name, parse_blocks_list, parse_number_list, render_sweep, sweep_requests
+    from .sweep import (
+        Axes,
+        cell_name,
+        default_rows,
+        parse_blocks_list,
+        parse_number_list,
+        render_sweep,
+        sweep_requests,
+    )
 
     source = read_png_request(params["from_png"]) if params["from_png"] else None
     base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
     assert base.model is not None
-    rows = params["sweep_blocks"] or tuple(
-        name for name in SWEEP_ROWS if name in model_family(base.model, params.get("single_file_config")).presets)
+    family = model_family(base.model, params.get("single_file_config")) if not params["sweep_blocks"] else None
+    rows = params["sweep_blocks"] or default_rows(list(family.presets if family else ()))
     axes = Axes(
         parse_blocks_list(rows),
         parse_number_list("scale", params["sweep_scales"]),

@@ -37,7 +37,7 @@ from .pipeline import StylePipeline
 from .preflight import check_request
 from .request import CONTROL_KINDS, LoraRef, Request, StyleRef, read_png_request, write_png
 from .schedulers import SCHEDULERS
-from .sweep import Axes, parse_blocks_list, parse_number_list, render_sweep
+from .sweep import Axes, default_rows, parse_blocks_list, parse_number_list, render_sweep
 
 #: Largest upload gradio accepts (the most pixels an image may have is the core's MAX_PIXELS, about 8k x 5k).
 MAX_FILE_SIZE = "25mb"
@@ -317,7 +317,8 @@ LAYOUT: tuple[tuple[str | None, tuple[str | tuple[str, ...], ...]], ...] = (
 )
 #: The sweep tab's own fields, taken after the form's by the sweep handler.
 SWEEP_FORM: tuple[Field, ...] = (
-    Field("sweep_blocks", "style, style+layout, all", _text("Blocks to compare (rows)", "sweep-blocks")),
+    Field("sweep_blocks", "", _text("Blocks to compare (rows; blank: the model's presets among style, "
+                                    "style+layout, all)", "sweep-blocks")),
     Field("sweep_scales", "0.4, 0.7, 1.0", _text("Scales to compare (columns)", "sweep-scales")),
     Field("sweep_content_scales", "", _text("Content scales to compare (optional, rows)")),
 )
@@ -464,10 +465,11 @@ class App:
     def sweep(self, values: dict[str, Any], progress: Any) -> tuple[str, list[tuple[str, str]], list[str]]:
         """Render a labelled sheet over blocks x scale (x content scale) with the form's other settings."""
         contents = (values["sweep_content_scales"] or "").strip()
-        axes = Axes(parse_blocks_list(values["sweep_blocks"] or ""),
+        pipe = self.holder.get()
+        rows = (values["sweep_blocks"] or "").strip() or default_rows(list(pipe.family.presets))
+        axes = Axes(parse_blocks_list(rows),
                     parse_number_list("scale", values["sweep_scales"] or ""),
                     parse_number_list("content scale", contents) if contents else ())
-        pipe = self.holder.get()
         base = form_request(self.work, values).replace(num_images=1)
         if axes.content_scales and base.content_prompt is None and base.content_image is None:
             raise UserError("content scales need a content prompt or a content image")
