@@ -397,3 +397,15 @@ def test_auto_dtype_on_a_gpu_is_bfloat16_for_the_transformer_families(sd3, flux,
     gpu = torch.device("cuda")  # resolved without touching a GPU
     assert [Runtime().torch_dtype(gpu, p.family.gpu_dtype) for p in (sd3, flux, sdxl)] == [
         torch.bfloat16, torch.bfloat16, torch.float16]
+
+
+def test_what_a_family_cannot_do_fails_before_the_model_loads(capsys, dit, tmp_path, monkeypatch):
+    from instantstyle import loader
+
+    from .test_cli import run
+
+    loads = []
+    monkeypatch.setattr(loader, "load", lambda *args, **kwargs: loads.append(args))
+    code, _, err = run(capsys, "generate", "--model", dit.flux, "--adapter", dit.flux_adapter, "--style",
+                       dit.style_image, "--prompt", "a cat", "--negative-prompt", "blurry", "-o", tmp_path / "x.png")
+    assert (code, loads) == (2, []) and err.startswith("error: FLUX.1 is guidance-distilled: a negative prompt")

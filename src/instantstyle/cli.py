@@ -243,7 +243,7 @@ def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str | None
     from .pipeline import StylePipeline
 
     assert request.model is not None and request.adapter is not None
-    check_blocks(request.model, specs, runtime.single_file_config)
+    check_blocks(request.model, specs, runtime.single_file_config, request)
     blocks = ",".join(spec for spec in specs if spec is not None) if None not in specs else None
     return StylePipeline.from_pretrained(
         request.model, request.adapter, runtime, image_encoder=request.image_encoder,

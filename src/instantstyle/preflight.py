@@ -2,8 +2,9 @@
 
 ``check_request``: every file a request names is there and readable (style images and files, content,
 mode inputs, masks, further adapters, LoRAs), every blocks spec is well-formed and every model reference
-is shaped like one. ``check_blocks``: the blocks specs name blocks the model has, read from its
-denoiser's config alone (no weights). Bad input is a one-line ``UserError`` before minutes of loading.
+is shaped like one. ``check_blocks``: the blocks specs name blocks the model has, and the request is one its
+family can make, read from its denoiser's config alone (no weights). Bad input is a one-line ``UserError``
+before minutes of loading.
 """
 
 from __future__ import annotations
@@ -122,9 +123,15 @@ def _denoiser_config(model: str, single_file_config: str | None) -> tuple[Family
     return family_of_denoiser(class_name, config, f"model {model}"), cls, config
 
 
-def check_blocks(model: str, specs: Sequence[str | None], single_file_config: str | None = None) -> None:
-    """Every blocks spec names blocks the model has (read from its config; skipped for a bare single file)."""
-    family, layers = model_layers(model, single_file_config)
-    if layers:
-        for spec in specs:
-            resolve_blocks(spec, layers, family)
+def check_blocks(model: str, specs: Sequence[str | None], single_file_config: str | None = None,
+                 request: Request | None = None) -> None:
+    """Every blocks spec names blocks the model has, and (given) the request is one the model's family can make
+    (``Family.check_request``: regions, modes, sizes...), read from its config (skipped for a bare single file)."""
+    family, denoiser = model_denoiser(model, single_file_config)
+    if denoiser is None:
+        return
+    layers = family.layers(denoiser)
+    for spec in specs:
+        resolve_blocks(spec, layers, family)
+    if request is not None:
+        family.check_request(request, denoiser)
