@@ -99,20 +99,23 @@ def smoke_configs(family: str) -> Configs:
         data = json.loads((folder / sub / name).read_text())
         return {k: v for k, v in data.items() if not k.startswith("_")}
 
-    def text(sub: str) -> dict[str, Any]:
-        return CLIPTextConfig.from_pretrained(str(folder / sub)).to_diff_dict()
+    def plain(config: Any) -> dict[str, Any]:  # the saved dtype would override the run's
+        return {k: v for k, v in config.to_diff_dict().items() if k != "dtype"}
 
-    t5 = T5Config.from_pretrained(str(folder / ("text_encoder_3" if family == "sd3" else "text_encoder_2")))
+    def text(sub: str) -> dict[str, Any]:
+        return plain(CLIPTextConfig.from_pretrained(str(folder / sub)))
+
+    t5 = plain(T5Config.from_pretrained(str(folder / ("text_encoder_3" if family == "sd3" else "text_encoder_2"))))
     if family == "sd3":
-        encoder = SiglipVisionConfig.from_pretrained(str(tree.siglip)).to_diff_dict()
+        encoder = plain(SiglipVisionConfig.from_pretrained(str(tree.siglip)))
         resampler = dict(embed_dim=fixtures._SIGLIP_HIDDEN, output_dim=fixtures._SD3_INNER,
                          hidden_dim=fixtures._RESAMPLER_HIDDEN, heads=1, num_queries=fixtures._RESAMPLER_QUERIES,
                          timestep_in_dim=fixtures._RESAMPLER_TIME_IN)
         texts = [text("text_encoder"), text("text_encoder_2")]
     else:
-        encoder = CLIPVisionConfig.from_pretrained(str(tree.clip_l)).to_diff_dict()
+        encoder = plain(CLIPVisionConfig.from_pretrained(str(tree.clip_l)))
         resampler, texts = {}, [text("text_encoder")]
-    return Configs(read("transformer"), read("vae"), texts, t5.to_diff_dict(), encoder, resampler,
+    return Configs(read("transformer"), read("vae"), texts, t5, encoder, resampler,
                    read("scheduler", "scheduler_config.json"))
 
 
