@@ -51,19 +51,17 @@ def test_a_sweep_over_transformer_blocks_draws_one_cell_per_spec_and_scale(sd3, 
     from instantstyle.sweep import Axes, render_sweep
 
     axes = Axes(("all", "transformer_blocks.0-2"), (0.5, 1.0))
-    sheet, cells = render_sweep(sd3, Request("a cat", style=str(dit.style_image), **SIZE), axes, tmp_path / "s.png")
-    assert Path(sheet).is_file() and [len(row) for row in cells] == [2, 2]
-    assert not np.array_equal(pixels(Image.open(cells[0][1])), pixels(Image.open(cells[1][1])))
+    out = render_sweep(sd3, Request("a cat", style=str(dit.style_image), **SIZE), axes, tmp_path / "s.png")
+    assert Path(out.sheet).is_file() and [len(row) for row in out.paths] == [2, 2]
+    assert not np.array_equal(pixels(Image.open(out.paths[0][1])), pixels(Image.open(out.paths[1][1])))
 
 
 def test_scores_use_each_familys_own_encoders(sd3, flux, dit):
     """FLUX: CLIP ViT-L's image and text towers (the encoder's own folder); SD3: SigLIP's pooled image
     embedding for the style score, and no text tower in its space."""
-    from instantstyle.scores import scorer_for
-
     image = Image.open(dit.content_image)
-    flux_scores = scorer_for(flux).score([image], "a cat", str(dit.style_image), "a dog")[0]
-    sd3_scorer = scorer_for(sd3)
+    flux_scores = flux.scorer().score([image], "a cat", str(dit.style_image), "a dog")[0]
+    sd3_scorer = sd3.scorer()
     sd3_scores = sd3_scorer.score([image], "a cat", str(dit.style_image))[0]
     assert None not in (flux_scores.clip_text, flux_scores.clip_style, flux_scores.content_leak)
     assert sd3_scores.clip_style is not None and sd3_scores.clip_text is None

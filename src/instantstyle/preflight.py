@@ -2,9 +2,10 @@
 
 ``check_request``: every file a request names is there and readable (style images and files, content,
 mode inputs, masks, further adapters, LoRAs), every blocks spec is well-formed and every model reference
-is shaped like one. ``check_blocks``: the blocks specs name blocks the model has, and the request is one its
-family can make, read from its denoiser's config alone (no weights). Bad input is a one-line ``UserError``
-before minutes of loading.
+is shaped like one. ``check_runtime``: the request can run as the runtime says (HiDiffusion and a
+compiled UNet exclude each other). ``check_blocks``: the blocks specs name blocks the model has, and the
+request is one the model's family can make (HiDiffusion, regions, modes, sizes...), read from its denoiser's
+config alone (no weights). Bad input is a one-line ``UserError`` before minutes of loading.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from .blocks import parse_spec, resolve_blocks
 from .errors import UserError
 from .families import Family, all_families, family_of_denoiser
+from .hidiffusion_settings import settings_of
 from .hub import (
     check_controlnet_ref,
     check_model_ref,
@@ -28,6 +30,7 @@ from .hub import (
 from .images import load_image
 from .lora import check_lora_file
 from .request import CONTROL_KINDS, Request
+from .runtime import Runtime
 
 
 def check_request(request: Request) -> None:
@@ -49,6 +52,18 @@ def check_request(request: Request) -> None:
     check_mode_inputs(request)
     for lora in request.lora:
         check_lora_file(lora.path)
+
+
+def check_runtime(request: Request, runtime: Runtime) -> None:
+    """What the request asks that the runtime excludes: HiDiffusion hooks the UNet that ``--compile`` compiles."""
+    if request.hidiffusion and runtime.compile_backend:
+        raise UserError("--hidiffusion cannot act on a compiled UNet: drop --compile (or --hidiffusion)")
+
+
+def check_family(request: Request, family: Family) -> None:
+    """What the request asks of the model's family: HiDiffusion only where the family has its settings."""
+    if request.hidiffusion:
+        settings_of(family)
 
 
 def check_mode_inputs(request: Request) -> None:
@@ -126,8 +141,11 @@ def _denoiser_config(model: str, single_file_config: str | None) -> tuple[Family
 def check_blocks(model: str, specs: Sequence[str | None], single_file_config: str | None = None,
                  request: Request | None = None) -> None:
     """Every blocks spec names blocks the model has, and (given) the request is one the model's family can make
-    (``Family.check_request``: regions, modes, sizes...), read from its config (skipped for a bare single file)."""
+    (``check_family``: HiDiffusion; ``Family.check_request``: regions, modes, sizes...), read from its config (the
+    blocks and ``Family.check_request`` are skipped for a bare single file)."""
     family, denoiser = model_denoiser(model, single_file_config)
+    if request is not None:
+        check_family(request, family)
     if denoiser is None:
         return
     layers = family.layers(denoiser)
