@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instantstyle import Request
+from instantstyle import Request, UserError
 
 from .conftest import pixels
 
@@ -91,3 +91,71 @@ def test_the_web_ui_sweep_with_blank_blocks_compares_the_familys_presets(sd3, di
                   sweep_scales="1")
     sheet, cells, _ = ui.App(ui.PipelineHolder(sd3), ui.Workdir(tmp_path / "ui")).sweep(values, lambda *a, **k: None)
     assert json.loads(Image.open(sheet).info[SHEET_KEY])["blocks"] == ["all"] and len(cells) == 1
+
+
+def family_flags(dit, family: str) -> list:
+    model, adapter = (dit.sd3, dit.sd3_adapter) if family == "sd3" else (dit.flux, dit.flux_adapter)
+    return ["--model", model, "--adapter", adapter, "--device", "cpu"]
+
+
+GENERATE = ["--style", "{style}", "--prompt", "a cat", "--steps", 2, "--width", 64, "--height", 64, "--seed", 7]
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_hidiffusion_on_a_transformer_model_is_one_line_before_loading_and_in_the_api(family, dit, request, capsys,
+                                                                                     tmp_path):
+    from .test_cli import run
+
+    args = [str(a).format(style=dit.style_image) for a in GENERATE]
+    flags = [*family_flags(dit, family), *args, "--hidiffusion"]
+    code, out, err = run(capsys, "generate", *flags, "-o", tmp_path / "a.png")
+    assert code == 2 and err.count("\n") == 1 and not out
+    assert err.startswith(f"error: --hidiffusion works on UNet models (sd15, sdxl), not on {family}:")
+    assert not (tmp_path / "a.png").exists()
+    with pytest.raises(UserError, match=f"not on {family}:"):
+        request.getfixturevalue(family)(Request("a cat", style=str(dit.style_image), hidiffusion=True, **SIZE))
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_the_score_command_gives_the_scores_generate_stored(family, dit, capsys, tmp_path):
+    """FLUX: every CLIP score (ViT-L's text tower from the encoder's own folder); SD3: the style score only (and
+    no content prompt: its patch-feature adapter refuses subtraction)."""
+    from instantstyle.scores import read_png_scores
+
+    from .test_cli import run
+
+    args = [str(a).format(style=dit.style_image) for a in GENERATE]
+    content = ["--content-prompt", "a dog"] if family == "flux" else []
+    flags = [*family_flags(dit, family), *args, *content, "--score"]
+    code, _, err = run(capsys, "generate", *flags, "-o", tmp_path / "a.png")
+    assert code == 0, err
+    stored = read_png_scores(tmp_path / "a.png")
+    code, out, err = run(capsys, "score", tmp_path / "a.png", "--json", "--device", "cpu")
+    assert code == 0, err
+    line = json.loads(out)
+    for key in ("clip_text", "clip_style", "content_leak"):
+        assert line[key] == pytest.approx(stored.get(key), abs=1e-5)
+    assert line["clip_style"] is not None
+    assert (line["clip_text"] is None) == (line["content_leak"] is None) == (family == "sd3")
+
+
+def test_probe_blocks_on_flux_ranks_its_transformer_blocks_and_its_presets_work_as_blocks(flux, dit, capsys, tmp_path):
+    from instantstyle.blocks import list_blocks, read_presets
+    from instantstyle.request import read_png_request
+
+    from .test_cli import run
+
+    args = [str(a).format(style=dit.style_image) for a in GENERATE]
+    code, out, err = run(capsys, "probe-blocks", *family_flags(dit, "flux"), *args, "-o", tmp_path / "probe",
+                         "--save-presets", tmp_path / "presets.json")
+    assert code == 0, err
+    ranked = [line.split()[1] for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert sorted(ranked) == sorted(block.name for block in list_blocks(flux.layers, flux.arch))
+    style = read_presets(tmp_path / "presets.json")["style"]
+    assert style == ranked[0]
+    code, _, err = run(capsys, "generate", *family_flags(dit, "flux"), *args, "--blocks",
+                       f"@{tmp_path / 'presets.json'}:style", "-o", tmp_path / "a.png")
+    assert code == 0, err
+    assert read_png_request(tmp_path / "a.png").blocks == style
+    direct = flux(Request("a cat", style=str(dit.style_image), blocks=style, **SIZE)).images[0]
+    assert (pixels(Image.open(tmp_path / "a.png")) == pixels(direct)).all()

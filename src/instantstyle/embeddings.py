@@ -190,6 +190,17 @@ class TextTower:
         return text_embeds(text, self.tokenizer, self.model)
 
 
+def has_clip_text_tower(folder: Path) -> bool:
+    """Whether a model folder is a whole CLIP model (both towers and a tokenizer), like
+    openai/clip-vit-large-patch14: then its text tower shares the image tower's space."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(config, dict) and config.get("model_type") == "clip" and "text_config" in config
+            and any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json")))
+
+
 def load_text_tower(
     path: str | Path, subfolder: str | None = None, tokenizer_subfolder: str | None = None,
     dtype: torch.dtype = torch.float32,

@@ -4,9 +4,7 @@ scores, and CSD models for style scores."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,17 +17,6 @@ from .errors import UserError
 from .families import Family
 from .hub import find_image_encoder, resolve_adapter_file
 from .styles import LoadedAdapter
-
-
-def has_clip_text_tower(folder: Path) -> bool:
-    """Whether a model folder is a whole CLIP model (both towers and a tokenizer), like
-    openai/clip-vit-large-patch14: then its text tower shares the image tower's space."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (isinstance(config, dict) and config.get("model_type") == "clip" and "text_config" in config
-            and any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json")))
 
 
 @dataclass

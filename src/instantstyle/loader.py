@@ -23,7 +23,7 @@ from .adapter import AdapterWeights, attach_adapters, check_adapter_fits, read_a
 from .blocks import resolve_blocks
 from .cache import EmbeddingCache
 from .csd import load_csd
-from .embeddings import ImageEncoder, TextTower, load_image_encoder, load_text_tower
+from .embeddings import ImageEncoder, TextTower, has_clip_text_tower, load_image_encoder, load_text_tower
 from .errors import UserError
 from .families import Family, all_families, family_of, family_of_checkpoint
 from .hub import (
@@ -152,15 +152,16 @@ def as_text_pipeline(pipe: Any) -> Any:
 def load_scorer(adapter: str, runtime: Runtime, *, model: str | None = None, image_encoder: str | None = None,
                 content_text_encoder: str | None = None, csd: str | None = None) -> Scorer:
     """A ``Scorer`` without a pipeline: the adapter's image encoder; the CLIP text tower of its space
-    (``content_text_encoder``, else ``model``'s own tower of that width, SDXL's ``text_encoder_2``; none when
-    neither: no text scores); CSD from the checkpoint ``csd``. Only a single-file model loads whole."""
+    (``content_text_encoder``, else ``model``'s own tower of that width, SDXL's ``text_encoder_2``, else the image
+    encoder's own CLIP repository's, as ``StylePipeline.content_text_tower``; none when none: no text scores); CSD
+    from the checkpoint ``csd``. Only a single-file model loads whole."""
     device = runtime.placement()
     dtype = runtime.torch_dtype(device)
     csd_model = load_csd(csd, device, dtype) if csd else None  # first: a refused file fails before the rest loads
     weights = read_adapter(resolve_adapter_file(adapter))
     encoder = load_image_encoder(find_image_encoder(weights, image_encoder), dtype)
     del weights  # only its kind and width were needed
-    want = int(encoder.model.config.projection_dim)
+    want = encoder.embed_dim
     tower = None
     if content_text_encoder is not None:
         tower = load_text_tower(content_text_encoder, dtype=dtype)
@@ -169,6 +170,8 @@ def load_scorer(adapter: str, runtime: Runtime, *, model: str | None = None, ima
                             f"the image encoder {want}-d")
     elif model is not None:
         tower = model_text_tower(model, want, dtype, runtime.single_file_config)
+    if tower is None and has_clip_text_tower(Path(encoder.identity)):  # a whole CLIP repository (XLabs FLUX)
+        tower = load_text_tower(encoder.identity, dtype=dtype)
     encoder.model.to(device)  # type: ignore[arg-type]  # transformers types .to loosely
     if tower is not None:
         tower.model.to(device)

@@ -33,9 +33,9 @@ from .adapter import AdapterWeights, attach_adapters, read_adapter
 from .blocks import expand_preset_ref
 from .cache import EmbeddingCache
 from .csd import CsdModel
-from .embeddings import ImageEncoder, TextTower
+from .embeddings import ImageEncoder, TextTower, has_clip_text_tower
 from .errors import UserError
-from .extras import Extras, has_clip_text_tower
+from .extras import Extras
 from .families import Family
 from .hub import resolve_adapter_file
 from .lora import apply_loras
