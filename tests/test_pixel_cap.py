@@ -108,7 +108,8 @@ def cli(capsys):
 @pytest.mark.parametrize("command", ["generate", "sweep"])
 def test_max_pixels_reaches_generate_and_sweep_before_a_model_loads(cli, big, tmp_path, command):
     flags = ["--model", tmp_path / "no-model-needed", "--style", big, "--prompt", "a cat", "-o", tmp_path / "o.png"]
-    code, output = cli(command, *flags, "--max-pixels", CAP)
+    rows = ["--blocks", "style"] if command == "sweep" else []  # without rows, sweep reads the model's presets first
+    code, output = cli(command, *flags, *rows, "--max-pixels", CAP)
     assert code == 2 and output.count("\n") == 1 and "80x80 is over the limit of 4,096 pixels" in output
 
 

@@ -285,13 +285,15 @@ def test_without_models_folders_the_page_reads_no_server_paths(work, tiny):
 def test_restoring_a_png_holds_its_values_to_the_forms_limits(sdxl, work, tiny, tmp_path):
     """A PNG from the CLI may hold values the page's sliders refuse (steps 500, guidance 40, 20 images)."""
     made = Request("a cat", style=str(tiny.style_image), steps=500, guidance=40.0, num_images=20, scale=5.0,
-                   seed=2**60)
+                   seed=2**60, true_cfg=30.0)
     png = write_png(Image.new("RGB", (64, 64)), tmp_path / "cli.png", made)
     app = ui.App(ui.PipelineHolder(sdxl), work)
     with pytest.warns(UserWarning, match=r"held to the form's limits: scale 5 -> 2, seed 1152921504606846976 -> "
-                                         r"9007199254740992, steps 500 -> 100, guidance 40 -> 20, num images 20 -> 8"):
+                                         r"9007199254740992, steps 500 -> 100, guidance 40 -> 20, true cfg 30 -> 10, "
+                                         r"num images 20 -> 8"):
         values = dict(zip(ui.FIELDS, app.restore(str(png)), strict=True))
     assert (values["steps"], values["guidance"], values["num_images"], values["scale"]) == (100, 20.0, 8, 2.0)
+    assert values["true_cfg"] == 10.0
     assert values["seed"] == 2**53 and isinstance(values["steps"], int)
     for field in ui.FORM:  # every restored value is one the page accepts
         if field.limits is not None:
