@@ -39,6 +39,21 @@ def sd15(tiny: TinyModels) -> StylePipeline:
     return StylePipeline.from_pretrained(str(tiny.sd15), str(tiny.sd15_adapter), device="cpu", keep_all_weights=True)
 
 
+@pytest.fixture(scope="session")
+def small_default(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SDXL with a default size of 32 px (its UNet's ``sample_size`` 4), below the 64 px minimum: a model
+    whose own size a request must not fall back to (its files are links to the tiny model's)."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("small-default") / "sdxl"
+    shutil.copytree(tiny.sdxl, folder, copy_function=os.symlink)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").unlink()
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "sample_size": 4}))
+    return folder
+
+
 @pytest.fixture(params=["sdxl", "sd15"])
 def arch_pipe(request: pytest.FixtureRequest) -> StylePipeline:
     """The SDXL, then the SD1.5 session pipeline: for behaviour that must hold on both."""

@@ -315,6 +315,16 @@ def test_a_rerun_with_nothing_to_do_writes_nothing_and_shows_no_progress_bar(sdx
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()} == before
 
 
+def test_a_ray_rerun_with_nothing_to_do_starts_no_ray_and_prints_nothing(sdxl, tiny, tmp_path, capsys):
+    ray = pytest.importorskip("ray")
+    jobs, out = cat_jobs(tmp_path, 2), tmp_path / "out"
+    models = {"model": str(tiny.sdxl), "adapter": str(tiny.sdxl_adapter)}
+    run_batch(jobs, out, pipeline=sdxl, defaults=models)
+    capsys.readouterr()
+    report = run_batch(jobs, out, defaults=models, ray=True, progress=True)
+    assert report.skipped == 2 and not ray.is_initialized() and capsys.readouterr().err == ""
+
+
 def test_stale_temporary_files_of_every_kind_are_removed_on_start(sdxl, tmp_path):
     jobs, out = cat_jobs(tmp_path, 1), tmp_path / "out"
     out.mkdir()

@@ -194,3 +194,12 @@ def test_hostile_images_are_one_line_exit_2(capsys, base, tmp_path, hostile):
         args = ["generate", "--from", png_with_huge_text(tmp_path / "huge.png", PNG_KEY)]
     code, _, err = run(capsys, *args, "-o", tmp_path / "out.png")
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_a_model_whose_default_size_is_below_64_asks_for_a_size_not_got_32(capsys, small_default, tiny, tmp_path):
+    flags = ["generate", "--model", small_default, "--adapter", tiny.sdxl_adapter, "--style", tiny.style_image,
+             "--prompt", "a cat", "--steps", "1", "--device", "cpu", "-o", tmp_path / "o.png"]
+    code, _, err = run(capsys, *flags)
+    assert code == 2 and err == "error: the model's default size 32 is below 64; pass --width/--height\n"
+    code, _, err = run(capsys, *flags, "--width", "64")
+    assert code == 2 and "default size 32 is below 64" in err  # the height still falls back

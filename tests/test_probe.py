@@ -141,6 +141,26 @@ def test_bad_presets_are_one_line_errors(tmp_path, content, ref, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(("name", "message"), [
+    ("/dev/zero", "over 1 MB"),
+    ("folder.json", "is a folder"),
+    ("binary.json", "not UTF-8 text"),
+    ("huge.json", "over 1 MB"),
+])
+def test_a_presets_file_that_is_not_one_is_one_line_without_reading_it_whole(capsys, tiny, tmp_path, name, message):
+    """Read at most its cap: /dev/zero never ends and the sparse 2 GB file is never read whole."""
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "binary.json").write_bytes(bytes(range(128, 256)))
+    with open(tmp_path / "huge.json", "wb") as file:
+        file.truncate(2**31)
+    path = name if name.startswith("/") else str(tmp_path / name)
+    with pytest.raises(UserError, match=f"^presets file {path}: {message}"):
+        read_presets(path)
+    code, out, err = run(capsys, "generate", "--model", tmp_path / "no-model-needed", "--style", tiny.style_image,
+                         "--prompt", "a cat", "--blocks", f"@{path}:style", "-o", tmp_path / "o.png")
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
 # --- the probe-blocks command ----------------------------------------------------------------------------
 
 

@@ -151,6 +151,9 @@ SCORE_BAD_INPUTS = [
     ("image-encoder-as-text-tower", lambda t, m: [t / "plain.png", "--prompt", "x", "--content-text-encoder",
                                                   m.adapters / "sdxl_models" / "image_encoder"], "no CLIP tokenizer"),
     ("unknown-flag", lambda t, m: [t / "plain.png", "--frobnicate"], "No such option"),
+    ("absurd-prompt", lambda t, m: [t / "plain.png", "--prompt", "x" * 10_001], "--prompt is 10,001 characters"),
+    ("absurd-content-prompt", lambda t, m: [t / "plain.png", "--prompt", "x", "--content-prompt", "y" * 10_001],
+     "--content-prompt is 10,001 characters; the most is 10,000"),
 ]
 
 

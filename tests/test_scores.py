@@ -12,6 +12,7 @@ from transformers import CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTo
 from instantstyle import Request, UserError
 from instantstyle.embeddings import load_image_encoder, load_text_tower
 from instantstyle.scores import (
+    PNG_SCORES_KEY,
     SCORE_KEYS,
     Scorer,
     ScoreRecord,
@@ -19,6 +20,7 @@ from instantstyle.scores import (
     cosine,
     format_table,
     mean_scores,
+    read_png_scores,
     summarize,
 )
 from instantstyle.testing import make_style_image
@@ -208,3 +210,18 @@ def test_pipeline_score_loads_a_csd_file_once_and_adds_csd_style(sdxl, tiny, tmp
     scores = sdxl.score([tiny.content_image], "a house", style=str(tiny.style_image), csd=checkpoint)[0]
     assert scores.csd_style is not None and scores.clip_text is not None
     assert sdxl.scorer(csd=checkpoint) is sdxl.scorer(csd=checkpoint)
+
+
+def test_an_absurd_prompt_to_score_against_is_one_line_before_tokenizing(sdxl, tiny):
+    with pytest.raises(UserError, match=r"^content prompt is 10,001 characters; the most is 10,000"):
+        sdxl.scorer().score([str(tiny.content_image)], "a cat", content_prompt="x" * 10_001)
+
+
+def test_scores_stored_in_a_hostile_png_are_one_line(tmp_path):
+    """Stored scores are read like the request beside them: a text chunk that inflates past PIL's limit, a bomb."""
+    from instantstyle.testing.hostile import png_claiming_size, png_with_huge_text
+
+    with pytest.raises(UserError, match="huge.png: a text chunk is too large to read"):
+        read_png_scores(png_with_huge_text(tmp_path / "huge.png", PNG_SCORES_KEY))
+    with pytest.raises(UserError, match="bomb.png: refused as a possible decompression bomb"):
+        read_png_scores(png_claiming_size(tmp_path / "bomb.png", 20000, 20000))

@@ -119,13 +119,14 @@ def test_sweep_writes_sheet_and_reproducible_cells(sdxl, tiny, tmp_path):
     assert pixels(Image.open(paths[0][0])).tolist() != pixels(Image.open(paths[0][1])).tolist()
 
 
-def test_cli_sweep_cells_equal_single_generate_runs(tiny, tmp_path):
+def test_cli_sweep_cells_equal_single_generate_runs_and_show_the_same_progress(tiny, tmp_path):
     flags = model_flags(tiny) + ["--style", tiny.style_image]
     result = cli("sweep", *flags, "--blocks", "style,all", "--scale", "0.5", "-o", tmp_path / "sheet.png")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "sheet-style-s0.5.png").is_file() and (tmp_path / "sheet.png").is_file()
     single = cli("generate", *flags, "--blocks", "all", "--scale", "0.5", "-o", tmp_path / "single.png")
     assert single.exit_code == 0, single.output
+    assert single.stderr.count("| 0/2 [") == 1 and result.stderr.count("| 0/2 [") == 2  # one step bar per image
     assert (pixels(Image.open(tmp_path / "single.png")) == pixels(Image.open(tmp_path / "sheet-all-s0.5.png"))).all()
 
 
@@ -249,6 +250,7 @@ def test_cli_sweep_without_scores_writes_no_plot_csv_or_captions(tiny, tmp_path)
     (["--csd", "x.pth", "--no-score"], "--csd needs the scores"),
     (["--csd", "missing.pth"], "CSD checkpoint missing.pth: no such file"),
     (["--pick", "--pick-style-floor", "1.5"], "1.5 is not in the range 0<=x<=1"),
+    (["--pick", "--pick-style-floor", "nan"], "--pick-style-floor must be between 0 and 1, got nan"),
 ])
 def test_cli_sweep_bad_score_flags_are_one_line_and_exit_2(capsys, tiny, tmp_path, args, message):
     from instantstyle.cli import entry

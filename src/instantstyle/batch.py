@@ -29,6 +29,7 @@ from . import safe_json
 from .atomic import remove_stale_temps, temp_path
 from .blocks import is_preset_ref, split_preset_ref
 from .errors import UserError
+from .images import MAX_PIXELS
 from .preflight import check_request, check_runtime
 from .request import CONTROL_KINDS, AdapterUse, Request, StyleRef, write_png
 from .runtime import Runtime
@@ -53,9 +54,10 @@ class JobList:
     problems: list[str] = field(default_factory=list)
 
 
-def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None) -> JobList:
+def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None, max_pixels: int | None = MAX_PIXELS) -> JobList:
     """Read a job file: ``.jsonl`` (one JSON object per line), ``.csv`` (a header row of option names) or
-    ``.json`` (a matrix spec). Relative paths inside are taken from the job file's folder, else the current one."""
+    ``.json`` (a matrix spec). Relative paths inside are taken from the job file's folder, else the current one;
+    a job naming an image over ``max_pixels`` is skipped like any bad line."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"job file {path}: is a folder")
@@ -67,7 +69,7 @@ def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None) -> JobLi
         raise UserError(f"job file {path}: cannot be read ({err.strerror})") from None
     kind = job_file_kind(path, text)
     rows = {"jsonl": jsonl_rows, "csv": csv_rows, "matrix": matrix_rows}[kind](text, path.name)
-    return make_jobs(rows, path.parent, defaults)
+    return make_jobs(rows, path.parent, defaults, max_pixels)
 
 
 def job_file_kind(path: Path, text: str) -> str:
@@ -202,7 +204,8 @@ def matrix_rows(text: str, name: str = "jobs") -> Iterator[Row]:
                 yield where, {**spec, "style": style, "prompt": prompt, "seed": seed, "id": job_id}
 
 
-def make_jobs(rows: Iterable[Row], base: Path | None = None, defaults: dict[str, Any] | None = None) -> JobList:
+def make_jobs(rows: Iterable[Row], base: Path | None = None, defaults: dict[str, Any] | None = None,
+              max_pixels: int | None = MAX_PIXELS) -> JobList:
     """Turn rows into validated jobs; a row that cannot become a job is reported (with where it is) and skipped."""
     result = JobList([])
     ids: dict[str, str] = {}
@@ -213,7 +216,7 @@ def make_jobs(rows: Iterable[Row], base: Path | None = None, defaults: dict[str,
             if isinstance(data, UserError):
                 raise data
             job = _make_job(data, base, defaults or {}, ids)
-            _check_files(job.request, checked)
+            _check_files(job.request, checked, max_pixels)
             for name in job.outputs:
                 other = outputs.get(name.lower())
                 if other is not None:
@@ -286,12 +289,12 @@ def _local_preset_ref(spec: str | None, base: Path | None) -> str | None:
     return f"@{_local(file, base)}:{name}"
 
 
-def _check_files(request: Request, checked: dict[Any, UserError | None]) -> None:
+def _check_files(request: Request, checked: dict[Any, UserError | None], max_pixels: int | None) -> None:
     """The generate command's checks (images readable, blocks well-formed), once per distinct input."""
     key = request.replace(prompt="", negative_prompt="", seed=None, num_images=1)  # what the checks look at
     if key not in checked:
         try:
-            check_request(request)
+            check_request(request, max_pixels)
             checked[key] = None
         except UserError as err:
             checked[key] = err
@@ -463,12 +466,12 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
     return folder.resolve()
 
 
-def as_jobs(jobs: Any, defaults: dict[str, Any] | None = None) -> JobList:
+def as_jobs(jobs: Any, defaults: dict[str, Any] | None = None, max_pixels: int | None = MAX_PIXELS) -> JobList:
     """Accept a job file path, a ``JobList``, or a list of ``Job``s, ``Request``s or option dicts."""
     if isinstance(jobs, JobList):
         return jobs
     if isinstance(jobs, (str, Path)):
-        return read_jobs(jobs, defaults)
+        return read_jobs(jobs, defaults, max_pixels)
     rows: list[Row] = []
     listed: list[Job] = []
     for i, item in enumerate(jobs):
@@ -478,7 +481,7 @@ def as_jobs(jobs: Any, defaults: dict[str, Any] | None = None) -> JobList:
             rows.append((f"job {i + 1}", {k: v for k, v in item.to_dict().items() if k != "version"}))
         else:
             rows.append((f"job {i + 1}", item if isinstance(item, dict) else UserError("not a job")))
-    made = make_jobs(rows, None, defaults)
+    made = make_jobs(rows, None, defaults, max_pixels)
     return JobList(listed + made.jobs, made.problems)
 
 
@@ -529,7 +532,7 @@ def run_batch(
     if not ray:  # Ray workers find their devices on their own machines
         runtime.torch_dtype(runtime.placement())
     folder = prepare_output_dir(output_dir)
-    job_list = runnable_with(as_jobs(jobs, defaults), runtime)
+    job_list = runnable_with(as_jobs(jobs, defaults, runtime.max_pixels), runtime)
     for problem in job_list.problems:
         (on_problem or (lambda _: None))(problem)
     if strict and job_list.problems:
@@ -574,7 +577,9 @@ def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, ret
                 bar.set_postfix_str(f"jobs {report.done + report.failed}/{len(todo)}, failed {report.failed}")
 
     try:
-        if ray:
+        if not batches:  # nothing to do: no model, no Ray, no output
+            pass
+        elif ray:
             from .ray_batch import run_on_ray
 
             run_on_ray(batches, runtime, ray_address, workers, record, scoring)

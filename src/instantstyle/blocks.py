@@ -20,6 +20,7 @@ from . import safe_json
 from .errors import UserError
 from .families import Family, family_named
 from .request import MAX_SCALE
+from .textfiles import read_small_text
 
 
 def _matches(layer: str, name: str) -> bool:
@@ -70,6 +71,8 @@ def _parse_items(spec: str) -> list[tuple[str, float]]:
 # --- presets files: named specs, referred to as @FILE:NAME --------------------------------------------------
 
 PRESET_REF_PREFIX = "@"
+#: The largest presets file read (one holds a few named specs; ``/dev/zero`` or a huge file is refused).
+MAX_PRESETS_FILE = 1024 * 1024
 
 
 def is_preset_ref(spec: str) -> bool:
@@ -122,12 +125,9 @@ def read_presets(path: str | Path) -> dict[str, str]:
     """Read a presets file (a JSON object of name -> blocks spec); a missing, unreadable or malformed file is a
     one-line ``UserError``."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"presets file {path}: no such file")
+    text = read_small_text(path, "presets file", MAX_PRESETS_FILE, "a few named blocks specs as a JSON object")
     try:
-        data = safe_json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"presets file {path}: not readable ({type(err).__name__})") from None
+        data = safe_json.loads(text)
     except UserError as err:
         raise UserError(f"presets file {path}: {err}") from None
     return check_presets(data, f"presets file {path}")

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .errors import UserError
+from .hub import require_hub
+from .images import MAX_PIXELS, PIL_PIXEL_LIMIT
 from .logs import quiet_libraries
 from .preflight import check_blocks, check_request, check_runtime
-from .request import AdapterUse, LoraRef, Request, StyleRef, read_png_request, write_png
+from .request import AdapterUse, LoraRef, Request, StyleRef, check_prompt, read_png_request, write_png
 from .runtime import (
     COMPILE_BACKENDS,
     DEFAULT_ADAPTER,
@@ -85,6 +87,9 @@ RUNTIME_OPTIONS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
                                                  "hidden": True}),
     ("cache_dir", ("--cache-dir",), {"default": None, "envvar": "INSTANTSTYLE_CACHE_DIR",
                                      "help": "Keep style embeddings here across runs [env INSTANTSTYLE_CACHE_DIR]."}),
+    ("max_pixels", ("--max-pixels",), {"default": MAX_PIXELS, "type": INT, "show_default": True,
+                                       "help": "Refuse any input image with more pixels (read from its header, "
+                                       f"before decoding; at most {PIL_PIXEL_LIMIT:,})."}),
     ("debug", ("--debug",), {"is_flag": True, "help": "Show tracebacks."}),
 ]
 
@@ -113,6 +118,7 @@ def runtime_from(params: dict[str, Any], **fixed: Any) -> Runtime:
         cache_dir=params.get("cache_dir"),
         keep_all_weights=bool(params.get("keep_all_weights")),
         single_file_config=params.get("single_file_config"),
+        max_pixels=params.get("max_pixels", MAX_PIXELS),
     ).replace(**fixed)
 
 
@@ -249,6 +255,9 @@ def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str | None
     from .pipeline import StylePipeline
 
     assert request.model is not None and request.adapter is not None
+    config = runtime.single_file_config if Path(request.model).expanduser().is_file() else None
+    require_hub(("model", request.model), ("adapter", request.adapter), ("image encoder", request.image_encoder),
+                ("single-file config", config))  # what is missing, in one line, without waiting
     check_blocks(request.model, specs, runtime.single_file_config, request)
     blocks = ",".join(expand_preset_ref(s) for s in specs if s is not None) if None not in specs else None
     return StylePipeline.from_pretrained(
@@ -261,7 +270,7 @@ def _generate(params: dict[str, Any]) -> None:
     source = read_png_request(params["from_png"]) if params["from_png"] else None
     request = request_from_cli(params, source)
     runtime = runtime_from(params)
-    check_request(request)
+    check_request(request, runtime.max_pixels)
     check_runtime(request, runtime)
     paths = output_paths(params["output"], request.num_images, params["overwrite"])
     if params["save_style"] and not params["save_style"].endswith(".safetensors"):
@@ -378,9 +387,12 @@ def _score(params: dict[str, Any]) -> None:
 
     if not params["images"]:
         raise UserError("give the images to score: instantstyle score IMAGE... --prompt TEXT --style REF")
+    runtime = runtime_from(params)  # its pixel cap holds for every image read here
     for name in ("prompt", "content_prompt"):
         if params[name] is not None and not params[name].strip():
             raise UserError(f"--{name.replace('_', '-')} is empty")
+        if params[name] is not None:
+            check_prompt(f"--{name.replace('_', '-')}", params[name])
     styles = tuple(StyleRef.parse(text) for text in params["style"])
     if styles:
         Request("", style=styles)  # the weights' checks
@@ -389,10 +401,10 @@ def _score(params: dict[str, Any]) -> None:
             if not Path(ref.path).is_file():
                 raise UserError(f"style file {ref.path}: no such file")
         else:
-            load_image(ref.path, "style image")
+            load_image(ref.path, "style image", runtime.max_pixels)
     pictures, saved = [], []
     for path in params["images"]:
-        pictures.append(load_image(path, "image"))
+        pictures.append(load_image(path, "image", runtime.max_pixels))
         with Image.open(path) as image:  # readable: load_image said so
             saved.append(read_png_request(path) if PNG_KEY in image.info else None)
     wanted: list[tuple[str | None, tuple[StyleRef, ...], str | None, str]] = []
@@ -408,6 +420,8 @@ def _score(params: dict[str, Any]) -> None:
     models = {name: params[name] or _shared(name, saved) for name in SCORE_MODELS}
     model = None if models["content_text_encoder"] else models["model"] or DEFAULT_MODEL
     adapter = models["adapter"] or DEFAULT_ADAPTER
+    require_hub(("model", model), ("adapter", adapter), ("image encoder", models["image_encoder"]),
+                ("content text encoder", models["content_text_encoder"]))  # what is missing, in one line, at once
     if model is not None:
         model_source(model)  # shaped like a model, before anything loads
     if is_local_adapter_ref(adapter):
@@ -416,7 +430,7 @@ def _score(params: dict[str, Any]) -> None:
         check_csd_path(params["csd"])
     if not params["debug"]:
         quiet_libraries()
-    scorer = load_scorer(adapter, runtime_from(params), model=model,
+    scorer = load_scorer(adapter, runtime, model=model,
                          image_encoder=models["image_encoder"], content_text_encoder=models["content_text_encoder"],
                          csd=params["csd"])
     scores = [scorer.score([picture], *against)[0] for picture, against in zip(pictures, wanted, strict=True)]
@@ -454,7 +468,8 @@ def _shared(name: str, saved: Sequence[Request | None]) -> str | None:
               "csd_style.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line, instead of a table.")
 @runtime_options(exclude=[name for name, _, _ in RUNTIME_OPTIONS if name not in ("device", "dtype",
-                                                                                  "single_file_config", "debug")])
+                                                                                  "single_file_config", "max_pixels",
+                                                                                  "debug")])
 def score(**params: Any) -> None:
     """Score images: CLIP text (prompt fidelity), CLIP style, content leak, CSD style; cosines in [-1, 1].
 
@@ -587,10 +602,12 @@ def _sweep(params: dict[str, Any]) -> None:
         raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
     if not params["score"] and (params["pick"] or params["csd"] is not None):
         raise UserError(f"{'--pick' if params['pick'] else '--csd'} needs the scores; drop --no-score")
+    if not 0 <= params["pick_style_floor"] <= 1:  # click's range lets nan through
+        raise UserError(f"--pick-style-floor must be between 0 and 1, got {params['pick_style_floor']}")
     if params["csd"] is not None:
         check_csd_path(params["csd"])
     runtime = runtime_from(params)
-    check_request(base)
+    check_request(base, runtime.max_pixels)
     check_runtime(base, runtime)
     if not params["debug"]:
         quiet_libraries()
@@ -611,7 +628,7 @@ def _sweep(params: dict[str, Any]) -> None:
     if params["pick"] and scorer is not None and "clip_text" in scorer.unavailable():
         raise UserError(f"--pick needs prompt scores, and this model has none: {scorer.unavailable()['clip_text']}")
     out = render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)), scorer=scorer,
-                       style_floor=params["pick_style_floor"] if params["pick"] else None)
+                       style_floor=params["pick_style_floor"] if params["pick"] else None, progress=True)
     click.echo(str(sheet))
     if scorer is None:
         return
@@ -725,7 +742,9 @@ def _probe_blocks(params: dict[str, Any]) -> None:
     given.setdefault("model", DEFAULT_MODEL)
     given.setdefault("adapter", DEFAULT_ADAPTER)
     base = Request(params["probe_prompts"][0], style=styles, **given)
-    check_request(base)
+    runtime = runtime_from(params)
+    check_request(base, runtime.max_pixels)
+    check_runtime(base, runtime)
     if params["csd"] is not None:
         check_csd_path(params["csd"])
     folder = Path(params["output"]).expanduser()
@@ -740,7 +759,7 @@ def _probe_blocks(params: dict[str, Any]) -> None:
     output_paths(str(folder / PROBE_FILES[0]), 1, overwrite=True)  # the folder can be made and written
     if not params["debug"]:
         quiet_libraries()
-    pipe = load_pipeline(base, runtime_from(params), ["all"])
+    pipe = load_pipeline(base, runtime, ["all"])
     scorer = pipe.scorer(base.content_text_encoder, params["csd"])
     blocks = list_blocks(pipe.layers, pipe.arch)
     jobs = probe_requests(pipe.complete(base), blocks, styles, params["probe_prompts"], contents)
@@ -803,7 +822,7 @@ for _name, _option in REQUEST_OPTIONS:
 
 def _ui(params: dict[str, Any]) -> None:
     try:
-        from .ui import launch
+        from .ui import launch, read_auth
     except ImportError as err:
         raise UserError(f"the web UI needs gradio: pip install 'instantstyle[ui]' ({err})") from None
     import socket
@@ -811,6 +830,10 @@ def _ui(params: dict[str, Any]) -> None:
     from .pipeline import StylePipeline
 
     runtime = runtime_from(params, keep_all_weights=True)  # any blocks per request, without reloading the adapter
+    auth = read_auth(params["auth"], params["auth_file"])
+    for folder in params["models_dir"]:
+        if not Path(folder).expanduser().is_dir():
+            raise UserError(f"--models-dir {folder}: no such folder")
     if params["csd"] is not None:
         check_csd_path(params["csd"])
     try:  # a taken port fails before the model loads, not after
@@ -819,15 +842,22 @@ def _ui(params: dict[str, Any]) -> None:
     except OSError as err:
         where = f"{params['host']}:{params['port']}"
         raise UserError(f"cannot serve on {where} ({err.strerror or err}); check --host and --port") from None
-    if params["host"] not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: serving on {params['host']}: anyone who can reach this machine can use the page",
-                   err=True)
+    if params["host"] not in ("127.0.0.1", "localhost", "::1") or params["share"]:
+        where = "a public gradio.live link" if params["share"] else params["host"]
+        if auth:
+            click.echo(f"warning: serving on {where} with a login; over plain HTTP the password travels in clear "
+                       "(put the page behind HTTPS)", err=True)
+        else:
+            click.echo(f"warning: serving on {where} without a login: anyone who can reach it can use the page "
+                       "(--auth USER:PASSWORD or --auth-file FILE adds one)", err=True)
     pipe = StylePipeline.from_pretrained(
         params["model"] or DEFAULT_MODEL, params["adapter"] or DEFAULT_ADAPTER, runtime,
         image_encoder=params["image_encoder"], content_text_encoder=params["content_text_encoder"],
     )
-    click.echo(f"serving http://{params['host']}:{params['port']}/ (outputs in {params['workdir']})")
-    launch(pipe, params["workdir"], params["host"], params["port"], share=params["share"], csd=params["csd"])
+    public = "" if params["share"] else "; no public link (--share makes a temporary gradio.live one)"
+    click.echo(f"serving http://{params['host']}:{params['port']}/ (outputs in {params['workdir']}{public})")
+    launch(pipe, params["workdir"], params["host"], params["port"], share=params["share"], auth=auth,
+           models_dirs=params["models_dir"], max_pixels=runtime.max_pixels, csd=params["csd"])
 
 
 @main.command(context_settings={"show_default": True})
@@ -840,6 +870,11 @@ def _ui(params: dict[str, Any]) -> None:
 @click.option("--port", default=7860, type=click.IntRange(1, 65535))
 @click.option("--share", is_flag=True, help="Also open a public gradio.live link (off unless asked).")
 @click.option("--workdir", default="instantstyle-ui", help="Folder for uploads and generated images.")
+@click.option("--auth", multiple=True, metavar="USER:PASSWORD", help="Require a login (repeat for more users; "
+              "--auth-file keeps passwords out of the process list).")
+@click.option("--auth-file", multiple=True, metavar="FILE", help="Logins, one USER:PASSWORD per line.")
+@click.option("--models-dir", multiple=True, metavar="DIR", help="A folder the page may read LoRA files, "
+              "ControlNet folders and presets files (--blocks @FILE:NAME) from (repeatable; none by default).")
 @click.option("--csd", default=None, help="CSD checkpoint: images are also scored by csd_style.")
 @runtime_options(exclude=("keep_all_weights",))  # the page keeps every weight: any blocks per request
 def ui(**params: Any) -> None:

@@ -21,7 +21,7 @@ from PIL import Image
 from .errors import UserError
 from .families import Family
 from .hub import check_controlnet_ref, check_model_ref, hub_error
-from .images import load_image
+from .images import MAX_PIXELS, load_image
 
 
 def canny(image: Image.Image, low: float = 100.0, high: float = 200.0) -> Image.Image:
@@ -59,11 +59,12 @@ def canny(image: Image.Image, low: float = 100.0, high: float = 200.0) -> Image.
     return Image.fromarray(out).convert("RGB")
 
 
-def control_image(kind: str, source: str, size: tuple[int, int], depth_model: Any | None = None) -> Image.Image:
+def control_image(kind: str, source: str, size: tuple[int, int], depth_model: Any | None = None,
+                  max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """The conditioning image for ``--control kind`` at the output size: canny edges of ``source``, its
     depth map by ``depth_model``, or ``source`` itself (a depth map or a ready control image)."""
     what = {"canny": "control image", "depth": "depth map"}.get(kind, "control image")
-    image = load_image(source, "control image" if depth_model is not None else what)
+    image = load_image(source, "control image" if depth_model is not None else what, max_pixels)
     if kind == "canny":
         return canny(image.resize(size, Image.Resampling.LANCZOS))
     if kind == "depth" and depth_model is not None:

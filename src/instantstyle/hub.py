@@ -4,12 +4,22 @@ A model is a folder, a single file or ``org/name``; an adapter is a file or ``or
 its CLIP image encoder is found beside it (h94's layout) or named. Hub failures become one-line
 ``UserError``s, told apart by ``huggingface_hub``'s exception types (not cached while offline, no such
 repository, no such file), never by the wording of a message.
+
+Without a network, ``huggingface_hub`` retries every request for about half a minute before it falls back to
+the cache. So a hub reference is checked first (``require_hub``): in the local cache, or the hub answers one
+request with a short timeout; the answer is kept for the process (``hub_reachable``), and when the hub does
+not answer, ``huggingface_hub`` is put in offline mode so later loads read the cache at once.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +44,108 @@ def _causes(err: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+#: How long the one reachability check of the hub may take, name lookup included (seconds).
+HUB_CHECK_TIMEOUT = 3.0
+#: The flag that takes a local copy instead, and what it takes, for each kind of hub reference.
+LOCAL_FLAG = {"model": "--model also takes a local folder or .safetensors file",
+              "adapter": "--adapter also takes a local file",
+              **{what: f"--{what.replace(' ', '-')} also takes a local folder" for what in (
+                  "image encoder", "controlnet", "depth model", "content text encoder", "single-file config")}}
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub answers one request within ``HUB_CHECK_TIMEOUT`` (no retries; an answer that
+    ``huggingface_hub`` would retry, 5xx or 429, does not count), asked once per process. When it does not,
+    ``huggingface_hub`` is switched to offline mode for the rest of the process, so cached files load at once
+    instead of after its retries (``HF_HUB_OFFLINE=1``: no request at all)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    answers: list[bool] = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"),
+                                   timeout=HUB_CHECK_TIMEOUT).close()
+            answers.append(True)
+        except urllib.error.HTTPError as err:  # a 4xx answer: the hub is there; huggingface_hub retries 5xx and 429
+            answers.append(err.code < 500 and err.code != 429)
+        except (OSError, ValueError):
+            answers.append(False)
+
+    thread = threading.Thread(target=ask, daemon=True)  # the join bounds name lookup too (urllib's timeout does not)
+    thread.start()
+    thread.join(HUB_CHECK_TIMEOUT)
+    reachable = bool(answers) and answers[0]
+    if not reachable:
+        constants.HF_HUB_OFFLINE = True  # huggingface_hub reads it on every request (diffusers, transformers too)
+    return reachable
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """A reference to something on the hub: ``what`` it is, the ``ref`` as given, its ``repo`` and a ``file`` of it
+    that is in the local cache once it was downloaded (``folder``: the part of the repo it needs, if not all)."""
+
+    what: str
+    ref: str
+    repo: str
+    file: str
+    folder: str = ""
+
+    def cached(self) -> bool:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(self.repo, self.file), str)
+
+    def download_command(self) -> str:
+        if self.folder:  # an adapter's folder holds its image encoder in h94's layout
+            return f'hf download {self.repo} --include "{self.folder}/*"'
+        return f"hf download {self.repo} {self.file}" if self.what == "adapter" else f"hf download {self.repo}"
+
+    def missing(self, why: str = "the hub cannot be reached") -> str:
+        """One line: not in the cache, ``why`` not from the hub, and how to get it."""
+        local = f"; {LOCAL_FLAG[self.what]}" if self.what in LOCAL_FLAG else ""
+        return (f"{self.what} {self.ref!r} is not in the Hugging Face cache and {why}: download it where there is "
+                f"network with `{self.download_command()}`{local}")
+
+
+def hub_ref(what: str, ref: str) -> HubRef | None:
+    """The hub reference ``ref`` stands for (``None`` for a local path): a diffusers model, ControlNet or
+    transformers model is ``org/name``; an adapter file or image encoder folder is ``org/repo/path/in/repo``."""
+    if Path(ref).expanduser().exists() or (looks_like_path(ref) and what != "adapter"):
+        return None
+    parts = ref.split("/")
+    if what in ("adapter", "image encoder"):
+        if len(parts) < 3 or ref.startswith((".", "/", "~")):
+            return None
+        repo, inner = "/".join(parts[:2]), "/".join(parts[2:])
+        if what == "adapter":
+            return HubRef(what, ref, repo, inner, inner.rpartition("/")[0])
+        return HubRef(what, ref, repo, f"{inner}/config.json", inner)
+    if len(parts) != 2:
+        return None
+    return HubRef(what, ref, ref, "model_index.json" if what in ("model", "single-file config") else "config.json")
+
+
+def require_hub(*refs: tuple[str, str | None]) -> None:
+    """Every hub reference among ``refs`` ((what, reference) pairs; local paths and ``None`` pass) is in the local
+    HF cache, or the hub answers (asked once per process): else one line naming what is missing and the ``hf
+    download`` command for each, before anything waits on the network."""
+    from huggingface_hub import constants
+
+    wanted = [found for what, ref in refs if ref and (found := hub_ref(what, ref)) is not None]
+    if not wanted:
+        return
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
+    missing = [ref for ref in wanted if not ref.cached()]
+    if hub_reachable() or not missing:
+        return
+    raise UserError("; and ".join(ref.missing(why) for ref in missing))
+
+
 def hub_error(what: str, ref: str, err: BaseException) -> UserError:
     """One line for a hub failure, by the ``huggingface_hub`` error behind it (diffusers and transformers
     re-raise those as ``OSError``; the original is in the exception chain)."""
@@ -51,6 +163,9 @@ def hub_error(what: str, ref: str, err: BaseException) -> UserError:
     if any(isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)) for e in causes) or (
         constants.HF_HUB_OFFLINE and not any(isinstance(e, RepositoryNotFoundError) for e in causes)
     ):
+        found = hub_ref(what, ref)
+        if found is not None:
+            return UserError(found.missing("the hub cannot be reached (offline, no network, or a partial download)"))
         return UserError(f"{what} {ref!r} is not in the Hugging Face cache and the hub cannot be reached "
                          "(offline or no network); download it first")
     if any(isinstance(e, GatedRepoError) for e in causes):
@@ -79,6 +194,7 @@ def model_source(model: str) -> Path | str:
         return path
     if looks_like_path(model) or model.count("/") != 1:
         raise UserError(f"model {model}: no such file or folder")
+    require_hub(("model", model))
     return model
 
 
@@ -90,6 +206,8 @@ def check_model_ref(what: str, ref: str) -> None:
             raise UserError(f"{what} {ref}: no config.json in that folder")
     elif path.exists() or looks_like_path(ref) or ref.count("/") != 1:
         raise UserError(f"{what} {ref}: no such folder (give a model folder or hub id)")
+    else:
+        require_hub((what, ref))
 
 
 def check_controlnet_ref(ref: str) -> None:

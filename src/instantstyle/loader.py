@@ -32,6 +32,7 @@ from .hub import (
     holds_denoiser_only,
     hub_error,
     model_source,
+    require_hub,
     resolve_adapter_file,
 )
 from .preflight import model_family
@@ -60,6 +61,9 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
     default; all of them with ``runtime.keep_all_weights``), then place everything (device, device map or offload;
     compile)."""
     check_diffusers()  # before minutes of loading: the adapter edits need the diffusers they were verified with
+    single_file = Path(model).expanduser().is_file()
+    require_hub(("model", model), ("adapter", adapter), ("image encoder", image_encoder),
+                ("single-file config", runtime.single_file_config if single_file else None))  # all missing, at once
     cache = EmbeddingCache.open(runtime.cache_dir) if runtime.cache_dir else None
     device = runtime.placement()
     dtype = runtime.torch_dtype(device, model_family(model, runtime.single_file_config).gpu_dtype)
@@ -175,7 +179,7 @@ def load_scorer(adapter: str, runtime: Runtime, *, model: str | None = None, ima
     encoder.model.to(device)  # type: ignore[arg-type]  # transformers types .to loosely
     if tower is not None:
         tower.model.to(device)
-    return Scorer(encoder, tower, csd_model)
+    return Scorer(encoder, tower, csd_model, max_pixels=runtime.max_pixels)
 
 
 def model_text_tower(model: str, want: int, dtype: torch.dtype, config: str | None = None) -> TextTower | None:

@@ -17,7 +17,7 @@ from PIL import Image
 from .control import control_image
 from .errors import UserError
 from .families import Family
-from .images import load_image
+from .images import MAX_PIXELS, load_image
 from .request import CONTROL_KINDS, Request
 
 DEFAULT_STRENGTH = {"img2img": 0.8, "inpaint": 1.0}
@@ -26,12 +26,13 @@ AUTO_PIPELINES = {"text": "AutoPipelineForText2Image", "img2img": "AutoPipelineF
                   "inpaint": "AutoPipelineForInpainting"}
 
 
-def init_size(request: Request, native: int, multiple: int = 8) -> tuple[int, int] | None:
+def init_size(request: Request, native: int, multiple: int = 8, max_pixels: int | None = MAX_PIXELS
+              ) -> tuple[int, int] | None:
     """The default output size with an init image: its aspect ratio, the long side at the model's native
     size (a 4000 px photo is not generated at 4000 px), both multiples of ``multiple`` (the model's grid)."""
     if request.init_image is None:
         return None
-    width, height = load_image(request.init_image, "init image").size
+    width, height = load_image(request.init_image, "init image", max_pixels).size
     factor = native / max(width, height)
     low = max(64, multiple)
     return (max(low, round(width * factor / multiple) * multiple),
@@ -70,20 +71,25 @@ def mode_pipeline(base: Any, family: Family, request: Request, controlnet: Any |
         raise UserError(f"{what} is not available for {family.name} models ({err})") from None
 
 
-def mode_kwargs(request: Request, depth_model: Any | None = None) -> dict[str, Any]:
+def mode_kwargs(
+    request: Request, depth_model: Any | None = None, max_pixels: int | None = MAX_PIXELS
+) -> dict[str, Any]:
     """The image inputs of the request's mode as diffusers keyword arguments, at the request's size
-    (``depth_model``: the loaded ``request.depth_model``, which makes the depth map)."""
+    (``depth_model``: the loaded ``request.depth_model``, which makes the depth map; images over ``max_pixels``
+    are refused)."""
     assert request.width is not None and request.height is not None
     size = (request.width, request.height)
     kwargs: dict[str, Any] = {}
     if request.mode != "text":
-        kwargs["image"] = load_image(request.init_image or "", "init image").resize(size, Image.Resampling.LANCZOS)
+        init = load_image(request.init_image or "", "init image", max_pixels)
+        kwargs["image"] = init.resize(size, Image.Resampling.LANCZOS)
         kwargs["strength"] = request.strength
     if request.mode == "inpaint":
-        kwargs["mask_image"] = load_mask(request.mask or "", size)
+        kwargs["mask_image"] = load_mask(request.mask or "", size, max_pixels)
     if request.control is not None:
         source = request.control if request.control not in CONTROL_KINDS else request.control_image
-        condition = control_image(request.control, source or request.init_image or "", size, depth_model)
+        condition = control_image(request.control, source or request.init_image or "", size, depth_model,
+                                  max_pixels)
         kwargs["control_image" if request.mode != "text" else "image"] = condition
         kwargs["controlnet_conditioning_scale"] = request.control_scale
     if request.mode == "text" or request.mode == "inpaint" or request.control is not None:
@@ -107,18 +113,18 @@ def fit_call(pipe: Any, kwargs: dict[str, Any], request: Request) -> dict[str, A
     return fitted
 
 
-def load_mask(path: str, size: tuple[int, int]) -> Image.Image:
+def load_mask(path: str, size: tuple[int, int], max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """A mask as greyscale at the output size (white = repaint)."""
-    return load_image(path, "mask").convert("L").resize(size, Image.Resampling.BILINEAR)
+    return load_image(path, "mask", max_pixels).convert("L").resize(size, Image.Resampling.BILINEAR)
 
 
-def paste_back(images: list[Image.Image], request: Request) -> list[Image.Image]:
+def paste_back(images: list[Image.Image], request: Request, max_pixels: int | None = MAX_PIXELS) -> list[Image.Image]:
     """Inpainting: put the init image back outside the mask, so untouched pixels stay exactly as given
     (the VAE round trip would otherwise soften them)."""
     if request.mode != "inpaint":
         return images
     first = images[0]
-    init = load_image(request.init_image or "", "init image").resize(first.size, Image.Resampling.LANCZOS)
-    mask = load_mask(request.mask or "", first.size)
+    init = load_image(request.init_image or "", "init image", max_pixels).resize(first.size, Image.Resampling.LANCZOS)
+    mask = load_mask(request.mask or "", first.size, max_pixels)
     return [Image.composite(image.convert("RGB"), init, mask) for image in images]
 

@@ -39,7 +39,7 @@ from .extras import Extras
 from .families import Family
 from .hub import resolve_adapter_file
 from .lora import apply_loras
-from .request import Request, StyleRef
+from .request import MIN_SIZE, Request, StyleRef
 from .runtime import DEFAULT_ADAPTER, DEFAULT_MODEL, Runtime
 from .schedulers import make_scheduler
 from .scores import Scorer, Scores
@@ -114,10 +114,11 @@ class StylePipeline:
     extras: Extras = field(init=False, repr=False)  # what requests name besides the base model, loaded once
     _base_scheduler: Any = field(default=None, repr=False)
     _attached: tuple[str, ...] = field(default=(), repr=False)  # the further adapters now in the denoiser
-    _scorers: dict[tuple[str | None, str | None], Scorer] = field(default_factory=dict, repr=False)
+    _scorers: dict[tuple[str | None, str | None], Scorer] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.embeddings = EmbeddingStore(self.device, self.dtype, self.low_memory, self.disk_cache)
+        self.embeddings = EmbeddingStore(self.device, self.dtype, self.low_memory, self.disk_cache,
+                                         self.runtime.max_pixels)
         self.extras = Extras(self.device, self.dtype)
 
     @classmethod
@@ -198,7 +199,7 @@ class StylePipeline:
 
     def finish(self, request: Request, images: list[Image.Image]) -> Result:
         """After denoising: inpainting puts the init image back outside the mask."""
-        return Result(modes.paste_back(images, request), request)
+        return Result(modes.paste_back(images, request, self.runtime.max_pixels), request)
 
     def generate_many(self, requests: Sequence[Request]) -> list[Result]:
         """The results of several requests: in one denoising call when they can share it (equal ``batch_key``, all
@@ -239,7 +240,11 @@ class StylePipeline:
             if name == "model" or resolve_adapter_file(theirs) != Path(self.adapter.path):
                 raise UserError(f"request is for {name} {theirs!r} but this pipeline has {mine!r}")
         default = self.family.native_size(self.pipe)
-        width, height = modes.init_size(request, default, self.family.size_multiple) or (default, default)
+        width, height = modes.init_size(request, default, self.family.size_multiple,
+                                        self.runtime.max_pixels) or (default, default)
+        for given, fallback in ((request.width, width), (request.height, height)):
+            if given is None and fallback < MIN_SIZE:  # the user never gave it: say where it came from
+                raise UserError(f"the model's default size {fallback} is below {MIN_SIZE}; pass --width/--height")
         default_blocks = self.family.default_blocks
 
         def blocks(spec: str | None) -> str:  # no spec: the family's default; @FILE:NAME: the spec it names
@@ -300,9 +305,9 @@ class StylePipeline:
             "num_images_per_prompt": request.num_images,
             "generator": torch.Generator("cpu").manual_seed(request.seed),
             **self.image_embeds_kwargs(request),
-            **modes.mode_kwargs(request, self.depth_model(request)),
+            **modes.mode_kwargs(request, self.depth_model(request), self.runtime.max_pixels),
         }
-        masks = routing.region_masks(request, (request.width, request.height))
+        masks = routing.region_masks(request, (request.width, request.height), self.runtime.max_pixels)
         if masks is not None:
             kwargs["cross_attention_kwargs"] = {"ip_adapter_masks": masks}
         callback = routing.schedule_callback(request, self.denoiser, self.family, slots,
@@ -360,7 +365,8 @@ class StylePipeline:
                     raise
                 tower = None
             model = csd if isinstance(csd, CsdModel) else None if csd is None else self.extras.csd(str(csd))
-            self._scorers[key] = Scorer(self.image_encoder, tower, model, self.device, self.dtype, self.low_memory)
+            self._scorers[key] = Scorer(self.image_encoder, tower, model, self.device, self.dtype, self.low_memory,
+                                          self.runtime.max_pixels)
         return self._scorers[key]
 
     def score(

@@ -27,21 +27,22 @@ from .hub import (
     model_source,
     resolve_adapter_file,
 )
-from .images import load_image
+from .images import MAX_PIXELS, load_image
 from .lora import check_lora_file
 from .request import CONTROL_KINDS, Request
 from .runtime import Runtime
 
 
-def check_request(request: Request) -> None:
-    """Everything about a request that can be checked without a model."""
+def check_request(request: Request, max_pixels: int | None = MAX_PIXELS) -> None:
+    """Everything about a request that can be checked without a model (images held to ``max_pixels``, checked from
+    their headers before decoding)."""
     for ref in request.style:
         if not ref.path.endswith(".safetensors"):
-            load_image(ref.path, "style image")
+            load_image(ref.path, "style image", max_pixels)
         elif not Path(ref.path).is_file():
             raise UserError(f"style file {ref.path}: no such file")
     if request.content_image is not None:
-        load_image(request.content_image, "content image")
+        load_image(request.content_image, "content image", max_pixels)
     for name in ("image_encoder", "content_text_encoder"):
         folder = getattr(request, name)
         if folder is not None and folder.startswith((".", "/", "~")) and not Path(folder).expanduser().is_dir():
@@ -49,7 +50,7 @@ def check_request(request: Request) -> None:
     for spec in (request.blocks, *(use.blocks for use in request.adapters)):
         if spec is not None:  # None: the family's default
             parse_spec(spec)
-    check_mode_inputs(request)
+    check_mode_inputs(request, max_pixels)
     for lora in request.lora:
         check_lora_file(lora.path)
 
@@ -66,22 +67,22 @@ def check_family(request: Request, family: Family) -> None:
         settings_of(family)
 
 
-def check_mode_inputs(request: Request) -> None:
-    """Every image-mode input readable: init image, mask, composition, regions, further adapters and their
-    styles, the control image, the ControlNet and depth model references."""
+def check_mode_inputs(request: Request, max_pixels: int | None = MAX_PIXELS) -> None:
+    """Every image-mode input readable and within ``max_pixels``: init image, mask, composition, regions, further
+    adapters and their styles, the control image; the ControlNet and depth model references well-formed."""
     for name, what in (("init_image", "init image"), ("mask", "mask"), ("composition", "composition image")):
         if getattr(request, name) is not None:
-            load_image(getattr(request, name), what)
+            load_image(getattr(request, name), what, max_pixels)
     for region in (*request.regions, *(r for use in request.adapters for r in use.regions)):
-        load_image(region, "region mask")
+        load_image(region, "region mask", max_pixels)
     for use in request.adapters:
         if is_local_adapter_ref(use.path):
             resolve_adapter_file(use.path)  # a local reference: its errors, without touching the hub
         for ref in use.style:
-            load_image(ref.path, f"style image of adapter {use.path}")
+            load_image(ref.path, f"style image of adapter {use.path}", max_pixels)
     if request.control is not None:
         source = request.control if request.control not in CONTROL_KINDS else request.control_image
-        load_image(source or request.init_image or "", "control image")
+        load_image(source or request.init_image or "", "control image", max_pixels)
     if request.controlnet is not None:
         check_controlnet_ref(request.controlnet)
     if request.depth_model is not None:

@@ -30,6 +30,7 @@ MAX_GUIDANCE = 50.0
 MAX_LORA_SCALE = 10.0  # either sign: negative LoRA scales are a real use (slider LoRAs)
 #: CLIP reads 75 tokens (about 300 characters) and warns past them; this only stops absurd text (10 MB took 74 s).
 MAX_PROMPT_CHARS = 10_000
+MIN_SIZE, MAX_SIZE = 64, 8192  # output width and height, pixels
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,14 @@ class AdapterUse:
             )
 
 
+def check_prompt(label: str, text: Any) -> None:
+    """A prompt is text of at most ``MAX_PROMPT_CHARS`` (a 10 MB prompt took 74 s and 3.3 GB to tokenize)."""
+    if not isinstance(text, str):
+        raise UserError(f"{label} must be text")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise UserError(f"{label} is {len(text):,} characters; the most is {MAX_PROMPT_CHARS:,} (CLIP reads about 300)")
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -197,11 +206,7 @@ class Request:
             text, label = getattr(self, name), name.replace("_", " ")
             if text is None and name == "content_prompt":
                 continue
-            if not isinstance(text, str):
-                raise UserError(f"{label} must be text")
-            if len(text) > MAX_PROMPT_CHARS:
-                raise UserError(f"{label} is {len(text):,} characters; the most is {MAX_PROMPT_CHARS:,} "
-                                "(CLIP reads about 300)")
+            check_prompt(label, text)
         if not self.style:
             raise UserError("a style reference is required (--style IMAGE)")
         _check_weights(self.style)
@@ -218,7 +223,7 @@ class Request:
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None:
-                _check_int(name, value, low=64, high=8192)
+                _check_int(name, value, low=MIN_SIZE, high=MAX_SIZE)
                 if value % 8:
                     raise UserError(f"{name} must be a multiple of 8, got {value}")
         if self.content_image is not None and self.content_prompt is not None:
@@ -375,13 +380,14 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
         raise UserError(f"{name} must be between {low} and {high}, got {value}")
 
 
-def read_png_request(path: str | Path) -> Request:
-    """Read the request stored in a PNG made by instantstyle (``generate --from image.png``)."""
+def read_png_text(path: str | Path, key: str) -> str | None:
+    """The text chunk ``key`` of a PNG (``None``: it has none), or a one-line ``UserError``: missing, not an image,
+    a decompression bomb, or a text chunk that inflates past PIL's limit."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            text = image.info.get(PNG_KEY)
+            text = image.info.get(key)
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as err:
@@ -390,6 +396,12 @@ def read_png_request(path: str | Path) -> Request:
         raise UserError(f"{path}: refused as a possible decompression bomb ({err})") from None
     except ValueError as err:  # PIL's cap on inflating text chunks (zTXt/iTXt)
         raise UserError(f"{path}: a text chunk is too large to read ({err})") from None
+    return text if isinstance(text, str) else None
+
+
+def read_png_request(path: str | Path) -> Request:
+    """Read the request stored in a PNG made by instantstyle (``generate --from image.png``)."""
+    text = read_png_text(path, PNG_KEY)
     if text is None:
         raise UserError(f"{path}: carries no instantstyle parameters")
     try:

@@ -17,7 +17,7 @@ import torch
 
 from .blocks import resolve_blocks
 from .families import Family
-from .images import load_image
+from .images import MAX_PIXELS, load_image
 from .processors import set_scales
 from .request import Request
 
@@ -41,7 +41,8 @@ def per_image_weights(request: Request) -> list[list[float] | None]:
     return slots + [None] * (request.composition is not None)
 
 
-def region_masks(request: Request, size: tuple[int, int]) -> list[torch.Tensor | None] | None:
+def region_masks(request: Request, size: tuple[int, int],
+                 max_pixels: int | None = MAX_PIXELS) -> list[torch.Tensor | None] | None:
     """``ip_adapter_masks`` for diffusers: per slot, one mask per style (1, n, H, W) or ``None``; ``None``
     when no adapter has regions."""
     from diffusers.image_processor import IPAdapterMaskProcessor
@@ -54,7 +55,7 @@ def region_masks(request: Request, size: tuple[int, int]) -> list[torch.Tensor |
         if not regions:
             masks.append(None)
             continue
-        images = [load_image(path, "region mask") for path in regions]
+        images = [load_image(path, "region mask", max_pixels) for path in regions]
         stack = IPAdapterMaskProcessor().preprocess(images, height=size[1], width=size[0])
         masks.append(stack.reshape(1, stack.shape[0], stack.shape[2], stack.shape[3]))
     return masks

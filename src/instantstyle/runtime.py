@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+from .images import MAX_PIXELS, check_pixel_cap
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +36,8 @@ class Runtime:
     off the device between encodes (``None``: when memory is tight, or with offload); ``compile_backend``
     torch.compiles the denoiser; ``cache_dir`` keeps style embeddings on disk across runs;
     ``keep_all_weights`` keeps the adapter weights of layers no block targets (re-target without reloading);
-    ``single_file_config`` gives the configs of a single-file model."""
+    ``single_file_config`` gives the configs of a single-file model; ``max_pixels`` caps every image read
+    (references, init, mask, control, regions, composition, content image), checked from its header."""
 
     device: str = "auto"
     dtype: str = "auto"
@@ -46,6 +48,7 @@ class Runtime:
     cache_dir: str | None = None
     keep_all_weights: bool = False
     single_file_config: str | None = None
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
         self.validate()
@@ -64,6 +67,7 @@ class Runtime:
                 raise UserError(f"unknown {name} {value!r} ({', '.join(a for a in allowed if a)})")
         if self.device_map is not None and self.offload is not None:
             raise UserError("--device-map and --offload both decide where the model lives; choose one")
+        check_pixel_cap(self.max_pixels)
 
     def replace(self, **changes: Any) -> Runtime:
         return dataclasses.replace(self, **changes)

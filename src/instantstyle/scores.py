@@ -39,7 +39,8 @@ from .embeddings import (
     load_style,
 )
 from .errors import UserError
-from .request import Request, StyleRef
+from .images import MAX_PIXELS
+from .request import Request, StyleRef, check_prompt, read_png_text
 
 SCORE_KEYS = ("clip_text", "clip_style", "content_leak", "csd_style")
 #: The PNG text chunk holding an image's scores (``generate --score``, ``batch --score``, sweep cells).
@@ -133,8 +134,7 @@ CAPTION_ORDER = ("clip_style", "csd_style", "clip_text", "content_leak")
 
 def read_png_scores(path: str | Path) -> Scores | None:
     """The scores stored in a PNG by ``write_png`` (``None``: none stored)."""
-    with Image.open(path) as image:
-        text = image.info.get(PNG_SCORES_KEY)
+    text = read_png_text(path, PNG_SCORES_KEY)
     return None if text is None else Scores.from_dict(safe_json.loads(text))
 
 
@@ -207,8 +207,8 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return None if math.isnan(value) else max(-1.0, min(1.0, value))
 
 
-def _as_image(item: Image.Image | str | Path) -> Image.Image:
-    return item if isinstance(item, Image.Image) else load_image(item, "image")
+def _as_image(item: Image.Image | str | Path, max_pixels: int | None) -> Image.Image:
+    return item if isinstance(item, Image.Image) else load_image(item, "image", max_pixels)
 
 
 def _style_refs(style: Sequence[StyleRef | str] | StyleRef | str) -> list[StyleRef]:
@@ -220,7 +220,8 @@ def _style_refs(style: Sequence[StyleRef | str] | StyleRef | str) -> list[StyleR
 class Scorer:
     """Scores images with encoders given explicitly: the adapter's ``ImageEncoder``, the CLIP text tower
     of the same space (or ``None``), and CSD (or ``None``). With ``device``, the image encoder is readied
-    there around each use (and released again with ``low_memory``), as generation does."""
+    there around each use (and released again with ``low_memory``), as generation does. Every image read from
+    a file (scored images, style references) is held to ``max_pixels`` (``images.image_size``)."""
 
     image_encoder: ImageEncoder
     text_tower: TextTower | None = None
@@ -228,6 +229,7 @@ class Scorer:
     device: torch.device | None = None
     dtype: torch.dtype = torch.float32
     low_memory: bool = False
+    max_pixels: int | None = MAX_PIXELS
     _cache: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -267,7 +269,7 @@ class Scorer:
     def _reference(self, encoder: ImageEncoder, path: str, fit: str) -> torch.Tensor:
         key = ("clip", image_hash(path), fit)
         if key not in self._cache:
-            image = load_image(path, "style image")
+            image = load_image(path, "style image", self.max_pixels)
             self._cache[key] = encode_reference(image, encoder, "global", fit).cpu()
         return self._cache[key]
 
@@ -305,7 +307,8 @@ class Scorer:
         for ref in refs:
             key = ("csd", image_hash(ref.path))
             if key not in self._cache:
-                self._cache[key] = csd_model.style_embeds([load_image(ref.path, "style image")], self.csd).cpu()
+                self._cache[key] = csd_model.style_embeds([load_image(ref.path, "style image", self.max_pixels)],
+                                                                  self.csd).cpu()
             parts.append(self._cache[key])
         return blend(parts, [ref.weight for ref in refs])
 
@@ -319,7 +322,10 @@ class Scorer:
     ) -> list[Scores]:
         """Score each image against the prompt, the style references (``PATH[:WEIGHT]`` or ``StyleRef``;
         images or style files) and the content prompt. Images and references are encoded alike (``fit``)."""
-        pictures = [_as_image(item) for item in images]
+        for label, given in (("prompt", prompt), ("content prompt", content_prompt)):
+            if given is not None:
+                check_prompt(label, given)
+        pictures = [_as_image(item, self.max_pixels) for item in images]
         style_clip = self.style_embedding(style, fit)
         style_csd = self.csd_embedding(style)
         usable_prompt = prompt if prompt and prompt.strip() else None

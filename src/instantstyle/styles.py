@@ -33,7 +33,7 @@ from .embeddings import (
     unconditional_embeds,
 )
 from .errors import UserError
-from .images import load_image
+from .images import MAX_PIXELS, load_image
 from .request import Request, StyleRef
 
 
@@ -56,6 +56,7 @@ class EmbeddingStore:
     dtype: torch.dtype
     low_memory: bool = False
     disk: EmbeddingCache | None = None
+    max_pixels: int | None = MAX_PIXELS  # the cap on every reference image read (see ``images``)
     memory: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def encode(self, path: str, use: LoadedAdapter, fit: str = "crop") -> torch.Tensor:
@@ -65,7 +66,7 @@ class EmbeddingStore:
         if key not in self.memory:
             embeds = self.disk.get(key) if self.disk else None
             if embeds is None:
-                image = load_image(path, "style image")
+                image = load_image(path, "style image", self.max_pixels)
                 with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory) as encoder:
                     embeds = encode_reference(image, encoder, use.weights.kind, fit).cpu()
                 if self.disk:

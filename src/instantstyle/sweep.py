@@ -154,9 +154,11 @@ def run_sweep(
     base: Request,
     axes: Axes,
     on_cell: Callable[[int, int, Request, Image.Image], None] | None = None,
+    progress: bool = False,
 ) -> tuple[list[list[Image.Image]], list[list[Request]]]:
     """Render every cell with ``pipe`` (a ``StylePipeline``); ``on_cell`` sees each as it finishes
-    (to save it at once, so finished work survives a failure later in the sheet)."""
+    (to save it at once, so finished work survives a failure later in the sheet); ``progress`` shows each cell's
+    denoising progress bar on stderr, as ``generate`` does."""
     base = pipe.complete(base)
     grid = sweep_requests(base, axes)
     images: list[list[Image.Image]] = []
@@ -165,7 +167,7 @@ def run_sweep(
         images.append([])
         done.append([])
         for c, request in enumerate(row):
-            result = pipe(request)
+            result = pipe(request, progress=progress)
             image, request = result.images[0], result.request
             images[r].append(image)
             done[r].append(request)
@@ -331,10 +333,12 @@ def render_sweep(
     title: str | None = None,
     scorer: Scorer | None = None,
     style_floor: float | None = None,
+    progress: bool = False,
 ) -> SweepOutput:
     """Run a sweep and write its cells (``write_png``, each as soon as it is made, with its scores when
     ``scorer`` is given) and the labelled sheet (titled with the shared settings unless ``title`` is given).
-    Scored, it also writes the plot and the CSV; with ``style_floor``, it picks a cell (``pareto.pick``)."""
+    Scored, it also writes the plot and the CSV; with ``style_floor``, it picks a cell (``pareto.pick``).
+    ``progress`` shows each cell's step bar on stderr."""
     output = Path(output)
     paths: list[list[Path]] = [[] for _ in axes.rows]
     scores: list[list[Scores]] = [[] for _ in axes.rows]
@@ -349,7 +353,7 @@ def render_sweep(
         if on_cell is not None:
             on_cell(path)
 
-    images, done = run_sweep(pipe, base, axes, save)
+    images, done = run_sweep(pipe, base, axes, save, progress)
     first = done[0][0]
     title = title or f"seed {first.seed}, {first.steps} steps, {first.width}x{first.height}: {first.prompt}"[:120]
     rows = [axes.row_label(b, c) for b, c in axes.rows]

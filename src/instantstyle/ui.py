@@ -20,29 +20,41 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import gradio as gr
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from gradio.data_classes import FileData
+from PIL import Image
 
-from .blocks import list_blocks, resolve_blocks
-from .embeddings import MAX_PIXELS, load_image, load_style
+from .blocks import expand_preset_ref, is_preset_ref, list_blocks, resolve_blocks, split_preset_ref
+from .embeddings import load_style
 from .errors import UserError
 from .families import all_families
+from .images import MAX_PIXELS, image_size, load_image
 from .pipeline import Result, StylePipeline
 from .preflight import check_request, check_runtime
-from .request import CONTROL_KINDS, LoraRef, Request, StyleRef, read_png_request, write_png
+from .request import CONTROL_KINDS, MAX_SIZE, LoraRef, Request, StyleRef, read_png_request, write_png
 from .schedulers import SCHEDULERS
 from .scores import Scores
 from .styles import style_settings
 from .sweep import Axes, default_rows, parse_blocks_list, parse_number_list, render_sweep
+from .textfiles import read_small_text
 
-#: Largest upload gradio accepts (the most pixels an image may have is the core's MAX_PIXELS, about 8k x 5k).
+#: Largest upload gradio accepts (the most pixels an image may have is the app's pixel cap, ``ui --max-pixels``).
 MAX_FILE_SIZE = "25mb"
+#: gradio's own copies of uploads are deleted an hour after they arrive (checked every 10 minutes) and all of them
+#: when the server stops; the app keeps what it uses under ``WORKDIR/inputs``.
+DELETE_CACHE = (600, 3600)
+#: The mask painter takes one layer of strokes; more than this many from a client is refused before decoding.
+MAX_MASK_LAYERS = 4
+#: The largest ``--auth-file`` read (a file of logins is a few lines).
+MAX_AUTH_FILE = 1024 * 1024
+#: ControlNets the page may name without a models folder: each family's default for a control kind.
+DEFAULT_CONTROLNETS = frozenset(ref for family in all_families() for ref in family.default_controlnets.values())
 CUSTOM = "custom"
 MODEL_BLOCKS = "model's default"  # the request names no blocks: the family's default (style; all on SD3/FLUX)
 NO_CONTROL = "none"
@@ -105,24 +117,28 @@ def _file_path(item: Any) -> str:
 
 
 class Workdir:
-    """Where the app keeps what it makes: ``inputs/`` (uploads, by content hash) and ``outputs/``."""
+    """The server's files as the page sees them: where the app keeps what it makes (``inputs/``: uploads, by
+    content hash; ``outputs/``), the operator's models folders it may read LoRAs, ControlNets and presets files
+    from (``ui --models-dir``; none by default), and the pixel cap on every image a visitor sends."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, models_dirs: Sequence[str | Path] = (), max_pixels: int = MAX_PIXELS) -> None:
         self.root = Path(root).expanduser().resolve()
         self.inputs = self.root / "inputs"
         self.outputs = self.root / "outputs"
+        self.models_dirs = tuple(Path(os.path.abspath(Path(d).expanduser())) for d in models_dirs)
+        self.max_pixels = max_pixels
         for folder in (self.inputs, self.outputs):
             folder.mkdir(parents=True, exist_ok=True)
 
     def keep_upload(self, path: str | Path, what: str) -> str:
-        """Check an uploaded reference (image within the pixel limit, or a style file) and keep a copy."""
+        """Check an uploaded reference (an image within the pixel cap, read from its header before decoding, or a
+        style file) and keep a copy."""
         path = Path(path)
         try:
             if path.suffix.lower() == ".safetensors":
                 load_style(path)
             else:
-                check_pixels(path, what)
-                load_image(path, what)
+                load_image(path, what, self.max_pixels)
         except UserError as err:  # name the file as the user knows it, not by gradio's temp path
             raise UserError(str(err).replace(str(path), path.name)) from None
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
@@ -144,6 +160,34 @@ class Workdir:
         kept.write_bytes(buffer.getvalue())
         return str(kept)
 
+    def model_path(self, what: str, ref: str, defaults: frozenset[str] = frozenset()) -> str:
+        """A LoRA file, ControlNet folder or presets file named in the page: ``ref`` inside one of the models folders
+        (a path in one, or relative to one), as an absolute path; one of ``defaults`` as it is. Anything else
+        (missing, outside the folders, a hub id, ``..``) gets the same message, so the page tells a visitor nothing
+        about the server's other files."""
+        if ref in defaults:
+            return ref
+        if ".." not in Path(ref).parts:
+            for folder in self.models_dirs:
+                candidate = Path(os.path.normpath(folder / ref))  # lexical: a symlink the operator made may point out
+                if (candidate == folder or folder in candidate.parents) and candidate.exists():
+                    return str(candidate)
+        where = "the models folders this page may read" if self.models_dirs else "any models folder (none is allowed)"
+        raise UserError(f"{what} {ref}: not found in {where}; the server's operator allows folders with "
+                        "`instantstyle ui --models-dir DIR`")
+
+    def blocks_spec(self, spec: str) -> str:
+        """A blocks spec from the page, with ``@FILE:NAME`` expanded to the blocks it names: FILE is read only from
+        the models folders, as LoRAs are (``model_path``), and errors name it as the visitor gave it."""
+        if not is_preset_ref(spec):
+            return spec
+        file, name = split_preset_ref(spec)
+        path = self.model_path("presets file", file)
+        try:
+            return expand_preset_ref(f"@{path}:{name}")
+        except UserError as err:
+            raise UserError(str(err).replace(path, file)) from None
+
     def owns(self, path: str) -> bool:
         """Whether a path from a restored request is one of this app's kept uploads (never serve others)."""
         resolved = Path(path).expanduser().resolve()
@@ -159,15 +203,35 @@ class Workdir:
         return path
 
 
-def check_pixels(path: str | Path, what: str) -> None:
-    """Refuse images over ``MAX_PIXELS`` before decoding them (reads only the header)."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return  # load_image gives the message for unreadable files
-    if width * height > MAX_PIXELS:
-        raise UserError(f"{what} {Path(path).name}: {width}x{height} is over the limit of {MAX_PIXELS:,} pixels")
+def cap_mask_painter(editor: gr.ImageEditor, max_pixels: int | None = MAX_PIXELS) -> gr.ImageEditor:
+    """gradio decodes an image editor's background, every layer and the composite before a handler runs: make this
+    editor refuse, before that, an image over ``editor.max_pixels`` (read from its header; settable later, as
+    ``build_app`` does) and more than ``MAX_MASK_LAYERS`` layers. (Patched on the instance: a subclass of a gradio
+    component makes gradio write a ``.pyi`` file beside this module.)"""
+    preprocess, convert = editor.preprocess, editor.convert_and_format_image
+    editor.max_pixels = max_pixels  # type: ignore[attr-defined]
+
+    def checked_preprocess(payload: Any) -> Any:
+        if payload is not None:
+            sent = editor.blob_storage.get(payload.id) if payload.id is not None else payload
+            if sent is not None and len(sent.layers or []) > MAX_MASK_LAYERS:
+                raise gr.Error(f"mask painter: {len(sent.layers)} layers sent; the most is {MAX_MASK_LAYERS}",
+                               duration=None, print_exception=False)
+        return preprocess(payload)
+
+    def checked_convert(file: Any, flatten_on_white: bool = False) -> Any:
+        if file is not None:
+            source = file.path if isinstance(file, FileData) else io.BytesIO(file)
+            name = Path(file.orig_name or file.path).name if isinstance(file, FileData) else "(painted)"
+            try:
+                image_size(source, "mask painter image", editor.max_pixels, name=name)  # type: ignore[attr-defined]
+            except UserError as err:
+                raise gr.Error(str(err), duration=None, print_exception=False) from None
+        return convert(file, flatten_on_white)
+
+    setattr(editor, "preprocess", checked_preprocess)  # noqa: B010  (mypy: no assigning to a method)
+    setattr(editor, "convert_and_format_image", checked_convert)  # noqa: B010
+    return editor
 
 
 def block_rows(pipe: StylePipeline, preset: str) -> list[list[Any]]:
@@ -222,21 +286,57 @@ class Field:
     from_request: Callable[[Any], Any] | None = None
     required: bool = False  # no API default (the style and the prompt)
 
+    @property
+    def limits(self) -> tuple[float, float | None] | None:
+        """(lowest, highest or ``None``) the field's component accepts; ``None`` for fields without a range."""
+        return getattr(self.component, "limits", None)
+
 
 def _text(label: str, elem_id: str | None = None, lines: int = 1) -> Callable[[Any], Any]:
     return lambda value: gr.Textbox(value, label=label, elem_id=elem_id, lines=lines)
 
 
-def _slider(low: float, high: float, step: float, label: str, elem_id: str | None = None) -> Callable[[Any], Any]:
-    return lambda value: gr.Slider(low, high, value=value, step=step, label=label, elem_id=elem_id)
+@dataclass(frozen=True)
+class _Slider:
+    """A slider field's component, with its range as ``limits`` (what a restored value is clamped to)."""
+
+    low: float
+    high: float
+    step: float
+    label: str
+    elem_id: str | None = None
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        return self.low, self.high
+
+    def __call__(self, value: Any) -> Any:
+        return gr.Slider(self.low, self.high, value=value, step=self.step, label=self.label, elem_id=self.elem_id)
 
 
-def _number(label: str, elem_id: str) -> Callable[[Any], Any]:
-    return lambda value: gr.Number(value=value, precision=0, minimum=0, label=label, elem_id=elem_id)
+@dataclass(frozen=True)
+class _Number:
+    """A whole-number field's component (at least 0), with ``limits`` like a slider's."""
+
+    label: str
+    elem_id: str
+    limits: tuple[float, float | None] = (0, None)
+
+    def __call__(self, value: Any) -> Any:
+        return gr.Number(value=value, precision=0, minimum=self.limits[0], maximum=self.limits[1], label=self.label,
+                         elem_id=self.elem_id)
+
+
 
 
 def _upload(label: str, elem_id: str) -> Callable[[Any], Any]:
     return lambda value: gr.File(value, label=label, file_types=["image"], elem_id=elem_id)
+
+
+def _checkbox(value: Any) -> Any:
+    """A checkbox's value as sent (``None``: unticked); anything but true/false is left for ``Request`` to refuse,
+    never read as its truthiness (an API client's ``"false"``)."""
+    return False if value is None else value
 
 
 def _or_none(value: Any) -> str | None:
@@ -273,29 +373,31 @@ FORM: tuple[Field, ...] = (
     Field("block_table", None, lambda value: gr.Dataframe(value, headers=["block", "scale"],
                                                           datatype=["str", "number"], static_columns=[0],
                                                           label="Per-block scales", elem_id="block-table")),
-    Field("scale", 1.0, _slider(0, 2, 0.05, "Scale", "scale"), float, float),
+    Field("scale", 1.0, _Slider(0, 2, 0.05, "Scale", "scale"), float, float),
     Field("content_prompt", "", _text("Content prompt (what the style image shows)", "content-prompt"), _or_none,
           _or_empty),
-    Field("content_scale", 0.5, _slider(0, 2, 0.05, "Content scale"), float, float),
+    Field("content_scale", 0.5, _Slider(0, 2, 0.05, "Content scale"), float, float),
     Field("content_image", None, _upload("…or a content image", "content-image")),
-    Field("seed", 0, lambda value: gr.Number(value=value, precision=0, minimum=0, label="Seed", elem_id="seed")),
+    Field("seed", 0, _Number("Seed", "seed", (0, 2**53))),  # a float in the page: whole numbers up to 2**53
     Field("randomize_seed", True, lambda value: gr.Checkbox(value=value, label="Randomize seed", elem_id="randomize")),
-    Field("steps", 30, _slider(1, 100, 1, "Steps", "steps"), lambda v: _whole("steps", v), int),
-    Field("guidance", 5.0, _slider(0, 20, 0.5, "Guidance"), float, float),
-    Field("true_cfg", 1.0, _slider(1, 10, 0.5, "True CFG (FLUX.1-dev: above 1 uses the negative prompt)", "true-cfg"),
+    Field("steps", 30, _Slider(1, 100, 1, "Steps", "steps"), lambda v: _whole("steps", v), int),
+    Field("guidance", 5.0, _Slider(0, 20, 0.5, "Guidance"), float, float),
+    Field("true_cfg", 1.0, _Slider(1, 10, 0.5, "True CFG (FLUX.1-dev: above 1 uses the negative prompt)", "true-cfg"),
           float, float),
-    Field("width", 0, _number("Width (0 = model's)", "width"), _optional_whole("width"), lambda v: v or 0),
-    Field("height", 0, _number("Height (0 = model's)", "height"), _optional_whole("height"), lambda v: v or 0),
-    Field("num_images", 1, _slider(1, 8, 1, "Images"), lambda v: _whole("number of images", v), int),
+    Field("width", 0, _Number("Width (0 = model's)", "width", (0, MAX_SIZE)), _optional_whole("width"),
+          lambda v: v or 0),
+    Field("height", 0, _Number("Height (0 = model's)", "height", (0, MAX_SIZE)), _optional_whole("height"),
+          lambda v: v or 0),
+    Field("num_images", 1, _Slider(1, 8, 1, "Images"), lambda v: _whole("number of images", v), int),
     Field("init_image", None, _upload("Init image (restyle it: img2img)", "init-image")),
-    Field("strength", 0, _slider(0, 1, 0.05, "Strength (how much to change; 0 = default: 0.8, inpainting 1)",
+    Field("strength", 0, _Slider(0, 1, 0.05, "Strength (how much to change; 0 = default: 0.8, inpainting 1)",
                                  "strength"), lambda v: float(v or 0) or None, lambda v: v or 0),
     Field("mask", None, _upload("Mask for inpainting (white = repaint; needs the init image)", "mask")),
     Field("control", NO_CONTROL, lambda value: gr.Dropdown([NO_CONTROL, *CONTROL_KINDS, READY_CONTROL], value=value,
                                                            label="ControlNet control", elem_id="control")),
     Field("control_image", None, _upload("Control image (canny/depth source; default: the init image)",
                                          "control-image")),
-    Field("control_scale", 1.0, _slider(0, 2, 0.05, "Control scale", "control-scale"), float, float),
+    Field("control_scale", 1.0, _Slider(0, 2, 0.05, "Control scale", "control-scale"), float, float),
     Field("controlnet", "", _text("ControlNet model (blank: the default for the control kind)", "controlnet"),
           _or_none, _or_empty),
     Field("scheduler", DEFAULT_SCHEDULER, lambda value: gr.Dropdown([DEFAULT_SCHEDULER, *SCHEDULERS], value=value,
@@ -303,12 +405,13 @@ FORM: tuple[Field, ...] = (
           _scheduler, lambda v: v or DEFAULT_SCHEDULER),
     Field("lora", "", _text("LoRA file(s) (PATH[:SCALE], comma separated)", "lora"), _loras,
           lambda refs: ", ".join(f"{r.path}:{r.scale:g}" if r.scale != 1 else r.path for r in refs)),
-    Field("mask_paint", None, lambda value: gr.ImageEditor(
+    Field("mask_paint", None, lambda value: cap_mask_painter(gr.ImageEditor(
         value, label="…or paint the area to repaint on the init image", type="numpy", image_mode="RGBA",
-        sources=("upload",), brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), elem_id="mask-paint")),
+        sources=("upload",), brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), layers=False,
+        elem_id="mask-paint"))),
     Field("hidiffusion", False, lambda value: gr.Checkbox(value=value, label="HiDiffusion: for sizes above the "
                                                           "model's own (SDXL: 2048 px and up)", elem_id="hidiffusion"),
-          bool, bool),
+          _checkbox, bool),
 )
 #: The form's field names, in the order every handler (and the API) takes them.
 FIELDS = tuple(f.name for f in FORM)
@@ -347,6 +450,8 @@ def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
         blocks = spec_from_rows(values.get("block_table"))
     elif blocks == MODEL_BLOCKS:
         blocks = None
+    else:
+        blocks = workdir.blocks_spec(blocks)
 
     def kept(name: str, what: str) -> str | None:
         item = values.get(name)
@@ -356,6 +461,9 @@ def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
     control, control_image = _control_from_form(values.get("control") or NO_CONTROL,
                                                 kept("control_image", "control image"))
     plain = {f.name: f.to_request(values.get(f.name, f.default)) for f in FORM if f.to_request is not None}
+    plain["lora"] = tuple(LoraRef(workdir.model_path("LoRA", ref.path), ref.scale) for ref in plain["lora"])
+    if plain["controlnet"] is not None:
+        plain["controlnet"] = workdir.model_path("controlnet", plain["controlnet"], DEFAULT_CONTROLNETS)
     randomize = values.get("randomize_seed", True)
     return Request(
         **plain,
@@ -406,7 +514,8 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
         style=[ref.path for ref in kept] or None,
         style_weights=", ".join(f"{ref.weight:g}" for ref in kept) if any(r.weight != 1 for r in kept) else "",
         blocks=preset,
-        block_table=rows_from_spec(pipe, request.blocks or "") if preset == CUSTOM else block_rows(pipe, preset),
+        block_table=rows_from_spec(pipe, workdir.blocks_spec(request.blocks or "")) if preset == CUSTOM
+        else block_rows(pipe, preset),
         content_image=own(request.content_image),
         seed=request.seed or 0,
         randomize_seed=request.seed is None,
@@ -417,6 +526,23 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
         mask_paint=None,  # a restored mask comes back as the mask upload
     )
     return [values[name] for name in FIELDS], lost
+
+
+def clamp_to_form(values: list[Any]) -> tuple[list[Any], list[str]]:
+    """Form values (in ``FIELDS`` order) held to each field's range, as the page would refuse them otherwise, and
+    one note per value changed (a PNG or style file made elsewhere may hold any value a ``Request`` allows)."""
+    clamped, notes = list(values), []
+    for i, field in enumerate(FORM):
+        value = values[i]
+        if field.limits is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        low, high = field.limits
+        inside = max(low, value) if high is None else min(max(low, value), high)
+        if inside != value:
+            clamped[i] = type(value)(inside)
+            shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in (value, inside)]
+            notes.append(f"{field.name.replace('_', ' ')} {shown[0]} -> {shown[1]}")
+    return clamped, notes
 
 
 def takes_form(fields: tuple[Field, ...], fn: Callable[[dict[str, Any], Any], R]) -> Callable[..., R]:
@@ -466,7 +592,7 @@ class App:
         scores) and the request JSON."""
         pipe = self.holder.get()
         request = form_request(self.work, values)
-        check_request(request)
+        check_request(request, self.work.max_pixels)
         check_runtime(request, pipe.runtime)
         progress(0, desc="generating")
         result = pipe(request, progress=True)
@@ -484,13 +610,13 @@ class App:
         contents = (values["sweep_content_scales"] or "").strip()
         pipe = self.holder.get()
         rows = (values["sweep_blocks"] or "").strip() or default_rows(list(pipe.family.presets))
-        axes = Axes(parse_blocks_list(rows),
+        axes = Axes(tuple(self.work.blocks_spec(spec) for spec in parse_blocks_list(rows)),
                     parse_number_list("scale", values["sweep_scales"] or ""),
                     parse_number_list("content scale", contents) if contents else ())
         base = form_request(self.work, values).replace(num_images=1)
         if axes.content_scales and base.content_prompt is None and base.content_image is None:
             raise UserError("content scales need a content prompt or a content image")
-        check_request(base)
+        check_request(base, self.work.max_pixels)
         check_runtime(base, pipe.runtime)
         for row_blocks, _ in axes.rows:
             resolve_blocks(row_blocks, pipe.layers, pipe.family)
@@ -524,9 +650,12 @@ class App:
             raise UserError(str(err).replace(path, Path(path).name)) from None
         pipe = self.holder.get()
         values, lost = form_values(pipe, self.work, request)
+        values, clamped = clamp_to_form(values)
         notes = []
         if lost:
             notes.append("upload the reference image(s) again: " + ", ".join(Path(p).name for p in lost))
+        if clamped:
+            notes.append("held to the form's limits: " + ", ".join(clamped))
         if request.model is not None and request.model != pipe.model_id:
             notes.append(f"it was made with model {request.model}; this page runs {pipe.model_id}")
         (gr.Warning if notes else gr.Info)("settings restored" + "".join(f"; {n}" for n in notes))
@@ -542,14 +671,25 @@ class App:
         if settings is None:
             return [gr.skip()] * (len(FIELDS) - 1)
         values, _ = form_values(self.holder.get(), self.work, Request.from_json(settings).replace(style=(kept,)))
-        gr.Info("style file loaded with its settings")
+        values, clamped = clamp_to_form(values)
+        note = "; held to the form's limits: " + ", ".join(clamped) if clamped else ""
+        (gr.Warning if clamped else gr.Info)("style file loaded with its settings" + note)
         return values[1:]  # everything but the style input itself
+
+    def paint_over(self, init_image: Any) -> dict[str, Any] | None:
+        """The mask painter's value for a new init image: the image as background, no strokes yet (an image over
+        the pixel cap is refused here, from its header, before the page shows it)."""
+        path = _file_path(init_image) if init_image else None
+        if path is None:
+            return None
+        image_size(path, "init image", self.work.max_pixels, name=Path(path).name)
+        return {"background": path, "layers": [], "composite": path}
 
     def load_blocks(self, spec: str) -> Any:
         """The per-block table for the blocks field: the model's default, a preset, a typed spec or ``@FILE:NAME``."""
         if not spec or spec == CUSTOM:
             return gr.skip()
-        return rows_from_spec(self.holder.get(), None if spec == MODEL_BLOCKS else spec)
+        return rows_from_spec(self.holder.get(), None if spec == MODEL_BLOCKS else self.work.blocks_spec(spec))
 
     def describe_pipeline(self) -> str:
         pipe = self.holder.get()
@@ -579,17 +719,22 @@ def _form_column() -> dict[str, Any]:
     return made
 
 
-def build_app(source: PipeSource, workdir: str | Path, csd: str | None = None) -> gr.Blocks:
+def build_app(
+    source: PipeSource, workdir: str | Path, csd: str | None = None, *, models_dirs: Sequence[str | Path] = (),
+    max_pixels: int = MAX_PIXELS,
+) -> gr.Blocks:
     """The gradio app over one pipeline (or a factory called on first use); outputs go under ``workdir``; ``csd``:
-    a CSD checkpoint for the csd_style score."""
-    app = App(PipelineHolder(source), Workdir(workdir), csd)
-    with gr.Blocks(title="InstantStyle", analytics_enabled=False) as demo:
+    a CSD checkpoint for the csd_style score. LoRAs and ControlNets named in the page are read only from
+    ``models_dirs``; every image sent is held to ``max_pixels``."""
+    app = App(PipelineHolder(source), Workdir(workdir, models_dirs, max_pixels), csd)
+    with gr.Blocks(title="InstantStyle", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# InstantStyle\nImages in the style of a reference image, without its content: "
                     "from text, or from an image (img2img, inpainting, ControlNet).")
         loaded = gr.Markdown("Loading the model…", elem_id="loaded")
         with gr.Row():
             with gr.Column(scale=1):
                 field = _form_column()
+                field["mask_paint"].max_pixels = max_pixels
             with gr.Column(scale=1):
                 out = _result_tabs()
         form = [field[name] for name in FIELDS]
@@ -604,7 +749,7 @@ def build_app(source: PipeSource, workdir: str | Path, csd: str | None = None) -
         out["restore"].upload(shows_errors(app.restore), out["restore"], form, api_name="restore")
         field["style"].upload(shows_errors(app.style_uploaded), field["style"], form[1:], **quiet)
         field["blocks"].change(shows_errors(app.load_blocks), field["blocks"], field["block_table"], **quiet)
-        field["init_image"].change(paint_over, field["init_image"], field["mask_paint"], **quiet)
+        field["init_image"].change(shows_errors(app.paint_over), field["init_image"], field["mask_paint"], **quiet)
         field["block_table"].input(lambda: CUSTOM, None, field["blocks"], **quiet)  # an edited table: custom
         demo.load(shows_errors(app.load_blocks), field["blocks"], field["block_table"], **quiet)
         demo.load(app.describe_pipeline, None, loaded, **quiet)
@@ -635,10 +780,27 @@ def _result_tabs() -> dict[str, Any]:
     return out
 
 
-def paint_over(init_image: Any) -> dict[str, Any] | None:
-    """The mask painter's value for a new init image: the image as background, no strokes yet."""
-    path = _file_path(init_image) if init_image else None
-    return {"background": path, "layers": [], "composite": path} if path else None
+def read_auth(pairs: Sequence[str] = (), files: Sequence[str | Path] = ()) -> list[tuple[str, str]]:
+    """Logins for the page from ``USER:PASSWORD`` values and files of such lines (blank lines and ``#`` comments
+    skipped); a malformed one is a one-line ``UserError`` that never shows the password."""
+    found = [("--auth value", pair) for pair in pairs]
+    for name in files:
+        text = read_small_text(name, "auth file", MAX_AUTH_FILE, "USER:PASSWORD lines")  # never all of /dev/zero
+        lines = [(f"auth file {name} line {n}", line.strip()) for n, line in enumerate(text.split("\n"), 1)]
+        lines = [(where, line) for where, line in lines if line and not line.startswith("#")]
+        if not lines:
+            raise UserError(f"auth file {name}: holds no USER:PASSWORD line")
+        found += lines
+    logins: dict[str, str] = {}
+    for where, pair in found:
+        user, _, password = pair.partition(":")
+        user = user.strip()
+        if not user or not password:
+            raise UserError(f"{where}: give USER:PASSWORD, neither empty")
+        if user in logins:
+            raise UserError(f"{where}: user {user!r} is given twice")
+        logins[user] = password
+    return list(logins.items())
 
 
 def launch(
@@ -649,14 +811,19 @@ def launch(
     share: bool = False,
     block: bool = True,
     csd: str | None = None,
+    *,
+    auth: Sequence[tuple[str, str]] = (),
+    models_dirs: Sequence[str | Path] = (),
+    max_pixels: int = MAX_PIXELS,
 ) -> gr.Blocks:
-    """Serve the app on ``host:port`` (localhost unless told otherwise; no public link unless ``share``)."""
+    """Serve the app on ``host:port`` (localhost unless told otherwise; no public link unless ``share``; a login
+    page when ``auth`` gives (user, password) pairs). gradio prints nothing: the caller says where it serves."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    demo = build_app(source, workdir, csd)
+    demo = build_app(source, workdir, csd, models_dirs=models_dirs, max_pixels=max_pixels)
     demo.queue(default_concurrency_limit=1)
     demo.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=not block, max_file_size=MAX_FILE_SIZE,
-        allowed_paths=[str(Workdir(workdir).root)], ssr_mode=False, quiet=not block,
+        allowed_paths=[str(Workdir(workdir).root)], ssr_mode=False, quiet=True, auth=list(auth) or None,
         theme=gr.themes.Default(font=THEME_FONTS, font_mono=["ui-monospace", "monospace"]),
     )
     return demo
