@@ -11,6 +11,7 @@ CLIP or from a content image.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class EmbeddingStore:
     dtype: torch.dtype
     low_memory: bool = False
     disk: EmbeddingCache | None = None
+    make_room: Callable[[int], None] | None = None  # asked for an encoder's bytes first (a memory budget)
     memory: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def encode(self, path: str, use: LoadedAdapter, fit: str = "crop") -> torch.Tensor:
@@ -65,7 +67,8 @@ class EmbeddingStore:
             embeds = self.disk.get(key) if self.disk else None
             if embeds is None:
                 image = load_image(path, "style image")
-                with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory) as encoder:
+                with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory,
+                                           self.make_room) as encoder:
                     embeds = encode_reference(image, encoder, use.weights.kind, fit).cpu()
                 if self.disk:
                     self.disk.put(key, embeds)
@@ -79,7 +82,8 @@ class EmbeddingStore:
             return unconditional_embeds(like, None, "global")
         key = ("<unconditional>", encoder_fingerprint(use.encoder.identity), use.weights.kind)
         if key not in self.memory:
-            with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory) as encoder:
+            with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory,
+                                       self.make_room) as encoder:
                 self.memory[key] = unconditional_embeds(like, encoder, use.weights.kind).cpu()
         return self.memory[key].expand_as(like)
 

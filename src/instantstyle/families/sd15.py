@@ -4,9 +4,12 @@ targeted."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import Family, unet
+
+if TYPE_CHECKING:
+    import torch
 
 
 def matches(class_name: str, config: Mapping[str, Any]) -> bool:
@@ -18,6 +21,15 @@ def matches_checkpoint(keys: Sequence[str]) -> bool:
     """SD1.5 checkpoints hold one text embedder (``cond_stage_model``) and no second one."""
     return any(k.startswith("cond_stage_model.") for k in keys) and not any(
         k.startswith("conditioner.embedders.1.") for k in keys)
+
+
+def encode_prompts(
+    pipe: Any, prompts: list[str], negatives: list[str] | None, device: torch.device, cfg: bool
+) -> dict[str, Any]:
+    """The text tower's embeddings (and the negative ones under CFG) by the pipeline's own ``encode_prompt`` with
+    the arguments its call uses (one image per prompt: the call repeats them per image)."""
+    embeds, negative = pipe.encode_prompt(prompts, device, 1, cfg, negative_prompt=negatives)
+    return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
 
 
 FAMILY = Family(
@@ -36,6 +48,7 @@ FAMILY = Family(
         "canny": "lllyasviel/control_v11p_sd15_canny",
         "depth": "lllyasviel/control_v11f1p_sd15_depth",
     },
+    encode_prompts=encode_prompts,
     **unet.DENOISER,
     **unet.FUNCTIONS,
 )

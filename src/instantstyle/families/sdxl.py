@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import Family, unet
+
+if TYPE_CHECKING:
+    import torch
 
 
 def matches(class_name: str, config: Mapping[str, Any]) -> bool:
@@ -16,6 +19,18 @@ def matches(class_name: str, config: Mapping[str, Any]) -> bool:
 def matches_checkpoint(keys: Sequence[str]) -> bool:
     """SDXL checkpoints hold a second text embedder (OpenCLIP bigG)."""
     return any(k.startswith("conditioner.embedders.1.") for k in keys)
+
+
+def encode_prompts(
+    pipe: Any, prompts: list[str], negatives: list[str] | None, device: torch.device, cfg: bool
+) -> dict[str, Any]:
+    """Both text towers' embeddings and the pooled ones, by the pipeline's own ``encode_prompt`` with the arguments
+    its call uses (one image per prompt: the call repeats them per image, as it does for its own)."""
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+        prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+        negative_prompt=negatives)
+    return {"prompt_embeds": embeds, "negative_prompt_embeds": negative, "pooled_prompt_embeds": pooled,
+            "negative_pooled_prompt_embeds": negative_pooled}
 
 
 FAMILY = Family(
@@ -35,6 +50,7 @@ FAMILY = Family(
         "canny": "diffusers/controlnet-canny-sdxl-1.0",
         "depth": "diffusers/controlnet-depth-sdxl-1.0",
     },
+    encode_prompts=encode_prompts,
     **unet.DENOISER,
     **unet.FUNCTIONS,
 )
