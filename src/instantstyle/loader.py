@@ -59,6 +59,8 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
     check_adapter_fits(weights, family, denoiser)
     keep = None if runtime.keeps_all_weights else [set(resolve_blocks(blocks, family.layers(denoiser), family))]
     attach_adapters(pipe, family, [weights], keep)
+    if runtime.memory_budget is not None:
+        memory.check_budget(runtime.memory_budget, [denoiser, pipe.vae])
     if runtime.device_map is None:  # a device-mapped pipeline is already placed (and refuses .to())
         memory.place_pipeline(pipe, device, runtime.offload, budget=runtime.memory_budget is not None)
     if runtime.compile_backend:
