@@ -49,7 +49,7 @@ from common import FULL, PRESETS, TOPOLOGIES, RunSpec, build_tree, log
 MODES: dict[str, dict[str, Any]] = {
     "cpu": dict(topology="small", size=256, steps=2, step_size=128, rounds=10, step_rounds=12, budget_s=700,
                 step_budget_s=100, alone="c-budget"),
-    "gpu": dict(topology="full", size=1024, steps=30, step_size=1024, rounds=10, step_rounds=20, budget_s=150,
+    "gpu": dict(topology="full", size=1024, steps=30, step_size=1024, rounds=10, step_rounds=20, budget_s=120,
                 step_budget_s=25, alone="c-default,c-offload,c-budget"),
     "smoke": dict(topology="smoke", size=64, steps=2, step_size=64, rounds=3, step_rounds=3, budget_s=300,
                   step_budget_s=30, alone="c-default,c-offload,c-budget"),
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None, help="paired rounds at most (CPU 10, GPU 10)")
     parser.add_argument("--step-rounds", type=int, default=None, help="per-step rounds at most (CPU 12, GPU 20)")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="seconds for the timed parts (CPU 700, GPU 150); rounds stop early to fit, at least 3")
+                        help="seconds for the timed parts (CPU 700, GPU 120); rounds stop early to fit, at least 3")
     parser.add_argument("--step-budget-s", type=float, default=None, help="seconds of it for per-step rounds")
     parser.add_argument("--memory-budget", type=float, default=8.0, help="GiB for the --memory-budget contestant")
     parser.add_argument("--alone", default=None, help="memory options measured alone, comma-separated (CPU "
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
                 Path(args.json).write_text(json.dumps(raw, indent=1))
         if "memory" in timed_parts:
             log("memory options")
-            alone = paired.run_alone(spec, args.alone, logdir)
+            alone = paired.run_alone(spec, args.alone, logdir, parallel=args.gpu)
             raw["memory"] = alone
             measured = {k: v for k, v in raw.get("paired", {}).items() if k in ("a", "b", "c")}
             report.add(memory_section(args, where, {**measured, **alone}))

@@ -152,12 +152,15 @@ def run(spec: RunSpec, names: Sequence[str], rounds: int, budget_s: float, logdi
     return results
 
 
-def run_alone(spec: RunSpec, names: Sequence[str], logdir: Path) -> dict[str, Any]:
-    """Memory options: each contestant alone in its process, a first image (encodes the style) and a second one
-    (style known); a contestant that fails is reported with its error, the others still run."""
+def run_alone(spec: RunSpec, names: Sequence[str], logdir: Path, parallel: bool = False) -> dict[str, Any]:
+    """Memory options: each contestant alone in its process (``parallel``: the processes at once, on a GPU, where
+    each one's ``max_memory_allocated`` is its own), a first image (encodes the style) and a second one (style
+    known); a contestant that fails is reported with its error, the others still run."""
     results: dict[str, Any] = {}
-    for name in names:
-        w = Worker(name, spec, logdir)
+    workers: dict[str, Worker] = {}
+
+    def measure(name: str) -> None:
+        w = workers[name]
         try:
             results[name] = w.receive("READY")
             first = w.ask("run 0")
@@ -167,12 +170,25 @@ def run_alone(spec: RunSpec, names: Sequence[str], logdir: Path) -> dict[str, An
                                  wall=[done["wall"]], cpu=[done["cpu"]], peak=[done["peak"]],
                                  phases=[done["phases"]], encoder_runs=done["encoder_runs"])
             log(f"{name}: {done['wall']:.2f} s, peak {max(done['peak'], first['peak']) / GiB:.2f} GiB")
-        except RuntimeError as err:
+        except (RuntimeError, OSError) as err:
             results[name] = {"error": str(err).splitlines()[0], "log": str(err)[-2000:]}
             log(f"{name} failed: {results[name]['error']}")
-        finally:
+
+    try:
+        if parallel:
+            for name in names:
+                workers[name] = Worker(name, spec, logdir)
+            for name in names:
+                measure(name)
+        else:
+            for name in names:
+                workers[name] = Worker(name, spec, logdir)
+                measure(name)
+                workers[name].close()
+    finally:
+        for w in workers.values():
             w.close()
-    return results
+    return {name: results[name] for name in names if name in results}
 
 
 # --- the report ------------------------------------------------------------------------------------------
