@@ -172,3 +172,15 @@ def test_generate_with_a_memory_budget_writes_the_image(tiny, tmp_path):
         "--width", "64", "--height", "64"])
     assert result.exit_code == 0, result.output
     assert out.is_file()
+
+
+def test_a_module_is_on_the_device_whatever_its_index_is_spelled():
+    """Parameters on ``cuda:0`` are on ``cuda`` (the device a Runtime resolves to); checked with CPU devices,
+    whose index torch also leaves out."""
+    from instantstyle.memory import on_device, same_device
+
+    layer = torch.nn.Linear(2, 2)
+    assert on_device(layer, torch.device("cpu")) and on_device(layer, torch.device("cpu", 0))
+    assert not on_device(layer, torch.device("meta"))
+    assert same_device(torch.device("cpu", 0), torch.device("cpu")) and not same_device(
+        torch.device("cpu"), torch.device("meta"))

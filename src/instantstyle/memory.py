@@ -175,8 +175,19 @@ def text_encoder_names(pipe: Any) -> list[str]:
             if name.startswith("text_encoder") and isinstance(module, torch.nn.Module)]
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` is ``cuda:0`` when that is the current GPU (``torch.device`` equality says they differ)."""
+    if a.type != b.type:
+        return False
+    if a.index is None or b.index is None:
+        current = torch.cuda.current_device() if a.type == "cuda" else 0
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return a.index == b.index
+
+
 def on_device(module: torch.nn.Module, device: torch.device) -> bool:
-    return any(p.device == device for p in module.parameters())
+    """Whether any of the module's parameters is on ``device``."""
+    return any(same_device(p.device, device) for p in module.parameters())
 
 
 @dataclass
