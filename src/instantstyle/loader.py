@@ -62,7 +62,9 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
     if runtime.memory_budget is not None:
         memory.check_budget(runtime.memory_budget, [denoiser, pipe.vae])
     if runtime.device_map is None:  # a device-mapped pipeline is already placed (and refuses .to())
-        memory.place_pipeline(pipe, device, runtime.offload, budget=runtime.memory_budget is not None)
+        # Under a budget the text encoders wait off the device, for families whose prompts are encoded before the call.
+        park_text = runtime.memory_budget is not None and family.encode_prompts is not None
+        memory.place_pipeline(pipe, device, runtime.offload, budget=park_text)
     if runtime.compile_backend:
         memory.compile_denoiser(denoiser, runtime.compile_backend)
     encoder = load_image_encoder(encoder_dir, dtype, weights=False)  # weights read on first use

@@ -134,7 +134,8 @@ def encoder_in_use(
 def place_pipeline(pipe: Any, device: torch.device, offload: str | None, budget: bool = False) -> None:
     """Move the diffusers pipeline to the device, or let accelerate move each model (``model``) or
     each layer (``sequential``) there only while it runs; with a ``budget``, everything but the text encoders
-    (they come to the device only while they encode, see ``Budget``)."""
+    (they come to the device only while they encode, see ``Budget``; only for families whose prompts are encoded
+    before the call)."""
     if offload not in (None, *OFFLOAD_MODES):
         raise UserError(f"unknown offload mode {offload!r} ({', '.join(OFFLOAD_MODES)})")
     if budget:

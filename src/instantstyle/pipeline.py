@@ -308,7 +308,7 @@ class StylePipeline:
             **self.image_embeds_kwargs(request),
             **modes.mode_kwargs(request, self.depth_model(request)),
         }
-        if self.budget is not None:
+        if self.budget is not None and self.family.encode_prompts is not None:
             self.budget.park(self.text_encoders)  # a content prompt's tower came for the style
         masks = routing.region_masks(request, (request.width, request.height))
         if masks is not None:
