@@ -43,16 +43,18 @@ import torch
 from common import FULL, PRESETS, TOPOLOGIES, RunSpec, build_tree, log
 
 #: Per mode: topology, image size and steps (paired), UNet size of the per-step part, the most rounds of each,
-#: the seconds the whole run may take (rounds stop early to fit, at least 3 each) and the per-step part's share.
-#: The CPU times the per-step part at 128 px: 4x the rounds of 256 px, and the per-layer overhead it looks for
-#: is a larger share of a smaller forward.
+#: the seconds the timed parts may take (rounds stop early to fit, at least 3 each) and the per-step part's share,
+#: the memory options measured alone and the budget of ``--memory-budget`` (the CPU runs in float32, where the
+#: UNet alone is 9.6 GiB: 16 GiB there). The CPU's 192 px keeps the whole run under 15 minutes on 2 busy cores.
+#: The CPU times the per-step part at 128 px: more rounds than at a larger size, and the per-layer overhead it
+#: looks for is a larger share of a smaller forward.
 MODES: dict[str, dict[str, Any]] = {
-    "cpu": dict(topology="small", size=256, steps=2, step_size=128, rounds=10, step_rounds=12, budget_s=700,
-                step_budget_s=100, alone="c-budget"),
+    "cpu": dict(topology="small", size=192, steps=2, step_size=128, rounds=10, step_rounds=12, budget_s=560,
+                step_budget_s=80, alone="c-budget", memory_budget=16.0),
     "gpu": dict(topology="full", size=1024, steps=30, step_size=1024, rounds=10, step_rounds=20, budget_s=120,
-                step_budget_s=25, alone="c-default,c-offload,c-budget"),
+                step_budget_s=25, alone="c-default,c-offload,c-budget", memory_budget=8.0),
     "smoke": dict(topology="smoke", size=64, steps=2, step_size=64, rounds=3, step_rounds=3, budget_s=300,
-                  step_budget_s=30, alone="c-default,c-offload,c-budget"),
+                  step_budget_s=30, alone="c-default,c-offload,c-budget", memory_budget=8.0),
 }
 PARTS = ("flops", "step", "paired", "memory")
 
@@ -67,15 +69,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--topology", choices=sorted(TOPOLOGIES), default=None,
                         help="full (SDXL + ViT-bigG), small (same widths, encoders with fewer layers: CPU default) "
                         "or smoke")
-    parser.add_argument("--size", type=int, default=None, help="image side in px (CPU 256, GPU 1024)")
+    parser.add_argument("--size", type=int, default=None, help="image side in px (CPU 192, GPU 1024)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per image (CPU 2, GPU 30)")
     parser.add_argument("--step-size", type=int, default=None, help="px of the per-step part (CPU 128, GPU 1024)")
     parser.add_argument("--rounds", type=int, default=None, help="paired rounds at most (CPU 10, GPU 10)")
     parser.add_argument("--step-rounds", type=int, default=None, help="per-step rounds at most (CPU 12, GPU 20)")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="seconds for the timed parts (CPU 700, GPU 120); rounds stop early to fit, at least 3")
+                        help="seconds for the timed parts (CPU 560, GPU 120); rounds stop early to fit, at least 3")
     parser.add_argument("--step-budget-s", type=float, default=None, help="seconds of it for per-step rounds")
-    parser.add_argument("--memory-budget", type=float, default=8.0, help="GiB for the --memory-budget contestant")
+    parser.add_argument("--memory-budget", type=float, default=None,
+                        help="GiB for the --memory-budget contestant (GPU 8, CPU 16)")
     parser.add_argument("--alone", default=None, help="memory options measured alone, comma-separated (CPU "
                         "c-budget; GPU c-default,c-offload,c-budget)")
     parser.add_argument("--threads", type=int, default=0, help="threads per process (default: one per CPU)")

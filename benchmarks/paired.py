@@ -171,7 +171,8 @@ def run_alone(spec: RunSpec, names: Sequence[str], logdir: Path, parallel: bool 
                                  phases=[done["phases"]], encoder_runs=done["encoder_runs"])
             log(f"{name}: {done['wall']:.2f} s, peak {max(done['peak'], first['peak']) / GiB:.2f} GiB")
         except (RuntimeError, OSError) as err:
-            results[name] = {"error": str(err).splitlines()[0], "log": str(err)[-2000:]}
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            results[name] = {"error": lines[-1][-300:] if lines else type(err).__name__, "log": str(err)[-2000:]}
             log(f"{name} failed: {results[name]['error']}")
 
     try:
