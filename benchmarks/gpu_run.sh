@@ -9,25 +9,29 @@
 #   0. install the carried wheels into a private folder (the image has torch but no diffusers), check imports
 #   a. benchmarks/bench.py --gpu: SDXL 1024 px fp16: FLOPs, per-step overhead, paired timing, memory per phase for
 #      every memory option against plain diffusers (~200 s)
-#   b. benchmarks/hidiffusion_flops.py gpu: plain vs HiDiffusion at 2048 px (~60-90 s), if the script has the mode
-#   c. benchmarks/dit_gpu.py: SD3.5 / FLUX (~90 s), if the script exists; it prints its markdown to stdout and
-#      takes --smoke for the tiny run
-# Files in $OUT (flat, 7): report.md (everything, assembled after each part), env.txt (machine, versions,
-# install log), bench.md (part a's report, rewritten after each of its sections), bench-raw.json, bench-log.txt
-# (part a's stderr and its workers' logs), hidiff.txt, dit.txt.
+#   b. benchmarks/hidiffusion_flops.py gpu: plain vs HiDiffusion at 2048 px (~90 s), if the script has the mode
+#   c. benchmarks/dit_gpu.py: SD3.5 / FLUX (~100 s), if the script exists
+#   b and c print their results to stdout; each gets --time-limit (a little under its share) and, in the smoke
+#   run, --smoke, when it takes them (checked in its --help), and is skipped cleanly otherwise.
+# Files in $OUT (flat, at most 8): report.md (everything, assembled after each part), env.txt (machine,
+# versions, install log), bench.md (part a's report, rewritten after each of its sections), bench-raw.json,
+# bench-log.txt (part a's stderr and its workers' logs), hidiff.txt (+ hidiff.json), dit.txt.
+# GPU_RUN_PARTS=bc runs only some parts.
 set -uo pipefail  # no -e: a failing part must not end the run
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT="${OUT:-$ROOT/out}"
 PY="${PYTHON:-python3}"
 DEADLINE_S="${DEADLINE_S:-470}"
+PARTS="${GPU_RUN_PARTS:-abc}"  # which of parts a, b, c run (for trying one alone)
 SMOKE=0
 [[ "${1:-}" == "--smoke" ]] && SMOKE=1
 WORK="${WORKDIR:-/tmp/instantstyle-gpu-run}$([[ $SMOKE == 1 ]] && echo -smoke)"
 SITE="$WORK/site"
 mkdir -p "$OUT" "$WORK"
 START=$SECONDS
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error DIFFUSERS_VERBOSITY=error
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error DIFFUSERS_VERBOSITY=error \
+  HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1
 declare -A STATUS=()
 
 # Seconds a part may take: its own limit, or what is left of the deadline (at least 1).
@@ -71,20 +75,24 @@ assemble() {
         echo
         echo "## $part"
         echo
-        if [[ $part == hidiff ]]; then echo '```'; cat "$OUT/$part.txt"; echo '```'; else cat "$OUT/$part.txt"; fi
+        cat "$OUT/$part.txt"
       fi
     done
   } > "$OUT/report.md"
 }
 
-# Whether a benchmark script exists and its --help mentions every word given (a mode, the flags we pass).
+# Whether a benchmark script exists and its --help mentions every mode and flag given (values are not checked:
+# words with a slash or digits only).
 offers() {
   local script=$1
   shift
   [[ -f "$script" ]] || return 1
   local help
   help=$(timeout 60 "$PY" "$script" --help 2>&1) || return 1
-  for word in "$@"; do grep -q -- "$word" <<<"$help" || return 1; done
+  for word in "$@"; do
+    [[ $word == */* || $word =~ ^[0-9.]+$ ]] && continue
+    grep -q -- "$word" <<<"$help" || return 1
+  done
 }
 
 # --- 0. the carried wheels and the environment ---------------------------------------------------------------
@@ -131,37 +139,61 @@ fi
 # --- a. SDXL: FLOPs, per-step overhead, paired timing, memory per phase ------------------------------------
 smoke=()
 [[ $SMOKE == 1 ]] && smoke=(--smoke)
-run_part a "$(limit "${BENCH_S:-240}")" "$PY" benchmarks/bench.py --gpu "${smoke[@]}" --workdir "$WORK/bench" \
-  --out "$OUT/bench.md" --json "$OUT/bench-raw.json" 2> "$OUT/bench-log.txt" > /dev/null
-for log in "$WORK"/bench/logs/*.log; do
-  [[ -f $log ]] && { echo "=== $(basename "$log") (last 30 lines)"; tail -n 30 "$log"; } >> "$OUT/bench-log.txt"
-done
+if [[ $PARTS == *a* ]]; then
+  run_part a "$(limit "${BENCH_S:-240}")" "$PY" benchmarks/bench.py --gpu "${smoke[@]}" --workdir "$WORK/bench" \
+    --out "$OUT/bench.md" --json "$OUT/bench-raw.json" 2> "$OUT/bench-log.txt" > /dev/null
+  for log in "$WORK"/bench/logs/*.log; do
+    [[ -f $log ]] && { echo "=== $(basename "$log") (last 30 lines)"; tail -n 30 "$log"; } >> "$OUT/bench-log.txt"
+  done
+fi
 assemble
 
-# --- b. HiDiffusion at 2048 px -----------------------------------------------------------------------------
-if [[ $SMOKE == 1 ]]; then
-  # No GPU here: check the mode and flags the GPU run will use exist.
-  if offers benchmarks/hidiffusion_flops.py gpu --size --steps --repeats; then
-    STATUS[b]="smoke: gpu mode and flags present (runs only on a GPU)"
-  else
-    STATUS[b]="skipped: benchmarks/hidiffusion_flops.py has no gpu mode with --size/--steps/--repeats"
+# --- b and c: the other engineers' GPU scripts ----------------------------------------------------------------
+# extra PART FILE LIMIT SCRIPT [ARGS...]: run a script if it exists, its markdown/JSON (stdout) and its stderr's
+# tail into $OUT/FILE; with --smoke only if it takes --smoke; --time-limit (a little under its share) if it takes it.
+extra() {
+  local part=$1 file=$2 seconds=$3 script=$4
+  shift 4
+  local args=("$@")
+  if [[ ! -f $script ]]; then
+    STATUS[$part]="skipped: no $script"
+    return
   fi
-elif offers benchmarks/hidiffusion_flops.py gpu --size --steps --repeats; then
-  run_part b "$(limit "${HIDIFF_S:-100}")" "$PY" benchmarks/hidiffusion_flops.py gpu --size 2048 --steps 20 \
-    --repeats 1 > "$OUT/hidiff.txt" 2>&1
-else
-  STATUS[b]="skipped: benchmarks/hidiffusion_flops.py has no gpu mode with --size/--steps/--repeats"
-fi
+  if ! offers "$script" "${args[@]}"; then
+    STATUS[$part]="skipped: $script does not take: ${args[*]}"
+    return
+  fi
+  if [[ $SMOKE == 1 ]]; then
+    if ! offers "$script" --smoke; then
+      STATUS[$part]="skipped in the smoke run: $script has no --smoke"
+      return
+    fi
+    args+=(--smoke)
+  fi
+  offers "$script" --time-limit && args+=(--time-limit "$((seconds > 30 ? seconds - 15 : seconds))")
+  run_part "$part" "$seconds" "$PY" "$script" "${args[@]}" > "$WORK/$file.out" 2> "$WORK/$file.err"
+  {
+    echo "\`$script ${args[*]}\`: ${STATUS[$part]}"
+    echo
+    if grep -q '^[[{]' <(head -c 1 "$WORK/$file.out"); then  # JSON: fenced
+      echo '```json'; cat "$WORK/$file.out"; echo '```'
+    else
+      cat "$WORK/$file.out"
+    fi
+    echo
+    echo "stderr (last 25 lines):"; echo '```'; tail -n 25 "$WORK/$file.err"; echo '```'
+  } > "$OUT/$file.txt"
+}
+
+# b. HiDiffusion at 2048 px: plain vs HiDiffusion (the JSON after every step of it when the script can).
+hidiff=(gpu)
+offers benchmarks/hidiffusion_flops.py --json && hidiff+=(--json "$OUT/hidiff.json")
+offers benchmarks/hidiffusion_flops.py --time-limit || hidiff+=(--size 2048 --steps 20 --repeats 1)
+[[ $PARTS == *b* ]] && extra b hidiff "$(limit "${HIDIFF_S:-100}")" benchmarks/hidiffusion_flops.py "${hidiff[@]}"
 assemble
 
-# --- c. SD3.5 / FLUX -----------------------------------------------------------------------------------------
-if [[ ! -f benchmarks/dit_gpu.py ]]; then
-  STATUS[c]="skipped: no benchmarks/dit_gpu.py"
-elif [[ $SMOKE == 1 ]] && ! offers benchmarks/dit_gpu.py --smoke; then
-  STATUS[c]="skipped: benchmarks/dit_gpu.py has no --smoke"
-else
-  run_part c "$(limit "${DIT_S:-110}")" "$PY" benchmarks/dit_gpu.py "${smoke[@]}" > "$OUT/dit.txt" 2>&1
-fi
+# c. SD3.5 and FLUX: plain diffusers vs instantstyle.
+[[ $PARTS == *c* ]] && extra c dit "$(limit "${DIT_S:-110}")" benchmarks/dit_gpu.py
 assemble
 
 echo "[gpu_run] finished in $((SECONDS - START)) s; report: $OUT/report.md" >&2
