@@ -15,9 +15,10 @@ Four parts, one markdown report (stdout, and ``--out`` rewritten after each part
    weights and inputs, interleaved (``step.py``).
 3. ``paired`` paired timing: the contestants interleaved in persistent worker processes; per-round ratios,
    their spread, and the noise floor a'/a (``paired.py``).
-4. ``memory`` the peak memory of each phase of an image (text, style, denoise, decode): the paired contestants'
-   and, each alone in its process, instantstyle's memory options (GPU: defaults, ``--offload model``,
-   ``--memory-budget``; CPU: ``--memory-budget``), against the budget.
+4. ``memory`` the peak memory of each phase of an image (text, style, denoise, decode): instantstyle's memory
+   options each alone in its process (GPU: defaults, ``--offload model``, ``--memory-budget``; CPU:
+   ``--memory-budget``), run first (before the timed parts, whose budget starts after it), then the paired
+   contestants' when they have run, against the budget.
 
 Offline: the models are random-weight SDXL components built from the public configs (``common.py``), saved
 once under ``--workdir`` at the run's dtype and loaded back through the real loaders.
@@ -120,16 +121,17 @@ class Report:
 
     def __init__(self, path: str | None, header: str) -> None:
         self.path = Path(path) if path else None
-        self.sections = [header]
+        self.sections = {"header": header}
 
-    def add(self, text: str) -> None:
-        self.sections.append(text)
+    def add(self, text: str, key: str | None = None) -> None:
+        """Add a section (or replace the one of that ``key``, in its place) and rewrite the file."""
+        self.sections[key or f"section {len(self.sections)}"] = text
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(self.text())
 
     def text(self) -> str:
-        return "\n\n".join(self.sections) + "\n"
+        return "\n\n".join(self.sections.values()) + "\n"
 
 
 def flops_section(args: argparse.Namespace, topo: common.Topology) -> str:
@@ -175,8 +177,9 @@ def memory_section(args: argparse.Namespace, where: str, results: dict[str, Any]
         f"### Memory per phase ({kind} figures; {where})",
         "",
         f"{args.size}x{args.size} px, {args.steps} steps, preset {args.preset}; {what} (a), (b) and (c) "
-        f"(`--low-memory`) are the paired workers (first image and timed images); {options} each ran alone in "
-        "its process: a first image (encodes the style) and a second (style known). `--memory-budget` is "
+        f"(`--low-memory`), once they have run, are the paired workers (first and timed images); {options} "
+        "each ran alone in its process: a first image (encodes the style) and a second (style known). "
+        "`--memory-budget` is "
         f"{args.memory_budget:g} GiB. setup: before the first phase (request preparation, input checks).",
         "",
         paired.memory_table(results, args.device, args.memory_budget),
@@ -214,8 +217,16 @@ def main(argv: list[str] | None = None) -> None:
         spec = RunSpec(str(tree.root), args.device, args.dtype, args.size, args.steps, preset=args.preset,
                        topology=topo.name, threads=args.threads, cpus=parse_cpus(args.cpus),
                        memory_budget=args.memory_budget)
-        timed_start = time.perf_counter()  # the timed parts' budget starts after building the models
         kind = "GPU" if args.device == "cuda" else "CPU"
+        alone: dict[str, Any] = {}
+        if "memory" in timed_parts:  # first: on a GPU the memory options are this run's priority
+            log("memory options")
+            alone = paired.run_alone(spec, args.alone, logdir, parallel=args.gpu)
+            raw["memory"] = alone
+            report.add(memory_section(args, where, alone), key="memory")
+            if args.json:
+                Path(args.json).write_text(json.dumps(raw, indent=1))
+        timed_start = time.perf_counter()  # the timed parts' budget starts after building the models
         if "step" in timed_parts:
             log("per-step overhead")
             left = args.budget_s - (time.perf_counter() - timed_start)
@@ -247,14 +258,9 @@ def main(argv: list[str] | None = None) -> None:
                 "",
                 paired.tables(results, args.device),
             ]))
-            if args.json:
-                Path(args.json).write_text(json.dumps(raw, indent=1))
-        if "memory" in timed_parts:
-            log("memory options")
-            alone = paired.run_alone(spec, args.alone, logdir, parallel=args.gpu)
-            raw["memory"] = alone
-            measured = {k: v for k, v in raw.get("paired", {}).items() if k in ("a", "b", "c")}
-            report.add(memory_section(args, where, {**measured, **alone}))
+            if "memory" in timed_parts:  # the paired contestants' phases join the memory table
+                measured = {k: v for k, v in results.items() if k in ("a", "b", "c")}
+                report.add(memory_section(args, where, {**measured, **alone}), key="memory")
     if args.json:
         Path(args.json).write_text(json.dumps(raw, indent=1))
     log(f"done in {time.perf_counter() - start:.0f} s")
