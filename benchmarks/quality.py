@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from instantstyle import Request, StylePipeline
     from instantstyle.csd import load_csd
     from instantstyle.request import write_png
-    from instantstyle.scores import Scores, scorer_for
+    from instantstyle.scores import Scores
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["content_text_encoder"] = args.content_text_encoder
     pipe = StylePipeline.from_pretrained(args.model, args.adapter, **kwargs)
     csd = load_csd(args.csd, pipe.device, pipe.dtype) if args.csd else None
-    scorer = scorer_for(pipe, args.content_text_encoder, csd)
+    scorer = pipe.scorer(args.content_text_encoder, csd)
     for key, reason in scorer.unavailable().items():
         print(f"note: {key} not scored: {reason}", file=sys.stderr)
 

@@ -18,7 +18,10 @@ from PIL import Image
 from instantstyle.batch import LOCK, Manifest, read_jobs, run_batch
 from instantstyle.cli import main
 from instantstyle.errors import UserError
+from instantstyle.preset_file import write_presets
 from instantstyle.request import Request, read_png_request
+from instantstyle.scores import SCORE_KEYS, read_png_scores
+from instantstyle.workers import Scoring
 
 from .conftest import FAST, pixels
 
@@ -383,3 +386,74 @@ def test_a_batch_after_a_scheduler_and_lora_job_equals_generate(tiny, tmp_path):
     for row in [fast, *pair]:
         alone = pipe(Request.from_dict({k: v for k, v in row.items() if k != "id"})).images[0]
         assert np.abs(pixels(Image.open(tmp_path / "out" / f"{row['id']}.png")) - pixels(alone)).max() <= 2, row["id"]
+
+
+def test_batch_score_puts_the_scores_of_each_output_in_its_manifest_line_and_png(sdxl, tmp_path):
+    style = new_style(tmp_path / "s.png")
+    rows = [{"id": "one", "prompt": "a house", "style": style, "content_prompt": "noise", **FAST},
+            {"id": "two", "prompt": "a boat", "style": style, "num_images": 2, **FAST}]
+    out = tmp_path / "out"
+    report = run_batch(write_jsonl(tmp_path / "jobs.jsonl", rows), out, pipeline=sdxl, scoring=Scoring())
+    assert report.done == 2 and not report.errors
+    for entry in manifest_lines(out):
+        assert len(entry["scores"]) == len(entry["outputs"])
+        expected = sdxl.score(sdxl(Request.from_dict(entry["request"])))
+        for name, scores, want in zip(entry["outputs"], entry["scores"], expected, strict=True):
+            assert set(scores) == set(SCORE_KEYS)
+            assert [scores[k] for k in SCORE_KEYS[:3]] == pytest.approx([want.get(k) for k in SCORE_KEYS[:3]],
+                                                                       abs=1e-4)
+            assert read_png_scores(out / name).to_dict() == scores
+    assert [e["scores"][0]["content_leak"] is None for e in manifest_lines(out)] == [False, True]
+
+
+def test_batch_without_score_writes_no_scores(sdxl, tmp_path):
+    run_batch(cat_jobs(tmp_path, 1), tmp_path / "out", pipeline=sdxl)
+    assert "scores" not in manifest_lines(tmp_path / "out")[0]
+
+
+def test_batch_command_score_flag_scores_with_csd(tiny, tmp_path):
+    from instantstyle.testing.csd import build_csd_checkpoint
+
+    jobs = cat_jobs(tmp_path, 1)
+    csd = build_csd_checkpoint(tmp_path / "csd.safetensors", "safetensors")
+    result = CliRunner().invoke(main, ["batch", str(jobs), "-o", str(tmp_path / "out"), "--model", str(tiny.sdxl),
+                                       "--adapter", str(tiny.sdxl_adapter), "--device", "cpu", "-q", "--csd", str(csd)])
+    assert result.exit_code == 0, result.output
+    scores = manifest_lines(tmp_path / "out")[0]["scores"][0]
+    assert scores["csd_style"] is not None and scores["clip_style"] is not None
+
+
+def test_batch_command_with_a_missing_csd_is_one_line_and_runs_nothing(tiny, tmp_path):
+    result = CliRunner().invoke(main, ["batch", str(cat_jobs(tmp_path, 1)), "-o", str(tmp_path / "out"),
+                                       "--csd", str(tmp_path / "nope.pth")])
+    assert result.exit_code == 2 and "CSD checkpoint" in result.output and result.output.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_blocks_preset_reference_in_a_job_file_is_read_from_the_job_files_folder(sdxl, tmp_path, monkeypatch):
+    jobs_dir = tmp_path / "jobs"
+    jobs_dir.mkdir()
+    write_presets(jobs_dir / "presets.json", {"mine": "up_blocks.0.attentions.1=0.7,down_blocks.2.attentions.1"})
+    style = new_style(jobs_dir / "s.png")
+    jobs = write_jsonl(jobs_dir / "jobs.jsonl", [{"id": "p", "prompt": "a cat", "style": style,
+                                                   "blocks": "@presets.json:mine", **FAST}])
+    monkeypatch.chdir(tmp_path)  # not the job file's folder
+    assert run_batch(jobs, tmp_path / "out", pipeline=sdxl).done == 1
+    made = read_png_request(tmp_path / "out" / "p.png")
+    assert made.blocks == "up_blocks.0.attentions.1=0.7,down_blocks.2.attentions.1"  # the image records the blocks
+    direct = sdxl(Request("a cat", style=style, blocks="up_blocks.0.attentions.1=0.7,down_blocks.2.attentions.1",
+                          **FAST))
+    assert (pixels(Image.open(tmp_path / "out" / "p.png")) == pixels(direct.images[0])).all()
+
+
+def test_a_job_naming_a_missing_preset_is_skipped_with_its_line(sdxl, tmp_path):
+    write_presets(tmp_path / "presets.json", {"mine": "up_blocks.0.attentions.1"})
+    style = new_style(tmp_path / "s.png")
+    rows = [{"id": "ok", "prompt": "a cat", "style": style, "blocks": "@presets.json:mine", **FAST},
+            {"id": "bad", "prompt": "a cat", "style": style, "blocks": "@presets.json:other", **FAST}]
+    problems = []
+    report = run_batch(write_jsonl(tmp_path / "jobs.jsonl", rows), tmp_path / "out", pipeline=sdxl,
+                       on_problem=problems.append)
+    assert report.done == 1
+    assert problems == [f"jobs.jsonl line 2: presets file {tmp_path / 'presets.json'} has no preset 'other'; "
+                        "it has: mine"]

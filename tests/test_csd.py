@@ -10,7 +10,7 @@ from PIL import Image
 
 from instantstyle import Request, UserError
 from instantstyle.csd import CSD_MEAN, CSD_STD, load_csd, preprocess, style_embeds
-from instantstyle.scores import Scorer, scorer_for
+from instantstyle.scores import Scorer
 from instantstyle.testing import make_style_image
 from instantstyle.testing.csd import build_csd_checkpoint, csd_state_dict
 
@@ -123,7 +123,7 @@ def test_csd_loads_from_a_folder_holding_the_model_file(tmp_path, pictures):
 def test_csd_style_score_is_the_cosine_of_csd_embeddings(sdxl, tiny, tmp_path, pictures):
     model = load_csd(build_csd_checkpoint(tmp_path / "csd.safetensors", "safetensors"))
     second = make_style_image(tmp_path / "b.png", (70, 70), seed=9)
-    scores = scorer_for(sdxl, csd=model).score([pictures[2]], style=[str(tiny.style_image), f"{second}:2"])[0]
+    scores = sdxl.scorer(csd=model).score([pictures[2]], style=[str(tiny.style_image), f"{second}:2"])[0]
     state = csd_state_dict()
     with torch.no_grad():
         refs = authors_forward(state, preprocess([Image.open(p).convert("RGB") for p in (tiny.style_image, second)]))

@@ -1,5 +1,7 @@
 """Style embeddings: encoding, content subtraction by the formula, style files, and their errors."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -93,9 +95,29 @@ def test_vit_h_adapter_on_sdxl_needs_a_content_text_encoder(tiny):
     assert result.images[0].size == (64, 64)
 
 
-def test_content_text_encoder_of_another_width_is_an_error(sd15, tiny):
-    tower = tiny.sdxl / "text_encoder_2"  # a 32-d projection; the SD1.5 adapter's ViT-H image encoder has 24
-    with pytest.raises(UserError, match=r"text_encoder_2 gives 32-d embeddings; the adapter's image encoder 24$"):
+def test_content_text_encoder_of_another_width_is_an_error(sd15, tiny, tmp_path):
+    tower = tmp_path / "bigg-text"  # SDXL's text_encoder_2 with its tokenizer: a 32-d projection; ViT-H has 24
+    shutil.copytree(tiny.sdxl / "text_encoder_2", tower)
+    shutil.copytree(tiny.sdxl / "tokenizer_2", tower, dirs_exist_ok=True)
+    with pytest.raises(UserError, match=r"bigg-text gives 32-d embeddings; the adapter's image encoder 24$"):
+        sd15(make_request(tiny, content_prompt="a rabbit", content_text_encoder=str(tower)))
+
+
+@pytest.mark.parametrize("folder, message", [
+    (lambda t: t.sdxl / "text_encoder_2", "no CLIP tokenizer"),  # a tower without its tokenizer
+    (lambda t: t.adapters / "models" / "image_encoder", "no CLIP tokenizer"),
+    (lambda t: t.root / "nowhere", "no such folder"),
+])
+def test_a_content_text_encoder_that_is_not_a_complete_clip_text_tower_is_refused(sd15, tiny, folder, message):
+    with pytest.raises(UserError, match=message):
+        sd15(make_request(tiny, content_prompt="a rabbit", content_text_encoder=str(folder(tiny))))
+
+
+def test_a_content_text_encoder_without_its_projection_is_refused_not_filled_with_random_weights(sd15, tiny, tmp_path):
+    tower = tmp_path / "no-projection"  # SD1.5's own text encoder (a CLIPTextModel) with a tokenizer
+    shutil.copytree(tiny.sd15 / "text_encoder", tower)
+    shutil.copytree(tiny.sd15 / "tokenizer", tower, dirs_exist_ok=True)
+    with pytest.raises(UserError, match="not a CLIP text model with projection"):
         sd15(make_request(tiny, content_prompt="a rabbit", content_text_encoder=str(tower)))
 
 

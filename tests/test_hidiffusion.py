@@ -10,6 +10,7 @@ at step 1; 128 px make the windows of MSW-MSA 4 latent pixels wide, so their shi
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,27 +19,29 @@ import torch
 
 from instantstyle import Request
 from instantstyle.errors import UserError
+from instantstyle.families import family_named
 from instantstyle.hidiffusion import (
-    SD15,
-    SDXL,
     denoising_calls,
     hidiffusion,
-    switching_schedule,
     window_merge,
     window_partition,
     window_shift,
 )
+from instantstyle.hidiffusion_settings import settings_of, switching_schedule
 from instantstyle.modes import default_strength
 from instantstyle.testing.hires import HiresModels, hires_models
 from instantstyle.testing.lora import write_tiny_lora
-from instantstyle.testing.original_hidiffusion import PackageUnavailable, original_hidiffusion
+from instantstyle.testing.original_hidiffusion import (
+    LARGE_SIZES,
+    PackageUnavailable,
+    compare_with_package,
+    original_hidiffusion,
+)
 
 from .conftest import FAST, pixels
 
+SDXL, SD15 = settings_of("sdxl"), settings_of("sd15")
 STEPS = 7  # SDXL: int(8/50 * 7) = 1 step of RAD, then the pooled phase until int(0.4 * 7) = 2
-SEED = 11  # seeds MSW-MSA's shifts: ours through hidiffusion(seed=...), the package's through torch's global RNG
-#: diffusers' set_ip_adapter_scale for InstantStyle's style preset (SDXL: up_blocks.0.attentions.1 only).
-STYLE_SCALES = {"sdxl": {"up": {"block_0": [0.0, 1.0, 0.0]}}, "sd15": {"up": {"block_1": 1.0}}}
 
 
 @pytest.fixture(scope="session")
@@ -56,53 +59,17 @@ def package():
         pytest.skip(f"the original hidiffusion package is unavailable: {err}")
 
 
-def load_with_style_adapter(hires: HiresModels, family: str):
-    """The diffusers way: the pipeline, load_ip_adapter, and the style preset as per-block scales."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    if family == "sdxl":
-        pipe = StableDiffusionXLPipeline.from_pretrained(str(hires.sdxl))
-        adapter = hires.sdxl_adapter
-    else:
-        pipe = StableDiffusionPipeline.from_pretrained(str(hires.sd15))
-        adapter = hires.sd15_adapter
-    pipe.load_ip_adapter(str(adapter.parents[1]), subfolder=adapter.parent.name, weight_name=adapter.name,
-                         image_encoder_folder=None)
-    pipe.set_ip_adapter_scale(STYLE_SCALES[family])
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def style_embeds(pipe) -> list[torch.Tensor]:
-    """One style embedding (negative half zeros, as InstantStyle's CFG uses), as ip_adapter_image_embeds."""
-    dim = pipe.unet.encoder_hid_proj.image_projection_layers[0].image_embeds.in_features
-    style = torch.randn(1, 1, dim, generator=torch.Generator().manual_seed(5))
-    return [torch.cat([torch.zeros_like(style), style])]
-
-
-def generate(pipe, width: int, height: int, steps: int) -> np.ndarray:
-    torch.manual_seed(SEED)  # the package draws its window shifts from the global generator
-    latents = torch.Generator().manual_seed(1)
-    return pipe("a cat", width=width, height=height, num_inference_steps=steps, generator=latents,
-                ip_adapter_image_embeds=style_embeds(pipe), output_type="np").images[0]
-
-
 @pytest.mark.parametrize("family, width, height, steps", [
     ("sdxl", 128, 128, STEPS),
     ("sdxl", 64, 200, STEPS),  # non-square, odd window maps (13 x 4 latent pixels: resized, as the authors do)
     ("sd15", 136, 200, 5),  # SD1.5: RAD at the first level for int(0.4 * 6) = 2 of PNDM's 6 UNet calls
 ], ids=["sdxl-square", "sdxl-non-square", "sd15-non-square"])
 def test_style_preset_matches_the_hidiffusion_package(hires, package, family, width, height, steps):
-    ours_pipe = load_with_style_adapter(hires, family)
-    plain = generate(ours_pipe, width, height, steps)
-    with hidiffusion(ours_pipe.unet, family, steps=denoising_calls(ours_pipe.scheduler, steps), seed=SEED) as run:
-        ours = generate(ours_pipe, width, height, steps)
-    theirs_pipe = package.apply_hidiffusion(load_with_style_adapter(hires, family))
-    theirs = generate(theirs_pipe, width, height, steps)
-    assert "dilate" in run.phases and run.windowed > 0
-    assert family == "sd15" or "pool" in run.phases
-    assert np.abs(ours - theirs).max() <= 1e-5
-    assert np.abs(ours - plain).mean() > 1e-3  # and it did change the image
+    made = compare_with_package(hires, package, family, width, height, steps, plain=True)
+    assert "dilate" in made.phases and made.windowed > 0
+    assert family == "sd15" or "pool" in made.phases
+    assert made.max_difference <= 1e-5
+    assert made.plain is not None and np.abs(made.ours - made.plain).mean() > 1e-3  # and it did change the image
 
 
 def test_sd15_changes_the_image_and_leaves_the_unet_exactly_as_before(sd15, tiny):
@@ -166,8 +133,10 @@ def test_refuses_what_it_cannot_act_on(sdxl):
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
 
-    with pytest.raises(UserError, match="not on 'flux'"), hidiffusion(sdxl.pipe.unet, "flux", steps=3, seed=0):
-        pass
+    without = replace(family_named("sdxl"), name="dit", features={})  # a family that gives no HiDiffusion settings
+    with pytest.raises(UserError, match=r"^--hidiffusion works on UNet models \(sd15, sdxl\), not on dit: "):
+        with hidiffusion(sdxl.pipe.unet, without, steps=3, seed=0):
+            pass
     with pytest.raises(UserError, match="this UNet has no Transformer2DModel"):
         with hidiffusion(sdxl.pipe.unet, "sd15", steps=3, seed=0):
             pass
@@ -208,6 +177,15 @@ def test_windows_partition_and_merge_back_exactly():
     assert [window_shift((6, 8), d) for d in (0.25, 0.5, 0.75, 0.99)] == [(0, 0), (1, 2), (2, 4), (3, 6)]
 
 
+def test_windows_with_one_shift_per_map_are_each_maps_own_windows():
+    tokens = torch.randn(3, 12 * 16, 5)
+    shifts = [(0, 0), (3, 4), (1, 2)]
+    windows = window_partition(tokens, (12, 16), (6, 8), shifts)
+    for i, shift in enumerate(shifts):
+        assert torch.equal(windows[4 * i : 4 * i + 4], window_partition(tokens[i : i + 1], (12, 16), (6, 8), shift))
+    assert torch.equal(window_merge(windows, (12, 16), (6, 8), shifts), tokens)
+
+
 def test_denoising_calls_count_the_unet_calls(sdxl, sd15):
     assert denoising_calls(sdxl.pipe.scheduler, 30) == 30
     assert denoising_calls(sdxl.pipe.scheduler, 30, 0.5) == 15
@@ -224,18 +202,9 @@ def test_fixture_has_sdxl_base_and_sd15_module_names(hires, package):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the large-size switching steps start at 4096 px (SDXL) "
-                    "and 2048 px (SD1.5): too big for the CPU; run on a CUDA GPU")
-@pytest.mark.parametrize("family, size, steps", [("sdxl", 4096, 4), ("sd15", 2048, 4)])
+                    "and 2048 px (SD1.5): too big for the CPU; run on a CUDA GPU (or the benchmark's gpu mode)")
+@pytest.mark.parametrize("family, size, steps", LARGE_SIZES)
 def test_large_sizes_match_the_hidiffusion_package_on_gpu(hires, package, family, size, steps):
-    def latents(pipe) -> torch.Tensor:
-        torch.manual_seed(SEED)
-        embeds = [e.to("cuda") for e in style_embeds(pipe)]
-        return pipe("a cat", width=size, height=size, num_inference_steps=steps, ip_adapter_image_embeds=embeds,
-                    generator=torch.Generator().manual_seed(1), output_type="latent").images.cpu()
-
-    ours_pipe = load_with_style_adapter(hires, family).to("cuda")
-    with hidiffusion(ours_pipe.unet, family, steps=denoising_calls(ours_pipe.scheduler, steps), seed=SEED) as run:
-        ours = latents(ours_pipe)
-    theirs = latents(package.apply_hidiffusion(load_with_style_adapter(hires, family).to("cuda")))
-    assert "dilate+pool" in run.phases  # the large-size schedule: RAD and the pooled phase together
-    assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()
+    made = compare_with_package(hires, package, family, size, size, steps, device="cuda", output_type="latent")
+    assert "dilate+pool" in made.phases  # the large-size schedule: RAD and the pooled phase together
+    assert made.relative_difference <= 1e-4

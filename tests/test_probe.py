@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from instantstyle import Request, UserError
-from instantstyle.blocks import BlockInfo, list_blocks, resolve_blocks
+from instantstyle.blocks import BlockInfo, expand_preset_ref, list_blocks, read_presets, resolve_blocks
 from instantstyle.pareto import cell_points, pareto_front
-from instantstyle.preset_file import expand_preset_ref, read_presets, write_presets
+from instantstyle.preset_file import write_presets
 from instantstyle.probe import ALL, NONE, probe_cells, probe_presets, probe_requests, probe_table, rank_blocks
+from instantstyle.request import read_png_request
 from instantstyle.scoreplot import save_plot, scatter_plot
-from instantstyle.scores import Scores, scorer_for
+from instantstyle.scores import Scores
 
-from .conftest import FAST
+from .conftest import FAST, pixels
 
 BLOCKS = [BlockInfo("down_blocks.2.attentions.1", 2, ("layout",)), BlockInfo("up_blocks.0.attentions.1", 2, ("style",))]
 
@@ -25,7 +27,7 @@ def probed(sdxl, tiny):
     """The probe of the tiny SDXL with one style and one prompt, scored with a content prompt."""
     base = Request("a cat", style=(str(tiny.style_image),), **FAST)
     blocks = list_blocks(sdxl.layers, sdxl.arch)
-    scorer = scorer_for(sdxl)
+    scorer = sdxl.scorer()
     results = []
     for job in probe_requests(base, blocks, content_prompts=["stripes"]):
         made = sdxl(job.request)
@@ -137,3 +139,117 @@ def test_bad_presets_are_one_line_errors(tmp_path, content, ref, message):
     with pytest.raises(UserError, match=message) as err:
         expand_preset_ref(ref, base=tmp_path)
     assert "\n" not in str(err.value)
+
+
+# --- the probe-blocks command ----------------------------------------------------------------------------
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    from instantstyle.cli import entry
+
+    try:
+        entry([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def probe_flags(tiny) -> list:
+    return ["probe-blocks", "--model", tiny.sdxl, "--adapter", tiny.sdxl_adapter, "--steps", 2, "--width", 64,
+            "--height", 64, "--seed", 7, "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def probe_run(tiny, tmp_path_factory):
+    """``instantstyle probe-blocks`` on the tiny SDXL: one style, one prompt, a content prompt, presets saved."""
+    from click.testing import CliRunner
+
+    from instantstyle.cli import main
+
+    folder = tmp_path_factory.mktemp("probe-cli")
+    result = CliRunner().invoke(main, [str(a) for a in [
+        *probe_flags(tiny), "--style", tiny.style_image, "--prompt", "a cat", "--content-prompt", "stripes",
+        "--batch-size", 4, "-o", folder / "probe", "--save-presets", folder / "presets.json"]])
+    assert result.exit_code == 0, result.output
+    out, err = result.stdout, result.stderr
+    return folder, out, err
+
+
+def test_probe_blocks_prints_every_block_of_the_model_ranked_by_style_score(sdxl, probe_run):
+    _, out, _ = probe_run
+    lines = out.splitlines()
+    header, body = lines[0].split(), [line.split() for line in lines[1:] if line.split()[0].isdigit()]
+    assert header == ["rank", "block", "layers", "clip_style", "clip_text", "content_leak", "images"]
+    assert sorted(row[1] for row in body) == sorted(b.name for b in list_blocks(sdxl.layers, sdxl.arch))
+    assert [int(row[0]) for row in body] == list(range(1, len(body) + 1))
+    styles = [float(row[3]) for row in body]
+    assert styles == sorted(styles, reverse=True)
+    assert [line.split()[1] for line in lines[len(body) + 1 : len(body) + 3]] == [ALL, NONE]
+
+
+def test_probe_blocks_writes_each_scored_image_the_plot_csv_and_table(sdxl, probe_run):
+    from instantstyle.scores import read_png_scores
+
+    folder, out, _ = probe_run
+    probe = folder / "probe"
+    images = sorted(probe.glob("*-style1-prompt1.png"))
+    assert len(images) == len(list_blocks(sdxl.layers, sdxl.arch)) + 2
+    for path in images:
+        request = read_png_request(path)
+        expected = {ALL: ("all", 1.0), NONE: ("all", 0.0)}.get(path.name.split("-style")[0])
+        assert (request.blocks, request.scale) == (expected or (path.name.split("-style")[0], 1.0))
+        assert read_png_scores(path).content_leak is not None  # scored against the content prompt
+        assert request.content_prompt is None  # ...which is never subtracted
+    with Image.open(probe / "probe.png") as plot:
+        assert plot.format == "PNG"
+    assert len((probe / "probe.csv").read_text().splitlines()) == len(images) + 1
+    assert (probe / "probe.md").read_text().startswith("| rank | block")
+
+
+def test_a_batched_probe_image_equals_the_same_request_made_alone(sdxl, probe_run):
+    path = probe_run[0] / "probe" / "up_blocks.0.attentions.1-style1-prompt1.png"
+    alone = sdxl(read_png_request(path)).images[0]
+    assert np.abs(pixels(Image.open(path)) - pixels(alone)).max() <= 2  # float rounding of a batched call only
+
+
+def test_presets_saved_by_the_probe_work_as_blocks_on_the_command_line(capsys, sdxl, tiny, probe_run, tmp_path):
+    folder, out, _ = probe_run
+    presets = read_presets(folder / "presets.json")
+    assert f"presets in {folder / 'presets.json'}: style={presets['style']}" in out
+    assert set(presets) == {"style", "style-top2", "style-top3", "layout", "style+layout"}
+    flags = ["generate", "--model", tiny.sdxl, "--adapter", tiny.sdxl_adapter, "--style", tiny.style_image,
+             "--prompt", "a cat", "--steps", 2, "--width", 64, "--height", 64, "--seed", 7, "--device", "cpu"]
+    code, _, err = run(capsys, *flags, "--blocks", f"@{folder / 'presets.json'}:style+layout", "-o", tmp_path / "a.png")
+    assert code == 0, err
+    assert read_png_request(tmp_path / "a.png").blocks == presets["style+layout"]
+    direct = sdxl(Request("a cat", style=(str(tiny.style_image),), blocks=presets["style+layout"], **FAST))
+    assert (pixels(Image.open(tmp_path / "a.png")) == pixels(direct.images[0])).all()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--prompt", "a cat"], "--style is required"),
+    (["--style", "{style}"], "--prompt is required"),
+    (["--style", "{style}", "--prompt", " "], "--prompt is required (and not empty)"),
+    (["--style", "{tmp}/missing.png", "--prompt", "a cat"], "no such file"),
+    (["--style", "{style}", "--style", "{style}", "--prompt", "a", "--content-prompt", "x", "--content-prompt", "y",
+      "--content-prompt", "z"], "3 content prompts for 2 styles"),
+    (["--style", "{style}", "--prompt", "a", "--save-presets", "{tmp}/text.json"], "presets file"),
+    (["--style", "{style}", "--prompt", "a", "--save-presets", "{tmp}/no/such/p.json"], "does not exist or is not"),
+    (["--style", "{style}", "--prompt", "a", "--csd", "{tmp}/missing.pth"], "CSD checkpoint"),
+    (["--style", "{style}", "--prompt", "a", "--batch-size", "0"], "0 is not in the range x>=1"),
+])
+def test_probe_blocks_bad_input_is_one_line_and_exit_2_before_loading(capsys, tiny, tmp_path, args, message):
+    (tmp_path / "text.json").write_text("not json")
+    args = [a.format(style=tiny.style_image, tmp=tmp_path) for a in args]
+    code, out, err = run(capsys, *probe_flags(tiny), *args, "-o", tmp_path / "out")
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_probe_blocks_refuses_a_folder_that_is_not_empty(capsys, tiny, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.png").write_bytes(b"finished work")
+    code, _, err = run(capsys, *probe_flags(tiny), "--style", tiny.style_image, "--prompt", "a", "-o", tmp_path / "out")
+    assert code == 2 and "is not empty; pass --overwrite" in err

@@ -16,6 +16,7 @@ from PIL import Image
 
 from instantstyle.batch import LOCK, run_batch
 from instantstyle.runtime import Runtime
+from instantstyle.workers import Scoring
 
 from .conftest import FAST, pixels
 
@@ -52,6 +53,18 @@ def test_two_ray_cpu_workers_make_the_same_images_as_a_local_run(local_ray, tiny
     for i in range(6):
         a, b = (pixels(Image.open(tmp_path / run / f"job-{i}.png")) for run in ("local", "ray"))
         assert np.abs(a - b).max() <= 2  # the same seeds; only float rounding differs between thread counts
+
+
+def test_ray_workers_score_the_images_when_asked(local_ray, tiny, sdxl, tmp_path):
+    jobs = jobs_over_two_styles(tmp_path, 2)
+    models = {"model": str(tiny.sdxl), "adapter": str(tiny.sdxl_adapter)}
+    run_batch(jobs, tmp_path / "local", pipeline=sdxl, defaults=models, scoring=Scoring())
+    run_batch(jobs, tmp_path / "ray", defaults=models, ray=True, workers=1, scoring=Scoring())
+    scores = {run: {e["id"]: e["scores"][0] for e in map(json.loads, (tmp_path / run / "manifest.jsonl").open())}
+              for run in ("local", "ray")}
+    assert scores["ray"].keys() == scores["local"].keys() == {"job-0", "job-1"}
+    for job, local_scores in scores["local"].items():
+        assert scores["ray"][job]["clip_style"] == pytest.approx(local_scores["clip_style"], abs=0.02)
 
 
 def test_a_ray_worker_killed_during_the_run_still_ends_with_every_job_done(local_ray, tiny, tmp_path):

@@ -10,7 +10,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from instantstyle import Request, UserError
-from instantstyle.embeddings import load_image_encoder
+from instantstyle.embeddings import load_image_encoder, load_text_tower
 from instantstyle.scores import (
     SCORE_KEYS,
     Scorer,
@@ -18,9 +18,7 @@ from instantstyle.scores import (
     Scores,
     cosine,
     format_table,
-    load_text_tower,
     mean_scores,
-    scorer_for,
     summarize,
 )
 from instantstyle.testing import make_style_image
@@ -58,7 +56,7 @@ def generated(sdxl, tiny):
 
 def test_sdxl_scores_equal_the_cosines_computed_by_hand(sdxl, tiny, generated):
     image, request = generated
-    scores = scorer_for(sdxl).score_request([image], request, content_prompt="a dog")[0]
+    scores = sdxl.scorer().score_request([image], request, content_prompt="a dog")[0]
 
     encoder = tiny.adapters / "sdxl_models" / "image_encoder"
     picture = hand_image_embeds(encoder, [image])
@@ -88,21 +86,21 @@ def test_an_image_scored_against_itself_as_style_gives_clip_style_1(sdxl, genera
     image, request = generated
     path = tmp_path / "made.png"
     image.save(path)
-    scores = scorer_for(sdxl).score([path], request.prompt, style=str(path))[0]
+    scores = sdxl.scorer().score([path], request.prompt, style=str(path))[0]
     assert scores.clip_style == pytest.approx(1.0, abs=1e-6)
 
 
 def test_a_style_file_scores_like_the_image_it_was_made_from(sdxl, tiny, generated, tmp_path):
     image, request = generated
     style_file = sdxl.save_style(request, tmp_path / "style.safetensors")
-    scorer = scorer_for(sdxl)
+    scorer = sdxl.scorer()
     from_image = scorer.score([image], style=str(tiny.style_image))[0]
     from_file = scorer.score([image], style=str(style_file))[0]
     assert from_file.clip_style == pytest.approx(from_image.clip_style, abs=1e-6)
 
 
 def test_vit_h_adapter_scores_with_the_content_text_encoder_tower(sd15, tiny):
-    scorer = scorer_for(sd15, str(tiny.content_text_encoder))
+    scorer = sd15.scorer(str(tiny.content_text_encoder))
     scores = scorer.score([tiny.content_image], "a photo of a house", style=str(tiny.style_image),
                           content_prompt="stripes")[0]
     picture = hand_image_embeds(tiny.adapters / "models" / "image_encoder",
@@ -114,7 +112,7 @@ def test_vit_h_adapter_scores_with_the_content_text_encoder_tower(sd15, tiny):
 
 
 def test_without_a_text_tower_in_the_encoders_space_text_scores_are_none(sd15, tiny):
-    scorer = scorer_for(sd15)  # SD1.5's own text encoder is not the ViT-H image encoder's CLIP
+    scorer = sd15.scorer()  # SD1.5's own text encoder is not the ViT-H image encoder's CLIP
     scores = scorer.score([tiny.content_image], "a house", style=str(tiny.style_image), content_prompt="stripes")[0]
     assert scores.clip_text is None and scores.content_leak is None
     assert scores.clip_style is not None
@@ -123,7 +121,7 @@ def test_without_a_text_tower_in_the_encoders_space_text_scores_are_none(sd15, t
 
 def test_content_leak_needs_a_content_prompt(sdxl, generated):
     image, request = generated
-    assert scorer_for(sdxl).score_request([image], request)[0].content_leak is None
+    assert sdxl.scorer().score_request([image], request)[0].content_leak is None
 
 
 def test_a_text_tower_of_another_clip_is_refused(tiny):
@@ -137,7 +135,7 @@ def test_scorer_from_explicit_folders_equals_the_pipelines(sdxl, tiny, generated
     image, request = generated
     tower = load_text_tower(tiny.sdxl, "text_encoder_2", "tokenizer_2")
     explicit = Scorer(load_image_encoder(tiny.adapters / "sdxl_models" / "image_encoder"), tower)
-    assert explicit.score_request([image], request) == scorer_for(sdxl).score_request([image], request)
+    assert explicit.score_request([image], request) == sdxl.scorer().score_request([image], request)
 
 
 def test_score_record_is_one_json_line_that_reads_back():
@@ -195,3 +193,18 @@ def test_a_folder_that_is_not_a_clip_text_tower_is_refused(tiny, where, message)
 def test_a_score_record_nested_absurdly_deep_is_a_one_line_error():
     with pytest.raises(UserError, match="nested more than"):
         ScoreRecord.from_json('{"image": "a.png", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+def test_pipeline_score_of_a_result_scores_it_against_its_own_request(sdxl, tiny):
+    result = sdxl(Request("a cat in the house", style=(str(tiny.style_image),), content_prompt="stripes", **FAST))
+    assert sdxl.score(result) == sdxl.scorer().score_request(result.images, result.request)
+    assert sdxl.score(result)[0].content_leak is not None  # the request's content prompt is the leak's
+
+
+def test_pipeline_score_loads_a_csd_file_once_and_adds_csd_style(sdxl, tiny, tmp_path):
+    from instantstyle.testing.csd import build_csd_checkpoint
+
+    checkpoint = build_csd_checkpoint(tmp_path / "csd.safetensors", "safetensors")
+    scores = sdxl.score([tiny.content_image], "a house", style=str(tiny.style_image), csd=checkpoint)[0]
+    assert scores.csd_style is not None and scores.clip_text is not None
+    assert sdxl.scorer(csd=checkpoint) is sdxl.scorer(csd=checkpoint)

@@ -15,7 +15,9 @@ import pytest
 from PIL import Image
 
 from instantstyle import Request, UserError
+from instantstyle.preset_file import write_presets
 from instantstyle.request import read_png_request, write_png
+from instantstyle.scores import read_png_scores
 from instantstyle.sweep import SHEET_KEY
 
 from .conftest import pixels
@@ -191,6 +193,41 @@ def test_handlers_take_every_form_field_by_name_with_the_forms_defaults():
     assert seen == {**{f.name: f.default for f in ui.FORM}, "style": ["s.png"], "prompt": "a cat", "steps": 4}
 
 
+def no_progress(*_, **__) -> None:
+    """Stands in for gradio's progress tracker when a handler is called directly."""
+
+
+def test_generate_shows_the_scores_of_each_image_under_it_and_stores_them(sdxl, work, tiny):
+    app = ui.App(ui.PipelineHolder(sdxl), work)
+    gallery, files, request_json = app.generate(form([str(tiny.style_image)], num_images=2,
+                                                     content_prompt="stripes"), no_progress)
+    expected = sdxl.score(sdxl(Request.from_json(request_json)))
+    for (path, caption), scores in zip(gallery, expected, strict=True):
+        assert caption == f"seed 7 #{gallery.index((path, caption)) + 1} · {scores.caption(' · ')}"
+        assert read_png_scores(path).to_dict() == pytest.approx(scores.to_dict(), abs=1e-6)
+    assert "leak" in gallery[0][1] and files == [p for p, _ in gallery]
+
+
+def test_the_sweep_tab_scores_its_cells_and_returns_the_plot_and_csv(sdxl, work, tiny):
+    app = ui.App(ui.PipelineHolder(sdxl), work)
+    values = {**form([str(tiny.style_image)]), "sweep_blocks": "style, all", "sweep_scales": "1",
+              "sweep_content_scales": ""}
+    sheet, cells, files = app.sweep(values, no_progress)
+    assert [Path(f).name.split("-", 2)[-1] for f in files[1:3]] == ["sweep-plot.png", "sweep.csv"]
+    assert all("style 0." in caption for _, caption in cells) and len(cells) == 2
+    assert "scores" in json.loads(Image.open(sheet).info[SHEET_KEY])
+
+
+def test_the_blocks_field_takes_a_typed_spec_or_a_presets_reference(sdxl, work, tiny, tmp_path):
+    write_presets(tmp_path / "p.json", {"mine": "up_blocks.0.attentions.1=0.5"})
+    request = ui.form_request(work, form([str(tiny.style_image)], blocks=f"@{tmp_path / 'p.json'}:mine"))
+    assert sdxl(request).request.blocks == "up_blocks.0.attentions.1=0.5"
+    app = ui.App(ui.PipelineHolder(sdxl), work)
+    assert [r for r in app.load_blocks(request.blocks) if r[1]] == [["up_blocks.0.attentions.1", 0.5]]
+    with pytest.raises(UserError, match="no preset 'other'"):
+        app.generate(form([str(tiny.style_image)], blocks=f"@{tmp_path / 'p.json'}:other"), no_progress)
+
+
 # --- the command -------------------------------------------------------------------------------------
 
 
@@ -311,6 +348,9 @@ def test_page_generates_a_real_image_into_the_gallery(page, tiny, tmp_path):
     assert Image.open(io.BytesIO(data)).size == (64, 64)
     request = read_png_request(tmp_path / "got.png")
     assert (request.prompt, request.seed, request.steps) == ("a cat", 7, 2)
+    page.locator("#gallery").get_by_text("style 0.").first.wait_for()  # the scores under the image
+    scores = read_png_scores(tmp_path / "got.png")
+    assert f"style {scores.clip_style:.3f} · text {scores.clip_text:.3f}" in page.locator("#gallery").inner_text()
 
 
 def test_page_restyles_an_uploaded_init_image(page, tiny, modes, tmp_path):

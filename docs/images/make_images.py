@@ -1,4 +1,4 @@
-"""Remake the README's UI screenshot and sweep sheet from the tiny random-weight test fixture.
+"""Remake the README's UI screenshot, sweep sheet and sweep plot from the tiny random-weight test fixture.
 
 Run from the repository root: ``HF_HUB_OFFLINE=1 python docs/images/make_images.py`` (needs gradio,
 playwright and Debian's chromium). The images show noise by design: the fixture's weights are random.
@@ -24,10 +24,12 @@ def main() -> None:
     tiny = tiny_models(root)
     pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", keep_all_weights=True)
     with tempfile.TemporaryDirectory() as out:
-        sheet, _ = render_sweep(pipe, Request("a cat", style=str(tiny.style_image), steps=2, seed=7),
-                                Axes(("style", "style+layout", "all"), (0.4, 0.7, 1.0)), Path(out) / "sheet.png",
-                                title=f"{LABEL}, seed 7, 2 steps")
-        Image.open(sheet).save(HERE / "sweep-tiny-fixture.png", optimize=True)
+        sweep = render_sweep(pipe, Request("a cat", style=str(tiny.style_image), steps=2, seed=7),
+                             Axes(("style", "style+layout", "all"), (0.4, 0.7, 1.0)), Path(out) / "sheet.png",
+                             title=f"{LABEL}, seed 7, 2 steps", scorer=pipe.scorer(), style_floor=0.9)
+        Image.open(sweep.sheet).save(HERE / "sweep-tiny-fixture.png", optimize=True)
+        assert sweep.plot is not None
+        Image.open(sweep.plot).save(HERE / "sweep-plot-tiny-fixture.png", optimize=True)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

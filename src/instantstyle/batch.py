@@ -27,16 +27,19 @@ from typing import Any
 
 from . import safe_json
 from .atomic import remove_stale_temps, temp_path
+from .blocks import is_preset_ref, split_preset_ref
 from .errors import UserError
-from .preflight import check_request
+from .preflight import check_request, check_runtime
 from .request import CONTROL_KINDS, AdapterUse, Request, StyleRef, write_png
 from .runtime import Runtime
-from .workers import BatchResult, Job, Outcome, Worker, pipeline_key
+from .workers import BatchResult, Job, Outcome, Scoring, Worker, pipeline_key
 
 MANIFEST = "manifest.jsonl"
 LOCK = ".instantstyle-batch.lock"
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
+#: How a CSV cell spells a yes/no field (``hidiffusion``).
+BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 PATH_FIELDS = ("content_image", "model", "adapter", "image_encoder", "content_text_encoder", "init_image", "mask",
                "control_image", "controlnet", "depth_model", "composition")
 
@@ -153,6 +156,10 @@ def _from_cell(name: str, value: str) -> Any:
         return [s.strip() for s in value.split(";") if s.strip()]
     types = {f.name: str(f.type) for f in dataclasses.fields(Request)}
     kind = types.get(name, "str")
+    if kind == "bool":
+        if value.lower() not in BOOLEANS:
+            raise UserError(f"{name} must be true or false, got {value!r}")
+        return BOOLEANS[value.lower()]
     try:
         if kind.startswith("int"):
             return int(value)
@@ -262,12 +269,21 @@ def _resolve_paths(request: Request, base: Path | None) -> Request:
     if request.control is not None and request.control not in CONTROL_KINDS:  # a ready control image
         changes["control"] = _local(request.control, base)
     changes["regions"] = tuple(_local(r, base) for r in request.regions)
+    changes["blocks"] = _local_preset_ref(request.blocks, base)
     changes["adapters"] = tuple(
-        AdapterUse(_local(a.path, base), tuple(StyleRef(_local(r.path, base), r.weight) for r in a.style), a.blocks,
-                   a.scale, tuple(_local(r, base) for r in a.regions))
+        AdapterUse(_local(a.path, base), tuple(StyleRef(_local(r.path, base), r.weight) for r in a.style),
+                   _local_preset_ref(a.blocks, base), a.scale, tuple(_local(r, base) for r in a.regions))
         for a in request.adapters
     )
     return request.replace(**changes)
+
+
+def _local_preset_ref(spec: str, base: Path | None) -> str:
+    """A blocks spec ``@FILE:NAME`` with FILE taken from the job file's folder like every other path."""
+    if not is_preset_ref(spec):
+        return spec
+    file, name = split_preset_ref(spec)
+    return f"@{_local(file, base)}:{name}"
 
 
 def _check_files(request: Request, checked: dict[Any, UserError | None]) -> None:
@@ -466,6 +482,20 @@ def as_jobs(jobs: Any, defaults: dict[str, Any] | None = None) -> JobList:
     return JobList(listed + made.jobs, made.problems)
 
 
+def runnable_with(job_list: JobList, runtime: Runtime) -> JobList:
+    """The jobs ``runtime`` can run; the others (``check_runtime``: HiDiffusion with ``--compile``) become
+    problems, reported like bad lines."""
+    jobs, problems = [], list(job_list.problems)
+    for job in job_list.jobs:
+        try:
+            check_runtime(job.request, runtime)
+        except UserError as err:
+            problems.append(f"{job.where or job.id}: {err}")
+            continue
+        jobs.append(job)
+    return JobList(jobs, problems)
+
+
 def run_batch(
     jobs: Any,
     output_dir: str | Path,
@@ -481,6 +511,7 @@ def run_batch(
     workers: int | None = None,
     progress: bool = False,
     on_problem: Callable[[str], None] | None = None,
+    scoring: Scoring | None = None,
 ) -> BatchReport:
     """Render every job not yet done into ``output_dir`` (images + ``manifest.jsonl``), resumably.
 
@@ -488,7 +519,8 @@ def run_batch(
     ``StylePipeline`` for jobs that name no other model (in-process runs only; it keeps its own runtime).
     ``runtime``: how workers load every other pipeline (device, offload, low memory, compile, cache folder...).
     ``ray``: distribute batches over Ray actors (``ray_address`` of a cluster, else a local one) with
-    ``workers`` actors, each loading with the same ``runtime``."""
+    ``workers`` actors, each loading with the same ``runtime``. ``scoring``: score every image made; the
+    scores go in its manifest line (``"scores"``, one per output) and its PNG."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     if workers is not None and workers < 1:
@@ -497,7 +529,7 @@ def run_batch(
     if not ray:  # Ray workers find their devices on their own machines
         runtime.torch_dtype(runtime.placement())
     folder = prepare_output_dir(output_dir)
-    job_list = as_jobs(jobs, defaults)
+    job_list = runnable_with(as_jobs(jobs, defaults), runtime)
     for problem in job_list.problems:
         (on_problem or (lambda _: None))(problem)
     if strict and job_list.problems:
@@ -507,14 +539,14 @@ def run_batch(
     lock = _Lock(folder)
     try:
         return _run(job_list, folder, runtime, batch_size, retry_failed, pipeline, ray, ray_address,
-                    workers, progress, on_problem)
+                    workers, progress, on_problem, scoring)
     finally:
         lock.release()
 
 
 def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, retry_failed: bool, pipeline: Any,
          ray: bool, ray_address: str | None, workers: int | None, progress: bool,
-         on_problem: Callable[[str], None] | None) -> BatchReport:
+         on_problem: Callable[[str], None] | None, scoring: Scoring | None) -> BatchReport:
     remove_stale_temps(folder)  # images and manifest rewrites in flight when a run died (the lock makes them stale)
     manifest = Manifest(folder)
     for warning in manifest.warnings:
@@ -545,9 +577,9 @@ def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, ret
         if ray:
             from .ray_batch import run_on_ray
 
-            run_on_ray(batches, runtime, ray_address, workers, record)
+            run_on_ray(batches, runtime, ray_address, workers, record, scoring)
         else:
-            worker = Worker(runtime, pipeline)
+            worker = Worker(runtime, pipeline, scoring=scoring)
             try:
                 for batch in batches:
                     record(worker.run(batch))
@@ -570,10 +602,16 @@ def _record(outcome: Outcome, worker: str, folder: Path, manifest: Manifest, rep
         "timings": {"batch_s": round(outcome.seconds, 3), "batch_images": outcome.batch_images},
     }
     if outcome.error is None and outcome.request is not None:
+        scores = outcome.scores
         for i, (image, name) in enumerate(zip(outcome.images, job.outputs, strict=True)):
-            write_png(image, folder / name, outcome.request, i)
+            write_png(image, folder / name, outcome.request, i, scores[i].png_text() if scores else None)
         entry.update(status="done", seed=outcome.request.seed, outputs=job.outputs,
                      request=outcome.request.to_dict())
+        if scores is not None:
+            entry["scores"] = [s.to_dict() for s in scores]  # one per output, in order
+        if outcome.score_error is not None:
+            entry["score_error"] = outcome.score_error
+            report.errors.append(f"{job.id} ({job.where}): made, but not scored: {outcome.score_error}")
         report.done += 1
         report.images += len(outcome.images)
     else:

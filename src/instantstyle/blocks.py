@@ -3,15 +3,19 @@
 InstantStyle's first idea is to inject the image only into the attention blocks that carry style
 (SDXL: ``up_blocks.0.attentions.1``) and, optionally, layout (``down_blocks.2.attentions.1``). A spec
 names presets, blocks and scales (``style``, ``up_blocks.0.attentions.1=1.0,layout=0.4``); presets and
-how layer names group into blocks come from the model family (``families``). Everything here is pure
-string work on layer names, so it is tested without models.
+how layer names group into blocks come from the model family (``families``). A spec may also be
+``@FILE:NAME``, a named spec saved in a presets file (``instantstyle probe-blocks --save-presets``): the
+parser reads it, so it works everywhere a spec does. Apart from reading such a file, everything here is
+string work on layer names, tested without models.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from . import safe_json
 from .errors import UserError
 from .families import Family, family_named
 from .request import MAX_SCALE
@@ -32,8 +36,15 @@ def valid_block_names(layers: Sequence[str], family: Family | str) -> list[str]:
     return list(names)
 
 
-def parse_spec(spec: str) -> list[tuple[str, float]]:
-    """Parse ``style`` or ``up_blocks.0.attentions.1=1.0,layout=0.4`` into (name, scale) pairs."""
+def parse_spec(spec: str, base: str | Path | None = None) -> list[tuple[str, float]]:
+    """Parse ``style`` or ``up_blocks.0.attentions.1=1.0,layout=0.4`` into (name, scale) pairs; ``@FILE:NAME``
+    is first replaced by the spec saved under NAME in FILE (relative to ``base``, else the current folder)."""
+    return _parse_items(expand_preset_ref(spec, base))
+
+
+def _parse_items(spec: str) -> list[tuple[str, float]]:
+    if not isinstance(spec, str):
+        raise UserError(f"blocks must be a spec (text), got {spec!r}")
     items = []
     for raw in spec.split(","):
         item = raw.strip()
@@ -53,6 +64,72 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
                 raise UserError(f"block scale for {name!r} must be between 0 and {MAX_SCALE:g}, got {value.strip()}")
         items.append((name, scale))
     return items
+
+
+# --- presets files: named specs, referred to as @FILE:NAME --------------------------------------------------
+
+PRESET_REF_PREFIX = "@"
+
+
+def is_preset_ref(spec: str) -> bool:
+    """Whether a blocks spec is a reference into a presets file (``@FILE:NAME``)."""
+    return isinstance(spec, str) and spec.strip().startswith(PRESET_REF_PREFIX)
+
+
+def split_preset_ref(spec: str) -> tuple[str, str]:
+    """``@FILE:NAME`` -> (FILE, NAME); the name follows the last colon."""
+    file, sep, name = spec.strip()[len(PRESET_REF_PREFIX):].rpartition(":")
+    if not sep or not file or not name:
+        raise UserError(f"blocks {spec!r}: a presets reference is @FILE:NAME (e.g. @presets.json:style)")
+    return file, name
+
+
+def expand_preset_ref(spec: str, base: str | Path | None = None) -> str:
+    """``@FILE:NAME`` -> the blocks spec saved under NAME in FILE (relative to ``base`` if given, e.g. a
+    job file's folder); any other spec is returned as it is."""
+    if not is_preset_ref(spec):
+        return spec
+    file, name = split_preset_ref(spec)
+    path = Path(file).expanduser()
+    if base is not None and not path.is_absolute():
+        path = Path(base) / path
+    presets = read_presets(path)
+    if name not in presets:
+        raise UserError(f"presets file {path} has no preset {name!r}; it has: {', '.join(presets)}")
+    return presets[name]
+
+
+def check_presets(presets: object, where: str) -> dict[str, str]:
+    """A ``{name: spec}`` mapping with well-formed names and specs, or a one-line ``UserError``."""
+    if not isinstance(presets, dict) or not presets:
+        raise UserError(f"{where}: a presets file is a non-empty JSON object of name -> blocks spec")
+    for name, spec in presets.items():
+        if not isinstance(name, str) or not name.strip() or ":" in name or name != name.strip():
+            raise UserError(f"{where}: preset name {name!r} must be text without ':' or outer spaces")
+        if not isinstance(spec, str):
+            raise UserError(f"{where}: preset {name!r} must be a blocks spec (text), got {spec!r}")
+        if is_preset_ref(spec):
+            raise UserError(f"{where}: preset {name!r} refers to another presets file; give the blocks")
+        try:
+            _parse_items(spec)
+        except UserError as err:
+            raise UserError(f"{where}: preset {name!r}: {err}") from None
+    return dict(presets)
+
+
+def read_presets(path: str | Path) -> dict[str, str]:
+    """Read a presets file (a JSON object of name -> blocks spec); a missing, unreadable or malformed file is a
+    one-line ``UserError``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"presets file {path}: no such file")
+    try:
+        data = safe_json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"presets file {path}: not readable ({type(err).__name__})") from None
+    except UserError as err:
+        raise UserError(f"presets file {path}: {err}") from None
+    return check_presets(data, f"presets file {path}")
 
 
 def resolve_blocks(spec: str, layers: Sequence[str], family: Family | str, scale: float = 1.0) -> dict[str, float]:

@@ -7,6 +7,7 @@ checked without a model (images, numbers, output path, blocks) is checked before
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import traceback
@@ -18,7 +19,7 @@ import click
 
 from .errors import UserError
 from .logs import quiet_libraries
-from .preflight import check_blocks, check_request
+from .preflight import check_blocks, check_request, check_runtime
 from .request import AdapterUse, LoraRef, Request, StyleRef, read_png_request, write_png
 from .runtime import (
     COMPILE_BACKENDS,
@@ -33,6 +34,7 @@ from .runtime import (
 
 if TYPE_CHECKING:
     from .pipeline import StylePipeline
+    from .scores import Scores
 
 FLOAT = click.FLOAT
 INT = click.INT
@@ -140,7 +142,7 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
                     multiple=True),
     _request_option("prompt", "What to paint."),
     _request_option("negative_prompt", "What to avoid."),
-    _request_option("blocks", "style | layout | style+layout | all | NAME[=S],..."),
+    _request_option("blocks", "style | layout | style+layout | all | NAME[=S],... | @FILE:NAME (a presets file)."),
     _request_option("scale", "Multiplies every selected block's scale.", type=FLOAT),
     _request_option("content_prompt", "Content to subtract from the style (e.g. what the style image shows)."),
     _request_option("content_scale", "How much of the content to subtract.", type=FLOAT),
@@ -174,6 +176,9 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
                     "FILE:SCALE to scale.", multiple=True),
     _request_option("scheduler", "Sampler: euler, euler-a, euler-trailing, dpm++-2m, dpm++-2m-karras, ddim, lcm, "
                     "tcd, unipc, ... (default: the model's)."),
+    ("hidiffusion", click.Option(["--hidiffusion/--no-hidiffusion"], default=None, help="HiDiffusion for sizes "
+                                 "above the model's native one (SDXL: 2048 px and up): no repeated subjects, and "
+                                 "faster. SDXL and SD1.5 only; not with --compile.")),
 ]
 
 
@@ -243,13 +248,14 @@ def main() -> None:
 
 def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str]) -> StylePipeline:
     """Check the blocks specs against the model's config, then load the request's model and adapter."""
+    from .blocks import expand_preset_ref
     from .pipeline import StylePipeline
 
     assert request.model is not None and request.adapter is not None
-    check_blocks(request.model, specs, runtime.single_file_config)
+    check_blocks(request.model, specs, runtime.single_file_config, request)
     return StylePipeline.from_pretrained(
         request.model, request.adapter, runtime, image_encoder=request.image_encoder,
-        content_text_encoder=request.content_text_encoder, blocks=",".join(specs),
+        content_text_encoder=request.content_text_encoder, blocks=",".join(expand_preset_ref(s) for s in specs),
     )
 
 
@@ -258,18 +264,53 @@ def _generate(params: dict[str, Any]) -> None:
     request = request_from_cli(params, source)
     runtime = runtime_from(params)
     check_request(request)
+    check_runtime(request, runtime)
     paths = output_paths(params["output"], request.num_images, params["overwrite"])
     if params["save_style"] and not params["save_style"].endswith(".safetensors"):
         raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
+    scoring = params["score"] or params["csd"] is not None
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
     if not params["debug"]:
         quiet_libraries()
     pipe = load_pipeline(request, runtime, [request.blocks])
     if params["save_style"]:
         click.echo(str(pipe.save_style(request, params["save_style"])))
+    scorer = pipe.scorer(request.content_text_encoder, params["csd"]) if scoring else None  # loaded before the run
     result = pipe(request, progress=True)
+    scores, failure = score_safely(lambda: scorer.score_request(result.images, result.request) if scorer else None)
     for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
-        write_png(image, path, result.request, i)
+        write_png(image, path, result.request, i, scores[i].png_text() if scores else None)
         click.echo(str(path))
+    if failure is not None:  # the images are written; only their scores are missing
+        raise failure
+    if scorer is not None and scores is not None:
+        echo_scores([str(p) for p in paths], scores, scorer.unavailable())
+
+
+def check_csd_path(path: str) -> None:
+    """A CSD checkpoint given on the command line exists (read, safely, when it loads)."""
+    if not Path(path).expanduser().exists():
+        raise UserError(f"CSD checkpoint {path}: no such file")
+
+
+def score_safely(fn: Callable[[], Any]) -> tuple[Any, UserError | None]:
+    """(``fn()``, None), or (None, the error) when scoring fails: the caller writes the images first."""
+    try:
+        return fn(), None
+    except UserError as err:
+        return None, UserError(f"the images are written, but not scored: {err}")
+
+
+def echo_scores(names: Sequence[str], scores: Sequence[Scores], unavailable: dict[str, str],
+                as_json: bool = False) -> None:
+    """Print scores: a table (or one JSON object per line), and on stderr a note per score never computed."""
+    from .scores import ScoreRecord, format_table
+
+    records = [ScoreRecord(name, s) for name, s in zip(names, scores, strict=True)]
+    click.echo("\n".join(r.to_json() for r in records) if as_json else format_table(records))
+    for key, reason in unavailable.items():
+        click.echo(f"note: {key} not scored: {reason}", err=True)
 
 
 @main.command()
@@ -277,13 +318,16 @@ def _generate(params: dict[str, Any]) -> None:
 @click.option("--output", "-o", required=True, help="Output .png (several images: NAME-1.png, ...).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--save-style", default=None, help="Also save the style (embedding + sources) to this .safetensors file.")
+@click.option("--score", is_flag=True, help="Score each image (CLIP style, CLIP text, content leak against "
+              "--content-prompt; CSD with --csd): printed, and stored in the PNG.")
+@click.option("--csd", default=None, help="CSD checkpoint for the csd_style score (implies --score).")
 @runtime_options()
 def generate(**params: Any) -> None:
     """Make images in the style of --style, with the content of --prompt."""
     run_cli(_generate, params["debug"], params)
 
 
-generate.params[4:4] = [option for _, option in REQUEST_OPTIONS]  # after --from, --output, --overwrite, --save-style
+generate.params[6:6] = [option for _, option in REQUEST_OPTIONS]  # after --from ... --csd
 
 
 @main.command()
@@ -315,6 +359,107 @@ def blocks(model: str | None, single_file_config: str | None, debug: bool) -> No
     run_cli(body, debug)
 
 
+# --- score: the scores of images that exist ----------------------------------------------------------
+
+#: The models ``score`` loads: each from its flag, else from the requests the images carry (all must agree).
+SCORE_MODELS = ("model", "adapter", "image_encoder", "content_text_encoder")
+
+
+def _score(params: dict[str, Any]) -> None:
+    from PIL import Image
+
+    from .hub import is_local_adapter_ref, model_source, resolve_adapter_file
+    from .images import load_image
+    from .loader import load_scorer
+    from .request import PNG_KEY
+
+    if not params["images"]:
+        raise UserError("give the images to score: instantstyle score IMAGE... --prompt TEXT --style REF")
+    for name in ("prompt", "content_prompt"):
+        if params[name] is not None and not params[name].strip():
+            raise UserError(f"--{name.replace('_', '-')} is empty")
+    styles = tuple(StyleRef.parse(text) for text in params["style"])
+    if styles:
+        Request("", style=styles)  # the weights' checks
+    for ref in styles:
+        if ref.path.endswith(".safetensors"):
+            if not Path(ref.path).is_file():
+                raise UserError(f"style file {ref.path}: no such file")
+        else:
+            load_image(ref.path, "style image")
+    pictures, saved = [], []
+    for path in params["images"]:
+        pictures.append(load_image(path, "image"))
+        with Image.open(path) as image:  # readable: load_image said so
+            saved.append(read_png_request(path) if PNG_KEY in image.info else None)
+    wanted: list[tuple[str | None, tuple[StyleRef, ...], str | None, str]] = []
+    for path, request in zip(params["images"], saved, strict=True):
+        prompt = params["prompt"] if params["prompt"] is not None else request and request.prompt
+        style = styles or (request.style if request else ())
+        if not prompt and not style:
+            raise UserError(f"image {path}: nothing to score it against; give --prompt and/or --style (it carries "
+                            "no instantstyle parameters)")
+        content = params["content_prompt"] or (request.content_prompt if request else None)
+        fit = params["style_fit"] or (request.style_fit if request else "crop")
+        wanted.append((prompt or None, style, content, fit))
+    models = {name: params[name] or _shared(name, saved) for name in SCORE_MODELS}
+    model = None if models["content_text_encoder"] else models["model"] or DEFAULT_MODEL
+    adapter = models["adapter"] or DEFAULT_ADAPTER
+    if model is not None:
+        model_source(model)  # shaped like a model, before anything loads
+    if is_local_adapter_ref(adapter):
+        resolve_adapter_file(adapter)
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
+    if not params["debug"]:
+        quiet_libraries()
+    scorer = load_scorer(adapter, runtime_from(params), model=model,
+                         image_encoder=models["image_encoder"], content_text_encoder=models["content_text_encoder"],
+                         csd=params["csd"])
+    scores = [scorer.score([picture], *against)[0] for picture, against in zip(pictures, wanted, strict=True)]
+    echo_scores(params["images"], scores, scorer.unavailable(), params["as_json"])
+
+
+def _shared(name: str, saved: Sequence[Request | None]) -> str | None:
+    """The value of a request field that every image carrying a request agrees on (``None``: none carries one)."""
+    values = {getattr(r, name) for r in saved if r is not None and getattr(r, name) is not None}
+    if len(values) > 1:
+        flag = "--" + name.replace("_", "-")
+        raise UserError(f"the images were made with different {name.replace('_', ' ')}s ({', '.join(sorted(values))}); "
+                        f"give {flag}")
+    return values.pop() if values else None
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("images", nargs=-1)
+@click.option("--prompt", default=None, help="The prompt to score prompt fidelity against (default: each image's own, "
+              "from its PNG).")
+@click.option("--style", multiple=True, help="Style reference (image or style file), PATH:WEIGHT to weight; repeat "
+              "to blend (default: each image's own).")
+@click.option("--content-prompt", default=None, help="What the style reference shows: the content leak is scored "
+              "against it (default: each image's own).")
+@click.option("--model", default=None, help="Model whose CLIP text tower is in the adapter's space (SDXL's "
+              "text_encoder_2) [default: the images' own, else SDXL base 1.0].")
+@click.option("--adapter", default=None, help="IP-Adapter whose image encoder scores [default: the images' own, "
+              "else h94 SDXL].")
+@click.option("--image-encoder", default=None, help="CLIP image encoder folder (default: found beside the adapter).")
+@click.option("--content-text-encoder", default=None, help="CLIP text tower in the image encoder's space (ViT-H "
+              "adapters); replaces --model's.")
+@click.option("--style-fit", default=None, type=click.Choice(["crop", "pad", "tiles"]),
+              help="How non-square references are encoded [default: the images' own, else crop].")
+@click.option("--csd", default=None, help="CSD checkpoint (the authors' checkpoint.pth, or .safetensors) for "
+              "csd_style.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line, instead of a table.")
+@runtime_options(exclude=[name for name, _, _ in RUNTIME_OPTIONS if name not in ("device", "dtype",
+                                                                                  "single_file_config", "debug")])
+def score(**params: Any) -> None:
+    """Score images: CLIP text (prompt fidelity), CLIP style, content leak, CSD style; cosines in [-1, 1].
+
+    Images made by instantstyle carry their prompt, style and model: `instantstyle score out/*.png` scores
+    each against its own."""
+    run_cli(_score, params["debug"], params)
+
+
 @main.command()
 @click.option("--keep", default=None, help="Folder to keep the fixture and output image in.")
 @click.option("--debug", is_flag=True)
@@ -333,6 +478,7 @@ def selftest(keep: str | None, debug: bool) -> None:
 
 def _batch(params: dict[str, Any]) -> int:
     from .batch import run_batch
+    from .workers import Scoring
 
     defaults = request_fields(params)
     defaults.setdefault("model", DEFAULT_MODEL)
@@ -341,6 +487,9 @@ def _batch(params: dict[str, Any]) -> int:
     address = params["ray"]
     if params["workers"] is not None and address is None:
         raise UserError("--workers is the number of Ray workers; add --ray")
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
+    scoring = Scoring(params["csd"]) if params["score"] or params["csd"] is not None else None
     if not params["debug"]:
         quiet_libraries()
     try:
@@ -349,7 +498,7 @@ def _batch(params: dict[str, Any]) -> int:
             retry_failed=params["retry_failed"], strict=params["strict"], defaults=defaults,
             ray=address is not None, ray_address=None if address in (None, "local") else address,
             workers=params["workers"], progress=not params["quiet"],
-            on_problem=lambda message: click.echo(f"skipped: {message}", err=True),
+            on_problem=lambda message: click.echo(f"skipped: {message}", err=True), scoring=scoring,
         )
     except KeyboardInterrupt:
         click.echo("finished images and the manifest are kept; run the same command again to resume", err=True)
@@ -374,6 +523,9 @@ def _batch(params: dict[str, Any]) -> int:
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Ray workers (default: one per GPU, "
               "else 1).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--score", is_flag=True, help="Score every image (CLIP style, CLIP text, content leak; CSD with "
+              "--csd): in its manifest line and its PNG.")
+@click.option("--csd", default=None, help="CSD checkpoint for the csd_style score (implies --score).")
 @runtime_options()
 def batch(**params: Any) -> None:
     """Render every job of JOBS (.jsonl, .csv or a .json matrix) into --output; rerun to resume.
@@ -406,7 +558,7 @@ SWEPT = ("blocks", "scale", "content_scale", "num_images")
 
 
 def _sweep(params: dict[str, Any]) -> None:
-    from .sweep import Axes, cell_name, parse_blocks_list, parse_number_list, render_sweep, sweep_requests
+    from .sweep import Axes, cell_name, csv_path, parse_blocks_list, parse_number_list, plot_path, render_sweep
 
     axes = Axes(
         parse_blocks_list(params["sweep_blocks"]),
@@ -417,17 +569,87 @@ def _sweep(params: dict[str, Any]) -> None:
     base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
     if axes.content_scales and base.content_prompt is None and base.content_image is None:
         raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
+    if not params["score"] and (params["pick"] or params["csd"] is not None):
+        raise UserError(f"{'--pick' if params['pick'] else '--csd'} needs the scores; drop --no-score")
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
     runtime = runtime_from(params)
     check_request(base)
+    check_runtime(base, runtime)
     if not params["debug"]:
         quiet_libraries()
     sheet = output_paths(params["output"], 1, params["overwrite"])[0]
-    for row in sweep_requests(base.replace(seed=0), axes):  # cell names depend on blocks and scales only
-        for cell in row:
-            output_paths(str(sheet.with_name(cell_name(sheet.stem, cell, axes))), 1, params["overwrite"])
+    outputs = [sheet.with_name(cell_name(sheet.stem, axes, r, c)) for r in range(len(axes.rows))
+               for c in range(len(axes.scales))]
+    if params["score"]:
+        outputs += [plot_path(sheet), csv_path(sheet)]
+    if params["pick"]:
+        outputs += [*pick_paths(sheet)]
+    for path in outputs:  # nothing finished is overwritten without --overwrite, checked before any work
+        if path.suffix == ".png":
+            output_paths(str(path), 1, params["overwrite"])
+        elif path.exists() and not params["overwrite"]:
+            raise UserError(f"output {path} exists; pass --overwrite to replace it")
     pipe = load_pipeline(base, runtime, axes.blocks)
-    render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)))
+    scorer = pipe.scorer(base.content_text_encoder, params["csd"]) if params["score"] else None
+    if params["pick"] and scorer is not None and "clip_text" in scorer.unavailable():
+        raise UserError(f"--pick needs prompt scores, and this model has none: {scorer.unavailable()['clip_text']}")
+    out = render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)), scorer=scorer,
+                       style_floor=params["pick_style_floor"] if params["pick"] else None)
     click.echo(str(sheet))
+    if scorer is None:
+        return
+    click.echo(f"{out.plot}\n{out.table}")
+    echo_scores([cell.settings["file"] for cell in out.cells], [cell.scores for cell in out.cells],
+                scorer.unavailable())
+    if out.picked is not None:
+        write_pick(pipe, out.picked_request(), out.cells[out.picked], sheet)
+
+
+def pick_paths(sheet: Path) -> tuple[Path, Path]:
+    """Where ``sweep --pick`` writes the pick: a ``generate`` command line and a style file with its settings."""
+    return sheet.with_name(f"{sheet.stem}-pick.sh"), sheet.with_name(f"{sheet.stem}-pick.safetensors")
+
+
+def write_pick(pipe: StylePipeline, request: Request, cell: Any, sheet: Path) -> None:
+    """Print the picked cell and save it as a ready ``generate`` command line and a style file carrying its
+    settings (the web UI restores them when the file is uploaded as the style)."""
+    from .atomic import atomic_path
+    from .styles import style_settings
+
+    script, style_file = pick_paths(sheet)
+    command = generate_command(request, sheet.with_name(f"{sheet.stem}-pick.png"))
+    with atomic_path(script) as tmp:
+        tmp.write_text(f"#!/bin/sh\n# {cell.label}: {cell.scores.caption(', ')}\n{command}\n", encoding="utf-8")
+    pipe.save_style(request, style_file, extra=style_settings(request))
+    click.echo(f"pick: {cell.label} ({cell.scores.caption(', ')})\n{command}\n{script}\n{style_file}")
+
+
+def generate_command(request: Request, output: str | Path) -> str:
+    """The ``instantstyle generate`` command line that makes ``request`` (its fields that differ from the defaults,
+    as flags) into ``output``."""
+    import shlex
+
+    defaults = {f.name: f.default for f in dataclasses.fields(Request)}
+    flags: list[str] = []
+    for name, option in REQUEST_OPTIONS:
+        value = getattr(request, name)
+        if value is None or value == () or value == defaults.get(name) and name not in ("prompt", "seed"):
+            continue
+        flag = option.opts[0]
+        if name == "style":
+            flags += [a for ref in value for a in (flag, ref.path if ref.weight == 1 else f"{ref.path}:{ref.weight!r}")]
+        elif name == "lora":
+            flags += [a for ref in value for a in (flag, ref.path if ref.scale == 1 else f"{ref.path}:{ref.scale!r}")]
+        elif name == "regions":
+            flags += [a for region in value for a in (flag, region)]
+        else:
+            flags += [flag, str(value)]
+    for use in request.adapters:
+        parts = [use.path, *(f"style={r.path}" + ("" if r.weight == 1 else f":{r.weight!r}") for r in use.style),
+                 f"blocks={use.blocks}", f"scale={use.scale!r}", *(f"region={r}" for r in use.regions)]
+        flags += ["--adapter", ";".join(parts)]
+    return shlex.join(["instantstyle", "generate", *flags, "-o", str(output)])
 
 
 @main.command(context_settings={"show_default": True})
@@ -441,6 +663,14 @@ def _sweep(params: dict[str, Any]) -> None:
 @click.option("--output", "-o", required=True, help="The sheet .png; cells are written beside it as "
               "SHEET-BLOCKS-sSCALE.png.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--score/--no-score", default=True, help="Score every cell (CLIP style, CLIP text, content leak; CSD "
+              "with --csd): captions on the sheet, SHEET-plot.png (style vs prompt, Pareto front) and SHEET.csv.")
+@click.option("--csd", default=None, help="CSD checkpoint: csd_style becomes the style score.")
+@click.option("--pick", is_flag=True, help="Pick the cell on the Pareto front with the best prompt score whose style "
+              "score stays within --pick-style-floor of the best: print it, save SHEET-pick.sh (the generate command "
+              "line) and SHEET-pick.safetensors (a style file with those settings).")
+@click.option("--pick-style-floor", default=0.9, type=click.FloatRange(0, 1), help="The fraction of the best style "
+              "score the pick must keep.")
 @runtime_options()
 def sweep(**params: Any) -> None:
     """Render every blocks x scale combination with one seed into a labelled contact sheet."""
@@ -450,6 +680,105 @@ def sweep(**params: Any) -> None:
 for _name, _option in REQUEST_OPTIONS:
     if _name not in SWEPT:
         sweep.params.append(_option)
+
+
+# --- probe-blocks: find a model's style blocks ----------------------------------------------------------
+
+PROBED = ("blocks", "scale", "style", "prompt", "content_prompt", "content_scale", "content_image", "num_images")
+PROBE_FILES = ("probe.png", "probe.csv", "probe.md")
+
+
+def _probe_blocks(params: dict[str, Any]) -> None:
+    from .blocks import list_blocks, read_presets
+    from .pareto import cell_points, cells_csv, pareto_front
+    from .preset_file import write_presets
+    from .probe import probe_cells, probe_presets, probe_requests, probe_table, rank_blocks, run_probe
+    from .scoreplot import save_plot, scatter_plot
+    from .scores import SCORE_TITLES
+
+    if not params["probe_styles"]:
+        raise UserError("--style is required: the reference(s) whose style the blocks are probed with")
+    if not params["probe_prompts"] or not all(p.strip() for p in params["probe_prompts"]):
+        raise UserError("--prompt is required (and not empty): what the probe images show")
+    styles = tuple(StyleRef.parse(text) for text in params["probe_styles"])
+    contents = list(params["probe_content_prompts"])
+    if len(contents) not in (0, 1, len(styles)):
+        raise UserError(f"{len(contents)} content prompts for {len(styles)} styles: give one per style, or one")
+    given = request_fields({**params, **dict.fromkeys(PROBED)})
+    given.setdefault("model", DEFAULT_MODEL)
+    given.setdefault("adapter", DEFAULT_ADAPTER)
+    base = Request(params["probe_prompts"][0], style=styles, **given)
+    check_request(base)
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
+    folder = Path(params["output"]).expanduser()
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir()) and not params["overwrite"]):
+        raise UserError(f"output {folder}: " + ("is a file" if not folder.is_dir() else
+                                                "is not empty; pass --overwrite to write into it"))
+    presets_file = Path(params["save_presets"]).expanduser() if params["save_presets"] else None
+    if presets_file is not None and presets_file.exists():
+        read_presets(presets_file)  # new presets merge into it: it must be one
+    elif presets_file is not None and not (presets_file.parent.is_dir() and os.access(presets_file.parent, os.W_OK)):
+        raise UserError(f"presets file {presets_file}: its folder does not exist or is not writable")
+    output_paths(str(folder / PROBE_FILES[0]), 1, overwrite=True)  # the folder can be made and written
+    if not params["debug"]:
+        quiet_libraries()
+    pipe = load_pipeline(base, runtime_from(params), ["all"])
+    scorer = pipe.scorer(base.content_text_encoder, params["csd"])
+    blocks = list_blocks(pipe.layers, pipe.arch)
+    jobs = probe_requests(pipe.complete(base), blocks, styles, params["probe_prompts"], contents)
+    per_block = len(styles) * len(params["probe_prompts"])
+    click.echo(f"probing {len(blocks)} blocks (+ all, none) x {len(styles)} style(s) x "
+               f"{len(params['probe_prompts'])} prompt(s): {len(jobs)} images into {folder}", err=True)
+
+    def save(index: int, job: Any, image: Any, request: Request, scores: Any) -> None:
+        style, prompt = divmod(index % per_block, len(params["probe_prompts"]))
+        name = f"{job.block}-style{style + 1}-prompt{prompt + 1}.png"
+        write_png(image, folder / name, request, extra=scores.png_text())
+
+    rows, key = rank_blocks(run_probe(pipe, jobs, scorer, params["batch_size"], save), blocks)
+    click.echo(probe_table(rows, key))
+    cells = probe_cells(rows)
+    points = cell_points(cells, key)
+    front = pareto_front(points)
+    plot = scatter_plot(points, [c.label for c in cells], SCORE_TITLES[key], SCORE_TITLES["clip_text"], front=front,
+                        title="probe: the adapter in each block alone (and all, none)")
+    paths = [save_plot(plot, folder / PROBE_FILES[0]), folder / PROBE_FILES[1], folder / PROBE_FILES[2]]
+    paths[1].write_text(cells_csv(cells, front), encoding="utf-8")
+    paths[2].write_text(probe_table(rows, key, markdown=True) + "\n", encoding="utf-8")
+    click.echo("\n".join(str(p) for p in paths))
+    for name, reason in scorer.unavailable().items():
+        click.echo(f"note: {name} not scored: {reason}", err=True)
+    if presets_file is not None:
+        presets = probe_presets(rows)
+        write_presets(presets_file, presets)
+        click.echo(f"presets in {presets_file}: " + ", ".join(f"{k}={v}" for k, v in presets.items()))
+        click.echo(f"use them as --blocks @{presets_file}:style", err=True)
+
+
+@main.command("probe-blocks", context_settings={"show_default": True})
+@click.option("--style", "probe_styles", multiple=True, help="Style reference(s) to probe with; repeat for several "
+              "(each probed alone).")
+@click.option("--prompt", "probe_prompts", multiple=True, help="Prompt(s) to probe with; repeat for several.")
+@click.option("--content-prompt", "probe_content_prompts", multiple=True, help="What each style reference shows "
+              "(one per --style, or one for all): scored as the content leak, never subtracted.")
+@click.option("--output", "-o", required=True, help="Folder for the probe images, probe.png (plot), probe.csv and "
+              "probe.md (the ranked table).")
+@click.option("--overwrite", is_flag=True, help="Write into a folder that is not empty.")
+@click.option("--save-presets", default=None, help="Save the best blocks as named presets (style, style-top2, ... "
+              "layout, style+layout) in this JSON file (merged into it), for --blocks @FILE:NAME.")
+@click.option("--csd", default=None, help="CSD checkpoint: blocks are then ranked by csd_style.")
+@click.option("--batch-size", default=4, type=click.IntRange(min=1), help="Images per denoising call.")
+@runtime_options()
+def probe_blocks(**params: Any) -> None:
+    """Find a model's style blocks: inject the style into each attention block alone (and all, and none), score
+    every image, and rank the blocks by style score (with prompt score and content leak)."""
+    run_cli(_probe_blocks, params["debug"], params)
+
+
+for _name, _option in REQUEST_OPTIONS:
+    if _name not in PROBED:
+        probe_blocks.params.append(_option)
 
 
 # --- ui: the web page ---------------------------------------------------------------------------------
@@ -465,6 +794,8 @@ def _ui(params: dict[str, Any]) -> None:
     from .pipeline import StylePipeline
 
     runtime = runtime_from(params, keep_all_weights=True)  # any blocks per request, without reloading the adapter
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
     try:  # a taken port fails before the model loads, not after
         with socket.create_server((params["host"], params["port"])):
             pass
@@ -479,7 +810,7 @@ def _ui(params: dict[str, Any]) -> None:
         image_encoder=params["image_encoder"], content_text_encoder=params["content_text_encoder"],
     )
     click.echo(f"serving http://{params['host']}:{params['port']}/ (outputs in {params['workdir']})")
-    launch(pipe, params["workdir"], params["host"], params["port"], share=params["share"])
+    launch(pipe, params["workdir"], params["host"], params["port"], share=params["share"], csd=params["csd"])
 
 
 @main.command(context_settings={"show_default": True})
@@ -492,6 +823,7 @@ def _ui(params: dict[str, Any]) -> None:
 @click.option("--port", default=7860, type=click.IntRange(1, 65535))
 @click.option("--share", is_flag=True, help="Also open a public gradio.live link (off unless asked).")
 @click.option("--workdir", default="instantstyle-ui", help="Folder for uploads and generated images.")
+@click.option("--csd", default=None, help="CSD checkpoint: images are also scored by csd_style.")
 @runtime_options(exclude=("keep_all_weights",))  # the page keeps every weight: any blocks per request
 def ui(**params: Any) -> None:
     """Serve the web UI: generate, sweep, restore settings from PNGs, save style files."""

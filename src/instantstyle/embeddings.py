@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, ImageOps
@@ -123,6 +124,54 @@ def text_embeds(text: str, tokenizer: object, text_encoder: torch.nn.Module) -> 
         truncation=True, return_tensors="pt",
     ).input_ids
     return text_encoder(ids.to(text_encoder.device)).text_embeds.float()
+
+
+@dataclass
+class TextTower:
+    """A CLIP text tower with projection (``CLIPTextModelWithProjection``) and its tokenizer."""
+
+    tokenizer: Any
+    model: Any
+
+    @property
+    def projection_dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    def embed(self, text: str) -> torch.Tensor:
+        """The text's point in the shared CLIP space (1, D), as content subtraction computes it."""
+        return text_embeds(text, self.tokenizer, self.model)
+
+
+def load_text_tower(
+    path: str | Path, subfolder: str | None = None, tokenizer_subfolder: str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> TextTower:
+    """Load a CLIP text tower: a folder with the model and its tokenizer (``--content-text-encoder``), or
+    a diffusers model folder's ``text_encoder_2`` / ``tokenizer_2`` (``subfolder``, ``tokenizer_subfolder``).
+    The one loader of user-named text towers: anything but a complete CLIP text model with projection and its
+    tokenizer is a ``UserError``."""
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"text encoder {folder}: no such folder")
+    model_dir = folder / subfolder if subfolder else folder
+    tokenizer_dir = folder / (tokenizer_subfolder or subfolder or "")
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"text encoder {model_dir}: no config.json (expected a CLIPTextModelWithProjection folder)")
+    if not any((tokenizer_dir / name).is_file() for name in ("tokenizer.json", "vocab.json")):
+        raise UserError(f"text encoder {folder}: no CLIP tokenizer (tokenizer.json or vocab.json) in {tokenizer_dir}")
+    # transformers fills weights missing from the file with random ones: a vision tower, or a text model
+    # without its projection, would load "fine" and score noise
+    loaded: Any = CLIPTextModelWithProjection.from_pretrained(
+        folder, subfolder=subfolder or "", dtype=dtype, output_loading_info=True
+    )
+    model, info = loaded
+    if info["missing_keys"]:
+        raise UserError(f"text encoder {model_dir}: not a CLIP text model with projection "
+                        f"({len(info['missing_keys'])} weights missing, e.g. {sorted(info['missing_keys'])[0]})")
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder=tokenizer_subfolder or subfolder or "")
+    return TextTower(tokenizer, model.eval())
 
 
 def subtract_content(style: torch.Tensor, content: torch.Tensor, content_scale: float) -> torch.Tensor:

@@ -1,17 +1,18 @@
 """Models a request may name beyond the loaded pipeline, each loaded once and kept: ControlNets, depth
-estimators, further IP-Adapters (with their image encoders) and CLIP text towers for content subtraction."""
+estimators, further IP-Adapters (with their image encoders), CLIP text towers for content subtraction and
+scores, and CSD models for style scores."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import control
 from .adapter import check_adapter_fits, read_adapter
-from .embeddings import ImageEncoder, load_image_encoder
+from .csd import CsdModel, load_csd
+from .embeddings import ImageEncoder, TextTower, load_image_encoder, load_text_tower
 from .errors import UserError
 from .families import Family
 from .hub import find_image_encoder, resolve_adapter_file
@@ -27,7 +28,8 @@ class Extras:
     controlnets: dict[str, Any] = field(default_factory=dict)
     depth_models: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     adapters: dict[str, LoadedAdapter] = field(default_factory=dict)
-    text_towers: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    text_towers: dict[str, TextTower] = field(default_factory=dict)
+    csd_models: dict[str, CsdModel] = field(default_factory=dict)
 
     def controlnet(self, ref: str, family: Family, denoiser: Any) -> Any:
         """A ControlNet (checked against the denoiser), on the device."""
@@ -56,20 +58,20 @@ class Extras:
             self.adapters[ref] = LoadedAdapter(replace(weights, state_dict={}), encoder)
         return self.adapters[ref]
 
-    def text_tower(self, folder: str, want: int) -> tuple[Any, Any]:
-        """(tokenizer, CLIP text model with projection) from a folder; its projection must be ``want`` wide."""
+    def text_tower(self, folder: str, want: int) -> TextTower:
+        """A CLIP text model with projection and its tokenizer from a folder (``load_text_tower``'s checks), on
+        the device; its projection must be ``want`` wide."""
         if folder not in self.text_towers:
-            from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-
-            path = Path(folder).expanduser()
-            if not (path / "config.json").is_file():
-                raise UserError(f"content text encoder {folder}: no such model folder")
-            tower = CLIPTextModelWithProjection.from_pretrained(path, dtype=self.dtype)
-            tower = tower.to(self.device).eval()  # type: ignore[arg-type]
-            if tower.config.projection_dim != want:
-                raise UserError(
-                    f"content text encoder {folder} gives {tower.config.projection_dim}-d embeddings; "
-                    f"the adapter's image encoder {want}"
-                )
-            self.text_towers[folder] = (CLIPTokenizer.from_pretrained(path), tower)
+            tower = load_text_tower(folder, dtype=self.dtype)
+            if tower.projection_dim != want:
+                raise UserError(f"content text encoder {folder} gives {tower.projection_dim}-d embeddings; "
+                                f"the adapter's image encoder {want}")
+            tower.model.to(self.device)
+            self.text_towers[folder] = tower
         return self.text_towers[folder]
+
+    def csd(self, path: str) -> CsdModel:
+        """The CSD style model from a checkpoint file or folder (read safely, see ``csd``), on the device."""
+        if path not in self.csd_models:
+            self.csd_models[path] = load_csd(path, self.device, self.dtype)
+        return self.csd_models[path]

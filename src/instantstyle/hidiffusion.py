@@ -17,142 +17,36 @@ Two changes to a pretrained SDXL or SD1.5 UNet, no training:
 
 Written from the paper and checked against the authors' code (the ``hidiffusion`` package, 0.1.10):
 same blocks, switching steps, windows and shifts, so the same pixels. Unlike the package, nothing is
-keyed on hub model names and no class is swapped: the family's blocks are found by name
-(``FAMILIES``), and torch hooks, registered by ``hidiffusion()`` around one generation and removed
-after it, make the changes, so they compose with IP-Adapter attention processors and attention LoRAs.
-The window shifts come from a generator seeded by the caller (the package draws from torch's global
-generator; seeding both alike gives the same shifts).
+keyed on hub model names and no class is swapped: a family that supports HiDiffusion names its blocks
+and switching steps in ``Family.features["hidiffusion"]`` (``hidiffusion_settings``), and torch hooks,
+registered by ``hidiffusion()`` around one generation and removed after it, make the changes, so they
+compose with IP-Adapter attention processors and attention LoRAs. The window shifts come from generators
+seeded by the caller, one per request of a batched call (the package draws from torch's global generator;
+seeding both alike gives the same shifts). ``for_request`` is what ``StylePipeline.prepare`` uses.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .families import Family
+from .hidiffusion_settings import HiDiffusionSettings, Schedule, settings_of, switching_schedule
+
+if TYPE_CHECKING:
+    from .request import Request
+
+Shift = tuple[int, int]
 
 # --------------------------------------------------------------------------------------------
-# Per-family data (moves into the family modules later)
-
-
-@dataclass(frozen=True)
-class Phases:
-    """When RAU-Net acts in one resolution range, as fractions of the denoising steps (the paper's T1, T2).
-
-    ``pool``: the pooled phase runs for the first ``int(steps * pool)`` steps; ``dilate``: RAD for the
-    first ``int(steps * dilate)``. ``aggressive`` (SDXL): RAD for the first ``int(8 / 50 * steps)`` steps,
-    then the pooled phase until ``int(steps * pool)``; ``dilate`` is then unused.
-    """
-
-    pool: float
-    dilate: float
-    aggressive: bool = False
-
-
-@dataclass(frozen=True)
-class HiDiffusionFamily:
-    """Where HiDiffusion acts in one model family's UNet, and when (the authors' settings)."""
-
-    name: str
-    dilated_conv: str  # the downsampler convolution RAD strides by 4 and dilates by 2
-    pooled_block: str  # the down block average-pooled after its first layer in the pooled phase
-    restored_block: str  # its mirror among the up blocks: bicubic back to size after its second layer
-    window_blocks: tuple[str, ...]  # attention blocks whose transformer layers use MSW-MSA
-    large_latent: int  # latent side (both sides) from which ``large`` applies instead of ``normal``
-    normal: Phases
-    large: Phases
-    inpaint: Phases | None = None  # ``normal`` for inpainting, where it differs
-    text_controlnet: Phases | None = None  # ``normal`` with a ControlNet in text-to-image, where it differs
-
-
-#: SDXL base: its second level (640 channels, the highest resolution with attention). Up to a 4096 px
-#: side (latent 512) the aggressive variant with T1 = 0.4 (0.5 with a ControlNet; not aggressive for
-#: inpainting), above it T1 = 0.7, T2 = 0.3.
-SDXL = HiDiffusionFamily(
-    name="sdxl",
-    dilated_conv="down_blocks.1.downsamplers.0.conv",
-    pooled_block="down_blocks.1",
-    restored_block="up_blocks.1",
-    window_blocks=("down_blocks.1.attentions", "up_blocks.1.attentions"),
-    large_latent=512,
-    normal=Phases(pool=0.4, dilate=0.0, aggressive=True),
-    large=Phases(pool=0.7, dilate=0.3),
-    inpaint=Phases(pool=0.4, dilate=0.0),
-    text_controlnet=Phases(pool=0.5, dilate=0.0, aggressive=True),
-)
-
-#: SD1.5: its first level. Up to a 2048 px side (latent 256) RAD with T1 = 0.4, above it RAD until
-#: 0.7 and the pooled phase (second level) until 0.3.
-SD15 = HiDiffusionFamily(
-    name="sd15",
-    dilated_conv="down_blocks.0.downsamplers.0.conv",
-    pooled_block="down_blocks.1",
-    restored_block="up_blocks.2",
-    window_blocks=("down_blocks.0.attentions", "up_blocks.3.attentions"),
-    large_latent=256,
-    normal=Phases(pool=0.0, dilate=0.4),
-    large=Phases(pool=0.3, dilate=0.7),
-)
-
-FAMILIES: dict[str, HiDiffusionFamily] = {f.name: f for f in (SDXL, SD15)}
-
-#: The aggressive variant's RAD phase: the first 8 of 50 steps, scaled to the steps run.
-AGGRESSIVE_FRACTION = 8 / 50
-
-
-def family_named(family: str | HiDiffusionFamily) -> HiDiffusionFamily:
-    """The HiDiffusion data of a family name; a clear error for a family it has none for."""
-    if isinstance(family, HiDiffusionFamily):
-        return family
-    if family not in FAMILIES:
-        raise UserError(f"HiDiffusion works on UNet models ({', '.join(FAMILIES)}), not on {family!r}")
-    return FAMILIES[family]
-
-
-# --------------------------------------------------------------------------------------------
-# RAU-Net: when each change acts
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The UNet calls (0-based, one per denoising step) at which RAD and the pooled phase act."""
-
-    dilate: range
-    pool: range
-
-    def phase(self, call: int) -> str:
-        """``dilate``, ``pool``, ``dilate+pool`` or ``plain``: what RAU-Net does at a call."""
-        parts = [name for name, steps in (("dilate", self.dilate), ("pool", self.pool)) if call in steps]
-        return "+".join(parts) or "plain"
-
-
-def switching_schedule(
-    family: str | HiDiffusionFamily,
-    latent_size: tuple[int, int],
-    steps: int,
-    *,
-    inpaint: bool = False,
-    text_controlnet: bool = False,
-) -> Schedule:
-    """RAU-Net's switching steps (T1, T2 of the paper) for ``steps`` UNet calls at a latent (height, width)."""
-    fam = family_named(family)
-    phases = fam.normal
-    if min(latent_size) >= fam.large_latent:
-        phases = fam.large
-    elif inpaint and fam.inpaint is not None:
-        phases = fam.inpaint
-    elif text_controlnet and fam.text_controlnet is not None:
-        phases = fam.text_controlnet
-    if phases.aggressive:
-        start = int(AGGRESSIVE_FRACTION * steps)
-        return Schedule(dilate=range(start), pool=range(start, int(steps * phases.pool)))
-    return Schedule(dilate=range(int(steps * phases.dilate)), pool=range(int(steps * phases.pool)))
+# How many UNet calls
 
 
 def denoising_calls(scheduler: Any, steps: int, strength: float | None = None) -> int:
@@ -175,10 +69,23 @@ def window_shift(window: tuple[int, int], draw: float) -> tuple[int, int]:
     return window[0] // 4 * quarters, window[1] // 4 * quarters
 
 
+def _roll(x: torch.Tensor, shift: Shift | Sequence[Shift], sign: int) -> torch.Tensor:
+    """(B, H, W, C) maps rolled by ``sign * shift``: one shift for every map, or one per map."""
+    one = isinstance(shift[0], int)
+    shifts = [cast(Shift, shift)] * x.shape[0] if one else list(cast(Sequence[Shift], shift))
+    if len(shifts) != x.shape[0]:
+        raise RuntimeError(f"HiDiffusion: {len(shifts)} window shifts for a batch of {x.shape[0]}")
+    if len(set(shifts)) > 1:
+        return torch.cat([_roll(x[i : i + 1], s, sign) for i, s in enumerate(shifts)])
+    rows, cols = shifts[0]
+    return x if (rows, cols) == (0, 0) else torch.roll(x, shifts=(sign * rows, sign * cols), dims=(1, 2))
+
+
 def window_partition(
-    tokens: torch.Tensor, size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
+    tokens: torch.Tensor, size: tuple[int, int], window: tuple[int, int], shift: Shift | Sequence[Shift]
 ) -> torch.Tensor:
-    """(B, H*W, C) tokens of an H x W map -> (4B, h*w, C): 2x2 windows of h x w after rolling by ``-shift``.
+    """(B, H*W, C) tokens of an H x W map -> (4B, h*w, C): 2x2 windows of h x w after rolling by ``-shift``
+    (one shift for every map of the batch, or one per map).
 
     A map with an odd side is first resized (bicubic) to twice the window, as the authors do.
     """
@@ -188,22 +95,19 @@ def window_partition(
         grid = (2 * window[0], 2 * window[1])
         x = F.interpolate(x.permute(0, 3, 1, 2).contiguous(), size=grid, mode="bicubic").permute(0, 2, 3, 1)
         x = x.contiguous()
-    if shift != (0, 0):
-        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    x = _roll(x, shift, -1)
     x = x.view(batch, 2, window[0], 2, window[1], channels).permute(0, 1, 3, 2, 4, 5).contiguous()
     return x.view(-1, window[0] * window[1], channels)
 
 
 def window_merge(
-    windows: torch.Tensor, size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
+    windows: torch.Tensor, size: tuple[int, int], window: tuple[int, int], shift: Shift | Sequence[Shift]
 ) -> torch.Tensor:
     """The inverse of ``window_partition``: (4B, h*w, C) -> (B, H*W, C)."""
     channels = windows.shape[-1]
     batch = windows.shape[0] // 4
     x = windows.view(batch, 2, 2, window[0], window[1], channels).permute(0, 1, 3, 2, 4, 5).contiguous()
-    x = x.view(batch, 2 * window[0], 2 * window[1], channels)
-    if shift != (0, 0):
-        x = torch.roll(x, shifts=shift, dims=(1, 2))
+    x = _roll(x.view(batch, 2 * window[0], 2 * window[1], channels), shift, 1)
     if size[0] % 2 or size[1] % 2:
         x = F.interpolate(x.permute(0, 3, 1, 2).contiguous(), size=size, mode="bicubic").permute(0, 2, 3, 1)
         x = x.contiguous()
@@ -239,9 +143,9 @@ def _module(unet: Any, name: str, kind: str) -> Any:
     return module
 
 
-def check_unet(unet: Any, family: str | HiDiffusionFamily) -> None:
+def check_unet(unet: Any, family: str | Family | HiDiffusionSettings) -> None:
     """Refuse a UNet HiDiffusion cannot act on (another layout, a compiled UNet), with one clear line."""
-    fam = family_named(family)
+    fam = settings_of(family)
     if getattr(unet, "_compiled_call_impl", None) is not None or hasattr(unet, "_orig_mod"):
         raise UserError("HiDiffusion cannot act on a compiled UNet (--compile): drop one of the two")
     conv = _module(unet, fam.dilated_conv, "Conv2d")
@@ -253,7 +157,7 @@ def check_unet(unet: Any, family: str | HiDiffusionFamily) -> None:
         _module(unet, f"{block}.0", "Transformer2DModel")
 
 
-def _res_sample_starts(unet: Any, fam: HiDiffusionFamily) -> tuple[int, int]:
+def _res_sample_starts(unet: Any, fam: HiDiffusionSettings) -> tuple[int, int]:
     """Indices of the first skip connection the pooled phase and RAD shrink, in the order the UNet collects
     them (``conv_in``, then per down block one per layer and one per downsampler)."""
     index, pool_from, dilate_from = 1, -1, -1
@@ -280,10 +184,10 @@ def _first(args: tuple, kwargs: dict, name: str) -> Any:
 @contextmanager
 def hidiffusion(
     unet: Any,
-    family: str | HiDiffusionFamily,
+    family: str | Family | HiDiffusionSettings,
     *,
     steps: int,
-    seed: int,
+    seed: int | Sequence[int],
     inpaint: bool = False,
     text_controlnet: bool = False,
     raunet: bool = True,
@@ -293,16 +197,19 @@ def hidiffusion(
     UNet is exactly as before (hooks removed, attributes restored).
 
     ``steps``: UNet calls per generation (``denoising_calls``); calls are counted, and every ``steps`` calls
-    start a new generation. ``seed`` seeds MSW-MSA's window shifts. ``inpaint`` / ``text_controlnet`` pick
+    start a new generation. ``seed`` seeds MSW-MSA's window shifts: one seed for the whole batch, or one per
+    image of a call that batches several requests (in batch order, so each request's images get the shifts
+    they would get alone; the CFG halves of an image share them). ``inpaint`` / ``text_controlnet`` pick
     the authors' switching steps for inpainting and for a ControlNet in text-to-image. A ControlNet's
     residuals are resized (bicubic) to the skip connections RAU-Net shrank.
     """
-    fam = family_named(family)
+    fam = settings_of(family)
     check_unet(unet, fam)
     if steps < 1:
         raise UserError(f"HiDiffusion needs at least one denoising step, not {steps}")
     run = HiDiffusionRun(steps)
-    shifts = torch.Generator(device="cpu").manual_seed(seed)
+    image_seeds = [seed] if isinstance(seed, int) else list(seed)
+    generators = {s: torch.Generator(device="cpu").manual_seed(s) for s in image_seeds}  # one per distinct seed
     state: dict[str, Any] = {"dilate": False, "pool": False, "pooled_from": None, "size": None, "window": None}
     conv = unet.get_submodule(fam.dilated_conv)
     conv_geometry = (conv.stride, conv.padding, conv.dilation)
@@ -368,10 +275,13 @@ def hidiffusion(
         """MSW-MSA: self-attention within 2x2 windows, shifted by a random multiple of a quarter window."""
         size = state["size"]
         window = (math.ceil(size[0] / 2), math.ceil(size[1] / 2))
-        shift = window_shift(window, float(torch.rand(1, generator=shifts)))
+        hidden = _first(args, kwargs, "hidden_states")
+        draws = {s: window_shift(window, float(torch.rand(1, generator=g))) for s, g in generators.items()}
+        shift: Shift | list[Shift] = draws[image_seeds[0]]
+        if len(draws) > 1:  # per image (row j of the batch is image j modulo the images: CFG doubles the batch)
+            shift = [draws[image_seeds[j % len(image_seeds)]] for j in range(hidden.shape[0])]
         state["window"] = (size, window, shift)
         run.windowed += 1
-        hidden = _first(args, kwargs, "hidden_states")
         windows = window_partition(hidden, size, window, shift)
         if args:
             return (windows, *args[1:]), kwargs
@@ -411,3 +321,20 @@ def _resize(residual: torch.Tensor, halvings: int) -> torch.Tensor:
     if not halvings:
         return residual
     return F.interpolate(residual, size=_halved(residual.shape[-2:], halvings), mode="bicubic")
+
+
+def for_request(
+    family: Family, unet: Any, scheduler: Any, request: Request, seeds: Sequence[int] | None = None
+) -> AbstractContextManager[HiDiffusionRun]:
+    """HiDiffusion around one denoising call of a completed ``request`` (``Request.hidiffusion``): the family's
+    settings, the UNet calls of the request's steps and strength with ``scheduler``, the authors' variant for
+    its mode, window shifts from its seed (``seeds``: one per image of a call shared by several requests).
+    Refuses a family or UNet it cannot act on now, before the call."""
+    settings = settings_of(family)
+    check_unet(unet, settings)
+    assert request.seed is not None
+    return hidiffusion(
+        unet, settings, steps=denoising_calls(scheduler, request.steps, request.strength),
+        seed=request.seed if seeds is None else seeds, inpaint=request.mode == "inpaint",
+        text_controlnet=request.mode == "text" and request.control is not None,
+    )

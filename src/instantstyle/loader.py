@@ -5,7 +5,8 @@ The base model is a diffusers folder, a hub id or a single original-format ``.sa
 img2img or inpainting model folder becomes its text-to-image sibling (same components), from which every
 mode is built later. The adapter is attached with diffusers' ``load_ip_adapter`` and, unless the runtime
 keeps all weights, pruned to the layers the blocks spec targets. ``StylePipeline.from_pretrained`` is the
-entry point; this module returns the parts it is made of.
+entry point; this module returns the parts it is made of. ``load_scorer`` loads only what scores need (the
+image encoder, the text tower of its CLIP space, CSD), without the denoiser where the model allows.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from . import memory
 from .adapter import AdapterWeights, attach_adapters, check_adapter_fits, read_adapter
 from .blocks import resolve_blocks
 from .cache import EmbeddingCache
-from .embeddings import ImageEncoder, load_image_encoder
+from .csd import load_csd
+from .embeddings import ImageEncoder, TextTower, load_image_encoder, load_text_tower
 from .errors import UserError
 from .families import Family, all_families, family_of
 from .hub import checkpoint_family, find_image_encoder, hub_error, model_source, resolve_adapter_file
 from .processors import check_diffusers
 from .runtime import Runtime
+from .scores import Scorer
 
 
 @dataclass
@@ -122,3 +125,75 @@ def as_text_pipeline(pipe: Any) -> Any:
         return diffusers.AutoPipelineForText2Image.from_pipe(pipe)
     except (ValueError, KeyError):  # no text-to-image sibling: the caller refuses it
         return pipe
+
+
+def load_scorer(adapter: str, runtime: Runtime, *, model: str | None = None, image_encoder: str | None = None,
+                content_text_encoder: str | None = None, csd: str | None = None) -> Scorer:
+    """A ``Scorer`` without a pipeline: the adapter's image encoder; the CLIP text tower of its space
+    (``content_text_encoder``, else ``model``'s own tower of that width, SDXL's ``text_encoder_2``; none when
+    neither: no text scores); CSD from the checkpoint ``csd``. Only a single-file model loads whole."""
+    device = runtime.placement()
+    dtype = runtime.torch_dtype(device)
+    csd_model = load_csd(csd, device, dtype) if csd else None  # first: a refused file fails before the rest loads
+    weights = read_adapter(resolve_adapter_file(adapter))
+    encoder = load_image_encoder(find_image_encoder(weights, image_encoder), dtype)
+    del weights  # only its kind and width were needed
+    want = int(encoder.model.config.projection_dim)
+    tower = None
+    if content_text_encoder is not None:
+        tower = load_text_tower(content_text_encoder, dtype=dtype)
+        if tower.projection_dim != want:
+            raise UserError(f"content text encoder {content_text_encoder} gives {tower.projection_dim}-d embeddings; "
+                            f"the image encoder {want}-d")
+    elif model is not None:
+        tower = model_text_tower(model, want, dtype, runtime.single_file_config)
+    encoder.model.to(device)  # type: ignore[arg-type]  # transformers types .to loosely
+    if tower is not None:
+        tower.model.to(device)
+    return Scorer(encoder, tower, csd_model)
+
+
+def model_text_tower(model: str, want: int, dtype: torch.dtype, config: str | None = None) -> TextTower | None:
+    """The model's own CLIP text tower with a ``want``-wide projection (a family's ``content_towers``: SDXL's
+    ``text_encoder_2``), read from its folder or hub snapshot alone; ``None`` when it has none of that width."""
+    source = model_source(model)
+    towers = list(dict.fromkeys(pair for family in all_families() for pair in family.content_towers))
+    if isinstance(source, Path) and source.is_file():  # a single file holds its towers: load it
+        pipe = load_base_pipeline(model, dtype, config)
+        for tokenizer, encoder in towers:
+            found = getattr(pipe, encoder, None)
+            if found is not None and getattr(found.config, "projection_dim", None) == want:
+                return TextTower(getattr(pipe, tokenizer), found.eval())
+        return None
+    try:
+        index = diffusers.DiffusionPipeline.load_config(str(source))
+        for tokenizer, encoder in towers:
+            if encoder not in index:
+                continue
+            folder = source if isinstance(source, Path) else _hub_folders(source, [encoder, tokenizer])
+            if _projection_dim(folder / encoder) == want:
+                return load_text_tower(folder, encoder, tokenizer, dtype)
+    except OSError as err:
+        raise hub_error("model", model, err) from None
+    return None
+
+
+def _hub_folders(repo: str, subfolders: list[str]) -> Path:
+    """The local snapshot of a hub model holding ``subfolders`` (fetched through the HF cache if needed)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, allow_patterns=[f"{sub}/*" for sub in subfolders]))
+    except Exception as err:
+        raise hub_error("model", repo, err) from None
+
+
+def _projection_dim(folder: Path) -> int | None:
+    """A CLIP text config's ``projection_dim`` (``None``: no readable config, or no projection)."""
+    import json
+
+    try:
+        value = json.loads((folder / "config.json").read_text()).get("projection_dim")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None

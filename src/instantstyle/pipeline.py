@@ -13,7 +13,9 @@ ran before.
 
 Where later features hook in: per-request changes to the models go in ``_set_models``;
 further call arguments in ``_call_kwargs``; changes that must hold only while the call runs (HiDiffusion's
-hooks on the UNet) as context managers in ``Prepared.during``; steps after denoising (scores) in ``finish``.
+hooks on the UNet, ``Request.hidiffusion``) as context managers in ``Prepared.during``; steps that change the
+images after denoising in ``finish``. Scores are asked for from a finished ``Result`` (``score``): they never
+change an image.
 """
 
 from __future__ import annotations
@@ -29,18 +31,21 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import control, guards, loader, memory, modes, processors, routing, styles
+from . import control, guards, hidiffusion, loader, memory, modes, processors, routing, styles
 from .adapter import AdapterWeights, attach_adapters, read_adapter
+from .blocks import expand_preset_ref
 from .cache import EmbeddingCache
-from .embeddings import ImageEncoder
+from .csd import CsdModel
+from .embeddings import ImageEncoder, TextTower
 from .errors import UserError
 from .extras import Extras
 from .families import Family
 from .hub import resolve_adapter_file
 from .lora import apply_loras
-from .request import Request
+from .request import Request, StyleRef
 from .runtime import DEFAULT_ADAPTER, DEFAULT_MODEL, Runtime
 from .schedulers import make_scheduler
+from .scores import Scorer, Scores
 from .styles import EmbeddingStore, LoadedAdapter
 
 #: The phases of making an image, in order (``StylePipeline.on_phase``); ``end`` follows the last.
@@ -55,6 +60,12 @@ def batch_key(request: Request) -> tuple[Any, ...]:
     all or none have a negative prompt (an empty one is no negative prompt, not the encoding of "")."""
     fields = [f.name for f in dataclasses.fields(Request) if f.name not in PER_IMAGE_FIELDS]
     return (*(getattr(request, name) for name in fields), bool(request.negative_prompt))
+
+
+def _seed(request: Request) -> int:
+    """The seed of a completed request."""
+    assert request.seed is not None
+    return request.seed
 
 
 def can_batch(request: Request) -> bool:
@@ -112,6 +123,7 @@ class StylePipeline:
     budget: memory.Budget | None = field(init=False, repr=False)  # with ``runtime.memory_budget``
     _base_scheduler: Any = field(default=None, repr=False)
     _attached: tuple[str, ...] = field(default=(), repr=False)  # the further adapters now in the denoiser
+    _scorers: dict[tuple[str | None, str | None], Scorer] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         limit = self.runtime.memory_budget
@@ -175,16 +187,25 @@ class StylePipeline:
             request = request.replace(**fields)
         return self.run(self.prepare(request), progress)
 
-    def prepare(self, request: Request) -> Prepared:
-        """Complete the request, set the models for it and build its denoising call."""
+    def prepare(self, request: Request, shared: Sequence[Request] = ()) -> Prepared:
+        """Complete the request, set the models for it and build its denoising call. ``shared``: the other
+        (completed) requests of a call that batches several (``generate_many``), whose seeds the per-image
+        randomness of the call draws from."""
         request = self.complete(request)
+        if request.hidiffusion:  # a family without it is refused before the models change
+            hidiffusion.settings_of(self.family)
         self.family.check_request(request, self.denoiser)
         slots = self._set_models(request)
         kwargs = self._call_kwargs(request, slots)
         pipe = modes.mode_pipeline(self.pipe, self.family, request, self.controlnet(request))
         guards.warn_if_prompts_truncated(pipe, request)
         never_nan = guards.refuse_nonfinite(self.pipe.vae, guards.nonfinite_cause(self.dtype, request))
-        return Prepared(request, pipe, kwargs, [never_nan, self._denoising()])
+        # The denoiser is back on the device (a memory budget) before HiDiffusion's hooks go on it.
+        during: list[AbstractContextManager[Any]] = [never_nan, self._denoising()]
+        if request.hidiffusion:
+            seeds = [_seed(r) for r in (request, *shared) for _ in range(r.num_images)] if shared else None
+            during.append(hidiffusion.for_request(self.family, self.denoiser, pipe.scheduler, request, seeds))
+        return Prepared(request, pipe, kwargs, during)
 
     def run(self, prepared: Prepared, progress: bool = False) -> Result:
         """Denoise a prepared request."""
@@ -203,7 +224,7 @@ class StylePipeline:
                 or len({batch_key(r) for r in requests}) > 1):
             return [self(r) for r in requests]
         done = [self.complete(r) for r in requests]  # fills in every seed first
-        prepared = self.prepare(done[0])
+        prepared = self.prepare(done[0], done[1:])
         for r in done[1:]:
             guards.warn_if_prompts_truncated(prepared.pipe, r)
         self._phase("text")
@@ -223,7 +244,8 @@ class StylePipeline:
         return results
 
     def complete(self, request: Request) -> Request:
-        """Fill in what the pipeline decides: model and adapter identity, size, seed, strength and ControlNet."""
+        """Fill in what the pipeline decides: model and adapter identity, size, seed, strength and ControlNet; a
+        blocks spec ``@FILE:NAME`` becomes the spec it names (so the image records the blocks it was made with)."""
         adapter = self.adapter_ref or self.adapter.path
         for name, mine in (("model", self.model_id), ("adapter", adapter)):
             theirs = getattr(request, name)
@@ -242,6 +264,8 @@ class StylePipeline:
             seed=request.seed if request.seed is not None else secrets.randbits(32),
             strength=modes.default_strength(request),
             controlnet=request.control and control.controlnet_ref(request.control, self.family, request.controlnet),
+            blocks=expand_preset_ref(request.blocks),
+            adapters=tuple(dataclasses.replace(use, blocks=expand_preset_ref(use.blocks)) for use in request.adapters),
         )
 
     def _set_models(self, request: Request) -> list[dict[str, float]]:
@@ -379,10 +403,10 @@ class StylePipeline:
     def _further(self, ref: str) -> LoadedAdapter:
         return self.extras.adapter(ref, self.family, self.denoiser, [self.image_encoder])
 
-    def content_text_tower(self, folder: str | None = None) -> tuple[Any, Any]:
-        """(tokenizer, CLIP text tower) in the image encoder's space, for content prompts and scores: the one named
-        (``folder``, else the pipeline's default), else one of the model's own (SDXL's ``text_encoder_2`` for its
-        ViT-bigG adapter; under a memory budget it is parked, see ``_tower_on_device``)."""
+    def content_text_tower(self, folder: str | None = None) -> TextTower:
+        """The CLIP text tower (and tokenizer) in the image encoder's space, for content prompts and scores: the one
+        named (``folder``, else the pipeline's default), else one of the model's own (SDXL's ``text_encoder_2`` for
+        its ViT-bigG adapter; under a memory budget it waits off the device, see ``_tower_on_device``)."""
         want = self.adapter.image_embed_dim
         folder = folder or self.content_text_encoder
         if folder is not None:
@@ -390,9 +414,46 @@ class StylePipeline:
         for tokenizer, encoder in self.family.content_towers:
             tower = getattr(self.pipe, encoder, None)
             if tower is not None and getattr(tower.config, "projection_dim", None) == want:
-                return getattr(self.pipe, tokenizer), tower
+                return TextTower(getattr(self.pipe, tokenizer), tower)
         raise UserError(f"content prompt needs a CLIP text encoder with {want}-d projection (the image encoder's "
                         "space); pass --content-text-encoder")
+
+    # --- scores ------------------------------------------------------------------------------------------
+    def scorer(self, content_text_encoder: str | None = None, csd: str | Path | CsdModel | None = None) -> Scorer:
+        """A ``Scorer`` on this pipeline's loaded encoders: its image encoder, the CLIP text tower of that space
+        (``content_text_tower``; none when the model has none and none is named: then no text scores), and CSD
+        (a checkpoint file, loaded once, or a loaded ``CsdModel``; none: no CSD score). Made once per choice."""
+        key = (content_text_encoder or self.content_text_encoder,
+               csd.identity if isinstance(csd, CsdModel) else None if csd is None else str(csd))
+        if key not in self._scorers:
+            try:
+                tower: TextTower | None = self.content_text_tower(key[0])
+            except UserError:
+                if key[0] is not None:  # a tower the user named that does not load or fit: say so
+                    raise
+                tower = None
+            model = csd if isinstance(csd, CsdModel) else None if csd is None else self.extras.csd(str(csd))
+            self._scorers[key] = Scorer(self.image_encoder, tower, model, self.device, self.dtype, self.low_memory)
+        return self._scorers[key]
+
+    def score(
+        self,
+        images: Result | Sequence[Image.Image | str | Path],
+        prompt: str | None = None,
+        style: Sequence[StyleRef | str] | StyleRef | str = (),
+        content_prompt: str | None = None,
+        *,
+        csd: str | Path | CsdModel | None = None,
+    ) -> list[Scores]:
+        """The scores of images (see ``scores``): CLIP text against ``prompt``, CLIP style (and CSD with ``csd``)
+        against the ``style`` references, content leak against ``content_prompt``. Given a ``Result``, its
+        request supplies whatever is not given (prompt, style, content prompt, fit, text tower)."""
+        if isinstance(images, Result):
+            request = images.request
+            scorer = self.scorer(request.content_text_encoder, csd)
+            return scorer.score(images.images, prompt if prompt is not None else request.prompt,
+                                style or request.style, content_prompt or request.content_prompt, request.style_fit)
+        return self.scorer(csd=csd).score(images, prompt, style, content_prompt)
 
     # --- the style embedding ----------------------------------------------------------------------
     @property
@@ -408,13 +469,13 @@ class StylePipeline:
         tower = lambda: self._tower_on_device(request.content_text_encoder)  # noqa: E731  (loaded only when needed)
         return styles.style_embeds(self.embeddings, request, self.main_adapter, tower)
 
-    def _tower_on_device(self, folder: str | None) -> tuple[Any, Any]:
+    def _tower_on_device(self, folder: str | None) -> TextTower:
         """The content text tower, brought to the device under a memory budget (parked again after the style)."""
-        tokenizer, tower = self.content_text_tower(folder)
+        tower = self.content_text_tower(folder)
         if self.budget is not None:
-            self._make_room(memory.module_bytes(tower) if not memory.on_device(tower, self.device) else 0)
-            self.budget.bring([tower])
-        return tokenizer, tower
+            self._make_room(memory.module_bytes(tower.model) if not memory.on_device(tower.model, self.device) else 0)
+            self.budget.bring([tower.model])
+        return tower
 
     def image_embeds_kwargs(self, request: Request) -> dict[str, Any]:
         """The diffusers call's image embeddings (``ip_adapter_image_embeds``, as the family takes them): per slot

@@ -2,8 +2,10 @@
 
 ``check_request``: every file a request names is there and readable (style images and files, content,
 mode inputs, masks, further adapters, LoRAs), every blocks spec is well-formed and every model reference
-is shaped like one. ``check_blocks``: the blocks specs name blocks the model has, read from its
-denoiser's config alone (no weights). Bad input is a one-line ``UserError`` before minutes of loading.
+is shaped like one. ``check_runtime``: the request can run as the runtime says (HiDiffusion and a
+compiled UNet exclude each other). ``check_blocks``: the blocks specs name blocks the model has, and the
+model's family has what the request asks of it (HiDiffusion), read from its denoiser's config alone (no
+weights). Bad input is a one-line ``UserError`` before minutes of loading.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from .blocks import parse_spec, resolve_blocks
 from .errors import UserError
 from .families import Family, all_families, family_of_denoiser
+from .hidiffusion_settings import settings_of
 from .hub import (
     check_controlnet_ref,
     check_model_ref,
@@ -26,6 +29,7 @@ from .hub import (
 from .images import load_image
 from .lora import check_lora_file
 from .request import CONTROL_KINDS, Request
+from .runtime import Runtime
 
 
 def check_request(request: Request) -> None:
@@ -46,6 +50,18 @@ def check_request(request: Request) -> None:
     check_mode_inputs(request)
     for lora in request.lora:
         check_lora_file(lora.path)
+
+
+def check_runtime(request: Request, runtime: Runtime) -> None:
+    """What the request asks that the runtime excludes: HiDiffusion hooks the UNet that ``--compile`` compiles."""
+    if request.hidiffusion and runtime.compile_backend:
+        raise UserError("--hidiffusion cannot act on a compiled UNet: drop --compile (or --hidiffusion)")
+
+
+def check_family(request: Request, family: Family) -> None:
+    """What the request asks of the model's family: HiDiffusion only where the family has its settings."""
+    if request.hidiffusion:
+        settings_of(family)
 
 
 def check_mode_inputs(request: Request) -> None:
@@ -100,9 +116,13 @@ def model_layers(model: str, single_file_config: str | None = None) -> tuple[Fam
     return family, family.layers(denoiser)
 
 
-def check_blocks(model: str, specs: Sequence[str], single_file_config: str | None = None) -> None:
-    """Every blocks spec names blocks the model has (read from its config; skipped for a bare single file)."""
+def check_blocks(model: str, specs: Sequence[str], single_file_config: str | None = None,
+                 request: Request | None = None) -> None:
+    """Every blocks spec names blocks the model has (read from its config; skipped for a bare single file), and
+    the model's family has what ``request`` asks of it (``check_family``)."""
     family, layers = model_layers(model, single_file_config)
+    if request is not None:
+        check_family(request, family)
     if layers:
         for spec in specs:
             resolve_blocks(spec, layers, family)

@@ -10,14 +10,20 @@ the content prompt only measures the leak.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .blocks import BlockInfo
 from .errors import UserError
 from .pareto import Cell, style_key
 from .request import Request, StyleRef
-from .scores import Scores, format_value, mean_scores, text_table
+from .scores import Scorer, Scores, format_value, mean_scores, text_table
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .pipeline import StylePipeline
 
 ALL = "all"
 NONE = "none"
@@ -59,6 +65,36 @@ def probe_requests(
         for ref, content in zip(refs, contents, strict=True)
         for text in texts
     ]
+
+
+def run_probe(
+    pipe: StylePipeline,
+    jobs: Sequence[ProbeJob],
+    scorer: Scorer,
+    batch_size: int = 4,
+    on_image: Callable[[int, ProbeJob, Image.Image, Request, Scores], None] | None = None,
+) -> list[tuple[ProbeJob, Scores]]:
+    """Make and score every probe image: jobs that can share a denoising call go through the pipeline's batched
+    generation (``generate_many``) ``batch_size`` at a time; each image is scored against its request, the leak
+    against its job's content prompt. ``on_image`` sees each (job index, job, image, request, scores) as it is
+    made, to save it at once. Returns (job, scores) in job order."""
+    from .pipeline import batch_key
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
+    groups: dict[Any, list[int]] = {}
+    for index, job in enumerate(jobs):
+        groups.setdefault(batch_key(job.request), []).append(index)
+    scored: dict[int, Scores] = {}
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            for index, result in zip(chunk, pipe.generate_many([jobs[i].request for i in chunk]), strict=True):
+                job = jobs[index]
+                scored[index] = scorer.score_request(result.images, result.request, job.content_prompt)[0]
+                if on_image is not None:
+                    on_image(index, job, result.images[0], result.request, scored[index])
+    return [(job, scored[i]) for i, job in enumerate(jobs)]
 
 
 @dataclass(frozen=True)

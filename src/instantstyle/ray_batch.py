@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import UserError
 from .runtime import Runtime
-from .workers import BatchResult, Job, Outcome, Worker, pipeline_key
+from .workers import BatchResult, Job, Outcome, Scoring, Worker, pipeline_key
 
 IN_FLIGHT = 2  # batches queued per actor: the next one is ready while the driver writes images
 MAX_ATTEMPTS = 3  # a batch whose worker died this often fails instead of killing more workers
@@ -102,8 +102,10 @@ def run_on_ray(
     address: str | None,
     workers: int | None,
     record: Callable[[BatchResult], None],
+    scoring: Scoring | None = None,
 ) -> None:
-    """Run batches on Ray actors, calling ``record`` (on the driver) with each result as it arrives."""
+    """Run batches on Ray actors (scoring their images with ``scoring``), calling ``record`` (on the driver) with
+    each result as it arrives."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
@@ -112,7 +114,7 @@ def run_on_ray(
     try:
         count, options, threads = actor_options(workers, runtime.device_map)
         remote_worker = ray.remote(Worker).options(**options)  # type: ignore[arg-type]
-        actors = [remote_worker.remote(runtime, None, threads) for _ in range(count)]
+        actors = [remote_worker.remote(runtime, None, threads, scoring) for _ in range(count)]
         replacements = 2 * count
         queue = BatchQueue(batches)
         in_flight: dict[Any, tuple[Any, list[Job], int]] = {}
@@ -140,7 +142,7 @@ def run_on_ray(
                     actors.remove(actor)
                     if replacements:
                         replacements -= 1
-                        actors.append(remote_worker.remote(runtime, None, threads))
+                        actors.append(remote_worker.remote(runtime, None, threads, scoring))
             except RayTaskError as err:
                 record(_failed(batch, f"Ray task failed: {str(err).splitlines()[0]}"))
             top_up()

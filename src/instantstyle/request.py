@@ -168,6 +168,7 @@ class Request:
     adapters: tuple[AdapterUse, ...] = ()  # further adapters, each with its own images and blocks
     lora: tuple[LoraRef, ...] = ()
     scheduler: str | None = None
+    hidiffusion: bool = False  # HiDiffusion (RAU-Net + MSW-MSA) on UNet models, for sizes above the native one
 
     def __post_init__(self) -> None:
         if isinstance(self.style, (str, StyleRef)):
@@ -219,6 +220,8 @@ class Request:
             _check_number("LoRA scale", lora.scale, low=-MAX_LORA_SCALE, high=MAX_LORA_SCALE)
         if self.scheduler is not None and not isinstance(self.scheduler, str):
             raise UserError(f"scheduler must be a name, got {self.scheduler!r}")
+        if not isinstance(self.hidiffusion, bool):
+            raise UserError(f"hidiffusion must be true or false, got {self.hidiffusion!r}")
         self._validate_modes()
 
     def _validate_modes(self) -> None:
@@ -388,8 +391,11 @@ def read_png_request(path: str | Path) -> Request:
         raise UserError(f"{path}: {err}") from None
 
 
-def write_png(image: Any, path: str | Path, request: Request, index: int = 0) -> Path:
-    """Save an image with its request in a PNG text chunk, atomically (temp file, then rename)."""
+def write_png(image: Any, path: str | Path, request: Request, index: int = 0,
+              extra: dict[str, str] | None = None) -> Path:
+    """Save an image with its request in a PNG text chunk, atomically (temp file, then rename); ``extra``: more
+    text chunks (the image's scores)."""
     from .atomic import save_png_atomically
 
-    return save_png_atomically(image, path, {PNG_KEY: request.to_json(), PNG_KEY + "-index": str(index)})
+    return save_png_atomically(image, path, {PNG_KEY: request.to_json(), PNG_KEY + "-index": str(index),
+                                             **(extra or {})})

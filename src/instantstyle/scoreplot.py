@@ -7,9 +7,11 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from .atomic import save_png_atomically
+from .drawing import font as load_font
+from .drawing import text_size
 
 PLOT_SIZE = (720, 540)  # the axes' box with its margins, legend to the right
 MARGIN = {"left": 84, "right": 24, "top": 56, "bottom": 76}
@@ -17,21 +19,6 @@ FONT_SIZE = 16
 POINT_R = 6
 COLORS = {"point": (70, 110, 170), "front": (230, 120, 20), "pick": (200, 30, 30), "grid": (225, 225, 225),
           "axis": (60, 60, 60), "error": (150, 150, 150), "note": (170, 40, 40)}
-
-Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
-
-
-def _font(size: int = FONT_SIZE) -> Font:
-    try:
-        return ImageFont.load_default(size=size)
-    except (OSError, TypeError, ImportError):  # Pillow without FreeType: the small bitmap font
-        return ImageFont.load_default()
-
-
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font: Font) -> tuple[int, int]:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    return int(right - left), int(bottom - top)
-
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     """Round tick values (1, 2, 2.5 or 5 times a power of ten apart) covering [low, high]."""
@@ -74,14 +61,14 @@ def scatter_plot(
     are listed in the legend as "no score". ``note`` is printed under the axes (e.g. "numbers meaningless")."""
     if len(labels) != len(points) or (errors is not None and len(errors) != len(points)):
         raise ValueError("one label (and error) per point")
-    font, small = _font(), _font(FONT_SIZE - 3)
+    font, small = load_font(FONT_SIZE), load_font(FONT_SIZE - 3)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     front_set = set(front)
     legend = [f"{i + 1}. {label}" + ("  (no score)" if points[i] is None else "")
               + ("  [front]" if i in front_set else "") + ("  <- pick" if i == picked else "")
               for i, label in enumerate(labels)]
-    line_h = _text_size(probe, "Ag", small)[1] + 6
-    legend_w = max([_text_size(probe, t, small)[0] for t in legend] + [0]) + 32
+    line_h = text_size(probe, "Ag", small)[1] + 6
+    legend_w = max([text_size(probe, t, small)[0] for t in legend] + [0]) + 32
     width = PLOT_SIZE[0] + legend_w
     height = max(PLOT_SIZE[1], MARGIN["top"] + line_h * len(legend) + 20)
     image = Image.new("RGB", (width, height), "white")
@@ -101,12 +88,12 @@ def scatter_plot(
         px = to_px(tick, y0)[0]
         draw.line([(px, box[1]), (px, box[3])], fill=COLORS["grid"])
         text = f"{tick:g}"
-        draw.text((px - _text_size(draw, text, small)[0] / 2, box[3] + 6), text, fill=COLORS["axis"], font=small)
+        draw.text((px - text_size(draw, text, small)[0] / 2, box[3] + 6), text, fill=COLORS["axis"], font=small)
     for tick in nice_ticks(y0, y1):
         py = to_px(x0, tick)[1]
         draw.line([(box[0], py), (box[2], py)], fill=COLORS["grid"])
         text = f"{tick:g}"
-        tw, th = _text_size(draw, text, small)
+        tw, th = text_size(draw, text, small)
         draw.text((box[0] - tw - 6, py - th / 2 - 2), text, fill=COLORS["axis"], font=small)
     draw.rectangle(box, outline=COLORS["axis"])
     if threshold is not None and x0 <= threshold[0] <= x1:
@@ -114,10 +101,12 @@ def scatter_plot(
         for dash in range(box[1], box[3], 10):
             draw.line([(px, dash), (px, min(dash + 5, box[3]))], fill=COLORS["pick"], width=1)
         draw.text((px + 4, box[1] + 4), threshold[1], fill=COLORS["pick"], font=small)
+    elif threshold is not None:  # every point is above it: say where it is instead of drawing it
+        draw.text((box[0] + 6, box[1] + 4), f"{threshold[1]}: left of the axes", fill=COLORS["pick"], font=small)
 
-    tw, th = _text_size(draw, x_label, font)
+    tw, th = text_size(draw, x_label, font)
     draw.text(((box[0] + box[2] - tw) / 2, box[3] + 30), x_label, fill="black", font=font)
-    label_img = Image.new("RGB", (_text_size(probe, y_label, font)[0] + 4, th + 8), "white")
+    label_img = Image.new("RGB", (text_size(probe, y_label, font)[0] + 4, th + 8), "white")
     ImageDraw.Draw(label_img).text((2, 0), y_label, fill="black", font=font)
     rotated = label_img.rotate(90, expand=True)
     image.paste(rotated, (8, int((box[1] + box[3] - rotated.height) / 2)))

@@ -22,21 +22,30 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from PIL import Image
 
 from . import csd as csd_model
 from . import memory, safe_json
-from .embeddings import ImageEncoder, blend, encode_reference, image_hash, load_image, load_style, text_embeds
+from .embeddings import (
+    ImageEncoder,
+    TextTower,
+    blend,
+    encode_reference,
+    image_hash,
+    load_image,
+    load_style,
+)
 from .errors import UserError
 from .request import Request, StyleRef
 
-if TYPE_CHECKING:
-    from .pipeline import StylePipeline
-
 SCORE_KEYS = ("clip_text", "clip_style", "content_leak", "csd_style")
+#: The PNG text chunk holding an image's scores (``generate --score``, ``batch --score``, sweep cells).
+PNG_SCORES_KEY = "instantstyle-scores"
+#: Short names, for captions under images.
+SCORE_SHORT = {"clip_text": "text", "clip_style": "style", "content_leak": "leak", "csd_style": "csd"}
 #: What each score is called in tables and on plot axes.
 SCORE_TITLES = {
     "clip_text": "CLIP text (prompt fidelity)",
@@ -73,6 +82,18 @@ class Scores:
     def to_dict(self) -> dict[str, float | None]:
         return {key: getattr(self, key) for key in SCORE_KEYS}
 
+    def png_text(self) -> dict[str, str]:
+        """The PNG text chunk carrying these scores (``write_png``'s ``extra``)."""
+        return {PNG_SCORES_KEY: json.dumps(self.to_dict())}
+
+    def caption_items(self) -> list[str]:
+        """The computable scores in short, style first: ``["style 0.812", "text 0.301"]``."""
+        return [f"{SCORE_SHORT[k]} {format_value(v)}" for k in CAPTION_ORDER if (v := self.get(k)) is not None]
+
+    def caption(self, sep: str = "  ") -> str:
+        """The computable scores in one line: ``style 0.812  text 0.301`` (empty when none is)."""
+        return sep.join(self.caption_items())
+
     @classmethod
     def from_dict(cls, data: Any) -> Scores:
         """From JSON data (a manifest line's ``scores``); unknown keys are a ``UserError``."""
@@ -104,6 +125,17 @@ class ScoreRecord:
             raise UserError("a score record is a JSON object with an 'image' path")
         data = dict(data)
         return cls(data.pop("image"), Scores.from_dict(data))
+
+
+#: Captions list style first: what a style tool is judged on.
+CAPTION_ORDER = ("clip_style", "csd_style", "clip_text", "content_leak")
+
+
+def read_png_scores(path: str | Path) -> Scores | None:
+    """The scores stored in a PNG by ``write_png`` (``None``: none stored)."""
+    with Image.open(path) as image:
+        text = image.info.get(PNG_SCORES_KEY)
+    return None if text is None else Scores.from_dict(safe_json.loads(text))
 
 
 def format_value(value: float | None, digits: int = 3) -> str:
@@ -166,50 +198,6 @@ def mean_scores(scores: Sequence[Scores]) -> Scores:
 
 
 # --- the encoders --------------------------------------------------------------------------
-
-
-@dataclass
-class TextTower:
-    """A CLIP text tower with projection (``CLIPTextModelWithProjection``) and its tokenizer."""
-
-    tokenizer: Any
-    model: Any
-
-    @property
-    def projection_dim(self) -> int:
-        return int(self.model.config.projection_dim)
-
-    def embed(self, text: str) -> torch.Tensor:
-        """The text's point in the shared CLIP space (1, D), as content subtraction computes it."""
-        return text_embeds(text, self.tokenizer, self.model)
-
-
-def load_text_tower(
-    path: str | Path, subfolder: str | None = None, tokenizer_subfolder: str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> TextTower:
-    """Load a CLIP text tower: a folder with the model and its tokenizer (``--content-text-encoder``), or
-    a diffusers model folder's ``text_encoder_2`` / ``tokenizer_2`` (``subfolder``, ``tokenizer_subfolder``)."""
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-
-    folder = Path(path).expanduser()
-    model_dir = folder / subfolder if subfolder else folder
-    tokenizer_dir = folder / (tokenizer_subfolder or subfolder or "")
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"text encoder {model_dir}: no config.json (expected a CLIPTextModelWithProjection folder)")
-    if not any((tokenizer_dir / name).is_file() for name in ("tokenizer.json", "vocab.json")):
-        raise UserError(f"text encoder {folder}: no CLIP tokenizer (tokenizer.json or vocab.json) in {tokenizer_dir}")
-    # transformers fills weights missing from the file with random ones: a vision tower, or a text model
-    # without its projection, would load "fine" and score noise
-    loaded: Any = CLIPTextModelWithProjection.from_pretrained(
-        folder, subfolder=subfolder or "", dtype=dtype, output_loading_info=True
-    )
-    model, info = loaded
-    if info["missing_keys"]:
-        raise UserError(f"text encoder {model_dir}: not a CLIP text model with projection "
-                        f"({len(info['missing_keys'])} weights missing, e.g. {sorted(info['missing_keys'])[0]})")
-    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder=tokenizer_subfolder or subfolder or "")
-    return TextTower(tokenizer, model.eval())
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
@@ -360,19 +348,3 @@ class Scorer:
         ``content_prompt``, else the request's own content prompt."""
         return self.score(images, request.prompt, request.style, content_prompt or request.content_prompt,
                           request.style_fit)
-
-
-def scorer_for(
-    pipe: StylePipeline, content_text_encoder: str | None = None, csd: csd_model.CsdModel | None = None
-) -> Scorer:
-    """A scorer reusing a loaded pipeline's image encoder and its text tower in that space (SDXL's
-    ``text_encoder_2`` for ViT-bigG; ``content_text_encoder`` otherwise; none when neither fits)."""
-    try:
-        tokenizer, model = pipe.content_text_tower(content_text_encoder or pipe.content_text_encoder)
-        tower: TextTower | None = TextTower(tokenizer, model)
-    except UserError:
-        if content_text_encoder is not None:
-            raise
-        tower = None
-    return Scorer(pipe.image_encoder, tower, csd, pipe.device, pipe.dtype, pipe.low_memory)
-

@@ -14,7 +14,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -24,13 +23,13 @@ from .cache import EmbeddingCache, encoder_fingerprint
 from .embeddings import (
     ImageEncoder,
     StyleFile,
+    TextTower,
     blend,
     encode_reference,
     image_hash,
     load_style,
     save_style,
     subtract_content,
-    text_embeds,
     unconditional_embeds,
 )
 from .errors import UserError
@@ -105,10 +104,10 @@ class EmbeddingStore:
 
 
 def content_embeds(
-    store: EmbeddingStore, request: Request, main: LoadedAdapter, text_tower: Any
+    store: EmbeddingStore, request: Request, main: LoadedAdapter, text_tower: Callable[[], TextTower]
 ) -> torch.Tensor | None:
-    """The content to subtract: the content prompt through ``text_tower()`` (tokenizer, CLIP text model of the
-    image encoder's space), or the content image through the image encoder; ``None`` without either."""
+    """The content to subtract: the content prompt through ``text_tower()`` (the ``TextTower`` of the image
+    encoder's space), or the content image through the image encoder; ``None`` without either."""
     if request.content_prompt is None and request.content_image is None:
         return None
     if main.weights.kind != "global":
@@ -117,12 +116,11 @@ def content_embeds(
         if not Path(request.content_image).is_file():
             raise UserError(f"content image {request.content_image}: no such file")
         return store.encode(request.content_image, main)
-    tokenizer, tower = text_tower()
-    return text_embeds(request.content_prompt or "", tokenizer, tower)
+    return text_tower().embed(request.content_prompt or "")
 
 
 def style_embeds(
-    store: EmbeddingStore, request: Request, main: LoadedAdapter, text_tower: Any
+    store: EmbeddingStore, request: Request, main: LoadedAdapter, text_tower: Callable[[], TextTower]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(style, negative): the blended references minus ``content_scale`` times the content (InstantStyle),
     and the CFG negative (zeros for global adapters)."""
@@ -134,7 +132,8 @@ def style_embeds(
 
 
 def slot_embeds(
-    store: EmbeddingStore, request: Request, main: LoadedAdapter, further: list[LoadedAdapter], text_tower: Any
+    store: EmbeddingStore, request: Request, main: LoadedAdapter, further: list[LoadedAdapter],
+    text_tower: Callable[[], TextTower],
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(style, negative) per slot: the main style (content subtracted), each further adapter's, then the
     composition image's (main adapter). ``further`` pairs with ``request.adapters``."""
@@ -158,3 +157,9 @@ def save_style_file(
     metadata = {**(extra or {}), "adapter": main.weights.path, "references": references}
     negative = store.negative(style, main)
     return save_style(path, StyleFile(style, negative, main.weights.kind, main.encoder.identity, metadata))
+
+
+def style_settings(request: Request) -> dict[str, str]:
+    """Style-file metadata that brings the request's settings along (the request, minus the style): the web UI
+    restores them when the file is uploaded as the style."""
+    return {"request": request.replace(style=("(this style file)",)).to_json()}

@@ -33,10 +33,12 @@ from .blocks import list_blocks, resolve_blocks
 from .embeddings import MAX_PIXELS, load_image, load_style
 from .errors import UserError
 from .families import all_families
-from .pipeline import StylePipeline
-from .preflight import check_request
+from .pipeline import Result, StylePipeline
+from .preflight import check_request, check_runtime
 from .request import CONTROL_KINDS, LoraRef, Request, StyleRef, read_png_request, write_png
 from .schedulers import SCHEDULERS
+from .scores import Scores
+from .styles import style_settings
 from .sweep import Axes, parse_blocks_list, parse_number_list, render_sweep
 
 #: Largest upload gradio accepts (the most pixels an image may have is the core's MAX_PIXELS, about 8k x 5k).
@@ -262,7 +264,8 @@ FORM: tuple[Field, ...] = (
     Field("prompt", "", _text("Prompt", "prompt", lines=2), _or_empty, _or_empty, required=True),
     Field("style_weights", "", _text("Style weights (comma separated, blank: equal)", "weights")),
     Field("negative_prompt", "", _text("Negative prompt", "negative"), _or_empty, _or_empty),
-    Field("blocks", "style", lambda value: gr.Dropdown([*PRESET_NAMES, CUSTOM], value=value, label="Blocks",
+    Field("blocks", "style", lambda value: gr.Dropdown([*PRESET_NAMES, CUSTOM], value=value, label="Blocks (a preset, "
+                                                       "or type a spec or @FILE:NAME)", allow_custom_value=True,
                                                        elem_id="blocks")),
     Field("block_table", None, lambda value: gr.Dataframe(value, headers=["block", "scale"],
                                                           datatype=["str", "number"], static_columns=[0],
@@ -298,6 +301,9 @@ FORM: tuple[Field, ...] = (
     Field("mask_paint", None, lambda value: gr.ImageEditor(
         value, label="…or paint the area to repaint on the init image", type="numpy", image_mode="RGBA",
         sources=("upload",), brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), elem_id="mask-paint")),
+    Field("hidiffusion", False, lambda value: gr.Checkbox(value=value, label="HiDiffusion: for sizes above the "
+                                                          "model's own (SDXL: 2048 px and up)", elem_id="hidiffusion"),
+          bool, bool),
 )
 #: The form's field names, in the order every handler (and the API) takes them.
 FIELDS = tuple(f.name for f in FORM)
@@ -309,7 +315,7 @@ LAYOUT: tuple[tuple[str | None, tuple[str | tuple[str, ...], ...]], ...] = (
     ("Image modes: img2img, inpainting, ControlNet",
      ("init_image", "strength", "mask", "mask_paint", ("control", "control_scale"), "control_image", "controlnet")),
     ("Advanced: scheduler and LoRA", ("scheduler", "lora")),
-    (None, (("seed", "randomize_seed"), ("steps", "guidance"), ("width", "height", "num_images"))),
+    (None, (("seed", "randomize_seed"), ("steps", "guidance"), ("width", "height", "num_images"), "hidiffusion")),
 )
 #: The sweep tab's own fields, taken after the form's by the sweep handler.
 SWEEP_FORM: tuple[Field, ...] = (
@@ -403,11 +409,6 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
     return [values[name] for name in FIELDS], lost
 
 
-def style_settings(request: Request) -> dict[str, str]:
-    """The metadata that makes a style file bring its settings along in the page (the request, minus the style)."""
-    return {"request": request.replace(style=("(this style file)",)).to_json()}
-
-
 def takes_form(fields: tuple[Field, ...], fn: Callable[[dict[str, Any], Any], R]) -> Callable[..., R]:
     """A gradio handler taking ``fields`` by name, with their defaults (the API's parameters), then gradio's
     progress tracker, that calls ``fn(values, progress)`` with the fields as one dict; user errors become
@@ -435,23 +436,37 @@ THEME_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the 
 
 @dataclass
 class App:
-    """What the page's events do, on the app's one pipeline and its workdir."""
+    """What the page's events do, on the app's one pipeline and its workdir; every image is scored (CSD too when
+    the app was given a checkpoint) and its scores shown under it."""
 
     holder: PipelineHolder
     work: Workdir
+    csd: str | None = None
+
+    def scores(self, result: Result) -> list[Scores] | None:
+        """The result's scores, or ``None`` (with a warning in the page) when they cannot be computed."""
+        try:
+            return self.holder.get().score(result, csd=self.csd)
+        except UserError as err:
+            gr.Warning(f"not scored: {err}")
+            return None
 
     def generate(self, values: dict[str, Any], progress: Any) -> tuple[list[tuple[str, str]], list[str], str]:
-        """Make images from the form: the gallery, the PNG files (with their settings) and the request JSON."""
+        """Make images from the form: the gallery (scores under each image), the PNG files (with their settings and
+        scores) and the request JSON."""
         pipe = self.holder.get()
         request = form_request(self.work, values)
         check_request(request)
+        check_runtime(request, pipe.runtime)
         progress(0, desc="generating")
         result = pipe(request, progress=True)
-        paths = []
+        scores = self.scores(result)
+        paths, captions = [], []
         for i, image in enumerate(result.images):
             path = self.work.new_output(f"seed{result.request.seed}-{i + 1}")
-            paths.append(str(write_png(image, path, result.request, i)))
-        captions = [f"seed {result.request.seed} #{i + 1}" for i in range(len(paths))]
+            paths.append(str(write_png(image, path, result.request, i, scores[i].png_text() if scores else None)))
+            items = scores[i].caption_items() if scores else []
+            captions.append(" · ".join([f"seed {result.request.seed} #{i + 1}", *items]))
         return list(zip(paths, captions, strict=True)), paths, json.dumps(result.request.to_dict(), indent=2)
 
     def sweep(self, values: dict[str, Any], progress: Any) -> tuple[str, list[tuple[str, str]], list[str]]:
@@ -465,6 +480,7 @@ class App:
         if axes.content_scales and base.content_prompt is None and base.content_image is None:
             raise UserError("content scales need a content prompt or a content image")
         check_request(base)
+        check_runtime(base, pipe.runtime)
         for row_blocks, _ in axes.rows:
             resolve_blocks(row_blocks, pipe.layers, pipe.family)
         total, done = len(axes.rows) * len(axes.scales), []
@@ -473,8 +489,11 @@ class App:
             done.append(str(path))
             progress((len(done), total), desc="sweep cells", unit="cells")
 
-        sheet, _ = render_sweep(pipe, base, axes, self.work.new_output("sweep"), on_cell=tick)
-        return str(sheet), [(p, Path(p).stem.split("-sweep-")[-1]) for p in done], [str(sheet), *done]
+        out = render_sweep(pipe, base, axes, self.work.new_output("sweep"), on_cell=tick,
+                           scorer=pipe.scorer(base.content_text_encoder, self.csd))
+        cells = [(path, " · ".join([cell.label, *cell.scores.caption_items()]))
+                 for path, cell in zip(done, out.cells, strict=True)]
+        return str(out.sheet), cells, [str(out.sheet), str(out.plot), str(out.table), *done]
 
     def save_style(self, values: dict[str, Any], progress: Any) -> str:
         """Save the current style (blended embedding + settings) as a ``.safetensors`` style file."""
@@ -515,8 +534,9 @@ class App:
         gr.Info("style file loaded with its settings")
         return values[1:]  # everything but the style input itself
 
-    def load_blocks(self, preset: str) -> Any:
-        return block_rows(self.holder.get(), preset) if preset != CUSTOM else gr.skip()
+    def load_blocks(self, spec: str) -> Any:
+        """The per-block table for the blocks field: a preset, a typed spec or ``@FILE:NAME``."""
+        return rows_from_spec(self.holder.get(), spec) if spec and spec != CUSTOM else gr.skip()
 
     def describe_pipeline(self) -> str:
         pipe = self.holder.get()
@@ -546,9 +566,10 @@ def _form_column() -> dict[str, Any]:
     return made
 
 
-def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
-    """The gradio app over one pipeline (or a factory called on first use); outputs go under ``workdir``."""
-    app = App(PipelineHolder(source), Workdir(workdir))
+def build_app(source: PipeSource, workdir: str | Path, csd: str | None = None) -> gr.Blocks:
+    """The gradio app over one pipeline (or a factory called on first use); outputs go under ``workdir``; ``csd``:
+    a CSD checkpoint for the csd_style score."""
+    app = App(PipelineHolder(source), Workdir(workdir), csd)
     with gr.Blocks(title="InstantStyle", analytics_enabled=False) as demo:
         gr.Markdown("# InstantStyle\nImages in the style of a reference image, without its content: "
                     "from text, or from an image (img2img, inpainting, ControlNet).")
@@ -569,10 +590,10 @@ def build_app(source: PipeSource, workdir: str | Path) -> gr.Blocks:
                                 **queue)
         out["restore"].upload(shows_errors(app.restore), out["restore"], form, api_name="restore")
         field["style"].upload(shows_errors(app.style_uploaded), field["style"], form[1:], **quiet)
-        field["blocks"].change(app.load_blocks, field["blocks"], field["block_table"], **quiet)
+        field["blocks"].change(shows_errors(app.load_blocks), field["blocks"], field["block_table"], **quiet)
         field["init_image"].change(paint_over, field["init_image"], field["mask_paint"], **quiet)
         field["block_table"].input(lambda: CUSTOM, None, field["blocks"], **quiet)  # an edited table: custom
-        demo.load(app.load_blocks, field["blocks"], field["block_table"], **quiet)
+        demo.load(shows_errors(app.load_blocks), field["blocks"], field["block_table"], **quiet)
         demo.load(app.describe_pipeline, None, loaded, **quiet)
     return demo
 
@@ -614,10 +635,11 @@ def launch(
     port: int = 7860,
     share: bool = False,
     block: bool = True,
+    csd: str | None = None,
 ) -> gr.Blocks:
     """Serve the app on ``host:port`` (localhost unless told otherwise; no public link unless ``share``)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    demo = build_app(source, workdir)
+    demo = build_app(source, workdir, csd)
     demo.queue(default_concurrency_limit=1)
     demo.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=not block, max_file_size=MAX_FILE_SIZE,

@@ -2,7 +2,8 @@
 
 A ``Worker`` holds one pipeline at a time on one device, loaded as the ``Runtime`` says (the same in
 process and in every Ray actor), and runs each batch through the core's batched generation
-(``StylePipeline.generate_many``). Workers only make images; the batch driver (``batch``) writes them.
+(``StylePipeline.generate_many``), scoring the images when asked (``Scoring``). Workers only make images;
+the batch driver (``batch``) writes them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from .errors import UserError
 from .request import Request
 from .runtime import DEFAULT_ADAPTER, DEFAULT_MODEL, Runtime
+from .scores import Scores
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,8 @@ class Job:
 
 @dataclass
 class Outcome:
-    """What a worker sends back for one job: its images and completed request, or an error."""
+    """What a worker sends back for one job: its images and completed request, or an error; with scoring, the
+    images' scores (or why they could not be computed: the images still count)."""
 
     job: Job
     images: list[Any]
@@ -50,6 +53,15 @@ class Outcome:
     error: str | None
     seconds: float
     batch_images: int
+    scores: list[Scores] | None = None
+    score_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Score every image a worker makes (``StylePipeline.score`` against its request), with CSD from ``csd``."""
+
+    csd: str | None = None
 
 
 @dataclass
@@ -76,12 +88,14 @@ class Worker:
     """Turns batches of jobs into images on one device: one pipeline at a time, loaded as ``runtime`` says, and
     every style it has encoded kept (the core's embedding memory, shared across the pipelines it loads)."""
 
-    def __init__(self, runtime: Runtime | None = None, pipeline: Any = None, threads: int | None = None) -> None:
+    def __init__(self, runtime: Runtime | None = None, pipeline: Any = None, threads: int | None = None,
+                 scoring: Scoring | None = None) -> None:
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         self.runtime = runtime or Runtime()
+        self.scoring = scoring
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.encoder_runs = 0
         self.given = pipeline
@@ -148,9 +162,23 @@ class Worker:
             return BatchResult(outcomes, self.name, self.encoder_runs)
         seconds = time.perf_counter() - start
         images = sum(len(r.images) for r in results)
-        outcomes = [Outcome(j, r.images, r.request, None, seconds, images) for j, r in zip(jobs, results, strict=True)]
+        outcomes = [Outcome(j, r.images, r.request, None, seconds, images, *self._score(pipe, r))
+                    for j, r in zip(jobs, results, strict=True)]
         return BatchResult(outcomes, self.name, self.encoder_runs)
 
+    def _score(self, pipe: Any, result: Any) -> tuple[list[Scores] | None, str | None]:
+        """(scores, None), or (None, why not): a failure to score never loses the images."""
+        if self.scoring is None:
+            return None, None
+        try:
+            return pipe.score(result, csd=self.scoring.csd), None
+        except Exception as err:
+            return None, _one_line(err)
+
     def _failed(self, job: Job, err: Exception, seconds: float) -> Outcome:
-        message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-        return Outcome(job, [], None, message.splitlines()[0] if message else type(err).__name__, seconds, 0)
+        return Outcome(job, [], None, _one_line(err), seconds, 0)
+
+
+def _one_line(err: Exception) -> str:
+    message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+    return message.splitlines()[0] if message else type(err).__name__

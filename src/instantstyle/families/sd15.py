@@ -6,10 +6,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..hidiffusion_settings import FEATURE, HiDiffusionSettings, Phases
 from . import Family, unet
 
 if TYPE_CHECKING:
     import torch
+
+#: HiDiffusion (see ``hidiffusion``) on SD1.5: its first level. Up to a 2048 px side (latent 256) RAD with
+#: T1 = 0.4; above it RAD until 0.7 and the pooled phase (second level) until 0.3.
+HIDIFFUSION = HiDiffusionSettings(
+    dilated_conv="down_blocks.0.downsamplers.0.conv",
+    pooled_block="down_blocks.1",
+    restored_block="up_blocks.2",
+    window_blocks=("down_blocks.0.attentions", "up_blocks.3.attentions"),
+    large_latent=256,
+    normal=Phases(pool=0.0, dilate=0.4),
+    large=Phases(pool=0.3, dilate=0.7),
+)
 
 
 def matches(class_name: str, config: Mapping[str, Any]) -> bool:
@@ -49,6 +62,7 @@ FAMILY = Family(
         "depth": "lllyasviel/control_v11f1p_sd15_depth",
     },
     encode_prompts=encode_prompts,
+    features={FEATURE: HIDIFFUSION},
     **unet.DENOISER,
     **unet.FUNCTIONS,
 )

@@ -5,10 +5,26 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..hidiffusion_settings import FEATURE, HiDiffusionSettings, Phases
 from . import Family, unet
 
 if TYPE_CHECKING:
     import torch
+
+#: HiDiffusion (see ``hidiffusion``) on SDXL base: its second level (640 channels, the highest resolution with
+#: attention). Up to a 4096 px side (latent 512) the authors' aggressive variant with T1 = 0.4 (0.5 with a
+#: ControlNet in text-to-image; not aggressive for inpainting), above it T1 = 0.7, T2 = 0.3.
+HIDIFFUSION = HiDiffusionSettings(
+    dilated_conv="down_blocks.1.downsamplers.0.conv",
+    pooled_block="down_blocks.1",
+    restored_block="up_blocks.1",
+    window_blocks=("down_blocks.1.attentions", "up_blocks.1.attentions"),
+    large_latent=512,
+    normal=Phases(pool=0.4, dilate=0.0, aggressive=True),
+    large=Phases(pool=0.7, dilate=0.3),
+    inpaint=Phases(pool=0.4, dilate=0.0),
+    text_controlnet=Phases(pool=0.5, dilate=0.0, aggressive=True),
+)
 
 
 def matches(class_name: str, config: Mapping[str, Any]) -> bool:
@@ -51,6 +67,7 @@ FAMILY = Family(
         "depth": "diffusers/controlnet-depth-sdxl-1.0",
     },
     encode_prompts=encode_prompts,
+    features={FEATURE: HIDIFFUSION},
     **unet.DENOISER,
     **unet.FUNCTIONS,
 )
