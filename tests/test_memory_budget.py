@@ -184,3 +184,37 @@ def test_a_module_is_on_the_device_whatever_its_index_is_spelled():
     assert not on_device(layer, torch.device("meta"))
     assert same_device(torch.device("cpu", 0), torch.device("cpu")) and not same_device(
         torch.device("cpu"), torch.device("meta"))
+
+
+# --- with the features that hook the call or come after it ------------------------------------------------------
+
+
+def test_a_budget_with_hidiffusion_makes_the_pixels_of_hidiffusion_without_one(budgeted, sdxl, tiny):
+    """HiDiffusion's hooks go on the denoiser the budget brought back; 128 px and 3 steps, where it acts."""
+    request = request_for(tiny, num_images=1, steps=3, width=128, height=128, hidiffusion=True)
+    with_budget, without = budgeted(request).images[0], sdxl(request).images[0]
+    assert (pixels(with_budget) == pixels(without)).all()
+
+
+def test_a_budget_scores_as_no_budget_does(budgeted, sdxl, tiny, tmp_path):
+    """CLIP text, style, content leak and CSD of the same images, with the scoring models under the budget."""
+    from instantstyle.testing.csd import build_csd_checkpoint
+
+    checkpoint = build_csd_checkpoint(tmp_path / "csd.pth")
+    result = sdxl(request_for(tiny, num_images=1, content_prompt="stripes"))
+    ours, theirs = budgeted.score(result, csd=checkpoint)[0], sdxl.score(result, csd=checkpoint)[0]
+    assert all(ours.get(key) is not None for key in ("clip_text", "clip_style", "content_leak", "csd_style"))
+    assert ours == theirs
+
+
+def test_generate_with_a_budget_hidiffusion_and_score_writes_the_scored_image(tiny, tmp_path):
+    from instantstyle.scores import read_png_scores
+
+    out = tmp_path / "cat.png"
+    result = CliRunner().invoke(main, [
+        "generate", "--prompt", "a cat", "--style", str(tiny.style_image), "-o", str(out), "--device", "cpu",
+        "--model", str(tiny.sdxl), "--adapter", str(tiny.sdxl_adapter), "--memory-budget", "8", "--steps", "3",
+        "--width", "128", "--height", "128", "--hidiffusion", "--score"])
+    assert result.exit_code == 0, result.output
+    stored = read_png_scores(out)
+    assert stored is not None and stored.get("clip_style") is not None

@@ -332,8 +332,9 @@ class StylePipeline:
             **self.image_embeds_kwargs(request),
             **modes.mode_kwargs(request, self.depth_model(request)),
         }
-        if self.budget is not None and self.family.encode_prompts is not None:
-            self.budget.park(self.text_encoders)  # a content prompt's tower came for the style
+        if self.budget is not None:  # a content prompt's tower came for the style
+            named = [tower.model for tower in self.extras.text_towers.values()]
+            self.budget.park([*(self.text_encoders if self.family.encode_prompts is not None else ()), *named])
         masks = routing.region_masks(request, (request.width, request.height))
         if masks is not None:
             kwargs["cross_attention_kwargs"] = {"ip_adapter_masks": masks}
@@ -433,7 +434,15 @@ class StylePipeline:
                     raise
                 tower = None
             model = csd if isinstance(csd, CsdModel) else None if csd is None else self.extras.csd(str(csd))
-            self._scorers[key] = Scorer(self.image_encoder, tower, model, self.device, self.dtype, self.low_memory)
+            make_room = None
+            if self.budget is not None:  # the scoring models wait off the device, and come only to score
+                resident = self.text_encoders if self.family.encode_prompts is None else []  # run by the call
+                self.budget.park([tower.model if tower is not None and tower.model not in resident else None])
+                if model is not None and self.budget.moves:
+                    model.to("cpu")
+                make_room = self._make_room
+            self._scorers[key] = Scorer(self.image_encoder, tower, model, self.device, self.dtype, self.low_memory,
+                                        make_room)
         return self._scorers[key]
 
     def score(
