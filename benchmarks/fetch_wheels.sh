@@ -15,6 +15,6 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   -d .whl diffusers==0.42.1 transformers==5.24.0 huggingface_hub==2.4.0 httpx2==2.16.2 httpcore2==2.16.2 \
   truststore==0.10.5 peft==0.21.2 requests==2.34.2 urllib3==2.8.0
 python3 -m pip download -q --no-deps --only-binary=:all: --platform any --implementation py -d .whl \
-  charset-normalizer==3.5.3
+  charset-normalizer==3.5.3 hidiffusion==0.1.10  # the authors' HiDiffusion: part b's equivalence (not installed)
 ls -l .whl
 du -sh .whl

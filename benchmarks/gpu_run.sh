@@ -9,7 +9,8 @@
 #   0. install the carried wheels into a private folder (the image has torch but no diffusers), check imports
 #   a. benchmarks/bench.py --gpu: SDXL 1024 px fp16: FLOPs, per-step overhead, paired timing, memory per phase for
 #      every memory option against plain diffusers (~200 s)
-#   b. benchmarks/hidiffusion_flops.py gpu: plain vs HiDiffusion at 2048 px (~90 s), if the script has the mode
+#   b. benchmarks/hidiffusion_flops.py gpu: plain vs HiDiffusion at 2048 px, equivalence with the authors' package
+#      at 4096/2048 px (~100 s), if the script has the mode
 #   c. benchmarks/dit_gpu.py: SD3.5 / FLUX (~100 s), if the script exists
 #   b and c print their results to stdout; each gets --time-limit (a little under its share) and, in the smoke
 #   run, --smoke, when it takes them (checked in its --help), and is skipped cleanly otherwise.
@@ -99,11 +100,14 @@ offers() {
 install() {
   rm -rf "$SITE"
   mkdir -p "$SITE"
-  if ! ls .whl/*.whl >/dev/null 2>&1; then
+  # The authors' hidiffusion wheel is not installed: part b fetches it from .whl/ into its own fixed copy.
+  local wheels=()
+  for wheel in .whl/*.whl; do [[ -f $wheel && $(basename "$wheel") != hidiffusion-* ]] && wheels+=("$wheel"); done
+  if ((${#wheels[@]} == 0)); then
     echo "no .whl/ wheels: using what is installed"
-  elif ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl; then
+  elif ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${wheels[@]}"; then
     echo "pip failed; unpacking the (pure-Python) wheels instead"
-    for wheel in .whl/*.whl; do "$PY" -m zipfile -e "$wheel" "$SITE"; done
+    for wheel in "${wheels[@]}"; do "$PY" -m zipfile -e "$wheel" "$SITE"; done
   fi
   export PYTHONPATH="$SITE:$ROOT/src"
   local check='import diffusers, transformers, huggingface_hub, peft, accelerate, torch, instantstyle.pipeline
@@ -185,9 +189,11 @@ extra() {
   } > "$OUT/$file.txt"
 }
 
-# b. HiDiffusion at 2048 px: plain vs HiDiffusion (the JSON after every step of it when the script can).
+# b. HiDiffusion at 2048 px: plain vs HiDiffusion, then the equivalence with the authors' package at the large sizes
+# (`hidiffusion_flops.py gpu`; the JSON after every step of it when the script can).
 hidiff=(gpu)
 offers benchmarks/hidiffusion_flops.py --json && hidiff+=(--json "$OUT/hidiff.json")
+offers benchmarks/hidiffusion_flops.py --workdir && hidiff+=(--workdir "$WORK/hidiff")
 offers benchmarks/hidiffusion_flops.py --time-limit || hidiff+=(--size 2048 --steps 20 --repeats 1)
 [[ $PARTS == *b* ]] && extra b hidiff "$(limit "${HIDIFF_S:-100}")" benchmarks/hidiffusion_flops.py "${hidiff[@]}"
 assemble
