@@ -283,5 +283,5 @@ def memory_table(results: dict[str, Any], device: str, budget_gib: float) -> str
         rows.append([LABELS[name], f"{res['load_peak'] / GiB:.2f}",
                      *(f"{b / GiB:.2f}" if b else "-" for b in by_phase), f"**{whole / GiB:.2f}**", note])
     what = "max_memory_allocated, GiB" if cuda else "peak RSS, GiB (memory-mapped weights counted when touched)"
-    head = [f"contestant ({what})", "after loading", *(f"{p}" for p in common.PHASES), "whole image", ""]
+    head = [f"contestant ({what})", "after loading", *(f"{p}" for p in common.PHASES), "whole image", "note"]
     return md_table(head, rows)
