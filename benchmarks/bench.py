@@ -141,7 +141,7 @@ def flops_section(args: argparse.Namespace, topo: common.Topology) -> str:
         return flops.report(FULL, [args.size], [args.preset], ["text"], [(FULL, args.size, args.steps, 5)],
                             args.preset)
     return flops.report(FULL, [512, 1024], PRESETS, flops.MODES,
-                        [(FULL, 1024, 30, 5), (topo, args.size, args.steps, 5)], args.preset)
+                        [(FULL, 1024, 30, 5), (topo, args.size, args.steps, 5)], args.preset, dit_sizes=[512, 1024])
 
 
 def step_flops(topo: common.Topology, size: int, preset: str) -> dict[str, int]:

@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Exact cost, from any machine: FLOPs per denoising step and per image, and the adapter's resident size.
 
-    python benchmarks/flops.py                 # every preset and mode at 512 and 1024 px (about a minute)
-    python benchmarks/flops.py --sizes 1024 --presets style
+    python benchmarks/flops.py                 # every preset and mode at 512 and 1024 px, SD3.5 and FLUX (minutes)
+    python benchmarks/flops.py --sizes 1024 --presets style --dit-sizes ''   # SDXL only
 
 The full-size SDXL topology is built on the meta device (shapes, no weights, no memory) and counted with
 ``torch.utils.flop_counter.FlopCounterMode`` (matrix products, convolutions, attention; a multiply-add is
 2 FLOPs; elementwise work is not counted). The adapters go in through the real code: diffusers'
 ``load_ip_adapter`` for (b), instantstyle's ``attach_adapters`` (load, then prune) for (c), with a state
-dict of the real h94 file's keys and shapes. A CFG step is one UNet forward of batch 2.
+dict of the real h94 file's keys and shapes. A CFG step is one UNet forward of batch 2. The SD3.5 Large and
+FLUX.1-dev tables come from ``dit_flops.py`` the same way.
 """
 
 from __future__ import annotations
@@ -310,8 +311,9 @@ def per_image_table(topo: Topology, px: int, steps: int, preset: str, prompts: i
 
 
 def report(topo: Topology, sizes: Sequence[int], presets: Sequence[str], modes: Sequence[str],
-           per_image: Sequence[tuple[Topology, int, int, int]], preset: str = "style") -> str:
-    """The FLOP section of the benchmark report."""
+           per_image: Sequence[tuple[Topology, int, int, int]], preset: str = "style",
+           dit_sizes: Sequence[int] = ()) -> str:
+    """The FLOP section of the benchmark report (with ``dit_sizes``: SD3.5 Large and FLUX.1-dev at those sizes)."""
     parts = [
         "### Exact cost (FLOPs, any machine)",
         "",
@@ -328,6 +330,10 @@ def report(topo: Topology, sizes: Sequence[int], presets: Sequence[str], modes: 
     for image_topo, px, steps, prompts in per_image:
         parts += ["", f"Per image, text mode, {px} px, {steps} steps, preset {preset}, {image_topo.name}-size "
                   "encoders:", "", per_image_table(image_topo, px, steps, preset, prompts)]
+    if dit_sizes:
+        import dit_flops
+
+        parts += ["", dit_flops.report(dit_sizes)]
     return "\n".join(parts)
 
 
@@ -337,11 +343,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", default="512,1024", help="image sides in px, comma-separated")
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--dit-sizes", default="512,1024", help="SD3.5 Large and FLUX.1-dev sizes ('' to skip)")
     args = parser.parse_args(argv)
     topo = TOPOLOGIES[args.topology]
     sizes = [int(s) for s in args.sizes.split(",")]
     per_image = [(topo if topo.name == "smoke" else FULL, sizes[-1], 30, 5)]
-    print(report(topo, sizes, args.presets.split(","), args.modes.split(","), per_image))
+    dit_sizes = [int(s) for s in args.dit_sizes.split(",") if s.strip()]
+    print(report(topo, sizes, args.presets.split(","), args.modes.split(","), per_image, dit_sizes=dit_sizes))
 
 
 if __name__ == "__main__":

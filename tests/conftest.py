@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 
 from instantstyle import StylePipeline  # noqa: E402
 from instantstyle.testing import TinyModels, tiny_models  # noqa: E402
+from instantstyle.testing.dit import TinyDiTModels, build_tiny_dit_models  # noqa: E402
 from instantstyle.testing.modes import ModeModels, tiny_mode_models  # noqa: E402
 
 #: Small and fast: every generation in the tests uses these unless it needs otherwise.
@@ -48,6 +49,25 @@ def arch_pipe(request: pytest.FixtureRequest) -> StylePipeline:
 def modes(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> ModeModels:
     """Tiny ControlNets, inpainting models and mode input images (init, masks, depth map, wide style)."""
     return tiny_mode_models(tmp_path_factory.mktemp("modes"), tiny)
+
+
+@pytest.fixture(scope="session")
+def dit(tmp_path_factory: pytest.TempPathFactory) -> TinyDiTModels:
+    """Tiny SD3.5 Large and FLUX.1-dev pipelines, their IP-Adapters in the published formats and image encoders."""
+    cache = os.environ.get("INSTANTSTYLE_DIT_FIXTURES")
+    return build_tiny_dit_models(Path(cache) if cache else tmp_path_factory.mktemp("dit") / "tree")
+
+
+@pytest.fixture(scope="session")
+def sd3(dit: TinyDiTModels) -> StylePipeline:
+    """One SD3.5 pipeline with InstantX's adapter, all weights kept (any blocks, no reload)."""
+    return StylePipeline.from_pretrained(str(dit.sd3), str(dit.sd3_adapter), device="cpu", keep_all_weights=True)
+
+
+@pytest.fixture(scope="session")
+def flux(dit: TinyDiTModels) -> StylePipeline:
+    """One FLUX.1-dev pipeline with XLabs' v1 adapter, all weights kept."""
+    return StylePipeline.from_pretrained(str(dit.flux), str(dit.flux_adapter), device="cpu", keep_all_weights=True)
 
 
 def pixels(image) -> np.ndarray:

@@ -89,3 +89,34 @@ def test_list_blocks_counts_layers_and_names_presets():
 def test_block_scales_outside_0_to_10_are_errors(spec):
     with pytest.raises(UserError, match="between 0 and 10"):
         parse_spec(spec)
+
+
+# The joint attention layers of a transformer in SD3.5 / FLUX naming (six blocks).
+DIT_LAYERS = [f"transformer_blocks.{i}.attn" for i in range(6)]
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_a_range_selects_every_block_from_its_first_to_its_last(family):
+    resolved = resolve_blocks("transformer_blocks.1-3=0.8,transformer_blocks.5", DIT_LAYERS, family)
+    assert resolved == {"transformer_blocks.1.attn": 0.8, "transformer_blocks.2.attn": 0.8,
+                        "transformer_blocks.3.attn": 0.8, "transformer_blocks.5.attn": 1.0}
+
+
+def test_no_spec_is_the_familys_default():
+    assert resolve_blocks(None, DIT_LAYERS, "flux") == resolve_blocks("all", DIT_LAYERS, "flux")
+    assert resolve_blocks(None, SDXL_LAYERS, "sdxl") == resolve_blocks("style", SDXL_LAYERS, "sdxl")
+
+
+def test_ranges_work_on_unet_blocks_too():
+    assert {attention_block(x) for x in resolve_blocks("up_blocks.0.attentions.0-1", SDXL_LAYERS, "sdxl")} == {
+        "up_blocks.0.attentions.0", "up_blocks.0.attentions.1"}
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("transformer_blocks.4-2", r"block range 'transformer_blocks.4-2' runs backwards \(write transformer_blocks.2-4\)"),
+    ("transformer_blocks.4-9", r"block 'transformer_blocks.6' \(of range 'transformer_blocks.4-9'\) matches no "),
+    ("transformer_blocks.0-99999999", "spans more than 1000 blocks"),
+])
+def test_a_bad_range_is_one_clear_error(spec, message):
+    with pytest.raises(UserError, match=message):
+        resolve_blocks(spec, DIT_LAYERS, "sd3")

@@ -4,7 +4,6 @@ on them: the reference the sd3 and flux families are compared with."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from instantstyle.testing.dit import TinyDiTModels, build_tiny_dit_models
+from instantstyle.testing.dit import TinyDiTModels
 
 from .test_fixtures import generate  # 64 px, 2 steps, seed 0: the cheapest real generation
-
-
-@pytest.fixture(scope="module")
-def dit(tmp_path_factory: pytest.TempPathFactory) -> TinyDiTModels:
-    cache = os.environ.get("INSTANTSTYLE_DIT_FIXTURES")
-    return build_tiny_dit_models(Path(cache) if cache else tmp_path_factory.mktemp("dit") / "tree")
 
 
 def load(folder: Path):

@@ -278,9 +278,9 @@ def _resolve_paths(request: Request, base: Path | None) -> Request:
     return request.replace(**changes)
 
 
-def _local_preset_ref(spec: str, base: Path | None) -> str:
+def _local_preset_ref(spec: str | None, base: Path | None) -> str | None:
     """A blocks spec ``@FILE:NAME`` with FILE taken from the job file's folder like every other path."""
-    if not is_preset_ref(spec):
+    if spec is None or not is_preset_ref(spec):
         return spec
     file, name = split_preset_ref(spec)
     return f"@{_local(file, base)}:{name}"

@@ -2,15 +2,16 @@
 
 InstantStyle's first idea is to inject the image only into the attention blocks that carry style
 (SDXL: ``up_blocks.0.attentions.1``) and, optionally, layout (``down_blocks.2.attentions.1``). A spec
-names presets, blocks and scales (``style``, ``up_blocks.0.attentions.1=1.0,layout=0.4``); presets and
-how layer names group into blocks come from the model family (``families``). A spec may also be
-``@FILE:NAME``, a named spec saved in a presets file (``instantstyle probe-blocks --save-presets``): the
-parser reads it, so it works everywhere a spec does. Apart from reading such a file, everything here is
-string work on layer names, tested without models.
+names presets, blocks, ranges of numbered blocks and scales (``style``, ``up_blocks.0.attentions.1=1.0,layout=0.4``,
+``transformer_blocks.4-9=0.8``); no spec (``None``) is the family's default; presets and how layer names group
+into blocks come from the model family (``families``). A spec may also be ``@FILE:NAME``, a named spec saved in
+a presets file (``instantstyle probe-blocks --save-presets``): the parser reads it, so it works everywhere a spec
+does. Apart from reading such a file, everything here is string work on layer names, tested without models.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,26 +133,50 @@ def read_presets(path: str | Path) -> dict[str, str]:
     return check_presets(data, f"presets file {path}")
 
 
-def resolve_blocks(spec: str, layers: Sequence[str], family: Family | str, scale: float = 1.0) -> dict[str, float]:
+_RANGE = re.compile(r"^(?P<prefix>.+\.)(?P<first>\d+)-(?P<last>\d+)$")
+MAX_RANGE = 1000  # far more blocks than any model has
+
+
+def expand_range(name: str) -> list[str]:
+    """``transformer_blocks.4-9`` -> ``transformer_blocks.4`` ... ``transformer_blocks.9`` (both ends included);
+    any other name as it is."""
+    found = _RANGE.match(name)
+    if found is None:
+        return [name]
+    first, last = int(found["first"]), int(found["last"])
+    if first > last:
+        raise UserError(f"block range {name!r} runs backwards (write {found['prefix']}{last}-{first})")
+    if last - first >= MAX_RANGE:
+        raise UserError(f"block range {name!r} spans more than {MAX_RANGE} blocks")
+    return [f"{found['prefix']}{i}" for i in range(first, last + 1)]
+
+
+def resolve_blocks(
+    spec: str | None, layers: Sequence[str], family: Family | str, scale: float = 1.0
+) -> dict[str, float]:
     """Resolve a blocks spec against a model's injectable layers into ``{layer: scale}``.
 
-    A preset name (of the model's ``family``, or a family name) expands to its blocks; a block name selects
-    every layer under it. The global ``scale`` multiplies every selected block. Layers not named are absent
-    (no image features).
+    ``None`` is the family's default spec. A preset name (of the model's ``family``, or a family name) expands
+    to its blocks; a block name selects every layer under it; a range ``prefix.A-B`` every block ``prefix.A`` to
+    ``prefix.B``, each of which must exist. The global ``scale`` multiplies every selected block. Layers not
+    named are absent (no image features).
     """
     family = family_named(family)
     presets = family.presets
     resolved: dict[str, float] = {}
-    for name, block_scale in parse_spec(spec):
-        targets = presets.get(name, (name,))
-        hit = [layer for layer in layers if any(_matches(layer, t) for t in targets)]
-        if not hit:
-            raise UserError(
-                f"block {name!r} matches no attention layer of this {family.name} model; valid names: "
-                + ", ".join(list(presets) + valid_block_names(layers, family))
-            )
-        for layer in hit:
-            resolved[layer] = block_scale * scale
+    for name, block_scale in parse_spec(family.default_blocks if spec is None else spec):
+        groups = [presets[name]] if name in presets else [(block,) for block in expand_range(name)]
+        for targets in groups:
+            hit = [layer for layer in layers if any(_matches(layer, t) for t in targets)]
+            if not hit:
+                what = f"block {name!r}" if targets == (name,) or name in presets else (
+                    f"block {targets[0]!r} (of range {name!r})")
+                raise UserError(
+                    f"{what} matches no attention layer of this {family.name} model; valid names: "
+                    + ", ".join(list(presets) + valid_block_names(layers, family))
+                )
+            for layer in hit:
+                resolved[layer] = block_scale * scale
     return resolved
 
 

@@ -66,7 +66,7 @@ def run_cli(fn: Callable[..., Any], debug: bool, *args: Any, **kwargs: Any) -> A
 RUNTIME_OPTIONS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
     ("device", ("--device",), {"default": "auto", "show_default": True, "type": click.Choice(DEVICES)}),
     ("dtype", ("--dtype",), {"default": "auto", "show_default": True, "type": click.Choice(DTYPES),
-                             "help": "auto: float16 on GPU, float32 on CPU."}),
+                             "help": "auto: float16 on GPU (bfloat16 for SD3.5 and FLUX), float32 on CPU."}),
     ("keep_all_weights", ("--keep-all-weights",), {"is_flag": True,
                                                    "help": "Keep adapter weights of untargeted layers."}),
     ("single_file_config", ("--single-file-config",), {"default": None, "help": "Diffusers folder or hub id giving "
@@ -142,14 +142,18 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
                     multiple=True),
     _request_option("prompt", "What to paint."),
     _request_option("negative_prompt", "What to avoid."),
-    _request_option("blocks", "style | layout | style+layout | all | NAME[=S],... | @FILE:NAME (a presets file)."),
+    _request_option("blocks", "style | layout | style+layout | all | NAME[=S],... | PREFIX.A-B[=S] (a range) | "
+                    "@FILE:NAME (a presets file) [default: the model's: style on SDXL/SD1.5, all on SD3/FLUX]"),
     _request_option("scale", "Multiplies every selected block's scale.", type=FLOAT),
     _request_option("content_prompt", "Content to subtract from the style (e.g. what the style image shows)."),
     _request_option("content_scale", "How much of the content to subtract.", type=FLOAT),
     _request_option("content_image", "Image whose content to subtract."),
     _request_option("content_text_encoder", "CLIP text model in the image encoder's space (ViT-H adapters)."),
     _request_option("steps", "Denoising steps.", type=INT),
-    _request_option("guidance", "Classifier-free guidance scale.", type=FLOAT),
+    _request_option("guidance", "Classifier-free guidance scale (FLUX.1-dev: the distilled guidance, a model input).",
+                    type=FLOAT),
+    _request_option("true_cfg", "Guidance-distilled models (FLUX.1-dev): above 1, real classifier-free guidance "
+                    "with the negative prompt and a negative image (two passes per step).", type=FLOAT),
     _request_option("seed", "Random seed (default: random, recorded in the PNG).", type=INT),
     _request_option("width", "Image width (default: the model's).", type=INT),
     _request_option("height", "Image height (default: the model's).", type=INT),
@@ -246,16 +250,18 @@ def main() -> None:
     """instantstyle: text-to-image in the style of a reference image (InstantStyle on diffusers)."""
 
 
-def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str]) -> StylePipeline:
-    """Check the blocks specs against the model's config, then load the request's model and adapter."""
+def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str | None]) -> StylePipeline:
+    """Check the blocks specs against the model's config, then load the request's model and adapter (``None``
+    among the specs: the family's default blocks; ``@FILE:NAME`` read from its presets file)."""
     from .blocks import expand_preset_ref
     from .pipeline import StylePipeline
 
     assert request.model is not None and request.adapter is not None
     check_blocks(request.model, specs, runtime.single_file_config, request)
+    blocks = ",".join(expand_preset_ref(s) for s in specs if s is not None) if None not in specs else None
     return StylePipeline.from_pretrained(
         request.model, request.adapter, runtime, image_encoder=request.image_encoder,
-        content_text_encoder=request.content_text_encoder, blocks=",".join(expand_preset_ref(s) for s in specs),
+        content_text_encoder=request.content_text_encoder, blocks=blocks,
     )
 
 
@@ -335,26 +341,31 @@ generate.params[6:6] = [option for _, option in REQUEST_OPTIONS]  # after --from
 @click.option("--single-file-config", default=None)
 @click.option("--debug", is_flag=True)
 def blocks(model: str | None, single_file_config: str | None, debug: bool) -> None:
-    """List a model's attention blocks: name, layer count, presets that use it."""
+    """List a model's attention blocks the adapter reaches: name, layer count, presets that use it."""
 
     def body() -> None:
         from .blocks import list_blocks
-        from .preflight import model_layers
+        from .preflight import model_denoiser
 
         name = model or DEFAULT_MODEL
-        family, layers = model_layers(name, single_file_config)
-        if not layers:  # a single file without configs: load it to see its denoiser
+        family, denoiser = model_denoiser(name, single_file_config)
+        if denoiser is None:  # a single file without configs: load it to see its denoiser
             import torch
 
             from .loader import load_base_pipeline
 
-            layers = family.layers(family.denoiser_of(load_base_pipeline(name, torch.float32)))
-        click.echo(f"{name} ({family.name}): {len(layers)} cross-attention layers")
+            denoiser = family.denoiser_of(load_base_pipeline(name, torch.float32))
+        layers = family.layers(denoiser)
+        click.echo(f"{name} ({family.name}): {len(layers)} attention layers take image features; default "
+                   f"blocks: {family.default_blocks}")
         rows = list_blocks(layers, family)
         width = max(len(r.name) for r in rows)
         click.echo(f"{'block':<{width}}  layers  presets")
         for row in rows:
             click.echo(f"{row.name:<{width}}  {row.layers:>6}  {', '.join(row.presets)}")
+        note = family.blocks_note(denoiser) if family.blocks_note is not None else None
+        if note:
+            click.echo(note)
 
     run_cli(body, debug)
 
@@ -558,15 +569,28 @@ SWEPT = ("blocks", "scale", "content_scale", "num_images")
 
 
 def _sweep(params: dict[str, Any]) -> None:
-    from .sweep import Axes, cell_name, csv_path, parse_blocks_list, parse_number_list, plot_path, render_sweep
+    from .preflight import model_family
+    from .sweep import (
+        Axes,
+        cell_name,
+        csv_path,
+        default_rows,
+        parse_blocks_list,
+        parse_number_list,
+        plot_path,
+        render_sweep,
+    )
 
+    source = read_png_request(params["from_png"]) if params["from_png"] else None
+    base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
+    assert base.model is not None
+    family = model_family(base.model, params.get("single_file_config")) if not params["sweep_blocks"] else None
+    rows = params["sweep_blocks"] or default_rows(list(family.presets if family else ()))
     axes = Axes(
-        parse_blocks_list(params["sweep_blocks"]),
+        parse_blocks_list(rows),
         parse_number_list("scale", params["sweep_scales"]),
         parse_number_list("content scale", params["sweep_content_scales"]) if params["sweep_content_scales"] else (),
     )
-    source = read_png_request(params["from_png"]) if params["from_png"] else None
-    base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
     if axes.content_scales and base.content_prompt is None and base.content_image is None:
         raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
     if not params["score"] and (params["pick"] or params["csd"] is not None):
@@ -647,15 +671,16 @@ def generate_command(request: Request, output: str | Path) -> str:
             flags += [flag, str(value)]
     for use in request.adapters:
         parts = [use.path, *(f"style={r.path}" + ("" if r.weight == 1 else f":{r.weight!r}") for r in use.style),
-                 f"blocks={use.blocks}", f"scale={use.scale!r}", *(f"region={r}" for r in use.regions)]
+                 *([f"blocks={use.blocks}"] if use.blocks is not None else []), f"scale={use.scale!r}",
+                 *(f"region={r}" for r in use.regions)]
         flags += ["--adapter", ";".join(parts)]
     return shlex.join(["instantstyle", "generate", *flags, "-o", str(output)])
 
 
 @main.command(context_settings={"show_default": True})
-@click.option("--blocks", "sweep_blocks", multiple=True, default=("style", "style+layout", "all"),
-              help="Blocks specs to compare, one row each: style,style+layout,all (';' between specs "
-              "that contain commas).")
+@click.option("--blocks", "sweep_blocks", multiple=True, default=(),
+              help="Blocks specs to compare, one row each (';' between specs that contain commas) [default: "
+              "style,style+layout,all; all on SD3/FLUX].")
 @click.option("--scale", "sweep_scales", default="0.4,0.7,1.0", help="Scales to compare, one column each.")
 @click.option("--content-scale", "sweep_content_scales", default=None,
               help="Content scales to compare (rows within each blocks spec); needs --content-prompt.")

@@ -3,12 +3,14 @@
 InstantStyle's second idea (paper, sec. 3.2): CLIP's image and text embeddings share one space, so
 subtracting the embedding of the content text from the image embedding leaves mostly style. That
 needs the text tower *of the same CLIP* as the adapter's image encoder. Patch-feature ("plus")
-adapters do not live in that space and get no subtraction.
+adapters do not live in that space and get no subtraction. Image encoders are CLIP vision towers
+(h94's, XLabs' FLUX adapters) or SigLIP ones (InstantX's SD3.5 adapter), with their own preprocessing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,6 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageOps
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .atomic import atomic_path
 from .errors import UserError
@@ -26,36 +27,67 @@ from .images import load_image as load_image
 
 STYLE_FILE_FORMAT = "instantstyle-style/1"
 CLIP_MEAN_RGB = (122, 116, 104)  # CLIP's normalisation mean: padding that normalises to zero
+#: The CFG negative image embedding, by rule (``ImageEncoder``s give the encoded ones): IP-Adapter's own
+#: (zeros for global adapters, the features of an all-zero input for plus ones, as diffusers' UNet pipelines),
+#: ``zeros`` always (diffusers' SD3 pipeline) or the encoding of a black image (XLabs' FLUX adapters, diffusers' FLUX).
+NEGATIVE_RULES = ("ip-adapter", "zeros", "black")
 
 
 @dataclass
 class ImageEncoder:
-    """The adapter's CLIP image encoder with its own preprocessing, named for cache keys."""
+    """The adapter's image encoder (a CLIP or SigLIP vision tower) with its own preprocessing, named for cache
+    keys."""
 
-    model: CLIPVisionModelWithProjection
-    processor: CLIPImageProcessor
+    model: Any  # CLIPVisionModelWithProjection or SiglipVisionModel
+    processor: Any  # its image processor
     identity: str
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of its global image embedding: CLIP's projection, SigLIP's pooled output."""
+        config = self.model.config
+        return int(getattr(config, "projection_dim", None) or config.hidden_size)
+
+
+def encoder_classes(path: Path) -> tuple[Any, Any, Any]:
+    """(model class, config class, image processor class) of an image encoder folder, from its config.json:
+    a CLIP vision tower (or a whole CLIP model, like openai/clip-vit-large-patch14) or a SigLIP one."""
+    import transformers
+
+    try:
+        model_type = str(json.loads((path / "config.json").read_text()).get("model_type", ""))
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"image encoder {path}: config.json is not readable JSON") from None
+    if model_type.startswith("siglip"):
+        names = ("SiglipVisionModel", "SiglipVisionConfig", "SiglipImageProcessor")
+    elif model_type.startswith("clip") or not model_type:  # h94's folders: CLIPVisionModelWithProjection
+        names = ("CLIPVisionModelWithProjection", "CLIPVisionConfig", "CLIPImageProcessor")
+    else:
+        raise UserError(f"image encoder {path}: a {model_type} model; expected a CLIP or SigLIP vision model")
+    return tuple(getattr(transformers, name) for name in names)  # type: ignore[return-value]
 
 
 def load_image_encoder(path: str | Path, dtype: torch.dtype = torch.float32, weights: bool = True) -> ImageEncoder:
-    """Load a CLIP vision tower; preprocessing is its saved processor, else CLIP's default at its size.
-    ``weights=False`` builds it from its config on the meta device (read on first use, see ``memory``)."""
+    """Load a CLIP or SigLIP vision tower; preprocessing is its saved processor, else its family's default at its
+    size. ``weights=False`` builds it from its config on the meta device (read on first use, see ``memory``)."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise UserError(f"image encoder {path}: no config.json (expected a CLIPVisionModelWithProjection folder)")
+        raise UserError(f"image encoder {path}: no config.json (expected a CLIP or SigLIP vision model folder)")
+    model_cls, config_cls, processor_cls = encoder_classes(path)
     if weights:
-        model = CLIPVisionModelWithProjection.from_pretrained(path, dtype=dtype).eval()
+        model = model_cls.from_pretrained(path, dtype=dtype).eval()
     else:
         from accelerate import init_empty_weights
-        from transformers import CLIPVisionConfig
 
         with init_empty_weights():
-            model = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(path)).to(dtype).eval()  # type: ignore[arg-type]  # transformers types .to loosely
+            model = model_cls(config_cls.from_pretrained(path)).to(dtype).eval()
     if (path / "preprocessor_config.json").is_file():
-        processor = CLIPImageProcessor.from_pretrained(path)
+        processor = processor_cls.from_pretrained(path)
     else:  # the h94 folders ship none; diffusers then uses CLIP's default at the model's size
         size = model.config.image_size
-        processor = CLIPImageProcessor(size=size, crop_size=size)
+        square = {"height": size, "width": size}
+        processor = processor_cls(size=square) if "Siglip" in processor_cls.__name__ else processor_cls(
+            size=size, crop_size=size)
     return ImageEncoder(model, processor, str(path))
 
 
@@ -67,7 +99,9 @@ def encode_images(images: Sequence[Image.Image], encoder: ImageEncoder, kind: st
     pixels = encoder.processor(images=list(images), return_tensors="pt").pixel_values
     pixels = pixels.to(model.device, model.dtype)
     if kind == "global":
-        return model(pixels).image_embeds.float()
+        out = model(pixels)
+        embeds = getattr(out, "image_embeds", None)  # CLIP's projection; SigLIP's pooled output otherwise
+        return (embeds if embeds is not None else out.pooler_output).float()
     return model(pixels, output_hidden_states=True).hidden_states[-2].float()
 
 
@@ -96,15 +130,29 @@ def encode_reference(image: Image.Image, encoder: ImageEncoder, kind: str, fit: 
 
 
 @torch.no_grad()
-def unconditional_embeds(like: torch.Tensor, encoder: ImageEncoder | None, kind: str) -> torch.Tensor:
-    """The CFG negative: zeros for global adapters; the encoding of a black image for plus ones."""
-    if kind == "global":
+def unconditional_embeds(
+    like: torch.Tensor, encoder: ImageEncoder | None, kind: str, rule: str = "ip-adapter"
+) -> torch.Tensor:
+    """The CFG negative by ``rule`` (see ``NEGATIVE_RULES``): zeros (IP-Adapter's rule for global adapters, and
+    ``zeros``), the features of an all-zero input (IP-Adapter's rule for plus adapters), or the encoding of a
+    black image (``black``)."""
+    if rule not in NEGATIVE_RULES:
+        raise ValueError(f"unknown negative rule {rule!r}")
+    if rule == "zeros" or (rule == "ip-adapter" and kind == "global"):
         return torch.zeros_like(like)
     if encoder is None:
-        raise UserError("a plus adapter's negative embedding needs the image encoder")
-    size = encoder.processor.crop_size["height"], encoder.processor.crop_size["width"]
+        raise UserError("this adapter's negative embedding needs the image encoder")
+    if rule == "black":
+        return encode_images([Image.new("RGB", (64, 64))], encoder, kind)
+    size = _input_size(encoder.processor)
     pixels = torch.zeros(1, 3, *size, device=encoder.model.device, dtype=encoder.model.dtype)
     return encoder.model(pixels, output_hidden_states=True).hidden_states[-2].float()
+
+
+def _input_size(processor: Any) -> tuple[int, int]:
+    """(height, width) of the encoder's input: CLIP's centre crop, else (SigLIP) its resize size."""
+    size = getattr(processor, "crop_size", None) or processor.size
+    return int(size["height"]), int(size["width"])
 
 
 def blend(embeds: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -140,6 +188,17 @@ class TextTower:
     def embed(self, text: str) -> torch.Tensor:
         """The text's point in the shared CLIP space (1, D), as content subtraction computes it."""
         return text_embeds(text, self.tokenizer, self.model)
+
+
+def has_clip_text_tower(folder: Path) -> bool:
+    """Whether a model folder is a whole CLIP model (both towers and a tokenizer), like
+    openai/clip-vit-large-patch14: then its text tower shares the image tower's space."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(config, dict) and config.get("model_type") == "clip" and "text_config" in config
+            and any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json")))
 
 
 def load_text_tower(

@@ -55,7 +55,7 @@ class Extras:
             if encoder is None:
                 encoder = load_image_encoder(folder, self.dtype)
                 encoder.model.to(self.device)  # type: ignore[arg-type]  # transformers types .to loosely
-            self.adapters[ref] = LoadedAdapter(replace(weights, state_dict={}), encoder)
+            self.adapters[ref] = LoadedAdapter(replace(weights, state_dict={}), encoder, family.negative_image)
         return self.adapters[ref]
 
     def text_tower(self, folder: str, want: int) -> TextTower:

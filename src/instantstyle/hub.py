@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UserError
-from .families import Family, family_of_checkpoint
+from .families import Family, all_families, family_of_checkpoint
 
 if TYPE_CHECKING:
     from .adapter import AdapterWeights
@@ -131,13 +131,17 @@ def resolve_adapter_file(ref: str) -> Path:
 
 
 def _encoder_dims(folder: Path) -> tuple[int, int] | None:
-    """(projection dim, hidden size) from a CLIP vision config, or ``None`` when there is none."""
+    """(global embedding width, hidden size) from a CLIP or SigLIP (vision) config, or ``None`` when there is
+    none: CLIP's global embedding is its projection, SigLIP's its pooled output (hidden size)."""
     try:
         config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
+        vision = config.get("vision_config", config)
+        hidden = int(vision.get("hidden_size", 768))
+        if str(config.get("model_type", "")).startswith("siglip"):
+            return hidden, hidden
+        return int(vision.get("projection_dim", config.get("projection_dim", 512))), hidden
+    except (OSError, ValueError, AttributeError, TypeError):
         return None
-    config = config.get("vision_config", config)
-    return int(config.get("projection_dim", 512)), int(config.get("hidden_size", 768))
 
 
 def _hub_snapshot_folder(adapter_file: Path, subfolder: str) -> Path | None:
@@ -159,8 +163,11 @@ def _hub_snapshot_folder(adapter_file: Path, subfolder: str) -> Path | None:
 
 
 def find_image_encoder(adapter: AdapterWeights, explicit: str | None = None) -> Path:
-    """The CLIP image encoder for an adapter: given, else ``image_encoder/`` beside the weights file or
-    ``../models/image_encoder`` (h94's layout for ViT-H adapters), whichever has the adapter's width."""
+    """The image encoder for an adapter: given, else ``image_encoder/`` beside the weights file or
+    ``../models/image_encoder`` (h94's layout for ViT-H adapters), else one of the encoders the model families'
+    published adapters use (InstantX: ``google/siglip-so400m-patch14-384``; XLabs:
+    ``openai/clip-vit-large-patch14``) as a folder beside the adapter's repository folder (hub repositories
+    mirrored as ``ORG/NAME`` folders) or in the HF cache; whichever has the adapter's width."""
     want = adapter.image_embed_dim
     index = 0 if adapter.kind == "global" else 1
     if explicit is not None:
@@ -175,6 +182,8 @@ def find_image_encoder(adapter: AdapterWeights, explicit: str | None = None) -> 
                     folder = Path(snapshot_download("/".join(ref[:2]), allow_patterns=[f"{sub}/*"])) / sub
                 except Exception as err:
                     raise hub_error("image encoder", explicit, err) from None
+            elif len(ref) == 2 and not looks_like_path(explicit):
+                folder = _hub_encoder(explicit, index, want, strict=True) or folder
             else:
                 raise UserError(f"image encoder {explicit}: no such folder")
         dims = _encoder_dims(folder)
@@ -195,18 +204,68 @@ def find_image_encoder(adapter: AdapterWeights, explicit: str | None = None) -> 
         dims = _encoder_dims(folder)
         if dims is not None and dims[index] == want:
             return folder
+    known = list(dict.fromkeys(repo for family in all_families() for repo in family.image_encoders))
+    for repo in known:  # mirrored beside the adapter's repository folder: ROOT/ORG/NAME/file -> ROOT/REPO
+        dims = _encoder_dims(here.parent.parent / repo)
+        if dims is not None and dims[index] == want:
+            return here.parent.parent / repo
+    for repo in known:
+        found = _hub_encoder(repo, index, want, strict=False)
+        if found is not None:
+            return found
+    tried = f" or {', '.join(known)}" if known else ""
     raise UserError(
-        f"no image encoder with {want}-d features found beside adapter {adapter.path}; pass --image-encoder"
+        f"no image encoder with {want}-d features found beside adapter {adapter.path} (image_encoder/{tried}); "
+        "pass --image-encoder"
     )
 
 
-def checkpoint_family(path: Path) -> Family:
-    """The model family of a single-file (original-format) ``.safetensors`` checkpoint, from its tensor names."""
+def _hub_encoder(repo: str, index: int, want: int, strict: bool) -> Path | None:
+    """A hub image encoder repository (``org/name``) through the HF cache, when its config gives ``want``-d
+    features: its config first, then its weights, tokenizer and processor files (no other formats). Not
+    ``strict``: ``None`` when it is not cached and the hub cannot be reached, or does not fit."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        config = Path(hf_hub_download(repo, "config.json"))
+    except Exception as err:
+        if strict:
+            raise hub_error("image encoder", repo, err) from None
+        return None
+    dims = _encoder_dims(config.parent)
+    if dims is None or dims[index] != want:
+        if strict:
+            raise UserError(f"image encoder {repo} gives {dims[index] if dims else '?'}-d features; adapter "
+                            f"needs {want}")
+        return None
+    try:
+        return Path(snapshot_download(repo, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+    except Exception as err:
+        if strict:
+            raise hub_error("image encoder", repo, err) from None
+        return None
+
+
+def checkpoint_keys(path: Path) -> list[str]:
+    """The tensor names of a single-file ``.safetensors`` checkpoint (read from its header only)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
+            return list(f.keys())
     except Exception as err:
         raise UserError(f"model {path}: not a readable .safetensors checkpoint ({type(err).__name__})") from None
-    return family_of_checkpoint(keys, f"model {path}")
+
+
+def checkpoint_family(path: Path) -> Family:
+    """The model family of a single-file (original-format) ``.safetensors`` checkpoint, from its tensor names."""
+    return family_of_checkpoint(checkpoint_keys(path), f"model {path}")
+
+
+#: Tensor-name prefixes of the parts besides the denoiser in whole-model single files (VAE, text encoders).
+WHOLE_MODEL_PREFIXES = ("first_stage_model.", "vae.", "cond_stage_model.", "conditioner.", "text_encoders.")
+
+
+def holds_denoiser_only(keys: list[str]) -> bool:
+    """Whether a single file holds only the denoiser (BFL's ``flux1-dev.safetensors``), not a whole model."""
+    return not any(k.startswith(WHOLE_MODEL_PREFIXES) for k in keys)

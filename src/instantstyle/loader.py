@@ -23,10 +23,18 @@ from .adapter import AdapterWeights, attach_adapters, check_adapter_fits, read_a
 from .blocks import resolve_blocks
 from .cache import EmbeddingCache
 from .csd import load_csd
-from .embeddings import ImageEncoder, TextTower, load_image_encoder, load_text_tower
+from .embeddings import ImageEncoder, TextTower, has_clip_text_tower, load_image_encoder, load_text_tower
 from .errors import UserError
-from .families import Family, all_families, family_of
-from .hub import checkpoint_family, find_image_encoder, hub_error, model_source, resolve_adapter_file
+from .families import Family, all_families, family_of, family_of_checkpoint
+from .hub import (
+    checkpoint_keys,
+    find_image_encoder,
+    holds_denoiser_only,
+    hub_error,
+    model_source,
+    resolve_adapter_file,
+)
+from .preflight import model_family
 from .processors import check_diffusers
 from .runtime import Runtime
 from .scores import Scorer
@@ -47,13 +55,14 @@ class Loaded:
 
 
 def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | None = None,
-         blocks: str = "style") -> Loaded:
-    """Load base model, adapter and image encoder; keep adapter weights only for ``blocks`` (unless
-    ``runtime.keeps_all_weights``), then place everything (device, device map or offload; compile)."""
+         blocks: str | None = None) -> Loaded:
+    """Load base model, adapter and image encoder; keep adapter weights only for ``blocks`` (``None``: the family's
+    default; all of them when ``runtime.keeps_all_weights``), then place everything (device, device map or offload;
+    compile)."""
     check_diffusers()  # before minutes of loading: the adapter edits need the diffusers they were verified with
     cache = EmbeddingCache.open(runtime.cache_dir) if runtime.cache_dir else None
     device = runtime.placement()
-    dtype = runtime.torch_dtype(device)
+    dtype = runtime.torch_dtype(device, model_family(model, runtime.single_file_config).gpu_dtype)
     weights = read_adapter(resolve_adapter_file(adapter))
     encoder_dir = find_image_encoder(weights, image_encoder)
     pipe = load_base_pipeline(model, dtype, runtime.single_file_config, runtime.device_map)
@@ -93,14 +102,7 @@ def load_base_pipeline(
     if isinstance(source, Path) and source.is_file():
         if device_map is not None:
             raise UserError(f"model {source}: --device-map needs a diffusers folder or hub id, not a single file")
-        cls = getattr(diffusers, checkpoint_family(source).text_pipeline)
-        kwargs: dict[str, Any] = {"dtype": dtype}
-        if config is not None:
-            kwargs["config"] = config
-        try:
-            pipe = cls.from_single_file(str(source), **kwargs)
-        except OSError as err:
-            raise hub_error("the config for single-file model", model, err) from None
+        pipe = load_single_file(source, dtype, config)
     else:
         try:
             pipe = diffusers.DiffusionPipeline.from_pretrained(str(source), dtype=dtype, **placement)
@@ -114,6 +116,30 @@ def load_base_pipeline(
         raise UserError(f"model {model}: {type(pipe).__name__} is not supported (a {family.name} text-to-image, "
                         "img2img or inpainting pipeline)")
     return pipe
+
+
+def load_single_file(source: Path, dtype: torch.dtype, config: str | None) -> Any:
+    """A single-file checkpoint through diffusers' ``from_single_file``: a whole model as the family's text-to-image
+    pipeline; a file holding only the denoiser (BFL's FLUX files) as the denoiser, with the other parts from the
+    ``config`` folder or hub id (the recipe diffusers documents). What diffusers cannot read is one line."""
+    keys = checkpoint_keys(source)
+    family = family_of_checkpoint(keys, f"model {source}")
+    try:
+        if not holds_denoiser_only(keys):
+            cls = getattr(diffusers, family.text_pipeline)
+            return cls.from_single_file(str(source), dtype=dtype, **({"config": config} if config else {}))
+        if config is None:
+            raise UserError(f"model {source}: this file holds only the {family.name} {family.denoiser}; give "
+                            "--single-file-config (the model's diffusers folder or hub id) for the other parts")
+        denoiser = getattr(diffusers, family.denoiser_class).from_single_file(
+            str(source), config=config, subfolder=family.denoiser, torch_dtype=dtype)
+        return getattr(diffusers, family.text_pipeline).from_pretrained(config, dtype=dtype,
+                                                                        **{family.denoiser: denoiser})
+    except OSError as err:
+        raise hub_error("the config for single-file model", str(source), err) from None
+    except (ValueError, KeyError, RuntimeError, TypeError) as err:
+        raise UserError(f"model {source}: diffusers cannot load this {family.name} single file "
+                        f"({type(err).__name__}: {str(err)[:160]}); give a diffusers folder or hub id") from None
 
 
 def as_text_pipeline(pipe: Any) -> Any:
@@ -130,15 +156,16 @@ def as_text_pipeline(pipe: Any) -> Any:
 def load_scorer(adapter: str, runtime: Runtime, *, model: str | None = None, image_encoder: str | None = None,
                 content_text_encoder: str | None = None, csd: str | None = None) -> Scorer:
     """A ``Scorer`` without a pipeline: the adapter's image encoder; the CLIP text tower of its space
-    (``content_text_encoder``, else ``model``'s own tower of that width, SDXL's ``text_encoder_2``; none when
-    neither: no text scores); CSD from the checkpoint ``csd``. Only a single-file model loads whole."""
+    (``content_text_encoder``, else ``model``'s own tower of that width, SDXL's ``text_encoder_2``, else the image
+    encoder's own CLIP repository's, as ``StylePipeline.content_text_tower``; none when none: no text scores); CSD
+    from the checkpoint ``csd``. Only a single-file model loads whole."""
     device = runtime.placement()
     dtype = runtime.torch_dtype(device)
     csd_model = load_csd(csd, device, dtype) if csd else None  # first: a refused file fails before the rest loads
     weights = read_adapter(resolve_adapter_file(adapter))
     encoder = load_image_encoder(find_image_encoder(weights, image_encoder), dtype)
     del weights  # only its kind and width were needed
-    want = int(encoder.model.config.projection_dim)
+    want = encoder.embed_dim
     tower = None
     if content_text_encoder is not None:
         tower = load_text_tower(content_text_encoder, dtype=dtype)
@@ -147,6 +174,8 @@ def load_scorer(adapter: str, runtime: Runtime, *, model: str | None = None, ima
                             f"the image encoder {want}-d")
     elif model is not None:
         tower = model_text_tower(model, want, dtype, runtime.single_file_config)
+    if tower is None and has_clip_text_tower(Path(encoder.identity)):  # a whole CLIP repository (XLabs FLUX)
+        tower = load_text_tower(encoder.identity, dtype=dtype)
     encoder.model.to(device)  # type: ignore[arg-type]  # transformers types .to loosely
     if tower is not None:
         tower.model.to(device)

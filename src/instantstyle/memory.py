@@ -1,7 +1,7 @@
 """Where the weights live while images are made: the image encoder only while it encodes, model
 offload, a memory budget, how the VAE decodes, and a compiled denoiser.
 
-The image encoder (ViT-bigG for SDXL: 1.8 B parameters) is needed once per new style image and
+The image encoder (ViT-bigG for SDXL: 1.8 B parameters; SigLIP so400m for SD3.5) is needed once per new style image and
 never while denoising. With ``low_memory`` it stays off the device between uses: parked in CPU
 memory when the device is a GPU, its weights freed (and read again from its folder when the next
 new image comes) when the device is the CPU. ``low_memory=None`` decides from the free memory.
@@ -106,9 +106,7 @@ def ready_encoder(encoder: ImageEncoder, device: torch.device, dtype: torch.dtyp
     """Put the encoder's weights on the device, reading them from its folder if they were freed."""
     model = encoder.model
     if is_released(encoder):
-        from transformers import CLIPVisionModelWithProjection
-
-        fresh = CLIPVisionModelWithProjection.from_pretrained(encoder.identity, dtype=dtype)
+        fresh = type(model).from_pretrained(encoder.identity, dtype=dtype)
         model.load_state_dict(fresh.state_dict(), assign=True)  # same module object: hooks survive
         del fresh
     model.to(device)  # type: ignore[arg-type]  # transformers types .to loosely

@@ -25,14 +25,16 @@ AUTO_PIPELINES = {"text": "AutoPipelineForText2Image", "img2img": "AutoPipelineF
                   "inpaint": "AutoPipelineForInpainting"}
 
 
-def init_size(request: Request, native: int) -> tuple[int, int] | None:
+def init_size(request: Request, native: int, multiple: int = 8) -> tuple[int, int] | None:
     """The default output size with an init image: its aspect ratio, the long side at the model's native
-    size (a 4000 px photo is not generated at 4000 px), both multiples of 8."""
+    size (a 4000 px photo is not generated at 4000 px), both multiples of ``multiple`` (the model's grid)."""
     if request.init_image is None:
         return None
     width, height = load_image(request.init_image, "init image").size
     factor = native / max(width, height)
-    return max(64, round(width * factor / 8) * 8), max(64, round(height * factor / 8) * 8)
+    low = max(64, multiple)
+    return (max(low, round(width * factor / multiple) * multiple),
+            max(low, round(height * factor / multiple) * multiple))
 
 
 def default_strength(request: Request) -> float | None:
@@ -77,6 +79,22 @@ def mode_kwargs(request: Request, depth_model: Any | None = None) -> dict[str, A
     if request.mode == "text" or request.mode == "inpaint" or request.control is not None:
         kwargs["width"], kwargs["height"] = size
     return kwargs
+
+
+def fit_call(pipe: Any, kwargs: dict[str, Any], request: Request) -> dict[str, Any]:
+    """The call's arguments as the mode's pipeline names them: a ControlNet text-to-image pipeline without an
+    ``image`` argument (SD3's, FLUX's) takes the control image as ``control_image``; a pipeline that takes a size
+    (FLUX's img2img defaults to 1024 px otherwise) gets the request's."""
+    import inspect
+
+    accepted = inspect.signature(pipe.__call__).parameters
+    fitted = dict(kwargs)
+    if "image" in fitted and "image" not in accepted and request.mode == "text":
+        fitted["control_image"] = fitted.pop("image")
+    if "width" in accepted and "width" not in fitted:
+        assert request.width is not None and request.height is not None
+        fitted["width"], fitted["height"] = request.width, request.height
+    return fitted
 
 
 def load_mask(path: str, size: tuple[int, int]) -> Image.Image:

@@ -36,7 +36,7 @@ from .adapter import AdapterWeights, attach_adapters, read_adapter
 from .blocks import expand_preset_ref
 from .cache import EmbeddingCache
 from .csd import CsdModel
-from .embeddings import ImageEncoder, TextTower
+from .embeddings import ImageEncoder, TextTower, has_clip_text_tower
 from .errors import UserError
 from .extras import Extras
 from .families import Family
@@ -141,10 +141,11 @@ class StylePipeline:
         *,
         image_encoder: str | None = None,
         content_text_encoder: str | None = None,
-        blocks: str = "style",
+        blocks: str | None = None,
         **options: Any,
     ) -> StylePipeline:
-        """The one loader: base model, adapter (weights kept only for ``blocks`` unless the runtime keeps all)
+        """The one loader: base model, adapter (weights kept only for ``blocks``, ``None`` being the family's
+        default, unless the runtime keeps all)
         and image encoder, placed as ``runtime`` says. ``options`` are ``Runtime`` fields overriding it
         (``device="cpu"``, ``offload="model"``, ``low_memory=True``, ``cache_dir=...``); see ``runtime``."""
         runtime = (runtime or Runtime()).replace(**options)
@@ -198,6 +199,7 @@ class StylePipeline:
         slots = self._set_models(request)
         kwargs = self._call_kwargs(request, slots)
         pipe = modes.mode_pipeline(self.pipe, self.family, request, self.controlnet(request))
+        kwargs = modes.fit_call(pipe, kwargs, request)
         guards.warn_if_prompts_truncated(pipe, request)
         never_nan = guards.refuse_nonfinite(self.pipe.vae, guards.nonfinite_cause(self.dtype, request))
         # The denoiser is back on the device (a memory budget) before HiDiffusion's hooks go on it.
@@ -227,11 +229,15 @@ class StylePipeline:
         prepared = self.prepare(done[0], done[1:])
         for r in done[1:]:
             guards.warn_if_prompts_truncated(prepared.pipe, r)
+        # Negatives go to the shared call as the first request's own call took them: as text (a family encoding in
+        # its call; FLUX only with true CFG, which an empty negative turns on), else encoded when it has one.
+        call = prepared.kwargs
+        negative = call["negative_prompt"] is not None if "negative_prompt" in call else bool(done[0].negative_prompt)
         self._phase("text")
         batch = {
             **self.text_kwargs([r.prompt for r in done for _ in range(r.num_images)],
-                               [r.negative_prompt for r in done for _ in range(r.num_images)]
-                               if done[0].negative_prompt else None, done[0].guidance),
+                               [r.negative_prompt for r in done for _ in range(r.num_images)] if negative else None,
+                               done[0].guidance),
             "num_images_per_prompt": 1,
             "latents": torch.cat([self.family.draw_latents(self.pipe, r, self.device, self.dtype) for r in done]),
         }
@@ -244,8 +250,9 @@ class StylePipeline:
         return results
 
     def complete(self, request: Request) -> Request:
-        """Fill in what the pipeline decides: model and adapter identity, size, seed, strength and ControlNet; a
-        blocks spec ``@FILE:NAME`` becomes the spec it names (so the image records the blocks it was made with)."""
+        """Fill in what the pipeline decides: model and adapter identity, size, seed, strength and ControlNet; no
+        blocks spec becomes the family's default and ``@FILE:NAME`` the spec it names (so the image records the
+        blocks it was made with)."""
         adapter = self.adapter_ref or self.adapter.path
         for name, mine in (("model", self.model_id), ("adapter", adapter)):
             theirs = getattr(request, name)
@@ -255,17 +262,22 @@ class StylePipeline:
             if name == "model" or resolve_adapter_file(theirs) != Path(self.adapter.path):
                 raise UserError(f"request is for {name} {theirs!r} but this pipeline has {mine!r}")
         default = self.family.native_size(self.pipe)
-        width, height = modes.init_size(request, default) or (default, default)
+        width, height = modes.init_size(request, default, self.family.size_multiple) or (default, default)
+        default_blocks = self.family.default_blocks
+
+        def blocks(spec: str | None) -> str:  # no spec: the family's default; @FILE:NAME: the spec it names
+            return default_blocks if spec is None else expand_preset_ref(spec)
+
         return request.replace(
             model=request.model or self.model_id,
             adapter=request.adapter or adapter,
+            blocks=blocks(request.blocks),
+            adapters=tuple(dataclasses.replace(use, blocks=blocks(use.blocks)) for use in request.adapters),
             width=request.width or width,
             height=request.height or height,
             seed=request.seed if request.seed is not None else secrets.randbits(32),
             strength=modes.default_strength(request),
             controlnet=request.control and control.controlnet_ref(request.control, self.family, request.controlnet),
-            blocks=expand_preset_ref(request.blocks),
-            adapters=tuple(dataclasses.replace(use, blocks=expand_preset_ref(use.blocks)) for use in request.adapters),
         )
 
     def _set_models(self, request: Request) -> list[dict[str, float]]:
@@ -326,7 +338,7 @@ class StylePipeline:
         kwargs: dict[str, Any] = {
             **text,
             "num_inference_steps": request.steps,
-            "guidance_scale": request.guidance,
+            **self.family.guidance_kwargs(request),
             "num_images_per_prompt": request.num_images,
             "generator": torch.Generator("cpu").manual_seed(request.seed),
             **self.image_embeds_kwargs(request),
@@ -407,7 +419,8 @@ class StylePipeline:
     def content_text_tower(self, folder: str | None = None) -> TextTower:
         """The CLIP text tower (and tokenizer) in the image encoder's space, for content prompts and scores: the one
         named (``folder``, else the pipeline's default), else one of the model's own (SDXL's ``text_encoder_2`` for
-        its ViT-bigG adapter; under a memory budget it waits off the device, see ``_tower_on_device``)."""
+        its ViT-bigG adapter), else the image encoder's own CLIP repository's (openai/clip-vit-large-patch14 holds
+        both towers: XLabs' FLUX adapters); under a memory budget it waits off the device, see ``_tower_on_device``."""
         want = self.adapter.image_embed_dim
         folder = folder or self.content_text_encoder
         if folder is not None:
@@ -416,6 +429,9 @@ class StylePipeline:
             tower = getattr(self.pipe, encoder, None)
             if tower is not None and getattr(tower.config, "projection_dim", None) == want:
                 return TextTower(getattr(self.pipe, tokenizer), tower)
+        own = Path(self.image_encoder.identity)
+        if has_clip_text_tower(own):
+            return self.extras.text_tower(str(own), want)
         raise UserError(f"content prompt needs a CLIP text encoder with {want}-d projection (the image encoder's "
                         "space); pass --content-text-encoder")
 
@@ -467,7 +483,7 @@ class StylePipeline:
     # --- the style embedding ----------------------------------------------------------------------
     @property
     def main_adapter(self) -> LoadedAdapter:
-        return LoadedAdapter(self.adapter, self.image_encoder)
+        return LoadedAdapter(self.adapter, self.image_encoder, self.family.negative_image)
 
     def encode(self, path: str, fit: str = "crop") -> torch.Tensor:
         """One reference image's embedding for the main adapter (cached by content; see ``EmbeddingStore``)."""

@@ -4,14 +4,15 @@
 mode inputs, masks, further adapters, LoRAs), every blocks spec is well-formed and every model reference
 is shaped like one. ``check_runtime``: the request can run as the runtime says (HiDiffusion and a
 compiled UNet exclude each other). ``check_blocks``: the blocks specs name blocks the model has, and the
-model's family has what the request asks of it (HiDiffusion), read from its denoiser's config alone (no
-weights). Bad input is a one-line ``UserError`` before minutes of loading.
+request is one the model's family can make (HiDiffusion, regions, modes, sizes...), read from its denoiser's
+config alone (no weights). Bad input is a one-line ``UserError`` before minutes of loading.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .blocks import parse_spec, resolve_blocks
 from .errors import UserError
@@ -46,7 +47,8 @@ def check_request(request: Request) -> None:
         if folder is not None and folder.startswith((".", "/", "~")) and not Path(folder).expanduser().is_dir():
             raise UserError(f"{name.replace('_', ' ')} {folder}: no such folder")
     for spec in (request.blocks, *(use.blocks for use in request.adapters)):
-        parse_spec(spec)
+        if spec is not None:  # None: the family's default
+            parse_spec(spec)
     check_mode_inputs(request)
     for lora in request.lora:
         check_lora_file(lora.path)
@@ -90,13 +92,36 @@ def model_layers(model: str, single_file_config: str | None = None) -> tuple[Fam
     """(family, injectable layers) of a model from its denoiser's config alone, without weights: cheap enough to
     check blocks specs before loading. A single file without ``single_file_config`` gives its family and no layers
     (they are known only after loading)."""
-    import diffusers
+    family, denoiser = model_denoiser(model, single_file_config)
+    return family, family.layers(denoiser) if denoiser is not None else []
+
+
+def model_denoiser(model: str, single_file_config: str | None = None) -> tuple[Family, Any]:
+    """(family, denoiser built on the meta device from its config: no weights) of a model; a single file without
+    ``single_file_config`` gives its family and ``None``."""
     from accelerate import init_empty_weights
+
+    family, cls, config = _denoiser_config(model, single_file_config)
+    if cls is None:
+        return family, None
+    with init_empty_weights():
+        return family, cls.from_config(config)
+
+
+def model_family(model: str, single_file_config: str | None = None) -> Family:
+    """The family of a model from its configs (or a single file's tensor names) alone."""
+    return _denoiser_config(model, single_file_config)[0]
+
+
+def _denoiser_config(model: str, single_file_config: str | None) -> tuple[Family, Any, Any]:
+    """(family, denoiser class, its config) from the model's configs; (family, None, None) for a single file
+    without ``single_file_config``."""
+    import diffusers
 
     source = model_source(model)
     if isinstance(source, Path) and source.is_file():
         if single_file_config is None:
-            return checkpoint_family(source), []
+            return checkpoint_family(source), None, None
         source = Path(single_file_config).expanduser()
     try:
         index = diffusers.DiffusionPipeline.load_config(str(source))
@@ -110,19 +135,21 @@ def model_layers(model: str, single_file_config: str | None = None) -> tuple[Fam
                             f"({', '.join(f.name for f in all_families())})")
     except OSError as err:
         raise hub_error("model", model, err) from None
-    family = family_of_denoiser(class_name, config, f"model {model}")
-    with init_empty_weights():
-        denoiser = cls.from_config(config)
-    return family, family.layers(denoiser)
+    return family_of_denoiser(class_name, config, f"model {model}"), cls, config
 
 
-def check_blocks(model: str, specs: Sequence[str], single_file_config: str | None = None,
+def check_blocks(model: str, specs: Sequence[str | None], single_file_config: str | None = None,
                  request: Request | None = None) -> None:
-    """Every blocks spec names blocks the model has (read from its config; skipped for a bare single file), and
-    the model's family has what ``request`` asks of it (``check_family``)."""
-    family, layers = model_layers(model, single_file_config)
+    """Every blocks spec names blocks the model has, and (given) the request is one the model's family can make
+    (``check_family``: HiDiffusion; ``Family.check_request``: regions, modes, sizes...), read from its config (the
+    blocks and ``Family.check_request`` are skipped for a bare single file)."""
+    family, denoiser = model_denoiser(model, single_file_config)
     if request is not None:
         check_family(request, family)
-    if layers:
-        for spec in specs:
-            resolve_blocks(spec, layers, family)
+    if denoiser is None:
+        return
+    layers = family.layers(denoiser)
+    for spec in specs:
+        resolve_blocks(spec, layers, family)
+    if request is not None:
+        family.check_request(request, denoiser)

@@ -77,7 +77,7 @@ class AdapterUse:
 
     path: str
     style: tuple[StyleRef, ...] = ()
-    blocks: str = "style"
+    blocks: str | None = None  # None: the model family's default (SDXL/SD1.5: style; SD3/FLUX: all)
     scale: float = 1.0
     regions: tuple[str, ...] = ()
 
@@ -111,7 +111,7 @@ class AdapterUse:
             raise UserError(f"adapter {self.path}: give its style image(s) (--adapter 'PATH;style=IMAGE')")
         _check_weights(self.style)
         _check_number("adapter scale", self.scale, low=0.0, high=MAX_SCALE)
-        if not isinstance(self.blocks, str):
+        if self.blocks is not None and not isinstance(self.blocks, str):
             raise UserError(f"adapter {self.path}: blocks must be text, got {self.blocks!r}")
         if self.regions and len(self.regions) != len(self.style):
             raise UserError(
@@ -129,18 +129,22 @@ def _is_number(text: str) -> bool:
 
 @dataclass(frozen=True)
 class Request:
-    """What to make. ``None`` for model/adapter/size means "the pipeline's own"."""
+    """What to make. ``None`` for model/adapter/size/blocks means "the pipeline's own" (blocks: its family's
+    default, ``style`` on SDXL and SD1.5, ``all`` on SD3 and FLUX)."""
 
     prompt: str
     style: tuple[StyleRef, ...] = ()
     negative_prompt: str = ""
-    blocks: str = "style"
+    blocks: str | None = None
     scale: float = 1.0
     content_prompt: str | None = None
     content_scale: float = 0.5
     content_image: str | None = None
     steps: int = 30
     guidance: float = 5.0
+    # Guidance-distilled models (FLUX.1-dev): ``guidance`` is the model's guidance input; above 1, ``true_cfg``
+    # also runs real classifier-free guidance (negative prompt and negative image, two forwards per step).
+    true_cfg: float = 1.0
     seed: int | None = None
     width: int | None = None
     height: int | None = None
@@ -204,6 +208,9 @@ class Request:
         _check_number("scale", self.scale, low=0.0, high=MAX_SCALE)
         _check_number("content scale", self.content_scale, low=0.0, high=MAX_SCALE)
         _check_number("guidance", self.guidance, low=0.0, high=MAX_GUIDANCE)
+        _check_number("true CFG scale", self.true_cfg, low=1.0, high=MAX_GUIDANCE)
+        if self.blocks is not None and not isinstance(self.blocks, str):
+            raise UserError(f"blocks must be text, got {self.blocks!r}")
         _check_int("steps", self.steps, low=1, high=1000)
         _check_int("number of images", self.num_images, low=1, high=64)
         if self.seed is not None:

@@ -100,8 +100,9 @@ class Runtime:
             return resolve_device("cuda")
         return resolve_device(self.device)
 
-    def torch_dtype(self, device: torch.device) -> torch.dtype:
-        return resolve_dtype(self.dtype, device)
+    def torch_dtype(self, device: torch.device, gpu_half: str = "float16") -> torch.dtype:
+        """The dtype asked for; ``auto`` is ``gpu_half`` (the model family's half precision) off the CPU."""
+        return resolve_dtype(self.dtype, device, gpu_half)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -123,12 +124,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` is float16 on a GPU and float32 on the CPU (CPU half precision is slow here)."""
+def resolve_dtype(dtype: str, device: torch.device, gpu_half: str = "float16") -> torch.dtype:
+    """``auto`` is ``gpu_half`` (float16; bfloat16 for SD3.5 and FLUX) on a GPU and float32 on the CPU (CPU half
+    precision is slow here)."""
     import torch
 
     if dtype == "auto":
-        return torch.float32 if device.type == "cpu" else torch.float16
+        return torch.float32 if device.type == "cpu" else getattr(torch, gpu_half)  # type: ignore[no-any-return]
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r} ({', '.join(DTYPES)})")
     return getattr(torch, dtype)  # type: ignore[no-any-return]

@@ -235,7 +235,7 @@ class Scorer:
 
     def __post_init__(self) -> None:
         if self.text_tower is not None:
-            want = self.image_encoder.model.config.projection_dim
+            want = self.image_encoder.embed_dim
             if self.text_tower.projection_dim != want:
                 raise UserError(
                     f"the text tower gives {self.text_tower.projection_dim}-d embeddings but the image encoder "
@@ -300,7 +300,7 @@ class Scorer:
         refs = _style_refs(style)
         if not refs:
             return None
-        want = self.image_encoder.model.config.projection_dim
+        want = self.image_encoder.embed_dim
         parts = []
         with self._encoder() as encoder:
             for ref in refs:

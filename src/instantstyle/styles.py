@@ -43,6 +43,7 @@ class LoadedAdapter:
 
     weights: AdapterWeights  # kind and dims (the weights themselves live in the denoiser)
     encoder: ImageEncoder
+    negative: str = "ip-adapter"  # how its CFG negative is made (``embeddings.NEGATIVE_RULES``; the family says)
 
 
 @dataclass
@@ -75,15 +76,15 @@ class EmbeddingStore:
         return self.memory[key]
 
     def negative(self, like: torch.Tensor, use: LoadedAdapter) -> torch.Tensor:
-        """The CFG negative embedding shaped like ``like``: zeros for global adapters; plus adapters encode a
-        black image, once per encoder."""
-        if use.weights.kind == "global":
-            return unconditional_embeds(like, None, "global")
-        key = ("<unconditional>", encoder_fingerprint(use.encoder.identity), use.weights.kind)
+        """The CFG negative embedding shaped like ``like``, by the adapter's rule: zeros, or an encoded blank
+        (plus adapters) or black image (FLUX), encoded once per encoder."""
+        if use.negative == "zeros" or (use.negative == "ip-adapter" and use.weights.kind == "global"):
+            return unconditional_embeds(like, None, use.weights.kind, "zeros")
+        key = ("<unconditional>", encoder_fingerprint(use.encoder.identity), use.weights.kind, use.negative)
         if key not in self.memory:
             with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory,
                                        self.make_room) as encoder:
-                self.memory[key] = unconditional_embeds(like, encoder, use.weights.kind).cpu()
+                self.memory[key] = unconditional_embeds(like, encoder, use.weights.kind, use.negative).cpu()
         return self.memory[key].expand_as(like)
 
     def references(self, refs: tuple[StyleRef, ...], use: LoadedAdapter, fit: str, regions: bool) -> torch.Tensor:

@@ -42,6 +42,15 @@ PAD = 8
 PICK_COLOR = (200, 30, 30)
 
 
+#: The rows of a sweep that names no blocks: these presets, as far as the model's family has them (SD3/FLUX: all).
+DEFAULT_ROWS = ("style", "style+layout", "all")
+
+
+def default_rows(presets: Sequence[str]) -> tuple[str, ...]:
+    """A sweep's rows without blocks given: ``DEFAULT_ROWS`` the family has (``presets``: its preset names)."""
+    return tuple(name for name in DEFAULT_ROWS if name in presets)
+
+
 @dataclass(frozen=True)
 class Axes:
     """What a sweep varies: blocks specs (rows), scales (columns) and optional content scales (rows)."""

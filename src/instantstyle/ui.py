@@ -39,11 +39,12 @@ from .request import CONTROL_KINDS, LoraRef, Request, StyleRef, read_png_request
 from .schedulers import SCHEDULERS
 from .scores import Scores
 from .styles import style_settings
-from .sweep import Axes, parse_blocks_list, parse_number_list, render_sweep
+from .sweep import Axes, default_rows, parse_blocks_list, parse_number_list, render_sweep
 
 #: Largest upload gradio accepts (the most pixels an image may have is the core's MAX_PIXELS, about 8k x 5k).
 MAX_FILE_SIZE = "25mb"
 CUSTOM = "custom"
+MODEL_BLOCKS = "model's default"  # the request names no blocks: the family's default (style; all on SD3/FLUX)
 NO_CONTROL = "none"
 READY_CONTROL = "ready control image"  # the control upload is the control image itself (needs a ControlNet)
 DEFAULT_SCHEDULER = "model's own"
@@ -171,11 +172,13 @@ def check_pixels(path: str | Path, what: str) -> None:
 
 def block_rows(pipe: StylePipeline, preset: str) -> list[list[Any]]:
     """The per-block editor's rows for a preset: every attention block with scale 1 if the preset uses it."""
+    preset = pipe.family.default_blocks if preset == MODEL_BLOCKS else preset
     return [[row.name, 1.0 if preset in row.presets else 0.0] for row in list_blocks(pipe.layers, pipe.arch)]
 
 
-def rows_from_spec(pipe: StylePipeline, spec: str) -> list[list[Any]]:
-    """The editor's rows for any blocks spec (each block at the scale of its layers)."""
+def rows_from_spec(pipe: StylePipeline, spec: str | None) -> list[list[Any]]:
+    """The editor's rows for any blocks spec (each block at the scale of its layers; ``None``: the family's
+    default)."""
     scales = resolve_blocks(spec, pipe.layers, pipe.arch)
     per_block = {pipe.family.attention_block(layer): scale for layer, scale in scales.items()}
     return [[row.name, per_block.get(row.name, 0.0)] for row in list_blocks(pipe.layers, pipe.arch)]
@@ -264,9 +267,9 @@ FORM: tuple[Field, ...] = (
     Field("prompt", "", _text("Prompt", "prompt", lines=2), _or_empty, _or_empty, required=True),
     Field("style_weights", "", _text("Style weights (comma separated, blank: equal)", "weights")),
     Field("negative_prompt", "", _text("Negative prompt", "negative"), _or_empty, _or_empty),
-    Field("blocks", "style", lambda value: gr.Dropdown([*PRESET_NAMES, CUSTOM], value=value, label="Blocks (a preset, "
-                                                       "or type a spec or @FILE:NAME)", allow_custom_value=True,
-                                                       elem_id="blocks")),
+    Field("blocks", MODEL_BLOCKS, lambda value: gr.Dropdown([MODEL_BLOCKS, *PRESET_NAMES, CUSTOM], value=value,
+                                                            label="Blocks (a preset, or type a spec or @FILE:NAME)",
+                                                            allow_custom_value=True, elem_id="blocks")),
     Field("block_table", None, lambda value: gr.Dataframe(value, headers=["block", "scale"],
                                                           datatype=["str", "number"], static_columns=[0],
                                                           label="Per-block scales", elem_id="block-table")),
@@ -279,6 +282,8 @@ FORM: tuple[Field, ...] = (
     Field("randomize_seed", True, lambda value: gr.Checkbox(value=value, label="Randomize seed", elem_id="randomize")),
     Field("steps", 30, _slider(1, 100, 1, "Steps", "steps"), lambda v: _whole("steps", v), int),
     Field("guidance", 5.0, _slider(0, 20, 0.5, "Guidance"), float, float),
+    Field("true_cfg", 1.0, _slider(1, 10, 0.5, "True CFG (FLUX.1-dev: above 1 uses the negative prompt)", "true-cfg"),
+          float, float),
     Field("width", 0, _number("Width (0 = model's)", "width"), _optional_whole("width"), lambda v: v or 0),
     Field("height", 0, _number("Height (0 = model's)", "height"), _optional_whole("height"), lambda v: v or 0),
     Field("num_images", 1, _slider(1, 8, 1, "Images"), lambda v: _whole("number of images", v), int),
@@ -315,11 +320,13 @@ LAYOUT: tuple[tuple[str | None, tuple[str | tuple[str, ...], ...]], ...] = (
     ("Image modes: img2img, inpainting, ControlNet",
      ("init_image", "strength", "mask", "mask_paint", ("control", "control_scale"), "control_image", "controlnet")),
     ("Advanced: scheduler and LoRA", ("scheduler", "lora")),
-    (None, (("seed", "randomize_seed"), ("steps", "guidance"), ("width", "height", "num_images"), "hidiffusion")),
+    (None, (("seed", "randomize_seed"), ("steps", "guidance", "true_cfg"), ("width", "height", "num_images"),
+            "hidiffusion")),
 )
 #: The sweep tab's own fields, taken after the form's by the sweep handler.
 SWEEP_FORM: tuple[Field, ...] = (
-    Field("sweep_blocks", "style, style+layout, all", _text("Blocks to compare (rows)", "sweep-blocks")),
+    Field("sweep_blocks", "", _text("Blocks to compare (rows; blank: the model's presets among style, "
+                                    "style+layout, all)", "sweep-blocks")),
     Field("sweep_scales", "0.4, 0.7, 1.0", _text("Scales to compare (columns)", "sweep-scales")),
     Field("sweep_content_scales", "", _text("Content scales to compare (optional, rows)")),
 )
@@ -335,9 +342,11 @@ def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
     if len(weights) != len(files):
         raise UserError(f"{len(weights)} style weights for {len(files)} style files")
     style = tuple(StyleRef(workdir.keep_upload(f, "style image"), w) for f, w in zip(files, weights, strict=True))
-    blocks = values.get("blocks", "style")
+    blocks = values.get("blocks", MODEL_BLOCKS)
     if blocks == CUSTOM:
         blocks = spec_from_rows(values.get("block_table"))
+    elif blocks == MODEL_BLOCKS:
+        blocks = None
 
     def kept(name: str, what: str) -> str | None:
         item = values.get(name)
@@ -389,14 +398,15 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
         return path
 
     kept = [ref for ref in request.style if own(ref.path)]
-    preset = request.blocks if request.blocks in pipe.family.presets else CUSTOM
+    preset = (MODEL_BLOCKS if request.blocks is None
+              else request.blocks if request.blocks in pipe.family.presets else CUSTOM)
     ready = request.control is not None and request.control not in CONTROL_KINDS
     values = {f.name: f.from_request(getattr(request, f.name)) for f in FORM if f.from_request is not None}
     values.update(
         style=[ref.path for ref in kept] or None,
         style_weights=", ".join(f"{ref.weight:g}" for ref in kept) if any(r.weight != 1 for r in kept) else "",
         blocks=preset,
-        block_table=rows_from_spec(pipe, request.blocks) if preset == CUSTOM else block_rows(pipe, preset),
+        block_table=rows_from_spec(pipe, request.blocks or "") if preset == CUSTOM else block_rows(pipe, preset),
         content_image=own(request.content_image),
         seed=request.seed or 0,
         randomize_seed=request.seed is None,
@@ -472,10 +482,11 @@ class App:
     def sweep(self, values: dict[str, Any], progress: Any) -> tuple[str, list[tuple[str, str]], list[str]]:
         """Render a labelled sheet over blocks x scale (x content scale) with the form's other settings."""
         contents = (values["sweep_content_scales"] or "").strip()
-        axes = Axes(parse_blocks_list(values["sweep_blocks"] or ""),
+        pipe = self.holder.get()
+        rows = (values["sweep_blocks"] or "").strip() or default_rows(list(pipe.family.presets))
+        axes = Axes(parse_blocks_list(rows),
                     parse_number_list("scale", values["sweep_scales"] or ""),
                     parse_number_list("content scale", contents) if contents else ())
-        pipe = self.holder.get()
         base = form_request(self.work, values).replace(num_images=1)
         if axes.content_scales and base.content_prompt is None and base.content_image is None:
             raise UserError("content scales need a content prompt or a content image")
@@ -535,8 +546,10 @@ class App:
         return values[1:]  # everything but the style input itself
 
     def load_blocks(self, spec: str) -> Any:
-        """The per-block table for the blocks field: a preset, a typed spec or ``@FILE:NAME``."""
-        return rows_from_spec(self.holder.get(), spec) if spec and spec != CUSTOM else gr.skip()
+        """The per-block table for the blocks field: the model's default, a preset, a typed spec or ``@FILE:NAME``."""
+        if not spec or spec == CUSTOM:
+            return gr.skip()
+        return rows_from_spec(self.holder.get(), None if spec == MODEL_BLOCKS else spec)
 
     def describe_pipeline(self) -> str:
         pipe = self.holder.get()

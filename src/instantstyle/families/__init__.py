@@ -1,4 +1,4 @@
-"""Model families: everything that differs between SDXL, SD1.5 (and later SD3, FLUX), in one place each.
+"""Model families: everything that differs between SDXL, SD1.5, SD3.5 and FLUX, in one place each.
 
 A ``Family`` is plain data plus a few functions: which pipeline attribute is the denoiser, how to
 recognise the family, its block presets and how attention-layer names group into blocks, its
@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 #: Image modes a request can be in (see ``Request.mode``).
 MODES = ("text", "img2img", "inpaint")
+
+
+def cfg_guidance(request: Request) -> dict[str, Any]:
+    """The guidance argument of a classifier-free-guided pipeline: ``guidance_scale``."""
+    return {"guidance_scale": request.guidance}
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,23 @@ class Family:
     adapter_reader: Callable[[Any, Mapping[str, torch.Tensor]], Any] | None = None
     #: Diffusers pipeline class names for (mode, with ControlNet) that ``AutoPipelineFor*`` does not find.
     mode_pipelines: Mapping[tuple[str, bool], str] = field(default_factory=dict)
+    #: The blocks spec of a request that names none (``Request.blocks`` is ``None``).
+    default_blocks: str = "style"
+    #: Hub ids of the image encoders this family's published adapters use, looked for beside the adapter's
+    #: repository folder and in the HF cache when the adapter ships none (``hub.find_image_encoder``).
+    image_encoders: tuple[str, ...] = ()
+    #: How the CFG negative image embedding is made (``embeddings.NEGATIVE_RULES``), as this family's diffusers
+    #: pipelines make it from an image.
+    negative_image: str = "ip-adapter"
+    #: The diffusers call's guidance arguments for a request (``guidance_scale``; FLUX adds ``true_cfg_scale``).
+    guidance_kwargs: Callable[[Request], dict[str, Any]] = cfg_guidance
+    #: A line for ``instantstyle blocks`` about the denoiser's blocks the adapter cannot reach, or ``None``.
+    blocks_note: Callable[[Any], str | None] | None = None
+    #: Output width and height must be multiples of this (default sizes are rounded to it).
+    size_multiple: int = 8
+    #: The half precision ``--dtype auto`` means on a GPU: bfloat16 for models whose T5 or activations overflow
+    #: float16 (SD3.5, FLUX).
+    gpu_dtype: str = "float16"
     #: Per-feature data for this family (e.g. ``features["hidiffusion"]``), for features outside the core.
     features: Mapping[str, Any] = field(default_factory=dict)
 

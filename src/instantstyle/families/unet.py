@@ -94,7 +94,11 @@ def native_size(pipe: Any) -> int:
 
 
 def check_request(request: Request, unet: Any) -> None:
-    """An inpainting UNet (9 input channels) needs an init image and a mask; other widths are not SD UNets."""
+    """An inpainting UNet (9 input channels) needs an init image and a mask; other widths are not SD UNets; true
+    CFG is for guidance-distilled models."""
+    if request.true_cfg != 1:
+        raise UserError("--true-cfg is for guidance-distilled models (FLUX.1-dev); this model runs classifier-free "
+                        "guidance at --guidance")
     if unet.config.in_channels == 9 and request.mode != "inpaint":
         raise UserError("this is an inpainting model: give --init-image and --mask")
     if unet.config.in_channels not in (4, 9):
