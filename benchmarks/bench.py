@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """What a style costs: plain SDXL (a) vs diffusers' own IP-Adapter recipe (b) vs instantstyle (c).
 
-    python benchmarks/bench.py                # CPU: FLOP tables, per-step overhead, paired timing (~13 min, 16 GiB)
-    python benchmarks/bench.py --gpu          # GPU: 1024 px, fp16, 30 steps, real-size encoders
+    python benchmarks/bench.py                # CPU: FLOPs, per-step overhead, paired timing, memory (~14 min, 16 GiB)
+    python benchmarks/bench.py --gpu          # GPU: 1024 px, fp16, 30 steps, real-size encoders (~4 min on an H100)
     python benchmarks/bench.py --smoke        # every code path on a tiny SDXL-shaped model (a minute or two)
     python benchmarks/bench.py --gpu --smoke  # the GPU mode's code path on the tiny model (the CPU if no GPU)
     python benchmarks/bench.py --parts flops  # only the exact cost (seconds per row, no memory)
 
-Three parts, one markdown report (stdout, and ``--out`` rewritten after each part):
+Four parts, one markdown report (stdout, and ``--out`` rewritten after each part):
 
 1. ``flops``  exact cost: FLOPs per CFG step for every preset and mode, resident adapter size, FLOPs per
    image (``flops.py``): machine-independent.
@@ -15,6 +15,10 @@ Three parts, one markdown report (stdout, and ``--out`` rewritten after each par
    weights and inputs, interleaved (``step.py``).
 3. ``paired`` paired timing: the contestants interleaved in persistent worker processes; per-round ratios,
    their spread, and the noise floor a'/a (``paired.py``).
+4. ``memory`` the peak memory of each phase of an image (text, style, denoise, decode): instantstyle's memory
+   options each alone in its process (GPU: defaults, ``--offload model``, ``--memory-budget``; CPU:
+   ``--memory-budget``), run first (before the timed parts, whose budget starts after it), then the paired
+   contestants' when they have run, against the budget.
 
 Offline: the models are random-weight SDXL components built from the public configs (``common.py``), saved
 once under ``--workdir`` at the run's dtype and loaded back through the real loaders.
@@ -40,17 +44,20 @@ import torch
 from common import FULL, PRESETS, TOPOLOGIES, RunSpec, build_tree, log
 
 #: Per mode: topology, image size and steps (paired), UNet size of the per-step part, the most rounds of each,
-#: the seconds the whole run may take (rounds stop early to fit, at least 3 each) and the per-step part's share.
-#: The CPU times the per-step part at 128 px: 4x the rounds of 256 px, and the per-layer overhead it looks for
-#: is a larger share of a smaller forward.
+#: the seconds the timed parts may take (rounds stop early to fit, at least 3 each) and the per-step part's share,
+#: the memory options measured alone and the budget of ``--memory-budget`` (the CPU runs in float32, where the
+#: UNet alone is 9.6 GiB: 16 GiB there). The CPU's 192 px keeps the whole run under 15 minutes on 2 busy cores.
+#: The CPU times the per-step part at 128 px: more rounds than at a larger size, and the per-layer overhead it
+#: looks for is a larger share of a smaller forward.
 MODES: dict[str, dict[str, Any]] = {
-    "cpu": dict(topology="small", size=256, steps=2, step_size=128, rounds=10, step_rounds=12, budget_s=840,
-                step_budget_s=120),
-    "gpu": dict(topology="full", size=1024, steps=30, step_size=1024, rounds=10, step_rounds=20, budget_s=330,
-                step_budget_s=40),
+    "cpu": dict(topology="small", size=192, steps=2, step_size=128, rounds=10, step_rounds=12, budget_s=560,
+                step_budget_s=80, alone="c-budget", memory_budget=16.0),
+    "gpu": dict(topology="full", size=1024, steps=30, step_size=1024, rounds=10, step_rounds=20, budget_s=120,
+                step_budget_s=25, alone="c-default,c-offload,c-budget", memory_budget=8.0),
     "smoke": dict(topology="smoke", size=64, steps=2, step_size=64, rounds=3, step_rounds=3, budget_s=300,
-                  step_budget_s=30),
+                  step_budget_s=30, alone="c-default,c-offload,c-budget", memory_budget=8.0),
 }
+PARTS = ("flops", "step", "paired", "memory")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,19 +65,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--gpu", action="store_true", help="GPU mode: cuda, fp16, 1024 px, 30 steps, full encoders")
     parser.add_argument("--smoke", action="store_true", help="tiny SDXL-shaped models: tests every code path")
-    parser.add_argument("--parts", default="flops,step,paired", help="comma-separated: flops, step, paired")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated: {', '.join(PARTS)}")
     parser.add_argument("--preset", choices=PRESETS, default="style", help="blocks preset timed (FLOPs: all)")
     parser.add_argument("--topology", choices=sorted(TOPOLOGIES), default=None,
                         help="full (SDXL + ViT-bigG), small (same widths, encoders with fewer layers: CPU default) "
                         "or smoke")
-    parser.add_argument("--size", type=int, default=None, help="image side in px (CPU 256, GPU 1024)")
+    parser.add_argument("--size", type=int, default=None, help="image side in px (CPU 192, GPU 1024)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per image (CPU 2, GPU 30)")
     parser.add_argument("--step-size", type=int, default=None, help="px of the per-step part (CPU 128, GPU 1024)")
     parser.add_argument("--rounds", type=int, default=None, help="paired rounds at most (CPU 10, GPU 10)")
     parser.add_argument("--step-rounds", type=int, default=None, help="per-step rounds at most (CPU 12, GPU 20)")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="seconds for the whole run (CPU 840, GPU 330); rounds stop early to fit, at least 3")
+                        help="seconds for the timed parts (CPU 560, GPU 120); rounds stop early to fit, at least 3")
     parser.add_argument("--step-budget-s", type=float, default=None, help="seconds of it for per-step rounds")
+    parser.add_argument("--memory-budget", type=float, default=None,
+                        help="GiB for the --memory-budget contestant (GPU 8, CPU 16)")
+    parser.add_argument("--alone", default=None, help="memory options measured alone, comma-separated (CPU "
+                        "c-budget; GPU c-default,c-offload,c-budget)")
     parser.add_argument("--threads", type=int, default=0, help="threads per process (default: one per CPU)")
     parser.add_argument("--cpus", default="", help="CPUs to pin every process to, e.g. 0-7 (default: all allowed)")
     parser.add_argument("--workdir", default=os.path.expanduser("~/.cache/instantstyle-bench"),
@@ -87,7 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--gpu asked for, but no CUDA GPU is available (add --smoke to try the code path on the CPU)")
     args.dtype = "float16" if args.gpu else "float32"
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = set(args.parts) - {"flops", "step", "paired"}
+    args.alone = [a.strip() for a in args.alone.split(",") if a.strip()]
+    if set(args.alone) - set(common.C_OPTIONS):
+        parser.error(f"unknown --alone contestants (choose from {', '.join(common.C_OPTIONS)})")
+    unknown = set(args.parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     return args
@@ -107,16 +121,17 @@ class Report:
 
     def __init__(self, path: str | None, header: str) -> None:
         self.path = Path(path) if path else None
-        self.sections = [header]
+        self.sections = {"header": header}
 
-    def add(self, text: str) -> None:
-        self.sections.append(text)
+    def add(self, text: str, key: str | None = None) -> None:
+        """Add a section (or replace the one of that ``key``, in its place) and rewrite the file."""
+        self.sections[key or f"section {len(self.sections)}"] = text
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(self.text())
 
     def text(self) -> str:
-        return "\n\n".join(self.sections) + "\n"
+        return "\n\n".join(self.sections.values()) + "\n"
 
 
 def flops_section(args: argparse.Namespace, topo: common.Topology) -> str:
@@ -148,6 +163,29 @@ def run_step(args: argparse.Namespace, spec: RunSpec, logdir: Path, budget_s: fl
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
+def memory_section(args: argparse.Namespace, where: str, results: dict[str, Any]) -> str:
+    kind = "GPU" if args.device == "cuda" else "CPU"
+    if kind == "GPU":
+        what = ("`torch.cuda.max_memory_allocated` of each phase (reset at each phase's start, so a phase's peak "
+                "includes what stays resident through it).")
+    else:
+        what = ("peak RSS of each phase (`VmHWM`, reset at each phase's start through `/proc/self/clear_refs`). On "
+                "the CPU every model already lives in RAM, so the budget moves nothing: its figures are the "
+                "order of the phases and the encoders it frees; the GPU figure is what the budget is for.")
+    options = ", ".join(common.LABELS[n] for n in args.alone)
+    return "\n".join([
+        f"### Memory per phase ({kind} figures; {where})",
+        "",
+        f"{args.size}x{args.size} px, {args.steps} steps, preset {args.preset}; {what} (a), (b) and (c) "
+        f"(`--low-memory`), once they have run, are the paired workers (first and timed images); {options} "
+        "each ran alone in its process: a first image (encodes the style) and a second (style known). "
+        "`--memory-budget` is "
+        f"{args.memory_budget:g} GiB. setup: before the first phase (request preparation, input checks).",
+        "",
+        paired.memory_table(results, args.device, args.memory_budget),
+    ])
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
@@ -173,15 +211,25 @@ def main(argv: list[str] | None = None) -> None:
         report.add(flops_section(args, topo))
         log(f"FLOPs done at {time.perf_counter() - start:.0f} s")
 
-    timed_parts = [p for p in ("step", "paired") if p in args.parts]
+    timed_parts = [p for p in ("step", "paired", "memory") if p in args.parts]
     if timed_parts:
         tree = build_tree(workdir, topo, getattr(torch, args.dtype), device=args.device)
         spec = RunSpec(str(tree.root), args.device, args.dtype, args.size, args.steps, preset=args.preset,
-                       topology=topo.name, threads=args.threads, cpus=parse_cpus(args.cpus))
+                       topology=topo.name, threads=args.threads, cpus=parse_cpus(args.cpus),
+                       memory_budget=args.memory_budget)
         kind = "GPU" if args.device == "cuda" else "CPU"
+        alone: dict[str, Any] = {}
+        if "memory" in timed_parts:  # first: on a GPU the memory options are this run's priority
+            log("memory options")
+            alone = paired.run_alone(spec, args.alone, logdir, parallel=args.gpu)
+            raw["memory"] = alone
+            report.add(memory_section(args, where, alone), key="memory")
+            if args.json:
+                Path(args.json).write_text(json.dumps(raw, indent=1))
+        timed_start = time.perf_counter()  # the timed parts' budget starts after building the models
         if "step" in timed_parts:
             log("per-step overhead")
-            left = args.budget_s - (time.perf_counter() - start)
+            left = args.budget_s - (time.perf_counter() - timed_start)
             result = run_step(args, spec, logdir, min(args.step_budget_s, max(left, 0.0)))
             raw["step"] = result
             report.add("\n".join([
@@ -196,9 +244,8 @@ def main(argv: list[str] | None = None) -> None:
             ]))
         if "paired" in timed_parts:
             log("paired timing")
-            budget = max(args.budget_s - (time.perf_counter() - start), 0.0)
-            results = paired.run(spec, ["a", "a2", "b", "c"], args.rounds, budget, logdir,
-                                 parallel_load=args.gpu, alone=["c-offload"] if args.gpu else [])
+            budget = max(args.budget_s - (time.perf_counter() - timed_start), 0.0)
+            results = paired.run(spec, ["a", "a2", "b", "c"], args.rounds, budget, logdir, parallel_load=args.gpu)
             raw["paired"] = results
             n = len(results["a"]["wall"])
             report.add("\n".join([
@@ -211,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
                 "",
                 paired.tables(results, args.device),
             ]))
+            if "memory" in timed_parts:  # the paired contestants' phases join the memory table
+                measured = {k: v for k, v in results.items() if k in ("a", "b", "c")}
+                report.add(memory_section(args, where, {**measured, **alone}), key="memory")
     if args.json:
         Path(args.json).write_text(json.dumps(raw, indent=1))
     log(f"done in {time.perf_counter() - start:.0f} s")

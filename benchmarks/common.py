@@ -8,6 +8,11 @@ The contestants, run on the same prompts, seed, size and steps:
     block dict, the style image passed on every call (its image encoder stays resident);
 (c) ``instantstyle.StylePipeline`` with the same blocks and ``low_memory`` (encoder off the device between
     encodes), its embedding cache and its pruned adapter.
+
+and, for the memory table only, (c) with its defaults (``c-default``), with ``--offload model`` (``c-offload``)
+and with ``--memory-budget`` (``c-budget``). Every contestant reports the peak memory of each phase of an image
+(``PHASES``): instantstyle tells them itself (``StylePipeline.on_phase``), diffusers' are seen from the first
+forward of the model each phase runs.
 """
 
 from __future__ import annotations
@@ -119,7 +124,11 @@ PRESETS = tuple(DIFFUSERS_SCALES)
 PROMPTS = ["a lighthouse on a cliff", "a cat reading a book", "a city street at night", "a bowl of fruit",
            "a mountain lake at dawn", "a robot playing violin", "an old sailing ship", "a cup of coffee"]
 LABELS = {"a": "(a) plain SDXL", "a2": "(a') plain SDXL, 2nd copy", "b": "(b) diffusers IP-Adapter",
-          "c": "(c) instantstyle", "c-offload": "(c) instantstyle, --offload model"}
+          "c": "(c) instantstyle", "c-default": "(c) instantstyle, defaults",
+          "c-offload": "(c) instantstyle, --offload model", "c-budget": "(c) instantstyle, --memory-budget"}
+#: The phases of an image whose peaks are reported; ``setup`` is what comes before the first (instantstyle's
+#: request preparation, diffusers' input checks).
+PHASES = ("setup", "text", "style", "denoise", "decode")
 ADAPTER_NAME = "ip-adapter_sdxl.safetensors"
 
 
@@ -236,6 +245,7 @@ class RunSpec:
     topology: str = "full"
     threads: int = 0  # 0: every CPU this process may use
     cpus: tuple[int, ...] = ()  # () : the CPUs this process may use now
+    memory_budget: float = 8.0  # GiB, for the ``c-budget`` contestant
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -276,8 +286,16 @@ def count_encoder_runs() -> list[int]:
     return runs
 
 
-def load_contestant(name: str, spec: RunSpec) -> Contestant:
-    """Load one contestant the way its users would, through its real loader."""
+#: How each instantstyle contestant is loaded (``Runtime`` fields); ``c-budget`` adds the spec's budget.
+C_OPTIONS: dict[str, dict[str, Any]] = {
+    "c": {"low_memory": True}, "c-default": {}, "c-offload": {"low_memory": True, "offload": "model"},
+    "c-budget": {},
+}
+
+
+def load_contestant(name: str, spec: RunSpec, on_phase: Callable[[str], None] | None = None) -> Contestant:
+    """Load one contestant the way its users would, through its real loader; ``on_phase`` is told where each
+    phase of an image begins (``PHASES``)."""
     from PIL import Image
 
     tree = Tree(Path(spec.tree))
@@ -286,10 +304,12 @@ def load_contestant(name: str, spec: RunSpec) -> Contestant:
     if name.startswith("c"):
         from instantstyle import StylePipeline
 
+        options = {**C_OPTIONS[name], **({"memory_budget": spec.memory_budget} if name == "c-budget" else {})}
         style_pipe = StylePipeline.from_pretrained(
             str(tree.model), str(tree.adapter_file), device=spec.device, dtype=spec.dtype, blocks=spec.preset,
-            low_memory=True, offload="model" if name == "c-offload" else None,
+            **options,
         )
+        style_pipe.on_phase = on_phase
 
         def generate_c(prompt: str) -> Any:
             return style_pipe(prompt=prompt, style=str(tree.style), blocks=spec.preset, **common).images[0]
@@ -305,6 +325,8 @@ def load_contestant(name: str, spec: RunSpec) -> Contestant:
         pipe.set_ip_adapter_scale(DIFFUSERS_SCALES[spec.preset])
     pipe.to(spec.device)
     pipe.set_progress_bar_config(disable=True)
+    if on_phase is not None:
+        watch_phases(pipe, on_phase)
     style_image = Image.open(tree.style).convert("RGB")
 
     def generate(prompt: str) -> Any:
@@ -317,6 +339,17 @@ def load_contestant(name: str, spec: RunSpec) -> Contestant:
         return pipe(**kwargs).images[0]
 
     return Contestant(name, generate, pipe)
+
+
+def watch_phases(pipe: Any, on_phase: Callable[[str], None]) -> None:
+    """Tell ``on_phase`` the phase of a diffusers pipeline's call from the first forward of the model that runs it
+    (text encoders, image encoder, UNet, VAE decoder); a phase told again is ignored by ``PhasePeaks``."""
+    models = {"text": [pipe.text_encoder, pipe.text_encoder_2], "style": [getattr(pipe, "image_encoder", None)],
+              "denoise": [pipe.unet], "decode": [pipe.vae.decoder]}
+    for phase, modules in models.items():
+        for module in modules:
+            if module is not None:
+                module.register_forward_pre_hook(lambda *_, phase=phase: on_phase(phase))
 
 
 # --- measuring -----------------------------------------------------------------------------------------
@@ -371,6 +404,33 @@ class PeakMemory:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+class PhasePeaks:
+    """The peak memory of each phase of one image: ``start()``, then called with each phase's name as it begins
+    (phases only go forward: a name told again, or an earlier one, is ignored), then ``finish()``."""
+
+    def __init__(self, peak: PeakMemory) -> None:
+        self.peak = peak
+        self.current = "setup"
+        self.peaks: dict[str, int] = {}
+
+    def start(self) -> None:
+        self.current, self.peaks = "setup", {}
+        self.peak.reset()
+
+    def __call__(self, phase: str) -> None:
+        if phase not in PHASES or PHASES.index(phase) <= PHASES.index(self.current):
+            return
+        sync(self.peak.device)
+        self.peaks[self.current] = max(self.peaks.get(self.current, 0), self.peak.read())
+        self.current = phase
+        self.peak.reset()
+
+    def finish(self) -> dict[str, int]:
+        sync(self.peak.device)
+        self.peaks[self.current] = max(self.peaks.get(self.current, 0), self.peak.read())
+        return dict(self.peaks)
 
 
 def sync(device: torch.device | str) -> None:

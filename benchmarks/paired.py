@@ -42,9 +42,10 @@ def worker(name: str, spec: RunSpec) -> None:
     device = torch.device(spec.device)
     encoder_runs = common.count_encoder_runs()
     peak = common.PeakMemory(device)
+    phases = common.PhasePeaks(peak)
     peak.reset()
     start = time.perf_counter()
-    contestant = common.load_contestant(name, spec)
+    contestant = common.load_contestant(name, spec, phases)
     common.sync(device)
     reply("READY", {"load_s": time.perf_counter() - start, "load_peak": peak.read(), "threads": threads,
                     "cpus": list(cpus)})
@@ -53,10 +54,12 @@ def worker(name: str, spec: RunSpec) -> None:
         if not command or command[0] == "quit":
             break
         prompt = PROMPTS[int(command[1]) % len(PROMPTS)]
-        peak.reset()
+        phases.start()
         runs = len(encoder_runs)
         wall, cpu = common.timed(lambda prompt=prompt: contestant.generate(prompt), device)
-        reply("DONE", {"wall": wall, "cpu": cpu, "peak": peak.read(), "encoder_runs": len(encoder_runs) - runs})
+        by_phase = phases.finish()
+        reply("DONE", {"wall": wall, "cpu": cpu, "peak": max(by_phase.values()), "phases": by_phase,
+                       "encoder_runs": len(encoder_runs) - runs})
         # Each worker keeps its allocator cache warm (steady state), unless the GPU runs short for the others.
         if device.type == "cuda" and torch.cuda.mem_get_info(device)[0] < 8 * GiB:
             torch.cuda.empty_cache()
@@ -106,10 +109,9 @@ class Worker:
 
 
 def run(spec: RunSpec, names: Sequence[str], rounds: int, budget_s: float, logdir: Path,
-        parallel_load: bool = False, alone: Sequence[str] = ()) -> dict[str, Any]:
+        parallel_load: bool = False) -> dict[str, Any]:
     """Load ``names`` (one after the other, or all at once), warm each up with one image, then time rotated
-    rounds until ``rounds`` or ``budget_s`` (at least 3 rounds). ``alone``: contestants measured after the
-    others have exited, by one warm-up and one timed image (memory options)."""
+    rounds until ``rounds`` or ``budget_s`` (at least 3 rounds)."""
     started = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
     workers: dict[str, Worker] = {}
@@ -126,7 +128,8 @@ def run(spec: RunSpec, names: Sequence[str], rounds: int, budget_s: float, logdi
         for name in names:  # warm-up: the first image (encodes the style for b and c)
             first = workers[name].ask("run 0")
             results[name].update(first_wall=first["wall"], first_cpu=first["cpu"], first_peak=first["peak"],
-                                 first_encoder_runs=first["encoder_runs"], wall=[], cpu=[], peak=[], encoder_runs=0)
+                                 first_phases=first["phases"], first_encoder_runs=first["encoder_runs"], wall=[],
+                                 cpu=[], peak=[], phases=[], encoder_runs=0)
             log(f"{name} first image {first['wall']:.2f} s")
         for r in range(rounds):
             round_start = time.perf_counter()
@@ -136,6 +139,7 @@ def run(spec: RunSpec, names: Sequence[str], rounds: int, budget_s: float, logdi
                 res["wall"].append(done["wall"])
                 res["cpu"].append(done["cpu"])
                 res["peak"].append(done["peak"])
+                res["phases"].append(done["phases"])
                 res["encoder_runs"] += done["encoder_runs"]
             round_s = time.perf_counter() - round_start
             log(f"round {r + 1}: " + ", ".join(f"{n} {results[n]['wall'][-1]:.2f} s" for n in names))
@@ -145,19 +149,47 @@ def run(spec: RunSpec, names: Sequence[str], rounds: int, budget_s: float, logdi
     finally:
         for w in workers.values():
             w.close()
-    for name in alone:
-        w = Worker(name, spec, logdir)
+    return results
+
+
+def run_alone(spec: RunSpec, names: Sequence[str], logdir: Path, parallel: bool = False) -> dict[str, Any]:
+    """Memory options: each contestant alone in its process (``parallel``: the processes at once, on a GPU, where
+    each one's ``max_memory_allocated`` is its own), a first image (encodes the style) and a second one (style
+    known); a contestant that fails is reported with its error, the others still run."""
+    results: dict[str, Any] = {}
+    workers: dict[str, Worker] = {}
+
+    def measure(name: str) -> None:
+        w = workers[name]
         try:
             results[name] = w.receive("READY")
             first = w.ask("run 0")
             done = w.ask("run 1")
             results[name].update(first_wall=first["wall"], first_cpu=first["cpu"], first_peak=first["peak"],
-                                 first_encoder_runs=first["encoder_runs"], wall=[done["wall"]], cpu=[done["cpu"]],
-                                 peak=[done["peak"]], encoder_runs=done["encoder_runs"])
-            log(f"{name}: {done['wall']:.2f} s, peak {done['peak'] / GiB:.2f} GiB")
-        finally:
+                                 first_phases=first["phases"], first_encoder_runs=first["encoder_runs"],
+                                 wall=[done["wall"]], cpu=[done["cpu"]], peak=[done["peak"]],
+                                 phases=[done["phases"]], encoder_runs=done["encoder_runs"])
+            log(f"{name}: {done['wall']:.2f} s, peak {max(done['peak'], first['peak']) / GiB:.2f} GiB")
+        except (RuntimeError, OSError) as err:
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            results[name] = {"error": lines[-1][-300:] if lines else type(err).__name__, "log": str(err)[-2000:]}
+            log(f"{name} failed: {results[name]['error']}")
+
+    try:
+        if parallel:
+            for name in names:
+                workers[name] = Worker(name, spec, logdir)
+            for name in names:
+                measure(name)
+        else:
+            for name in names:
+                workers[name] = Worker(name, spec, logdir)
+                measure(name)
+                workers[name].close()
+    finally:
+        for w in workers.values():
             w.close()
-    return results
+    return {name: results[name] for name in names if name in results}
 
 
 # --- the report ------------------------------------------------------------------------------------------
@@ -166,6 +198,8 @@ def tables(results: dict[str, Any], device: str) -> str:
     memory = "max_memory_allocated" if device.startswith("cuda") else "peak RSS (shared weights counted in each)"
     rows = []
     for name, res in results.items():
+        if "error" in res:
+            continue
         wall, cpu = Spread.of(res["wall"]), Spread.of(res["cpu"])
         rows.append([
             LABELS[name], f"{res['load_s']:.1f} s", f"{res['first_wall']:.2f} s",
@@ -227,3 +261,27 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def memory_table(results: dict[str, Any], device: str, budget_gib: float) -> str:
+    """Per contestant the peak of each phase (the larger of a first image, which encodes the style, and the
+    following ones) and of the whole image, and for the budget whether it held."""
+    cuda = device.startswith("cuda")
+    rows = []
+    for name, res in results.items():
+        if "error" in res:
+            rows.append([LABELS[name], *(["-"] * (len(common.PHASES) + 2)), f"failed: {res['error']}"])
+            continue
+        runs = [res["first_phases"], *res["phases"]]
+        by_phase = [max((run.get(p, 0) for run in runs), default=0) for p in common.PHASES]
+        whole = max(by_phase)
+        note = ""
+        if name == "c-budget":
+            held = whole <= budget_gib * GiB
+            note = (f"{'under' if held else 'OVER'} the {budget_gib:g} GiB budget" if cuda
+                    else "the budget bounds device memory; on the CPU every model is in RAM anyway")
+        rows.append([LABELS[name], f"{res['load_peak'] / GiB:.2f}",
+                     *(f"{b / GiB:.2f}" if b else "-" for b in by_phase), f"**{whole / GiB:.2f}**", note])
+    what = "max_memory_allocated, GiB" if cuda else "peak RSS, GiB (memory-mapped weights counted when touched)"
+    head = [f"contestant ({what})", "after loading", *(f"{p}" for p in common.PHASES), "whole image", "note"]
+    return md_table(head, rows)

@@ -92,3 +92,30 @@ def test_meta_instantstyle_unet_has_the_processors_and_weights_of_a_real_style_p
 
     assert kinds(meta.unet) == kinds(real.pipe.unet)
     assert flops.adapter_residency(tiny_topology, [preset])[f"c:{preset}"] == adapter_parameter_count(real.pipe.unet)
+
+
+def test_phase_peaks_keep_one_peak_per_phase_in_the_order_phases_run() -> None:
+    import torch
+
+    peaks = common.PhasePeaks(common.PeakMemory(torch.device("cpu")))
+    peaks.start()
+    for phase in ["text", "text", "style", "text", "denoise", "decode", "end"]:
+        peaks(phase)
+    result = peaks.finish()
+    assert list(result) == ["setup", "text", "style", "denoise", "decode"]
+    assert all(value > 0 for value in result.values())
+
+
+def test_diffusers_phases_are_seen_from_the_models_that_run_them(tiny) -> None:
+    """Plain diffusers tells no phases: the benchmark sees them from the first forward of each phase's model, in
+    the order instantstyle tells its own."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny.sdxl))
+    pipe.set_progress_bar_config(disable=True)
+    told: list[str] = []
+    common.watch_phases(pipe, told.append)
+    pipe("a cat", num_inference_steps=2, width=64, height=64, generator=torch.Generator().manual_seed(0))
+    seen = [phase for k, phase in enumerate(told) if phase not in told[:k]]
+    assert seen == ["text", "denoise", "decode"]

@@ -81,6 +81,12 @@ RUNTIME_OPTIONS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
     ("low_memory", ("--low-memory/--no-low-memory",), {"default": None, "help": "Keep the image encoder off the "
                                                        "device between encodes [default: when memory is tight or "
                                                        "with --offload]."}),
+    ("memory_budget", ("--memory-budget",), {"default": None, "type": FLOAT, "metavar": "GIB", "help": "Stay under "
+                                             "this much device memory: encoders on the device only while they "
+                                             "encode, only the targeted adapter layers, the VAE decoding in tiles "
+                                             "where a whole image would not fit (e.g. 8 for an 8 GB GPU)."}),
+    ("vae_tiling", ("--vae-tiling",), {"is_flag": True, "help": "Decode in tiles and one image at a time at any "
+                                       "size [default: in tiles above 1024 px]; tiles change the image slightly."}),
     ("compile", ("--compile", "compile_unet"), {"is_flag": True, "help": "torch.compile the UNet (first image slow, "
                                                 "later ones faster)."}),
     ("compile_backend", ("--compile-backend",), {"default": "inductor", "type": click.Choice(COMPILE_BACKENDS),
@@ -119,6 +125,8 @@ def runtime_from(params: dict[str, Any], **fixed: Any) -> Runtime:
         keep_all_weights=bool(params.get("keep_all_weights")),
         single_file_config=params.get("single_file_config"),
         max_pixels=params.get("max_pixels", MAX_PIXELS),
+        vae_tiling=bool(params.get("vae_tiling")),
+        memory_budget=params.get("memory_budget"),
     ).replace(**fixed)
 
 

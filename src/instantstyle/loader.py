@@ -58,7 +58,7 @@ class Loaded:
 def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | None = None,
          blocks: str | None = None) -> Loaded:
     """Load base model, adapter and image encoder; keep adapter weights only for ``blocks`` (``None``: the family's
-    default; all of them with ``runtime.keep_all_weights``), then place everything (device, device map or offload;
+    default; all of them when ``runtime.keeps_all_weights``), then place everything (device, device map or offload;
     compile)."""
     check_diffusers()  # before minutes of loading: the adapter edits need the diffusers they were verified with
     single_file = Path(model).expanduser().is_file()
@@ -73,15 +73,19 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
     family = family_of(pipe, f"model {model}")
     denoiser = family.denoiser_of(pipe)
     check_adapter_fits(weights, family, denoiser)
-    keep = None if runtime.keep_all_weights else [set(resolve_blocks(blocks, family.layers(denoiser), family))]
+    keep = None if runtime.keeps_all_weights else [set(resolve_blocks(blocks, family.layers(denoiser), family))]
     attach_adapters(pipe, family, [weights], keep)
+    if runtime.memory_budget is not None:
+        memory.check_budget(runtime.memory_budget, [denoiser, pipe.vae])
     if runtime.device_map is None:  # a device-mapped pipeline is already placed (and refuses .to())
-        memory.place_pipeline(pipe, device, runtime.offload)
+        # Under a budget the text encoders wait off the device, for families whose prompts are encoded before the call.
+        park_text = runtime.memory_budget is not None and family.encode_prompts is not None
+        memory.place_pipeline(pipe, device, runtime.offload, budget=park_text)
     if runtime.compile_backend:
         memory.compile_denoiser(denoiser, runtime.compile_backend)
     encoder = load_image_encoder(encoder_dir, dtype, weights=False)  # weights read on first use
-    low_memory = runtime.low_memory
-    if low_memory is None:
+    low_memory = runtime.low_memory or runtime.memory_budget is not None
+    if runtime.low_memory is None and not low_memory:
         low_memory = runtime.offload is not None or memory.memory_is_tight(device, encoder, dtype)
     if not low_memory:
         memory.ready_encoder(encoder, device, dtype)

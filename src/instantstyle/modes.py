@@ -21,7 +21,6 @@ from .images import MAX_PIXELS, load_image
 from .request import CONTROL_KINDS, Request
 
 DEFAULT_STRENGTH = {"img2img": 0.8, "inpaint": 1.0}
-VAE_TILING_ABOVE = 1024
 AUTO_PIPELINES = {"text": "AutoPipelineForText2Image", "img2img": "AutoPipelineForImage2Image",
                   "inpaint": "AutoPipelineForInpainting"}
 
@@ -44,15 +43,6 @@ def default_strength(request: Request) -> float | None:
     if request.mode == "text":
         return request.strength
     return request.strength if request.strength is not None else DEFAULT_STRENGTH[request.mode]
-
-
-def set_vae_tiling(vae: Any, request: Request) -> None:
-    """Decode in tiles above 1024 px (SDXL's native size), where a whole-image decode needs many GiB."""
-    assert request.width is not None and request.height is not None
-    if max(request.width, request.height) > VAE_TILING_ABOVE:
-        vae.enable_tiling()
-    else:
-        vae.disable_tiling()
 
 
 def mode_pipeline(base: Any, family: Family, request: Request, controlnet: Any | None) -> Any:

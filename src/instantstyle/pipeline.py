@@ -2,13 +2,16 @@
 
 One path to an image. ``prepare`` completes the request (model, adapter, size, seed) and sets everything
 in the loaded models that depends on it (the adapters in the denoiser with per-slot layer scales, the
-scheduler, the LoRAs, VAE tiling), then builds the call: the diffusers pipeline for the request's mode
-(sharing the loaded weights) and its keyword arguments (``ip_adapter_image_embeds``, mode inputs, region
-masks, the style schedule). ``__call__`` runs one prepared request; ``generate_many`` runs requests that
-may share one denoising call as one, from the first one's preparation, so a batched image equals
-``__call__``'s of the same request whatever ran before.
+scheduler, the LoRAs, how the VAE decodes), then builds the call: the diffusers pipeline for the request's mode
+(sharing the loaded weights) and its keyword arguments: the prompts encoded first by the pipeline's own
+``encode_prompt`` (``prompt_embeds``...), ``ip_adapter_image_embeds``, mode inputs, region masks, the style
+schedule. The work runs in phases, ``PHASES``: text encoding and style encoding in ``prepare``, denoising and
+decoding in the call; ``StylePipeline.on_phase`` is told where each begins (the benchmark's per-phase memory).
+``__call__`` runs one prepared request; ``generate_many`` runs requests that may share one denoising call as
+one, from the first one's preparation, so a batched image equals ``__call__``'s of the same request whatever
+ran before.
 
-Where later features hook in: per-request changes to the models (a memory budget) go in ``_set_models``;
+Where later features hook in: per-request changes to the models go in ``_set_models``;
 further call arguments in ``_call_kwargs``; changes that must hold only while the call runs (HiDiffusion's
 hooks on the UNet, ``Request.hidiffusion``) as context managers in ``Prepared.during``; steps that change the
 images after denoising in ``finish``. Scores are asked for from a finished ``Result`` (``score``): they never
@@ -19,8 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import control, guards, hidiffusion, loader, modes, processors, routing, styles
+from . import control, guards, hidiffusion, loader, memory, modes, processors, routing, styles
 from .adapter import AdapterWeights, attach_adapters, read_adapter
 from .blocks import expand_preset_ref
 from .cache import EmbeddingCache
@@ -44,6 +47,9 @@ from .runtime import DEFAULT_ADAPTER, DEFAULT_MODEL, Runtime
 from .schedulers import make_scheduler
 from .scores import Scorer, Scores
 from .styles import EmbeddingStore, LoadedAdapter
+
+#: The phases of making an image, in order (``StylePipeline.on_phase``); ``end`` follows the last.
+PHASES = ("text", "style", "denoise", "decode")
 
 #: Fields in which requests sharing one denoising call may differ (each image keeps its own noise).
 PER_IMAGE_FIELDS = ("prompt", "negative_prompt", "seed", "num_images")
@@ -112,13 +118,19 @@ class StylePipeline:
     content_text_encoder: str | None = None  # default for requests that name none
     embeddings: EmbeddingStore = field(init=False, repr=False)  # reference embeddings, each computed once
     extras: Extras = field(init=False, repr=False)  # what requests name besides the base model, loaded once
+    #: Told the name of each phase (``PHASES``, then ``end``) as it begins; ``None``: nobody listens.
+    on_phase: Callable[[str], None] | None = field(default=None, repr=False)
+    budget: memory.Budget | None = field(init=False, repr=False)  # with ``runtime.memory_budget``
     _base_scheduler: Any = field(default=None, repr=False)
     _attached: tuple[str, ...] = field(default=(), repr=False)  # the further adapters now in the denoiser
     _scorers: dict[tuple[str | None, str | None], Scorer] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        limit = self.runtime.memory_budget
+        self.budget = None if limit is None else memory.Budget(self.device, int(limit * memory.GiB))
+        make_room = None if self.budget is None else self._make_room
         self.embeddings = EmbeddingStore(self.device, self.dtype, self.low_memory, self.disk_cache,
-                                         self.runtime.max_pixels)
+                                         max_pixels=self.runtime.max_pixels, make_room=make_room)
         self.extras = Extras(self.device, self.dtype)
 
     @classmethod
@@ -161,7 +173,12 @@ class StylePipeline:
 
     @property
     def keep_all_weights(self) -> bool:
-        return self.runtime.keep_all_weights
+        return self.runtime.keeps_all_weights
+
+    @property
+    def text_encoders(self) -> list[Any]:
+        """The pipeline's text encoders (on the device only while they encode under a memory budget)."""
+        return [getattr(self.pipe, name) for name in memory.text_encoder_names(self.pipe)]
 
     # --- one path to an image ----------------------------------------------------------------------
     def __call__(self, request: Request | None = None, *, progress: bool = False, **fields: Any) -> Result:
@@ -186,7 +203,8 @@ class StylePipeline:
         kwargs = modes.fit_call(pipe, kwargs, request)
         guards.warn_if_prompts_truncated(pipe, request)
         never_nan = guards.refuse_nonfinite(self.pipe.vae, guards.nonfinite_cause(self.dtype, request))
-        during: list[AbstractContextManager[Any]] = [never_nan]
+        # The denoiser is back on the device (a memory budget) before HiDiffusion's hooks go on it.
+        during: list[AbstractContextManager[Any]] = [never_nan, self._denoising()]
         if request.hidiffusion:
             seeds = [_seed(r) for r in (request, *shared) for _ in range(r.num_images)] if shared else None
             during.append(hidiffusion.for_request(self.family, self.denoiser, pipe.scheduler, request, seeds))
@@ -212,10 +230,15 @@ class StylePipeline:
         prepared = self.prepare(done[0], done[1:])
         for r in done[1:]:
             guards.warn_if_prompts_truncated(prepared.pipe, r)
+        # Negatives go to the shared call as the first request's own call took them: as text (a family encoding in
+        # its call; FLUX only with true CFG, which an empty negative turns on), else encoded when it has one.
+        call = prepared.kwargs
+        negative = call["negative_prompt"] is not None if "negative_prompt" in call else bool(done[0].negative_prompt)
+        self._phase("text")
         batch = {
-            "prompt": [r.prompt for r in done for _ in range(r.num_images)],
-            "negative_prompt": [r.negative_prompt for r in done for _ in range(r.num_images)]
-            if prepared.kwargs.get("negative_prompt") is not None else None,
+            **self.text_kwargs([r.prompt for r in done for _ in range(r.num_images)],
+                               [r.negative_prompt for r in done for _ in range(r.num_images)] if negative else None,
+                               done[0].guidance),
             "num_images_per_prompt": 1,
             "latents": torch.cat([self.family.draw_latents(self.pipe, r, self.device, self.dtype) for r in done]),
         }
@@ -270,8 +293,24 @@ class StylePipeline:
         base = self._base_scheduler
         self.pipe.scheduler = make_scheduler(request.scheduler, base) if request.scheduler else base
         apply_loras(self.pipe, [(lora.path, lora.scale) for lora in request.lora])
-        modes.set_vae_tiling(self.pipe.vae, request)
+        memory.set_decode(self.pipe.vae, self.decode(request))
         return slots
+
+    def decode(self, request: Request) -> memory.Decode:
+        """How the VAE decodes the request: under a memory budget, whole images where they fit beside the
+        denoiser, else tiles that fit (``memory.decode_plan``); with ``vae_tiling``, tiles of half the native size;
+        else in the VAE's own tiles above ``memory.VAE_TILING_ABOVE`` px only."""
+        assert request.width is not None and request.height is not None
+        vae = self.pipe.vae
+        if self.budget is not None:
+            resident = (memory.module_bytes(self.denoiser) + memory.module_bytes(self.controlnet(request))
+                        + memory.module_bytes(vae, memory.vae_decode_dtype(vae, self.dtype)))
+            room = self.budget.limit - resident - memory.DECODE_RESERVE
+            return memory.decode_plan(vae, request.width, request.height, self.dtype, room)
+        if self.runtime.vae_tiling:
+            return memory.Decode(self.family.native_size(self.pipe) // 2, slicing=True)
+        large = max(request.width, request.height) > memory.VAE_TILING_ABOVE
+        return memory.Decode(memory.own_tile(vae) if large else None)
 
     def _set_adapters(self, request: Request) -> list[dict[str, float]]:
         """Resolve the blocks to per-slot layer scales (see ``routing.slot_scales``) and set them; reload the
@@ -297,9 +336,12 @@ class StylePipeline:
         """The diffusers call for a request: prompt, steps, guidance, seed, style embeds, mode inputs, masks,
         schedule."""
         assert request.seed is not None and request.width is not None and request.height is not None
+        self._phase("text")
+        text = self.text_kwargs([request.prompt], [request.negative_prompt] if request.negative_prompt else None,
+                                request.guidance)
+        self._phase("style")
         kwargs: dict[str, Any] = {
-            "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt or None,
+            **text,
             "num_inference_steps": request.steps,
             **self.family.guidance_kwargs(request),
             "num_images_per_prompt": request.num_images,
@@ -307,6 +349,9 @@ class StylePipeline:
             **self.image_embeds_kwargs(request),
             **modes.mode_kwargs(request, self.depth_model(request), self.runtime.max_pixels),
         }
+        if self.budget is not None:  # a content prompt's tower came for the style
+            named = [tower.model for tower in self.extras.text_towers.values()]
+            self.budget.park([*(self.text_encoders if self.family.encode_prompts is not None else ()), *named])
         masks = routing.region_masks(request, (request.width, request.height), self.runtime.max_pixels)
         if masks is not None:
             kwargs["cross_attention_kwargs"] = {"ip_adapter_masks": masks}
@@ -315,6 +360,51 @@ class StylePipeline:
         if callback is not None:
             kwargs["callback_on_step_end"] = callback
         return kwargs
+
+    def text_kwargs(self, prompts: list[str], negatives: list[str] | None, guidance: float) -> dict[str, Any]:
+        """The call's text arguments: the prompts encoded now by the pipeline's own ``encode_prompt``, as the call
+        would encode them (``Family.encode_prompts``; under a memory budget the text encoders are on the device only
+        meanwhile), or the prompts themselves for a family that encodes inside its call."""
+        if self.family.encode_prompts is None:
+            return {"prompt": prompts, "negative_prompt": negatives}
+        cfg = self.family.guides(self.pipe, guidance)
+        with torch.no_grad(), (self.budget.using(self.text_encoders, [self.denoiser]) if self.budget
+                               else memory.nothing()):
+            return self.family.encode_prompts(self.pipe, prompts, negatives, self.pipe._execution_device, cfg)
+
+    # --- phases and placement -----------------------------------------------------------------------
+    def _phase(self, name: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(name)
+
+    def _make_room(self, need: int) -> None:
+        """Room on the device for ``need`` more bytes (an encoder): the denoiser steps aside if it must."""
+        assert self.budget is not None
+        self.budget.make_room(need, [self.denoiser])
+
+    @contextmanager
+    def _denoising(self) -> Iterator[None]:
+        """Around the call: the denoiser back on the device under a budget; the phases told (decoding begins when
+        the VAE's decoder first runs)."""
+        if self.budget is not None:
+            self.budget.bring([self.denoiser, self.pipe.vae])
+        if self.on_phase is None:
+            yield
+            return
+        self.on_phase("denoise")
+        told: list[bool] = []
+
+        def decoding(*_: Any) -> None:
+            if not told:
+                told.append(True)
+                self._phase("decode")
+
+        handle = self.pipe.vae.decoder.register_forward_pre_hook(decoding)
+        try:
+            yield
+        finally:
+            handle.remove()
+            self._phase("end")
 
     # --- what the request names besides the base model --------------------------------------------
     def controlnet(self, request: Request) -> Any | None:
@@ -335,7 +425,7 @@ class StylePipeline:
         """The CLIP text tower (and tokenizer) in the image encoder's space, for content prompts and scores: the one
         named (``folder``, else the pipeline's default), else one of the model's own (SDXL's ``text_encoder_2`` for
         its ViT-bigG adapter), else the image encoder's own CLIP repository's (openai/clip-vit-large-patch14 holds
-        both towers: XLabs' FLUX adapters)."""
+        both towers: XLabs' FLUX adapters); under a memory budget it waits off the device, see ``_tower_on_device``."""
         want = self.adapter.image_embed_dim
         folder = folder or self.content_text_encoder
         if folder is not None:
@@ -365,8 +455,15 @@ class StylePipeline:
                     raise
                 tower = None
             model = csd if isinstance(csd, CsdModel) else None if csd is None else self.extras.csd(str(csd))
+            make_room = None
+            if self.budget is not None:  # the scoring models wait off the device, and come only to score
+                resident = self.text_encoders if self.family.encode_prompts is None else []  # run by the call
+                self.budget.park([tower.model if tower is not None and tower.model not in resident else None])
+                if model is not None and self.budget.moves:
+                    model.to("cpu")
+                make_room = self._make_room
             self._scorers[key] = Scorer(self.image_encoder, tower, model, self.device, self.dtype, self.low_memory,
-                                          self.runtime.max_pixels)
+                                        max_pixels=self.runtime.max_pixels, make_room=make_room)
         return self._scorers[key]
 
     def score(
@@ -399,15 +496,23 @@ class StylePipeline:
 
     def style_embeds(self, request: Request) -> tuple[torch.Tensor, torch.Tensor]:
         """(style, negative) of the main adapter: references blended, content subtracted (InstantStyle)."""
-        tower = lambda: self.content_text_tower(request.content_text_encoder)  # noqa: E731  (loaded only when needed)
+        tower = lambda: self._tower_on_device(request.content_text_encoder)  # noqa: E731  (loaded only when needed)
         return styles.style_embeds(self.embeddings, request, self.main_adapter, tower)
+
+    def _tower_on_device(self, folder: str | None) -> TextTower:
+        """The content text tower, brought to the device under a memory budget (parked again after the style)."""
+        tower = self.content_text_tower(folder)
+        if self.budget is not None:
+            self._make_room(memory.module_bytes(tower.model) if not memory.on_device(tower.model, self.device) else 0)
+            self.budget.bring([tower.model])
+        return tower
 
     def image_embeds_kwargs(self, request: Request) -> dict[str, Any]:
         """The diffusers call's image embeddings (``ip_adapter_image_embeds``, as the family takes them): per slot
         (main style, further adapters, then composition) the style and its CFG negative, n = 1 or one per region."""
         further = [self._further(use.path) for use in request.adapters]
         pairs = styles.slot_embeds(self.embeddings, request, self.main_adapter, further,
-                                   lambda: self.content_text_tower(request.content_text_encoder))
+                                   lambda: self._tower_on_device(request.content_text_encoder))
         cfg = self.family.guides(self.pipe, request.guidance)
         return self.family.embeds_kwargs(pairs, cfg, self.device, self.dtype)
 

@@ -37,7 +37,12 @@ class Runtime:
     torch.compiles the denoiser; ``cache_dir`` keeps style embeddings on disk across runs;
     ``keep_all_weights`` keeps the adapter weights of layers no block targets (re-target without reloading);
     ``single_file_config`` gives the configs of a single-file model; ``max_pixels`` caps every image read
-    (references, init, mask, control, regions, composition, content image), checked from its header."""
+    (references, init, mask, control, regions, composition, content image), checked from its header;
+    ``vae_tiling`` decodes in tiles (half the model's native size) and one image at a time at any size (default:
+    in tiles above the native size);
+    ``memory_budget`` (GiB of device memory) picks the placement that stays under it: the image encoder off the
+    device between encodes, the text encoders on it only while they encode, only the targeted adapter layers,
+    and a tiled decode only where a whole one would not fit (see ``memory.Budget``)."""
 
     device: str = "auto"
     dtype: str = "auto"
@@ -49,6 +54,8 @@ class Runtime:
     keep_all_weights: bool = False
     single_file_config: str | None = None
     max_pixels: int = MAX_PIXELS
+    vae_tiling: bool = False
+    memory_budget: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -68,6 +75,21 @@ class Runtime:
         if self.device_map is not None and self.offload is not None:
             raise UserError("--device-map and --offload both decide where the model lives; choose one")
         check_pixel_cap(self.max_pixels)
+        if self.memory_budget is not None:
+            budget = self.memory_budget
+            if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < float("inf"):
+                raise UserError(f"memory budget must be a positive number of GiB, not {budget!r}")
+            for what, value in (("--device-map", self.device_map), ("--offload", self.offload)):
+                if value is not None:
+                    raise UserError(f"--memory-budget and {what} both decide where the models live; choose one")
+            if self.low_memory is False:
+                raise UserError("--memory-budget keeps the image encoder off the device; drop --no-low-memory")
+
+    @property
+    def keeps_all_weights(self) -> bool:
+        """Adapter weights of untargeted layers stay loaded: asked for, and no memory budget (which keeps only the
+        targeted layers; other blocks then reload the adapter)."""
+        return self.keep_all_weights and self.memory_budget is None
 
     def replace(self, **changes: Any) -> Runtime:
         return dataclasses.replace(self, **changes)

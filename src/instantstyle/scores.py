@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,7 +221,9 @@ class Scorer:
     """Scores images with encoders given explicitly: the adapter's ``ImageEncoder``, the CLIP text tower
     of the same space (or ``None``), and CSD (or ``None``). With ``device``, the image encoder is readied
     there around each use (and released again with ``low_memory``), as generation does. Every image read from
-    a file (scored images, style references) is held to ``max_pixels`` (``images.image_size``)."""
+    a file (scored images, style references) is held to ``max_pixels`` (``images.image_size``). With
+    ``make_room`` (a memory budget's, see ``memory.Budget``) each model is asked room for first, and on a GPU the
+    text tower and CSD come to the device only while they encode."""
 
     image_encoder: ImageEncoder
     text_tower: TextTower | None = None
@@ -230,6 +232,7 @@ class Scorer:
     dtype: torch.dtype = torch.float32
     low_memory: bool = False
     max_pixels: int | None = MAX_PIXELS
+    make_room: Callable[[int], None] | None = None
     _cache: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -256,14 +259,32 @@ class Scorer:
         if self.device is None:
             yield self.image_encoder
         else:
-            with memory.encoder_in_use(self.image_encoder, self.device, self.dtype, self.low_memory) as enc:
+            with memory.encoder_in_use(self.image_encoder, self.device, self.dtype, self.low_memory,
+                                       self.make_room) as enc:
                 yield enc
+
+    @contextmanager
+    def _visiting(self, model: Any, weights: torch.nn.Module) -> Iterator[None]:
+        """Under a memory budget on a GPU, ``model`` (moved by its ``to``; ``weights`` are its parameters) on the
+        device for the block only, room made first; otherwise it stays where it is."""
+        if (self.make_room is None or self.device is None or self.device.type != "cuda"
+                or memory.on_device(weights, self.device)):
+            yield
+            return
+        self.make_room(memory.module_bytes(weights))
+        model.to(self.device)
+        try:
+            yield
+        finally:
+            model.to("cpu")
+            torch.cuda.empty_cache()
 
     def _text(self, text: str) -> torch.Tensor:
         assert self.text_tower is not None
         key = ("text", text)
         if key not in self._cache:
-            self._cache[key] = self.text_tower.embed(text).cpu()
+            with self._visiting(self.text_tower.model, self.text_tower.model):
+                self._cache[key] = self.text_tower.embed(text).cpu()
         return self._cache[key]
 
     def _reference(self, encoder: ImageEncoder, path: str, fit: str) -> torch.Tensor:
@@ -307,8 +328,9 @@ class Scorer:
         for ref in refs:
             key = ("csd", image_hash(ref.path))
             if key not in self._cache:
-                self._cache[key] = csd_model.style_embeds([load_image(ref.path, "style image", self.max_pixels)],
-                                                                  self.csd).cpu()
+                with self._visiting(self.csd, self.csd.backbone):
+                    image = load_image(ref.path, "style image", self.max_pixels)
+                    self._cache[key] = csd_model.style_embeds([image], self.csd).cpu()
             parts.append(self._cache[key])
         return blend(parts, [ref.weight for ref in refs])
 
@@ -336,7 +358,8 @@ class Scorer:
             clip = [encode_reference(picture, encoder, "global", fit).cpu() for picture in pictures]
         csd = None
         if self.csd is not None and style_csd is not None:
-            csd = csd_model.style_embeds(pictures, self.csd).cpu()
+            with self._visiting(self.csd, self.csd.backbone):
+                csd = csd_model.style_embeds(pictures, self.csd).cpu()
         return [
             Scores(
                 clip_text=None if text is None else cosine(emb, text),

@@ -57,6 +57,7 @@ class EmbeddingStore:
     low_memory: bool = False
     disk: EmbeddingCache | None = None
     max_pixels: int | None = MAX_PIXELS  # the cap on every reference image read (see ``images``)
+    make_room: Callable[[int], None] | None = None  # asked for an encoder's bytes first (a memory budget)
     memory: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def encode(self, path: str, use: LoadedAdapter, fit: str = "crop") -> torch.Tensor:
@@ -67,7 +68,8 @@ class EmbeddingStore:
             embeds = self.disk.get(key) if self.disk else None
             if embeds is None:
                 image = load_image(path, "style image", self.max_pixels)
-                with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory) as encoder:
+                with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory,
+                                           self.make_room) as encoder:
                     embeds = encode_reference(image, encoder, use.weights.kind, fit).cpu()
                 if self.disk:
                     self.disk.put(key, embeds)
@@ -81,7 +83,8 @@ class EmbeddingStore:
             return unconditional_embeds(like, None, use.weights.kind, "zeros")
         key = ("<unconditional>", encoder_fingerprint(use.encoder.identity), use.weights.kind, use.negative)
         if key not in self.memory:
-            with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory) as encoder:
+            with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory,
+                                       self.make_room) as encoder:
                 self.memory[key] = unconditional_embeds(like, encoder, use.weights.kind, use.negative).cpu()
         return self.memory[key].expand_as(like)
 

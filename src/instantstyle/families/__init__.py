@@ -82,6 +82,10 @@ class Family:
     #: The starting noise of one request exactly as its pipeline would draw it, for batching several requests
     #: into one call (``None``: this family's requests always run one by one).
     draw_latents: Callable[[Any, Request, torch.device, torch.dtype], torch.Tensor] | None = None
+    #: Text encoding ahead of the call, exactly as the pipeline would encode inside it: (pipeline, prompts,
+    #: negative prompts or ``None``, device, with CFG) -> the call's embedding arguments (``prompt_embeds``...), which
+    #: replace ``prompt``/``negative_prompt``. ``None``: the pipeline encodes its prompts itself (no text phase).
+    encode_prompts: Callable[[Any, list[str], list[str] | None, torch.device, bool], dict[str, Any]] | None = None
     #: Reads an adapter file of a format only this family uses (``path``, its tensors by name) into
     #: ``adapter.AdapterWeights``, or ``None`` when it is not one; h94 files need none.
     adapter_reader: Callable[[Any, Mapping[str, torch.Tensor]], Any] | None = None

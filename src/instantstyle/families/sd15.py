@@ -4,10 +4,13 @@ targeted."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..hidiffusion_settings import FEATURE, HiDiffusionSettings, Phases
 from . import Family, unet
+
+if TYPE_CHECKING:
+    import torch
 
 #: HiDiffusion (see ``hidiffusion``) on SD1.5: its first level. Up to a 2048 px side (latent 256) RAD with
 #: T1 = 0.4; above it RAD until 0.7 and the pooled phase (second level) until 0.3.
@@ -33,6 +36,15 @@ def matches_checkpoint(keys: Sequence[str]) -> bool:
         k.startswith("conditioner.embedders.1.") for k in keys)
 
 
+def encode_prompts(
+    pipe: Any, prompts: list[str], negatives: list[str] | None, device: torch.device, cfg: bool
+) -> dict[str, Any]:
+    """The text tower's embeddings (and the negative ones under CFG) by the pipeline's own ``encode_prompt`` with
+    the arguments its call uses (one image per prompt: the call repeats them per image)."""
+    embeds, negative = pipe.encode_prompt(prompts, device, 1, cfg, negative_prompt=negatives)
+    return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
+
+
 FAMILY = Family(
     name="sd15",
     matches=matches,
@@ -49,6 +61,7 @@ FAMILY = Family(
         "canny": "lllyasviel/control_v11p_sd15_canny",
         "depth": "lllyasviel/control_v11f1p_sd15_depth",
     },
+    encode_prompts=encode_prompts,
     features={FEATURE: HIDIFFUSION},
     **unet.DENOISER,
     **unet.FUNCTIONS,

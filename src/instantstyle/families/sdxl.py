@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..hidiffusion_settings import FEATURE, HiDiffusionSettings, Phases
 from . import Family, unet
+
+if TYPE_CHECKING:
+    import torch
 
 #: HiDiffusion (see ``hidiffusion``) on SDXL base: its second level (640 channels, the highest resolution with
 #: attention). Up to a 4096 px side (latent 512) the authors' aggressive variant with T1 = 0.4 (0.5 with a
@@ -34,6 +37,18 @@ def matches_checkpoint(keys: Sequence[str]) -> bool:
     return any(k.startswith("conditioner.embedders.1.") for k in keys)
 
 
+def encode_prompts(
+    pipe: Any, prompts: list[str], negatives: list[str] | None, device: torch.device, cfg: bool
+) -> dict[str, Any]:
+    """Both text towers' embeddings and the pooled ones, by the pipeline's own ``encode_prompt`` with the arguments
+    its call uses (one image per prompt: the call repeats them per image, as it does for its own)."""
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+        prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+        negative_prompt=negatives)
+    return {"prompt_embeds": embeds, "negative_prompt_embeds": negative, "pooled_prompt_embeds": pooled,
+            "negative_pooled_prompt_embeds": negative_pooled}
+
+
 FAMILY = Family(
     name="sdxl",
     matches=matches,
@@ -51,6 +66,7 @@ FAMILY = Family(
         "canny": "diffusers/controlnet-canny-sdxl-1.0",
         "depth": "diffusers/controlnet-depth-sdxl-1.0",
     },
+    encode_prompts=encode_prompts,
     features={FEATURE: HIDIFFUSION},
     **unet.DENOISER,
     **unet.FUNCTIONS,
