@@ -30,6 +30,17 @@ def test_the_web_ui_form_with_its_defaults_makes_a_flux_image_with_the_default_b
     assert restored[ui.FIELDS.index("blocks")] == "all" and not lost
 
 
+@pytest.mark.parametrize(("family", "true_cfg", "hidiffusion"),
+                         [("sdxl", False, True), ("sd15", False, True), ("sd3", False, False), ("flux", True, False)])
+def test_the_page_shows_only_the_fields_the_models_family_takes(family, true_cfg, hidiffusion, request, tmp_path):
+    from instantstyle import ui
+
+    app = ui.App(ui.PipelineHolder(request.getfixturevalue(family)), ui.Workdir(tmp_path / "ui"))
+    line, true_cfg_field, hidiffusion_field = app.describe_pipeline()
+    assert f"({family})" in line
+    assert true_cfg_field["visible"] is true_cfg and hidiffusion_field["visible"] is hidiffusion
+
+
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_batch_jobs_sharing_a_call_write_the_images_of_single_runs(family, dit, request, tmp_path):
     from instantstyle.batch import run_batch

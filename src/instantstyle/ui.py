@@ -34,6 +34,7 @@ from .blocks import expand_preset_ref, is_preset_ref, list_blocks, resolve_block
 from .embeddings import load_style
 from .errors import UserError
 from .families import all_families
+from .hidiffusion_settings import FEATURE as HIDIFFUSION
 from .images import MAX_PIXELS, image_size, load_image
 from .pipeline import Result, StylePipeline
 from .preflight import check_request, check_runtime
@@ -382,7 +383,7 @@ FORM: tuple[Field, ...] = (
     Field("randomize_seed", True, lambda value: gr.Checkbox(value=value, label="Randomize seed", elem_id="randomize")),
     Field("steps", 30, _Slider(1, 100, 1, "Steps", "steps"), lambda v: _whole("steps", v), int),
     Field("guidance", 5.0, _Slider(0, 20, 0.5, "Guidance"), float, float),
-    Field("true_cfg", 1.0, _Slider(1, 10, 0.5, "True CFG (FLUX.1-dev: above 1 uses the negative prompt)", "true-cfg"),
+    Field("true_cfg", 1.0, _Slider(1, 10, 0.5, "True CFG (above 1: real CFG with the negative prompt)", "true-cfg"),
           float, float),
     Field("width", 0, _Number("Width (0 = model's)", "width", (0, MAX_SIZE)), _optional_whole("width"),
           lambda v: v or 0),
@@ -691,9 +692,13 @@ class App:
             return gr.skip()
         return rows_from_spec(self.holder.get(), None if spec == MODEL_BLOCKS else self.work.blocks_spec(spec))
 
-    def describe_pipeline(self) -> str:
+    def describe_pipeline(self) -> tuple[str, Any, Any]:
+        """The line naming the loaded model, and the form's family-specific fields shown only where the model's
+        family takes them (true CFG: FLUX; HiDiffusion: the families with its settings)."""
         pipe = self.holder.get()
-        return f"Model `{pipe.model_id}` ({pipe.arch}) with adapter `{Path(pipe.adapter.path).name}` on {pipe.device}"
+        line = f"Model `{pipe.model_id}` ({pipe.arch}) with adapter `{Path(pipe.adapter.path).name}` on {pipe.device}"
+        return (line, gr.update(visible=pipe.family.takes_true_cfg),
+                gr.update(visible=HIDIFFUSION in pipe.family.features))
 
 
 def _build(fields: tuple[Field, ...], items: tuple[str | tuple[str, ...], ...], made: dict[str, Any]) -> None:
@@ -752,7 +757,7 @@ def build_app(
         field["init_image"].change(shows_errors(app.paint_over), field["init_image"], field["mask_paint"], **quiet)
         field["block_table"].input(lambda: CUSTOM, None, field["blocks"], **quiet)  # an edited table: custom
         demo.load(shows_errors(app.load_blocks), field["blocks"], field["block_table"], **quiet)
-        demo.load(app.describe_pipeline, None, loaded, **quiet)
+        demo.load(app.describe_pipeline, None, [loaded, field["true_cfg"], field["hidiffusion"]], **quiet)
     return demo
 
 

@@ -101,6 +101,8 @@ class Family:
     negative_image: str = "ip-adapter"
     #: The diffusers call's guidance arguments for a request (``guidance_scale``; FLUX adds ``true_cfg_scale``).
     guidance_kwargs: Callable[[Request], dict[str, Any]] = cfg_guidance
+    #: Whether ``Request.true_cfg`` means anything here (real CFG on a guidance-distilled model: FLUX.1-dev).
+    takes_true_cfg: bool = False
     #: A line for ``instantstyle blocks`` about the denoiser's blocks the adapter cannot reach, or ``None``.
     blocks_note: Callable[[Any], str | None] | None = None
     #: Output width and height must be multiples of this (default sizes are rounded to it).

@@ -188,6 +188,7 @@ FAMILY = Family(
     image_encoders=("openai/clip-vit-large-patch14",),
     negative_image="black",
     guidance_kwargs=guidance_kwargs,
+    takes_true_cfg=True,
     blocks_note=blocks_note,
     size_multiple=dit.SIZE_MULTIPLE,
     gpu_dtype="bfloat16",
