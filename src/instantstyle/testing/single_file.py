@@ -1,4 +1,4 @@
-"""Export a diffusers SD1.5 / SDXL pipeline folder as one original-format (LDM/SGM) checkpoint.
+"""Export a diffusers pipeline folder (SD1.5, SDXL) or its transformer (SD3, FLUX) in the original single-file layout.
 
 This is the inverse of diffusers' single-file conversion (``diffusers/loaders/single_file_utils.py``), so
 tests can exercise ``from_single_file`` offline with tiny models. Every tensor is renamed, never changed,
@@ -261,4 +261,151 @@ def export_single_file(pipeline_dir: Path, out_file: Path) -> Path:
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
     save_file(tensors, str(out_file), metadata={"format": "pt"})
+    return out_file
+
+
+# --------------------------------------------------------------------------------------------
+# Transformer-only files: FLUX in BFL's layout, SD3 in Stability's (MMDiT) layout
+
+# (diffusers key pattern, original key template, position in a fused tensor or None). A template names the
+# regex groups it keeps; tensors sharing a fused name are concatenated by position (q, k, v[, mlp]).
+_Rule = tuple[str, str, int | None]
+
+_FLUX_RULES: list[_Rule] = [
+    (r"time_text_embed\.timestep_embedder\.linear_1\.(\w+)", "time_in.in_layer.{0}", None),
+    (r"time_text_embed\.timestep_embedder\.linear_2\.(\w+)", "time_in.out_layer.{0}", None),
+    (r"time_text_embed\.text_embedder\.linear_1\.(\w+)", "vector_in.in_layer.{0}", None),
+    (r"time_text_embed\.text_embedder\.linear_2\.(\w+)", "vector_in.out_layer.{0}", None),
+    (r"time_text_embed\.guidance_embedder\.linear_1\.(\w+)", "guidance_in.in_layer.{0}", None),
+    (r"time_text_embed\.guidance_embedder\.linear_2\.(\w+)", "guidance_in.out_layer.{0}", None),
+    (r"context_embedder\.(\w+)", "txt_in.{0}", None),
+    (r"x_embedder\.(\w+)", "img_in.{0}", None),
+    (r"transformer_blocks\.(\d+)\.norm1\.linear\.(\w+)", "double_blocks.{0}.img_mod.lin.{1}", None),
+    (r"transformer_blocks\.(\d+)\.norm1_context\.linear\.(\w+)", "double_blocks.{0}.txt_mod.lin.{1}", None),
+    (r"transformer_blocks\.(\d+)\.attn\.to_q\.(\w+)", "double_blocks.{0}.img_attn.qkv.{1}", 0),
+    (r"transformer_blocks\.(\d+)\.attn\.to_k\.(\w+)", "double_blocks.{0}.img_attn.qkv.{1}", 1),
+    (r"transformer_blocks\.(\d+)\.attn\.to_v\.(\w+)", "double_blocks.{0}.img_attn.qkv.{1}", 2),
+    (r"transformer_blocks\.(\d+)\.attn\.add_q_proj\.(\w+)", "double_blocks.{0}.txt_attn.qkv.{1}", 0),
+    (r"transformer_blocks\.(\d+)\.attn\.add_k_proj\.(\w+)", "double_blocks.{0}.txt_attn.qkv.{1}", 1),
+    (r"transformer_blocks\.(\d+)\.attn\.add_v_proj\.(\w+)", "double_blocks.{0}.txt_attn.qkv.{1}", 2),
+    (r"transformer_blocks\.(\d+)\.attn\.norm_q\.weight", "double_blocks.{0}.img_attn.norm.query_norm.scale", None),
+    (r"transformer_blocks\.(\d+)\.attn\.norm_k\.weight", "double_blocks.{0}.img_attn.norm.key_norm.scale", None),
+    (r"transformer_blocks\.(\d+)\.attn\.norm_added_q\.weight", "double_blocks.{0}.txt_attn.norm.query_norm.scale",
+     None),
+    (r"transformer_blocks\.(\d+)\.attn\.norm_added_k\.weight", "double_blocks.{0}.txt_attn.norm.key_norm.scale",
+     None),
+    (r"transformer_blocks\.(\d+)\.ff\.net\.0\.proj\.(\w+)", "double_blocks.{0}.img_mlp.0.{1}", None),
+    (r"transformer_blocks\.(\d+)\.ff\.net\.2\.(\w+)", "double_blocks.{0}.img_mlp.2.{1}", None),
+    (r"transformer_blocks\.(\d+)\.ff_context\.net\.0\.proj\.(\w+)", "double_blocks.{0}.txt_mlp.0.{1}", None),
+    (r"transformer_blocks\.(\d+)\.ff_context\.net\.2\.(\w+)", "double_blocks.{0}.txt_mlp.2.{1}", None),
+    (r"transformer_blocks\.(\d+)\.attn\.to_out\.0\.(\w+)", "double_blocks.{0}.img_attn.proj.{1}", None),
+    (r"transformer_blocks\.(\d+)\.attn\.to_add_out\.(\w+)", "double_blocks.{0}.txt_attn.proj.{1}", None),
+    (r"single_transformer_blocks\.(\d+)\.norm\.linear\.(\w+)", "single_blocks.{0}.modulation.lin.{1}", None),
+    (r"single_transformer_blocks\.(\d+)\.attn\.to_q\.(\w+)", "single_blocks.{0}.linear1.{1}", 0),
+    (r"single_transformer_blocks\.(\d+)\.attn\.to_k\.(\w+)", "single_blocks.{0}.linear1.{1}", 1),
+    (r"single_transformer_blocks\.(\d+)\.attn\.to_v\.(\w+)", "single_blocks.{0}.linear1.{1}", 2),
+    (r"single_transformer_blocks\.(\d+)\.proj_mlp\.(\w+)", "single_blocks.{0}.linear1.{1}", 3),
+    (r"single_transformer_blocks\.(\d+)\.attn\.norm_q\.weight", "single_blocks.{0}.norm.query_norm.scale", None),
+    (r"single_transformer_blocks\.(\d+)\.attn\.norm_k\.weight", "single_blocks.{0}.norm.key_norm.scale", None),
+    (r"single_transformer_blocks\.(\d+)\.proj_out\.(\w+)", "single_blocks.{0}.linear2.{1}", None),
+    (r"proj_out\.(\w+)", "final_layer.linear.{0}", None),
+    (r"norm_out\.linear\.(\w+)", "final_layer.adaLN_modulation.1.{0}", None),
+]
+
+_SD3_RULES: list[_Rule] = [
+    (r"pos_embed\.pos_embed", "pos_embed", None),
+    (r"pos_embed\.proj\.(\w+)", "x_embedder.proj.{0}", None),
+    (r"time_text_embed\.timestep_embedder\.linear_1\.(\w+)", "t_embedder.mlp.0.{0}", None),
+    (r"time_text_embed\.timestep_embedder\.linear_2\.(\w+)", "t_embedder.mlp.2.{0}", None),
+    (r"time_text_embed\.text_embedder\.linear_1\.(\w+)", "y_embedder.mlp.0.{0}", None),
+    (r"time_text_embed\.text_embedder\.linear_2\.(\w+)", "y_embedder.mlp.2.{0}", None),
+    (r"context_embedder\.(\w+)", "context_embedder.{0}", None),
+    (r"transformer_blocks\.(\d+)\.attn(2?)\.to_q\.(\w+)", "joint_blocks.{0}.x_block.attn{1}.qkv.{2}", 0),
+    (r"transformer_blocks\.(\d+)\.attn(2?)\.to_k\.(\w+)", "joint_blocks.{0}.x_block.attn{1}.qkv.{2}", 1),
+    (r"transformer_blocks\.(\d+)\.attn(2?)\.to_v\.(\w+)", "joint_blocks.{0}.x_block.attn{1}.qkv.{2}", 2),
+    (r"transformer_blocks\.(\d+)\.attn\.add_q_proj\.(\w+)", "joint_blocks.{0}.context_block.attn.qkv.{1}", 0),
+    (r"transformer_blocks\.(\d+)\.attn\.add_k_proj\.(\w+)", "joint_blocks.{0}.context_block.attn.qkv.{1}", 1),
+    (r"transformer_blocks\.(\d+)\.attn\.add_v_proj\.(\w+)", "joint_blocks.{0}.context_block.attn.qkv.{1}", 2),
+    (r"transformer_blocks\.(\d+)\.attn(2?)\.norm_q\.weight", "joint_blocks.{0}.x_block.attn{1}.ln_q.weight", None),
+    (r"transformer_blocks\.(\d+)\.attn(2?)\.norm_k\.weight", "joint_blocks.{0}.x_block.attn{1}.ln_k.weight", None),
+    (r"transformer_blocks\.(\d+)\.attn\.norm_added_q\.weight", "joint_blocks.{0}.context_block.attn.ln_q.weight",
+     None),
+    (r"transformer_blocks\.(\d+)\.attn\.norm_added_k\.weight", "joint_blocks.{0}.context_block.attn.ln_k.weight",
+     None),
+    (r"transformer_blocks\.(\d+)\.attn(2?)\.to_out\.0\.(\w+)", "joint_blocks.{0}.x_block.attn{1}.proj.{2}", None),
+    (r"transformer_blocks\.(\d+)\.attn\.to_add_out\.(\w+)", "joint_blocks.{0}.context_block.attn.proj.{1}", None),
+    (r"transformer_blocks\.(\d+)\.norm1\.linear\.(\w+)", "joint_blocks.{0}.x_block.adaLN_modulation.1.{1}", None),
+    (r"transformer_blocks\.(\d+)\.norm1_context\.linear\.(\w+)",
+     "joint_blocks.{0}.context_block.adaLN_modulation.1.{1}", None),
+    (r"transformer_blocks\.(\d+)\.ff\.net\.0\.proj\.(\w+)", "joint_blocks.{0}.x_block.mlp.fc1.{1}", None),
+    (r"transformer_blocks\.(\d+)\.ff\.net\.2\.(\w+)", "joint_blocks.{0}.x_block.mlp.fc2.{1}", None),
+    (r"transformer_blocks\.(\d+)\.ff_context\.net\.0\.proj\.(\w+)", "joint_blocks.{0}.context_block.mlp.fc1.{1}",
+     None),
+    (r"transformer_blocks\.(\d+)\.ff_context\.net\.2\.(\w+)", "joint_blocks.{0}.context_block.mlp.fc2.{1}", None),
+    (r"proj_out\.(\w+)", "final_layer.linear.{0}", None),
+    (r"norm_out\.linear\.(\w+)", "final_layer.adaLN_modulation.1.{0}", None),
+]
+
+
+def _swap_halves(tensor: Tensor) -> Tensor:
+    """diffusers' AdaLayerNormContinuous splits (scale, shift); the original layouts store (shift, scale)."""
+    first, second = tensor.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def _apply_rules(state_dict: dict[str, Tensor], rules: list[_Rule], swapped: set[str]) -> dict[str, Tensor]:
+    """Rename by ``rules`` (first full match wins), fuse tensors sharing a name in rule order, and swap the halves of
+    the original keys in ``swapped`` (the adaptive norms diffusers reorders)."""
+    out: dict[str, Tensor] = {}
+    fused: dict[str, dict[int, Tensor]] = {}
+    for key, value in state_dict.items():
+        for pattern, template, part in rules:
+            if m := re.fullmatch(pattern, key):
+                name = template.format(*m.groups())
+                if part is None:
+                    out[name] = value
+                else:
+                    fused.setdefault(name, {})[part] = value
+                break
+        else:
+            raise KeyError(key)
+    for name, parts in fused.items():
+        out[name] = torch.cat([parts[i] for i in sorted(parts)], dim=0)
+    return {k: _swap_halves(v) if k in swapped else v for k, v in out.items()}
+
+
+def flux_transformer_to_bfl(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a diffusers ``FluxTransformer2DModel`` state dict to Black Forest Labs' layout (``flux1-dev``): fused
+    ``img_attn.qkv`` / ``txt_attn.qkv`` in ``double_blocks.N``, fused q/k/v/mlp ``linear1`` in ``single_blocks.N``;
+    the inverse of diffusers' ``convert_flux_transformer_checkpoint_to_diffusers``."""
+    return _apply_rules(state_dict, _FLUX_RULES, {"final_layer.adaLN_modulation.1.weight",
+                                                  "final_layer.adaLN_modulation.1.bias"})
+
+
+def sd3_transformer_to_sai(state_dict: dict[str, Tensor], num_layers: int) -> dict[str, Tensor]:
+    """Rename a diffusers ``SD3Transformer2DModel`` state dict to Stability's MMDiT layout (``joint_blocks.N``
+    ``x_block`` / ``context_block``, fused qkv) under ``model.diffusion_model.``; the inverse of diffusers'
+    ``convert_sd3_transformer_checkpoint_to_diffusers`` (which also reorders the last block's context norm)."""
+    last = f"joint_blocks.{num_layers - 1}.context_block.adaLN_modulation.1."
+    swapped = {f"{last}weight", f"{last}bias", "final_layer.adaLN_modulation.1.weight",
+               "final_layer.adaLN_modulation.1.bias"}
+    return {UNET_PREFIX + k: v for k, v in _apply_rules(state_dict, _SD3_RULES, swapped).items()}
+
+
+def export_transformer_single_file(pipeline_dir: Path, out_file: Path) -> Path:
+    """Write the transformer of a diffusers SD3 or FLUX pipeline folder as one original-format safetensors file
+    holding only the denoiser (as BFL publish ``flux1-dev.safetensors``); loading it needs the folder as config."""
+    pipeline_dir, out_file = Path(pipeline_dir), Path(out_file)
+    model_index = json.loads((pipeline_dir / "model_index.json").read_text())
+    transformer = _load(pipeline_dir, model_index, "transformer")
+    state = transformer.state_dict()
+    name = type(transformer).__name__
+    if name == "FluxTransformer2DModel":
+        tensors = flux_transformer_to_bfl(state)
+    elif name == "SD3Transformer2DModel":
+        tensors = sd3_transformer_to_sai(state, transformer.config.num_layers)
+    else:
+        raise ValueError(f"{pipeline_dir}: no original layout known for {name}")
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(out_file), metadata={"format": "pt"})
     return out_file
