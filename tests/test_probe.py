@@ -18,6 +18,7 @@ from instantstyle.scoreplot import save_plot, scatter_plot
 from instantstyle.scores import Scores
 
 from .conftest import FAST, pixels
+from .test_cli import run
 
 BLOCKS = [BlockInfo("down_blocks.2.attentions.1", 2, ("layout",)), BlockInfo("up_blocks.0.attentions.1", 2, ("style",))]
 
@@ -162,18 +163,6 @@ def test_a_presets_file_that_is_not_one_is_one_line_without_reading_it_whole(cap
 
 
 # --- the probe-blocks command ----------------------------------------------------------------------------
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    from instantstyle.cli import entry
-
-    try:
-        entry([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def probe_flags(tiny) -> list:

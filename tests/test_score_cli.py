@@ -9,22 +9,12 @@ import torch
 from PIL import Image
 
 from instantstyle import Request
-from instantstyle.cli import entry
 from instantstyle.request import write_png
 from instantstyle.scores import PNG_SCORES_KEY, SCORE_KEYS, read_png_scores
 from instantstyle.testing.csd import build_csd_checkpoint, csd_state_dict
 
 from .conftest import FAST
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    try:
-        entry([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from .test_cli import run
 
 
 def models(tiny, sd15: bool = False) -> list:
