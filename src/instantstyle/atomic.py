@@ -66,3 +66,10 @@ def save_png_atomically(image: Any, path: str | Path, texts: dict[str, str]) -> 
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
     return Path(path)
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """Write a UTF-8 text file atomically (a table, a script, a presets file); returns ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)

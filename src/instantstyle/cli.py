@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .atomic import write_text_atomically
 from .errors import UserError
 from .hub import require_hub
 from .images import MAX_PIXELS, PIL_PIXEL_LIMIT
@@ -655,13 +656,11 @@ def pick_paths(sheet: Path) -> tuple[Path, Path]:
 def write_pick(pipe: StylePipeline, request: Request, cell: Any, sheet: Path) -> None:
     """Print the picked cell and save it as a ready ``generate`` command line and a style file carrying its
     settings (the web UI restores them when the file is uploaded as the style)."""
-    from .atomic import atomic_path
     from .styles import style_settings
 
     script, style_file = pick_paths(sheet)
     command = generate_command(request, sheet.with_name(f"{sheet.stem}-pick.png"))
-    with atomic_path(script) as tmp:
-        tmp.write_text(f"#!/bin/sh\n# {cell.label}: {cell.scores.caption(', ')}\n{command}\n", encoding="utf-8")
+    write_text_atomically(script, f"#!/bin/sh\n# {cell.label}: {cell.scores.caption(', ')}\n{command}\n")
     pipe.save_style(request, style_file, extra=style_settings(request))
     click.echo(f"pick: {cell.label} ({cell.scores.caption(', ')})\n{command}\n{script}\n{style_file}")
 
@@ -788,8 +787,8 @@ def _probe_blocks(params: dict[str, Any]) -> None:
     plot = scatter_plot(points, [c.label for c in cells], SCORE_TITLES[key], SCORE_TITLES["clip_text"], front=front,
                         title="probe: the adapter in each block alone (and all, none)")
     paths = [save_plot(plot, folder / PROBE_FILES[0]), folder / PROBE_FILES[1], folder / PROBE_FILES[2]]
-    paths[1].write_text(cells_csv(cells, front), encoding="utf-8")
-    paths[2].write_text(probe_table(rows, key, markdown=True) + "\n", encoding="utf-8")
+    write_text_atomically(paths[1], cells_csv(cells, front))
+    write_text_atomically(paths[2], probe_table(rows, key, markdown=True) + "\n")
     click.echo("\n".join(str(p) for p in paths))
     for name, reason in scorer.unavailable().items():
         click.echo(f"note: {name} not scored: {reason}", err=True)

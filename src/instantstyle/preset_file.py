@@ -9,11 +9,10 @@ model is checked where blocks are resolved, as for any spec.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .atomic import temp_path
+from .atomic import write_text_atomically
 from .blocks import check_presets, read_presets
 from .errors import UserError
 
@@ -25,12 +24,7 @@ def write_presets(path: str | Path, presets: Mapping[str, str], merge: bool = Tr
     new = check_presets(dict(presets), f"presets for {path}")
     old = read_presets(path) if merge and path.exists() else {}
     data = {**old, **new}
-    tmp = temp_path(path)
     try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        return write_text_atomically(path, json.dumps(data, indent=2) + "\n")
     except OSError as err:
         raise UserError(f"presets file {path}: cannot write ({err.strerror or type(err).__name__})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

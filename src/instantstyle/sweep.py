@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw
 
-from .atomic import save_png_atomically
+from .atomic import save_png_atomically, write_text_atomically
 from .drawing import font as load_font
 from .drawing import text_size
 from .errors import UserError
@@ -378,7 +378,7 @@ def render_sweep(
                       cells, front, picked)
     out.plot = save_plot(sweep_plot(cells, front, picked, style_floor), plot_path(output))
     table = csv_path(output)
-    table.write_text(cells_csv(cells, front, picked), encoding="utf-8")
+    write_text_atomically(table, cells_csv(cells, front, picked))
     out.table = table
     if failure is not None:
         raise failure
