@@ -41,6 +41,20 @@ def test_the_page_shows_only_the_fields_the_models_family_takes(family, true_cfg
     assert true_cfg_field["visible"] is true_cfg and hidiffusion_field["visible"] is hidiffusion
 
 
+def test_a_restored_png_resets_the_fields_the_pages_model_does_not_take_and_says_so(flux, sdxl, dit, tmp_path):
+    from instantstyle import ui
+    from instantstyle.request import write_png
+
+    made = Request("a cat", style=str(dit.style_image), hidiffusion=True, true_cfg=4.0)
+    png = write_png(Image.new("RGB", (64, 64)), tmp_path / "made.png", made)
+    for pipe, taken, dropped in ((flux, "true_cfg", "hidiffusion"), (sdxl, "hidiffusion", "true_cfg")):
+        app = ui.App(ui.PipelineHolder(pipe), ui.Workdir(tmp_path / "ui"))
+        with pytest.warns(UserWarning, match=f"{pipe.family.name} models do not take: " + dropped.replace("_", " ")):
+            restored = dict(zip(ui.FIELDS, app.restore(str(png)), strict=True))
+        assert restored[taken] == getattr(made, taken)  # kept where the model takes it
+        assert restored[dropped] == {f.name: f.default for f in ui.FORM}[dropped]
+
+
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_batch_jobs_sharing_a_call_write_the_images_of_single_runs(family, dit, request, tmp_path):
     from instantstyle.batch import run_batch

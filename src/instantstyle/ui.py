@@ -33,7 +33,7 @@ from PIL import Image
 from .blocks import expand_preset_ref, is_preset_ref, list_blocks, resolve_blocks, split_preset_ref
 from .embeddings import load_style
 from .errors import UserError
-from .families import all_families
+from .families import Family, all_families
 from .hidiffusion_settings import FEATURE as HIDIFFUSION
 from .images import MAX_PIXELS, image_size, load_image
 from .pipeline import Result, StylePipeline
@@ -546,6 +546,24 @@ def clamp_to_form(values: list[Any]) -> tuple[list[Any], list[str]]:
     return clamped, notes
 
 
+def family_fields(family: Family) -> dict[str, bool]:
+    """The form's fields only some model families take, and whether ``family`` takes each (the page shows them only
+    then): true CFG (FLUX.1-dev), HiDiffusion (the families with its settings)."""
+    return {"true_cfg": family.takes_true_cfg, "hidiffusion": HIDIFFUSION in family.features}
+
+
+def fit_to_family(values: list[Any], family: Family) -> tuple[list[Any], list[str]]:
+    """Form values (in ``FIELDS`` order) with the fields ``family`` does not take back at their defaults (hidden in
+    its page, they would fail the request unseen), and one note per value reset."""
+    fitted, notes = list(values), []
+    for name, taken in family_fields(family).items():
+        i = FIELDS.index(name)
+        if not taken and values[i] != FORM[i].default:
+            fitted[i] = FORM[i].default
+            notes.append(f"{name.replace('_', ' ')} {values[i]} -> {FORM[i].default}")
+    return fitted, notes
+
+
 def takes_form(fields: tuple[Field, ...], fn: Callable[[dict[str, Any], Any], R]) -> Callable[..., R]:
     """A gradio handler taking ``fields`` by name, with their defaults (the API's parameters), then gradio's
     progress tracker, that calls ``fn(values, progress)`` with the fields as one dict; user errors become
@@ -652,11 +670,14 @@ class App:
         pipe = self.holder.get()
         values, lost = form_values(pipe, self.work, request)
         values, clamped = clamp_to_form(values)
+        values, reset = fit_to_family(values, pipe.family)
         notes = []
         if lost:
             notes.append("upload the reference image(s) again: " + ", ".join(Path(p).name for p in lost))
         if clamped:
             notes.append("held to the form's limits: " + ", ".join(clamped))
+        if reset:
+            notes.append(f"{pipe.family.name} models do not take: " + ", ".join(reset))
         if request.model is not None and request.model != pipe.model_id:
             notes.append(f"it was made with model {request.model}; this page runs {pipe.model_id}")
         (gr.Warning if notes else gr.Info)("settings restored" + "".join(f"; {n}" for n in notes))
@@ -671,10 +692,13 @@ class App:
         settings = load_style(kept).metadata.get("request")
         if settings is None:
             return [gr.skip()] * (len(FIELDS) - 1)
-        values, _ = form_values(self.holder.get(), self.work, Request.from_json(settings).replace(style=(kept,)))
+        pipe = self.holder.get()
+        values, _ = form_values(pipe, self.work, Request.from_json(settings).replace(style=(kept,)))
         values, clamped = clamp_to_form(values)
-        note = "; held to the form's limits: " + ", ".join(clamped) if clamped else ""
-        (gr.Warning if clamped else gr.Info)("style file loaded with its settings" + note)
+        values, reset = fit_to_family(values, pipe.family)
+        notes = [f"held to the form's limits: {', '.join(clamped)}"] * bool(clamped)
+        notes += [f"{pipe.family.name} models do not take: {', '.join(reset)}"] * bool(reset)
+        (gr.Warning if notes else gr.Info)("style file loaded with its settings" + "".join(f"; {n}" for n in notes))
         return values[1:]  # everything but the style input itself
 
     def paint_over(self, init_image: Any) -> dict[str, Any] | None:
@@ -697,8 +721,8 @@ class App:
         family takes them (true CFG: FLUX; HiDiffusion: the families with its settings)."""
         pipe = self.holder.get()
         line = f"Model `{pipe.model_id}` ({pipe.arch}) with adapter `{Path(pipe.adapter.path).name}` on {pipe.device}"
-        return (line, gr.update(visible=pipe.family.takes_true_cfg),
-                gr.update(visible=HIDIFFUSION in pipe.family.features))
+        shown = family_fields(pipe.family)
+        return line, gr.update(visible=shown["true_cfg"]), gr.update(visible=shown["hidiffusion"])
 
 
 def _build(fields: tuple[Field, ...], items: tuple[str | tuple[str, ...], ...], made: dict[str, Any]) -> None:
