@@ -11,12 +11,8 @@ artefact is written to disk so the code under test loads it through the public l
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -30,11 +26,11 @@ from .fixtures import (
     _tiny_vae,
 )
 from .fixtures import make_style_image as _make_style_image
+from .trees import build_once
 
 DIT_FIXTURE_VERSION = "1"
 """Bumped whenever the fixture contents change, so stale cached builds are rebuilt."""
 
-_COMPLETE_MARKER = ".complete"
 
 # SD3.5 Large (real values in comments). Dimensions pairwise distinct where a mix-up would go unnoticed.
 _SD3_LAYERS = 6  # 38 joint blocks
@@ -420,45 +416,13 @@ def _build_into(tmp: Path, seed: int) -> None:
 
     _make_style_image(paths.style_image, (96, 64), seed=seed)
     _make_content_image(paths.content_image, (64, 64), seed=seed + 1)
-    (tmp / _COMPLETE_MARKER).write_text(DIT_FIXTURE_VERSION)
-
-
-def _is_complete(root: Path) -> bool:
-    marker = root / _COMPLETE_MARKER
-    return marker.is_file() and marker.read_text().strip() == DIT_FIXTURE_VERSION
-
-
-def _build_atomically(root: Path, build: Callable[[Path], Any]) -> None:
-    """Run ``build`` into a temporary sibling of ``root`` and rename it into place: an interrupted build
-    leaves no half tree, and of concurrent builders the first to finish wins."""
-    if root.exists() and any(root.iterdir()) and not (root / _COMPLETE_MARKER).exists():
-        raise FileExistsError(f"{root} is not empty and not an instantstyle fixture tree; not replacing it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
-            build(tmp)
-        if _is_complete(root):
-            return
-        if root.exists():  # empty, or a stale version: move it aside, then swap in
-            stale = root.parent / f".{root.name}.stale-{uuid.uuid4().hex[:8]}"
-            root.rename(stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            tmp.rename(root)
-        except OSError:
-            if not _is_complete(root):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_tiny_dit_models(root: Path, seed: int = 0) -> TinyDiTModels:
     """Build the DiT fixture tree under ``root`` and return its paths; a no-op when already built
     (the marker records only DIT_FIXTURE_VERSION, so a finished tree is reused whatever ``seed``)."""
     root = Path(root).expanduser().absolute()
-    if not _is_complete(root):
-        _build_atomically(root, lambda tmp: _build_into(tmp, seed))
+    build_once(root, DIT_FIXTURE_VERSION, lambda tmp: _build_into(tmp, seed))
     return _layout(root)
 
 

@@ -11,8 +11,6 @@ takes with the real checkpoints.
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .trees import build_once
+
 FIXTURE_VERSION = "1"
 """Bumped whenever the fixture contents change, so stale cached builds are rebuilt."""
 
-_COMPLETE_MARKER = ".complete"
 
 # Dimensions. Real values in comments; everything tiny but pairwise distinct where a mix-up matters.
 _SDXL_TE1_HIDDEN = 32  # 768 (CLIP ViT-L text)
@@ -540,13 +539,6 @@ def _build_into(tmp: Path, seed: int) -> None:
 
     make_style_image(paths.style_image, (96, 64), seed=seed)
     _make_content_image(paths.content_image, (64, 64), seed=seed + 1)
-    (tmp / _COMPLETE_MARKER).write_text(FIXTURE_VERSION)
-
-
-def _is_complete(root: Path) -> bool:
-    """True when ``root`` holds a finished build of the current FIXTURE_VERSION."""
-    marker = root / _COMPLETE_MARKER
-    return marker.is_file() and marker.read_text().strip() == FIXTURE_VERSION
 
 
 def build_tiny_models(root: Path, seed: int = 0) -> TinyModels:
@@ -558,29 +550,7 @@ def build_tiny_models(root: Path, seed: int = 0) -> TinyModels:
     marker records only FIXTURE_VERSION, so a finished tree is reused whatever ``seed`` is passed.
     """
     root = Path(root).expanduser().absolute()
-    if _is_complete(root):
-        return _layout(root)
-    if root.exists() and any(root.iterdir()) and not (root / _COMPLETE_MARKER).exists():
-        raise FileExistsError(f"{root} is not empty and not an instantstyle fixture tree; not replacing it")
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
-            _build_into(tmp, seed)
-        if _is_complete(root):  # another process finished first: keep its tree, drop ours
-            return _layout(root)
-        if root.exists():  # an empty directory or a stale version: move it aside, then swap in
-            stale = root.parent / f".{root.name}.stale-{uuid.uuid4().hex[:8]}"
-            root.rename(stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            tmp.rename(root)
-        except OSError:
-            if not _is_complete(root):  # lost a race to something that is not a finished build
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    build_once(root, FIXTURE_VERSION, lambda tmp: _build_into(tmp, seed))
     return _layout(root)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from .fixtures import FIXTURE_VERSION, TinyModels, _global_adapter, _save_adapter, tiny_models
+from .trees import build_once
 
 HIRES_VERSION = "1"
 """Bumped whenever these fixtures change, so stale cached builds are rebuilt."""
@@ -109,22 +109,7 @@ def build_hires_models(root: Path, tiny: TinyModels, seed: int = 0) -> HiresMode
     half-made; a tree of another version (of this module or of the tiny fixtures) is replaced.
     """
     root = Path(root).expanduser().absolute()
-    marker = root / ".complete"
-    if marker.is_file() and marker.read_text() == _marker_text():
-        return _layout(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
-            _build_into(tmp, tiny, seed)
-        (tmp / ".complete").write_text(_marker_text())
-        if marker.is_file() and marker.read_text() == _marker_text():  # another process finished first
-            return _layout(root)
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    build_once(root, _marker_text(), lambda tmp: _build_into(tmp, tiny, seed))
     return _layout(root)
 
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from .fixtures import TinyModels, make_style_image
+from .trees import build_once
 
 MODES_VERSION = "2"
 
@@ -116,9 +117,17 @@ def _build_images(root: Path) -> None:
 def tiny_mode_models(root: Path, tiny: TinyModels, seed: int = 0) -> ModeModels:
     """Build (once, atomically) and return the mode fixtures under ``root``."""
     root = Path(root).expanduser().absolute()
-    marker = root / ".complete"
-    if marker.is_file() and marker.read_text() == MODES_VERSION:
-        return _layout(root)
+
+    def build(tmp: Path) -> None:
+        _build_controlnet(tiny.sdxl / "unet", tmp / "sdxl-controlnet", seed)
+        _build_controlnet(tiny.sd15 / "unet", tmp / "sd15-controlnet", seed + 1)
+        _build_inpaint(tiny.sdxl, tmp / "sdxl-inpaint", seed + 2)
+        _build_inpaint(tiny.sd15, tmp / "sd15-inpaint", seed + 3)
+        _build_depth_model(tmp / "dpt", seed + 4)
+        _build_images(tmp)
+
+    build_once(root, MODES_VERSION, build)
+    return _layout(root)
     tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 
 from .hires import HiresModels
+from .trees import build_once
 
 REQUIREMENT = "hidiffusion==0.1.10"
 OLD_IMPORT = "from diffusers.pipelines.controlnet.multicontrolnet import MultiControlNetModel"
@@ -73,19 +72,7 @@ def package_dir(cache_dir: Path | None = None) -> Path:
     """The folder holding the fixed ``hidiffusion`` package (to put on ``sys.path``), fetched once."""
     root = Path(cache_dir) if cache_dir is not None else _default_dir()
     site = root / "site"
-    if (root / ".complete").is_file():
-        return site
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
-        _fetch_into(tmp)
-        (tmp / ".complete").write_text(REQUIREMENT)
-        if not (root / ".complete").is_file():
-            shutil.rmtree(root, ignore_errors=True)
-            tmp.rename(root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    build_once(root, REQUIREMENT, _fetch_into)
     return site
 
 
