@@ -203,12 +203,12 @@ def has_clip_text_tower(folder: Path) -> bool:
 
 def load_text_tower(
     path: str | Path, subfolder: str | None = None, tokenizer_subfolder: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, width: int | None = None,
 ) -> TextTower:
     """Load a CLIP text tower: a folder with the model and its tokenizer (``--content-text-encoder``), or
     a diffusers model folder's ``text_encoder_2`` / ``tokenizer_2`` (``subfolder``, ``tokenizer_subfolder``).
     The one loader of user-named text towers: anything but a complete CLIP text model with projection and its
-    tokenizer is a ``UserError``."""
+    tokenizer, or (``width``) one whose projection is not the image encoder's width, is a ``UserError``."""
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     folder = Path(path).expanduser()
@@ -229,6 +229,9 @@ def load_text_tower(
     if info["missing_keys"]:
         raise UserError(f"text encoder {model_dir}: not a CLIP text model with projection "
                         f"({len(info['missing_keys'])} weights missing, e.g. {sorted(info['missing_keys'])[0]})")
+    if width is not None and model.config.projection_dim != width:
+        raise UserError(f"content text encoder {path} gives {model.config.projection_dim}-d embeddings; "
+                        f"the adapter's image encoder {width}")
     tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder=tokenizer_subfolder or subfolder or "")
     return TextTower(tokenizer, model.eval())
 

@@ -13,7 +13,6 @@ from . import control
 from .adapter import check_adapter_fits, read_adapter
 from .csd import CsdModel, load_csd
 from .embeddings import ImageEncoder, TextTower, load_image_encoder, load_text_tower
-from .errors import UserError
 from .families import Family
 from .hub import find_image_encoder, resolve_adapter_file
 from .styles import LoadedAdapter
@@ -62,10 +61,7 @@ class Extras:
         """A CLIP text model with projection and its tokenizer from a folder (``load_text_tower``'s checks), on
         the device; its projection must be ``want`` wide."""
         if folder not in self.text_towers:
-            tower = load_text_tower(folder, dtype=self.dtype)
-            if tower.projection_dim != want:
-                raise UserError(f"content text encoder {folder} gives {tower.projection_dim}-d embeddings; "
-                                f"the adapter's image encoder {want}")
+            tower = load_text_tower(folder, dtype=self.dtype, width=want)
             tower.model.to(self.device)
             self.text_towers[folder] = tower
         return self.text_towers[folder]

@@ -172,14 +172,11 @@ def load_scorer(adapter: str, runtime: Runtime, *, model: str | None = None, ima
     want = encoder.embed_dim
     tower = None
     if content_text_encoder is not None:
-        tower = load_text_tower(content_text_encoder, dtype=dtype)
-        if tower.projection_dim != want:
-            raise UserError(f"content text encoder {content_text_encoder} gives {tower.projection_dim}-d embeddings; "
-                            f"the image encoder {want}-d")
+        tower = load_text_tower(content_text_encoder, dtype=dtype, width=want)
     elif model is not None:
         tower = model_text_tower(model, want, dtype, runtime.single_file_config)
     if tower is None and has_clip_text_tower(Path(encoder.identity)):  # a whole CLIP repository (XLabs FLUX)
-        tower = load_text_tower(encoder.identity, dtype=dtype)
+        tower = load_text_tower(encoder.identity, dtype=dtype, width=want)
     encoder.model.to(device)  # type: ignore[arg-type]  # transformers types .to loosely
     if tower is not None:
         tower.model.to(device)
