@@ -113,7 +113,7 @@ SMOKE = Topology(  # every code path of the full run in seconds: SDXL's block st
 )
 TOPOLOGIES = {t.name: t for t in (FULL, SMALL, SMOKE)}
 
-#: InstantStyle's SDXL presets (``instantstyle.blocks``), as diffusers' ``set_ip_adapter_scale`` takes them.
+#: InstantStyle's SDXL presets (``instantstyle.core.blocks``), as diffusers' ``set_ip_adapter_scale`` takes them.
 DIFFUSERS_SCALES: dict[str, Any] = {
     "style": {"up": {"block_0": [0.0, 1.0, 0.0]}},
     "layout": {"down": {"block_2": [0.0, 1.0]}},

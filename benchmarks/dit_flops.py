@@ -129,10 +129,10 @@ def attach(pipe: Any, family_name: str, state: dict[str, dict[str, torch.Tensor]
            spec: str) -> None:
     """(b) diffusers: its own ``load_ip_adapter`` into every block, the spec's blocks at scale 1 and the others
     at 0; (c) instantstyle: the family's loader, then every layer outside the spec loses its adapter weights."""
-    from instantstyle import adapter as adapters
-    from instantstyle.blocks import resolve_blocks
+    from instantstyle.core import adapter as adapters
+    from instantstyle.core.blocks import resolve_blocks
+    from instantstyle.core.processors import set_scales
     from instantstyle.families import family_named
-    from instantstyle.processors import set_scales
 
     family = family_named(family_name)
     transformer = family.denoiser_of(pipe)
@@ -192,8 +192,8 @@ def flux_step(pipe: Any, px: int, with_image: bool, forwards: int) -> int:
 
 
 def resident(pipe: Any, family_name: str) -> int:
+    from instantstyle.core.processors import adapter_parameter_count
     from instantstyle.families import family_named
-    from instantstyle.processors import adapter_parameter_count
 
     return adapter_parameter_count(family_named(family_name).denoiser_of(pipe))
 

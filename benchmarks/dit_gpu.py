@@ -190,7 +190,7 @@ def build_encoder(family: str, cfg: Configs, device: torch.device, dtype: torch.
     """The adapter's image encoder (SigLIP so400m / CLIP ViT-L/14 vision) with its preprocessing."""
     import transformers
 
-    from instantstyle.embeddings import ImageEncoder
+    from instantstyle.core.embeddings import ImageEncoder
 
     with building(device, dtype):
         if family == "sd3":
@@ -209,10 +209,10 @@ def style_pipeline(pipe: Any, family_name: str, state: dict[str, dict[str, torch
     """instantstyle on an already built pipeline: the adapter checked and attached by the loader's own steps
     (``check_adapter_fits``, ``attach_adapters``: the family's loader, then pruning), then a ``StylePipeline``."""
     from instantstyle import StylePipeline
-    from instantstyle.adapter import AdapterWeights, attach_adapters, check_adapter_fits
-    from instantstyle.blocks import resolve_blocks
+    from instantstyle.core.adapter import AdapterWeights, attach_adapters, check_adapter_fits
+    from instantstyle.core.blocks import resolve_blocks
     from instantstyle.families import family_named
-    from instantstyle.runtime import Runtime
+    from instantstyle.loading.runtime import Runtime
 
     family = family_named(family_name)
     denoiser = family.denoiser_of(pipe)
@@ -273,7 +273,7 @@ def run_family(family: str, cfg: Configs, args: argparse.Namespace, device: torc
     """Build, warm up, then time both contestants round by round (rotated order) until ``--rounds`` or the
     deadline."""
     from instantstyle import Request
-    from instantstyle.processors import adapter_parameter_count
+    from instantstyle.core.processors import adapter_parameter_count
 
     result = FamilyResult(family)
     start = time.perf_counter()

@@ -83,8 +83,8 @@ def attach_instantstyle(pipe: Any, topo: Topology, preset: str) -> None:
     loses its adapter weights and its image attention. (The one place this benchmark reaches into the core
     below ``StylePipeline``: the meta device cannot go through ``from_pretrained``; ``test_benchmark`` checks
     that the processors made here are those of a real ``StylePipeline``.)"""
-    from instantstyle import adapter as adapters
-    from instantstyle.blocks import resolve_blocks
+    from instantstyle.core import adapter as adapters
+    from instantstyle.core.blocks import resolve_blocks
     from instantstyle.families import family_named
 
     sdxl = family_named("sdxl")

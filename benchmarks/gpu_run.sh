@@ -110,8 +110,8 @@ install() {
     for wheel in "${wheels[@]}"; do "$PY" -m zipfile -e "$wheel" "$SITE"; done
   fi
   export PYTHONPATH="$SITE:$ROOT/src"
-  local check='import diffusers, transformers, huggingface_hub, peft, accelerate, torch, instantstyle.pipeline
-from instantstyle.processors import check_diffusers
+  local check='import diffusers, transformers, huggingface_hub, peft, accelerate, torch, instantstyle.core.pipeline
+from instantstyle.core.processors import check_diffusers
 check_diffusers()
 print("imports ok:", "torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available(),
       "diffusers", diffusers.__version__, "transformers", transformers.__version__,

@@ -46,8 +46,8 @@ import common  # noqa: F401  (sets the environment and the import path first)
 import torch
 from common import ROOT, SMOKE, UNET, GiB, PeakMemory, Topology, log, sync
 
-from instantstyle.hidiffusion import denoising_calls, hidiffusion
-from instantstyle.hidiffusion_settings import HiDiffusionSettings, Phases, settings_of, switching_schedule
+from instantstyle.modes.hidiffusion import denoising_calls, hidiffusion
+from instantstyle.modes.hidiffusion_settings import HiDiffusionSettings, Phases, settings_of, switching_schedule
 
 PHASES = ("dilate", "pool", "dilate+pool", "plain")  # see Schedule.phase
 WORKDIR = Path("/tmp/instantstyle-hidiffusion")
@@ -154,8 +154,8 @@ def style_unet(topo: Topology, device: torch.device, dtype: torch.dtype) -> Any:
     attached by instantstyle's loader and pruned to InstantStyle's style block (its image attention runs there)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
-    from instantstyle.adapter import AdapterWeights, attach_adapters
-    from instantstyle.blocks import resolve_blocks
+    from instantstyle.core.adapter import AdapterWeights, attach_adapters
+    from instantstyle.core.blocks import resolve_blocks
     from instantstyle.families import family_named
     from instantstyle.testing.fixtures import _global_adapter
 

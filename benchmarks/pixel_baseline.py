@@ -182,7 +182,7 @@ def pipeline_factories(tiny: Any, modes: Any, extra: dict[str, Path], cache: Pat
 def run_all(folder: Path, out: Path) -> list[str]:
     """Make every case's image(s) in ``out``; returns the names written."""
     from instantstyle import Request
-    from instantstyle.request import write_png
+    from instantstyle.core.request import write_png
 
     tiny, modes, extra = build(folder)
     if out.exists():
@@ -216,7 +216,7 @@ def run_all(folder: Path, out: Path) -> list[str]:
 def run_batches(tiny: Any, modes: Any, out: Path, pipes: dict[str, Any]) -> list[str]:
     """``run_batch`` with batch size 2: on a given pipeline (after everything above ran on it), and with
     its own worker loading the model (the batch runtime)."""
-    from instantstyle.batch import run_batch
+    from instantstyle.app.batch import run_batch
 
     s, s2 = str(tiny.style_image), str(modes.second_style)
     rows = [{"id": f"b{i}", "prompt": f"a house {i}", "style": [s, s2][i // 4], **FAST, "seed": 10 + i}
@@ -242,7 +242,7 @@ def run_batches(tiny: Any, modes: Any, out: Path, pipes: dict[str, Any]) -> list
 
 def run_cli(tiny: Any, modes: Any, out: Path) -> list[str]:
     """``instantstyle generate`` and ``instantstyle sweep`` in-process."""
-    from instantstyle.cli import entry
+    from instantstyle.app.cli import entry
 
     common = ["--model", str(tiny.sdxl), "--adapter", str(tiny.sdxl_adapter), "--style", str(tiny.style_image),
               "--prompt", "a cat", "--steps", "2", "--width", "64", "--height", "64", "--seed", "7",
@@ -273,7 +273,7 @@ def run_cli(tiny: Any, modes: Any, out: Path) -> list[str]:
 
 def compare(reference: Path, new: Path) -> int:
     """Print every image's largest pixel difference and whether its recorded request is the same."""
-    from instantstyle.request import PNG_KEY
+    from instantstyle.core.request import PNG_KEY
 
     worst, missing, changed_requests = 0, [], []
     rows = []

@@ -13,7 +13,7 @@ the same seeds, each method makes one image per seed:
 - InstantStyle, style blocks; style+layout blocks;
 - InstantStyle, style blocks with content subtraction (only for styles with a ``.txt``).
 
-Every image gets ``instantstyle.scores`` (CLIP text, CLIP style, content leak, CSD with ``--csd``). OUT
+Every image gets ``instantstyle.scores.scorer`` (CLIP text, CLIP style, content leak, CSD with ``--csd``). OUT
 receives ``scores.jsonl`` (one line per image), ``table.md`` (mean ± sample std per method) and
 ``plot.png`` (mean style vs mean prompt score per method, std bars, Pareto front). With the real SDXL
 and h94 weights this is reproducible by anyone with a GPU; no numbers are quoted here.
@@ -91,9 +91,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from instantstyle import Request, StylePipeline
-    from instantstyle.csd import load_csd
-    from instantstyle.request import write_png
-    from instantstyle.scores import Scores
+    from instantstyle.core.request import write_png
+    from instantstyle.scores.csd import load_csd
+    from instantstyle.scores.scorer import Scores
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,9 +143,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(args: argparse.Namespace, run_info: dict[str, Any]) -> str:
     """The markdown table (mean ± std per method) and the plot; returns the markdown."""
-    from instantstyle.pareto import Cell, pareto_front, style_key
-    from instantstyle.scoreplot import save_plot, scatter_plot
-    from instantstyle.scores import SCORE_KEYS, SCORE_TITLES, Scores, summarize, text_table
+    from instantstyle.scores.pareto import Cell, pareto_front, style_key
+    from instantstyle.scores.plots import save_plot, scatter_plot
+    from instantstyle.scores.scorer import SCORE_KEYS, SCORE_TITLES, Scores, summarize, text_table
 
     out = Path(args.out)
     names = [name for name, _ in METHODS]

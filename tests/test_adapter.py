@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from instantstyle import StylePipeline, UserError
-from instantstyle.adapter import adapter_parameter_count, file_parameter_count, read_adapter
-from instantstyle.blocks import resolve_blocks
-from instantstyle.processors import TextOnlyAttnProcessor
+from instantstyle.core.adapter import adapter_parameter_count, file_parameter_count, read_adapter
+from instantstyle.core.blocks import resolve_blocks
+from instantstyle.core.processors import TextOnlyAttnProcessor
 
 from .conftest import FAST, pixels
 
@@ -96,7 +96,7 @@ def test_retargeting_a_pruned_pipeline_reloads_the_needed_layers(tiny, sdxl):
 
 
 def test_a_diffusers_release_the_processor_edits_were_not_verified_with_is_refused():
-    from instantstyle.processors import check_diffusers
+    from instantstyle.core.processors import check_diffusers
 
     check_diffusers("0.42.9")
     with pytest.raises(UserError, match=r"as laid out in diffusers 0.42.x; this is diffusers 0.43.0: install"):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from instantstyle.atomic import temp_path, write_text_atomically
+from instantstyle.files.atomic import temp_path, write_text_atomically
 
 
 def test_a_text_file_is_replaced_whole_and_leaves_no_temporary_file(tmp_path):

@@ -15,13 +15,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from instantstyle.batch import LOCK, Manifest, read_jobs, run_batch
-from instantstyle.cli import main
+from instantstyle.app.batch import LOCK, Manifest, read_jobs, run_batch
+from instantstyle.app.cli import main
+from instantstyle.app.workers import Scoring
+from instantstyle.core.request import Request, read_png_request
 from instantstyle.errors import UserError
-from instantstyle.preset_file import write_presets
-from instantstyle.request import Request, read_png_request
-from instantstyle.scores import SCORE_KEYS, read_png_scores
-from instantstyle.workers import Scoring
+from instantstyle.scores.preset_file import write_presets
+from instantstyle.scores.scorer import SCORE_KEYS, read_png_scores
 
 from .conftest import FAST, pixels
 
@@ -106,8 +106,8 @@ def test_a_process_killed_midway_resumes_with_every_job_done_exactly_once(tiny, 
     jobs, out = cat_jobs(tmp_path, 8), tmp_path / "out"
     models = ["--model", str(tiny.sdxl), "--adapter", str(tiny.sdxl_adapter)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-c", "from instantstyle.cli import entry; entry()", "batch", str(jobs), "-o", str(out),
-               "-q", "--device", "cpu", *models]
+    command = [sys.executable, "-m", "instantstyle", "batch", str(jobs), "-o", str(out), "-q", "--device", "cpu",
+               *models]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -203,7 +203,7 @@ def test_a_torn_last_manifest_line_is_cut_off_on_open(tmp_path):
 
 
 def test_an_output_folder_in_use_by_another_run_is_refused(sdxl, tmp_path):
-    from instantstyle.batch import _Lock
+    from instantstyle.app.batch import _Lock
 
     (tmp_path / "out").mkdir()
     lock = _Lock(tmp_path / "out")
@@ -335,7 +335,7 @@ def test_stale_temporary_files_of_every_kind_are_removed_on_start(sdxl, tmp_path
     assert not any((out / name).exists() for name in stale)
 
 
-LOCKING = "import sys, pathlib; from instantstyle.batch import _Lock; lock = _Lock(pathlib.Path(sys.argv[1])); "
+LOCKING = "import sys, pathlib; from instantstyle.app.batch import _Lock; lock = _Lock(pathlib.Path(sys.argv[1])); "
 HOLD_LOCK = LOCKING + "print('held', flush=True); sys.stdin.read(); lock.release()"
 TRY_LOCK = LOCKING + "print('held')"
 
@@ -360,7 +360,7 @@ def test_two_processes_never_both_hold_the_batch_lock(tmp_path):
 
 
 def test_jobs_whose_images_come_out_nan_fail_and_write_no_image(sdxl, tiny, tmp_path):
-    from instantstyle.embeddings import StyleFile, save_style
+    from instantstyle.core.embeddings import StyleFile, save_style
 
     request = sdxl.complete(Request("a cat", style=str(tiny.style_image), **FAST))
     style, negative = sdxl.style_embeds(request)

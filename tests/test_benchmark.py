@@ -17,8 +17,8 @@ import flops  # noqa: E402
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0  # noqa: E402
 
 from instantstyle import StylePipeline  # noqa: E402
-from instantstyle.adapter import adapter_parameter_count  # noqa: E402
-from instantstyle.blocks import resolve_blocks  # noqa: E402
+from instantstyle.core.adapter import adapter_parameter_count  # noqa: E402
+from instantstyle.core.blocks import resolve_blocks  # noqa: E402
 from instantstyle.families import family_named  # noqa: E402
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from instantstyle import UserError
-from instantstyle.blocks import list_blocks, parse_spec, resolve_blocks
+from instantstyle.core.blocks import list_blocks, parse_spec, resolve_blocks
 from instantstyle.families.unet import attention_block
 
 # The cross-attention layers of a UNet in SDXL topology with (1, 2, 2) transformer layers per block.

@@ -6,8 +6,8 @@ import sys
 import pytest
 from PIL import Image
 
-from instantstyle.cli import entry
-from instantstyle.request import read_png_request
+from instantstyle.app.cli import entry
+from instantstyle.core.request import read_png_request
 
 from .conftest import pixels
 
@@ -174,8 +174,8 @@ def test_saved_style_file_replaces_the_image(capsys, base, tmp_path):
 
 
 def test_from_a_png_with_hostile_metadata_is_one_line_exit_2(capsys, tmp_path):
-    from instantstyle.atomic import save_png_atomically
-    from instantstyle.request import PNG_KEY
+    from instantstyle.core.request import PNG_KEY
+    from instantstyle.files.atomic import save_png_atomically
 
     deep = "[" * 100_000 + "]" * 100_000
     path = save_png_atomically(Image.new("RGB", (8, 8)), tmp_path / "deep.png", {PNG_KEY: deep})
@@ -185,7 +185,7 @@ def test_from_a_png_with_hostile_metadata_is_one_line_exit_2(capsys, tmp_path):
 
 @pytest.mark.parametrize("hostile", ["bomb", "huge text"])
 def test_hostile_images_are_one_line_exit_2(capsys, base, tmp_path, hostile):
-    from instantstyle.request import PNG_KEY
+    from instantstyle.core.request import PNG_KEY
     from instantstyle.testing.hostile import png_claiming_size, png_with_huge_text
 
     if hostile == "bomb":

@@ -3,7 +3,7 @@
 import pytest
 from PIL import Image
 
-from instantstyle.request import StyleRef, read_png_request
+from instantstyle.core.request import StyleRef, read_png_request
 
 from . import test_cli
 from .conftest import pixels
@@ -96,7 +96,7 @@ def test_batch_job_mode_paths_are_relative_to_the_jobs_file(modes, tiny, tmp_pat
     import json
     import shutil
 
-    from instantstyle.batch import read_jobs
+    from instantstyle.app.batch import read_jobs
 
     folder = tmp_path / "jobs"
     folder.mkdir()

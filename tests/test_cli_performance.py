@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from instantstyle.cli import main
-from instantstyle.request import LoraRef, read_png_request
+from instantstyle.app.cli import main
+from instantstyle.core.request import LoraRef, read_png_request
 from instantstyle.testing.lora import write_tiny_lora
 
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from instantstyle import Request, UserError
-from instantstyle.csd import CSD_MEAN, CSD_STD, load_csd, preprocess, style_embeds
-from instantstyle.scores import Scorer
+from instantstyle.scores.csd import CSD_MEAN, CSD_STD, load_csd, preprocess, style_embeds
+from instantstyle.scores.scorer import Scorer
 from instantstyle.testing import make_style_image
 from instantstyle.testing.csd import build_csd_checkpoint, csd_state_dict
 

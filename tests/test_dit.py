@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from instantstyle import Request, StylePipeline, UserError
-from instantstyle.processors import active_layers, adapter_parameter_count
+from instantstyle.core.processors import active_layers, adapter_parameter_count
 
 from .conftest import pixels
 from .test_dit_fixtures import load, with_instantx, with_xlabs
@@ -191,7 +191,7 @@ def test_no_style_or_layout_preset_is_invented_for_transformers(flux, dit):
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_cli_generate_with_a_model_folder_and_its_adapter_file(family, capsys, dit, tmp_path):
-    from instantstyle.request import read_png_request
+    from instantstyle.core.request import read_png_request
 
     from .test_cli import run
 
@@ -312,7 +312,7 @@ def controlnets(dit, tmp_path_factory) -> dict[str, Path]:
 def test_controlnet_equals_diffusers_controlnet_recipe(family, dit, request, controlnets):
     import diffusers
 
-    from instantstyle.control import canny
+    from instantstyle.modes.control import canny
 
     ours = request.getfixturevalue(family)
     cls = "StableDiffusion3ControlNetPipeline" if family == "sd3" else "FluxControlNetPipeline"
@@ -383,7 +383,7 @@ def test_sd3_and_flux_single_files_are_recognised_by_their_tensor_names():
 def test_a_transformer_only_single_file_without_configs_is_one_clear_error(tmp_path):
     from safetensors.torch import save_file
 
-    from instantstyle.loader import load_base_pipeline
+    from instantstyle.loading.loader import load_base_pipeline
 
     path = tmp_path / "flux1-dev.safetensors"
     save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.ones(2)}, str(path))
@@ -392,7 +392,7 @@ def test_a_transformer_only_single_file_without_configs_is_one_clear_error(tmp_p
 
 
 def test_auto_dtype_on_a_gpu_is_bfloat16_for_the_transformer_families(sd3, flux, sdxl):
-    from instantstyle.runtime import Runtime
+    from instantstyle.loading.runtime import Runtime
 
     gpu = torch.device("cuda")  # resolved without touching a GPU
     assert [Runtime().torch_dtype(gpu, p.family.gpu_dtype) for p in (sd3, flux, sdxl)] == [
@@ -400,7 +400,7 @@ def test_auto_dtype_on_a_gpu_is_bfloat16_for_the_transformer_families(sd3, flux,
 
 
 def test_what_a_family_cannot_do_fails_before_the_model_loads(capsys, dit, tmp_path, monkeypatch):
-    from instantstyle import loader
+    from instantstyle.loading import loader
 
     from .test_cli import run
 

@@ -12,7 +12,7 @@ from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 from PIL import Image
 
-from instantstyle.hub import checkpoint_family, checkpoint_keys, holds_denoiser_only
+from instantstyle.loading.hub import checkpoint_family, checkpoint_keys, holds_denoiser_only
 from instantstyle.testing.single_file import export_transformer_single_file, flux_transformer_to_bfl
 
 from .conftest import pixels

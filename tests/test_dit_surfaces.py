@@ -18,7 +18,7 @@ SIZE = {"steps": 2, "width": 64, "height": 64, "seed": 7}
 
 
 def test_the_web_ui_form_with_its_defaults_makes_a_flux_image_with_the_default_blocks(flux, dit, tmp_path):
-    from instantstyle import ui
+    from instantstyle.app import ui
 
     values = {f.name: f.default for f in ui.FORM}
     values.update(style=[str(dit.style_image)], prompt="a cat", randomize_seed=False, steps=2, width=64, height=64)
@@ -33,7 +33,7 @@ def test_the_web_ui_form_with_its_defaults_makes_a_flux_image_with_the_default_b
 @pytest.mark.parametrize(("family", "true_cfg", "hidiffusion"),
                          [("sdxl", False, True), ("sd15", False, True), ("sd3", False, False), ("flux", True, False)])
 def test_the_page_shows_only_the_fields_the_models_family_takes(family, true_cfg, hidiffusion, request, tmp_path):
-    from instantstyle import ui
+    from instantstyle.app import ui
 
     app = ui.App(ui.PipelineHolder(request.getfixturevalue(family)), ui.Workdir(tmp_path / "ui"))
     line, true_cfg_field, hidiffusion_field = app.describe_pipeline()
@@ -42,8 +42,8 @@ def test_the_page_shows_only_the_fields_the_models_family_takes(family, true_cfg
 
 
 def test_a_restored_png_resets_the_fields_the_pages_model_does_not_take_and_says_so(flux, sdxl, dit, tmp_path):
-    from instantstyle import ui
-    from instantstyle.request import write_png
+    from instantstyle.app import ui
+    from instantstyle.core.request import write_png
 
     made = Request("a cat", style=str(dit.style_image), hidiffusion=True, true_cfg=4.0)
     png = write_png(Image.new("RGB", (64, 64)), tmp_path / "made.png", made)
@@ -57,7 +57,7 @@ def test_a_restored_png_resets_the_fields_the_pages_model_does_not_take_and_says
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_batch_jobs_sharing_a_call_write_the_images_of_single_runs(family, dit, request, tmp_path):
-    from instantstyle.batch import run_batch
+    from instantstyle.app.batch import run_batch
 
     pipe = request.getfixturevalue(family)
     jobs = [{"id": f"job{i}", "prompt": f"a house {i}", "style": str(dit.style_image), **SIZE, "seed": 30 + i}
@@ -73,7 +73,7 @@ def test_batch_jobs_sharing_a_call_write_the_images_of_single_runs(family, dit, 
 
 
 def test_a_sweep_over_transformer_blocks_draws_one_cell_per_spec_and_scale(sd3, dit, tmp_path):
-    from instantstyle.sweep import Axes, render_sweep
+    from instantstyle.app.sweep import Axes, render_sweep
 
     axes = Axes(("all", "transformer_blocks.0-2"), (0.5, 1.0))
     out = render_sweep(sd3, Request("a cat", style=str(dit.style_image), **SIZE), axes, tmp_path / "s.png")
@@ -95,7 +95,7 @@ def test_scores_use_each_familys_own_encoders(sd3, flux, dit):
 
 def test_cli_sweep_without_blocks_compares_the_familys_presets(capsys, dit, tmp_path):
     """SDXL's default rows are style, style+layout and all; an SD3 model has only all."""
-    from instantstyle.sweep import SHEET_KEY
+    from instantstyle.app.sweep import SHEET_KEY
 
     from .test_cli import run
 
@@ -108,8 +108,8 @@ def test_cli_sweep_without_blocks_compares_the_familys_presets(capsys, dit, tmp_
 
 
 def test_the_web_ui_sweep_with_blank_blocks_compares_the_familys_presets(sd3, dit, tmp_path):
-    from instantstyle import ui
-    from instantstyle.sweep import SHEET_KEY
+    from instantstyle.app import ui
+    from instantstyle.app.sweep import SHEET_KEY
 
     values = {f.name: f.default for f in (*ui.FORM, *ui.SWEEP_FORM)}
     values.update(style=[str(dit.style_image)], prompt="a cat", randomize_seed=False, steps=2, width=64, height=64,
@@ -145,7 +145,7 @@ def test_hidiffusion_on_a_transformer_model_is_one_line_before_loading_and_in_th
 def test_the_score_command_gives_the_scores_generate_stored(family, dit, capsys, tmp_path):
     """FLUX: every CLIP score (ViT-L's text tower from the encoder's own folder); SD3: the style score only (and
     no content prompt: its patch-feature adapter refuses subtraction)."""
-    from instantstyle.scores import read_png_scores
+    from instantstyle.scores.scorer import read_png_scores
 
     from .test_cli import run
 
@@ -165,8 +165,8 @@ def test_the_score_command_gives_the_scores_generate_stored(family, dit, capsys,
 
 
 def test_probe_blocks_on_flux_ranks_its_transformer_blocks_and_its_presets_work_as_blocks(flux, dit, capsys, tmp_path):
-    from instantstyle.blocks import list_blocks, read_presets
-    from instantstyle.request import read_png_request
+    from instantstyle.core.blocks import list_blocks, read_presets
+    from instantstyle.core.request import read_png_request
 
     from .test_cli import run
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from instantstyle import StylePipeline
-from instantstyle.memory import is_released
+from instantstyle.loading.memory import is_released
 from instantstyle.testing import make_style_image
 
 from .conftest import FAST, pixels
@@ -78,7 +78,7 @@ def test_opening_the_cache_removes_temporary_files_a_killed_writer_left(tmp_path
     import os
     import time
 
-    from instantstyle.cache import EmbeddingCache
+    from instantstyle.loading.cache import EmbeddingCache
 
     stale, fresh = tmp_path / ".abc.safetensors.4242.tmp", tmp_path / ".def.safetensors.4243.tmp"
     for path in (stale, fresh):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from instantstyle import StylePipeline, UserError
-from instantstyle.embeddings import StyleFile, encode_images, load_image, load_style, save_style
+from instantstyle.core.embeddings import StyleFile, encode_images, load_image, load_style, save_style
 
 from .conftest import FAST, pixels
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from instantstyle import UserError
+from instantstyle.core.preflight import model_layers
 from instantstyle.families import all_families, family_named, family_of, family_of_denoiser
-from instantstyle.hub import checkpoint_family
-from instantstyle.preflight import model_layers
+from instantstyle.loading.hub import checkpoint_family
 from instantstyle.testing.single_file import export_single_file
 
 
@@ -31,7 +31,7 @@ def test_a_single_file_checkpoint_is_recognised_by_its_family(arch, tiny, tmp_pa
 
 
 def test_every_family_offers_all_and_a_default_that_resolves_on_its_models(sdxl, sd15, sd3, flux):
-    from instantstyle.blocks import resolve_blocks
+    from instantstyle.core.blocks import resolve_blocks
 
     for pipe in (sdxl, sd15, sd3, flux):
         assert "all" in pipe.family.presets and resolve_blocks(None, pipe.layers, pipe.family)

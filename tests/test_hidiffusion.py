@@ -20,15 +20,9 @@ import torch
 from instantstyle import Request
 from instantstyle.errors import UserError
 from instantstyle.families import family_named
-from instantstyle.hidiffusion import (
-    denoising_calls,
-    hidiffusion,
-    window_merge,
-    window_partition,
-    window_shift,
-)
-from instantstyle.hidiffusion_settings import settings_of, switching_schedule
-from instantstyle.modes import default_strength
+from instantstyle.modes.hidiffusion import denoising_calls, hidiffusion, window_merge, window_partition, window_shift
+from instantstyle.modes.hidiffusion_settings import settings_of, switching_schedule
+from instantstyle.modes.image import default_strength
 from instantstyle.testing.hires import HiresModels, hires_models
 from instantstyle.testing.lora import write_tiny_lora
 from instantstyle.testing.original_hidiffusion import (

@@ -18,14 +18,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from instantstyle import Request, UserError
-from instantstyle.batch import read_jobs, run_batch
-from instantstyle.cli import main
+from instantstyle.app.batch import read_jobs, run_batch
+from instantstyle.app.cli import main
+from instantstyle.core.pipeline import batch_key
+from instantstyle.core.preflight import check_family, check_runtime
+from instantstyle.core.request import read_png_request
 from instantstyle.families import family_named
-from instantstyle.hidiffusion import denoising_calls, hidiffusion
-from instantstyle.pipeline import batch_key
-from instantstyle.preflight import check_family, check_runtime
-from instantstyle.request import read_png_request
-from instantstyle.runtime import Runtime
+from instantstyle.loading.runtime import Runtime
+from instantstyle.modes.hidiffusion import denoising_calls, hidiffusion
 
 from .conftest import pixels
 
@@ -207,7 +207,7 @@ def test_a_batch_with_compile_skips_hidiffusion_jobs_as_bad_lines(tiny, tmp_path
 
 
 def test_the_ui_checkbox_becomes_the_request_field_and_comes_back(sdxl, tiny, tmp_path):
-    ui = pytest.importorskip("instantstyle.ui", reason="the web UI needs gradio")
+    ui = pytest.importorskip("instantstyle.app.ui", reason="the web UI needs gradio")
     work = ui.Workdir(tmp_path / "ui")
     values = {f.name: f.default for f in ui.FORM} | {"style": [str(tiny.style_image)], "prompt": "a cat",
                                                      "hidiffusion": True}

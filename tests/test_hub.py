@@ -16,9 +16,9 @@ from huggingface_hub import constants
 from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError
 
 from instantstyle import UserError
-from instantstyle import hub as hub_module
-from instantstyle.hub import hub_error, hub_reachable, model_source, require_hub
-from instantstyle.runtime import DEFAULT_ADAPTER, DEFAULT_MODEL
+from instantstyle.loading import hub as hub_module
+from instantstyle.loading.hub import hub_error, hub_reachable, model_source, require_hub
+from instantstyle.loading.runtime import DEFAULT_ADAPTER, DEFAULT_MODEL
 
 from .test_cli import run
 
@@ -176,7 +176,7 @@ def test_local_references_never_ask_the_hub(hub_at, tiny):
 def cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     """The console command in a fresh process (the hub's settings are read at import), with ``env`` added."""
     clean = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    return subprocess.run([sys.executable, "-c", "from instantstyle.cli import entry; entry()", *args],
+    return subprocess.run([sys.executable, "-c", "from instantstyle.app.cli import entry; entry()", *args],
                           capture_output=True, text=True, env={**clean, **env}, timeout=timeout)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from instantstyle import StylePipeline
+from instantstyle.core.request import LoraRef, Request
 from instantstyle.errors import UserError
-from instantstyle.request import LoraRef, Request
 from instantstyle.testing.lora import write_tiny_lora
 
 from .conftest import FAST, pixels

@@ -7,10 +7,10 @@ import pytest
 from safetensors import safe_open
 
 from instantstyle import StylePipeline
-from instantstyle.adapter import adapter_parameter_count, file_parameter_count, read_adapter
-from instantstyle.blocks import resolve_blocks
+from instantstyle.core.adapter import adapter_parameter_count, file_parameter_count, read_adapter
+from instantstyle.core.blocks import resolve_blocks
 from instantstyle.errors import UserError
-from instantstyle.memory import is_released
+from instantstyle.loading.memory import is_released
 
 from .conftest import FAST, pixels
 

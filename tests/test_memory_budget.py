@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from diffusers import AutoencoderKL
 
 from instantstyle import Request, StylePipeline, UserError
-from instantstyle.adapter import adapter_parameter_count
-from instantstyle.cli import main
-from instantstyle.memory import Decode, GiB, decode_bytes, decode_plan, is_released, module_bytes
-from instantstyle.pipeline import PHASES
-from instantstyle.runtime import Runtime
+from instantstyle.app.cli import main
+from instantstyle.core.adapter import adapter_parameter_count
+from instantstyle.core.pipeline import PHASES
+from instantstyle.loading.memory import Decode, GiB, decode_bytes, decode_plan, is_released, module_bytes
+from instantstyle.loading.runtime import Runtime
 
 from .conftest import FAST, pixels
 
@@ -177,7 +177,7 @@ def test_generate_with_a_memory_budget_writes_the_image(tiny, tmp_path):
 def test_a_module_is_on_the_device_whatever_its_index_is_spelled():
     """Parameters on ``cuda:0`` are on ``cuda`` (the device a Runtime resolves to); checked with CPU devices,
     whose index torch also leaves out."""
-    from instantstyle.memory import on_device, same_device
+    from instantstyle.loading.memory import on_device, same_device
 
     layer = torch.nn.Linear(2, 2)
     assert on_device(layer, torch.device("cpu")) and on_device(layer, torch.device("cpu", 0))
@@ -208,7 +208,7 @@ def test_a_budget_scores_as_no_budget_does(budgeted, sdxl, tiny, tmp_path):
 
 
 def test_generate_with_a_budget_hidiffusion_and_score_writes_the_scored_image(tiny, tmp_path):
-    from instantstyle.scores import read_png_scores
+    from instantstyle.scores.scorer import read_png_scores
 
     out = tmp_path / "cat.png"
     result = CliRunner().invoke(main, [

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from instantstyle import Request, StylePipeline, UserError
-from instantstyle.control import canny, estimate_depth
-from instantstyle.modes import init_size, mode_kwargs
+from instantstyle.modes.control import canny, estimate_depth
+from instantstyle.modes.image import init_size, mode_kwargs
 
 from .conftest import FAST, pixels
 

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from instantstyle import UserError
-from instantstyle.pareto import Cell, cell_points, cells_csv, pareto_front, pick, style_key, style_threshold
-from instantstyle.scoreplot import COLORS, nice_ticks, save_plot, scatter_plot
-from instantstyle.scores import Scores
+from instantstyle.scores.pareto import Cell, cell_points, cells_csv, pareto_front, pick, style_key, style_threshold
+from instantstyle.scores.plots import COLORS, nice_ticks, save_plot, scatter_plot
+from instantstyle.scores.scorer import Scores
 
 #: A made-up sweep: (blocks, scale) -> (csd_style, clip_text).
 TABLE = {

@@ -5,7 +5,7 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from instantstyle import Request, StylePipeline, UserError
-from instantstyle.embeddings import load_image
+from instantstyle.core.embeddings import load_image
 from instantstyle.testing.single_file import export_single_file
 
 from .conftest import FAST, pixels

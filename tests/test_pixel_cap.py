@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from instantstyle import Request, UserError
-from instantstyle.batch import run_batch
-from instantstyle.images import MAX_PIXELS, PIL_PIXEL_LIMIT, image_size, load_image
-from instantstyle.preflight import check_request
-from instantstyle.runtime import Runtime
+from instantstyle.app.batch import run_batch
+from instantstyle.core.preflight import check_request
+from instantstyle.files.images import MAX_PIXELS, PIL_PIXEL_LIMIT, image_size, load_image
+from instantstyle.loading.runtime import Runtime
 from instantstyle.testing import make_style_image
 
 from .conftest import FAST

@@ -9,13 +9,13 @@ import pytest
 from PIL import Image
 
 from instantstyle import Request, UserError
-from instantstyle.blocks import BlockInfo, expand_preset_ref, list_blocks, read_presets, resolve_blocks
-from instantstyle.pareto import cell_points, pareto_front
-from instantstyle.preset_file import write_presets
-from instantstyle.probe import ALL, NONE, probe_cells, probe_presets, probe_requests, probe_table, rank_blocks
-from instantstyle.request import read_png_request
-from instantstyle.scoreplot import save_plot, scatter_plot
-from instantstyle.scores import Scores
+from instantstyle.core.blocks import BlockInfo, expand_preset_ref, list_blocks, read_presets, resolve_blocks
+from instantstyle.core.request import read_png_request
+from instantstyle.scores.pareto import cell_points, pareto_front
+from instantstyle.scores.plots import save_plot, scatter_plot
+from instantstyle.scores.preset_file import write_presets
+from instantstyle.scores.probe import ALL, NONE, probe_cells, probe_presets, probe_requests, probe_table, rank_blocks
+from instantstyle.scores.scorer import Scores
 
 from .conftest import FAST, pixels
 from .test_cli import run
@@ -175,7 +175,7 @@ def probe_run(tiny, tmp_path_factory):
     """``instantstyle probe-blocks`` on the tiny SDXL: one style, one prompt, a content prompt, presets saved."""
     from click.testing import CliRunner
 
-    from instantstyle.cli import main
+    from instantstyle.app.cli import main
 
     folder = tmp_path_factory.mktemp("probe-cli")
     result = CliRunner().invoke(main, [str(a) for a in [
@@ -199,7 +199,7 @@ def test_probe_blocks_prints_every_block_of_the_model_ranked_by_style_score(sdxl
 
 
 def test_probe_blocks_writes_each_scored_image_the_plot_csv_and_table(sdxl, probe_run):
-    from instantstyle.scores import read_png_scores
+    from instantstyle.scores.scorer import read_png_scores
 
     folder, out, _ = probe_run
     probe = folder / "probe"

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instantstyle.batch import LOCK, run_batch
-from instantstyle.runtime import Runtime
-from instantstyle.workers import Scoring
+from instantstyle.app.batch import LOCK, run_batch
+from instantstyle.app.workers import Scoring
+from instantstyle.loading.runtime import Runtime
 
 from .conftest import FAST, pixels
 
@@ -95,9 +95,9 @@ def test_a_ray_worker_killed_during_the_run_still_ends_with_every_job_done(local
 
 
 def test_a_worker_is_given_more_batches_of_the_model_it_holds():
-    from instantstyle.batch import Job
-    from instantstyle.ray_batch import BatchQueue
-    from instantstyle.request import Request
+    from instantstyle.app.batch import Job
+    from instantstyle.app.ray_batch import BatchQueue
+    from instantstyle.core.request import Request
 
     def batch(model: str, n: int) -> list[Job]:
         return [Job(f"{model}-{n}", Request(prompt="p", style=("s.png",), model=model))]

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from instantstyle import Request, StyleRef, UserError
-from instantstyle.request import read_png_request, write_png
+from instantstyle.core.request import read_png_request, write_png
 
 
 def test_style_weight_parses_from_a_trailing_number():
@@ -64,8 +64,8 @@ def test_deeply_nested_json_is_a_one_line_error():
 
 
 def test_png_metadata_nested_too_deeply_is_a_one_line_error(tmp_path):
-    from instantstyle.atomic import save_png_atomically
-    from instantstyle.request import PNG_KEY
+    from instantstyle.core.request import PNG_KEY
+    from instantstyle.files.atomic import save_png_atomically
 
     path = save_png_atomically(Image.new("RGB", (8, 8)), tmp_path / "deep.png", {PNG_KEY: DEEP})
     with pytest.raises(UserError, match="nested more than"):
@@ -114,7 +114,7 @@ def test_an_absurdly_long_prompt_is_refused_before_anything_runs():
 
 
 def test_png_metadata_that_inflates_past_pils_limit_is_a_user_error(tmp_path):
-    from instantstyle.request import PNG_KEY
+    from instantstyle.core.request import PNG_KEY
     from instantstyle.testing.hostile import png_with_huge_text
 
     with pytest.raises(UserError, match="huge.png: .*text"):

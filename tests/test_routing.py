@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from instantstyle import Request, UserError
-from instantstyle.adapter import adapter_parameter_count
+from instantstyle.core.adapter import adapter_parameter_count
 
 from .conftest import FAST, pixels
 

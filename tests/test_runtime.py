@@ -9,11 +9,11 @@ import torch
 from click.testing import CliRunner
 
 from instantstyle import Request, UserError
-from instantstyle.cli import main
-from instantstyle.memory import is_released
-from instantstyle.runtime import Runtime, resolve_dtype
+from instantstyle.app.cli import main
+from instantstyle.app.workers import Job, Worker
+from instantstyle.loading.memory import is_released
+from instantstyle.loading.runtime import Runtime, resolve_dtype
 from instantstyle.testing import make_style_image
-from instantstyle.workers import Job, Worker
 
 from .conftest import FAST
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from instantstyle.core.request import Request
+from instantstyle.core.schedulers import SCHEDULERS, canonical_name
 from instantstyle.errors import UserError
-from instantstyle.request import Request
-from instantstyle.schedulers import SCHEDULERS, canonical_name
 
 from .conftest import FAST, pixels
 
@@ -29,7 +29,7 @@ def test_request_stores_the_canonical_name_and_round_trips() -> None:
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_every_scheduler_builds_from_the_model_config(sdxl, name: str) -> None:
-    from instantstyle.schedulers import make_scheduler
+    from instantstyle.core.schedulers import make_scheduler
 
     scheduler = make_scheduler(name, sdxl.pipe.scheduler)
     assert type(scheduler).__name__ == SCHEDULERS[name][0]

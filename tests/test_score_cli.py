@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from instantstyle import Request
-from instantstyle.request import write_png
-from instantstyle.scores import PNG_SCORES_KEY, SCORE_KEYS, read_png_scores
+from instantstyle.core.request import write_png
+from instantstyle.scores.scorer import PNG_SCORES_KEY, SCORE_KEYS, read_png_scores
 from instantstyle.testing.csd import build_csd_checkpoint, csd_state_dict
 
 from .conftest import FAST

@@ -10,8 +10,8 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from instantstyle import Request, UserError
-from instantstyle.embeddings import load_image_encoder, load_text_tower
-from instantstyle.scores import (
+from instantstyle.core.embeddings import load_image_encoder, load_text_tower
+from instantstyle.scores.scorer import (
     PNG_SCORES_KEY,
     SCORE_KEYS,
     Scorer,

@@ -9,11 +9,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from instantstyle import Request, UserError
-from instantstyle.cli import main
-from instantstyle.pareto import cell_points, pareto_front, pick
-from instantstyle.request import read_png_request
-from instantstyle.scores import read_png_scores
-from instantstyle.sweep import (
+from instantstyle.app.cli import main
+from instantstyle.app.sweep import (
     SHEET_KEY,
     Axes,
     contact_sheet,
@@ -24,6 +21,9 @@ from instantstyle.sweep import (
     sheet_layout,
     sweep_requests,
 )
+from instantstyle.core.request import read_png_request
+from instantstyle.scores.pareto import cell_points, pareto_front, pick
+from instantstyle.scores.scorer import read_png_scores
 
 from .conftest import FAST, pixels
 
@@ -218,8 +218,8 @@ def test_the_sweep_writes_a_csv_of_every_cell_and_a_plot_beside_the_sheet(scored
 
 
 def test_cli_sweep_pick_saves_a_generate_command_that_remakes_the_picked_cell(capsys, tiny, tmp_path):
-    from instantstyle.cli import entry
-    from instantstyle.embeddings import load_style
+    from instantstyle.app.cli import entry
+    from instantstyle.core.embeddings import load_style
 
     flags = model_flags(tiny) + ["--style", tiny.style_image, "--blocks", "style,all", "--scale", "0.5,1",
                                  "--pick", "--device", "cpu", "-o", tmp_path / "sheet.png"]
@@ -253,7 +253,7 @@ def test_cli_sweep_without_scores_writes_no_plot_csv_or_captions(tiny, tmp_path)
     (["--pick", "--pick-style-floor", "nan"], "--pick-style-floor must be between 0 and 1, got nan"),
 ])
 def test_cli_sweep_bad_score_flags_are_one_line_and_exit_2(capsys, tiny, tmp_path, args, message):
-    from instantstyle.cli import entry
+    from instantstyle.app.cli import entry
 
     with pytest.raises(SystemExit) as done:
         entry([str(a) for a in ["sweep", *model_flags(tiny), "--style", tiny.style_image, *args, "-o",
@@ -279,8 +279,8 @@ def test_cli_sweep_refuses_to_overwrite_a_pick_file(tiny, tmp_path):
 
 
 def test_generate_command_round_trips_a_request_through_the_command_line(tiny):
-    from instantstyle.cli import generate, generate_command, request_from_cli
-    from instantstyle.request import AdapterUse, LoraRef, StyleRef
+    from instantstyle.app.cli import generate, generate_command, request_from_cli
+    from instantstyle.core.request import AdapterUse, LoraRef, StyleRef
 
     request = Request("a 'quoted' cat", style=(StyleRef("a b.png", 0.3), StyleRef("c.png")), negative_prompt="dog",
                       blocks="up_blocks.0.attentions.1=0.5,layout", scale=0.7, content_prompt="x", seed=3,
@@ -292,7 +292,7 @@ def test_generate_command_round_trips_a_request_through_the_command_line(tiny):
 
 
 def test_a_sweep_row_may_be_a_presets_reference(sdxl, tiny, tmp_path, monkeypatch):
-    from instantstyle.preset_file import write_presets
+    from instantstyle.scores.preset_file import write_presets
 
     write_presets(tmp_path / "p.json", {"mine": "up_blocks.0.attentions.1=0.6"})
     monkeypatch.chdir(tmp_path)
@@ -305,7 +305,7 @@ def test_a_sweep_row_may_be_a_presets_reference(sdxl, tiny, tmp_path, monkeypatc
 
 
 def test_cli_sweep_accepts_a_presets_reference_as_a_row(tiny, tmp_path):
-    from instantstyle.preset_file import write_presets
+    from instantstyle.scores.preset_file import write_presets
 
     write_presets(tmp_path / "p.json", {"mine": "up_blocks.0.attentions.1"})
     result = cli("sweep", *model_flags(tiny), "--style", tiny.style_image, "--blocks", f"@{tmp_path}/p.json:mine",

@@ -15,15 +15,15 @@ import pytest
 from PIL import Image
 
 from instantstyle import Request, UserError
-from instantstyle.preset_file import write_presets
-from instantstyle.request import read_png_request, write_png
-from instantstyle.scores import read_png_scores
-from instantstyle.sweep import SHEET_KEY
+from instantstyle.app.sweep import SHEET_KEY
+from instantstyle.core.request import read_png_request, write_png
+from instantstyle.scores.preset_file import write_presets
+from instantstyle.scores.scorer import read_png_scores
 
 from .conftest import pixels
 
 gr = pytest.importorskip("gradio", reason="the web UI needs gradio (pip install 'instantstyle[ui]')")
-from instantstyle import ui  # noqa: E402
+from instantstyle.app import ui  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -337,7 +337,7 @@ def test_logins_come_from_values_and_files(tmp_path):
 def test_style_file_reproduces_the_style_image_and_keeps_the_settings(sdxl, work, tiny, tmp_path):
     request = ui.form_request(work, form([str(tiny.style_image)], scale=0.8))
     path = sdxl.save_style(request, tmp_path / "style.safetensors", extra=ui.style_settings(request))
-    from instantstyle.embeddings import load_style
+    from instantstyle.core.embeddings import load_style
 
     assert Request.from_json(load_style(path).metadata["request"]).scale == 0.8
     assert (pixels(sdxl(request.replace(style=(str(path),))).images[0]) == pixels(sdxl(request).images[0])).all()
@@ -451,7 +451,7 @@ def test_the_hidiffusion_checkbox_restores_and_takes_only_true_or_false(sdxl, wo
 def test_ui_command_with_a_missing_model_is_one_line_and_exit_2(tiny, tmp_path):
     from click.testing import CliRunner
 
-    from instantstyle.cli import main
+    from instantstyle.app.cli import main
 
     result = CliRunner().invoke(main, ["ui", "--model", str(tmp_path / "nope"), "--adapter", str(tiny.sdxl_adapter)])
     assert result.exit_code == 2 and result.output.startswith("error: model") and result.output.count("\n") == 1
@@ -460,7 +460,7 @@ def test_ui_command_with_a_missing_model_is_one_line_and_exit_2(tiny, tmp_path):
 def test_ui_command_on_a_taken_port_is_one_line_and_exit_2(tiny):
     from click.testing import CliRunner
 
-    from instantstyle.cli import main
+    from instantstyle.app.cli import main
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
@@ -475,7 +475,7 @@ def test_one_command_serves_a_working_page(tiny, tmp_path):
     from gradio_client.exceptions import AppError
 
     port = free_port()
-    command = [sys.executable, "-c", "from instantstyle.cli import entry; entry()", "ui", "--model", str(tiny.sdxl),
+    command = [sys.executable, "-c", "from instantstyle.app.cli import entry; entry()", "ui", "--model", str(tiny.sdxl),
                "--adapter", str(tiny.sdxl_adapter), "--port", str(port), "--workdir", str(tmp_path / "work"),
                "--max-pixels", "4096"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -511,7 +511,7 @@ def test_one_command_serves_a_working_page(tiny, tmp_path):
 def test_careless_ui_flags_are_one_line_before_the_model_loads(tmp_path, flags, message):
     from click.testing import CliRunner
 
-    from instantstyle.cli import main
+    from instantstyle.app.cli import main
 
     flags = [str(tmp_path / "nope") if f == "NOPE" else f for f in flags]
     result = CliRunner().invoke(main, ["ui", "--model", str(tmp_path / "no-model"), *flags])

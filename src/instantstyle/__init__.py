@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .core.request import LoraRef, Request, StyleRef
 from .errors import UserError
-from .request import LoraRef, Request, StyleRef
-from .runtime import Runtime
+from .loading.runtime import Runtime
 
 if TYPE_CHECKING:
-    from .pipeline import Result, StylePipeline
+    from .core.pipeline import Result, StylePipeline
 
 __all__ = ["LoraRef", "Request", "Result", "Runtime", "StylePipeline", "StyleRef", "UserError"]
 __version__ = "0.1.0"
@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     # The pipeline imports torch and diffusers (seconds); load it on first use so `instantstyle --help` is instant.
     if name in ("StylePipeline", "Result"):
-        from . import pipeline
+        from .core import pipeline
 
         return getattr(pipeline, name)
     raise AttributeError(f"module 'instantstyle' has no attribute {name!r}")

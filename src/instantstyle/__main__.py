@@ -1,5 +1,5 @@
 """``python -m instantstyle`` is the ``instantstyle`` command."""
 
-from .cli import entry
+from .app.cli import entry
 
 entry()

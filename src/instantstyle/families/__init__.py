@@ -22,7 +22,7 @@ from ..errors import UserError
 if TYPE_CHECKING:
     import torch
 
-    from ..request import Request
+    from ..core.request import Request
 
 #: Image modes a request can be in (see ``Request.mode``).
 MODES = ("text", "img2img", "inpaint")

@@ -16,7 +16,7 @@ from ..errors import UserError
 if TYPE_CHECKING:
     import torch
 
-    from ..request import Request
+    from ..core.request import Request
 
 #: The one preset: every block the adapter reaches.
 PRESETS: Mapping[str, tuple[str, ...]] = {"all": ("transformer_blocks",)}

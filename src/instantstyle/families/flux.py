@@ -20,8 +20,8 @@ from . import Family, dit
 if TYPE_CHECKING:
     import torch
 
-    from ..adapter import AdapterWeights
-    from ..request import Request
+    from ..core.adapter import AdapterWeights
+    from ..core.request import Request
 
 #: XLabs' key names (flat ``.safetensors``): the image projection and each double block's k/v projections.
 PROJECTION_PREFIX = "ip_adapter_proj_model."
@@ -43,7 +43,7 @@ def read_xlabs(path: Any, tensors: Mapping[str, torch.Tensor]) -> AdapterWeights
     """An XLabs FLUX IP-Adapter file read into diffusers' names (as ``FluxIPAdapterMixin.load_ip_adapter`` reads
     it): ``image_proj`` ``proj``/``norm`` and ``ip_adapter`` ``{block}.to_k_ip`` / ``to_v_ip``; ``None`` when the
     tensors are not in XLabs' layout."""
-    from ..adapter import AdapterWeights
+    from ..core.adapter import AdapterWeights
 
     if not (any(k.startswith(PROJECTION_PREFIX) for k in tensors) and any(k.startswith(BLOCK_PREFIX) for k in tensors)):
         return None
@@ -69,8 +69,8 @@ def read_xlabs(path: Any, tensors: Mapping[str, torch.Tensor]) -> AdapterWeights
 def load_adapters(pipe: Any, state_dicts: Sequence[Mapping[str, Any]]) -> None:
     """diffusers' ``load_ip_adapter`` with the state dicts in memory and no image encoder (we bring our own), then
     its processors set to skip the slots at scale 0 (``processors.skip_zero_scale_slots``)."""
-    from ..logs import quiet
-    from ..processors import skip_zero_scale_slots
+    from ..core.processors import skip_zero_scale_slots
+    from ..files.logs import quiet
 
     dicts = [{"image_proj": sd["image_proj"], "ip_adapter": sd["ip_adapter"]} for sd in state_dicts]
     with quiet("diffusers.loaders.ip_adapter"):  # it warns that no image encoder is loaded

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..hidiffusion_settings import FEATURE, HiDiffusionSettings, Phases
+from ..modes.hidiffusion_settings import FEATURE, HiDiffusionSettings, Phases
 from . import Family, unet
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from . import Family, dit
 if TYPE_CHECKING:
     import torch
 
-    from ..adapter import AdapterWeights
-    from ..request import Request
+    from ..core.adapter import AdapterWeights
+    from ..core.request import Request
 
 #: The resampler's timestep embedding: what tells InstantX's file from an h94 plus adapter.
 TIME_CONDITIONED_KEY = "time_embedding.linear_1.weight"
@@ -35,7 +35,7 @@ def matches_checkpoint(keys: Sequence[str]) -> bool:
 
 def load_adapters(pipe: Any, state_dicts: Sequence[Mapping[str, Any]]) -> None:
     """diffusers' ``load_ip_adapter`` with the state dict in memory and no image encoder (we bring our own)."""
-    from ..logs import quiet
+    from ..files.logs import quiet
 
     if len(state_dicts) != 1:
         raise UserError("SD3 models take one IP-Adapter at a time")
@@ -58,7 +58,7 @@ def embeds_kwargs(
 
 
 def text_only_processor() -> Any:
-    from ..processors import TextOnlyJointAttnProcessor
+    from ..core.processors import TextOnlyJointAttnProcessor
 
     return TextOnlyJointAttnProcessor()
 

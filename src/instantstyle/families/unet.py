@@ -15,8 +15,8 @@ from ..errors import UserError
 if TYPE_CHECKING:
     import torch
 
-    from ..adapter import AdapterWeights
-    from ..request import Request
+    from ..core.adapter import AdapterWeights
+    from ..core.request import Request
 
 #: The common part of the UNet families' ``Family`` fields.
 DENOISER: Mapping[str, Any] = {
@@ -48,7 +48,7 @@ def top_block(block: str) -> str:
 
 
 def text_only_processor() -> Any:
-    from ..processors import TextOnlyAttnProcessor
+    from ..core.processors import TextOnlyAttnProcessor
 
     return TextOnlyAttnProcessor()
 
@@ -71,7 +71,7 @@ def controlnet_fits(controlnet: Any, unet: Any) -> bool:
 
 def load_adapters(pipe: Any, state_dicts: Sequence[Mapping[str, Any]]) -> None:
     """diffusers' ``load_ip_adapter`` with in-memory state dicts and no image encoder (we bring our own)."""
-    from ..logs import quiet
+    from ..files.logs import quiet
 
     with quiet("diffusers.loaders.ip_adapter"):  # it warns that no image encoder is loaded
         pipe.load_ip_adapter(list(state_dicts), subfolder=[""] * len(state_dicts),

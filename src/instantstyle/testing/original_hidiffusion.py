@@ -9,7 +9,7 @@ changes that one import in a private copy under a cache folder, and imports the 
 not depend on the package: only checks comparing pixels with it use this.
 
 ``compare_with_package`` runs one text-to-image generation on a narrow model (``testing.hires``) with
-InstantStyle's style preset loaded the diffusers way, with ``instantstyle.hidiffusion`` and with the package.
+InstantStyle's style preset loaded the diffusers way, with ``instantstyle.modes.hidiffusion`` and with the package.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def generate(pipe: Any, width: int, height: int, steps: int, output_type: str = 
 
 @dataclass
 class Comparison:
-    """One generation with ``instantstyle.hidiffusion`` (``ours``, and what it did), with the package
+    """One generation with ``instantstyle.modes.hidiffusion`` (``ours``, and what it did), with the package
     (``theirs``) and, when asked, without HiDiffusion (``plain``)."""
 
     ours: np.ndarray
@@ -162,7 +162,7 @@ def compare_with_package(
     device: str = "cpu", output_type: str = "np", plain: bool = False,
 ) -> Comparison:
     """Text-to-image on the narrow ``family`` model with the style preset: ours, the package's (and plain)."""
-    from ..hidiffusion import denoising_calls, hidiffusion
+    from ..modes.hidiffusion import denoising_calls, hidiffusion
 
     ours_pipe = load_with_style_adapter(hires, family, device)
     without = generate(ours_pipe, width, height, steps, output_type) if plain else None

@@ -1,0 +1,889 @@
+"""The command line: parses flags into a ``Request`` (what to make) and a ``Runtime`` (how to run), checks
+them (``preflight``), loads the pipeline once (``StylePipeline.from_pretrained``) and runs the request.
+
+Bad input exits 2 with one line on stderr (``--debug`` shows the traceback); everything that can be
+checked without a model (images, numbers, output path, blocks) is checked before a model loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..core.preflight import check_blocks, check_request, check_runtime
+from ..core.request import AdapterUse, LoraRef, Request, StyleRef, check_prompt, read_png_request, write_png
+from ..errors import UserError
+from ..files.atomic import write_text_atomically
+from ..files.images import MAX_PIXELS, PIL_PIXEL_LIMIT
+from ..files.logs import quiet_libraries
+from ..loading.hub import require_hub
+from ..loading.runtime import (
+    COMPILE_BACKENDS,
+    DEFAULT_ADAPTER,
+    DEFAULT_MODEL,
+    DEVICE_MAPS,
+    DEVICES,
+    DTYPES,
+    OFFLOAD_MODES,
+    Runtime,
+)
+
+if TYPE_CHECKING:
+    from ..core.pipeline import StylePipeline
+    from ..scores.scorer import Scores
+
+FLOAT = click.FLOAT
+INT = click.INT
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def run_cli(fn: Callable[..., Any], debug: bool, *args: Any, **kwargs: Any) -> Any:
+    """Run a command body, turning user errors into one line and exit 2."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError as err:
+        if debug:
+            traceback.print_exc()
+        _fail(str(err))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as err:  # an unexpected failure: one line unless --debug
+        if debug:
+            raise
+        _fail(f"{type(err).__name__}: {err} (run with --debug for the traceback)", 1)
+
+
+# Options shared by every command that runs a pipeline (how to run, not what to make): one Runtime field each,
+# as (field, click.option arguments).
+RUNTIME_OPTIONS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
+    ("device", ("--device",), {"default": "auto", "show_default": True, "type": click.Choice(DEVICES)}),
+    ("dtype", ("--dtype",), {"default": "auto", "show_default": True, "type": click.Choice(DTYPES),
+                             "help": "auto: float16 on GPU (bfloat16 for SD3.5 and FLUX), float32 on CPU."}),
+    ("keep_all_weights", ("--keep-all-weights",), {"is_flag": True,
+                                                   "help": "Keep adapter weights of untargeted layers."}),
+    ("single_file_config", ("--single-file-config",), {"default": None, "help": "Diffusers folder or hub id giving "
+                                                       "the configs for a single-file --model."}),
+    ("device_map", ("--device-map",), {"default": None, "type": click.Choice(DEVICE_MAPS), "help": "Spread each "
+                                       "model over all GPUs of a machine (for models too large for one GPU)."}),
+    ("offload", ("--offload",), {"default": None, "type": click.Choice(OFFLOAD_MODES), "help": "Keep models off the "
+                                 "GPU until they run (model: whole models; sequential: layer by layer, slowest, "
+                                 "least memory)."}),
+    ("low_memory", ("--low-memory/--no-low-memory",), {"default": None, "help": "Keep the image encoder off the "
+                                                       "device between encodes [default: when memory is tight or "
+                                                       "with --offload]."}),
+    ("memory_budget", ("--memory-budget",), {"default": None, "type": FLOAT, "metavar": "GIB", "help": "Stay under "
+                                             "this much device memory: encoders on the device only while they "
+                                             "encode, only the targeted adapter layers, the VAE decoding in tiles "
+                                             "where a whole image would not fit (e.g. 8 for an 8 GB GPU)."}),
+    ("vae_tiling", ("--vae-tiling",), {"is_flag": True, "help": "Decode in tiles and one image at a time at any "
+                                       "size [default: in tiles above 1024 px]; tiles change the image slightly."}),
+    ("compile", ("--compile", "compile_unet"), {"is_flag": True, "help": "torch.compile the UNet (first image slow, "
+                                                "later ones faster)."}),
+    ("compile_backend", ("--compile-backend",), {"default": "inductor", "type": click.Choice(COMPILE_BACKENDS),
+                                                 "hidden": True}),
+    ("cache_dir", ("--cache-dir",), {"default": None, "envvar": "INSTANTSTYLE_CACHE_DIR",
+                                     "help": "Keep style embeddings here across runs [env INSTANTSTYLE_CACHE_DIR]."}),
+    ("max_pixels", ("--max-pixels",), {"default": MAX_PIXELS, "type": INT, "show_default": True,
+                                       "help": "Refuse any input image with more pixels (read from its header, "
+                                       f"before decoding; at most {PIL_PIXEL_LIMIT:,})."}),
+    ("debug", ("--debug",), {"is_flag": True, "help": "Show tracebacks."}),
+]
+
+
+def runtime_options(*, exclude: Sequence[str] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a command with the runtime options (but ``exclude``) and ``--debug``."""
+
+    def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for name, decls, attrs in reversed(RUNTIME_OPTIONS):
+            if name not in exclude:
+                fn = click.option(*decls, **attrs)(fn)
+        return fn
+
+    return add
+
+
+def runtime_from(params: dict[str, Any], **fixed: Any) -> Runtime:
+    """The ``Runtime`` the runtime options describe (``fixed``: fields a command decides itself)."""
+    return Runtime(
+        device=params["device"],
+        dtype=params["dtype"],
+        device_map=params.get("device_map"),
+        offload=params.get("offload"),
+        low_memory=params.get("low_memory"),
+        compile_backend=params["compile_backend"] if params.get("compile_unet") else None,
+        cache_dir=params.get("cache_dir"),
+        keep_all_weights=bool(params.get("keep_all_weights")),
+        single_file_config=params.get("single_file_config"),
+        max_pixels=params.get("max_pixels", MAX_PIXELS),
+        vae_tiling=bool(params.get("vae_tiling")),
+        memory_budget=params.get("memory_budget"),
+    ).replace(**fixed)
+
+
+def _request_option(field: str, help: str = "", **kwargs: Any) -> tuple[str, click.Option]:
+    """A flag for one Request field, its help showing the Request default."""
+    default = Request.__dataclass_fields__[field].default
+    shown = f"  [default: {default}]" if isinstance(default, (int, float, str)) and default != "" else ""
+    return field, click.Option(["--" + field.replace("_", "-")], help=help + shown, **kwargs)
+
+
+# Request options: each maps to one Request field of the same name.
+REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
+    _request_option("model", "Diffusers folder, hub id or single .safetensors file. [default: SDXL base 1.0]"),
+    _request_option("adapter", "IP-Adapter weights file or org/repo/path/file. [default: h94 SDXL adapter] "
+                    "Add further adapters as 'PATH;style=IMG[:W];blocks=SPEC;scale=F;region=MASK'.",
+                    multiple=True),
+    _request_option("image_encoder", "CLIP image encoder folder (default: found beside the adapter)."),
+    _request_option("style", "Style image or .safetensors style file; repeat to blend, PATH:WEIGHT to weight.",
+                    multiple=True),
+    _request_option("prompt", "What to paint."),
+    _request_option("negative_prompt", "What to avoid."),
+    _request_option("blocks", "style | layout | style+layout | all | NAME[=S],... | PREFIX.A-B[=S] (a range) | "
+                    "@FILE:NAME (a presets file) [default: the model's: style on SDXL/SD1.5, all on SD3/FLUX]"),
+    _request_option("scale", "Multiplies every selected block's scale.", type=FLOAT),
+    _request_option("content_prompt", "Content to subtract from the style (e.g. what the style image shows)."),
+    _request_option("content_scale", "How much of the content to subtract.", type=FLOAT),
+    _request_option("content_image", "Image whose content to subtract."),
+    _request_option("content_text_encoder", "CLIP text model in the image encoder's space (ViT-H adapters)."),
+    _request_option("steps", "Denoising steps.", type=INT),
+    _request_option("guidance", "Classifier-free guidance scale (FLUX.1-dev: the distilled guidance, a model input).",
+                    type=FLOAT),
+    _request_option("true_cfg", "Guidance-distilled models (FLUX.1-dev): above 1, real classifier-free guidance "
+                    "with the negative prompt and a negative image (two passes per step).", type=FLOAT),
+    _request_option("seed", "Random seed (default: random, recorded in the PNG).", type=INT),
+    _request_option("width", "Image width (default: the model's).", type=INT),
+    _request_option("height", "Image height (default: the model's).", type=INT),
+    _request_option("num_images", "Images per prompt.", type=INT),
+    _request_option("init_image", "Image to restyle (img2img), or to repaint with --mask."),
+    _request_option("strength", "How far from --init-image: 0 keeps it, 1 ignores it (default 0.8; 1.0 when "
+                    "inpainting).", type=FLOAT),
+    _request_option("mask", "Inpainting mask for --init-image: white = repaint."),
+    _request_option("control", "ControlNet input: canny | depth | a ready control image (needs --controlnet)."),
+    _request_option("control_image", "Image to take canny edges from, or the depth map (default: --init-image)."),
+    _request_option("control_scale", "ControlNet strength.", type=FLOAT),
+    _request_option("depth_model", "With --control depth: a transformers depth model (folder or hub id, e.g. "
+                    "depth-anything/Depth-Anything-V2-Small-hf) that makes the map from --control-image."),
+    _request_option("controlnet", "ControlNet folder or hub id (default: the canny/depth ControlNet for the model)."),
+    _request_option("composition", "Image for the layout block; the style image keeps the style blocks."),
+    _request_option("composition_scale", "Scale of the composition image in the layout block.", type=FLOAT),
+    ("regions", click.Option(["--region", "regions"], multiple=True, help="Mask per --style, in order: white = "
+                             "where that style applies.")),
+    _request_option("style_start", "Fraction of the denoising run when the style starts acting.", type=FLOAT),
+    _request_option("style_end", "Fraction of the denoising run when the style stops acting.", type=FLOAT),
+    _request_option("style_fit", "Non-square references: centre crop, pad to square, or average square tiles.",
+                    type=click.Choice(["crop", "pad", "tiles"])),
+    _request_option("lora", "LoRA .safetensors file (diffusers/peft or kohya keys); repeat for several, "
+                    "FILE:SCALE to scale.", multiple=True),
+    _request_option("scheduler", "Sampler: euler, euler-a, euler-trailing, dpm++-2m, dpm++-2m-karras, ddim, lcm, "
+                    "tcd, unipc, ... (default: the model's)."),
+    ("hidiffusion", click.Option(["--hidiffusion/--no-hidiffusion"], default=None, help="HiDiffusion for sizes "
+                                 "above the model's native one (SDXL: 2048 px and up): no repeated subjects, and "
+                                 "faster. SDXL and SD1.5 only; not with --compile.")),
+]
+
+
+def request_fields(params: dict[str, Any]) -> dict[str, Any]:
+    """The Request fields given on the command line, parsed (style weights, further adapters)."""
+    given = {
+        name: params[name]
+        for name, _ in REQUEST_OPTIONS
+        if params.get(name) is not None and params.get(name) != ()
+    }
+    if "style" in given:
+        given["style"] = tuple(StyleRef.parse(s) for s in given["style"])
+    if "adapter" in given:  # a plain path names the main adapter (the last wins); 'PATH;style=...' adds one
+        values = given.pop("adapter")
+        plain = [text for text in values if ";" not in text]
+        if plain:
+            given["adapter"] = plain[-1]
+        extra = tuple(AdapterUse.parse(text) for text in values if ";" in text)
+        if extra:
+            given["adapters"] = extra
+    if "lora" in given:
+        given["lora"] = tuple(LoraRef.parse(s) for s in given["lora"])
+    return given
+
+
+def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
+    """Build the request: ``--from`` PNG first, then every flag given on the command line."""
+    given = request_fields(params)
+    if source is not None:
+        return source.replace(**given)
+    if "prompt" not in given:
+        raise UserError("--prompt is required (or --from IMAGE.png)")
+    if "style" not in given:
+        raise UserError("--style is required (or --from IMAGE.png)")
+    given.setdefault("model", DEFAULT_MODEL)
+    given.setdefault("adapter", DEFAULT_ADAPTER)
+    return Request(**given)
+
+
+def output_paths(output: str, count: int, overwrite: bool) -> list[Path]:
+    """``out.png`` for one image, ``out-1.png``... for several; refuses to clobber or an unwritable folder."""
+    path = Path(output).expanduser()
+    if path.suffix.lower() != ".png":
+        raise UserError(f"output {output}: must end in .png (the PNG carries the generation parameters)")
+    if path.is_dir():
+        raise UserError(f"output {output}: is a folder")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"output {output}: cannot create its folder ({err.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"output {output}: folder {parent} is not writable")
+    paths = [path] if count == 1 else [path.with_name(f"{path.stem}-{i + 1}.png") for i in range(count)]
+    if not overwrite:
+        for p in paths:
+            if p.exists():
+                raise UserError(f"output {p} exists; pass --overwrite to replace it")
+    return paths
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="instantstyle")
+def main() -> None:
+    """instantstyle: text-to-image in the style of a reference image (InstantStyle on diffusers)."""
+
+
+def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str | None]) -> StylePipeline:
+    """Check the blocks specs against the model's config, then load the request's model and adapter (``None``
+    among the specs: the family's default blocks; ``@FILE:NAME`` read from its presets file)."""
+    from ..core.blocks import expand_preset_ref
+    from ..core.pipeline import StylePipeline
+
+    assert request.model is not None and request.adapter is not None
+    config = runtime.single_file_config if Path(request.model).expanduser().is_file() else None
+    require_hub(("model", request.model), ("adapter", request.adapter), ("image encoder", request.image_encoder),
+                ("single-file config", config))  # what is missing, in one line, without waiting
+    check_blocks(request.model, specs, runtime.single_file_config, request)
+    blocks = ",".join(expand_preset_ref(s) for s in specs if s is not None) if None not in specs else None
+    return StylePipeline.from_pretrained(
+        request.model, request.adapter, runtime, image_encoder=request.image_encoder,
+        content_text_encoder=request.content_text_encoder, blocks=blocks,
+    )
+
+
+def _generate(params: dict[str, Any]) -> None:
+    source = read_png_request(params["from_png"]) if params["from_png"] else None
+    request = request_from_cli(params, source)
+    runtime = runtime_from(params)
+    check_request(request, runtime.max_pixels)
+    check_runtime(request, runtime)
+    paths = output_paths(params["output"], request.num_images, params["overwrite"])
+    if params["save_style"] and not params["save_style"].endswith(".safetensors"):
+        raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
+    scoring = params["score"] or params["csd"] is not None
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
+    if not params["debug"]:
+        quiet_libraries()
+    pipe = load_pipeline(request, runtime, [request.blocks])
+    if params["save_style"]:
+        click.echo(str(pipe.save_style(request, params["save_style"])))
+    scorer = pipe.scorer(request.content_text_encoder, params["csd"]) if scoring else None  # loaded before the run
+    result = pipe(request, progress=True)
+    scores, failure = score_safely(lambda: scorer.score_request(result.images, result.request) if scorer else None)
+    for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
+        write_png(image, path, result.request, i, scores[i].png_text() if scores else None)
+        click.echo(str(path))
+    if failure is not None:  # the images are written; only their scores are missing
+        raise failure
+    if scorer is not None and scores is not None:
+        echo_scores([str(p) for p in paths], scores, scorer.unavailable())
+
+
+def check_csd_path(path: str) -> None:
+    """A CSD checkpoint given on the command line exists (read, safely, when it loads)."""
+    if not Path(path).expanduser().exists():
+        raise UserError(f"CSD checkpoint {path}: no such file")
+
+
+def score_safely(fn: Callable[[], Any]) -> tuple[Any, UserError | None]:
+    """(``fn()``, None), or (None, the error) when scoring fails: the caller writes the images first."""
+    try:
+        return fn(), None
+    except UserError as err:
+        return None, UserError(f"the images are written, but not scored: {err}")
+
+
+def echo_scores(names: Sequence[str], scores: Sequence[Scores], unavailable: dict[str, str],
+                as_json: bool = False) -> None:
+    """Print scores: a table (or one JSON object per line), and on stderr a note per score never computed."""
+    from ..scores.scorer import ScoreRecord, format_table
+
+    records = [ScoreRecord(name, s) for name, s in zip(names, scores, strict=True)]
+    click.echo("\n".join(r.to_json() for r in records) if as_json else format_table(records))
+    for key, reason in unavailable.items():
+        click.echo(f"note: {key} not scored: {reason}", err=True)
+
+
+@main.command()
+@click.option("--from", "from_png", default=None, help="Reproduce a PNG made by instantstyle (flags override).")
+@click.option("--output", "-o", required=True, help="Output .png (several images: NAME-1.png, ...).")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--save-style", default=None, help="Also save the style (embedding + sources) to this .safetensors file.")
+@click.option("--score", is_flag=True, help="Score each image (CLIP style, CLIP text, content leak against "
+              "--content-prompt; CSD with --csd): printed, and stored in the PNG.")
+@click.option("--csd", default=None, help="CSD checkpoint for the csd_style score (implies --score).")
+@runtime_options()
+def generate(**params: Any) -> None:
+    """Make images in the style of --style, with the content of --prompt."""
+    run_cli(_generate, params["debug"], params)
+
+
+generate.params[6:6] = [option for _, option in REQUEST_OPTIONS]  # after --from ... --csd
+
+
+@main.command()
+@click.option("--model", default=None, help="Model whose blocks to list (default: SDXL base 1.0).")
+@click.option("--single-file-config", default=None)
+@click.option("--debug", is_flag=True)
+def blocks(model: str | None, single_file_config: str | None, debug: bool) -> None:
+    """List a model's attention blocks the adapter reaches: name, layer count, presets that use it."""
+
+    def body() -> None:
+        from ..core.blocks import list_blocks
+        from ..core.preflight import model_denoiser
+
+        name = model or DEFAULT_MODEL
+        family, denoiser = model_denoiser(name, single_file_config)
+        if denoiser is None:  # a single file without configs: load it to see its denoiser
+            import torch
+
+            from ..loading.loader import load_base_pipeline
+
+            denoiser = family.denoiser_of(load_base_pipeline(name, torch.float32))
+        layers = family.layers(denoiser)
+        click.echo(f"{name} ({family.name}): {len(layers)} attention layers take image features; default "
+                   f"blocks: {family.default_blocks}")
+        rows = list_blocks(layers, family)
+        width = max(len(r.name) for r in rows)
+        click.echo(f"{'block':<{width}}  layers  presets")
+        for row in rows:
+            click.echo(f"{row.name:<{width}}  {row.layers:>6}  {', '.join(row.presets)}")
+        note = family.blocks_note(denoiser) if family.blocks_note is not None else None
+        if note:
+            click.echo(note)
+
+    run_cli(body, debug)
+
+
+# --- score: the scores of images that exist ----------------------------------------------------------
+
+#: The models ``score`` loads: each from its flag, else from the requests the images carry (all must agree).
+SCORE_MODELS = ("model", "adapter", "image_encoder", "content_text_encoder")
+
+
+def _score(params: dict[str, Any]) -> None:
+    from PIL import Image
+
+    from ..core.request import PNG_KEY
+    from ..files.images import load_image
+    from ..loading.hub import is_local_adapter_ref, model_source, resolve_adapter_file
+    from ..loading.loader import load_scorer
+
+    if not params["images"]:
+        raise UserError("give the images to score: instantstyle score IMAGE... --prompt TEXT --style REF")
+    runtime = runtime_from(params)  # its pixel cap holds for every image read here
+    for name in ("prompt", "content_prompt"):
+        if params[name] is not None and not params[name].strip():
+            raise UserError(f"--{name.replace('_', '-')} is empty")
+        if params[name] is not None:
+            check_prompt(f"--{name.replace('_', '-')}", params[name])
+    styles = tuple(StyleRef.parse(text) for text in params["style"])
+    if styles:
+        Request("", style=styles)  # the weights' checks
+    for ref in styles:
+        if ref.path.endswith(".safetensors"):
+            if not Path(ref.path).is_file():
+                raise UserError(f"style file {ref.path}: no such file")
+        else:
+            load_image(ref.path, "style image", runtime.max_pixels)
+    pictures, saved = [], []
+    for path in params["images"]:
+        pictures.append(load_image(path, "image", runtime.max_pixels))
+        with Image.open(path) as image:  # readable: load_image said so
+            saved.append(read_png_request(path) if PNG_KEY in image.info else None)
+    wanted: list[tuple[str | None, tuple[StyleRef, ...], str | None, str]] = []
+    for path, request in zip(params["images"], saved, strict=True):
+        prompt = params["prompt"] if params["prompt"] is not None else request and request.prompt
+        style = styles or (request.style if request else ())
+        if not prompt and not style:
+            raise UserError(f"image {path}: nothing to score it against; give --prompt and/or --style (it carries "
+                            "no instantstyle parameters)")
+        content = params["content_prompt"] or (request.content_prompt if request else None)
+        fit = params["style_fit"] or (request.style_fit if request else "crop")
+        wanted.append((prompt or None, style, content, fit))
+    models = {name: params[name] or _shared(name, saved) for name in SCORE_MODELS}
+    model = None if models["content_text_encoder"] else models["model"] or DEFAULT_MODEL
+    adapter = models["adapter"] or DEFAULT_ADAPTER
+    require_hub(("model", model), ("adapter", adapter), ("image encoder", models["image_encoder"]),
+                ("content text encoder", models["content_text_encoder"]))  # what is missing, in one line, at once
+    if model is not None:
+        model_source(model)  # shaped like a model, before anything loads
+    if is_local_adapter_ref(adapter):
+        resolve_adapter_file(adapter)
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
+    if not params["debug"]:
+        quiet_libraries()
+    scorer = load_scorer(adapter, runtime, model=model,
+                         image_encoder=models["image_encoder"], content_text_encoder=models["content_text_encoder"],
+                         csd=params["csd"])
+    scores = [scorer.score([picture], *against)[0] for picture, against in zip(pictures, wanted, strict=True)]
+    echo_scores(params["images"], scores, scorer.unavailable(), params["as_json"])
+
+
+def _shared(name: str, saved: Sequence[Request | None]) -> str | None:
+    """The value of a request field that every image carrying a request agrees on (``None``: none carries one)."""
+    values = {getattr(r, name) for r in saved if r is not None and getattr(r, name) is not None}
+    if len(values) > 1:
+        flag = "--" + name.replace("_", "-")
+        raise UserError(f"the images were made with different {name.replace('_', ' ')}s ({', '.join(sorted(values))}); "
+                        f"give {flag}")
+    return values.pop() if values else None
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("images", nargs=-1)
+@click.option("--prompt", default=None, help="The prompt to score prompt fidelity against (default: each image's own, "
+              "from its PNG).")
+@click.option("--style", multiple=True, help="Style reference (image or style file), PATH:WEIGHT to weight; repeat "
+              "to blend (default: each image's own).")
+@click.option("--content-prompt", default=None, help="What the style reference shows: the content leak is scored "
+              "against it (default: each image's own).")
+@click.option("--model", default=None, help="Model whose CLIP text tower is in the adapter's space (SDXL's "
+              "text_encoder_2) [default: the images' own, else SDXL base 1.0].")
+@click.option("--adapter", default=None, help="IP-Adapter whose image encoder scores [default: the images' own, "
+              "else h94 SDXL].")
+@click.option("--image-encoder", default=None, help="CLIP image encoder folder (default: found beside the adapter).")
+@click.option("--content-text-encoder", default=None, help="CLIP text tower in the image encoder's space (ViT-H "
+              "adapters); replaces --model's.")
+@click.option("--style-fit", default=None, type=click.Choice(["crop", "pad", "tiles"]),
+              help="How non-square references are encoded [default: the images' own, else crop].")
+@click.option("--csd", default=None, help="CSD checkpoint (the authors' checkpoint.pth, or .safetensors) for "
+              "csd_style.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line, instead of a table.")
+@runtime_options(exclude=[name for name, _, _ in RUNTIME_OPTIONS if name not in ("device", "dtype",
+                                                                                  "single_file_config", "max_pixels",
+                                                                                  "debug")])
+def score(**params: Any) -> None:
+    """Score images: CLIP text (prompt fidelity), CLIP style, content leak, CSD style; cosines in [-1, 1].
+
+    Images made by instantstyle carry their prompt, style and model: `instantstyle score out/*.png` scores
+    each against its own."""
+    run_cli(_score, params["debug"], params)
+
+
+@main.command()
+@click.option("--keep", default=None, help="Folder to keep the fixture and output image in.")
+@click.option("--debug", is_flag=True)
+def selftest(keep: str | None, debug: bool) -> None:
+    """Run the whole path offline on a built-in tiny random-weight model (a few seconds)."""
+
+    def body() -> None:
+        quiet_libraries()
+        from .selftest import run_selftest
+
+        for line in run_selftest(Path(keep) if keep else None):
+            click.echo(line)
+
+    run_cli(body, debug)
+
+
+def _batch(params: dict[str, Any]) -> int:
+    from .batch import run_batch
+    from .workers import Scoring
+
+    defaults = request_fields(params)
+    defaults.setdefault("model", DEFAULT_MODEL)
+    defaults.setdefault("adapter", DEFAULT_ADAPTER)
+    runtime = runtime_from(params)
+    address = params["ray"]
+    if params["workers"] is not None and address is None:
+        raise UserError("--workers is the number of Ray workers; add --ray")
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
+    scoring = Scoring(params["csd"]) if params["score"] or params["csd"] is not None else None
+    if not params["debug"]:
+        quiet_libraries()
+    try:
+        report = run_batch(
+            params["jobs"], params["output"], runtime=runtime, batch_size=params["batch_size"],
+            retry_failed=params["retry_failed"], strict=params["strict"], defaults=defaults,
+            ray=address is not None, ray_address=None if address in (None, "local") else address,
+            workers=params["workers"], progress=not params["quiet"],
+            on_problem=lambda message: click.echo(f"skipped: {message}", err=True), scoring=scoring,
+        )
+    except KeyboardInterrupt:
+        click.echo("finished images and the manifest are kept; run the same command again to resume", err=True)
+        raise
+    for error in report.errors[:20]:
+        click.echo(f"failed: {error}", err=True)
+    if len(report.errors) > 20:
+        click.echo(f"failed: ... and {len(report.errors) - 20} more (see the manifest)", err=True)
+    click.echo(report.summary())
+    return 1 if report.failed or report.failed_before else 2 if report.problems else 0
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("jobs")
+@click.option("--output", "-o", required=True, help="Folder for the images and manifest.jsonl.")
+@click.option("--batch-size", default=1, type=click.IntRange(min=1), help="Images per denoising call (jobs "
+              "sharing size, steps, guidance, blocks and model).")
+@click.option("--retry-failed", is_flag=True, help="Also rerun jobs the manifest records as failed.")
+@click.option("--strict", is_flag=True, help="Stop before starting if any job line is bad.")
+@click.option("--ray", default=None, is_flag=False, flag_value="local", metavar="[ADDRESS]",
+              help="Run on Ray: a cluster address (e.g. ray://head:10001 or auto), or a local Ray without one.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Ray workers (default: one per GPU, "
+              "else 1).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--score", is_flag=True, help="Score every image (CLIP style, CLIP text, content leak; CSD with "
+              "--csd): in its manifest line and its PNG.")
+@click.option("--csd", default=None, help="CSD checkpoint for the csd_style score (implies --score).")
+@runtime_options()
+def batch(**params: Any) -> None:
+    """Render every job of JOBS (.jsonl, .csv or a .json matrix) into --output; rerun to resume.
+
+    Request options given here are defaults for jobs that do not set them."""
+    code = run_cli(_batch, params["debug"], params)
+    sys.exit(code or 0)
+
+
+for _name, _option in REQUEST_OPTIONS:
+    batch.params.append(_option)
+
+
+def entry(argv: list[str] | None = None) -> None:
+    """Console entry point (``argv`` for tests): click's own usage errors become one line too."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
+    try:
+        main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except click.Abort:
+        _fail("aborted", 130)
+    except click.ClickException as err:
+        _fail(err.format_message(), 2)
+
+
+# --- sweep: a labelled contact sheet over blocks x scale (x content scale) ---------------------------
+
+SWEPT = ("blocks", "scale", "content_scale", "num_images")
+
+
+def _sweep(params: dict[str, Any]) -> None:
+    from ..core.preflight import model_family
+    from .sweep import (
+        Axes,
+        cell_name,
+        csv_path,
+        default_rows,
+        parse_blocks_list,
+        parse_number_list,
+        plot_path,
+        render_sweep,
+    )
+
+    source = read_png_request(params["from_png"]) if params["from_png"] else None
+    base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
+    assert base.model is not None
+    family = model_family(base.model, params.get("single_file_config")) if not params["sweep_blocks"] else None
+    rows = params["sweep_blocks"] or default_rows(list(family.presets if family else ()))
+    axes = Axes(
+        parse_blocks_list(rows),
+        parse_number_list("scale", params["sweep_scales"]),
+        parse_number_list("content scale", params["sweep_content_scales"]) if params["sweep_content_scales"] else (),
+    )
+    if axes.content_scales and base.content_prompt is None and base.content_image is None:
+        raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
+    if not params["score"] and (params["pick"] or params["csd"] is not None):
+        raise UserError(f"{'--pick' if params['pick'] else '--csd'} needs the scores; drop --no-score")
+    if not 0 <= params["pick_style_floor"] <= 1:  # click's range lets nan through
+        raise UserError(f"--pick-style-floor must be between 0 and 1, got {params['pick_style_floor']}")
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
+    runtime = runtime_from(params)
+    check_request(base, runtime.max_pixels)
+    check_runtime(base, runtime)
+    if not params["debug"]:
+        quiet_libraries()
+    sheet = output_paths(params["output"], 1, params["overwrite"])[0]
+    outputs = [sheet.with_name(cell_name(sheet.stem, axes, r, c)) for r in range(len(axes.rows))
+               for c in range(len(axes.scales))]
+    if params["score"]:
+        outputs += [plot_path(sheet), csv_path(sheet)]
+    if params["pick"]:
+        outputs += [*pick_paths(sheet)]
+    for path in outputs:  # nothing finished is overwritten without --overwrite, checked before any work
+        if path.suffix == ".png":
+            output_paths(str(path), 1, params["overwrite"])
+        elif path.exists() and not params["overwrite"]:
+            raise UserError(f"output {path} exists; pass --overwrite to replace it")
+    pipe = load_pipeline(base, runtime, axes.blocks)
+    scorer = pipe.scorer(base.content_text_encoder, params["csd"]) if params["score"] else None
+    if params["pick"] and scorer is not None and "clip_text" in scorer.unavailable():
+        raise UserError(f"--pick needs prompt scores, and this model has none: {scorer.unavailable()['clip_text']}")
+    out = render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)), scorer=scorer,
+                       style_floor=params["pick_style_floor"] if params["pick"] else None, progress=True)
+    click.echo(str(sheet))
+    if scorer is None:
+        return
+    click.echo(f"{out.plot}\n{out.table}")
+    echo_scores([cell.settings["file"] for cell in out.cells], [cell.scores for cell in out.cells],
+                scorer.unavailable())
+    if out.picked is not None:
+        write_pick(pipe, out.picked_request(), out.cells[out.picked], sheet)
+
+
+def pick_paths(sheet: Path) -> tuple[Path, Path]:
+    """Where ``sweep --pick`` writes the pick: a ``generate`` command line and a style file with its settings."""
+    return sheet.with_name(f"{sheet.stem}-pick.sh"), sheet.with_name(f"{sheet.stem}-pick.safetensors")
+
+
+def write_pick(pipe: StylePipeline, request: Request, cell: Any, sheet: Path) -> None:
+    """Print the picked cell and save it as a ready ``generate`` command line and a style file carrying its
+    settings (the web UI restores them when the file is uploaded as the style)."""
+    from ..core.styles import style_settings
+
+    script, style_file = pick_paths(sheet)
+    command = generate_command(request, sheet.with_name(f"{sheet.stem}-pick.png"))
+    write_text_atomically(script, f"#!/bin/sh\n# {cell.label}: {cell.scores.caption(', ')}\n{command}\n")
+    pipe.save_style(request, style_file, extra=style_settings(request))
+    click.echo(f"pick: {cell.label} ({cell.scores.caption(', ')})\n{command}\n{script}\n{style_file}")
+
+
+def generate_command(request: Request, output: str | Path) -> str:
+    """The ``instantstyle generate`` command line that makes ``request`` (its fields that differ from the defaults,
+    as flags) into ``output``."""
+    import shlex
+
+    defaults = {f.name: f.default for f in dataclasses.fields(Request)}
+    flags: list[str] = []
+    for name, option in REQUEST_OPTIONS:
+        value = getattr(request, name)
+        if value is None or value == () or value == defaults.get(name) and name not in ("prompt", "seed"):
+            continue
+        flag = option.opts[0]
+        if name == "style":
+            flags += [a for ref in value for a in (flag, ref.path if ref.weight == 1 else f"{ref.path}:{ref.weight!r}")]
+        elif name == "lora":
+            flags += [a for ref in value for a in (flag, ref.path if ref.scale == 1 else f"{ref.path}:{ref.scale!r}")]
+        elif name == "regions":
+            flags += [a for region in value for a in (flag, region)]
+        else:
+            flags += [flag, str(value)]
+    for use in request.adapters:
+        parts = [use.path, *(f"style={r.path}" + ("" if r.weight == 1 else f":{r.weight!r}") for r in use.style),
+                 *([f"blocks={use.blocks}"] if use.blocks is not None else []), f"scale={use.scale!r}",
+                 *(f"region={r}" for r in use.regions)]
+        flags += ["--adapter", ";".join(parts)]
+    return shlex.join(["instantstyle", "generate", *flags, "-o", str(output)])
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--blocks", "sweep_blocks", multiple=True, default=(),
+              help="Blocks specs to compare, one row each (';' between specs that contain commas) [default: "
+              "style,style+layout,all; all on SD3/FLUX].")
+@click.option("--scale", "sweep_scales", default="0.4,0.7,1.0", help="Scales to compare, one column each.")
+@click.option("--content-scale", "sweep_content_scales", default=None,
+              help="Content scales to compare (rows within each blocks spec); needs --content-prompt.")
+@click.option("--from", "from_png", default=None, help="Take the other settings from a PNG made by instantstyle.")
+@click.option("--output", "-o", required=True, help="The sheet .png; cells are written beside it as "
+              "SHEET-BLOCKS-sSCALE.png.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--score/--no-score", default=True, help="Score every cell (CLIP style, CLIP text, content leak; CSD "
+              "with --csd): captions on the sheet, SHEET-plot.png (style vs prompt, Pareto front) and SHEET.csv.")
+@click.option("--csd", default=None, help="CSD checkpoint: csd_style becomes the style score.")
+@click.option("--pick", is_flag=True, help="Pick the cell on the Pareto front with the best prompt score whose style "
+              "score stays within --pick-style-floor of the best: print it, save SHEET-pick.sh (the generate command "
+              "line) and SHEET-pick.safetensors (a style file with those settings).")
+@click.option("--pick-style-floor", default=0.9, type=click.FloatRange(0, 1), help="The fraction of the best style "
+              "score the pick must keep.")
+@runtime_options()
+def sweep(**params: Any) -> None:
+    """Render every blocks x scale combination with one seed into a labelled contact sheet."""
+    run_cli(_sweep, params["debug"], params)
+
+
+for _name, _option in REQUEST_OPTIONS:
+    if _name not in SWEPT:
+        sweep.params.append(_option)
+
+
+# --- probe-blocks: find a model's style blocks ----------------------------------------------------------
+
+PROBED = ("blocks", "scale", "style", "prompt", "content_prompt", "content_scale", "content_image", "num_images")
+PROBE_FILES = ("probe.png", "probe.csv", "probe.md")
+
+
+def _probe_blocks(params: dict[str, Any]) -> None:
+    from ..core.blocks import list_blocks, read_presets
+    from ..scores.pareto import cell_points, cells_csv, pareto_front
+    from ..scores.plots import save_plot, scatter_plot
+    from ..scores.preset_file import write_presets
+    from ..scores.probe import probe_cells, probe_presets, probe_requests, probe_table, rank_blocks, run_probe
+    from ..scores.scorer import SCORE_TITLES
+
+    if not params["probe_styles"]:
+        raise UserError("--style is required: the reference(s) whose style the blocks are probed with")
+    if not params["probe_prompts"] or not all(p.strip() for p in params["probe_prompts"]):
+        raise UserError("--prompt is required (and not empty): what the probe images show")
+    styles = tuple(StyleRef.parse(text) for text in params["probe_styles"])
+    contents = list(params["probe_content_prompts"])
+    if len(contents) not in (0, 1, len(styles)):
+        raise UserError(f"{len(contents)} content prompts for {len(styles)} styles: give one per style, or one")
+    given = request_fields({**params, **dict.fromkeys(PROBED)})
+    given.setdefault("model", DEFAULT_MODEL)
+    given.setdefault("adapter", DEFAULT_ADAPTER)
+    base = Request(params["probe_prompts"][0], style=styles, **given)
+    runtime = runtime_from(params)
+    check_request(base, runtime.max_pixels)
+    check_runtime(base, runtime)
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
+    folder = Path(params["output"]).expanduser()
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir()) and not params["overwrite"]):
+        raise UserError(f"output {folder}: " + ("is a file" if not folder.is_dir() else
+                                                "is not empty; pass --overwrite to write into it"))
+    presets_file = Path(params["save_presets"]).expanduser() if params["save_presets"] else None
+    if presets_file is not None and presets_file.exists():
+        read_presets(presets_file)  # new presets merge into it: it must be one
+    elif presets_file is not None and not (presets_file.parent.is_dir() and os.access(presets_file.parent, os.W_OK)):
+        raise UserError(f"presets file {presets_file}: its folder does not exist or is not writable")
+    output_paths(str(folder / PROBE_FILES[0]), 1, overwrite=True)  # the folder can be made and written
+    if not params["debug"]:
+        quiet_libraries()
+    pipe = load_pipeline(base, runtime, ["all"])
+    scorer = pipe.scorer(base.content_text_encoder, params["csd"])
+    blocks = list_blocks(pipe.layers, pipe.arch)
+    jobs = probe_requests(pipe.complete(base), blocks, styles, params["probe_prompts"], contents)
+    per_block = len(styles) * len(params["probe_prompts"])
+    click.echo(f"probing {len(blocks)} blocks (+ all, none) x {len(styles)} style(s) x "
+               f"{len(params['probe_prompts'])} prompt(s): {len(jobs)} images into {folder}", err=True)
+
+    def save(index: int, job: Any, image: Any, request: Request, scores: Any) -> None:
+        style, prompt = divmod(index % per_block, len(params["probe_prompts"]))
+        name = f"{job.block}-style{style + 1}-prompt{prompt + 1}.png"
+        write_png(image, folder / name, request, extra=scores.png_text())
+
+    rows, key = rank_blocks(run_probe(pipe, jobs, scorer, params["batch_size"], save), blocks)
+    click.echo(probe_table(rows, key))
+    cells = probe_cells(rows)
+    points = cell_points(cells, key)
+    front = pareto_front(points)
+    plot = scatter_plot(points, [c.label for c in cells], SCORE_TITLES[key], SCORE_TITLES["clip_text"], front=front,
+                        title="probe: the adapter in each block alone (and all, none)")
+    paths = [save_plot(plot, folder / PROBE_FILES[0]), folder / PROBE_FILES[1], folder / PROBE_FILES[2]]
+    write_text_atomically(paths[1], cells_csv(cells, front))
+    write_text_atomically(paths[2], probe_table(rows, key, markdown=True) + "\n")
+    click.echo("\n".join(str(p) for p in paths))
+    for name, reason in scorer.unavailable().items():
+        click.echo(f"note: {name} not scored: {reason}", err=True)
+    if presets_file is not None:
+        presets = probe_presets(rows)
+        write_presets(presets_file, presets)
+        click.echo(f"presets in {presets_file}: " + ", ".join(f"{k}={v}" for k, v in presets.items()))
+        click.echo(f"use them as --blocks @{presets_file}:style", err=True)
+
+
+@main.command("probe-blocks", context_settings={"show_default": True})
+@click.option("--style", "probe_styles", multiple=True, help="Style reference(s) to probe with; repeat for several "
+              "(each probed alone).")
+@click.option("--prompt", "probe_prompts", multiple=True, help="Prompt(s) to probe with; repeat for several.")
+@click.option("--content-prompt", "probe_content_prompts", multiple=True, help="What each style reference shows "
+              "(one per --style, or one for all): scored as the content leak, never subtracted.")
+@click.option("--output", "-o", required=True, help="Folder for the probe images, probe.png (plot), probe.csv and "
+              "probe.md (the ranked table).")
+@click.option("--overwrite", is_flag=True, help="Write into a folder that is not empty.")
+@click.option("--save-presets", default=None, help="Save the best blocks as named presets (style, style-top2, ... "
+              "layout, style+layout) in this JSON file (merged into it), for --blocks @FILE:NAME.")
+@click.option("--csd", default=None, help="CSD checkpoint: blocks are then ranked by csd_style.")
+@click.option("--batch-size", default=4, type=click.IntRange(min=1), help="Images per denoising call.")
+@runtime_options()
+def probe_blocks(**params: Any) -> None:
+    """Find a model's style blocks: inject the style into each attention block alone (and all, and none), score
+    every image, and rank the blocks by style score (with prompt score and content leak)."""
+    run_cli(_probe_blocks, params["debug"], params)
+
+
+for _name, _option in REQUEST_OPTIONS:
+    if _name not in PROBED:
+        probe_blocks.params.append(_option)
+
+
+# --- ui: the web page ---------------------------------------------------------------------------------
+
+
+def _ui(params: dict[str, Any]) -> None:
+    try:
+        from .ui import launch, read_auth
+    except ImportError as err:
+        raise UserError(f"the web UI needs gradio: pip install 'instantstyle[ui]' ({err})") from None
+    import socket
+
+    from ..core.pipeline import StylePipeline
+
+    runtime = runtime_from(params, keep_all_weights=True)  # any blocks per request, without reloading the adapter
+    auth = read_auth(params["auth"], params["auth_file"])
+    for folder in params["models_dir"]:
+        if not Path(folder).expanduser().is_dir():
+            raise UserError(f"--models-dir {folder}: no such folder")
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
+    try:  # a taken port fails before the model loads, not after
+        with socket.create_server((params["host"], params["port"])):
+            pass
+    except OSError as err:
+        where = f"{params['host']}:{params['port']}"
+        raise UserError(f"cannot serve on {where} ({err.strerror or err}); check --host and --port") from None
+    if params["host"] not in ("127.0.0.1", "localhost", "::1") or params["share"]:
+        where = "a public gradio.live link" if params["share"] else params["host"]
+        if auth:
+            click.echo(f"warning: serving on {where} with a login; over plain HTTP the password travels in clear "
+                       "(put the page behind HTTPS)", err=True)
+        else:
+            click.echo(f"warning: serving on {where} without a login: anyone who can reach it can use the page "
+                       "(--auth USER:PASSWORD or --auth-file FILE adds one)", err=True)
+    pipe = StylePipeline.from_pretrained(
+        params["model"] or DEFAULT_MODEL, params["adapter"] or DEFAULT_ADAPTER, runtime,
+        image_encoder=params["image_encoder"], content_text_encoder=params["content_text_encoder"],
+    )
+    public = "" if params["share"] else "; no public link (--share makes a temporary gradio.live one)"
+    click.echo(f"serving http://{params['host']}:{params['port']}/ (outputs in {params['workdir']}{public})")
+    launch(pipe, params["workdir"], params["host"], params["port"], share=params["share"], auth=auth,
+           models_dirs=params["models_dir"], max_pixels=runtime.max_pixels, csd=params["csd"])
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--model", default=None, help="Diffusers folder, hub id or single .safetensors file "
+              "[default: SDXL base 1.0].")
+@click.option("--adapter", default=None, help="IP-Adapter weights file or org/repo/path/file [default: h94 SDXL].")
+@click.option("--image-encoder", default=None, help="CLIP image encoder folder (default: found beside the adapter).")
+@click.option("--content-text-encoder", default=None, help="CLIP text model in the image encoder's space.")
+@click.option("--host", default="127.0.0.1", help="Address to bind; 0.0.0.0 serves every network interface.")
+@click.option("--port", default=7860, type=click.IntRange(1, 65535))
+@click.option("--share", is_flag=True, help="Also open a public gradio.live link (off unless asked).")
+@click.option("--workdir", default="instantstyle-ui", help="Folder for uploads and generated images.")
+@click.option("--auth", multiple=True, metavar="USER:PASSWORD", help="Require a login (repeat for more users; "
+              "--auth-file keeps passwords out of the process list).")
+@click.option("--auth-file", multiple=True, metavar="FILE", help="Logins, one USER:PASSWORD per line.")
+@click.option("--models-dir", multiple=True, metavar="DIR", help="A folder the page may read LoRA files, "
+              "ControlNet folders and presets files (--blocks @FILE:NAME) from (repeatable; none by default).")
+@click.option("--csd", default=None, help="CSD checkpoint: images are also scored by csd_style.")
+@runtime_options(exclude=("keep_all_weights",))  # the page keeps every weight: any blocks per request
+def ui(**params: Any) -> None:
+    """Serve the web UI: generate, sweep, restore settings from PNGs, save style files."""
+    run_cli(_ui, params["debug"], params)

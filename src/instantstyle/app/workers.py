@@ -1,0 +1,184 @@
+"""Turning batches of jobs into images: the job, the worker that runs it, and what comes back.
+
+A ``Worker`` holds one pipeline at a time on one device, loaded as the ``Runtime`` says (the same in
+process and in every Ray actor), and runs each batch through the core's batched generation
+(``StylePipeline.generate_many``), scoring the images when asked (``Scoring``). Workers only make images;
+the batch driver (``batch``) writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.request import Request
+from ..errors import UserError
+from ..loading.runtime import DEFAULT_ADAPTER, DEFAULT_MODEL, Runtime
+from ..scores.scorer import Scores
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request to render, named by ``id`` (its output files are ``ID.png`` or ``ID-N.png``)."""
+
+    id: str
+    request: Request
+    where: str = ""  # "jobs.jsonl line 3", for messages
+
+    @property
+    def outputs(self) -> list[str]:
+        n = self.request.num_images
+        return [f"{self.id}.png"] if n == 1 else [f"{self.id}-{i + 1}.png" for i in range(n)]
+
+    @property
+    def key(self) -> str:
+        """Fingerprint of what the job makes: a done job whose line changed is made again."""
+        return hashlib.sha256(self.request.to_json().encode()).hexdigest()[:16]
+
+
+@dataclass
+class Outcome:
+    """What a worker sends back for one job: its images and completed request, or an error; with scoring, the
+    images' scores (or why they could not be computed: the images still count)."""
+
+    job: Job
+    images: list[Any]
+    request: Request | None
+    error: str | None
+    seconds: float
+    batch_images: int
+    scores: list[Scores] | None = None
+    score_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Score every image a worker makes (``StylePipeline.score`` against its request), with CSD from ``csd``."""
+
+    csd: str | None = None
+
+
+@dataclass
+class BatchResult:
+    """A worker's answer for one batch, with its running count of image-encoder forward passes."""
+
+    outcomes: list[Outcome]
+    worker: str
+    encoder_runs: int
+
+
+def pipeline_key(request: Request) -> tuple[str | None, str | None, str | None]:
+    return request.model, request.adapter, request.image_encoder
+
+
+def _fits(pipe: Any, key: tuple[str | None, str | None, str | None]) -> bool:
+    """Whether a loaded pipeline is the one a job names (``None``: any)."""
+    mine = (pipe.model_id, pipe.adapter_ref or pipe.adapter.path, pipe.image_encoder.identity)
+    return all(want is None or Path(want).expanduser().resolve() == Path(have).expanduser().resolve()
+               for want, have in zip(key, mine, strict=True))
+
+
+class Worker:
+    """Turns batches of jobs into images on one device: one pipeline at a time, loaded as ``runtime`` says, and
+    every style it has encoded kept (the core's embedding memory, shared across the pipelines it loads)."""
+
+    def __init__(self, runtime: Runtime | None = None, pipeline: Any = None, threads: int | None = None,
+                 scoring: Scoring | None = None) -> None:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.runtime = runtime or Runtime()
+        self.scoring = scoring
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.encoder_runs = 0
+        self.given = pipeline
+        self.pipeline: Any = None
+        self.loaded: tuple[Any, ...] | None = None
+        self.load_errors: dict[tuple[Any, ...], Exception] = {}
+        self.hooks: list[Any] = []
+        self.embed_memory: dict[Any, Any] = pipeline.embeddings.memory if pipeline is not None else {}
+        if pipeline is not None:
+            self._watch(pipeline)
+
+    def _watch(self, pipeline: Any) -> None:
+        pipeline.embeddings.memory = self.embed_memory  # styles encoded by an earlier model stay known
+        self.hooks.append(pipeline.image_encoder.model.register_forward_hook(self._count))
+
+    def close(self) -> None:
+        """Stop counting encoder passes (a pipeline given by the caller outlives this worker)."""
+        for hook in self.hooks:
+            hook.remove()
+
+    def _count(self, *_: Any) -> None:
+        self.encoder_runs += 1
+
+    def pipeline_for(self, jobs: Sequence[Job]) -> Any:
+        """The given pipeline if the jobs name no other model, else the loaded one when it fits, else a new
+        one (the previous one released first)."""
+        from ..core.pipeline import StylePipeline
+
+        key = pipeline_key(jobs[0].request)
+        if self.given is not None and _fits(self.given, key):
+            return self.given
+        if self.pipeline is not None and self.loaded == key:
+            return self.pipeline
+        if key in self.load_errors:
+            raise self.load_errors[key]
+        self.pipeline = self.loaded = None
+        model, adapter, encoder = key
+        try:
+            pipe = StylePipeline.from_pretrained(model or DEFAULT_MODEL, adapter or DEFAULT_ADAPTER, self.runtime,
+                                                 image_encoder=encoder, blocks=jobs[0].request.blocks)
+        except Exception as err:
+            self.load_errors[key] = err
+            raise
+        self._watch(pipe)
+        self.pipeline, self.loaded = pipe, key
+        return pipe
+
+    def run(self, jobs: Sequence[Job]) -> BatchResult:
+        """Make the images of one batch; a failing batch is retried job by job so one bad job fails alone."""
+        outcomes: list[Outcome] = []
+        try:
+            pipe = self.pipeline_for(jobs)
+        except Exception as err:  # the model cannot load: every job of the batch fails with that reason
+            return BatchResult([self._failed(j, err, 0.0) for j in jobs], self.name, self.encoder_runs)
+        start = time.perf_counter()
+        try:
+            results = pipe.generate_many([j.request for j in jobs])
+        except Exception as err:
+            if len(jobs) == 1:
+                return BatchResult([self._failed(jobs[0], err, time.perf_counter() - start)], self.name,
+                                   self.encoder_runs)
+            for job in jobs:
+                outcomes += self.run([job]).outcomes
+            return BatchResult(outcomes, self.name, self.encoder_runs)
+        seconds = time.perf_counter() - start
+        images = sum(len(r.images) for r in results)
+        outcomes = [Outcome(j, r.images, r.request, None, seconds, images, *self._score(pipe, r))
+                    for j, r in zip(jobs, results, strict=True)]
+        return BatchResult(outcomes, self.name, self.encoder_runs)
+
+    def _score(self, pipe: Any, result: Any) -> tuple[list[Scores] | None, str | None]:
+        """(scores, None), or (None, why not): a failure to score never loses the images."""
+        if self.scoring is None:
+            return None, None
+        try:
+            return pipe.score(result, csd=self.scoring.csd), None
+        except Exception as err:
+            return None, _one_line(err)
+
+    def _failed(self, job: Job, err: Exception, seconds: float) -> Outcome:
+        return Outcome(job, [], None, _one_line(err), seconds, 0)
+
+
+def _one_line(err: Exception) -> str:
+    message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+    return message.splitlines()[0] if message else type(err).__name__

@@ -1,0 +1,102 @@
+"""IP-Adapter files: reading h94-format weights, refusing misfits, attaching them with diffusers.
+
+Diffusers' own loader (``load_ip_adapter``) and attention processors do the work; this module adds
+what InstantStyle needs on top: knowing a file's kind and dimensions before loading, refusing a file
+that does not fit the model (the family says what fits), and pruning the adapter weights of every
+layer no block targets right after loading (``processors.prune_layers``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..errors import UserError
+from ..families import Family, all_families
+from .processors import adapter_parameter_count as adapter_parameter_count  # re-exported: counts live weights
+from .processors import adapters_loaded, prune_layers
+
+AdapterKind = Literal["global", "plus"]
+
+
+@dataclass(frozen=True)
+class AdapterWeights:
+    """An IP-Adapter file read into memory, with what it is and what it fits."""
+
+    path: str
+    kind: AdapterKind
+    image_embed_dim: int  # global: CLIP projection dim; plus: CLIP hidden size
+    cross_attention_dim: int
+    num_layers: int
+    state_dict: dict[str, dict[str, torch.Tensor]]
+
+
+def read_adapter(path: str | Path) -> AdapterWeights:
+    """Read an h94 IP-Adapter file (flat ``.safetensors`` or legacy ``.bin``) and classify it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"adapter {path}: no such file")
+    flat: dict[str, torch.Tensor] = {}
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            flat = load_file(str(path))
+            state: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+            for key, tensor in flat.items():
+                group, _, rest = key.partition(".")
+                if group in state:
+                    state[group][rest] = tensor
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file is a user error, whatever the library raised
+        raise UserError(f"adapter {path}: not a readable weights file ({type(err).__name__})") from None
+    if not isinstance(state, dict) or not state.get("image_proj") or not state.get("ip_adapter"):
+        for family in all_families():  # a format only some family uses (h94's is every UNet family's)
+            weights = family.adapter_reader(path, flat) if family.adapter_reader is not None else None
+            if weights is not None:
+                return weights  # type: ignore[no-any-return]
+        raise UserError(f"adapter {path}: not an IP-Adapter file (no image_proj / ip_adapter weights)")
+    proj, layers = state["image_proj"], state["ip_adapter"]
+    kind: AdapterKind
+    if "proj.weight" in proj and "norm.weight" in proj:
+        kind, embed_dim = "global", proj["proj.weight"].shape[1]
+        cross_dim = proj["proj.weight"].shape[0] // 4
+    elif "latents" in proj and "proj_in.weight" in proj:
+        kind, embed_dim = "plus", proj["proj_in.weight"].shape[1]
+        cross_dim = proj["proj_out.weight"].shape[0]
+    else:
+        raise UserError(f"adapter {path}: unsupported IP-Adapter kind (only global and plus adapters)")
+    num_layers = sum(1 for k in layers if k.endswith(".to_k_ip.weight"))
+    return AdapterWeights(str(path), kind, int(embed_dim), int(cross_dim), num_layers, state)
+
+
+def check_adapter_fits(adapter: AdapterWeights, family: Family, denoiser: Any) -> None:
+    """Refuse an adapter made for another model (an SD1.5 adapter on SDXL, say) with a clear message."""
+    misfit = family.adapter_misfit(adapter, denoiser)
+    if misfit is not None:
+        raise UserError(f"adapter {adapter.path} does not fit this {family.name} model: {misfit}")
+
+
+def attach_adapters(
+    pipe: Any, family: Family, adapters: Sequence[AdapterWeights], keep: Sequence[set[str]] | None = None
+) -> None:
+    """Load adapters into the pipeline's denoiser with diffusers, then prune layers outside ``keep``.
+
+    ``keep[i]`` is the set of layers adapter ``i`` may ever be used on; ``None`` keeps every weight
+    (re-targeting then needs no reload).
+    """
+    if adapters_loaded(family.denoiser_of(pipe)):
+        pipe.unload_ip_adapter()
+    family.load_adapters(pipe, [a.state_dict for a in adapters])
+    if keep is not None:
+        prune_layers(family.denoiser_of(pipe), family, keep)
+
+
+def file_parameter_count(adapter: AdapterWeights) -> int:
+    """Parameters in the adapter file, for the pruned fraction the benchmark reports."""
+    return sum(t.numel() for group in adapter.state_dict.values() for t in group.values())

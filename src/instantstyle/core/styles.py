@@ -1,0 +1,167 @@
+"""A request's style as diffusers takes it: ``ip_adapter_image_embeds``, one entry per slot.
+
+Slots are the main adapter (the request's style references), each further adapter (its own references),
+then the composition image (sharing the main adapter's weights; see ``routing``). References are encoded
+once, in memory and on disk with a cache folder (``EmbeddingStore``), blended by weight (or kept apart
+for regions), and the main adapter's style has its content subtracted: InstantStyle's
+``style - content_scale * content`` in CLIP space, the content from a text tower of the image encoder's
+CLIP or from a content image.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..files.images import MAX_PIXELS, load_image
+from ..loading import memory
+from ..loading.cache import EmbeddingCache, encoder_fingerprint
+from .adapter import AdapterWeights
+from .embeddings import (
+    ImageEncoder,
+    StyleFile,
+    TextTower,
+    blend,
+    encode_reference,
+    image_hash,
+    load_style,
+    save_style,
+    subtract_content,
+    unconditional_embeds,
+)
+from .request import Request, StyleRef
+
+
+@dataclass(frozen=True)
+class LoadedAdapter:
+    """An adapter loaded in the denoiser and the image encoder that makes its embeddings."""
+
+    weights: AdapterWeights  # kind and dims (the weights themselves live in the denoiser)
+    encoder: ImageEncoder
+    negative: str = "ip-adapter"  # how its CFG negative is made (``embeddings.NEGATIVE_RULES``; the family says)
+
+
+@dataclass
+class EmbeddingStore:
+    """Reference embeddings, each computed once: kept in ``memory`` for the process and, with a cache folder,
+    on ``disk`` across processes; the encoder only runs for an image seen nowhere (see ``memory`` for
+    where it lives in between)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    low_memory: bool = False
+    disk: EmbeddingCache | None = None
+    max_pixels: int | None = MAX_PIXELS  # the cap on every reference image read (see ``images``)
+    make_room: Callable[[int], None] | None = None  # asked for an encoder's bytes first (a memory budget)
+    memory: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def encode(self, path: str, use: LoadedAdapter, fit: str = "crop") -> torch.Tensor:
+        """One reference image (fitted to a square by ``fit``) through the adapter's encoder, cached by the
+        image's content, the encoder, the adapter kind and the fit."""
+        key = (image_hash(path), encoder_fingerprint(use.encoder.identity), use.weights.kind, fit)
+        if key not in self.memory:
+            embeds = self.disk.get(key) if self.disk else None
+            if embeds is None:
+                image = load_image(path, "style image", self.max_pixels)
+                with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory,
+                                           self.make_room) as encoder:
+                    embeds = encode_reference(image, encoder, use.weights.kind, fit).cpu()
+                if self.disk:
+                    self.disk.put(key, embeds)
+            self.memory[key] = embeds
+        return self.memory[key]
+
+    def negative(self, like: torch.Tensor, use: LoadedAdapter) -> torch.Tensor:
+        """The CFG negative embedding shaped like ``like``, by the adapter's rule: zeros, or an encoded blank
+        (plus adapters) or black image (FLUX), encoded once per encoder."""
+        if use.negative == "zeros" or (use.negative == "ip-adapter" and use.weights.kind == "global"):
+            return unconditional_embeds(like, None, use.weights.kind, "zeros")
+        key = ("<unconditional>", encoder_fingerprint(use.encoder.identity), use.weights.kind, use.negative)
+        if key not in self.memory:
+            with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory,
+                                       self.make_room) as encoder:
+                self.memory[key] = unconditional_embeds(like, encoder, use.weights.kind, use.negative).cpu()
+        return self.memory[key].expand_as(like)
+
+    def references(self, refs: tuple[StyleRef, ...], use: LoadedAdapter, fit: str, regions: bool) -> torch.Tensor:
+        """Style references (images, or style files made for this adapter) blended by weight; with regions,
+        one row per reference instead (each weighted inside its region, see ``routing``)."""
+        parts = []
+        for ref in refs:
+            if ref.path.endswith(".safetensors"):
+                style = load_style(ref.path)
+                if style.kind != use.weights.kind or style.embeds.shape[-1] != use.weights.image_embed_dim:
+                    raise UserError(f"style file {ref.path} was made for a {style.kind} adapter of another width")
+                parts.append(style.embeds)
+            else:
+                parts.append(self.encode(ref.path, use, fit))
+        if regions:
+            return torch.cat(parts)
+        return blend(parts, [ref.weight for ref in refs])
+
+
+def content_embeds(
+    store: EmbeddingStore, request: Request, main: LoadedAdapter, text_tower: Callable[[], TextTower]
+) -> torch.Tensor | None:
+    """The content to subtract: the content prompt through ``text_tower()`` (the ``TextTower`` of the image
+    encoder's space), or the content image through the image encoder; ``None`` without either."""
+    if request.content_prompt is None and request.content_image is None:
+        return None
+    if main.weights.kind != "global":
+        raise UserError("content subtraction needs a global adapter; this is a plus (patch-feature) adapter")
+    if request.content_image is not None:
+        if not Path(request.content_image).is_file():
+            raise UserError(f"content image {request.content_image}: no such file")
+        return store.encode(request.content_image, main)
+    return text_tower().embed(request.content_prompt or "")
+
+
+def style_embeds(
+    store: EmbeddingStore, request: Request, main: LoadedAdapter, text_tower: Callable[[], TextTower]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(style, negative): the blended references minus ``content_scale`` times the content (InstantStyle),
+    and the CFG negative (zeros for global adapters)."""
+    style = store.references(request.style, main, request.style_fit, bool(request.regions))
+    content = content_embeds(store, request, main, text_tower)
+    if content is not None:
+        style = subtract_content(style, content.cpu(), request.content_scale)
+    return style, store.negative(style, main)
+
+
+def slot_embeds(
+    store: EmbeddingStore, request: Request, main: LoadedAdapter, further: list[LoadedAdapter],
+    text_tower: Callable[[], TextTower],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(style, negative) per slot: the main style (content subtracted), each further adapter's, then the
+    composition image's (main adapter). ``further`` pairs with ``request.adapters``."""
+    pairs = [style_embeds(store, request, main, text_tower)]
+    for extra, use in zip(request.adapters, further, strict=True):
+        style = store.references(extra.style, use, request.style_fit, bool(extra.regions))
+        pairs.append((style, store.negative(style, use)))
+    if request.composition is not None:
+        layout = store.encode(request.composition, main, request.style_fit)
+        pairs.append((layout, store.negative(layout, main)))
+    return pairs
+
+
+def save_style_file(
+    store: EmbeddingStore, request: Request, main: LoadedAdapter, path: str | Path, extra: dict[str, str] | None = None
+) -> Path:
+    """Save the request's blended references (before content subtraction) as a style file, reusable without
+    the images (``extra``: more metadata, e.g. the web UI's settings)."""
+    style = store.references(request.style, main, request.style_fit, bool(request.regions))
+    references = json.dumps([{"path": r.path, "weight": r.weight} for r in request.style])
+    metadata = {**(extra or {}), "adapter": main.weights.path, "references": references}
+    negative = store.negative(style, main)
+    return save_style(path, StyleFile(style, negative, main.weights.kind, main.encoder.identity, metadata))
+
+
+def style_settings(request: Request) -> dict[str, str]:
+    """Style-file metadata that brings the request's settings along (the request, minus the style): the web UI
+    restores them when the file is uploaded as the style."""
+    return {"request": request.replace(style=("(this style file)",)).to_json()}

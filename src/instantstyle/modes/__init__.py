@@ -1,0 +1,1 @@
+"""Modes beyond text-to-image: img2img, inpainting and ControlNet (``image``, ``control``), HiDiffusion."""
