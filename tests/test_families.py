@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from instantstyle import UserError
-from instantstyle.core.preflight import model_layers
+from instantstyle.core.plan import complete
+from instantstyle.core.preflight import model_info
 from instantstyle.families import all_families, family_named, family_of, family_of_denoiser
 from instantstyle.loading.hub import checkpoint_family
 from instantstyle.testing.single_file import export_single_file
@@ -20,8 +21,8 @@ def test_the_fixture_models_are_each_of_exactly_one_family(sdxl, sd15, sd3, flux
 @pytest.mark.parametrize("arch", ["sdxl", "sd15", "sd3", "flux"])
 def test_the_family_and_layers_from_the_config_alone_are_those_of_the_loaded_model(arch, request):
     loaded = request.getfixturevalue(arch)
-    family, layers = model_layers(loaded.model_id)
-    assert family is loaded.family and layers == loaded.layers
+    info = model_info(loaded.resources.model_id)
+    assert info.family is loaded.resources.family and info.layers == loaded.resources.layers
 
 
 @pytest.mark.parametrize("arch", ["sdxl", "sd15"])
@@ -34,7 +35,8 @@ def test_every_family_offers_all_and_a_default_that_resolves_on_its_models(sdxl,
     from instantstyle.core.blocks import resolve_blocks
 
     for pipe in (sdxl, sd15, sd3, flux):
-        assert "all" in pipe.family.presets and resolve_blocks(None, pipe.layers, pipe.family)
+        res = pipe.resources
+        assert "all" in res.family.presets and resolve_blocks(None, res.layers, res.family)
 
 
 def test_the_unet_families_offer_the_papers_presets_and_the_transformers_only_all():
@@ -58,5 +60,5 @@ def test_a_controlnet_default_comes_from_the_family(sdxl, sd15, tiny):
     from instantstyle import Request
 
     request = Request("a cat", style=str(tiny.style_image), control="canny", control_image=str(tiny.style_image))
-    assert sdxl.complete(request).controlnet == family_named("sdxl").default_controlnets["canny"]
-    assert sd15.complete(request).controlnet == family_named("sd15").default_controlnets["canny"]
+    assert complete(request, sdxl.resources).controlnet == family_named("sdxl").default_controlnets["canny"]
+    assert complete(request, sd15.resources).controlnet == family_named("sd15").default_controlnets["canny"]

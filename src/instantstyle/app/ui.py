@@ -22,6 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +34,7 @@ from PIL import Image
 from ..core.blocks import expand_preset_ref, is_preset_ref, list_blocks, resolve_blocks, split_preset_ref
 from ..core.embeddings import load_style
 from ..core.pipeline import Result, StylePipeline
-from ..core.preflight import check_request, check_runtime
+from ..core.preflight import check
 from ..core.request import CONTROL_KINDS, MAX_SIZE, LoraRef, Request, StyleRef, read_png_request, write_png
 from ..core.schedulers import SCHEDULERS
 from ..core.styles import style_settings
@@ -41,9 +42,11 @@ from ..errors import UserError
 from ..families import Family, all_families
 from ..files.images import MAX_PIXELS, image_size, load_image
 from ..files.textfiles import read_small_text
+from ..loading.runtime import Runtime
 from ..modes.hidiffusion_settings import FEATURE as HIDIFFUSION
 from ..scores.scorer import Scores
-from .sweep import Axes, default_rows, parse_blocks_list, parse_number_list, render_sweep
+from ..scores.scorers import Scorers
+from .sweep import Axes, check_sweep, default_rows, parse_blocks_list, parse_number_list, render_sweep
 
 #: Largest upload gradio accepts (the most pixels an image may have is the app's pixel cap, ``ui --max-pixels``).
 MAX_FILE_SIZE = "25mb"
@@ -237,16 +240,18 @@ def cap_mask_painter(editor: gr.ImageEditor, max_pixels: int | None = MAX_PIXELS
 
 def block_rows(pipe: StylePipeline, preset: str) -> list[list[Any]]:
     """The per-block editor's rows for a preset: every attention block with scale 1 if the preset uses it."""
-    preset = pipe.family.default_blocks if preset == MODEL_BLOCKS else preset
-    return [[row.name, 1.0 if preset in row.presets else 0.0] for row in list_blocks(pipe.layers, pipe.arch)]
+    res = pipe.resources
+    preset = res.family.default_blocks if preset == MODEL_BLOCKS else preset
+    return [[row.name, 1.0 if preset in row.presets else 0.0] for row in list_blocks(res.layers, res.family)]
 
 
 def rows_from_spec(pipe: StylePipeline, spec: str | None) -> list[list[Any]]:
     """The editor's rows for any blocks spec (each block at the scale of its layers; ``None``: the family's
     default)."""
-    scales = resolve_blocks(spec, pipe.layers, pipe.arch)
-    per_block = {pipe.family.attention_block(layer): scale for layer, scale in scales.items()}
-    return [[row.name, per_block.get(row.name, 0.0)] for row in list_blocks(pipe.layers, pipe.arch)]
+    res = pipe.resources
+    scales = resolve_blocks(spec, res.layers, res.family)
+    per_block = {res.family.attention_block(layer): scale for layer, scale in scales.items()}
+    return [[row.name, per_block.get(row.name, 0.0)] for row in list_blocks(res.layers, res.family)]
 
 
 def spec_from_rows(rows: Any) -> str:
@@ -508,7 +513,7 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
 
     kept = [ref for ref in request.style if own(ref.path)]
     preset = (MODEL_BLOCKS if request.blocks is None
-              else request.blocks if request.blocks in pipe.family.presets else CUSTOM)
+              else request.blocks if request.blocks in pipe.resources.family.presets else CUSTOM)
     ready = request.control is not None and request.control not in CONTROL_KINDS
     values = {f.name: f.from_request(getattr(request, f.name)) for f in FORM if f.from_request is not None}
     values.update(
@@ -597,11 +602,24 @@ class App:
     holder: PipelineHolder
     work: Workdir
     csd: str | None = None
+    _scorers: Scorers | None = dataclass_field(default=None, init=False, repr=False)
+
+    @property
+    def scorers(self) -> Scorers:
+        """Scorers on the app's pipeline (made once per choice of text tower)."""
+        pipe = self.holder.get()
+        if self._scorers is None or self._scorers.pipe is not pipe:
+            self._scorers = Scorers(pipe)
+        return self._scorers
+
+    def runtime(self, pipe: StylePipeline) -> Runtime:
+        """How the page runs its requests: the pipeline's runtime, every input image held to the page's cap."""
+        return pipe.resources.runtime.replace(max_pixels=self.work.max_pixels)
 
     def scores(self, result: Result) -> list[Scores] | None:
         """The result's scores, or ``None`` (with a warning in the page) when they cannot be computed."""
         try:
-            return self.holder.get().score(result, csd=self.csd)
+            return self.scorers.score(result, csd=self.csd)
         except UserError as err:
             gr.Warning(f"not scored: {err}")
             return None
@@ -611,10 +629,9 @@ class App:
         scores) and the request JSON."""
         pipe = self.holder.get()
         request = form_request(self.work, values)
-        check_request(request, self.work.max_pixels)
-        check_runtime(request, pipe.runtime)
+        checked = check(request, self.runtime(pipe), pipe.resources.model_info)
         progress(0, desc="generating")
-        result = pipe(request, progress=True)
+        result = pipe(checked, progress=True)
         scores = self.scores(result)
         paths, captions = [], []
         for i, image in enumerate(result.images):
@@ -628,17 +645,12 @@ class App:
         """Render a labelled sheet over blocks x scale (x content scale) with the form's other settings."""
         contents = (values["sweep_content_scales"] or "").strip()
         pipe = self.holder.get()
-        rows = (values["sweep_blocks"] or "").strip() or default_rows(list(pipe.family.presets))
+        rows = (values["sweep_blocks"] or "").strip() or default_rows(list(pipe.resources.family.presets))
         axes = Axes(tuple(self.work.blocks_spec(spec) for spec in parse_blocks_list(rows)),
                     parse_number_list("scale", values["sweep_scales"] or ""),
                     parse_number_list("content scale", contents) if contents else ())
         base = form_request(self.work, values).replace(num_images=1)
-        if axes.content_scales and base.content_prompt is None and base.content_image is None:
-            raise UserError("content scales need a content prompt or a content image")
-        check_request(base, self.work.max_pixels)
-        check_runtime(base, pipe.runtime)
-        for row_blocks, _ in axes.rows:
-            resolve_blocks(row_blocks, pipe.layers, pipe.family)
+        check_sweep(base, axes, self.runtime(pipe), pipe.resources.model_info)
         total, done = len(axes.rows) * len(axes.scales), []
 
         def tick(path: Path) -> None:
@@ -646,7 +658,7 @@ class App:
             progress((len(done), total), desc="sweep cells", unit="cells")
 
         out = render_sweep(pipe, base, axes, self.work.new_output("sweep"), on_cell=tick,
-                           scorer=pipe.scorer(base.content_text_encoder, self.csd))
+                           scorer=self.scorers.scorer(base.content_text_encoder, self.csd))
         cells = [(path, " · ".join([cell.label, *cell.scores.caption_items()]))
                  for path, cell in zip(done, out.cells, strict=True)]
         return str(out.sheet), cells, [str(out.sheet), str(out.plot), str(out.table), *done]
@@ -670,16 +682,16 @@ class App:
         pipe = self.holder.get()
         values, lost = form_values(pipe, self.work, request)
         values, clamped = clamp_to_form(values)
-        values, reset = fit_to_family(values, pipe.family)
+        values, reset = fit_to_family(values, pipe.resources.family)
         notes = []
         if lost:
             notes.append("upload the reference image(s) again: " + ", ".join(Path(p).name for p in lost))
         if clamped:
             notes.append("held to the form's limits: " + ", ".join(clamped))
         if reset:
-            notes.append(f"{pipe.family.name} models do not take: " + ", ".join(reset))
-        if request.model is not None and request.model != pipe.model_id:
-            notes.append(f"it was made with model {request.model}; this page runs {pipe.model_id}")
+            notes.append(f"{pipe.resources.family.name} models do not take: " + ", ".join(reset))
+        if request.model is not None and request.model != pipe.resources.model_id:
+            notes.append(f"it was made with model {request.model}; this page runs {pipe.resources.model_id}")
         (gr.Warning if notes else gr.Info)("settings restored" + "".join(f"; {n}" for n in notes))
         return values
 
@@ -695,9 +707,9 @@ class App:
         pipe = self.holder.get()
         values, _ = form_values(pipe, self.work, Request.from_json(settings).replace(style=(kept,)))
         values, clamped = clamp_to_form(values)
-        values, reset = fit_to_family(values, pipe.family)
+        values, reset = fit_to_family(values, pipe.resources.family)
         notes = [f"held to the form's limits: {', '.join(clamped)}"] * bool(clamped)
-        notes += [f"{pipe.family.name} models do not take: {', '.join(reset)}"] * bool(reset)
+        notes += [f"{pipe.resources.family.name} models do not take: {', '.join(reset)}"] * bool(reset)
         (gr.Warning if notes else gr.Info)("style file loaded with its settings" + "".join(f"; {n}" for n in notes))
         return values[1:]  # everything but the style input itself
 
@@ -720,8 +732,10 @@ class App:
         """The line naming the loaded model, and the form's family-specific fields shown only where the model's
         family takes them (true CFG: FLUX; HiDiffusion: the families with its settings)."""
         pipe = self.holder.get()
-        line = f"Model `{pipe.model_id}` ({pipe.arch}) with adapter `{Path(pipe.adapter.path).name}` on {pipe.device}"
-        shown = family_fields(pipe.family)
+        res = pipe.resources
+        adapter = Path(res.adapter.path).name
+        line = f"Model `{res.model_id}` ({res.family.name}) with adapter `{adapter}` on {res.device}"
+        shown = family_fields(res.family)
         return line, gr.update(visible=shown["true_cfg"]), gr.update(visible=shown["hidiffusion"])
 
 

@@ -12,7 +12,7 @@ does. Apart from reading such a file, everything here is string work on layer na
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,6 +178,22 @@ def resolve_blocks(
             for layer in hit:
                 resolved[layer] = block_scale * scale
     return resolved
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One entry of the call's image embeddings: the loaded adapter whose weights it uses (0: the main one), its
+    scale per layer (a layer it does not name: 0, and diffusers then skips it) and, with regions, one weight per
+    image of the slot (each image's scale inside its region is the layer's scale times its weight)."""
+
+    adapter: int
+    scales: Mapping[str, float]
+    weights: tuple[float, ...] | None = None
+
+    def at(self, layer: str, on: bool = True) -> float | list[float]:
+        """The scale at ``layer`` as diffusers' processors take it: a float, or one per image with regions."""
+        value = float(self.scales.get(layer, 0.0)) if on else 0.0
+        return [value * w for w in self.weights] if self.weights is not None else value
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,22 @@
-"""Checks that need no model, run the same way by every surface before anything loads.
+"""The one validation entry point, ``check(request, runtime, model)``: every surface calls it once per request.
 
-``check_request``: every file a request names is there and readable (style images and files, content,
-mode inputs, masks, further adapters, LoRAs), every blocks spec is well-formed and every model reference
-is shaped like one. ``check_runtime``: the request can run as the runtime says (HiDiffusion and a
-compiled UNet exclude each other). ``check_blocks``: the blocks specs name blocks the model has, and the
-request is one the model's family can make (HiDiffusion, regions, modes, sizes...), read from its denoiser's
-config alone (no weights). Bad input is a one-line ``UserError`` before minutes of loading.
+It checks, in this order, and returns what it computed (``Checked``) for the loader and the plan to reuse:
+
+1. the request's files (``check_request``): every file it names is there and readable within the runtime's pixel
+   cap (style images and files, content, mode inputs, masks, further adapters, LoRAs), every blocks spec is
+   well-formed and every model reference is shaped like one;
+2. the runtime: the request can run as it says (HiDiffusion and a compiled UNet exclude each other);
+3. with a ``model`` (a reference, whose configs are read now without weights, the hub asked once; or the loaded
+   pipeline's ``ModelInfo``): its family can make the request (HiDiffusion, regions, modes, sizes...), every blocks
+   spec names blocks it has, resolved once into the request's slots (``routing.slots``).
+
+Bad input is a one-line ``UserError``, before minutes of loading where the surface checks before it loads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +30,78 @@ from ..loading.hub import (
     hub_error,
     is_local_adapter_ref,
     model_source,
+    require_hub,
     resolve_adapter_file,
 )
 from ..loading.runtime import Runtime
 from ..modes.hidiffusion_settings import settings_of
-from .blocks import parse_spec, resolve_blocks
+from .blocks import Slot, parse_spec, resolve_blocks
 from .lora import check_lora_file
 from .request import CONTROL_KINDS, Request
+from .routing import adapter_layers, slots
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the checks need of a model: its family and its denoiser (built on the meta device from its config, or
+    the loaded one; ``None`` for a single file without configs, known only once loaded)."""
+
+    family: Family
+    denoiser: Any = None
+
+    @property
+    def layers(self) -> list[str] | None:
+        return self.family.layers(self.denoiser) if self.denoiser is not None else None
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A request that passed ``check``, with what the checks computed: the model they were made against (``None``:
+    files and runtime only), the request's slots (``None``: the layers are not known yet) and the layers the main
+    adapter's slots and every other blocks spec checked name (the weights a pruned load keeps)."""
+
+    request: Request
+    runtime: Runtime
+    model: ModelInfo | None = None
+    slots: tuple[Slot, ...] | None = None
+    keep: frozenset[str] | None = None
+
+
+def check(request: Request, runtime: Runtime, model: ModelInfo | str | None = None,
+          specs: Sequence[str | None] = ()) -> Checked:
+    """Check ``request`` as ``runtime`` will run it (see the module docstring); with ``model`` (a model reference or
+    a ``ModelInfo``) also against the model, and ``specs``, further blocks specs the surface will use with it (a
+    sweep's rows), are resolved too."""
+    check_request(request, runtime.max_pixels)
+    if request.hidiffusion and runtime.compile_backend:
+        raise UserError("--hidiffusion cannot act on a compiled UNet: drop --compile (or --hidiffusion)")
+    if model is None:
+        return Checked(request, runtime)
+    if isinstance(model, str):
+        config = runtime.single_file_config if Path(model).expanduser().is_file() else None
+        require_hub(("model", model), ("adapter", request.adapter), ("image encoder", request.image_encoder),
+                    ("single-file config", config))  # what is missing, in one line, without waiting
+        model = model_info(model, runtime.single_file_config)
+    return against(Checked(request, runtime), model, specs)
+
+
+def against(checked: Checked, model: ModelInfo, specs: Sequence[str | None] = ()) -> Checked:
+    """``checked`` (its files and runtime checked) checked against ``model`` too: the family's checks, the blocks
+    specs resolved (the request's into its slots)."""
+    request, family = checked.request, model.family
+    if request.hidiffusion:
+        settings_of(family)  # a family without it is refused before anything changes
+    layers = model.layers
+    if layers is None:  # a bare single file: its layers are known once it is loaded
+        return Checked(request, checked.runtime, model)
+    main = resolve_blocks(request.blocks, layers, family, request.scale)
+    keep = set(main)
+    for spec in specs:
+        if spec != request.blocks:
+            keep.update(resolve_blocks(spec, layers, family))
+    family.check_request(request, model.denoiser)
+    found = slots(request, layers, family, main)
+    return Checked(request, checked.runtime, model, found, frozenset(keep | adapter_layers(found, 1)[0]))
 
 
 def check_request(request: Request, max_pixels: int | None = MAX_PIXELS) -> None:
@@ -55,18 +126,6 @@ def check_request(request: Request, max_pixels: int | None = MAX_PIXELS) -> None
         check_lora_file(lora.path)
 
 
-def check_runtime(request: Request, runtime: Runtime) -> None:
-    """What the request asks that the runtime excludes: HiDiffusion hooks the UNet that ``--compile`` compiles."""
-    if request.hidiffusion and runtime.compile_backend:
-        raise UserError("--hidiffusion cannot act on a compiled UNet: drop --compile (or --hidiffusion)")
-
-
-def check_family(request: Request, family: Family) -> None:
-    """What the request asks of the model's family: HiDiffusion only where the family has its settings."""
-    if request.hidiffusion:
-        settings_of(family)
-
-
 def check_mode_inputs(request: Request, max_pixels: int | None = MAX_PIXELS) -> None:
     """Every image-mode input readable and within ``max_pixels``: init image, mask, composition, regions, further
     adapters and their styles, the control image; the ControlNet and depth model references well-formed."""
@@ -89,29 +148,17 @@ def check_mode_inputs(request: Request, max_pixels: int | None = MAX_PIXELS) -> 
         check_model_ref("depth model", request.depth_model)
 
 
-def model_layers(model: str, single_file_config: str | None = None) -> tuple[Family, list[str]]:
-    """(family, injectable layers) of a model from its denoiser's config alone, without weights: cheap enough to
-    check blocks specs before loading. A single file without ``single_file_config`` gives its family and no layers
-    (they are known only after loading)."""
-    family, denoiser = model_denoiser(model, single_file_config)
-    return family, family.layers(denoiser) if denoiser is not None else []
-
-
-def model_denoiser(model: str, single_file_config: str | None = None) -> tuple[Family, Any]:
-    """(family, denoiser built on the meta device from its config: no weights) of a model; a single file without
-    ``single_file_config`` gives its family and ``None``."""
+def model_info(model: str, single_file_config: str | None = None) -> ModelInfo:
+    """The family of a model and its denoiser built on the meta device from its config (no weights), cheap enough to
+    check requests and blocks specs before loading; a single file without ``single_file_config`` gives its family
+    (from its tensor names) and no denoiser."""
     from accelerate import init_empty_weights
 
     family, cls, config = _denoiser_config(model, single_file_config)
     if cls is None:
-        return family, None
+        return ModelInfo(family)
     with init_empty_weights():
-        return family, cls.from_config(config)
-
-
-def model_family(model: str, single_file_config: str | None = None) -> Family:
-    """The family of a model from its configs (or a single file's tensor names) alone."""
-    return _denoiser_config(model, single_file_config)[0]
+        return ModelInfo(family, cls.from_config(config))
 
 
 def _denoiser_config(model: str, single_file_config: str | None) -> tuple[Family, Any, Any]:
@@ -137,20 +184,3 @@ def _denoiser_config(model: str, single_file_config: str | None) -> tuple[Family
     except OSError as err:
         raise hub_error("model", model, err) from None
     return family_of_denoiser(class_name, config, f"model {model}"), cls, config
-
-
-def check_blocks(model: str, specs: Sequence[str | None], single_file_config: str | None = None,
-                 request: Request | None = None) -> None:
-    """Every blocks spec names blocks the model has, and (given) the request is one the model's family can make
-    (``check_family``: HiDiffusion; ``Family.check_request``: regions, modes, sizes...), read from its config (the
-    blocks and ``Family.check_request`` are skipped for a bare single file)."""
-    family, denoiser = model_denoiser(model, single_file_config)
-    if request is not None:
-        check_family(request, family)
-    if denoiser is None:
-        return
-    layers = family.layers(denoiser)
-    for spec in specs:
-        resolve_blocks(spec, layers, family)
-    if request is not None:
-        family.check_request(request, denoiser)
