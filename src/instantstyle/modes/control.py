@@ -39,7 +39,8 @@ def canny(image: Image.Image, low: float = 100.0, high: float = 200.0) -> Image.
 def control_image(kind: str, source: str, size: tuple[int, int], depth_model: Any | None = None,
                   max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """The conditioning image for ``--control kind`` at the output size: canny edges of ``source``, its
-    depth map by ``depth_model``, or ``source`` itself (a depth map or a ready control image)."""
+    depth map by ``depth_model``, or ``source`` itself (a tile ControlNet's input, a depth map or a ready control
+    image)."""
     what = {"canny": "control image", "depth": "depth map"}.get(kind, "control image")
     image = load_image(source, "control image" if depth_model is not None else what, max_pixels)
     if kind == "canny":
