@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instantstyle import Request, StylePipeline, UserError
+from instantstyle import Request, UserError
 from instantstyle.core.embeddings import image_hash
 from instantstyle.core.request import read_png_request, write_png
 from instantstyle.families import family_named
@@ -120,7 +120,6 @@ def test_restyle_is_refused_on_flow_matching_transformers_in_one_line(name):
     ({"renoise_steps": 0}, "renoise steps must be between 1 and 10"),
     ({"restyle_content_scale": -1.0}, "restyle content scale must be between 0"),
     ({"num_images": 2}, "one image per photo"),
-    ({"prompt": " "}, r"needs --prompt \(what the photo shows\) or --caption"),
 ])
 def test_bad_restyle_requests_are_one_line_errors(fields, message):
     with pytest.raises(UserError, match=message) as err:
@@ -133,6 +132,11 @@ def test_bad_restyle_requests_are_one_line_errors(fields, message):
 def test_restyle_options_without_a_photo_are_refused(fields):
     with pytest.raises(UserError, match=r"is for restyling a photo \(--restyle PHOTO\)"):
         Request("a house", style="s.png", **fields)
+
+
+def test_a_restyle_without_prompt_or_caption_is_refused_before_denoising(sdxl, rs):
+    with pytest.raises(UserError, match=r"needs --prompt \(what the photo shows\) or --caption"):
+        sdxl(Request(" ", style=str(rs.style), restyle=str(rs.photo)))
 
 
 def test_a_captioned_request_needs_no_prompt_in_json():

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..core.caption import DEFAULT_CAPTION_MODEL
 from ..core.preflight import check_blocks, check_request, check_runtime
 from ..core.request import AdapterUse, LoraRef, Request, StyleRef, check_prompt, read_png_request, write_png
 from ..errors import UserError
@@ -169,9 +170,10 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
     _request_option("strength", "How far from --init-image: 0 keeps it, 1 ignores it (default 0.8; 1.0 when "
                     "inpainting).", type=FLOAT),
     _request_option("mask", "Inpainting mask for --init-image: white = repaint."),
-    _request_option("control", "ControlNet input: canny | depth | a ready control image (needs --controlnet)."),
+    _request_option("control", "ControlNet input: canny | depth | tile | a ready control image (needs --controlnet) "
+                    "[default with --restyle: canny]."),
     _request_option("control_image", "Image to take canny edges from, or the depth map (default: --init-image)."),
-    _request_option("control_scale", "ControlNet strength.", type=FLOAT),
+    _request_option("control_scale", "ControlNet strength. [default: 1.0; 0.6 with --restyle]", type=FLOAT),
     _request_option("depth_model", "With --control depth: a transformers depth model (folder or hub id, e.g. "
                     "depth-anything/Depth-Anything-V2-Small-hf) that makes the map from --control-image."),
     _request_option("controlnet", "ControlNet folder or hub id (default: the canny/depth ControlNet for the model)."),
@@ -190,6 +192,22 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
     ("hidiffusion", click.Option(["--hidiffusion/--no-hidiffusion"], default=None, help="HiDiffusion for sizes "
                                  "above the model's native one (SDXL: 2048 px and up): no repeated subjects, and "
                                  "faster. SDXL and SD1.5 only; not with --compile.")),
+    _request_option("restyle", "A photo to restyle, keeping what is in it (InstantStyle-Plus): inverted, its content "
+                    "in a global adapter slot, its edges in a ControlNet. Defaults become the recipe's: --scheduler "
+                    "ddim, --control canny at 0.6, its negative prompt (docs/restyle.md)."),
+    _request_option("restyle_content_scale", "With --restyle: how much of the photo's content the adapter keeps.",
+                    type=FLOAT),
+    _request_option("inversion_steps", "With --restyle: DDIM steps of the photo's inversion [default: --steps].",
+                    type=INT),
+    _request_option("renoise_steps", "With --restyle: ReNoise iterations per inversion step.", type=INT),
+    _request_option("style_guidance", "With --restyle: CSD style guidance towards the style (needs --csd; memory "
+                    "and time: a backward pass per step).", type=FLOAT),
+    _request_option("content_guidance", "With --restyle: CSD content guidance towards the photo (needs --csd).",
+                    type=FLOAT),
+    ("caption", click.Option(["--caption"], is_flag=True, default=None, help="With --restyle: make the prompt from "
+                             "the photo with --caption-model, instead of --prompt.")),
+    _request_option("caption_model", "Image-to-text model for --caption (folder or hub id; implies --caption) "
+                    f"[default: {DEFAULT_CAPTION_MODEL}]."),
 ]
 
 
@@ -212,6 +230,13 @@ def request_fields(params: dict[str, Any]) -> dict[str, Any]:
             given["adapters"] = extra
     if "lora" in given:
         given["lora"] = tuple(LoraRef.parse(s) for s in given["lora"])
+    if given.pop("caption", None) or "caption_model" in given:
+        if "prompt" in given:
+            raise UserError("give --prompt or --caption (the prompt made from the photo), not both")
+        given.setdefault("caption_model", DEFAULT_CAPTION_MODEL)
+        given["prompt"] = ""
+    if params.get("csd") is not None and (given.get("style_guidance") or given.get("content_guidance")):
+        given["csd"] = params["csd"]  # --csd is the guidance's CSD too
     return given
 
 
@@ -219,7 +244,11 @@ def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
     """Build the request: ``--from`` PNG first, then every flag given on the command line."""
     given = request_fields(params)
     if source is not None:
+        if params.get("csd") is not None and (source.style_guidance or source.content_guidance):
+            given.setdefault("csd", params["csd"])
         return source.replace(**given)
+    if "prompt" not in given and "restyle" in given:
+        raise UserError("--restyle needs --prompt (what the photo shows) or --caption (made from the photo)")
     if "prompt" not in given:
         raise UserError("--prompt is required (or --from IMAGE.png)")
     if "style" not in given:
@@ -294,6 +323,9 @@ def _generate(params: dict[str, Any]) -> None:
         click.echo(str(pipe.save_style(request, params["save_style"])))
     scorer = pipe.scorer(request.content_text_encoder, params["csd"]) if scoring else None  # loaded before the run
     result = pipe(request, progress=True)
+    if request.restyle is not None:  # the inversion's cost, apart from the denoising's
+        seconds = pipe.inversions.seconds
+        click.echo(f"inverted the photo in {seconds:.1f} s" if seconds else "inverted photo reused", err=True)
     scores, failure = score_safely(lambda: scorer.score_request(result.images, result.request) if scorer else None)
     for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
         write_png(image, path, result.request, i, scores[i].png_text() if scores else None)
@@ -581,7 +613,7 @@ def entry(argv: list[str] | None = None) -> None:
 
 # --- sweep: a labelled contact sheet over blocks x scale (x content scale) ---------------------------
 
-SWEPT = ("blocks", "scale", "content_scale", "num_images")
+SWEPT = ("blocks", "scale", "content_scale", "restyle_content_scale", "num_images")
 
 
 def _sweep(params: dict[str, Any]) -> None:
@@ -606,7 +638,11 @@ def _sweep(params: dict[str, Any]) -> None:
         parse_blocks_list(rows),
         parse_number_list("scale", params["sweep_scales"]),
         parse_number_list("content scale", params["sweep_content_scales"]) if params["sweep_content_scales"] else (),
+        parse_number_list("restyle content scale", params["sweep_restyle_content_scales"])
+        if params["sweep_restyle_content_scales"] else (),
     )
+    if axes.restyle_content_scales and base.restyle is None:
+        raise UserError("--restyle-content-scale values need --restyle PHOTO")
     if axes.content_scales and base.content_prompt is None and base.content_image is None:
         raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
     if not params["score"] and (params["pick"] or params["csd"] is not None):
@@ -673,6 +709,8 @@ def generate_command(request: Request, output: str | Path) -> str:
     defaults = {f.name: f.default for f in dataclasses.fields(Request)}
     flags: list[str] = []
     for name, option in REQUEST_OPTIONS:
+        if name in ("caption", "caption_model"):  # the prompt holds the caption
+            continue
         value = getattr(request, name)
         if value is None or value == () or value == defaults.get(name) and name not in ("prompt", "seed"):
             continue
@@ -690,6 +728,8 @@ def generate_command(request: Request, output: str | Path) -> str:
                  *([f"blocks={use.blocks}"] if use.blocks is not None else []), f"scale={use.scale!r}",
                  *(f"region={r}" for r in use.regions)]
         flags += ["--adapter", ";".join(parts)]
+    if request.csd is not None:
+        flags += ["--csd", request.csd]
     return shlex.join(["instantstyle", "generate", *flags, "-o", str(output)])
 
 
@@ -700,6 +740,8 @@ def generate_command(request: Request, output: str | Path) -> str:
 @click.option("--scale", "sweep_scales", default="0.4,0.7,1.0", help="Scales to compare, one column each.")
 @click.option("--content-scale", "sweep_content_scales", default=None,
               help="Content scales to compare (rows within each blocks spec); needs --content-prompt.")
+@click.option("--restyle-content-scale", "sweep_restyle_content_scales", default=None,
+              help="With --restyle: the photo's content scales to compare (rows); the photo is inverted once.")
 @click.option("--from", "from_png", default=None, help="Take the other settings from a PNG made by instantstyle.")
 @click.option("--output", "-o", required=True, help="The sheet .png; cells are written beside it as "
               "SHEET-BLOCKS-sSCALE.png.")

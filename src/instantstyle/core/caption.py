@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import torch
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 #: InstantStyle-Plus's captioner (its later ``infer_style.py``).
 DEFAULT_CAPTION_MODEL = "Salesforce/blip2-flan-t5-xl"
@@ -30,8 +31,10 @@ def check_caption_model(ref: str) -> None:
 
 
 @lru_cache(maxsize=2)
-def load_captioner(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """(processor, model) of an image-to-text model, on ``device``; loaded once per reference."""
+def load_captioner(ref: str, device: str = "cpu", dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """(processor, model) of an image-to-text model, on ``device`` (float32 unless ``dtype``); loaded once per
+    reference."""
+    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from ..loading.hub import hub_error
@@ -39,7 +42,7 @@ def load_captioner(ref: str, device: str = "cpu", dtype: torch.dtype = torch.flo
     check_caption_model(ref)
     try:
         processor = AutoProcessor.from_pretrained(ref)
-        model = AutoModelForImageTextToText.from_pretrained(ref, dtype=dtype)
+        model = AutoModelForImageTextToText.from_pretrained(ref, dtype=dtype or torch.float32)
     except OSError as err:
         if Path(ref).expanduser().is_dir():
             raise UserError(f"caption model {ref}: not an image-to-text model ({str(err)[:120]})") from None
@@ -49,15 +52,18 @@ def load_captioner(ref: str, device: str = "cpu", dtype: torch.dtype = torch.flo
     return processor, model.to(device).eval()  # type: ignore[arg-type]
 
 
-@torch.no_grad()
 def caption(image: Image.Image, model_ref: str = DEFAULT_CAPTION_MODEL, device: torch.device | str = "cpu",
-            dtype: torch.dtype = torch.float32, max_new_tokens: int = MAX_CAPTION_TOKENS) -> str:
-    """What ``image`` shows, in the words of the image-to-text model ``model_ref`` (a folder or hub id)."""
+            dtype: torch.dtype | None = None, max_new_tokens: int = MAX_CAPTION_TOKENS) -> str:
+    """What ``image`` shows, in the words of the image-to-text model ``model_ref`` (a folder or hub id), in float32
+    unless ``dtype``."""
+    import torch
+
     processor, model = load_captioner(model_ref, str(device), dtype)
     inputs = processor(images=image.convert("RGB"), return_tensors="pt").to(model.device)
-    inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
-    ids = model.generate(**inputs, num_beams=5, do_sample=False, repetition_penalty=1.5,
-                         max_new_tokens=max_new_tokens)
+    inputs = {k: v.to(model.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+    with torch.no_grad():
+        ids = model.generate(**inputs, num_beams=5, do_sample=False, repetition_penalty=1.5,
+                             max_new_tokens=max_new_tokens)
     text = processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
     if not text:
         raise UserError(f"caption model {model_ref} said nothing about the photo; give --prompt instead")

@@ -272,6 +272,7 @@ class StylePipeline:
                 raise UserError(f"request is for {name} {theirs!r} but this pipeline has {mine!r}")
         if request.restyle is not None:  # InstantStyle-Plus: its recipe for what the request leaves unset
             restyle.check_family(self.family)
+            request.check_restyle_prompt()
             request = request.replace(**restyle.recipe_fields(request))
             if not request.prompt.strip() and request.caption_model is not None:
                 photo = load_image(request.restyle or "", "photo to restyle", self.runtime.max_pixels)

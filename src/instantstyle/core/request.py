@@ -249,6 +249,7 @@ class Request:
             raise UserError(f"scheduler must be a name, got {self.scheduler!r}")
         if not isinstance(self.hidiffusion, bool):
             raise UserError(f"hidiffusion must be true or false, got {self.hidiffusion!r}")
+        self._validate_restyle()  # first: a photo to restyle changes what the other modes' errors mean
         self._validate_modes()
 
     def _validate_modes(self) -> None:
@@ -298,7 +299,6 @@ class Request:
             extra.validate()
         if self.style_fit not in STYLE_FITS:
             raise UserError(f"style fit must be one of {', '.join(STYLE_FITS)}, got {self.style_fit!r}")
-        self._validate_restyle()
 
     def _validate_restyle(self) -> None:
         _check_number("restyle content scale", self.restyle_content_scale, low=0.0, high=MAX_SCALE)
@@ -330,7 +330,11 @@ class Request:
         if self.num_images != 1:
             raise UserError("--restyle makes one image per photo and seed (the inversion fixes the start); "
                             "vary --seed for others")
-        if not self.prompt.strip() and self.caption_model is None:
+
+    def check_restyle_prompt(self) -> None:
+        """A photo to restyle needs its prompt, or a caption model to make one (not checked in ``validate``: a
+        request's prompt is blanked while batches are grouped)."""
+        if self.restyle is not None and not self.prompt.strip() and self.caption_model is None:
             raise UserError("--restyle needs --prompt (what the photo shows) or --caption (made from the photo)")
 
     @property
