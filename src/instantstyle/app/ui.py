@@ -637,7 +637,7 @@ class App:
             raise UserError("content scales need a content prompt or a content image")
         check_request(base, self.work.max_pixels)
         check_runtime(base, pipe.runtime)
-        for row_blocks, _ in axes.rows:
+        for row_blocks, *_ in axes.rows:
             resolve_blocks(row_blocks, pipe.layers, pipe.family)
         total, done = len(axes.rows) * len(axes.scales), []
 
