@@ -448,7 +448,9 @@ def _score(params: dict[str, Any]) -> None:
         pictures.append(load_image(path, "image", runtime.max_pixels))
         with Image.open(path) as image:  # readable: load_image said so
             saved.append(read_png_request(path) if PNG_KEY in image.info else None)
-    wanted: list[tuple[str | None, tuple[StyleRef, ...], str | None, str]] = []
+    if params["photo"] is not None:
+        load_image(params["photo"], "photo to restyle", runtime.max_pixels)
+    wanted: list[tuple[str | None, tuple[StyleRef, ...], str | None, str, str | None]] = []
     for path, request in zip(params["images"], saved, strict=True):
         prompt = params["prompt"] if params["prompt"] is not None else request and request.prompt
         style = styles or (request.style if request else ())
@@ -457,7 +459,8 @@ def _score(params: dict[str, Any]) -> None:
                             "no instantstyle parameters)")
         content = params["content_prompt"] or (request.content_prompt if request else None)
         fit = params["style_fit"] or (request.style_fit if request else "crop")
-        wanted.append((prompt or None, style, content, fit))
+        photo = params["photo"] or (request.restyle if request else None)
+        wanted.append((prompt or None, style, content, fit, photo))
     models = {name: params[name] or _shared(name, saved) for name in SCORE_MODELS}
     model = None if models["content_text_encoder"] else models["model"] or DEFAULT_MODEL
     adapter = models["adapter"] or DEFAULT_ADAPTER
@@ -506,7 +509,9 @@ def _shared(name: str, saved: Sequence[Request | None]) -> str | None:
 @click.option("--style-fit", default=None, type=click.Choice(["crop", "pad", "tiles"]),
               help="How non-square references are encoded [default: the images' own, else crop].")
 @click.option("--csd", default=None, help="CSD checkpoint (the authors' checkpoint.pth, or .safetensors) for "
-              "csd_style.")
+              "csd_style (and csd_content_keep).")
+@click.option("--photo", default=None, help="The photo the images restyle: content_keep (and csd_content_keep with "
+              "--csd) against it [default: each image's own, from its PNG].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line, instead of a table.")
 @runtime_options(exclude=[name for name, _, _ in RUNTIME_OPTIONS if name not in ("device", "dtype",
                                                                                   "single_file_config", "max_pixels",
@@ -649,6 +654,11 @@ def _sweep(params: dict[str, Any]) -> None:
         raise UserError(f"{'--pick' if params['pick'] else '--csd'} needs the scores; drop --no-score")
     if not 0 <= params["pick_style_floor"] <= 1:  # click's range lets nan through
         raise UserError(f"--pick-style-floor must be between 0 and 1, got {params['pick_style_floor']}")
+    content_floor = params["pick_content_floor"]
+    if content_floor is not None and not 0 <= content_floor <= 1:
+        raise UserError(f"--pick-content-floor must be between 0 and 1, got {content_floor}")
+    if content_floor is not None and (not params["pick"] or base.restyle is None):
+        raise UserError("--pick-content-floor is for --pick in a sweep restyling a photo (--restyle PHOTO)")
     if params["csd"] is not None:
         check_csd_path(params["csd"])
     runtime = runtime_from(params)
@@ -673,7 +683,8 @@ def _sweep(params: dict[str, Any]) -> None:
     if params["pick"] and scorer is not None and "clip_text" in scorer.unavailable():
         raise UserError(f"--pick needs prompt scores, and this model has none: {scorer.unavailable()['clip_text']}")
     out = render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)), scorer=scorer,
-                       style_floor=params["pick_style_floor"] if params["pick"] else None, progress=True)
+                       style_floor=params["pick_style_floor"] if params["pick"] else None, progress=True,
+                       content_floor=content_floor)
     click.echo(str(sheet))
     if scorer is None:
         return
@@ -754,6 +765,8 @@ def generate_command(request: Request, output: str | Path) -> str:
               "line) and SHEET-pick.safetensors (a style file with those settings).")
 @click.option("--pick-style-floor", default=0.9, type=click.FloatRange(0, 1), help="The fraction of the best style "
               "score the pick must keep.")
+@click.option("--pick-content-floor", default=None, type=click.FloatRange(0, 1), help="With --restyle: the fraction "
+              "of the best content-kept score (how much of the photo a cell keeps) the pick must keep.")
 @runtime_options()
 def sweep(**params: Any) -> None:
     """Render every blocks x scale combination with one seed into a labelled contact sheet."""

@@ -25,7 +25,16 @@ from ..errors import UserError
 from ..files.atomic import save_png_atomically, write_text_atomically
 from ..scores.drawing import font as load_font
 from ..scores.drawing import text_size
-from ..scores.pareto import Cell, cell_points, cells_csv, pareto_front, pick, style_key, style_threshold
+from ..scores.pareto import (
+    Cell,
+    cell_points,
+    cells_csv,
+    content_kept,
+    pareto_front,
+    pick,
+    style_key,
+    style_threshold,
+)
 from ..scores.plots import save_plot, scatter_plot
 from ..scores.scorer import SCORE_TITLES, Scorer, Scores
 
@@ -343,10 +352,12 @@ def render_sweep(
     scorer: Scorer | None = None,
     style_floor: float | None = None,
     progress: bool = False,
+    content_floor: float | None = None,
 ) -> SweepOutput:
     """Run a sweep and write its cells (``write_png``, each as soon as it is made, with its scores when
     ``scorer`` is given) and the labelled sheet (titled with the shared settings unless ``title`` is given).
-    Scored, it also writes the plot and the CSV; with ``style_floor``, it picks a cell (``pareto.pick``).
+    Scored, it also writes the plot and the CSV; with ``style_floor``, it picks a cell (``pareto.pick``; with
+    ``content_floor``, among the cells that keep enough of a restyled photo).
     ``progress`` shows each cell's step bar on stderr."""
     output = Path(output)
     paths: list[list[Path]] = [[] for _ in axes.rows]
@@ -377,7 +388,7 @@ def render_sweep(
     picked, failure = None, None
     if style_floor is not None:
         try:
-            picked = pick(points, style_floor)
+            picked = pick(points, style_floor, content_kept(cells), content_floor)
         except UserError as err:  # the sheet, plot and table are still written
             failure = err
     framed = None if picked is None else divmod(picked, len(columns))
