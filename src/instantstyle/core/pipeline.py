@@ -319,9 +319,11 @@ class StylePipeline:
         else in the VAE's own tiles above ``memory.VAE_TILING_ABOVE`` px only."""
         assert request.width is not None and request.height is not None
         vae = self.pipe.vae
-        if self.budget is not None:
+        if self.budget is not None:  # with CSD guidance, CSD stays beside them through the call
+            guided = request.csd is not None and bool(request.style_guidance or request.content_guidance)
             resident = (memory.module_bytes(self.denoiser) + memory.module_bytes(self.controlnet(request))
-                        + memory.module_bytes(vae, memory.vae_decode_dtype(vae, self.dtype)))
+                        + memory.module_bytes(vae, memory.vae_decode_dtype(vae, self.dtype))
+                        + (memory.module_bytes(self.extras.csd(request.csd or "").backbone) if guided else 0))
             room = self.budget.limit - resident - memory.DECODE_RESERVE
             return memory.decode_plan(vae, request.width, request.height, self.dtype, room)
         if self.runtime.vae_tiling:
@@ -400,6 +402,8 @@ class StylePipeline:
 
         def invert() -> torch.Tensor:
             text = self.text_kwargs([request.prompt], None, 0.0)
+            if self.budget is not None:  # the text encoders are parked again; the denoiser and the VAE invert
+                self.budget.bring([self.denoiser, self.pipe.vae])
             with torch.no_grad(), processors.scales_off(self.denoiser, self.family):
                 return restyle.invert(self.pipe, make_scheduler("ddim", self._base_scheduler), text,
                                       kwargs.get("ip_adapter_image_embeds", ()), photo, request, self.dtype)
@@ -417,6 +421,9 @@ class StylePipeline:
         original = load_image(request.restyle, "photo to restyle", self.runtime.max_pixels)
         targets = restyle.csd_targets(csd, styles_, [ref.weight for ref in request.style], original)
         guidance = restyle.Guidance(csd, *targets, request.style_guidance, request.content_guidance)
+        if self.budget is not None and self.budget.moves:  # CSD comes to the device for the call, as a scorer does
+            self.budget.make_room(memory.module_bytes(csd.backbone), [])
+            csd.to(self.device)
         return restyle.csd_guidance(self.pipe, guidance, checkpointing=self.budget is not None)
 
     # --- phases and placement -----------------------------------------------------------------------
