@@ -142,3 +142,15 @@ def test_a_restyle_without_prompt_or_caption_is_refused_before_denoising(sdxl, r
 def test_a_captioned_request_needs_no_prompt_in_json():
     request = Request.from_dict({"style": "s.png", "restyle": "p.png", "caption_model": "m"})
     assert request.prompt == "" and request.caption_model == "m"
+
+
+def test_guided_restyle_under_a_memory_budget_gives_the_same_pixels(tiny, rs):
+    """Under a budget CSD guidance recomputes activations in its backward (gradient checkpointing): same numbers."""
+    from instantstyle import StylePipeline
+
+    pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", memory_budget=4.0)
+    expected = np.load(DATA / "style-guidance.npz")
+    got = np.asarray(pipe(case_request(rs, CASES["style-guidance"])).images[0], dtype=np.float64)
+    diff = np.abs(got - expected["image"])
+    assert diff.mean() <= 0.5 and diff.max() <= 2.5, (diff.mean(), diff.max())
+    assert not pipe.pipe.unet.is_gradient_checkpointing and not pipe.pipe.vae.is_gradient_checkpointing

@@ -97,7 +97,7 @@ def test_restyle_on_a_flow_matching_model_is_one_line_before_it_loads(capsys, mo
     assert (code, loads) == (2, []) and "made for UNet models" in err and err.count("\n") == 1, err
 
 
-def test_sweep_over_the_photos_content_scale_inverts_once(capsys, tiny, rs, tmp_path):
+def test_sweep_rows_over_the_photos_content_scale(capsys, tiny, rs, tmp_path):
     code, out, err = run(capsys, "sweep", "--model", tiny.sdxl, "--adapter", tiny.sdxl_adapter, "--style", rs.style,
                          "--restyle", rs.photo, "--controlnet", rs.controlnet, "--prompt", "a house", "--steps", "2",
                          "--seed", "3", "--device", "cpu", "--blocks", "style", "--scale", "1",
