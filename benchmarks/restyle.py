@@ -177,12 +177,12 @@ def cpu_times(rounds: int) -> list[list[str]]:
     pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu")
     marks: list[tuple[str, float]] = []
     pipe.on_phase = lambda name: marks.append((name, time.perf_counter()))
-    common_fields = {"prompt": "a photo of a house", "style": str(rs.style), "steps": 3, "controlnet":
-                     str(rs.controlnet), "width": 64, "height": 64}
+    common_fields = {"prompt": "a photo of a house", "style": str(rs.style), "steps": 3, "width": 64, "height": 64}
+    control = {"controlnet": str(rs.controlnet)}
     runs = {
         "img2img (strength 1)": Request(**common_fields, init_image=str(rs.photo), strength=1.0),
-        "restyle": Request(**common_fields, restyle=str(rs.photo)),
-        "restyle + style guidance": Request(**common_fields, restyle=str(rs.photo), style_guidance=100.0,
+        "restyle": Request(**common_fields, **control, restyle=str(rs.photo)),
+        "restyle + style guidance": Request(**common_fields, **control, restyle=str(rs.photo), style_guidance=100.0,
                                             csd=str(rs.csd)),
     }
     totals: dict[str, dict[str, list[float]]] = {name: {} for name in runs}
@@ -190,7 +190,7 @@ def cpu_times(rounds: int) -> list[list[str]]:
         for name, request in runs.items():
             marks.clear()
             pipe(request.replace(seed=100 + r))  # a new seed: the inversion runs every time
-            spans = {a: b_t - a_t for (a, a_t), (_, b_t) in zip(marks, marks[1:])}
+            spans = {a: b_t - a_t for (a, a_t), (_, b_t) in zip(marks, marks[1:], strict=False)}
             if r:
                 for phase, seconds in spans.items():
                     totals[name].setdefault(phase, []).append(seconds)
@@ -210,7 +210,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-time", action="store_true")
+    parser.add_argument("--no-flops", action="store_true", help="only the CPU times")
     args = parser.parse_args()
+    if args.no_flops:
+        print(md_table(["run", "text", "style", "invert", "denoise", "decode", "whole", "ratio"],
+                       cpu_times(args.rounds)))
+        return
     m = models()
     rows = []
     for side in (int(s) for s in args.sizes.split(",")):

@@ -414,13 +414,7 @@ class StylePipeline:
             return None
         assert request.csd is not None
         csd = self.extras.csd(request.csd)
-        styles_ = [load_image(ref.path, "style image", self.runtime.max_pixels) for ref in request.style
-                   if not ref.path.endswith(".safetensors")]
-        if len(styles_) != len(request.style):
-            raise UserError("CSD style guidance needs style images (CSD reads pixels), not style files")
-        original = load_image(request.restyle, "photo to restyle", self.runtime.max_pixels)
-        targets = restyle.csd_targets(csd, styles_, [ref.weight for ref in request.style], original)
-        guidance = restyle.Guidance(csd, *targets, request.style_guidance, request.content_guidance)
+        guidance = restyle.csd_guidance_for(csd, request, self.runtime.max_pixels)
         if self.budget is not None and self.budget.moves:  # CSD comes to the device for the call, as a scorer does
             self.budget.make_room(memory.module_bytes(csd.backbone), [])
             csd.to(self.device)

@@ -313,6 +313,8 @@ class Request:
                 raise UserError(f"{name.replace('_', ' ')} must be a path, got {value!r}")
         if (self.style_guidance or self.content_guidance) and self.csd is None:
             raise UserError("--style-guidance and --content-guidance need a CSD checkpoint (--csd FILE)")
+        if self.style_guidance and any(ref.path.endswith(".safetensors") for ref in self.style):
+            raise UserError("--style-guidance needs style images (CSD reads pixels), not style files")
         if self.restyle is None:
             given = [flag for flag, on in (("--style-guidance", self.style_guidance), ("--content-guidance",
                      self.content_guidance), ("--inversion-steps", self.inversion_steps is not None),

@@ -292,18 +292,25 @@ def csd_guidance(pipe: Any, guidance: Guidance, checkpointing: bool = False) -> 
             module.disable_gradient_checkpointing()
 
 
-def csd_targets(csd: CsdModel, style_images: Sequence[Image.Image], weights: Sequence[float],
-                photo: Image.Image | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(style target, content target): the references' CSD style embeddings blended by weight, and the photo's CSD
-    content embedding (``None`` without a photo or a content head), each through CSD's evaluation transform as the
-    original computes them (the reference and the photo at their own resolution)."""
+def csd_guidance_for(csd: CsdModel, request: Request, max_pixels: int | None = MAX_PIXELS) -> Guidance:
+    """The request's CSD guidance: towards the references' CSD style embeddings blended by weight (with style
+    guidance) and the photo's CSD content embedding (with content guidance), each through CSD's evaluation
+    transform as the original computes them (the reference and the photo at their own resolution)."""
     from ..scores.csd import embed_images
 
-    styles = torch.cat([embed_images([image], csd)[0] for image in style_images])
-    total = sum(weights)
-    style = (styles * torch.tensor([w / total for w in weights], dtype=styles.dtype)[:, None]).sum(0, keepdim=True)
-    if len(style_images) > 1:
-        style = F.normalize(style, dim=-1)
-    content = embed_images([photo], csd)[1] if photo is not None else None
-    return style, content
+    assert request.restyle is not None
+    style = content = None
+    if request.style_guidance:
+        images = [load_image(ref.path, "style image", max_pixels) for ref in request.style]
+        styles = torch.cat([embed_images([image], csd)[0] for image in images])
+        total = sum(ref.weight for ref in request.style)
+        weights = torch.tensor([ref.weight / total for ref in request.style], dtype=styles.dtype)[:, None]
+        style = (styles * weights).sum(0, keepdim=True)
+        style = F.normalize(style, dim=-1) if len(images) > 1 else style
+    if request.content_guidance:
+        if csd.content_head is None:
+            raise UserError(f"CSD checkpoint {csd.identity} has no content head (last_layer_content) for "
+                            "--content-guidance")
+        content = embed_images([load_image(request.restyle, "photo to restyle", max_pixels)], csd)[1]
+    return Guidance(csd, style, content, request.style_guidance, request.content_guidance)
 
