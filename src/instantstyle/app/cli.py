@@ -166,7 +166,8 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
     _request_option("width", "Image width (default: the model's).", type=INT),
     _request_option("height", "Image height (default: the model's).", type=INT),
     _request_option("num_images", "Images per prompt.", type=INT),
-    _request_option("init_image", "Image to restyle (img2img), or to repaint with --mask."),
+    _request_option("init_image", "Image to start from (img2img), or to repaint with --mask; see --restyle to keep "
+                    "a photo's content."),
     _request_option("strength", "How far from --init-image: 0 keeps it, 1 ignores it (default 0.8; 1.0 when "
                     "inpainting).", type=FLOAT),
     _request_option("mask", "Inpainting mask for --init-image: white = repaint."),
