@@ -187,9 +187,9 @@ def cpu_times(rounds: int) -> list[list[str]]:
     }
     totals: dict[str, dict[str, list[float]]] = {name: {} for name in runs}
     for r in range(rounds + 1):  # the first round warms up
-        for name, request in runs.items():
+        for i, (name, request) in enumerate(runs.items()):
             marks.clear()
-            pipe(request.replace(seed=100 + r))  # a new seed: the inversion runs every time
+            pipe(request.replace(seed=100 + 10 * r + i))  # a new seed: the inversion runs every time
             spans = {a: b_t - a_t for (a, a_t), (_, b_t) in zip(marks, marks[1:], strict=False)}
             if r:
                 for phase, seconds in spans.items():

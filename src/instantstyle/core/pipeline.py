@@ -443,7 +443,7 @@ class StylePipeline:
         told: list[bool] = []
 
         def decoding(*_: Any) -> None:
-            if not told:
+            if not told and not torch.is_grad_enabled():  # CSD guidance decodes each step with gradients
                 told.append(True)
                 self._phase("decode")
 
