@@ -106,7 +106,7 @@ def encode_photo(pipe: Any, photo: Image.Image, generator: torch.Generator, dtyp
 def plain_predictor(unet: Any, text: dict[str, Any], size: tuple[int, int],
                     image_embeds: Sequence[torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The model's noise prediction with the prompt alone (no guidance): the inversion's pass. The adapters' scales
-    are 0 meanwhile (``adapters_off``), so their image attention is skipped; ``image_embeds`` only satisfy the
+    are 0 meanwhile (``processors.scales_off``), so their image attention is skipped; ``image_embeds`` only satisfy the
     UNet's input check. SDXL's added conditioning: the pooled prompt and the size ids (original size, crop (0, 0),
     target size)."""
     embeds = text["prompt_embeds"]
