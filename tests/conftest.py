@@ -88,3 +88,21 @@ def flux(dit: TinyDiTModels) -> StylePipeline:
 def pixels(image) -> np.ndarray:
     """An image as float pixels, for comparing outputs."""
     return np.asarray(image, dtype=np.float64)
+
+
+@pytest.fixture(scope="session")
+def video_models(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny I2VGen-XL pipeline folder and short H.264 clips (``testing.video``)."""
+    from instantstyle.testing.video import build_tiny_video_models
+
+    cache = os.environ.get("INSTANTSTYLE_VIDEO_FIXTURES")
+    return build_tiny_video_models(Path(cache) if cache else tmp_path_factory.mktemp("video") / "tree")
+
+
+@pytest.fixture(scope="session")
+def i2vgen(video_models):
+    """The tiny I2VGen-XL, loaded once on the CPU through ``VideoModel.from_pretrained``."""
+    from instantstyle.loading.runtime import Runtime
+    from instantstyle.modes.video import VideoModel
+
+    return VideoModel.from_pretrained(str(video_models.i2vgen), Runtime(device="cpu"))
