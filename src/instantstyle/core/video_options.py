@@ -81,7 +81,7 @@ class VideoOptions:
         _whole("fps", self.fps, 1, 120)
         for name in ("width", "height"):
             value = getattr(self, name)
-            _whole(name, value, 64, MAX_VIDEO_SIZE)
+            _whole(f"video {name}", value, 64, MAX_VIDEO_SIZE)
             if value % 8:
                 raise UserError(f"video {name} must be a multiple of 8, got {value}")
         _number("start", self.start, 0.0, 1e7)
