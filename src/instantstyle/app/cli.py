@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -491,7 +493,8 @@ def score(**params: Any) -> None:
 @click.option("--keep", default=None, help="Folder to keep the fixture and output image in.")
 @click.option("--debug", is_flag=True)
 def selftest(keep: str | None, debug: bool) -> None:
-    """Run the whole path offline on a built-in tiny random-weight model (a few seconds)."""
+    """Run the whole path offline on a built-in tiny random-weight SDXL (about 20 s on 2 CPU cores, most of it
+    importing torch and diffusers; the first run after installing compiles them and takes longer)."""
 
     def body() -> None:
         quiet_libraries()
@@ -501,6 +504,67 @@ def selftest(keep: str | None, debug: bool) -> None:
             click.echo(line)
 
     run_cli(body, debug)
+
+
+def _demo(folder: str, run_modes: bool, only: Sequence[str]) -> int:
+    from . import demo
+
+    os.environ["HF_HUB_OFFLINE"] = "1"  # every path is local: nothing asks the hub, even where there is network
+    # Idle OpenMP threads sleep instead of spinning (before torch loads): on a busy 2-core machine the tiny models'
+    # steps took 30x longer with spinning threads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True
+    modes = demo.select([name for text in only for name in text.split(",") if name])
+    quiet_libraries()
+    start = time.perf_counter()
+    models = demo.build(Path(folder))
+    click.echo(f"# built the demo models in {folder} ({time.perf_counter() - start:.0f} s): tiny RANDOM-WEIGHT models "
+               "in the real layouts, so the images show that each mode runs, not what a trained model paints")
+    plan = demo.commands(models, Path(folder), modes)
+    if not run_modes:
+        for mode, argv in plan:
+            click.echo(f"# {mode.title}\n{demo.shown(argv)}")
+        click.echo(f"# run them all, with a contact sheet: instantstyle demo {shlex.quote(folder)} --run")
+        return 0
+    failed = []
+    for mode, argv, code, seconds in demo.run(_in_process, plan):
+        click.echo(f"# {mode.title}: {'done' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s\n"
+                   f"{demo.shown(argv)}", err=code != 0)
+        if code:
+            failed.append(mode.name)
+    if any(mode.writes_image and mode.name not in failed for mode in modes):
+        click.echo(f"sheet: {demo.sheet(Path(folder), [m for m in modes if m.name not in failed], models)}")
+    click.echo(f"# {len(plan) - len(failed)} of {len(plan)} modes ran in {time.perf_counter() - start:.0f} s")
+    if failed:
+        raise UserError(f"demo modes failed: {', '.join(failed)} (each command above runs alone, with --debug)")
+    return 0
+
+
+def _in_process(argv: list[str]) -> int:
+    """Run one ``instantstyle`` command line in this process: its exit code (its errors printed as the CLI does)."""
+    try:
+        main(args=argv, standalone_mode=False)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    except click.ClickException as err:
+        click.echo(f"error: {err.format_message()}", err=True)
+        return 2
+    return 0
+
+
+@main.command()
+@click.argument("folder", metavar="DIR")
+@click.option("--run", "run_modes", is_flag=True, help="Run every command: one image per mode in DIR/out/ and a "
+              "contact sheet, DIR/out/sheet.png (about two minutes on 2 CPU cores).")
+@click.option("--only", multiple=True, metavar="MODE[,MODE]", help="Only these modes (and those they need): "
+              "sdxl, sd15, img2img, inpaint, canny, depth, tile, hidiffusion, sd3, flux, score.")
+@click.option("--debug", is_flag=True)
+def demo(folder: str, run_modes: bool, only: tuple[str, ...], debug: bool) -> None:
+    """Every mode on tiny random-weight models, offline: build them into DIR (seconds; docs/fixtures.md has the
+    layout) and print the command that runs each mode on them; --run runs them."""
+    sys.exit(run_cli(_demo, debug, folder, run_modes, only) or 0)
 
 
 def _batch(params: dict[str, Any]) -> int:
