@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..core.preflight import check_blocks, check_request, check_runtime
+from ..core.preflight import check_blocks, check_request, check_runtime, default_adapter
 from ..core.request import AdapterUse, LoraRef, Request, StyleRef, check_prompt, read_png_request, write_png
 from ..errors import UserError
 from ..files.atomic import write_text_atomically
@@ -226,8 +226,7 @@ def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
         raise UserError("--prompt is required (or --from IMAGE.png)")
     if "style" not in given:
         raise UserError("--style is required (or --from IMAGE.png)")
-    given.setdefault("model", DEFAULT_MODEL)
-    given.setdefault("adapter", DEFAULT_ADAPTER)
+    given.setdefault("model", DEFAULT_MODEL)  # no adapter: the model family's own, named when it loads
     return Request(**given)
 
 
@@ -261,18 +260,20 @@ def main() -> None:
 
 def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str | None]) -> StylePipeline:
     """Check the blocks specs against the model's config, then load the request's model and adapter (``None``
-    among the specs: the family's default blocks; ``@FILE:NAME`` read from its presets file)."""
+    among the specs: the family's default blocks; ``@FILE:NAME`` read from its presets file; no adapter: the model
+    family's own)."""
     from ..core.blocks import expand_preset_ref
     from ..core.pipeline import StylePipeline
 
-    assert request.model is not None and request.adapter is not None
+    assert request.model is not None
+    adapter = request.adapter or default_adapter(request.model, runtime.single_file_config)
     config = runtime.single_file_config if Path(request.model).expanduser().is_file() else None
-    require_hub(("model", request.model), ("adapter", request.adapter), ("image encoder", request.image_encoder),
+    require_hub(("model", request.model), ("adapter", adapter), ("image encoder", request.image_encoder),
                 ("single-file config", config))  # what is missing, in one line, without waiting
     check_blocks(request.model, specs, runtime.single_file_config, request)
     blocks = ",".join(expand_preset_ref(s) for s in specs if s is not None) if None not in specs else None
     return StylePipeline.from_pretrained(
-        request.model, request.adapter, runtime, image_encoder=request.image_encoder,
+        request.model, adapter, runtime, image_encoder=request.image_encoder,
         content_text_encoder=request.content_text_encoder, blocks=blocks,
     )
 
@@ -430,7 +431,8 @@ def _score(params: dict[str, Any]) -> None:
         wanted.append((prompt or None, style, content, fit))
     models = {name: params[name] or _shared(name, saved) for name in SCORE_MODELS}
     model = None if models["content_text_encoder"] else models["model"] or DEFAULT_MODEL
-    adapter = models["adapter"] or DEFAULT_ADAPTER
+    adapter = models["adapter"] or (default_adapter(model, params.get("single_file_config")) if model else
+                                    DEFAULT_ADAPTER)
     require_hub(("model", model), ("adapter", adapter), ("image encoder", models["image_encoder"]),
                 ("content text encoder", models["content_text_encoder"]))  # what is missing, in one line, at once
     if model is not None:
@@ -549,7 +551,7 @@ def _in_process(argv: list[str]) -> int:
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
     except click.ClickException as err:
-        click.echo(f"error: {err.format_message()}", err=True)
+        click.echo(f"error: {usage_error(err)}", err=True)
         return 2
     return 0
 
@@ -571,9 +573,8 @@ def _batch(params: dict[str, Any]) -> int:
     from .batch import run_batch
     from .workers import Scoring
 
-    defaults = request_fields(params)
+    defaults = request_fields(params)  # a job naming no adapter gets its own model family's (workers.pipeline_for)
     defaults.setdefault("model", DEFAULT_MODEL)
-    defaults.setdefault("adapter", DEFAULT_ADAPTER)
     runtime = runtime_from(params)
     address = params["ray"]
     if params["workers"] is not None and address is None:
@@ -630,6 +631,20 @@ for _name, _option in REQUEST_OPTIONS:
     batch.params.append(_option)
 
 
+#: Flags people reach for that do not exist, and what to do instead (click's own message names no way forward).
+GUESSED_FLAGS = {
+    "--family": "there is no --family: the family (sdxl, sd15, sd3, flux) is detected from the model; give --model",
+    "--arch": "there is no --arch: the family (sdxl, sd15, sd3, flux) is detected from the model; give --model",
+}
+
+
+def usage_error(err: click.ClickException) -> str:
+    """The one line for a click usage error: what to do instead where a guessed flag does not exist."""
+    if isinstance(err, click.NoSuchOption) and err.option_name.split("=")[0] in GUESSED_FLAGS:
+        return GUESSED_FLAGS[err.option_name.split("=")[0]]
+    return err.format_message()
+
+
 def entry(argv: list[str] | None = None) -> None:
     """Console entry point (``argv`` for tests): click's own usage errors become one line too."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
@@ -640,7 +655,7 @@ def entry(argv: list[str] | None = None) -> None:
     except click.Abort:
         _fail("aborted", 130)
     except click.ClickException as err:
-        _fail(err.format_message(), 2)
+        _fail(usage_error(err), 2)
 
 
 # --- sweep: a labelled contact sheet over blocks x scale (x content scale) ---------------------------
@@ -811,7 +826,6 @@ def _probe_blocks(params: dict[str, Any]) -> None:
         raise UserError(f"{len(contents)} content prompts for {len(styles)} styles: give one per style, or one")
     given = request_fields({**params, **dict.fromkeys(PROBED)})
     given.setdefault("model", DEFAULT_MODEL)
-    given.setdefault("adapter", DEFAULT_ADAPTER)
     base = Request(params["probe_prompts"][0], style=styles, **given)
     runtime = runtime_from(params)
     check_request(base, runtime.max_pixels)
@@ -921,8 +935,9 @@ def _ui(params: dict[str, Any]) -> None:
         else:
             click.echo(f"warning: serving on {where} without a login: anyone who can reach it can use the page "
                        "(--auth USER:PASSWORD or --auth-file FILE adds one)", err=True)
+    model = params["model"] or DEFAULT_MODEL
     pipe = StylePipeline.from_pretrained(
-        params["model"] or DEFAULT_MODEL, params["adapter"] or DEFAULT_ADAPTER, runtime,
+        model, params["adapter"] or default_adapter(model, params.get("single_file_config")), runtime,
         image_encoder=params["image_encoder"], content_text_encoder=params["content_text_encoder"],
     )
     public = "" if params["share"] else "; no public link (--share makes a temporary gradio.live one)"
