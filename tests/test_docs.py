@@ -100,7 +100,8 @@ def test_new_pages_join_the_navigation_and_absent_ones_are_left_out(tmp_path):
         (tmp_path / page).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / page).write_text("# x\n")
     nav = hooks.navigation(tmp_path)
-    assert nav == [{"Start": ["index.md"]}, {"Guides": ["restyle.md", "zz-new.md"]}, {"Reference": ["reference/cli.md"]}]
+    assert nav == [{"Start": ["index.md"]}, {"Guides": ["restyle.md", "zz-new.md"]},
+                   {"Reference": ["reference/cli.md"]}]
 
 
 def test_every_path_of_the_fixture_layout_exists_in_a_built_demo(demo_root):

@@ -531,7 +531,7 @@ def _demo(folder: str, run_modes: bool, only: Sequence[str]) -> int:
         click.echo(f"# run them all, with a contact sheet: instantstyle demo {shlex.quote(folder)} --run")
         return 0
     failed = []
-    for mode, argv, code, seconds in demo.run(_in_process, plan):
+    for mode, argv, code, seconds in demo.run(run_in_process, plan):
         click.echo(f"# {mode.title}: {'done' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s\n"
                    f"{demo.shown(argv)}", err=code != 0)
         if code:
@@ -544,7 +544,7 @@ def _demo(folder: str, run_modes: bool, only: Sequence[str]) -> int:
     return 0
 
 
-def _in_process(argv: list[str]) -> int:
+def run_in_process(argv: list[str]) -> int:
     """Run one ``instantstyle`` command line in this process: its exit code (its errors printed as the CLI does)."""
     try:
         main(args=argv, standalone_mode=False)
