@@ -495,10 +495,12 @@ def score(**params: Any) -> None:
 @click.option("--keep", default=None, help="Folder to keep the fixture and output image in.")
 @click.option("--debug", is_flag=True)
 def selftest(keep: str | None, debug: bool) -> None:
-    """Run the whole path offline on a built-in tiny random-weight SDXL (about 20 s on 2 CPU cores, most of it
-    importing torch and diffusers; the first run after installing compiles them and takes longer)."""
+    """Run the whole path offline on a built-in tiny random-weight SDXL: about 20 s on 2 idle CPU cores, most of it
+    importing torch and diffusers (a minute on a busy machine, and longer on the first run after installing).
+    `instantstyle demo DIR` runs every mode."""
 
     def body() -> None:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see _demo
         quiet_libraries()
         from .selftest import run_selftest
 
