@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from instantstyle.app import demo
@@ -54,12 +55,13 @@ def test_a_printed_command_alone_makes_the_demo_runs_pixels(capsys, demo_root, m
     assert np.array_equal(made, alone)
 
 
-def test_demo_does_not_replace_a_folder_that_is_not_its_own(capsys, tmp_path):
-    (tmp_path / "tiny").mkdir()
-    (tmp_path / "tiny" / "notes.txt").write_text("mine")
+@pytest.mark.parametrize("sub, message", [("tiny", "is not a demo fixture tree"), ("out", "is not a demo folder")])
+def test_demo_does_not_write_into_a_folder_that_is_not_its_own(capsys, tmp_path, sub, message):
+    (tmp_path / sub).mkdir()
+    (tmp_path / sub / "mine.png").write_text("mine")
     code, _, err = run(capsys, "demo", tmp_path)
-    assert code == 2 and err.count("\n") == 1 and "is not a demo fixture tree" in err, err
-    assert (tmp_path / "tiny" / "notes.txt").read_text() == "mine"
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert (tmp_path / sub / "mine.png").read_text() == "mine" and not (tmp_path / "modes").exists()
 
 
 def test_demo_into_a_file_is_one_line(capsys, tmp_path):

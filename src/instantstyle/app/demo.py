@@ -196,6 +196,10 @@ def check_folder(folder: Path) -> None:
         sub = path / fixture.name
         if sub.exists() and (not sub.is_dir() or any(sub.iterdir()) and not (sub / MARKER).is_file()):
             raise UserError(f"demo folder {folder}: {sub} exists and is not a demo fixture tree; choose another DIR")
+    ours = any((path / fixture.name / MARKER).is_file() for fixture in FIXTURES)
+    if (path / "out").exists() and not ours:  # the demo's commands overwrite DIR/out/*.png: only a demo's own
+        raise UserError(f"demo folder {folder}: {path / 'out'} exists and {folder} is not a demo folder; choose "
+                        "another DIR")
 
 
 def build(folder: Path) -> Models:
