@@ -91,6 +91,17 @@ def pixels(image) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder whose ``demo/`` holds ``instantstyle demo``'s models (every fixture tree, built once): where the
+    docs' offline examples run, as a user runs them after ``instantstyle demo demo``."""
+    from instantstyle.app import demo
+
+    root = tmp_path_factory.mktemp("demo-root")
+    demo.build(root / "demo")
+    return root
+
+
+@pytest.fixture(scope="session")
 def video_models(tmp_path_factory: pytest.TempPathFactory):
     """A tiny I2VGen-XL pipeline folder and short H.264 clips (``testing.video``)."""
     from instantstyle.testing.video import build_tiny_video_models
