@@ -492,21 +492,22 @@ def _video(params: dict[str, Any]) -> None:
     if not params["debug"]:
         quiet_libraries()
     bars: list[Any] = []
-    started: dict[str, int] = {}
+    seen: dict[str, Any] = {"phase": "", "done": 0, "windows": 0}
 
     def progress(phase: str, done: int, total: int) -> None:
-        """One bar per phase and window, each closed when its phase ends (the next window reopens them)."""
+        """One bar per phase and window (each window runs inversion, sampling and decoding again)."""
         from tqdm import tqdm
 
-        if done <= 1 or not bars or bars[-1].desc.split()[0] != phase:
+        if phase != seen["phase"] or done < seen["done"]:
             if bars:
                 bars[-1].close()
-            started[phase] = started.get(phase, 0) + 1
-            windows = f" {started[phase]}" if checked.windows > 1 else ""
-            bars.append(tqdm(total=total, desc=f"{phase}{windows}", unit="frame" if phase == "decoding" else "step",
+            seen["windows"] += phase == "inversion"
+            window = f" {seen['windows']}/{checked.windows}" if checked.windows > 1 and phase != "first-frame" else ""
+            bars.append(tqdm(total=total, desc=f"{phase}{window}", unit="frame" if phase == "decoding" else "step",
                              dynamic_ncols=True))
         bars[-1].n = done
         bars[-1].refresh()
+        seen.update(phase=phase, done=done)
 
     try:
         result = make_video(checked, runtime, files, lambda r: load_pipeline(r, runtime, [r.blocks]), progress)

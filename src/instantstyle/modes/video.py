@@ -112,12 +112,14 @@ class VideoModel:
 
     @contextmanager
     def encoding(self, *modules: torch.nn.Module) -> Iterator[None]:
-        """The encoders on the device while they encode (under a memory budget only; otherwise they stay put)."""
+        """The encoders on the device while they encode (under a memory budget on a GPU only; otherwise they stay
+        put): room is made by moving the UNet off if need be, and it comes back after."""
         if self.budget is None or not self.budget.moves:
             yield
             return
         with self.budget.using(list(modules), residents=[self.pipe.unet]):
             yield
+        self.budget.bring([self.pipe.unet])
 
 
 def check_video_model(model: str) -> Path | str:
@@ -238,8 +240,7 @@ def ddim_inversion(model: VideoModel, frames: Sequence[Image.Image], first_frame
     pipe, device, dtype = model.pipe, model.device, model.dtype
     size = frames[0].size
     generator = torch.Generator(device=device).manual_seed(seed)
-    with model.encoding(pipe.vae):
-        video = encode_video(pipe, frames, size, device, dtype, generator)
+    video = encode_video(pipe, frames, size, device, dtype, generator)
     with model.encoding(pipe.text_encoder, pipe.image_encoder):
         prompt = encode_text(pipe, INVERSION_PROMPT, device)
         image_embeddings = encode_image(pipe, first_frame, size[0], device)
@@ -660,6 +661,9 @@ def stylize_video(
                                             options.prompt if options.prompt is not None else template.prompt, seed,
                                             step("sampling", options.steps - options.init_step))
             seconds["sampling"] = seconds.get("sampling", 0.0) + time.perf_counter() - began
+            if not torch.isfinite(latents).all():
+                raise UserError(f"the video's latents hold NaN or inf values ({str(model.dtype).split('.')[-1]} "
+                                "overflow, or extreme settings): nothing is written; try --dtype float32")
             began = time.perf_counter()
             decoded = decode_frames(model, latents, step("decoding", len(chunk)))
             seconds["decoding"] = seconds.get("decoding", 0.0) + time.perf_counter() - began
