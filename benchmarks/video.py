@@ -20,6 +20,11 @@ latent pixel that ``modes.video.UNET_ACTIVATION_BYTES`` holds, and the plan ``pl
 512 x 512 under 24, 8 and 7 GB budgets. No GPU was used for any figure here.
 
 ``cpu``: one ``stylize_video`` on the tiny fixtures (5 frames, 64 px), seconds per phase: overhead, not model cost.
+
+``gpu`` (part of ``benchmarks/gpu_run.sh``): the real-size UNet and VAE with random weights, float16, on the GPU: one
+sampling step with every injection acting, for 3, 2 and 1 branches per UNet call (``torch.cuda.max_memory_allocated``,
+weights included, and seconds per step, median of 3), beside ``plan_memory``'s estimate; and one VAE decode of a frame.
+``--smoke``: the same on the tiny fixtures (CPU when there is no GPU), to check the script, not figures.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import argparse
 import contextlib
 import io
 import sys
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -215,9 +221,81 @@ def cpu() -> None:
         print(f"| {phase} | {min(r[phase] for r in runs):.2f} |")
 
 
+def gpu(frames: int, size: int, smoke: bool) -> None:
+    import statistics
+    import types
+
+    from diffusers import AutoencoderKL, I2VGenXLUNet
+
+    from instantstyle.core.video_options import VideoOptions
+    from instantstyle.modes.video import (
+        Injection,
+        VideoModel,
+        _Clock,
+        _Conditions,
+        _predict,
+        memory_plans,
+    )
+    from instantstyle.testing.video import I2VGEN_UNET, I2VGEN_VAE, tiny_video_models
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if smoke:
+        folder = tiny_video_models().i2vgen
+        unet = I2VGenXLUNet.from_pretrained(str(folder / "unet")).to(device, dtype)
+        vae = AutoencoderKL.from_pretrained(str(folder / "vae")).to(device, dtype)
+        frames, size = min(frames, 4), 64
+    else:
+        with torch.device(device):
+            unet, vae = I2VGenXLUNet(**I2VGEN_UNET).to(dtype), AutoencoderKL(**I2VGEN_VAE).to(dtype)
+    cross = unet.config.cross_attention_dim
+    h = w = size // 8
+
+    def conditions() -> _Conditions:
+        return _Conditions(torch.randn(1, 77, cross, device=device, dtype=dtype),
+                           torch.randn(1, 1, cross, device=device, dtype=dtype),
+                           torch.randn(1, 4, frames, h, w, device=device, dtype=dtype))
+
+    source, negative, positive = conditions(), conditions(), conditions()
+    latents = torch.randn(1, 4, frames, h, w, device=device, dtype=dtype)
+    options = VideoOptions(steps=50, conv_injection=1.0, spatial_injection=1.0, temporal_injection=1.0)
+    injection = Injection.of([981], options)
+    clock = _Clock(981)
+    scheduler = types.SimpleNamespace(scale_model_input=lambda x, t: x)
+    weights = sum(p.numel() * p.element_size() for m in (unet, vae) for p in m.parameters())
+    print(f"I2VGen-XL UNet + VAE, random weights, {str(dtype).split('.')[-1]} on {device}"
+          f"{' (smoke: tiny model)' if smoke else ''}, {frames} frames at {size}x{size}, one sampling step with "
+          "every injection acting\n")
+    print("| branches per UNet call | peak GiB (weights included) | estimate GiB | seconds per step |")
+    print("|---:|---:|---:|---:|")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    estimates = {p.branches_per_call: p.estimate
+                 for p in memory_plans(weights, unet.config.block_out_channels, frames, size, size, itemsize)}
+    for branches in (3, 2, 1):
+        model = VideoModel(types.SimpleNamespace(unet=unet, vae=vae), "random", device, dtype,
+                           branches_per_call=branches)
+        times = []
+        for _ in range(3):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            began = time.perf_counter()
+            with torch.no_grad():
+                _predict(model, latents, latents, torch.tensor(981, device=device), source, [negative, positive],
+                         injection, clock, 8, scheduler)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - began)
+        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
+        print(f"| {branches} | {peak / common.GiB:.2f} | {estimates[branches] / common.GiB:.2f} | "
+              f"{statistics.median(times):.3f} |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("part", choices=("flops", "memory", "cpu"))
+    parser.add_argument("part", choices=("flops", "memory", "cpu", "gpu"))
+    parser.add_argument("--smoke", action="store_true", help="gpu: the tiny fixtures, to check the script")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--inversion-steps", type=int, default=50)
@@ -225,6 +303,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.part == "flops":
         flops(args.frames, args.size, args.size, args.inversion_steps, args.steps)
+    elif args.part == "gpu":
+        gpu(args.frames, args.size, args.smoke)
     elif args.part == "memory":
         memory(args.frames, args.size, args.size)
     else:

@@ -469,16 +469,22 @@ def injected_bytes(channels: Sequence[int], frames: int, width: int, height: int
     return total * itemsize
 
 
-def plan_memory(weights: int, channels: Sequence[int], frames: int, width: int, height: int, itemsize: int,
-                budget: int | None) -> MemoryPlan:
-    """The first of 3, 2, 1 branches per UNet call whose estimated peak fits ``budget`` bytes (``None``: no budget,
-    3): ``weights`` (the UNet's and VAE's, resident while sampling; the encoders come only to encode) + the UNet's
-    activations (``UNET_ACTIVATION_BYTES`` per frame and latent pixel of its batch) + the source features a split
-    run keeps + ``VIDEO_RESERVE``. A ``UserError`` when none fits."""
+def memory_plans(weights: int, channels: Sequence[int], frames: int, width: int, height: int, itemsize: int
+                 ) -> list[MemoryPlan]:
+    """The estimated peak of 3, 2 and 1 branches per UNet call: ``weights`` (the UNet's and VAE's, resident while
+    sampling; the encoders come only to encode) + the UNet's activations (``UNET_ACTIVATION_BYTES`` per frame and
+    latent pixel of its batch) + the source features a split run keeps + ``VIDEO_RESERVE``."""
     per_frame = UNET_ACTIVATION_BYTES * itemsize // 2 * (width // 8) * (height // 8)
     kept = injected_bytes(channels, frames, width, height, itemsize)
-    plans = [MemoryPlan(n, weights + n * frames * per_frame + (kept if n < 3 else 0) + VIDEO_RESERVE)
-             for n in (3, 2, 1)]
+    return [MemoryPlan(n, weights + n * frames * per_frame + (kept if n < 3 else 0) + VIDEO_RESERVE)
+            for n in (3, 2, 1)]
+
+
+def plan_memory(weights: int, channels: Sequence[int], frames: int, width: int, height: int, itemsize: int,
+                budget: int | None) -> MemoryPlan:
+    """The first of ``memory_plans`` (3, 2, 1 branches per call) that fits ``budget`` bytes (``None``: no budget,
+    3); a ``UserError`` when none fits."""
+    plans = memory_plans(weights, channels, frames, width, height, itemsize)
     if budget is None:
         return plans[0]
     for plan in plans:
