@@ -21,6 +21,7 @@ import click
 
 from ..core.preflight import check_blocks, check_request, check_runtime, default_adapter
 from ..core.request import AdapterUse, LoraRef, Request, StyleRef, check_prompt, read_png_request, write_png
+from ..core.video_options import DEFAULT_MAX_FRAMES
 from ..errors import UserError
 from ..files.atomic import write_text_atomically
 from ..files.images import MAX_PIXELS, PIL_PIXEL_LIMIT
@@ -381,6 +382,176 @@ def blocks(model: str | None, single_file_config: str | None, debug: bool) -> No
             click.echo(note)
 
     run_cli(body, debug)
+
+
+# --- video: a clip in the style of a reference (AnyV2V on I2VGen-XL) -------------------------------------------------
+
+#: Request fields the video command names otherwise: steps and guidance are the video's (the first frame's are
+#: --first-frame-steps/--first-frame-guidance), size and seed are the video's too, one image per first frame.
+VIDEO_TAKEN = ("steps", "guidance", "width", "height", "seed", "num_images")
+#: Video options and their flags (``VideoOptions`` fields; ``--size`` sets width and height).
+VIDEO_OPTIONS: list[tuple[str, click.Option]] = [
+    ("first_frame", click.Option(["--first-frame"], help="A ready styled first frame: the first-frame request is "
+                                 "not run.")),
+    ("frames", click.Option(["--frames"], type=INT, help="Frames to make (more than --window: chained windows). "
+                            "[default: 16]")),
+    ("window", click.Option(["--window"], type=INT, help="Frames per video-model run; the last frame of one window "
+                            "is the first of the next. [default: 16, I2VGen-XL's]")),
+    ("fps", click.Option(["--fps"], type=INT, help="Frames taken per second of the clip, the model's frame-rate "
+                         "input and the output's rate. [default: 8]")),
+    ("size", click.Option(["--size"], help="Video size: N (square) or WxH, multiples of 8; frames are centre-cropped "
+                          "to it. [default: 512]")),
+    ("start", click.Option(["--start"], type=FLOAT, help="Seconds into the clip to start at. [default: 0]")),
+    ("duration", click.Option(["--duration"], type=FLOAT, help="Spread the frames evenly over this many seconds "
+                              "(default: one every 1/fps s).")),
+    ("inversion_steps", click.Option(["--inversion-steps"], type=INT, help="DDIM inversion steps (their timesteps "
+                                     "must include the sampling ones: equal to --steps or a multiple). [default: 50]")),
+    ("steps", click.Option(["--steps"], type=INT, help="Video sampling steps. [default: 50]")),
+    ("conv_injection", click.Option(["--conv-injection"], type=FLOAT, help="Fraction of the steps that inject the "
+                                    "source's convolution features. [default: 0.2]")),
+    ("spatial_injection", click.Option(["--spatial-injection"], type=FLOAT, help="... its spatial attention. "
+                                       "[default: 0.2]")),
+    ("temporal_injection", click.Option(["--temporal-injection"], type=FLOAT, help="... its temporal attention. "
+                                        "[default: 0.5]")),
+    ("guidance", click.Option(["--guidance"], type=FLOAT, help="Video classifier-free guidance. [default: 9]")),
+    ("init_step", click.Option(["--init-step"], type=INT, help="Start sampling this many steps into the schedule "
+                               "(AnyV2V's ddim_init_latents_t_idx). [default: 0]")),
+    ("prompt", click.Option(["--video-prompt"], "video_prompt", help="The video's prompt (default: --prompt).")),
+    ("negative_prompt", click.Option(["--video-negative-prompt"], help="The video's negative prompt [default: "
+                                     "AnyV2V's]."), ),
+    ("video_model", click.Option(["--video-model"], help="Diffusers I2VGenXLPipeline folder or hub id. [default: "
+                                 "ali-vilab/i2vgen-xl]")),
+]
+#: Flags of the first-frame request renamed in the video command.
+FIRST_FRAME_OPTIONS: list[tuple[str, click.Option]] = [
+    ("steps", click.Option(["--first-frame-steps"], type=INT, help="Denoising steps of the first frame. "
+                           "[default: 30]")),
+    ("guidance", click.Option(["--first-frame-guidance"], type=FLOAT, help="Guidance of the first frame. "
+                              "[default: 5.0]")),
+]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``512`` -> (512, 512); ``768x448`` -> (768, 448)."""
+    width, sep, height = text.lower().partition("x")
+    try:
+        size = (int(width), int(height if sep else width))
+    except ValueError:
+        raise UserError(f"--size {text!r}: give N or WxH (whole numbers)") from None
+    return size
+
+
+def video_request_from_cli(params: dict[str, Any]) -> Any:
+    """The ``VideoRequest``: ``--from`` (a video's record) first, then the clip argument and every flag given."""
+    from ..core.video_options import VideoOptions, VideoRequest, first_frame_fields
+    from ..modes.video import read_video_request
+
+    source = read_video_request(params["from_record"]) if params["from_record"] else None
+    clip = params["clip"] or (source.clip if source else None)
+    if not clip:
+        raise UserError("give the clip: instantstyle video CLIP.mp4 ... (or --from OUT.json)")
+    given_options = {name: params[option.name] for name, option in VIDEO_OPTIONS
+                     if name != "size" and params[option.name] is not None}
+    if params["size"] is not None:
+        given_options["width"], given_options["height"] = parse_size(params["size"])
+    if params["seed"] is not None:
+        given_options["seed"] = params["seed"]
+    options = (source.options if source else VideoOptions()).replace(**given_options)
+    fields = request_fields({**params, **dict.fromkeys(VIDEO_TAKEN)})
+    for name, option in FIRST_FRAME_OPTIONS:
+        if params[option.name] is not None:
+            fields[name] = params[option.name]
+    if params["seed"] is not None:
+        fields["seed"] = params["seed"]
+    if source is not None:
+        merged = source.request.replace(**fields)
+        fields = {f.name: getattr(merged, f.name) for f in dataclasses.fields(Request)}
+    else:
+        if "prompt" not in fields:
+            raise UserError("--prompt is required (or --from OUT.json)")
+        if "style" not in fields:
+            raise UserError("--style is required (or --from OUT.json)")
+        fields.setdefault("model", DEFAULT_MODEL)
+        fields.setdefault("adapter", DEFAULT_ADAPTER)
+    request = Request(**first_frame_fields(fields))
+    return VideoRequest(str(clip), request, options)
+
+
+def _video(params: dict[str, Any]) -> None:
+    from ..modes.video import PHASES, check_outputs
+    from .video import check_video, make_video, score_result
+
+    video = video_request_from_cli(params)
+    runtime = runtime_from(params)
+    if not 1 <= params["max_frames"]:
+        raise UserError(f"--max-frames must be at least 1, got {params['max_frames']}")
+    files = check_outputs(params["output"], params["overwrite"])
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
+    checked = check_video(video, runtime, files, params["max_frames"])
+    if not params["debug"]:
+        quiet_libraries()
+    bars: list[Any] = []
+    seen: dict[str, Any] = {"phase": "", "done": 0, "windows": 0}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        """One bar per phase and window (each window runs inversion, sampling and decoding again)."""
+        from tqdm import tqdm
+
+        if phase != seen["phase"] or done < seen["done"]:
+            if bars:
+                bars[-1].close()
+            seen["windows"] += phase == "inversion"
+            window = f" {seen['windows']}/{checked.windows}" if checked.windows > 1 and phase != "first-frame" else ""
+            bars.append(tqdm(total=total, desc=f"{phase}{window}", unit="frame" if phase == "decoding" else "step",
+                             dynamic_ncols=True))
+        bars[-1].n = done
+        bars[-1].refresh()
+        seen.update(phase=phase, done=done)
+
+    try:
+        result = make_video(checked, runtime, files, lambda r: load_pipeline(r, runtime, [r.blocks]), progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    assert set(result.seconds) <= set(PHASES)
+    for path in (files.video, files.first_frame, files.record, *([checked.source_path] if checked.source_path else [])):
+        click.echo(str(path))
+    if params["score"] or params["csd"] is not None:
+        try:
+            scores, unavailable = score_result(result, runtime, files, params["csd"])
+        except UserError as err:
+            raise UserError(f"the video is written, but not scored: {err}") from None
+        click.echo(scores.table())
+        click.echo(str(files.scores))
+        for key, reason in unavailable.items():
+            if key in ("clip_style", "csd_style", "clip_text"):
+                click.echo(f"note: {key} not scored: {reason}", err=True)
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("clip", required=False)
+@click.option("--from", "from_record", default=None, help="Reproduce a video made by instantstyle: its OUT.json, "
+              "the video or its OUT.first.png (flags override).")
+@click.option("--output", "-o", required=True, help="Output video (.mp4, .mov or .mkv); beside it OUT.first.png, "
+              "OUT.json, OUT.source.png (and OUT.scores.json with --score).")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--max-frames", default=DEFAULT_MAX_FRAMES, type=INT, help="Refuse to make more frames than this.")
+@click.option("--score", is_flag=True, help="Score the frames (CLIP style, CLIP text; CSD with --csd) and temporal "
+              "consistency: printed, and written to OUT.scores.json.")
+@click.option("--csd", default=None, help="CSD checkpoint for csd_style (implies --score).")
+@runtime_options()
+def video(**params: Any) -> None:
+    """Restyle a clip frame-consistently (AnyV2V on I2VGen-XL): the first frame by an instantstyle request (by
+    default a canny ControlNet on the clip's first frame, as AnyV2V), then DDIM inversion of the clip and sampling
+    from it with the source's features injected."""
+    run_cli(_video, params["debug"], params)
+
+
+video.params[7:7] = ([option for _, option in VIDEO_OPTIONS] + [option for _, option in FIRST_FRAME_OPTIONS]
+                     + [option for name, option in REQUEST_OPTIONS if name not in VIDEO_TAKEN]
+                     + [click.Option(["--seed"], type=INT, help="Seed of the first frame and the video (default: "
+                                     "random, recorded).")])
 
 
 # --- score: the scores of images that exist ----------------------------------------------------------
