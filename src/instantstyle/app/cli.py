@@ -421,7 +421,7 @@ def blocks(model: str | None, single_file_config: str | None, debug: bool) -> No
 
 #: Request fields the video command names otherwise: steps and guidance are the video's (the first frame's are
 #: --first-frame-steps/--first-frame-guidance), size and seed are the video's too, one image per first frame.
-VIDEO_TAKEN = ("steps", "guidance", "width", "height", "seed", "num_images")
+VIDEO_TAKEN = ("steps", "guidance", "width", "height", "seed", "num_images", "inversion_steps")  # the clip's own
 #: Video options and their flags (``VideoOptions`` fields; ``--size`` sets width and height).
 VIDEO_OPTIONS: list[tuple[str, click.Option]] = [
     ("first_frame", click.Option(["--first-frame"], help="A ready styled first frame: the first-frame request is "
