@@ -23,14 +23,14 @@ Where later features hook in (each a field of ``Plan`` that ``plan`` fills, noth
 
 - **call arguments**: plain values go in ``Plan.kwargs`` (``_call_arguments``); an argument computed on the
   configured pipeline just before the call is a ``Plan.before`` step.
-- **a step before the call** (InstantStyle-Plus' inversion of the content image into ``latents``): a ``before``
-  step, ``(plan, resources, pipe) -> arguments``.
+- **a step before the call** (InstantStyle-Plus' inversion of the photo into ``latents``, ``_restyle``): a
+  ``before`` step, ``(plan, resources, pipe, arguments so far) -> more arguments``.
 - **the pipeline the call runs on** (img2img, inpainting, ControlNet: ``modes.image.mode_pipeline``; a separate one
   such as I2VGen-XL for video): ``Plan.pipeline``, ``(plan, resources) -> diffusers pipeline``, called once the
   models are set (restyle's ControlNet img2img call with two adapter slots: its pipeline and its ``slots``).
-- **contexts during the call** (HiDiffusion's hooks on the UNet; CSGO's own attention processors, in the denoiser
-  and in a ControlNet): a ``Plan.during`` entry, ``(plan, resources, pipe) -> context manager``, entered around
-  the call and left after it; it must leave what it changes as it found it.
+- **contexts during the call** (HiDiffusion's hooks on the UNet; InstantStyle-Plus' CSD guidance; CSGO's own
+  attention processors, in the denoiser and in a ControlNet): a ``Plan.during`` entry, ``(plan, resources, pipe) ->
+  context manager``, entered around the call and left after it; it must leave what it changes as it found it.
 - **a step after the call** (inpainting's paste-back): a ``Plan.after`` entry, ``(request, images, resources) ->
   images``.
 """
@@ -49,17 +49,20 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from ..files.images import load_image
 from ..loading import memory
 from ..loading.hub import resolve_adapter_file
-from ..modes import control, hidiffusion
+from ..modes import control, hidiffusion, restyle
 from ..modes import image as modes
 from . import guards, routing, styles
 from .adapter import adapters_applied
 from .blocks import Slot, expand_preset_ref
+from .caption import caption
+from .embeddings import image_hash
 from .lora import loras_applied
-from .processors import active_layers
+from .processors import active_layers, scales_off
 from .request import MIN_SIZE, Request
-from .schedulers import scheduler_applied
+from .schedulers import make_scheduler, scheduler_applied
 
 if TYPE_CHECKING:
     from ..loading.resources import Resources
@@ -70,7 +73,7 @@ PHASES = ("text", "style", "denoise", "decode")
 #: Fields in which requests sharing one denoising call may differ (each image keeps its own noise).
 PER_IMAGE_FIELDS = ("prompt", "negative_prompt", "seed", "num_images")
 
-Step = Callable[["Plan", "Resources", Any], dict[str, Any]]
+Step = Callable[["Plan", "Resources", Any, dict[str, Any]], dict[str, Any]]
 During = Callable[["Plan", "Resources", Any], AbstractContextManager[Any]]
 After = Callable[[Request, list[Image.Image], "Resources"], list[Image.Image]]
 
@@ -100,6 +103,13 @@ def complete(request: Request, resources: Resources) -> Request:
         # Another spelling of the same adapter (a path into the HF cache, say) is resolved once, here only.
         if name == "model" or resolve_adapter_file(theirs) != Path(resources.adapter.path):
             raise UserError(f"request is for {name} {theirs!r} but this pipeline has {mine!r}")
+    if request.restyle is not None:  # InstantStyle-Plus: its recipe for what the request leaves unset
+        restyle.check_family(family)
+        request.check_restyle_prompt()
+        request = request.replace(**restyle.recipe_fields(request))
+        if not request.prompt.strip() and request.caption_model is not None:
+            photo = load_image(request.restyle or "", "photo to restyle", resources.runtime.max_pixels)
+            request = request.replace(prompt=caption(photo, request.caption_model, resources.device, resources.dtype))
     default = family.native_size(resources.pipe)
     width, height = modes.init_size(request, default, family.size_multiple,
                                     resources.runtime.max_pixels) or (default, default)
@@ -120,6 +130,8 @@ def complete(request: Request, resources: Resources) -> Request:
         seed=request.seed if request.seed is not None else secrets.randbits(32),
         strength=modes.default_strength(request),
         controlnet=request.control and control.controlnet_ref(request.control, family, request.controlnet),
+        negative_prompt=request.negative_prompt if request.negative_prompt is not None else "",
+        control_scale=request.control_scale if request.control_scale is not None else 1.0,
     )
 
 
@@ -182,7 +194,7 @@ class Plan:
             call_pipe = self.pipeline(self, resources)
             kwargs = dict(self.kwargs, generator=torch.Generator("cpu").manual_seed(_seed(self.request)))
             for step in self.before:
-                kwargs.update(step(self, resources, call_pipe))
+                kwargs.update(step(self, resources, call_pipe, kwargs))
             kwargs = modes.fit_call(call_pipe, kwargs, self.request)
             for during in self.during:
                 stack.enter_context(during(self, resources, call_pipe))
@@ -229,6 +241,10 @@ def plan(request: Request, resources: Resources, slots: Sequence[Slot] | None = 
     if request.style_start > 0 or request.style_end < 1:
         before.append(_schedule)
     during: list[During] = [_never_nan, _denoising]
+    if request.restyle is not None:
+        before.append(_restyle)
+        if guided(request):
+            during.append(_csd_guidance)
     if request.hidiffusion:
         during.append(_hidiffusion)
     return Plan(
@@ -285,7 +301,8 @@ def _decode(request: Request, resources: Resources, images: int) -> memory.Decod
     vae = resources.pipe.vae
     if resources.budget is not None:
         controlnet = resources.controlnet(request.controlnet) if request.controlnet else None
-        resident = (memory.module_bytes(resources.denoiser) + memory.module_bytes(controlnet)
+        csd = resources.extras.csd(request.csd or "").backbone if guided(request) else None  # beside them, guiding
+        resident = (memory.module_bytes(resources.denoiser) + memory.module_bytes(controlnet) + memory.module_bytes(csd)
                     + memory.module_bytes(vae, memory.vae_decode_dtype(vae, resources.dtype)))
         room = resources.budget.limit - resident - memory.DECODE_RESERVE
         return memory.decode_plan(vae, request.width, request.height, resources.dtype, room, images)
@@ -305,7 +322,7 @@ def _mode_pipeline(plan: Plan, resources: Resources) -> Any:
 
 
 # --- steps before the call ----------------------------------------------------------------------------------
-def _text(plan: Plan, resources: Resources, pipe: Any) -> dict[str, Any]:
+def _text(plan: Plan, resources: Resources, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The prompts (of every request sharing the call, one per image when there are several), encoded now by the
     pipeline's own ``encode_prompt`` as the call would encode them (``Family.encode_prompts``; under a memory budget
     the text encoders are on the device only meanwhile), or the prompts themselves for a family that encodes inside
@@ -320,7 +337,7 @@ def _text(plan: Plan, resources: Resources, pipe: Any) -> dict[str, Any]:
     given = plan.kwargs.get("negative_prompt")
     negative = given is not None if "negative_prompt" in plan.kwargs else bool(first.negative_prompt)
     prompts = [r.prompt for r in plan.requests for _ in range(r.num_images)]
-    negatives = [r.negative_prompt for r in plan.requests for _ in range(r.num_images)] if negative else None
+    negatives = [r.negative_prompt or "" for r in plan.requests for _ in range(r.num_images)] if negative else None
     return text_arguments(resources, prompts, negatives, first.guidance)
 
 
@@ -335,7 +352,7 @@ def text_arguments(resources: Resources, prompts: list[str], negatives: list[str
         return family.encode_prompts(pipe, prompts, negatives, pipe._execution_device, cfg)
 
 
-def _style(plan: Plan, resources: Resources, pipe: Any) -> dict[str, Any]:
+def _style(plan: Plan, resources: Resources, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The call's image embeddings (``ip_adapter_image_embeds``, as the family takes them): per slot (main style,
     further adapters, then composition) the style and its CFG negative, n = 1 or one per region; content subtracted
     from the main style (InstantStyle)."""
@@ -351,10 +368,36 @@ def _style(plan: Plan, resources: Resources, pipe: Any) -> dict[str, Any]:
     return embeds
 
 
-def _schedule(plan: Plan, resources: Resources, pipe: Any) -> dict[str, Any]:
+def _schedule(plan: Plan, resources: Resources, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The style schedule: a step callback that turns every slot off outside ``[style_start, style_end)``."""
     callback = routing.schedule_callback(plan.request, resources.denoiser, resources.family, plan.adapters.slots)
     return {"callback_on_step_end": callback} if callback is not None else {}
+
+
+def guided(request: Request) -> bool:
+    """Whether a restyle request is guided by CSD (``style_guidance`` or ``content_guidance``)."""
+    return request.csd is not None and bool(request.style_guidance or request.content_guidance)
+
+
+def _restyle(plan: Plan, resources: Resources, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """InstantStyle-Plus (``modes.restyle``): the photo's ReNoise inversion (a plain pass: the adapters' scales 0
+    meanwhile, the model's own scheduler's DDIM), cached per photo, prompt, size, steps and seed; the call starts
+    from its inverted latent."""
+    request = plan.request
+    assert request.restyle is not None
+    resources.phase("invert")
+    photo = restyle.load_photo(request, resources.runtime.max_pixels)
+
+    def invert() -> torch.Tensor:
+        text = text_arguments(resources, [request.prompt], None, 0.0)
+        if resources.budget is not None:  # the text encoders are parked again; the denoiser and the VAE invert
+            resources.budget.bring([resources.denoiser, resources.pipe.vae])
+        with torch.no_grad(), scales_off(resources.denoiser, resources.family):
+            return restyle.invert(resources.pipe, make_scheduler("ddim", resources.own_scheduler), text,
+                                  kwargs.get("ip_adapter_image_embeds", ()), photo, request, resources.dtype)
+
+    key = restyle.inversion_key(request, image_hash(request.restyle), resources.model_id, resources.dtype)
+    return restyle.call_kwargs(resources.inversions.get(key, invert), resources.device, resources.dtype)
 
 
 # --- contexts during the call -------------------------------------------------------------------------------
@@ -376,7 +419,7 @@ def _denoising(plan: Plan, resources: Resources, pipe: Any) -> Iterator[None]:
     told: list[bool] = []
 
     def decoding(*_: Any) -> None:
-        if not told:
+        if not told and not torch.is_grad_enabled():  # CSD guidance decodes each step with gradients
             told.append(True)
             resources.phase("decode")
 
@@ -386,6 +429,19 @@ def _denoising(plan: Plan, resources: Resources, pipe: Any) -> Iterator[None]:
     finally:
         handle.remove()
         resources.phase("end")
+
+
+def _csd_guidance(plan: Plan, resources: Resources, pipe: Any) -> AbstractContextManager[Any]:
+    """InstantStyle-Plus' CSD guidance of every step (``modes.restyle.csd_guidance``); under a memory budget CSD comes
+    to the device for the call, as a scorer's models do."""
+    request = plan.request
+    assert request.csd is not None
+    csd = resources.extras.csd(request.csd)
+    guidance = restyle.csd_guidance_for(csd, request, resources.runtime.max_pixels)
+    if resources.budget is not None and resources.budget.moves:
+        resources.budget.make_room(memory.module_bytes(csd.backbone), [])
+        csd.to(resources.device)
+    return restyle.csd_guidance(resources.pipe, guidance, checkpointing=resources.budget is not None)
 
 
 def _hidiffusion(plan: Plan, resources: Resources, pipe: Any) -> AbstractContextManager[Any]:

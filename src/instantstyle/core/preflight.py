@@ -58,13 +58,14 @@ class ModelInfo:
 class Checked:
     """A request that passed ``check``, with what the checks computed: the model they were made against (``None``:
     files and runtime only), the request's slots (``None``: the layers are not known yet) and the layers the main
-    adapter's slots and every other blocks spec checked name (the weights a pruned load keeps)."""
+    adapter's slots and every other blocks spec checked name (the weights a pruned load keeps), and the adapter."""
 
     request: Request
     runtime: Runtime
     model: ModelInfo | None = None
     slots: tuple[Slot, ...] | None = None
     keep: frozenset[str] | None = None
+    adapter: str | None = None  # the request's adapter, or (checked against a model reference) its family's own
 
 
 def check(request: Request, runtime: Runtime, model: ModelInfo | str | None = None,
@@ -77,12 +78,14 @@ def check(request: Request, runtime: Runtime, model: ModelInfo | str | None = No
         raise UserError("--hidiffusion cannot act on a compiled UNet: drop --compile (or --hidiffusion)")
     if model is None:
         return Checked(request, runtime)
+    adapter = request.adapter
     if isinstance(model, str):
+        adapter = adapter or default_adapter(model, runtime.single_file_config)  # no adapter: the family's own
         config = runtime.single_file_config if Path(model).expanduser().is_file() else None
-        require_hub(("model", model), ("adapter", request.adapter), ("image encoder", request.image_encoder),
+        require_hub(("model", model), ("adapter", adapter), ("image encoder", request.image_encoder),
                     ("single-file config", config))  # what is missing, in one line, without waiting
         model = model_info(model, runtime.single_file_config)
-    return against(Checked(request, runtime), model, specs)
+    return against(Checked(request, runtime, adapter=adapter), model, specs)
 
 
 def against(checked: Checked, model: ModelInfo, specs: Sequence[str | None] = ()) -> Checked:
@@ -91,9 +94,13 @@ def against(checked: Checked, model: ModelInfo, specs: Sequence[str | None] = ()
     request, family = checked.request, model.family
     if request.hidiffusion:
         settings_of(family)  # a family without it is refused before anything changes
+    if request.restyle is not None:  # restyling only where the family has it (not SD3.5/FLUX)
+        from ..modes.restyle import check_family as check_restyle
+
+        check_restyle(family)
     layers = model.layers
     if layers is None:  # a bare single file: its layers are known once it is loaded
-        return Checked(request, checked.runtime, model)
+        return Checked(request, checked.runtime, model, adapter=checked.adapter)
     main = resolve_blocks(request.blocks, layers, family, request.scale)
     keep = set(main)
     for spec in specs:
@@ -101,7 +108,8 @@ def against(checked: Checked, model: ModelInfo, specs: Sequence[str | None] = ()
             keep.update(resolve_blocks(spec, layers, family))
     family.check_request(request, model.denoiser)
     found = slots(request, layers, family, main)
-    return Checked(request, checked.runtime, model, found, frozenset(keep | adapter_layers(found, 1)[0]))
+    return Checked(request, checked.runtime, model, found, frozenset(keep | adapter_layers(found, 1)[0]),
+                   checked.adapter)
 
 
 def check_request(request: Request, max_pixels: int | None = MAX_PIXELS) -> None:
@@ -129,7 +137,8 @@ def check_request(request: Request, max_pixels: int | None = MAX_PIXELS) -> None
 def check_mode_inputs(request: Request, max_pixels: int | None = MAX_PIXELS) -> None:
     """Every image-mode input readable and within ``max_pixels``: init image, mask, composition, regions, further
     adapters and their styles, the control image; the ControlNet and depth model references well-formed."""
-    for name, what in (("init_image", "init image"), ("mask", "mask"), ("composition", "composition image")):
+    for name, what in (("init_image", "init image"), ("mask", "mask"), ("composition", "composition image"),
+                       ("restyle", "photo to restyle")):
         if getattr(request, name) is not None:
             load_image(getattr(request, name), what, max_pixels)
     for region in (*request.regions, *(r for use in request.adapters for r in use.regions)):
@@ -141,7 +150,14 @@ def check_mode_inputs(request: Request, max_pixels: int | None = MAX_PIXELS) -> 
             load_image(ref.path, f"style image of adapter {use.path}", max_pixels)
     if request.control is not None:
         source = request.control if request.control not in CONTROL_KINDS else request.control_image
-        load_image(source or request.init_image or "", "control image", max_pixels)
+        load_image(source or request.init_image or request.restyle or "", "control image", max_pixels)
+    if request.csd is not None and not Path(request.csd).expanduser().exists():
+        raise UserError(f"CSD checkpoint {request.csd}: no such file")
+    request.check_restyle_prompt()
+    if request.caption_model is not None and not request.prompt.strip():
+        from .caption import check_caption_model
+
+        check_caption_model(request.caption_model)
     if request.controlnet is not None:
         check_controlnet_ref(request.controlnet)
     if request.depth_model is not None:
@@ -159,6 +175,22 @@ def model_info(model: str, single_file_config: str | None = None) -> ModelInfo:
         return ModelInfo(family)
     with init_empty_weights():
         return ModelInfo(family, cls.from_config(config))
+
+
+def default_adapter(model: str, single_file_config: str | None = None) -> str:
+    """The adapter of a request that names none: its model family's (``Family.default_adapter``), known from the
+    hub id of a well-known model (so an offline hint names both downloads at once), else read from the model's
+    configs (a model that is not there is a one-line error naming it)."""
+    known = [f for f in all_families() if model.lower() in (m.lower() for m in f.known_models)]
+    family = known[0] if known else model_family(model, single_file_config)
+    if not family.default_adapter:
+        raise UserError(f"model {model} ({family.name}): no default IP-Adapter for this family; give --adapter")
+    return family.default_adapter
+
+
+def model_family(model: str, single_file_config: str | None = None) -> Family:
+    """The family of a model from its configs (or a single file's tensor names) alone."""
+    return _denoiser_config(model, single_file_config)[0]
 
 
 def _denoiser_config(model: str, single_file_config: str | None) -> tuple[Family, Any, Any]:

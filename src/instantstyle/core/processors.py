@@ -319,6 +319,22 @@ def slots_applied(denoiser: Any, family: Family, slots: Sequence[Slot]) -> Itera
         restore_slots(denoiser, before)
 
 
+@contextmanager
+def scales_off(denoiser: Any, family: Family) -> Iterator[None]:
+    """Every slot at scale 0 for the block (diffusers then skips their image attention: the denoiser's plain pass,
+    bit for bit), then each scale exactly as it was (a style schedule's or a region's included)."""
+    before = slot_state(denoiser, family)
+    try:
+        for proc, _, scales in before.layers:
+            if isinstance(proc, _SlotState):
+                proc.slot_scales = [[0.0] * len(s) if isinstance(s, list) else 0.0 for s in scales]
+            else:
+                proc.scale = 0.0
+        yield
+    finally:
+        restore_slots(denoiser, before)
+
+
 def adapters_loaded(denoiser: Any) -> bool:
     """Whether IP-Adapters are loaded in the denoiser (their image projections are there)."""
     return bool(image_projections(denoiser))

@@ -1,11 +1,12 @@
 """Where and when the image features act: per-slot block scales, composition, regions, schedule.
 
 Diffusers' IP-Adapter processors zip a list of image embeddings ("slots") with per-slot scales and
-to_k_ip/to_v_ip projections. A slot names the loaded adapter whose weights it uses (``processors.Slot``): the main
+to_k_ip/to_v_ip projections. A slot names the loaded adapter whose weights it uses (``blocks.Slot``): the main
 adapter's (0) carries the style images to the style blocks, each further adapter's its own, and a composition image
-is a last slot on the main adapter's weights, in the layout block. Regions give each style image of a slot its own
-attention mask; the schedule turns all slots off outside ``[style_start, style_end)`` of the run. The processors
-themselves are set in ``processors``.
+is a last slot on the main adapter's weights, in the layout block. Restyling a photo (InstantStyle-Plus) puts the
+photo in a first slot on every layer and the style last, both on the main adapter's weights. Regions give each style
+image of a slot its own attention mask; the schedule turns all slots off outside ``[style_start, style_end)`` of the
+run. The processors themselves are set in ``processors``.
 """
 
 from __future__ import annotations
@@ -22,18 +23,23 @@ if TYPE_CHECKING:
     import torch
 
 
+
 def slots(request: Request, layers: Sequence[str], family: Family,
           main: dict[str, float] | None = None) -> tuple[Slot, ...]:
     """The request's slots, in the order of its image embeddings: the main adapter (the request's blocks, or ``main``
     when they are resolved already), each further adapter (its own blocks), then with a composition image a last
     slot on the main adapter's weights, which takes the layout block (at ``composition_scale``) away from the
-    first. A slot with regions weighs each of its style images (its scale inside its region)."""
+    first; restyling a photo, the photo's content first on every layer and the style last. A slot with regions
+    weighs each of its style images (its scale inside its region)."""
     def weights(refs: Sequence[Any], regions: Sequence[str]) -> tuple[float, ...] | None:
         return tuple(r.weight for r in refs) if regions else None
 
     scales = main if main is not None else resolve_blocks(request.blocks, layers, family, request.scale)
     extra = [Slot(i + 1, resolve_blocks(a.blocks, layers, family, a.scale), weights(a.style, a.regions))
              for i, a in enumerate(request.adapters)]
+    if request.restyle is not None:  # InstantStyle-Plus (no regions: refused with a photo)
+        return (Slot(0, resolve_blocks("all", layers, family, request.restyle_content_scale)), *extra,
+                Slot(0, scales))
     if request.composition is None:
         return (Slot(0, scales, weights(request.style, request.regions)), *extra)
     layout = resolve_blocks("layout", layers, family, request.composition_scale)
@@ -53,6 +59,8 @@ def region_masks(request: Request, size: tuple[int, int],
     from diffusers.image_processor import IPAdapterMaskProcessor
 
     per_slot = [request.regions, *(a.regions for a in request.adapters), *[()] * (request.composition is not None)]
+    if request.restyle is not None:  # the content slot first (no regions: refused with a photo), the style last
+        per_slot = [(), *(a.regions for a in request.adapters), request.regions]
     if not any(per_slot):
         return None
     masks: list[torch.Tensor | None] = []

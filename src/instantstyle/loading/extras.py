@@ -14,6 +14,7 @@ from ..core.embeddings import ImageEncoder, TextTower, load_image_encoder, load_
 from ..core.styles import LoadedAdapter
 from ..families import Family
 from ..modes import control
+from ..scores.csd import CsdModel, load_csd
 from .hub import find_image_encoder, resolve_adapter_file
 
 
@@ -27,6 +28,7 @@ class Extras:
     depth_models: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     adapters: dict[str, LoadedAdapter] = field(default_factory=dict)
     text_towers: dict[str, TextTower] = field(default_factory=dict)
+    csd_models: dict[str, CsdModel] = field(default_factory=dict)
 
     def controlnet(self, ref: str, family: Family, denoiser: Any) -> Any:
         """A ControlNet (checked against the denoiser), on the device."""
@@ -63,3 +65,9 @@ class Extras:
             tower.model.to(self.device)
             self.text_towers[folder] = tower
         return self.text_towers[folder]
+
+    def csd(self, path: str) -> CsdModel:
+        """The CSD style model from a checkpoint file or folder (read safely, see ``csd``), on the device."""
+        if path not in self.csd_models:
+            self.csd_models[path] = load_csd(path, self.device, self.dtype)
+        return self.csd_models[path]

@@ -94,7 +94,7 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
                            memory=embedding_memory if embedding_memory is not None else EmbeddingMemory())
     return Resources(pipe, family, weights, encoder, model, runtime, device, dtype, low_memory, store,
                      Extras(device, dtype), budget, adapter_ref=adapter, content_text_encoder=content_text_encoder,
-                     rest=rest)
+                     rest=rest, scheduler=pipe.scheduler)
 
 
 def load_base_pipeline(

@@ -2,8 +2,9 @@
 
 The diffusers text-to-image pipeline (every mode's pipeline shares its components) with the main adapter in its
 denoiser, the model's family, the adapter's kind and dims and its image encoder, the reference embeddings
-(``EmbeddingStore``), what requests name besides the base model (``Extras``: ControlNets, depth models, further
-adapters, CLIP text towers; each loaded on first use), the memory budget and the runtime. ``loader.load`` makes it;
+(``EmbeddingStore``) and restyled photos' inversions (``InversionCache``), what requests name besides the base
+model (``Extras``: ControlNets, depth models, further adapters, CLIP text towers, CSD; each loaded on first use),
+the memory budget and the runtime. ``loader.load`` makes it;
 the plan (``core.plan``) reads it and never changes what it holds; nothing here calls back up into the plan or the
 pipeline. ``rest`` is what the denoiser's adapters look like between requests (the main adapter, its weights kept
 for these layers), which a request that needs other adapters loads back after its call.
@@ -24,6 +25,7 @@ from ..core.preflight import ModelInfo
 from ..core.styles import EmbeddingStore, LoadedAdapter
 from ..errors import UserError
 from ..families import Family
+from ..modes.restyle import InversionCache
 from . import memory
 from .extras import Extras
 from .runtime import Runtime
@@ -49,6 +51,10 @@ class Resources:
     content_text_encoder: str | None = None  # default for requests that name none
     #: The layers the main adapter keeps weights for between requests (``None``: every layer).
     rest: frozenset[str] | None = None
+    #: The model's own scheduler (a request's sampler is made from its config; restyle inverts with its DDIM).
+    scheduler: Any = None
+    #: Restyled photos' inverted latents (``modes.restyle``); ``inversions.seconds``: the last inversion's cost.
+    inversions: InversionCache = field(default_factory=InversionCache, repr=False)
     #: Told the name of each phase (``plan.PHASES``, then ``end``) as it begins; ``None``: nobody listens.
     on_phase: Callable[[str], None] | None = field(default=None, repr=False)
 
@@ -61,6 +67,11 @@ class Resources:
     def layers(self) -> list[str]:
         """The denoiser's injectable attention layers, the units blocks resolve to."""
         return self.family.layers(self.denoiser)
+
+    @property
+    def own_scheduler(self) -> Any:
+        """The model's own scheduler, whatever a call has set meanwhile."""
+        return self.scheduler if self.scheduler is not None else self.pipe.scheduler
 
     @property
     def model_info(self) -> ModelInfo:

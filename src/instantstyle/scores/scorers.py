@@ -34,11 +34,10 @@ from .scorer import Scorer, Scores
 @dataclass
 class Scorers:
     """``Scorer``s on one pipeline's loaded encoders (a ``StylePipeline`` or its ``Resources``), each made once per
-    choice of text tower and CSD model; CSD checkpoints are loaded once."""
+    choice of text tower and CSD model; CSD checkpoints are loaded once per pipeline (``Extras.csd``)."""
 
     pipe: Any
     _made: dict[tuple[str | None, str | None], Scorer] = field(default_factory=dict, repr=False)
-    _csd: dict[str, CsdModel] = field(default_factory=dict, repr=False)
 
     @property
     def resources(self) -> Resources:
@@ -69,9 +68,7 @@ class Scorers:
         return self._made[key]
 
     def _load_csd(self, path: str) -> CsdModel:
-        if path not in self._csd:
-            self._csd[path] = load_csd(path, self.resources.device, self.resources.dtype)
-        return self._csd[path]
+        return self.resources.extras.csd(path)  # loaded once per pipeline, shared with restyle's CSD guidance
 
     def score(
         self,
