@@ -11,11 +11,12 @@ with the negative prompt and the negative image, the encoding of a black image, 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from . import Family, dit
+from . import dit
 
 if TYPE_CHECKING:
     import torch
@@ -110,10 +111,6 @@ def adapter_misfit(adapter: AdapterWeights, transformer: Any) -> str | None:
             f"{len(layers)} double-stream blocks reading {config.joint_attention_dim}-wide text")
 
 
-def native_size(pipe: Any) -> int:
-    return int(pipe.default_sample_size * pipe.vae_scale_factor)
-
-
 def check_request(request: Request, transformer: Any) -> None:
     dit.check_common(request, "FLUX models", single_adapter=False)
     if request.negative_prompt and request.true_cfg <= 1:
@@ -154,42 +151,32 @@ def blocks_note(transformer: Any) -> str:
             "IP-Adapters hold weights for the double-stream blocks only")
 
 
-FAMILY = Family(
+FAMILY = replace(
+    dit.BASE,
     name="flux",
-    denoiser="transformer",
     denoiser_class="FluxTransformer2DModel",
     matches=matches,
     matches_checkpoint=matches_checkpoint,
     text_pipeline="FluxPipeline",
-    presets=dit.PRESETS,
-    injectable_layers=dit.joint_layers,
-    attention_block=dit.attention_block,
-    top_block=dit.top_block,
     ip_processor="FluxIPAdapterAttnProcessor",
     load_adapters=load_adapters,
     embeds_kwargs=embeds_kwargs,
     text_only_processor=text_only_processor,
     adapter_misfit=adapter_misfit,
-    # FLUX's text_encoder is CLIP ViT-L's text tower without its projection: the content tower comes from the
-    # image encoder's own CLIP repository (StylePipeline.content_text_tower).
-    content_towers=(),
+    # No content_towers: FLUX's text_encoder is CLIP ViT-L's text tower without its projection; the content tower
+    # comes from the image encoder's own CLIP repository (StylePipeline.content_text_tower).
     controlnet_class="FluxControlNetModel",
     default_controlnets={
         "canny": "InstantX/FLUX.1-dev-Controlnet-Canny",
         "depth": "Shakker-Labs/FLUX.1-dev-ControlNet-Depth",
     },
-    controlnet_fits=dit.controlnet_fits,
-    native_size=native_size,
     check_request=check_request,
     guides=guides,
     draw_latents=draw_latents,
     adapter_reader=read_xlabs,
-    default_blocks="all",
     image_encoders=("openai/clip-vit-large-patch14",),
     negative_image="black",
     guidance_kwargs=guidance_kwargs,
     takes_true_cfg=True,
     blocks_note=blocks_note,
-    size_multiple=dit.SIZE_MULTIPLE,
-    gpu_dtype="bfloat16",
 )
