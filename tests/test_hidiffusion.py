@@ -128,7 +128,8 @@ def test_refuses_what_it_cannot_act_on(sdxl):
     from peft import LoraConfig
 
     without = replace(family_named("sdxl"), name="dit", features={})  # a family that gives no HiDiffusion settings
-    with pytest.raises(UserError, match=r"^--hidiffusion works on UNet models \(sd15, sdxl\), not on dit: "):
+    refused = r"^--hidiffusion works on the UNet models it has settings for \(sd15, sdxl\), not on dit: "
+    with pytest.raises(UserError, match=refused):
         with hidiffusion(sdxl.pipe.unet, without, steps=3, seed=0):
             pass
     with pytest.raises(UserError, match="this UNet has no Transformer2DModel"):

@@ -109,7 +109,8 @@ def test_hidiffusion_must_be_true_or_false():
 
 def test_a_family_without_hidiffusion_settings_is_refused_in_one_line_before_anything_changes(sdxl, tiny):
     request = Request("a cat", style=str(tiny.style_image), hidiffusion=True)
-    message = r"^--hidiffusion works on UNet models \(sd15, sdxl\), not on dit: its RAU-Net and MSW-MSA change"
+    message = (r"^--hidiffusion works on the UNet models it has settings for \(sd15, sdxl\), not on dit: its RAU-Net "
+               "and MSW-MSA change")
     with pytest.raises(UserError, match=message):
         check_family(request, NO_HIDIFFUSION)
     check_family(request, family_named("sd15"))

@@ -128,6 +128,9 @@ class Family:
     gpu_dtype: str = "float16"
     #: Per-feature data for this family (e.g. ``features["hidiffusion"]``), for features outside the core.
     features: Mapping[str, Any] = field(default_factory=dict)
+    #: The family this one narrows (a family from outside the package for some of another's models, e.g. SD2.1 UNets
+    #: among SD1.5's): where both match a model, this one is taken. Families that do not refine must not overlap.
+    refines: str | None = None
 
     def denoiser_of(self, pipe: Any) -> Any:
         """The loaded pipeline's denoiser (its UNet or transformer)."""
@@ -202,9 +205,12 @@ def family_named(name: str | Family) -> Family:
 
 
 def _one(found: list[Family], what: str) -> Family:
+    """The one family that matched: a family another matching one ``refines`` gives way to it."""
     if not found:
         names = ", ".join(f.name for f in all_families())
         raise UserError(f"{what}: not a supported model family ({names})")
+    refined = {f.refines for f in found}
+    found = [f for f in found if f.name not in refined]
     if len(found) > 1:
         raise RuntimeError(f"families overlap: {', '.join(f.name for f in found)} all match {what}")
     return found[0]
