@@ -20,7 +20,14 @@ import torch
 from instantstyle import Request
 from instantstyle.errors import UserError
 from instantstyle.families import family_named
-from instantstyle.modes.hidiffusion import denoising_calls, hidiffusion, window_merge, window_partition, window_shift
+from instantstyle.modes.hidiffusion import (
+    denoising_calls,
+    hidiffusion,
+    hooks_on,
+    window_merge,
+    window_partition,
+    window_shift,
+)
 from instantstyle.modes.hidiffusion_settings import settings_of, switching_schedule
 from instantstyle.modes.image import default_strength
 from instantstyle.testing.hires import HiresModels, hires_models
@@ -78,7 +85,7 @@ def test_sd15_changes_the_image_and_leaves_the_unet_exactly_as_before(sd15, tiny
     assert np.abs(during - before).mean() > 1
     assert (after == before).all()
     assert all(torch.equal(v, weights[k]) for k, v in unet.state_dict().items())
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules()) and hooks_on(unet) == 0
     conv = unet.get_submodule(SD15.dilated_conv)
     assert (conv.stride, conv.padding, conv.dilation) == ((2, 2), (1, 1), (1, 1))
 
@@ -87,8 +94,9 @@ def test_an_error_inside_the_block_still_removes_it(sdxl):
     unet = sdxl.pipe.unet
     upsamplers = unet.num_upsamplers
     with pytest.raises(RuntimeError, match="boom"), hidiffusion(unet, "sdxl", steps=3, seed=0):
+        assert hooks_on(unet) > 0
         raise RuntimeError("boom")
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
+    assert hooks_on(unet) == 0 and not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
     assert unet.num_upsamplers == upsamplers
 
 

@@ -25,7 +25,7 @@ from instantstyle.core.preflight import check_family, check_runtime
 from instantstyle.core.request import read_png_request
 from instantstyle.families import family_named
 from instantstyle.loading.runtime import Runtime
-from instantstyle.modes.hidiffusion import denoising_calls, hidiffusion
+from instantstyle.modes.hidiffusion import denoising_calls, hidiffusion, hooks_on
 
 from .conftest import pixels
 
@@ -76,6 +76,7 @@ def test_a_hidiffusion_request_changes_the_image_and_leaves_the_unet_as_it_was(s
     assert np.abs(during - before).mean() > 1
     assert (pixels(sdxl(request).images[0]) == before).all()
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in sdxl.pipe.unet.modules())
+    assert hooks_on(sdxl.pipe.unet) == 0
 
 
 def test_batched_hidiffusion_requests_each_get_the_image_of_their_own_run(sdxl, tiny):
