@@ -15,4 +15,4 @@ def matches(class_name: str, config: Mapping[str, Any]) -> bool:
     return sd15.matches(class_name, config) and bool(config.get("upcast_attention"))
 
 
-FAMILY = replace(sd15.FAMILY, name="sd21", matches=matches, matches_checkpoint=never, refines="sd15")
+FAMILY = replace(sd15.FAMILY, name="sd21", matches=matches, matches_checkpoint=never, known_models=(), refines="sd15")

@@ -69,11 +69,28 @@ def test_the_cli_makes_the_apis_kolors_image(capsys, kolors, kolors_models, reci
     assert (pixels(Image.open(tmp_path / "cat.png").convert("RGB")) == pixels(recipe["style"])).all()
 
 
+def test_a_kolors_request_without_an_adapter_gets_kolors_own(kolors_models):
+    from instantstyle.core.preflight import default_adapter
+
+    expected = "Kwai-Kolors/Kolors-IP-Adapter-Plus/ip_adapter_plus_general.bin"
+    assert default_adapter(str(kolors_models.kolors)) == default_adapter("Kwai-Kolors/Kolors-diffusers") == expected
+
+
 def test_the_blocks_command_lists_kolors_blocks_and_sdxls_presets(capsys, kolors_models):
     code, out, err = run(capsys, "blocks", "--model", kolors_models.kolors)
     assert code == 0, err
     assert "(kolors): 22 attention layers take image features; default blocks: style" in out
     assert any(line.split()[0] == "up_blocks.0.attentions.1" and "style" in line for line in out.splitlines())
+
+
+def test_adapters_reloaded_on_a_kolors_pipeline_keep_its_text_projection(kolors, kolors_models):
+    """A pipeline that kept the style block's weights only reloads them for ``all``: diffusers' unload_ip_adapter
+    leaves Kolors' UNet so that the next load_ip_adapter would drop ChatGLM's projection (the call would fail)."""
+    from instantstyle import StylePipeline
+
+    pruned = StylePipeline.from_pretrained(str(kolors_models.kolors), str(kolors_models.adapter), device="cpu")
+    request = kolors_request(kolors_models, blocks="all")
+    assert (pixels(pruned(request).images[0]) == pixels(kolors(request).images[0])).all()
 
 
 def test_kolors_img2img_makes_diffusers_kolors_img2img_recipes_pixels(kolors, kolors_models, recipe):

@@ -128,6 +128,11 @@ class Family:
     gpu_dtype: str = "float16"
     #: Per-feature data for this family (e.g. ``features["hidiffusion"]``), for features outside the core.
     features: Mapping[str, Any] = field(default_factory=dict)
+    #: The IP-Adapter a request without one gets (a hub reference ``org/repo/path``; ``""``: none, it must be named),
+    #: so an offline hint names this family's download, not another's.
+    default_adapter: str = ""
+    #: Hub ids of this family's well-known models: their adapter is known before the model is downloaded.
+    known_models: tuple[str, ...] = ()
     #: The family this one narrows (a family from outside the package for some of another's models, e.g. SD2.1 UNets
     #: among SD1.5's): where both match a model, this one is taken. Families that do not refine must not overlap.
     refines: str | None = None

@@ -111,6 +111,13 @@ def adapter_misfit(adapter: AdapterWeights, transformer: Any) -> str | None:
             f"{len(layers)} double-stream blocks reading {config.joint_attention_dim}-wide text")
 
 
+def native_size(pipe: Any) -> int:
+    """The model's own size, from its VAE's ``sample_size`` (1024 for FLUX.1-dev): FluxPipeline's default (128
+    latents) is a constant that would give a tiny model 1024 px too."""
+    size = getattr(pipe.vae.config, "sample_size", None)
+    return int(size) if isinstance(size, int) else dit.native_size(pipe)
+
+
 def check_request(request: Request, transformer: Any) -> None:
     dit.check_common(request, "FLUX models", single_adapter=False)
     if request.negative_prompt and request.true_cfg <= 1:
@@ -170,6 +177,7 @@ FAMILY = replace(
         "canny": "InstantX/FLUX.1-dev-Controlnet-Canny",
         "depth": "Shakker-Labs/FLUX.1-dev-ControlNet-Depth",
     },
+    native_size=native_size,
     check_request=check_request,
     guides=guides,
     draw_latents=draw_latents,
@@ -179,4 +187,6 @@ FAMILY = replace(
     guidance_kwargs=guidance_kwargs,
     takes_true_cfg=True,
     blocks_note=blocks_note,
+    default_adapter="XLabs-AI/flux-ip-adapter/ip_adapter.safetensors",
+    known_models=("black-forest-labs/FLUX.1-dev",),
 )

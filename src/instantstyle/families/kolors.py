@@ -11,7 +11,7 @@ text-to-image and img2img pipelines, no inpainting or ControlNet one: those are 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,16 @@ def matches(class_name: str, config: Mapping[str, Any]) -> bool:
     width; the projection's type becomes ``ip_image_proj`` while an adapter is loaded, its width stays)."""
     return (unet.is_unet(class_name) and config.get("addition_embed_type") == "text_time"
             and config.get("encoder_hid_dim") is not None)
+
+
+def load_adapters(pipe: Any, state_dicts: Sequence[Mapping[str, Any]]) -> None:
+    """As every UNet family (diffusers' ``load_ip_adapter``), after clearing what ``unload_ip_adapter`` leaves on a
+    Kolors UNet: ``text_encoder_hid_proj`` set to ``None``, which would make this load drop the text projection (it
+    keeps the projection aside only when that attribute is absent), so any reload (a further adapter, layers that
+    were pruned) would feed ChatGLM's states unprojected to the UNet."""
+    if getattr(pipe.unet, "text_encoder_hid_proj", "absent") is None:
+        del pipe.unet.text_encoder_hid_proj
+    unet.load_adapters(pipe, state_dicts)
 
 
 def check_request(request: Request, denoiser: Any) -> None:
@@ -45,7 +55,10 @@ FAMILY = replace(
     matches=matches,
     text_pipeline="KolorsPipeline",
     presets=sdxl.FAMILY.presets,  # SDXL's UNet: its style and layout blocks
+    load_adapters=load_adapters,
     check_request=check_request,
+    default_adapter="Kwai-Kolors/Kolors-IP-Adapter-Plus/ip_adapter_plus_general.bin",
+    known_models=("Kwai-Kolors/Kolors-diffusers",),
     # No encode_prompts: the pipelines encode their prompts in the call (KolorsImg2ImgPipeline drops pre-encoded
     # pooled prompts in diffusers 0.42), so under a memory budget ChatGLM stays on the device, as SD3's and FLUX's T5.
 )

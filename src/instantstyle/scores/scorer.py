@@ -327,6 +327,13 @@ class Scorer:
             parts.append(self._cache[key])
         return blend(parts, [ref.weight for ref in refs])
 
+    def image_embeddings(self, images: Sequence[Image.Image | str | Path], fit: str = "crop") -> list[torch.Tensor]:
+        """The CLIP image embedding (1, D) of each image, encoded as style references are (the images' side of
+        ``clip_style`` and ``clip_text``)."""
+        pictures = [_as_image(item, self.max_pixels) for item in images]
+        with self._encoder() as encoder:
+            return [encode_reference(picture, encoder, "global", fit).cpu() for picture in pictures]
+
     def score(
         self,
         images: Sequence[Image.Image | str | Path],
@@ -347,8 +354,7 @@ class Scorer:
         usable_content = content_prompt if content_prompt and content_prompt.strip() else None
         text = self._text(usable_prompt) if self.text_tower and usable_prompt else None
         content = self._text(usable_content) if self.text_tower and usable_content else None
-        with self._encoder() as encoder:
-            clip = [encode_reference(picture, encoder, "global", fit).cpu() for picture in pictures]
+        clip = self.image_embeddings(pictures, fit)
         csd = None
         if self.csd is not None and style_csd is not None:
             with self._visiting(self.csd, self.csd.backbone):
