@@ -43,7 +43,7 @@ JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: How a CSV cell spells a yes/no field (``hidiffusion``).
 BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 PATH_FIELDS = ("content_image", "model", "adapter", "image_encoder", "content_text_encoder", "init_image", "mask",
-               "control_image", "controlnet", "depth_model", "composition")
+               "control_image", "controlnet", "depth_model", "composition", "restyle", "csd", "caption_model")
 
 
 # --- jobs -------------------------------------------------------------------------------------
