@@ -122,6 +122,7 @@ NO_HIDIFFUSION = r"^--hidiffusion works on the UNet models it has settings for \
     ({"mask": "MASK"}, r"^inpainting \(--mask\) is not available for Kolors models: diffusers has no Kolors "),
     ({"control": "canny", "control_image": "IMAGE"}, r"^--control is not available for Kolors models"),
     ({"hidiffusion": True}, NO_HIDIFFUSION),
+    ({"restyle": "IMAGE"}, r"^--restyle is InstantStyle-Plus, made for UNet models \(SDXL, SD1.5\); kolors is a UNet "),
 ])
 def test_what_diffusers_has_no_kolors_pipeline_for_is_refused_from_the_config(kolors_models, changes, message):
     paths = {"MASK": str(kolors_models.content_image), "IMAGE": str(kolors_models.content_image)}
