@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import gradio as gr
 
@@ -146,7 +146,7 @@ class Field:
 
 
 def _text(label: str, elem_id: str | None = None, lines: int = 1, placeholder: str | None = None,
-          visible: bool = True) -> Callable[[Any], Any]:
+          visible: bool | Literal["hidden"] = True) -> Callable[[Any], Any]:
     return lambda value: gr.Textbox(value, label=label, elem_id=elem_id, lines=lines, max_lines=max(lines, 4),
                                     placeholder=placeholder, visible=visible)
 
@@ -191,7 +191,7 @@ def _upload(label: str, elem_id: str) -> Callable[[Any], Any]:
 def _hidden_files(label: str, elem_id: str, types: list[str]) -> Callable[[Any], Any]:
     """A list of files the page fills from its cards (the API sends it directly)."""
     return lambda value: gr.File(value, label=label, file_count="multiple", file_types=types, elem_id=elem_id,
-                                 visible=False)
+                                 visible="hidden")
 
 
 def _models_dropdown(label: str, elem_id: str, blank: str) -> Callable[[Any, tuple[str, ...]], Any]:
@@ -245,7 +245,7 @@ def _mask_painter(label: str, elem_id: str) -> Callable[[Any], Any]:
 
     return lambda value: cap_mask_painter(gr.ImageEditor(
         value, label=label, type="numpy", image_mode="RGBA", sources=("upload",),
-        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), layers=False, elem_id=elem_id, height=260))
+        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), layers=False, elem_id=elem_id, height=320))
 
 
 def _adapter_fields(k: int) -> tuple[Field, ...]:
@@ -269,7 +269,7 @@ FORM: tuple[Field, ...] = (
     Field("style", None, _hidden_files("Style references", "style", ["image", ".safetensors"]), required=True),
     Field("prompt", "", _text("Prompt", "prompt", lines=2, placeholder="what to paint, e.g. a cat on a roof"),
           _or_empty, _or_empty, required=True),
-    Field("style_weights", "", _text("Style weights (comma separated, blank: equal)", "weights", visible=False)),
+    Field("style_weights", "", _text("Style weights (comma separated, blank: equal)", "weights", visible="hidden")),
     Field("negative_prompt", "", _text("Negative prompt", "negative"), _or_empty, _or_empty),
     Field("blocks", MODEL_BLOCKS, _blocks_dropdown("Blocks (preset, spec or @FILE:NAME)", "blocks",
                                                    custom=True)),
@@ -355,7 +355,7 @@ TABS: tuple[Tab, ...] = (
     Tab("style", "Style", ("negative_prompt", ("blocks", "scale"), ("steps", "guidance", "num_images", "true_cfg"),
                            ("seed", "width", "height"), ("randomize_seed", "hidiffusion"))),
     Tab("content", "Content", (("content_prompt", "content_scale"), "content_image")),
-    Tab("image", "Image", (("init_image", "strength"), ("mask", "mask_paint"))),
+    Tab("image", "Image", (("init_image", "strength"), "mask", "mask_paint")),
     Tab("control", "Control", (("control", "control_scale"), "control_image", ("controlnet", "depth_model"))),
     Tab("composition", "Composition", (("composition", "composition_scale"),)),
     Tab("regions", "Regions", ("regions", "@regions")),

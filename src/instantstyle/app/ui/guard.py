@@ -30,7 +30,7 @@ PAINTED_LAYERS = 1
 MAX_BLOB_BYTES = 25 * 1024 * 1024
 #: Waiting paintings: per browser session, per client address, and bytes in all (over it: refused until some are
 #: used or expire).
-MAX_PENDING_PER_SESSION, MAX_PENDING_PER_CLIENT = 4, 16
+MAX_PENDING_PER_SESSION, MAX_PENDING_PER_CLIENT = 4, 8
 MAX_PENDING_BYTES = 256 * 1024 * 1024
 #: A painting no event used within this many seconds is forgotten.
 PENDING_TTL_S = 600.0
@@ -57,7 +57,8 @@ class _Pending:
 class PaintGuard:
     """The waiting paintings of every painter of one page, with their owners, sizes and ages."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._pending: dict[tuple[int, str], _Pending] = {}
         self._stores: dict[int, dict[str, Any]] = {}
@@ -93,11 +94,11 @@ class PaintGuard:
         blob = files[0][1]
         if not isinstance(blob, bytes) or len(blob) > MAX_BLOB_BYTES:
             raise HTTPException(413, f"a painting's image is at most {MAX_BLOB_BYTES // 2**20} MB")
-        session = str(getattr(request, "session_hash", "") or "")
+        session = str(fields.get("session_hash") or getattr(request, "session_hash", "") or "")
         client = str(getattr(getattr(request, "client", None), "host", "") or "")
         store: dict[str, Any] = editor.blob_storage
         key = (id(editor), blob_id)
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             self._stores[id(editor)] = store
             self._forget_used_and_old(now)
@@ -124,7 +125,7 @@ class PaintGuard:
 
     def held_bytes(self) -> int:
         with self._lock:
-            self._forget_used_and_old(time.monotonic())
+            self._forget_used_and_old(self._clock())
             return sum(p.size for p in self._pending.values())
 
 

@@ -200,9 +200,17 @@ class App:
     # --- reference cards ----------------------------------------------------------------------------
     def add_references(self, added: list[Any] | None, style: list[Any] | None,
                        weights: str | None) -> tuple[list[str] | None, str, None]:
-        """Dropped files become reference cards (each kept in the workdir; at most ``MAX_REFERENCES``)."""
+        """Dropped files become reference cards (each kept in the workdir; at most ``MAX_REFERENCES``); a file that
+        is no image or style file is left out, with a message naming it."""
         current = [file_path(f) for f in style or []]
-        new = [self.work.keep_upload(file_path(f), "style image") for f in added or []]
+        new, refused = [], []
+        for item in added or []:
+            try:
+                new.append(self.work.keep_upload(file_path(item), "style image"))
+            except UserError as err:
+                refused.append(str(err))
+        if refused:
+            gr.Warning("; ".join(refused), duration=None)
         room = MAX_REFERENCES - len(current)
         if len(new) > room:
             gr.Warning(f"the page shows {MAX_REFERENCES} references; {len(new) - max(room, 0)} not added")

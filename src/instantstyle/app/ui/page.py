@@ -132,7 +132,7 @@ def _build(items: Sequence[Item], made: dict[str, Any], models: ModelChoices,
             field = fields[item]
             made[item] = field.build(field.default, models)
             if field.thumb is not None:
-                made[f"thumb:{item}"] = gr.HTML(elem_classes=["thumb-box"])
+                made[f"thumb:{item}"] = gr.HTML(elem_id=f"thumb-{item.replace('_', '-')}", elem_classes=["thumb-box"])
 
 
 def _references(made: dict[str, Any]) -> None:
@@ -161,7 +161,7 @@ def _regions_panel(made: dict[str, Any], guard: PaintGuard, max_pixels: int) -> 
             made[f"region-row:{i}"] = row
             made[f"region:{i}"] = gr.File(label=f"Region of reference {i + 1}", file_types=["image"],
                                           elem_id=f"region-{i}", height=80)
-            made[f"region-pic:{i}"] = gr.HTML()
+            made[f"region-pic:{i}"] = gr.HTML(elem_id=f"region-pic-{i}")
     made["region_paint"] = guard_painter(cap_mask_painter(gr.ImageEditor(
         None, label="Paint a region (white)", type="numpy", image_mode="RGBA", sources=("upload",),
         brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), layers=False, canvas_size=(512, 512),
@@ -221,8 +221,8 @@ def _outputs() -> dict[str, Any]:
                                          interactive=False, elem_id="sweep-files")
         with gr.Tab("History", id="history-tab") as out["history-tab"]:
             with gr.Row(equal_height=True):
-                out["newer"] = gr.Button("Newer", size="sm", elem_id="history-newer")
-                out["older"] = gr.Button("Older", size="sm", elem_id="history-older")
+                out["newer"] = gr.Button("Newer", size="sm", elem_id="history-newer", scale=0, min_width=80)
+                out["older"] = gr.Button("Older", size="sm", elem_id="history-older", scale=0, min_width=80)
                 out["history-line"] = gr.Markdown(elem_id="history-line")
             out["history"] = gr.Gallery(label="Made on this server", columns=4, allow_preview=False,
                                         format="png", elem_id="history", height=300)
@@ -274,7 +274,6 @@ def _wire(demo: gr.Blocks, app: App, field: dict[str, Any], out: dict[str, Any],
     """The page's events."""
     form = [field[name] for name in FIELDS]
     queue = {"concurrency_limit": 1, "concurrency_id": QUEUE}  # events that use the pipeline take turns
-    quiet: dict[str, Any] = {"api_visibility": "undocumented"}
     private: dict[str, Any] = {"api_visibility": "private"}
     history = [out["history"], out["history-line"], out["history-paths"], out["history-page"]]
 
@@ -285,31 +284,33 @@ def _wire(demo: gr.Blocks, app: App, field: dict[str, Any], out: dict[str, Any],
                                    form + [out[f.name] for f in SWEEP_FORM],
                                    [out["sheet"], out["cells"], out["sweep-files"]], api_name="sweep", **queue)
     sweep.success(shows_errors(app.show_sweep), out["sweep-files"], [out["plot"], out["pick"]], **private)
-    for button in ("cancel", "cancel-sweep"):
-        out[button].click(app.cancel, None, None, cancels=[generate, sweep], api_name="cancel"
-                          if button == "cancel" else False, **(quiet if button == "cancel" else private))
+    for button in ("cancel", "cancel-sweep"):  # API clients cancel their own jobs (gradio_client's Job.cancel)
+        out[button].click(app.cancel, None, None, cancels=[generate, sweep], **private)
     out["save-style"].click(takes_form(FORM, app.save_style), form, out["style-file"], api_name="save_style",
                             **queue)
-    out["restore"].upload(shows_errors(app.restore), out["restore"], form, api_name="restore")
+    restored = out["restore"].upload(shows_errors(app.restore), out["restore"], form, api_name="restore")
 
     # References: drop to add, a card per reference, weights typed into the weights field as the sliders move.
     cards = [c for i in range(MAX_REFERENCES) for c in (field[f"card:{i}"], field[f"card-pic:{i}"],
                                                        field[f"weight:{i}"], field[f"region-row:{i}"])]
     regions = [field[f"region:{i}"] for i in range(MAX_REFERENCES)]
     sliders = [field[f"weight:{i}"] for i in range(MAX_REFERENCES)]
+    show_cards = (shows_errors(lambda style, weights: _cards(app, style, weights)),
+                  [field["style"], field["style_weights"]], cards)
     added = field["style_add"].upload(shows_errors(app.add_references),
                                       [field["style_add"], field["style"], field["style_weights"]],
                                       [field["style"], field["style_weights"], field["style_add"]], **private)
-    added.success(shows_errors(app.style_file_settings), field["style"], form[1:], **private)
-    field["style"].change(shows_errors(lambda style, weights: _cards(app, style, weights)),
-                          [field["style"], field["style_weights"]], cards, **private)
+    added.success(*show_cards, **private).success(shows_errors(app.style_file_settings), field["style"], form[1:],
+                                                  **private).success(*show_cards, **private)
+    restored.success(*show_cards, **private)
     weights_js = "(files, ...w) => w.slice(0, (files || []).length).map(v => Number(v)).join(', ')"
     for slider in sliders:
         slider.input(None, [field["style"], *sliders], field["style_weights"], js=weights_js, **private)
     for i in range(MAX_REFERENCES):
         field[f"remove:{i}"].click(shows_errors(app.remove_reference(i)),
                                    [field["style"], field["style_weights"], *regions],
-                                   [field["style"], field["style_weights"], *regions, field["regions"]], **private)
+                                   [field["style"], field["style_weights"], *regions, field["regions"]],
+                                   **private).success(*show_cards, **private)
 
     # Regions: a slot per reference fills the request's region masks; a painting can fill a slot.
     for i, slot in enumerate(regions):
@@ -339,7 +340,8 @@ def _wire(demo: gr.Blocks, app: App, field: dict[str, Any], out: dict[str, Any],
                        **private)
     out["history"].select(shows_errors(app.open_history), out["history-paths"],
                           [out["history-scores"], out["history-json"], out["history-picked"], out["use"]], **private)
-    out["use"].click(shows_errors(app.restore), out["history-picked"], form, **private)
+    out["use"].click(shows_errors(app.restore), out["history-picked"], form, **private).success(*show_cards,
+                                                                                                   **private)
 
     demo.load(shows_errors(app.load_blocks), field["blocks"], field["block_table"], **private)
     toggled = [name for name in FIELDS if FIELD[name].shown_for is not None and name not in HIDDEN]
@@ -416,4 +418,9 @@ def launch(
         theme=THEME, css=CSS, js=PAGE_JS,
         app_kwargs={"middleware": [Middleware(Guard, throttle=LoginThrottle())]},
     )
+    if block:  # stopped (Ctrl-C or SIGTERM): gradio's server waits 5 s at most for open connections, and its own
+        demo.close(verbose=False)  # deleting of the uploads comes after that wait, so it is done here as well
+        from gradio.route_utils import delete_files_created_by_app
+
+        delete_files_created_by_app(demo, age=None)
     return demo

@@ -73,9 +73,10 @@ def list_models(folders: Sequence[Path]) -> ModelChoices:
     for folder in folders:
         for here, dirs, files in os.walk(folder, followlinks=False):
             depth = len(Path(here).relative_to(folder).parts)
-            if depth >= MODELS_DEPTH:
+            if depth >= MODELS_DEPTH or "model_index.json" in files:  # a whole pipeline: its parts are not offered
                 dirs[:] = []
             dirs.sort()
+            weights_of_a_model = "config.json" in files  # a model folder's own weights are no LoRA
             for name in sorted(files):
                 seen += 1
                 if seen > MODELS_LISTED:
@@ -84,7 +85,8 @@ def list_models(folders: Sequence[Path]) -> ModelChoices:
                 rel = path.relative_to(folder).as_posix()
                 if name == "config.json" and (kind := _folder_kind(path)) is not None:
                     found[kind].append(Path(rel).parent.as_posix())
-                elif name.endswith(".safetensors") and (kind := _safetensors_kind(path)) in ("lora", "adapter"):
+                elif (name.endswith(".safetensors") and not weights_of_a_model
+                      and (kind := _safetensors_kind(path)) in ("lora", "adapter")):
                     found[kind].append(rel)
                 elif name.endswith(".json") and name != "config.json" and "/" not in rel:
                     found["presets"].append(rel)
