@@ -80,6 +80,7 @@ HIDDEN = frozenset({"style", "style_weights", "regions"})
 
 CSS = """
 .gradio-container {padding: 2px 10px !important}
+#style, #weights, #regions {display: none !important}
 #header {align-items: baseline; gap: 16px; min-height: 0; flex-wrap: nowrap}
 #header {justify-content: flex-start !important}
 #title, #loaded {flex: 0 1 auto !important; width: auto !important; min-width: 0 !important; padding: 0 !important}
