@@ -493,6 +493,7 @@ def test_no_tab_has_a_serious_accessibility_violation(page, tiny):
     for name in (*SETTINGS_TABS, *OUTPUT_TABS):
         tab(page, name)
         page.wait_for_timeout(300)
+        page.wait_for_function("!document.querySelector('.pending')")  # an output loading is faded on purpose
         found |= set(page.evaluate("""async () => (await axe.run(document, {resultTypes: ['violations']})).violations
             .filter(v => ['serious', 'critical'].includes(v.impact))
             .flatMap(v => v.nodes.map(n => `${v.id}: ${n.target.join(' ')}`))"""))
