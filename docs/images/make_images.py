@@ -1,4 +1,5 @@
-"""Remake the docs' web UI screenshots, sweep sheet and sweep plot from the tiny random-weight test fixture.
+"""Remake the README's demo sheet, the web UI screenshots, sweep sheet and sweep plot from the tiny random-weight
+fixtures.
 
 Run from the repository root: ``HF_HUB_OFFLINE=1 python docs/images/make_images.py`` (needs gradio,
 playwright and Debian's chromium). The images show noise by design: the fixture's weights are random.
@@ -38,7 +39,21 @@ def montage(shots: list[tuple[str, Image.Image]], columns: int, width: int) -> I
     return sheet
 
 
+def demo_sheet() -> None:
+    """The README's picture: the contact sheet of ``instantstyle demo DIR --run`` (every mode, random weights)."""
+    from instantstyle.app.cli import main as cli
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            cli(["demo", tmp, "--run"], standalone_mode=False)
+        except SystemExit as exit_:
+            assert not exit_.code, "the demo failed"
+        sheet = Image.open(Path(tmp) / "out" / "sheet.png").convert("RGB")
+        sheet.quantize(256, method=Image.Quantize.MEDIANCUT).save(HERE / "demo-sheet.png", optimize=True)
+
+
 def main() -> None:
+    demo_sheet()
     cached = os.environ.get("INSTANTSTYLE_FIXTURES")  # a built fixture tree, as the tests take it
     root = Path(cached) if cached else Path(tempfile.mkdtemp()) / "tiny-test-fixture"
     tiny = tiny_models(root)

@@ -213,6 +213,11 @@ def _or_empty(value: Any) -> str:
     return value or ""
 
 
+def _scale_or_default(value: float | None) -> float:
+    """A request's control scale for the form: ``None`` (the mode's default) is 1.0 outside restyling."""
+    return 1.0 if value is None else float(value)
+
+
 def _optional_whole(name: str) -> Callable[[Any], int | None]:
     return lambda value: _whole(name, value) or None
 
@@ -304,7 +309,7 @@ FORM: tuple[Field, ...] = (
     Field("control_image", None, _upload("Control image (canny or depth source; default: the init image)",
                                          "control-image"), thumb="control image"),
     Field("control_scale", 1.0, _Slider(0, 2, 0.05, "Control scale", "control-scale"), _number("control scale"),
-          float),
+          _scale_or_default),
     Field("controlnet", "", _models_dropdown("ControlNet model", "controlnet", "the default for the control kind"),
           choices="controlnets"),
     Field("scheduler", DEFAULT_SCHEDULER, lambda value: gr.Dropdown([DEFAULT_SCHEDULER, *SCHEDULERS], value=value,

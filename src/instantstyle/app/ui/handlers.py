@@ -139,7 +139,7 @@ class App:
             raise UserError(f"the pick's style floor must be between 0 and 1, got {floor!r}")
         check_request(base, self.work.max_pixels)
         check_runtime(base, pipe.runtime)
-        for row_blocks, _ in axes.rows:
+        for row_blocks, *_ in axes.rows:
             resolve_blocks(row_blocks, pipe.layers, pipe.family)
         total, done = len(axes.rows) * len(axes.scales), []
         scorer = pipe.scorer(base.content_text_encoder, self.csd)
