@@ -32,16 +32,20 @@ def test_the_web_ui_form_with_its_defaults_makes_a_flux_image_with_the_default_b
     assert restored[ui.FIELDS.index("blocks")] == "all" and not lost
 
 
+RESTYLE = ("restyle", "restyle_content_scale", "inversion_steps", "renoise_steps")
+
+
 @pytest.mark.parametrize(("family", "hidden"), [
     ("sdxl", {"true_cfg"}),
     ("sd15", {"true_cfg"}),
-    ("sd3", {"hidiffusion", "scheduler", "composition", "composition_scale", "regions", "true_cfg",
+    ("sd3", {"hidiffusion", "scheduler", "composition", "composition_scale", "regions", "true_cfg", *RESTYLE,
              *(f"adapter_{k}{part}" for k in (1, 2) for part in ("", "_style", "_blocks", "_scale"))}),
-    ("flux", {"hidiffusion", "scheduler", "composition", "composition_scale", "regions"}),
+    ("flux", {"hidiffusion", "scheduler", "composition", "composition_scale", "regions", *RESTYLE}),
 ])
 def test_the_page_shows_only_the_fields_and_tabs_the_models_family_takes(family, hidden, request, tmp_path):
-    """What each family's own check refuses is hidden: true CFG but on FLUX, HiDiffusion on the DiTs, and there
-    samplers, regions and composition (no layout block measured); further adapters on SD3 (one per model)."""
+    """What each family's own check refuses is hidden: true CFG but on FLUX, HiDiffusion and restyling on the DiTs,
+    and there samplers, regions and composition (no layout block measured); further adapters on SD3 (one per
+    model)."""
     from instantstyle.app import ui
     from instantstyle.app.ui.page import _shown
 
@@ -52,7 +56,7 @@ def test_the_page_shows_only_the_fields_and_tabs_the_models_family_takes(family,
     tabs = [tab.name for tab in ui.TABS]
     updates = _shown(app, [], tabs)[1:]
     hidden_tabs = {name for name, update in zip(tabs, updates, strict=True) if not update["visible"]}
-    assert hidden_tabs == ({"composition", "regions"} | ({"adapters"} if family == "sd3" else set())
+    assert hidden_tabs == ({"composition", "regions", "restyle"} | ({"adapters"} if family == "sd3" else set())
                            if family in ("sd3", "flux") else set())
 
 

@@ -571,6 +571,18 @@ def test_careless_mode_fields_are_one_line(everything, tiny, modes, changes, mes
         ui.form_request(everything, values)
 
 
+def test_a_photo_to_restyle_leaves_the_recipes_defaults_to_the_recipe(sdxl, served, tiny, modes):
+    """The form's blank negative prompt and control scale 0 are the mode's own: in restyle mode, the recipe's."""
+    request = ui.form_request(served, form([str(tiny.style_image)], restyle=str(modes.init_image),
+                                           restyle_content_scale=0.2, inversion_steps=3, renoise_steps=2,
+                                           controlnet="sdxl-controlnet", control_scale=0))
+    assert (request.negative_prompt, request.control, request.control_scale) == (None, None, None)
+    assert (Path(request.restyle).parent, request.restyle_content_scale, request.inversion_steps,
+            request.renoise_steps) == (served.inputs, 0.2, 3, 2)
+    restored, lost = ui.form_values(sdxl, served, request)
+    assert lost == [] and ui.form_request(served, dict(zip(ui.FIELDS, restored, strict=True))) == request
+
+
 def test_the_models_folders_offer_their_loras_adapters_controlnets_depth_models_and_presets(tiny, modes, tmp_path):
     from instantstyle.testing.lora import write_tiny_lora
 

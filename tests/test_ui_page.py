@@ -357,6 +357,20 @@ def test_depth_control_with_a_depth_model_from_the_models_folders(page, tiny, mo
         "depth", "dpt", "sdxl-controlnet")
 
 
+def test_a_photo_restyled_with_the_recipes_defaults(page, tiny, modes, tmp_path):
+    fill_form(page, tiny.style_image, prompt="a lighthouse")
+    tab(page, "Restyle")
+    page.locator("#restyle input[type=file]").set_input_files(str(modes.init_image))
+    page.locator("#thumb-restyle img").wait_for()
+    tab(page, "Control")
+    pick(page, "controlnet", "sdxl-controlnet")  # the recipe's canny, with the ControlNet of the models folder
+    [png] = generate(page, tmp_path)
+    request = read_png_request(png)  # the completed request: the recipe filled in what the form left unset
+    assert (Path(request.restyle).parent.name, request.control, request.control_scale, request.scheduler) == (
+        "inputs", "canny", 0.6, "ddim")
+    assert request.negative_prompt == "lowres, low quality, worst quality, deformed, noisy, blurry"
+
+
 def test_page_restyles_an_uploaded_init_image(page, tiny, modes, tmp_path):
     fill_form(page, tiny.style_image)
     tab(page, "Image")
@@ -492,8 +506,11 @@ def test_no_tab_has_a_serious_accessibility_violation(page, tiny):
     found = set()
     for name in (*SETTINGS_TABS, *OUTPUT_TABS):
         tab(page, name)
-        page.wait_for_timeout(300)
-        page.wait_for_function("!document.querySelector('.pending')")  # an output loading is faded on purpose
+        if name == "History":  # its tab loads the gallery: wait for it
+            page.locator("#history-line").get_by_text("newest first").wait_for()
+        for _ in range(2):  # an output loading is faded on purpose: check it settled, twice
+            page.wait_for_timeout(300)
+            page.wait_for_function("!document.querySelector('.pending')")
         found |= set(page.evaluate("""async () => (await axe.run(document, {resultTypes: ['violations']})).violations
             .filter(v => ['serious', 'critical'].includes(v.impact))
             .flatMap(v => v.nodes.map(n => `${v.id}: ${n.target.join(' ')}`))"""))

@@ -214,8 +214,8 @@ def _or_empty(value: Any) -> str:
 
 
 def _scale_or_default(value: float | None) -> float:
-    """A request's control scale for the form: ``None`` (the mode's default) is 1.0 outside restyling."""
-    return 1.0 if value is None else float(value)
+    """A request's control scale for the form: ``None`` (the mode's default: 1.0, restyle 0.6) is the form's 0."""
+    return 0.0 if value is None else float(value)
 
 
 def _optional_whole(name: str) -> Callable[[Any], int | None]:
@@ -243,6 +243,11 @@ def accepts(**changes: Any) -> Callable[[Family, Any], bool]:
         return True
 
     return shown
+
+
+def _restyles(family: Family, denoiser: Any) -> bool:
+    """Whether the family restyles photos (InstantStyle-Plus: the UNet families)."""
+    return bool(family.features.get("restyle"))
 
 
 def _mask_painter(label: str, elem_id: str) -> Callable[[Any], Any]:
@@ -275,7 +280,8 @@ FORM: tuple[Field, ...] = (
     Field("prompt", "", _text("Prompt", "prompt", lines=2, placeholder="what to paint, e.g. a cat on a roof"),
           _or_empty, _or_empty, required=True),
     Field("style_weights", "", _text("Style weights (comma separated, blank: equal)", "weights", visible="hidden")),
-    Field("negative_prompt", "", _text("Negative prompt", "negative"), _or_empty, _or_empty),
+    Field("negative_prompt", "", _text("Negative prompt (blank: the mode's own; restyle: the recipe's)", "negative"),
+          _or_none, _or_empty),
     Field("blocks", MODEL_BLOCKS, _blocks_dropdown("Blocks (preset, spec or @FILE:NAME)", "blocks",
                                                    custom=True)),
     Field("block_table", None, lambda value: gr.Dataframe(value, headers=["block", "scale"],
@@ -308,8 +314,8 @@ FORM: tuple[Field, ...] = (
                                                            label="ControlNet control", elem_id="control")),
     Field("control_image", None, _upload("Control image (canny or depth source; default: the init image)",
                                          "control-image"), thumb="control image"),
-    Field("control_scale", 1.0, _Slider(0, 2, 0.05, "Control scale", "control-scale"), _number("control scale"),
-          _scale_or_default),
+    Field("control_scale", 0.0, _Slider(0, 2, 0.05, "Control scale (0: the mode's, 1; restyle 0.6)", "control-scale"),
+          lambda v: _number("control scale")(v) or None, _scale_or_default),
     Field("controlnet", "", _models_dropdown("ControlNet model", "controlnet", "the default for the control kind"),
           choices="controlnets"),
     Field("scheduler", DEFAULT_SCHEDULER, lambda value: gr.Dropdown([DEFAULT_SCHEDULER, *SCHEDULERS], value=value,
@@ -337,6 +343,15 @@ FORM: tuple[Field, ...] = (
     Field("depth_model", "", _models_dropdown("Depth model (makes the depth map of the control image)", "depth-model",
                                               "none: the control image is a depth map"), choices="depth_models"),
     *(field for k in range(1, MAX_ADAPTERS + 1) for field in _adapter_fields(k)),
+    # Restyle a photo (InstantStyle-Plus): its content kept, the references' style on it.
+    Field("restyle", None, _upload("Photo to restyle (its content is kept)", "restyle"), thumb="photo",
+          shown_for=_restyles),
+    Field("restyle_content_scale", 0.3, _Slider(0, 2, 0.05, "Photo content scale", "restyle-content-scale"),
+          _number("restyle content scale"), float, shown_for=_restyles),
+    Field("inversion_steps", 0, _Number("Inversion steps (0: steps)", "inversion-steps", (0, 1000)),
+          _optional_whole("inversion steps"), lambda v: v or 0, shown_for=_restyles),
+    Field("renoise_steps", 1, _Slider(1, 10, 1, "ReNoise steps", "renoise-steps"),
+          lambda v: _whole("renoise steps", v), int, shown_for=_restyles),
 )
 #: The form's field names, in the order every handler (and the API) takes them.
 FIELDS = tuple(f.name for f in FORM)
@@ -359,10 +374,11 @@ class Tab:
 TABS: tuple[Tab, ...] = (
     Tab("style", "Style", ("negative_prompt", ("blocks", "scale"), ("steps", "guidance", "num_images", "true_cfg"),
                            ("seed", "width", "height"), ("randomize_seed", "hidiffusion"))),
+    Tab("restyle", "Restyle", ("restyle", ("restyle_content_scale", "inversion_steps", "renoise_steps"))),
     Tab("content", "Content", (("content_prompt", "content_scale"), "content_image")),
-    Tab("image", "Image", (("init_image", "strength"), "mask", "mask_paint")),
+    Tab("image", "Image", ("init_image", "strength", "mask", "mask_paint")),
     Tab("control", "Control", (("control", "control_scale"), "control_image", ("controlnet", "depth_model"))),
-    Tab("composition", "Composition", (("composition", "composition_scale"),)),
+    Tab("composition", "Composition", ("composition", "composition_scale")),
     Tab("regions", "Regions", ("regions", "@regions")),
     Tab("adapters", "Adapters", tuple(
         item for k in range(1, MAX_ADAPTERS + 1)
@@ -434,6 +450,7 @@ def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
         depth_model=None if depth_model is None else workdir.model_path("depth model", depth_model),
         lora=tuple(LoraRef(workdir.model_path("LoRA", ref.path), ref.scale) for ref in _loras(values.get("lora"))),
         composition=kept("composition", "composition image"),
+        restyle=kept("restyle", "photo to restyle"),
         regions=tuple(workdir.keep_upload(file_path(f), "region mask") for f in values.get("regions") or []),
         adapters=_adapters_from_form(workdir, values),
     )
@@ -565,6 +582,7 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
         lora=", ".join(f"{name}:{scale:g}" if scale != 1 else name for name, scale in loras if name),
         mask_paint=None,  # a restored mask comes back as the mask upload
         composition=own(request.composition),
+        restyle=own(request.restyle),
         regions=regions if all(regions) and regions else None,
     )
     for k in range(1, MAX_ADAPTERS + 1):

@@ -97,7 +97,7 @@ CSS = """
 .no-thumb {display: inline-block; width: 112px; height: 64px; line-height: 64px; font-size: .8rem;
            border-radius: 6px; background: var(--background-fill-secondary)}
 #style-add {flex: 1 1 150px !important; min-width: 150px !important}
-#settings button[role=tab] {padding: 3px 8px !important}
+#settings button[role=tab] {padding: 3px 6px !important; font-size: .8rem !important}
 .results {display: flex; flex-wrap: wrap; gap: 10px}
 .result {margin: 0; flex: 0 1 auto}
 .result img {max-width: min(100%, 400px); max-height: 400px; min-width: 160px; border-radius: 6px; display: block;
@@ -120,20 +120,24 @@ footer {margin-top: 2px !important; padding: 2px !important}
 
 
 def _build(items: Sequence[Item], made: dict[str, Any], models: ModelChoices,
-           fields: dict[str, Field] = FIELD) -> None:
+           fields: dict[str, Field] = FIELD, in_row: bool = False) -> None:
     """Build ``items`` (a field, a row of fields, or an ``@panel`` the page builds itself) in place, noting the
     components in ``made`` (a field that is a single upload gets its thumbnail beside it: ``thumb:NAME``)."""
     for item in items:
         if isinstance(item, tuple):
             with gr.Row(equal_height=False):
-                _build(item, made, models, fields)
+                _build(item, made, models, fields, in_row=True)
         elif item.startswith("@"):
             made[item] = None  # built by the page (regions, LoRA picker)
+        elif fields[item].thumb is not None and not in_row:
+            with gr.Row(equal_height=False):
+                _build((item,), made, models, fields, in_row=True)
         else:
             field = fields[item]
             made[item] = field.build(field.default, models)
             if field.thumb is not None:
-                made[f"thumb:{item}"] = gr.HTML(elem_id=f"thumb-{item.replace('_', '-')}", elem_classes=["thumb-box"])
+                made[f"thumb:{item}"] = gr.HTML(elem_id=f"thumb-{item.replace('_', '-')}", elem_classes=["thumb-box"],
+                                                min_width=100, scale=0)
 
 
 def _references(made: dict[str, Any]) -> None:
