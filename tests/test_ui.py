@@ -514,6 +514,9 @@ def test_the_request_panel_names_server_paths_relative_to_the_workdir_or_by_thei
                                                          control_image=str(modes.init_image),
                                                          controlnet="sdxl-controlnet")))
     shown = app.request_json(request)
+    restyled = app.request_json(request.replace(restyle=request.control_image, control_image=None,
+                                                csd=str(tiny.root / "csd.safetensors"), style_guidance=1.0))
+    assert json.loads(restyled)["restyle"].startswith("inputs/") and json.loads(restyled)["csd"] == "csd.safetensors"
     for folder in (served.root, tiny.root, modes.root):
         assert str(folder) not in shown
     data = json.loads(shown)

@@ -302,20 +302,26 @@ def _wire(demo: gr.Blocks, app: App, field: dict[str, Any], out: dict[str, Any],
     sliders = [field[f"weight:{i}"] for i in range(MAX_REFERENCES)]
     show_cards = (shows_errors(lambda style, weights: _cards(app, style, weights)),
                   [field["style"], field["style_weights"]], cards)
-    added = field["style_add"].upload(shows_errors(app.add_references),
-                                      [field["style_add"], field["style"], field["style_weights"]],
-                                      [field["style"], field["style_weights"], field["style_add"]], **private)
-    added.success(*show_cards, **private).success(shows_errors(app.style_file_settings), field["style"], form[1:],
-                                                  **private).success(*show_cards, **private)
+    def add(added: Any, style: Any, weights: Any) -> list[Any]:  # the cards in the same update: no slider races
+        style, weights, cleared = app.add_references(added, style, weights)
+        return [style, weights, cleared, *_cards(app, style, weights)]
+
+    field["style_add"].upload(shows_errors(add), [field["style_add"], field["style"], field["style_weights"]],
+                              [field["style"], field["style_weights"], field["style_add"], *cards],
+                              **private).success(shows_errors(app.style_file_settings), field["style"], form[1:],
+                                                 **private)
     restored.success(*show_cards, **private)
     weights_js = "(files, ...w) => w.slice(0, (files || []).length).map(v => Number(v)).join(', ')"
     for slider in sliders:
         slider.input(None, [field["style"], *sliders], field["style_weights"], js=weights_js, **private)
     for i in range(MAX_REFERENCES):
-        field[f"remove:{i}"].click(shows_errors(app.remove_reference(i)),
-                                   [field["style"], field["style_weights"], *regions],
-                                   [field["style"], field["style_weights"], *regions, field["regions"]],
-                                   **private).success(*show_cards, **private)
+        def remove(style: Any, weights: Any, *slots: Any, i: int = i) -> list[Any]:
+            style, weights, *rest = app.remove_reference(i)(style, weights, *slots)
+            return [style, weights, *rest, *_cards(app, style, weights)]
+
+        field[f"remove:{i}"].click(shows_errors(remove), [field["style"], field["style_weights"], *regions],
+                                   [field["style"], field["style_weights"], *regions, field["regions"], *cards],
+                                   **private)
 
     # Regions: a slot per reference fills the request's region masks; a painting can fill a slot.
     for i, slot in enumerate(regions):

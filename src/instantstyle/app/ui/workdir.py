@@ -210,9 +210,11 @@ class Workdir:
     def shown_request(self, request: Request) -> dict[str, Any]:
         """The request as JSON data for the page's Request panel: every server path as ``shown`` makes it."""
         data = request.to_dict()
-        for name in ("model", "adapter", "image_encoder", "content_text_encoder", "content_image", "init_image", "mask",
-                     "control_image", "controlnet", "depth_model", "composition"):
-            data[name] = self.shown(data[name])
+        paths = ("model", "adapter", "image_encoder", "content_text_encoder", "content_image", "init_image", "mask",
+                 "control_image", "controlnet", "depth_model", "composition", "restyle", "csd", "caption_model")
+        for name in paths:
+            if name in data:
+                data[name] = self.shown(data[name])
         if data["control"] not in CONTROL_KINDS:
             data["control"] = self.shown(data["control"])
         data["regions"] = [self.shown(p) for p in data["regions"]]
