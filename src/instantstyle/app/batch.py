@@ -27,7 +27,7 @@ from typing import Any
 
 from ..core.blocks import is_preset_ref, split_preset_ref
 from ..core.preflight import check_request, check_runtime
-from ..core.request import CONTROL_KINDS, AdapterUse, Request, StyleRef, write_png
+from ..core.request import CONTROL_KINDS, PATH_FIELDS, AdapterUse, Request, StyleRef, write_png
 from ..errors import UserError
 from ..files import safe_json
 from ..files.atomic import remove_stale_temps, temp_path
@@ -41,8 +41,6 @@ JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 #: How a CSV cell spells a yes/no field (``hidiffusion``).
 BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
-PATH_FIELDS = ("content_image", "model", "adapter", "image_encoder", "content_text_encoder", "init_image", "mask",
-               "control_image", "controlnet", "depth_model", "composition")
 
 
 # --- jobs -------------------------------------------------------------------------------------
@@ -267,10 +265,10 @@ def _resolve_paths(request: Request, base: Path | None) -> Request:
     changes: dict[str, Any] = {"style": tuple(StyleRef(_local(r.path, base), r.weight) for r in request.style)}
     for name in PATH_FIELDS:
         value = getattr(request, name)
+        if name == "control" and value in CONTROL_KINDS:
+            continue
         if value is not None:
             changes[name] = _local(value, base)
-    if request.control is not None and request.control not in CONTROL_KINDS:  # a ready control image
-        changes["control"] = _local(request.control, base)
     changes["regions"] = tuple(_local(r, base) for r in request.regions)
     changes["blocks"] = _local_preset_ref(request.blocks, base)
     changes["adapters"] = tuple(

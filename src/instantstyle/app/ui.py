@@ -692,8 +692,12 @@ class App:
         settings = load_style(kept).metadata.get("request")
         if settings is None:
             return [gr.skip()] * (len(FIELDS) - 1)
+        try:
+            request = Request.from_json(settings)
+        except UserError as err:
+            raise UserError(f"style file {Path(paths[0]).name}: {err}") from None
         pipe = self.holder.get()
-        values, _ = form_values(pipe, self.work, Request.from_json(settings).replace(style=(kept,)))
+        values, _ = form_values(pipe, self.work, request.replace(style=(kept,)))
         values, clamped = clamp_to_form(values)
         values, reset = fit_to_family(values, pipe.family)
         notes = [f"held to the form's limits: {', '.join(clamped)}"] * bool(clamped)

@@ -1,0 +1,127 @@
+"""Careless and hostile input (issue 19): every case ends as one line (exit 2), a skipped job line or a warning,
+never a traceback, a hang or lost work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from instantstyle import Request, UserError
+from instantstyle.app.batch import read_jobs, run_batch
+from instantstyle.core.request import PNG_KEY
+from instantstyle.files.atomic import save_png_atomically
+
+from .conftest import FAST
+from .test_cli import run
+
+#: A request field given a value of the wrong kind, as a crafted job line, PNG or style file holds it, and the
+#: message; "steps" holds a JSON integer of 5,000 digits (past Python's limit on converting digits to an int).
+CRAFTED = [
+    ("model", 5, "model must be a path, got 5"),
+    ("adapter", [1], "adapter must be a path, got [1]"),
+    ("image_encoder", {"a": 1}, "image encoder must be a path, got {'a': 1}"),
+    ("content_text_encoder", 3.5, "content text encoder must be a path, got 3.5"),
+    ("content_image", 7, "content image must be a path, got 7"),
+    ("adapters", [{"path": "a.safetensors", "style": ["s.png"], "regions": [5]}],
+     "adapter a.safetensors: a region must be a mask image path, got 5"),
+    ("steps", "1" * 5000, "invalid JSON (a number of more than 4300 digits)"),
+]
+
+
+def crafted_json(name: str, value: object, style: str = "s.png", **fields: object) -> str:
+    """A request as JSON text with ``name`` set to ``value`` (a string of digits goes in as a bare number)."""
+    text = json.dumps({"prompt": "a boat", "style": style, **fields, name: "NUMBER" if name == "steps" else value})
+    return text.replace('"NUMBER"', str(value)) if name == "steps" else text
+
+
+@pytest.mark.parametrize(("name", "value", "message"), CRAFTED, ids=[c[0] for c in CRAFTED])
+def test_a_request_field_of_the_wrong_kind_is_one_line(name, value, message):
+    with pytest.raises(UserError) as caught:
+        Request.from_json(crafted_json(name, value))
+    assert str(caught.value) == message
+
+
+def test_a_job_line_of_the_wrong_kind_is_skipped_with_its_line_and_the_next_line_runs(sdxl, tiny, tmp_path):
+    style = str(tiny.style_image)
+    lines = [crafted_json(name, value, style, **FAST) for name, value, _ in CRAFTED]
+    lines.append(json.dumps({"id": "good", "prompt": "a boat", "style": style, **FAST}))
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join(lines) + "\n")
+    reported: list[str] = []
+    report = run_batch(jobs, tmp_path / "out", pipeline=sdxl, on_problem=reported.append)
+    assert reported == [f"jobs.jsonl line {i + 1}: {message}" for i, (_, _, message) in enumerate(CRAFTED)]
+    assert (report.done, report.failed) == (1, 0) and (tmp_path / "out" / "good.png").is_file()
+
+
+def crafted_png(path: Path, name: str, value: object, style: str) -> Path:
+    return save_png_atomically(Image.new("RGB", (64, 64)), path, {PNG_KEY: crafted_json(name, value, style)})
+
+
+@pytest.mark.parametrize(("name", "value", "message"), CRAFTED[:1] + CRAFTED[-2:], ids=["model", "regions", "digits"])
+def test_generate_from_and_score_refuse_a_crafted_png_in_one_line(capsys, tiny, tmp_path, name, value, message):
+    png = crafted_png(tmp_path / "crafted.png", name, value, str(tiny.style_image))
+    for args in (["generate", "--from", png, "-o", tmp_path / "out.png"], ["score", png, "--model", tiny.sdxl]):
+        code, _, err = run(capsys, *args)
+        assert (code, err) == (2, f"error: {png}: {message}\n")
+
+
+ui = pytest.importorskip("gradio") and pytest.importorskip("instantstyle.app.ui")
+
+
+@pytest.mark.parametrize(("name", "value", "message"), CRAFTED[:1] + CRAFTED[-2:], ids=["model", "regions", "digits"])
+def test_the_page_refuses_a_crafted_png_or_style_file_in_one_line(sdxl, tiny, tmp_path, name, value, message):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    app = ui.App(ui.PipelineHolder(sdxl), ui.Workdir(tmp_path / "ui"))
+    png = crafted_png(tmp_path / "crafted.png", name, value, str(tiny.style_image))
+    with pytest.raises(UserError) as caught:
+        app.restore(str(png))
+    assert str(caught.value) == f"crafted.png: {message}"
+    made = sdxl.save_style(Request("a boat", style=str(tiny.style_image)), tmp_path / "made.safetensors")
+    with safe_open(str(made), framework="pt") as f:
+        metadata = f.metadata()
+    style = tmp_path / "crafted.safetensors"
+    save_file(load_file(str(made)), str(style), metadata={**metadata, "request": crafted_json(name, value, "s.png")})
+    with pytest.raises(UserError) as caught:
+        app.style_uploaded([str(style)])
+    assert str(caught.value) == f"style file crafted.safetensors: {message}"
+
+
+def test_read_jobs_keeps_every_good_line_around_a_crafted_one(tiny, tmp_path):
+    style = str(tiny.style_image)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "prompt": "p", "style": style}) + "\n"
+                    + crafted_json("model", 5, style) + "\n" + json.dumps({"id": "b", "prompt": "p", "style": style}))
+    read = read_jobs(jobs)
+    assert [j.id for j in read.jobs] == ["a", "b"] and read.problems == ["jobs.jsonl line 2: model must be a path, got 5"]
+
+
+HOSTILE_VALUES = [None, True, -1, 1.5, 1e308, float("nan"), 10**400, 10**4000, "", "\0", "\ud800", "x" * 5000, [],
+                  {}, [5], [None], {"path": 5}, {"path": "a.png", "weight": "x"}, [{"path": "a.png", "style": [5]}]]
+
+
+@pytest.mark.parametrize("name", [f.name for f in __import__("dataclasses").fields(Request)])
+def test_every_request_field_given_any_json_value_is_accepted_or_one_line(name):
+    """One validation of every field's type and range: a value either makes a request that serialises, or a short
+    one-line ``UserError``, never another exception."""
+    for value in HOSTILE_VALUES:
+        data = {"prompt": "a boat", "style": "s.png", name: value}
+        try:
+            request = Request.from_dict(data)
+        except UserError as err:
+            assert "\n" not in str(err) and len(str(err)) < 400, (name, value, str(err))
+            continue
+        assert Request.from_json(request.to_json()) == request, (name, value)
+
+
+def test_a_prompt_holding_a_lone_surrogate_is_one_line_before_the_tokenizer(sdxl, tiny, capsys, tmp_path):
+    for fields in ({"prompt": "a \ud800 cat"}, {"prompt": "a cat", "negative_prompt": "\udcff"}):
+        with pytest.raises(UserError, match="half of a UTF-16 pair and no character"):
+            sdxl(style=str(tiny.style_image), **{**FAST, **fields})
+    code, _, err = run(capsys, "score", tiny.style_image, "--prompt", "a \ud800 cat", "--model", tiny.sdxl)
+    assert (code, err) == (2, "error: --prompt holds '\\ud800' at character 3, half of a UTF-16 pair and no character "
+                              "(not Unicode text)\n")
