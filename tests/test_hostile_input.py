@@ -97,7 +97,8 @@ def test_read_jobs_keeps_every_good_line_around_a_crafted_one(tiny, tmp_path):
     jobs.write_text(json.dumps({"id": "a", "prompt": "p", "style": style}) + "\n"
                     + crafted_json("model", 5, style) + "\n" + json.dumps({"id": "b", "prompt": "p", "style": style}))
     read = read_jobs(jobs)
-    assert [j.id for j in read.jobs] == ["a", "b"] and read.problems == ["jobs.jsonl line 2: model must be a path, got 5"]
+    assert [j.id for j in read.jobs] == ["a", "b"]
+    assert read.problems == ["jobs.jsonl line 2: model must be a path, got 5"]
 
 
 HOSTILE_VALUES = [None, True, -1, 1.5, 1e308, float("nan"), 10**400, 10**4000, "", "\0", "\ud800", "x" * 5000, [],

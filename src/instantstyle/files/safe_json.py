@@ -3,9 +3,9 @@
 ``json.loads`` recurses once per level of nesting: a line of 100k ``[`` raises ``RecursionError``, and a
 value nested just under Python's limit makes later code (``repr``, ``dataclasses.asdict``) recurse too
 deep. :func:`loads` turns bad JSON, integers past Python's 4,300 digits and any nesting past ``MAX_DEPTH``
-into one-line ``UserError``s; no request (5 levels) or manifest entry (6) comes near it. JSON Lines split on ``"\\n"`` only, the one
-character JSON never holds raw (``str.splitlines`` also splits on U+2028, U+0085, ``\\x0b``...), and
-each line is decoded alone, so one bad byte rejects its line, not the file.
+into one-line ``UserError``s; no request (5 levels) or manifest entry (6) comes near it. JSON Lines split on
+``"\\n"`` only, the one character JSON never holds raw (``str.splitlines`` also splits on U+2028, U+0085,
+``\\x0b``...), and each line is decoded alone, so one bad byte rejects its line, not the file.
 """
 
 from __future__ import annotations
