@@ -126,3 +126,73 @@ def test_a_prompt_holding_a_lone_surrogate_is_one_line_before_the_tokenizer(sdxl
     code, _, err = run(capsys, "score", tiny.style_image, "--prompt", "a \ud800 cat", "--model", tiny.sdxl)
     assert (code, err) == (2, "error: --prompt holds '\\ud800' at character 3, half of a UTF-16 pair and no character "
                               "(not Unicode text)\n")
+
+
+# --- item 3: a FIFO, a device or a socket where a small file should be ------------------------------------------
+
+
+def finishes(fifo: Path, call, seconds: float = 20.0) -> dict:
+    """Run ``call`` in a thread; if it is still waiting after ``seconds`` (on the FIFO), release it and fail."""
+    import os
+    import threading
+
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = call()
+        except BaseException as err:  # noqa: BLE001  (the test inspects it)
+            box["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer comes and goes: the reader sees the end
+        thread.join()
+        pytest.fail(f"waited on the FIFO {fifo} for {seconds} s")
+    return box
+
+
+@pytest.fixture
+def fifo(tmp_path) -> Path:
+    import os
+
+    path = tmp_path / "fifo.json"
+    os.mkfifo(path)
+    return path
+
+
+def test_a_fifo_as_a_presets_file_is_one_line_at_once_on_every_surface(capsys, tiny, tmp_path, fifo):
+    from instantstyle.core.blocks import read_presets
+
+    message = f"presets file {fifo}: not a regular file (a FIFO, device or socket)"
+    box = finishes(fifo, lambda: read_presets(fifo))
+    assert str(box.get("error")) == message
+    box = finishes(fifo, lambda: run(capsys, "generate", "--model", tmp_path / "unused", "--style", tiny.style_image,
+                                     "--prompt", "a cat", "--blocks", f"@{fifo}:x", "-o", tmp_path / "o.png"))
+    assert box["result"][::2] == (2, f"error: {message}\n")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "prompt": "p", "style": str(tiny.style_image), "blocks": "@fifo.json:x"})
+                    + "\n" + json.dumps({"id": "b", "prompt": "p", "style": str(tiny.style_image)}) + "\n")
+    box = finishes(fifo, lambda: read_jobs(jobs))
+    assert [j.id for j in box["result"].jobs] == ["b"]
+    assert box["result"].problems == [f"jobs.jsonl line 1: {message}"]
+    flags = ["probe-blocks", "--model", tiny.sdxl, "--adapter", tiny.sdxl_adapter, "--style", tiny.style_image,
+             "--prompt", "a cat", "-o", tmp_path / "probe", "--save-presets", fifo]
+    box = finishes(fifo, lambda: run(capsys, *flags))
+    assert box["result"][::2] == (2, f"error: {message}\n")
+
+
+def test_a_fifo_or_a_device_as_a_login_file_is_one_line_at_once(fifo):
+    for path in (fifo, Path("/dev/zero")):
+        box = finishes(fifo, lambda path=path: ui.read_auth((), [str(path)]))
+        assert str(box.get("error")) == f"auth file {path}: not a regular file (a FIFO, device or socket)"
+
+
+def test_presets_are_never_written_over_a_fifo(fifo):
+    from instantstyle.scores.preset_file import write_presets
+
+    box = finishes(fifo, lambda: write_presets(fifo, {"mine": "style"}, merge=False))
+    assert str(box.get("error")) == f"presets file {fifo}: not a regular file (a FIFO, device or socket)"
+    assert fifo.is_fifo()

@@ -32,6 +32,7 @@ from ..errors import UserError
 from ..files import safe_json
 from ..files.atomic import remove_stale_temps, temp_path
 from ..files.images import MAX_PIXELS
+from ..files.textfiles import open_regular
 from ..loading.runtime import Runtime
 from .workers import BatchResult, Job, Outcome, Scoring, Worker, pipeline_key
 
@@ -57,12 +58,9 @@ def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None, max_pixe
     ``.json`` (a matrix spec). Relative paths inside are taken from the job file's folder, else the current one;
     a job naming an image over ``max_pixels`` is skipped like any bad line."""
     path = Path(path).expanduser()
-    if path.is_dir():
-        raise UserError(f"job file {path}: is a folder")
-    if not path.is_file():
-        raise UserError(f"job file {path}: no such file")
     try:
-        text = safe_json.decode(path.read_bytes())  # bytes that are not UTF-8 reject their line (or cell) only
+        with open_regular(path, f"job file {path}") as file:
+            text = safe_json.decode(file.read())  # bytes that are not UTF-8 reject their line (or cell) only
     except OSError as err:
         raise UserError(f"job file {path}: cannot be read ({err.strerror})") from None
     kind = job_file_kind(path, text)

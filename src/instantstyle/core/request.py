@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import UserError, shown
 from ..files import safe_json
+from ..files.textfiles import open_regular
 
 PNG_KEY = "instantstyle"
 FORMAT_VERSION = 1
@@ -420,10 +421,8 @@ def read_png_text(path: str | Path, key: str) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with open_regular(path, str(path)) as file, Image.open(file) as image:
             text = image.info.get(key)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"{path}: not a readable image ({err})") from None
     except Image.DecompressionBombError as err:
