@@ -4,6 +4,12 @@ never a traceback, a hang or lost work."""
 from __future__ import annotations
 
 import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -133,8 +139,6 @@ def test_a_prompt_holding_a_lone_surrogate_is_one_line_before_the_tokenizer(sdxl
 
 def finishes(fifo: Path, call, seconds: float = 20.0) -> dict:
     """Run ``call`` in a thread; if it is still waiting after ``seconds`` (on the FIFO), release it and fail."""
-    import os
-    import threading
 
     box: dict = {}
 
@@ -156,7 +160,6 @@ def finishes(fifo: Path, call, seconds: float = 20.0) -> dict:
 
 @pytest.fixture
 def fifo(tmp_path) -> Path:
-    import os
 
     path = tmp_path / "fifo.json"
     os.mkfifo(path)
@@ -196,3 +199,84 @@ def test_presets_are_never_written_over_a_fifo(fifo):
     box = finishes(fifo, lambda: write_presets(fifo, {"mine": "style"}, merge=False))
     assert str(box.get("error")) == f"presets file {fifo}: not a regular file (a FIFO, device or socket)"
     assert fifo.is_fifo()
+
+
+# --- item 6: a full disk (a real one: RLIMIT_FSIZE makes the kernel refuse writes past a size, short writes too) --
+
+
+def with_file_limit(limit: int):
+    """For ``subprocess``: files may grow to ``limit`` bytes, as on a full disk (writes past it fail with EFBIG,
+    one that straddles it is short); SIGXFSZ is ignored, as ENOSPC raises no signal either."""
+
+    def limit_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    return limit_files
+
+
+def python(code: str, *args: object, limit: int) -> subprocess.CompletedProcess[str]:
+
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300,
+                          preexec_fn=with_file_limit(limit))
+
+
+def test_a_short_write_on_a_full_disk_never_leaves_a_torn_manifest_line(tmp_path):
+    code = """if True:
+            from pathlib import Path
+        from instantstyle.app.batch import Manifest
+        from instantstyle.errors import UserError
+        manifest = Manifest(Path(sys.argv[1]))
+        for i in range(10):
+            try:
+                manifest.append({"id": f"job-{i}", "status": "done", "pad": "x" * 60})
+            except UserError as err:
+                sys.exit(f"error: {err}")
+    """
+    done = python(code, tmp_path, limit=250)  # two lines of 100 bytes fit; the third is cut short at 250
+    manifest = tmp_path / "manifest.jsonl"
+    assert done.returncode == 1 and done.stderr == f"error: manifest {manifest}: cannot write (File too large)\n"
+    assert [json.loads(line)["id"] for line in manifest.read_text().split("\n")[:-1]] == ["job-0", "job-1"]
+    assert manifest.read_text().endswith("\n")
+
+
+def test_a_full_disk_while_writing_an_image_leaves_no_temporary_file_and_names_the_file(tmp_path):
+    code = """if True:
+            import numpy as np
+        from PIL import Image
+        from instantstyle.files.atomic import save_png_atomically
+        from instantstyle.errors import UserError
+        noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        try:
+            save_png_atomically(noise, sys.argv[1], {})
+        except UserError as err:
+            sys.exit(f"error: {err}")
+    """
+    done = python(code, tmp_path / "a.png", limit=4096)
+    assert done.stderr == f"error: {tmp_path / 'a.png'}: cannot write (File too large)\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rerun_that_only_compacts_on_a_full_disk_warns_and_exits_0(tiny, tmp_path):
+
+    jobs = tmp_path / "jobs.jsonl"
+    models = {"model": str(tiny.sdxl), "adapter": str(tiny.sdxl_adapter)}
+    jobs.write_text("".join(json.dumps({"id": f"job-{i}", "prompt": "p", "style": str(tiny.style_image), **FAST,
+                                        **models}) + "\n" for i in range(3)))
+    out = tmp_path / "out"
+    out.mkdir()
+    lines = []
+    for job in read_jobs(jobs).jobs:  # each job done, recorded twice: the rerun compacts the manifest
+        (out / job.outputs[0]).write_bytes(b"made")
+        lines += [json.dumps({"id": job.id, "key": job.key, "status": "done", "outputs": job.outputs})] * 2
+    (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    before = (out / "manifest.jsonl").read_text()
+    done = subprocess.run([sys.executable, "-m", "instantstyle", "batch", str(jobs), "-o", str(out), "-q"],
+                          capture_output=True, text=True, timeout=300, preexec_fn=with_file_limit(100))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (f"warning: manifest not compacted: {out / 'manifest.jsonl'}: cannot write (File too "
+                           "large); its superseded lines stay (the last line of a job counts)\n")
+    assert done.stdout.startswith("3 jobs: 0 done, 3 already done, 0 failed")
+    assert (out / "manifest.jsonl").read_text() == before
+    assert sorted(p.name for p in out.iterdir()) == [".instantstyle-batch.lock", "job-0.png", "job-1.png",
+                                                     "job-2.png", "manifest.jsonl"]

@@ -30,7 +30,7 @@ from ..core.preflight import check_request, check_runtime
 from ..core.request import CONTROL_KINDS, PATH_FIELDS, AdapterUse, Request, StyleRef, write_png
 from ..errors import UserError
 from ..files import safe_json
-from ..files.atomic import remove_stale_temps, temp_path
+from ..files.atomic import atomic_path, cannot_write, remove_stale_temps
 from ..files.images import MAX_PIXELS
 from ..files.textfiles import open_regular
 from ..loading.runtime import Runtime
@@ -302,13 +302,15 @@ def _check_files(request: Request, checked: dict[Any, UserError | None], max_pix
 class Manifest:
     """``DIR/manifest.jsonl``: one JSON line per finished job (the last line for an id wins).
 
-    Lines are appended with one ``write`` and fsynced; a torn last line (power loss) is cut off on
-    open, and superseded lines are dropped by rewriting the file atomically (only when there are some:
-    a run with nothing to do writes nothing)."""
+    Lines are appended whole and fsynced: a short write (a full disk) is cut back off at once and is a
+    ``UserError`` naming the file, and a torn last line (power loss) is cut off on open. Superseded lines are
+    dropped by rewriting the file atomically (only when there are some: a run with nothing to do writes
+    nothing); a rewrite that fails is a warning, as the file it would replace is still right."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / MANIFEST
         self.warnings: list[str] = []
+        self.compaction_failed = False
         self.entries: dict[str, dict[str, Any]] = {}
         self._lines = 0
         if self.path.exists():
@@ -344,21 +346,40 @@ class Manifest:
         return self._lines != len(self.entries)
 
     def compact(self) -> None:
-        """Rewrite with one line per id (temp file, fsync, rename)."""
-        tmp = temp_path(self.path)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(e, sort_keys=True) + "\n" for e in self.entries.values())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        """Rewrite with one line per id (temp file, fsync, rename); on failure (a full disk) the temp file is
+        removed and a warning says so, once (no more tries): the file as it is stays right, the last line of an
+        id counts."""
+        if self.compaction_failed:
+            return
+        try:
+            with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(e, sort_keys=True) + "\n" for e in self.entries.values())
+                f.flush()
+                os.fsync(f.fileno())
+        except UserError as err:
+            self.warnings.append(f"manifest not compacted: {err}; its superseded lines stay (the last line of a "
+                                 "job counts)")
+            self.compaction_failed = True
+            return
         self._lines = len(self.entries)
 
     def append(self, entry: dict[str, Any]) -> None:
+        """Add one line, whole or not at all: a short write is cut back off and is a ``UserError``."""
         line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UserError(f"manifest {cannot_write(self.path, err)}") from None
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                written = 0
+                while written < len(line):  # os.write may write less than asked (a full disk), then fail
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+            except OSError as err:
+                os.ftruncate(fd, start)  # never leave a torn line for the next append to run into
+                raise UserError(f"manifest {cannot_write(self.path, err)}") from None
         finally:
             os.close(fd)
         self.entries[entry["id"]] = entry
@@ -414,6 +435,7 @@ class BatchReport:
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     encoder_runs: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -511,6 +533,7 @@ def run_batch(
     progress: bool = False,
     on_problem: Callable[[str], None] | None = None,
     scoring: Scoring | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> BatchReport:
     """Render every job not yet done into ``output_dir`` (images + ``manifest.jsonl``), resumably.
 
@@ -519,7 +542,9 @@ def run_batch(
     ``runtime``: how workers load every other pipeline (device, offload, low memory, compile, cache folder...).
     ``ray``: distribute batches over Ray actors (``ray_address`` of a cluster, else a local one) with
     ``workers`` actors, each loading with the same ``runtime``. ``scoring``: score every image made; the
-    scores go in its manifest line (``"scores"``, one per output) and its PNG."""
+    scores go in its manifest line (``"scores"``, one per output) and its PNG. ``on_problem`` hears of each bad
+    job line, ``on_warning`` of what went wrong but costs nothing (a manifest line dropped, a failed compaction,
+    a job retried after its Ray worker died); both are also in the report."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     if workers is not None and workers < 1:
@@ -538,19 +563,24 @@ def run_batch(
     lock = _Lock(folder)
     try:
         return _run(job_list, folder, runtime, batch_size, retry_failed, pipeline, ray, ray_address,
-                    workers, progress, on_problem, scoring)
+                    workers, progress, on_warning or (lambda _: None), scoring)
     finally:
         lock.release()
 
 
 def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, retry_failed: bool, pipeline: Any,
          ray: bool, ray_address: str | None, workers: int | None, progress: bool,
-         on_problem: Callable[[str], None] | None, scoring: Scoring | None) -> BatchReport:
+         on_warning: Callable[[str], None], scoring: Scoring | None) -> BatchReport:
     remove_stale_temps(folder)  # images and manifest rewrites in flight when a run died (the lock makes them stale)
     manifest = Manifest(folder)
-    for warning in manifest.warnings:
-        (on_problem or (lambda _: None))(warning)
     report = BatchReport(folder, len(job_list.jobs), problems=list(job_list.problems))
+
+    def warn(message: str) -> None:
+        report.warnings.append(message)
+        on_warning(message)
+
+    for warning in manifest.warnings:
+        warn(warning)
     todo = []
     for job in job_list.jobs:
         if manifest.is_done(job, folder):
@@ -591,7 +621,10 @@ def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, ret
         if bar is not None:
             bar.close()
         if manifest.superseded:
+            known = len(manifest.warnings)
             manifest.compact()
+            for warning in manifest.warnings[known:]:
+                warn(warning)
     return report
 
 

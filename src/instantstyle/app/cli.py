@@ -526,6 +526,7 @@ def _batch(params: dict[str, Any]) -> int:
             ray=address is not None, ray_address=None if address in (None, "local") else address,
             workers=params["workers"], progress=not params["quiet"],
             on_problem=lambda message: click.echo(f"skipped: {message}", err=True), scoring=scoring,
+            on_warning=lambda message: click.echo(f"warning: {message}", err=True),
         )
     except KeyboardInterrupt:
         click.echo("finished images and the manifest are kept; run the same command again to resume", err=True)

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..core.blocks import check_presets, read_presets
-from ..errors import UserError
 from ..files.atomic import write_text_atomically
 from ..files.textfiles import check_regular_target
 
@@ -26,7 +25,4 @@ def write_presets(path: str | Path, presets: Mapping[str, str], merge: bool = Tr
     new = check_presets(dict(presets), f"presets for {path}")
     old = read_presets(path) if merge and path.exists() else {}
     data = {**old, **new}
-    try:
-        return write_text_atomically(path, json.dumps(data, indent=2) + "\n")
-    except OSError as err:
-        raise UserError(f"presets file {path}: cannot write ({err.strerror or type(err).__name__})") from None
+    return write_text_atomically(path, json.dumps(data, indent=2) + "\n")
