@@ -223,7 +223,8 @@ def python(code: str, *args: object, limit: int) -> subprocess.CompletedProcess[
 
 def test_a_short_write_on_a_full_disk_never_leaves_a_torn_manifest_line(tmp_path):
     code = """if True:
-            from pathlib import Path
+        import sys
+        from pathlib import Path
         from instantstyle.app.batch import Manifest
         from instantstyle.errors import UserError
         manifest = Manifest(Path(sys.argv[1]))
@@ -242,7 +243,8 @@ def test_a_short_write_on_a_full_disk_never_leaves_a_torn_manifest_line(tmp_path
 
 def test_a_full_disk_while_writing_an_image_leaves_no_temporary_file_and_names_the_file(tmp_path):
     code = """if True:
-            import numpy as np
+        import sys
+        import numpy as np
         from PIL import Image
         from instantstyle.files.atomic import save_png_atomically
         from instantstyle.errors import UserError
