@@ -282,3 +282,145 @@ def test_a_rerun_that_only_compacts_on_a_full_disk_warns_and_exits_0(tiny, tmp_p
     assert (out / "manifest.jsonl").read_text() == before
     assert sorted(p.name for p in out.iterdir()) == [".instantstyle-batch.lock", "job-0.png", "job-1.png",
                                                      "job-2.png", "manifest.jsonl"]
+
+
+# --- item 9: --save-style over an existing file; item 13: a job id ending in a newline --------------------------
+
+
+def test_save_style_refuses_an_existing_file_before_the_model_loads(capsys, tiny, tmp_path):
+    existing = tmp_path / "style.safetensors"
+    existing.write_bytes(b"kept")
+    flags = ["generate", "--model", tmp_path / "never-loaded", "--style", tiny.style_image, "--prompt", "a cat",
+             "-o", tmp_path / "o.png", "--save-style", existing]
+    code, _, err = run(capsys, *flags)
+    assert (code, err) == (2, f"error: --save-style {existing} exists; pass --overwrite to replace it\n")
+    assert existing.read_bytes() == b"kept" and not (tmp_path / "o.png").exists()
+
+
+def test_save_style_into_a_missing_folder_is_one_line_before_the_model_loads(capsys, tiny, tmp_path):
+    flags = ["generate", "--model", tmp_path / "never-loaded", "--style", tiny.style_image, "--prompt", "a cat",
+             "-o", tmp_path / "o.png", "--save-style", tmp_path / "file" / "style.safetensors"]
+    (tmp_path / "file").write_text("a file, not a folder")
+    code, _, err = run(capsys, *flags)
+    assert code == 2 and err.startswith(f"error: --save-style {tmp_path / 'file' / 'style.safetensors'}: cannot "
+                                        "create its folder")
+
+
+@pytest.mark.parametrize("job_id", ["cat\n", "cat\r", "cat\n\n", "\ncat"])
+def test_a_job_id_with_a_line_break_is_refused(tiny, tmp_path, job_id):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": job_id, "prompt": "p", "style": str(tiny.style_image)}) + "\n")
+    read = read_jobs(jobs)
+    assert read.jobs == [] and read.problems == [
+        f"jobs.jsonl line 1: id {job_id!r} must be 1-128 letters, digits, '.', '_' or '-', not starting with '.' "
+        "or '-' (it names the output file)"]
+
+
+# --- item 11: a long per-block spec in a sweep --------------------------------------------------------------------
+
+
+def test_a_sweep_row_with_a_long_spec_gets_a_short_cell_name_and_keeps_the_spec_in_the_png(sdxl, tiny,
+                                                                                                   tmp_path):
+    from instantstyle.app.sweep import Axes, render_sweep
+    from instantstyle.core.request import read_png_request
+
+    long_spec = ",".join(["up_blocks.0.attentions.1=0.5"] * 11 + ["down_blocks.2.attentions.1=0.25"])
+    assert len(long_spec) == 350
+    out = render_sweep(sdxl, Request("a cat", style=str(tiny.style_image), **FAST), Axes(("style", long_spec), (1.0,)),
+                       tmp_path / "sheet.png")
+    names = [p.name for row in out.paths for p in row]
+    assert names[0] == "sheet-style-s1.png"
+    assert names[1].startswith("sheet-r2-") and len(names[1]) <= len("sheet-r2-12345678-s1.png")
+    assert read_png_request(out.paths[1][0]).blocks == long_spec
+
+
+# --- item 10: a style file with tensors of the wrong shape ---------------------------------------------------------
+
+
+def reshaped_style_file(sdxl, tiny, path: Path, embeds_shape=None, negative_shape=None) -> Path:
+    """A style file made by ``sdxl`` with its tensors swapped for random ones of other shapes (metadata kept)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    made = sdxl.save_style(Request("a boat", style=str(tiny.style_image)), path.with_name("made.safetensors"))
+    with safe_open(str(made), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(made))
+    for name, shape in (("embeds", embeds_shape), ("negative", negative_shape)):
+        if shape is not None:
+            tensors[name] = torch.randn(shape)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize(("embeds", "negative", "message"), [
+    ((1, 3, 32), None, "embeddings of shape (1, 3, 32); a global style is (1, width)"),
+    ((2, 32), None, "embeddings of shape (2, 32); a global style is (1, width)"),
+    (None, (1, 3, 32), "a negative of shape (1, 3, 32) for embeddings of shape (1, 32)"),
+    ((1, 0), (1, 0), "embeddings of shape (1, 0); a global style is (1, width)"),
+])
+def test_a_style_file_of_the_wrong_shape_is_one_line_before_the_model_loads(sdxl, tiny, capsys, tmp_path, embeds,
+                                                                             negative, message):
+    width = sdxl.save_style(Request("a boat", style=str(tiny.style_image)), tmp_path / "w.safetensors")
+    from instantstyle.core.embeddings import load_style
+
+    assert load_style(width).embeds.shape == (1, 32)  # the tiny encoder's width, as the cases assume
+    path = reshaped_style_file(sdxl, tiny, tmp_path / "bad.safetensors", embeds, negative)
+    code, _, err = run(capsys, "generate", "--model", tmp_path / "never-loaded", "--style", path, "--prompt", "a cat",
+                       "-o", tmp_path / "o.png")
+    assert (code, err) == (2, f"error: style file {path}: holds {message}\n")
+    with pytest.raises(UserError, match=f"^style file {path}: holds"):
+        sdxl(prompt="a cat", style=str(path), **FAST)
+    work = ui.Workdir(tmp_path / "ui")
+    with pytest.raises(UserError, match="^style file bad.safetensors: holds"):
+        work.keep_upload(path, "style file")
+
+
+# --- item 4 and item 14: CSD checkpoints of another shape, or holding NaN ---------------------------------------
+
+
+def csd_file(path: Path, change=None, **dims) -> Path:
+    """A tiny CSD checkpoint (``.safetensors``) in the authors' layout, ``change`` applied to its state."""
+    from safetensors.torch import save_file
+
+    from instantstyle.testing.csd import csd_state_dict
+
+    state = csd_state_dict(**dims)
+    if change is not None:
+        change(state)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("dims", "message"), [
+    ({"width": 16, "image_size": 4200}, "a ViT of patch 14 at 4200 px (90,001 positions)"),
+    ({"width": 16, "patch": 7, "image_size": 224}, "a ViT of patch 7 at 224 px (1,025 positions)"),
+    ({"width": 2048, "layers": 1}, "a ViT 2048 wide"),
+    ({"width": 16, "layers": 40}, "a ViT of 40 layers"),
+])
+def test_a_csd_checkpoint_of_another_shape_than_csds_is_refused_before_it_runs(tmp_path, dims, message):
+    from instantstyle.scores.csd import load_csd
+
+    path = csd_file(tmp_path / "csd.safetensors", **dims)
+    with pytest.raises(UserError) as caught:
+        load_csd(path)
+    assert str(caught.value) == (f"CSD checkpoint {path}: {message}; CSD is a CLIP ViT-B/16 or ViT-L/14 at 224 px "
+                                 "(at most 1024 wide, 24 layers)")
+
+
+def test_the_tiny_csd_of_the_tests_is_the_shape_of_a_real_one(tmp_path):
+    from instantstyle.scores.csd import load_csd
+
+    assert load_csd(csd_file(tmp_path / "csd.safetensors")).image_size == 224
+
+
+def test_a_csd_checkpoint_holding_nan_is_one_line_not_a_silent_dash(capsys, tiny, tmp_path):
+    def poison(state):
+        state["backbone.transformer.resblocks.1.mlp.c_fc.weight"][0, 0] = float("nan")
+
+    path = csd_file(tmp_path / "csd.safetensors", poison)
+    code, _, err = run(capsys, "score", tiny.style_image, "--style", tiny.style_image, "--csd", path,
+                       "--model", tiny.sdxl, "--adapter", tiny.sdxl_adapter)
+    assert (code, err) == (2, f"error: CSD checkpoint {path}: holds values that are not finite numbers (NaN or "
+                              "inf) in backbone.transformer.resblocks.1.mlp.c_fc.weight\n")

@@ -38,7 +38,7 @@ from .workers import BatchResult, Job, Outcome, Scoring, Worker, pipeline_key
 
 MANIFEST = "manifest.jsonl"
 LOCK = ".instantstyle-batch.lock"
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # always fullmatch: "$" also matches before a final "\n"
 
 #: How a CSV cell spells a yes/no field (``hidiffusion``).
 BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
@@ -232,7 +232,7 @@ def _make_job(data: dict[str, Any], base: Path | None, defaults: dict[str, Any],
     if job_id is not None:
         if isinstance(job_id, int) and not isinstance(job_id, bool):
             job_id = str(job_id)
-        if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
             raise UserError(f"id {job_id!r} must be 1-128 letters, digits, '.', '_' or '-', not starting with '.' "
                             "or '-' (it names the output file)")
         if job_id.lower() in ids:

@@ -29,6 +29,7 @@ from ..loading.hub import (
 from ..loading.runtime import Runtime
 from ..modes.hidiffusion_settings import settings_of
 from .blocks import parse_spec, resolve_blocks
+from .embeddings import load_style
 from .lora import check_lora_file
 from .request import CONTROL_KINDS, Request
 
@@ -39,8 +40,8 @@ def check_request(request: Request, max_pixels: int | None = MAX_PIXELS) -> None
     for ref in request.style:
         if not ref.path.endswith(".safetensors"):
             load_image(ref.path, "style image", max_pixels)
-        elif not Path(ref.path).is_file():
-            raise UserError(f"style file {ref.path}: no such file")
+        else:
+            load_style(ref.path)  # a few KB: its kind and shapes checked before any model loads
     if request.content_image is not None:
         load_image(request.content_image, "content image", max_pixels)
     for name in ("image_encoder", "content_text_encoder"):
