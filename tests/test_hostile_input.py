@@ -424,3 +424,127 @@ def test_a_csd_checkpoint_holding_nan_is_one_line_not_a_silent_dash(capsys, tiny
                        "--model", tiny.sdxl, "--adapter", tiny.sdxl_adapter)
     assert (code, err) == (2, f"error: CSD checkpoint {path}: holds values that are not finite numbers (NaN or "
                               "inf) in backbone.transformer.resblocks.1.mlp.c_fc.weight\n")
+
+
+# --- items 5 and 12: model folders whose configs lie ------------------------------------------------------------
+
+
+def lying_model(tiny, folder: Path, file: str, content: object) -> Path:
+    """The tiny SDXL (its files linked) with one config replaced: ``content`` as JSON, or as bytes/text as it is;
+    a dict is merged into the file's own."""
+    import shutil
+
+    shutil.copytree(tiny.sdxl, folder, copy_function=os.symlink)
+    target = folder / file
+    if isinstance(content, dict):
+        content = json.dumps({**json.loads(target.read_text()), **content})
+    target.unlink()
+    target.write_bytes(content if isinstance(content, bytes) else str(content).encode())
+    return folder
+
+
+LIES = [
+    ("model_index.json", "[" * 100_000 + "]" * 100_000, "model_index.json: JSON nested more than 32 levels deep"),
+    ("unet/config.json", '{"sample_size": 1' + "0" * 5000 + "}",
+     "unet/config.json: invalid JSON (a number of more than 4300 digits)"),
+    ("model_index.json", "[1, 2]", "model_index.json: not a JSON object"),
+    ("model_index.json", b"\xff\xfe{}", "model_index.json: not UTF-8 text"),
+    ("model_index.json", {"vae": ["os", "system"]},
+     "model_index.json: vae comes from 'os'; a model's parts come from diffusers or transformers"),
+    ("model_index.json", {"vae": "AutoencoderKL"},
+     "model_index.json: vae must be [library, class] (e.g. [\"diffusers\", \"AutoencoderKL\"]), got 'AutoencoderKL'"),
+    ("unet/config.json", {"attention_head_dim": 0},
+     "unet/config.json: attention_head_dim 0 is not a count from 1 to 256"),
+    ("unet/config.json", {"layers_per_block": 200_000},
+     "unet/config.json: layers_per_block 200000 is not a count from 1 to 256"),
+    ("unet/config.json", {"transformer_layers_per_block": [1, 2, 10**9]},
+     "unet/config.json: transformer_layers_per_block 1000000000 is not a count from 1 to 256"),
+    ("unet/config.json", {"in_channels": "four"},
+     "unet/config.json does not describe a UNet2DConditionModel (TypeError"),
+]
+
+
+@pytest.mark.parametrize(("file", "content", "message"), LIES, ids=[f"{i}" for i in range(len(LIES))])
+def test_a_model_folder_whose_config_lies_is_one_line_before_anything_is_built(tiny, tmp_path, file, content, message):
+    """In a subprocess under a memory and time cap: before the fix, 200,000 layers grew 25 MB/s while the blocks
+    check built the model's skeleton."""
+    model = lying_model(tiny, tmp_path / "model", file, content)
+    args = ["generate", "--model", model, "--adapter", tiny.sdxl_adapter, "--style", tiny.style_image, "--prompt",
+            "a cat", "-o", tmp_path / "o.png"]
+    code = "import sys; from instantstyle.app.cli import entry; entry(sys.argv[1:])"
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)))
+    assert done.returncode == 2 and done.stderr.startswith(f"error: model {model}: {message}"), done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_an_sd3_config_of_200000_layers_is_refused_before_it_is_built():
+    from instantstyle.loading.configs import check_config_counts
+
+    with pytest.raises(UserError, match="^model m: transformer/config.json: num_layers 200000 is not a count from 1"):
+        check_config_counts({"num_layers": 200_000, "num_attention_heads": 24}, "model m: transformer/config.json")
+
+
+# --- item 7: symlinks out of --models-dir; a file's values never quoted -------------------------------------------
+
+
+@pytest.fixture
+def linked_models(tmp_path) -> Path:
+    """A models folder holding a presets file, a link to a folder outside it and a link to a file outside it; the
+    outside files hold secrets."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "creds.json").write_text(json.dumps({"db": {"password": "hunter2"}, "api_key": "sk-live-123"}))
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "p.json").write_text(json.dumps({"mine": "up_blocks.0.attentions.1=0.5"}))
+    (models / "linkdir").symlink_to(outside)
+    (models / "link.json").symlink_to(outside / "creds.json")
+    (models / "inner.json").symlink_to(models / "p.json")  # a link that stays inside is fine
+    return models
+
+
+def test_a_symlink_out_of_a_models_folder_is_refused_like_a_missing_file(tmp_path, linked_models):
+    work = ui.Workdir(tmp_path / "ui", models_dirs=[linked_models])
+    for ref in ("linkdir/creds.json", "link.json", "linkdir"):
+        with pytest.raises(UserError) as caught:
+            work.model_path("presets file", ref)
+        assert str(caught.value) == (f"presets file {ref}: not found in the models folders this page may read; the "
+                                     "server's operator allows folders with `instantstyle ui --models-dir DIR`")
+        with pytest.raises(UserError, match="not found in the models folders"):
+            work.blocks_spec(f"@{ref}:api_key")
+    assert work.blocks_spec("@inner.json:mine") == "up_blocks.0.attentions.1=0.5"
+
+
+def test_a_models_folder_given_through_a_symlink_still_serves_its_files(tmp_path, linked_models):
+    (tmp_path / "models-link").symlink_to(linked_models)
+    work = ui.Workdir(tmp_path / "ui", models_dirs=[tmp_path / "models-link"])
+    assert work.blocks_spec("@p.json:mine") == "up_blocks.0.attentions.1=0.5"
+
+
+def test_the_page_never_quotes_the_values_of_a_file_it_reads(sdxl, tiny, tmp_path, linked_models):
+    """A JSON file of secrets inside the models folder, named as a presets file: the messages name the preset,
+    never its value."""
+    (linked_models / "secrets.json").write_text(json.dumps({"db": {"password": "hunter2"}}))
+    (linked_models / "keys.json").write_text(json.dumps({"api_key": "sk-live-123"}))
+    work = ui.Workdir(tmp_path / "ui", models_dirs=[linked_models])
+    app = ui.App(ui.PipelineHolder(sdxl), work)
+    attempts = [
+        ("db", lambda: work.blocks_spec("@secrets.json:db")),
+        ("api_key", lambda: app.generate(form_values(tiny, blocks="@keys.json:api_key"), lambda *a, **k: None)),
+        ("api_key", lambda: app.load_blocks("@keys.json:api_key")),
+        ("api_key", lambda: app.sweep({**form_values(tiny), "sweep_blocks": "@keys.json:api_key", "sweep_scales": "1",
+                                       "sweep_content_scales": ""}, lambda *a, **k: None)),
+    ]
+    for name, call in attempts:
+        with pytest.raises(UserError) as caught:
+            call()
+        message = str(caught.value)
+        assert "hunter2" not in message and "sk-live" not in message and "password" not in message, message
+        assert f"preset '{name}'" in message, message
+
+
+def form_values(tiny, **changes) -> dict:
+    from .test_ui import form
+
+    return form([str(tiny.style_image)], **changes)

@@ -52,11 +52,11 @@ def check_regular_target(path: str | Path, name: str) -> None:
         raise UserError(f"{name}: {NOT_REGULAR}")
 
 
-def read_small_text(path: str | Path, what: str, limit: int, holds: str = "") -> str:
+def read_small_text(path: str | Path, what: str, limit: int, holds: str = "", name: str | None = None) -> str:
     """The UTF-8 text of the regular file at ``path`` (at most ``limit`` bytes), or a ``UserError`` that names it as
-    ``what PATH``: missing, a folder, not a regular file, unreadable, too large (``holds`` says what it should hold)
-    or not UTF-8."""
-    name = f"{what} {path}"
+    ``what PATH`` (or ``name``): missing, a folder, not a regular file, unreadable, too large (``holds`` says what
+    it should hold) or not UTF-8."""
+    name = name or f"{what} {path}"
     with open_regular(path, name) as file:
         try:
             data = file.read(limit + 1)
