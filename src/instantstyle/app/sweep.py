@@ -131,7 +131,7 @@ def sweep_requests(base: Request, axes: Axes) -> list[list[Request]]:
 
 #: The longest blocks spec a cell's file name spells out; a longer one (a 324-character per-block spec made a name
 #: past the file system's 255 bytes) is the row number and a hash of the spec. The PNG holds the full spec.
-MAX_SLUG = 48
+MAX_SLUG = 100
 
 
 def cell_name(stem: str, axes: Axes, row: int, column: int) -> str:
