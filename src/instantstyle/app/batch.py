@@ -436,6 +436,7 @@ class BatchReport:
     problems: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)  # ids of jobs run again after their Ray worker was lost
     encoder_runs: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -449,6 +450,8 @@ class BatchReport:
             parts.append(f"{self.failed_before} failed earlier (--retry-failed to rerun)")
         if self.problems:
             parts.append(f"{len(self.problems)} bad line(s) skipped")
+        if self.retried:
+            parts.append(f"{len(set(self.retried))} retried after their Ray worker was lost")
         return (f"{self.total} jobs: {', '.join(parts)}; {self.images} images in {self.seconds:.1f} s{rate}; "
                 f"manifest {self.manifest}")
 
@@ -608,7 +611,12 @@ def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, ret
         elif ray:
             from .ray_batch import run_on_ray
 
-            run_on_ray(batches, runtime, ray_address, workers, record, scoring)
+            def retried(jobs: list[Job], why: str) -> None:
+                ids = [job.id for job in jobs]
+                report.retried += ids
+                warn(f"{', '.join(ids)}: their Ray worker was lost ({why}); retried on the others")
+
+            run_on_ray(batches, runtime, ray_address, workers, record, scoring, retried)
         else:
             worker = Worker(runtime, pipeline, scoring=scoring)
             try:
