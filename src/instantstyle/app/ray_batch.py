@@ -142,8 +142,8 @@ def run_on_ray(
             _kill(actor)
             if replacements:
                 replacements -= 1
-                replacement = remote_worker.remote(runtime, None, threads, scoring)
-                starting[replacement.__ray_ready__.remote()] = replacement
+                replacement: Any = remote_worker.remote(runtime, None, threads, scoring)
+                starting[replacement.__ray_ready__.remote()] = replacement  # Ray's own method of every actor
 
         top_up()
         while in_flight or (queue and starting):
