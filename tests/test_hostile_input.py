@@ -548,3 +548,17 @@ def form_values(tiny, **changes) -> dict:
     from .test_ui import form
 
     return form([str(tiny.style_image)], **changes)
+
+
+def test_a_batch_that_fills_the_disk_stops_with_one_line_naming_the_file_and_keeps_what_it_made(tiny, tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    models = {"model": str(tiny.sdxl), "adapter": str(tiny.sdxl_adapter)}
+    jobs.write_text("".join(json.dumps({"id": f"job-{i}", "prompt": "p", "style": str(tiny.style_image), **FAST,
+                                        **models}) + "\n" for i in range(2)))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "instantstyle", "batch", str(jobs), "-o", str(out), "-q",
+                           "--device", "cpu"], capture_output=True, text=True, timeout=600,
+                          preexec_fn=with_file_limit(2048))  # no 64 x 64 PNG of noise fits
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"error: {out / 'job-0.png'}: cannot write (File too large)\n"
+    assert sorted(p.name for p in out.iterdir()) == [".instantstyle-batch.lock"]  # no temporary file, no line
