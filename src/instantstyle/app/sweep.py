@@ -26,7 +26,16 @@ from ..errors import UserError
 from ..files.atomic import save_png_atomically, write_text_atomically
 from ..scores.drawing import font as load_font
 from ..scores.drawing import text_size
-from ..scores.pareto import Cell, cell_points, cells_csv, pareto_front, pick, style_key, style_threshold
+from ..scores.pareto import (
+    Cell,
+    cell_points,
+    cells_csv,
+    content_kept,
+    pareto_front,
+    pick,
+    style_key,
+    style_threshold,
+)
 from ..scores.plots import save_plot, scatter_plot
 from ..scores.scorer import SCORE_TITLES, Scorer, Scores
 
@@ -54,11 +63,13 @@ def default_rows(presets: Sequence[str]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Axes:
-    """What a sweep varies: blocks specs (rows), scales (columns) and optional content scales (rows)."""
+    """What a sweep varies: blocks specs (rows), scales (columns), and optional content scales and restyled photos'
+    content scales (rows)."""
 
     blocks: tuple[str, ...]
     scales: tuple[float, ...]
     content_scales: tuple[float, ...] = ()
+    restyle_content_scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.blocks:
@@ -69,13 +80,15 @@ class Axes:
             raise UserError(f"a sweep of {len(self.rows)} x {len(self.scales)} cells is over the limit of {MAX_CELLS}")
 
     @property
-    def rows(self) -> list[tuple[str, float | None]]:
-        """(blocks, content scale or None) for every row, blocks outermost."""
+    def rows(self) -> list[tuple[str, float | None, float | None]]:
+        """(blocks, content scale or None, restyle content scale or None) for every row, blocks outermost."""
         contents: Sequence[float | None] = self.content_scales or (None,)
-        return [(blocks, c) for blocks in self.blocks for c in contents]
+        photo: Sequence[float | None] = self.restyle_content_scales or (None,)
+        return [(blocks, c, r) for blocks in self.blocks for c in contents for r in photo]
 
-    def row_label(self, blocks: str, content_scale: float | None) -> str:
-        return blocks if content_scale is None else f"{blocks} | content {_num(content_scale)}"
+    def row_label(self, blocks: str, content_scale: float | None, restyle_content_scale: float | None = None) -> str:
+        label = blocks if content_scale is None else f"{blocks} | content {_num(content_scale)}"
+        return label if restyle_content_scale is None else f"{label} | photo {_num(restyle_content_scale)}"
 
     def column_label(self, scale: float) -> str:
         return f"scale {_num(scale)}"
@@ -118,12 +131,14 @@ def sweep_requests(base: Request, axes: Axes) -> list[list[Request]]:
     if base.seed is None:
         raise UserError("a sweep needs a fixed seed (complete the request first)")
     grid = []
-    for blocks, content_scale in axes.rows:
+    for blocks, content_scale, restyle_content_scale in axes.rows:
         row = []
         for scale in axes.scales:
             changes: dict[str, object] = {"blocks": blocks, "scale": scale, "num_images": 1}
             if content_scale is not None:
                 changes["content_scale"] = content_scale
+            if restyle_content_scale is not None:
+                changes["restyle_content_scale"] = restyle_content_scale
             row.append(base.replace(**changes))
         grid.append(row)
     return grid
@@ -138,13 +153,15 @@ def cell_name(stem: str, axes: Axes, row: int, column: int) -> str:
     """File name of one cell: ``sheet-style-s0.7.png`` (with ``-c0.5`` when content scales vary), from the row's
     blocks spec as given (``@FILE:NAME`` included), or ``sheet-r2-1a2b3c4d-s0.7.png`` for a long spec, and the
     column's scale."""
-    blocks, content_scale = axes.rows[row]
+    blocks, content_scale, restyle_content_scale = axes.rows[row]
     slug = re.sub(r"[^A-Za-z0-9+.]+", "_", blocks).strip("_")
     if len(slug) > MAX_SLUG:
         slug = f"r{row + 1}-{hashlib.sha256(blocks.encode()).hexdigest()[:8]}"
     name = f"{stem}-{slug}-s{_num(axes.scales[column])}"
     if content_scale is not None:
         name += f"-c{_num(content_scale)}"
+    if restyle_content_scale is not None:
+        name += f"-p{_num(restyle_content_scale)}"
     return name + ".png"
 
 
@@ -304,7 +321,8 @@ def save_sheet(sheet: Image.Image, path: str | Path, base: Request, axes: Axes,
     """Write the sheet PNG atomically, with the sweep (base request and axes; the cells' scores, row-major, and
     the picked cell when scored) in a text chunk."""
     sweep: dict[str, object] = {"base": base.to_dict(), "blocks": axes.blocks, "scales": axes.scales,
-                                "content_scales": axes.content_scales}
+                                "content_scales": axes.content_scales,
+                                "restyle_content_scales": axes.restyle_content_scales}
     if scores is not None:
         sweep.update(scores=[s.to_dict() for s in scores], picked=picked)
     return save_png_atomically(sheet, path, {SHEET_KEY: json.dumps(sweep, sort_keys=True)})
@@ -343,10 +361,12 @@ def render_sweep(
     scorer: Scorer | None = None,
     style_floor: float | None = None,
     progress: bool = False,
+    content_floor: float | None = None,
 ) -> SweepOutput:
     """Run a sweep and write its cells (``write_png``, each as soon as it is made, with its scores when
     ``scorer`` is given) and the labelled sheet (titled with the shared settings unless ``title`` is given).
-    Scored, it also writes the plot and the CSV; with ``style_floor``, it picks a cell (``pareto.pick``).
+    Scored, it also writes the plot and the CSV; with ``style_floor``, it picks a cell (``pareto.pick``; with
+    ``content_floor``, among the cells that keep enough of a restyled photo).
     ``progress`` shows each cell's step bar on stderr."""
     output = Path(output)
     paths: list[list[Path]] = [[] for _ in axes.rows]
@@ -365,7 +385,7 @@ def render_sweep(
     images, done = run_sweep(pipe, base, axes, save, progress)
     first = done[0][0]
     title = title or f"seed {first.seed}, {first.steps} steps, {first.width}x{first.height}: {first.prompt}"[:120]
-    rows = [axes.row_label(b, c) for b, c in axes.rows]
+    rows = [axes.row_label(*row) for row in axes.rows]
     columns = [axes.column_label(s) for s in axes.scales]
     if scorer is None:
         sheet = contact_sheet(images, rows, columns, title)
@@ -377,7 +397,7 @@ def render_sweep(
     picked, failure = None, None
     if style_floor is not None:
         try:
-            picked = pick(points, style_floor)
+            picked = pick(points, style_floor, content_kept(cells), content_floor)
         except UserError as err:  # the sheet, plot and table are still written
             failure = err
     framed = None if picked is None else divmod(picked, len(columns))
@@ -395,10 +415,12 @@ def render_sweep(
 
 
 def _cell_settings(axes: Axes, row: int, column: int, path: Path) -> dict[str, object]:
-    blocks, content_scale = axes.rows[row]
+    blocks, content_scale, restyle_content_scale = axes.rows[row]
     settings: dict[str, object] = {"blocks": blocks, "scale": axes.scales[column]}
     if content_scale is not None:
         settings["content_scale"] = content_scale
+    if restyle_content_scale is not None:
+        settings["restyle_content_scale"] = restyle_content_scale
     return {**settings, "file": path.name}
 
 

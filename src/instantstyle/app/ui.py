@@ -347,6 +347,11 @@ def _or_none(value: Any) -> str | None:
     return (value or "").strip() or None
 
 
+def _scale_or_default(value: float | None) -> float:
+    """A request's control scale for the form: ``None`` (the mode's default) is 1.0 outside restyling."""
+    return 1.0 if value is None else float(value)
+
+
 def _or_empty(value: Any) -> str:
     return value or ""
 
@@ -401,7 +406,7 @@ FORM: tuple[Field, ...] = (
                                                            label="ControlNet control", elem_id="control")),
     Field("control_image", None, _upload("Control image (canny/depth source; default: the init image)",
                                          "control-image")),
-    Field("control_scale", 1.0, _Slider(0, 2, 0.05, "Control scale", "control-scale"), float, float),
+    Field("control_scale", 1.0, _Slider(0, 2, 0.05, "Control scale", "control-scale"), float, _scale_or_default),
     Field("controlnet", "", _text("ControlNet model (blank: the default for the control kind)", "controlnet"),
           _or_none, _or_empty),
     Field("scheduler", DEFAULT_SCHEDULER, lambda value: gr.Dropdown([DEFAULT_SCHEDULER, *SCHEDULERS], value=value,
@@ -641,7 +646,7 @@ class App:
             raise UserError("content scales need a content prompt or a content image")
         check_request(base, self.work.max_pixels)
         check_runtime(base, pipe.runtime)
-        for row_blocks, _ in axes.rows:
+        for row_blocks, *_ in axes.rows:
             resolve_blocks(row_blocks, pipe.layers, pipe.family)
         total, done = len(axes.rows) * len(axes.scales), []
 

@@ -64,15 +64,21 @@ def check_runtime(request: Request, runtime: Runtime) -> None:
 
 
 def check_family(request: Request, family: Family) -> None:
-    """What the request asks of the model's family: HiDiffusion only where the family has its settings."""
+    """What the request asks of the model's family: HiDiffusion only where the family has its settings; restyling
+    only where the family has it (not SD3.5/FLUX)."""
     if request.hidiffusion:
         settings_of(family)
+    if request.restyle is not None:
+        from ..modes.restyle import check_family as check_restyle
+
+        check_restyle(family)
 
 
 def check_mode_inputs(request: Request, max_pixels: int | None = MAX_PIXELS) -> None:
     """Every image-mode input readable and within ``max_pixels``: init image, mask, composition, regions, further
     adapters and their styles, the control image; the ControlNet and depth model references well-formed."""
-    for name, what in (("init_image", "init image"), ("mask", "mask"), ("composition", "composition image")):
+    for name, what in (("init_image", "init image"), ("mask", "mask"), ("composition", "composition image"),
+                       ("restyle", "photo to restyle")):
         if getattr(request, name) is not None:
             load_image(getattr(request, name), what, max_pixels)
     for region in (*request.regions, *(r for use in request.adapters for r in use.regions)):
@@ -84,7 +90,14 @@ def check_mode_inputs(request: Request, max_pixels: int | None = MAX_PIXELS) -> 
             load_image(ref.path, f"style image of adapter {use.path}", max_pixels)
     if request.control is not None:
         source = request.control if request.control not in CONTROL_KINDS else request.control_image
-        load_image(source or request.init_image or "", "control image", max_pixels)
+        load_image(source or request.init_image or request.restyle or "", "control image", max_pixels)
+    if request.csd is not None and not Path(request.csd).expanduser().exists():
+        raise UserError(f"CSD checkpoint {request.csd}: no such file")
+    request.check_restyle_prompt()
+    if request.caption_model is not None and not request.prompt.strip():
+        from .caption import check_caption_model
+
+        check_caption_model(request.caption_model)
     if request.controlnet is not None:
         check_controlnet_ref(request.controlnet)
     if request.depth_model is not None:

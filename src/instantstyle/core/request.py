@@ -20,8 +20,8 @@ from ..files.textfiles import open_regular
 
 PNG_KEY = "instantstyle"
 FORMAT_VERSION = 1
-#: ``--control`` values computed by the project; anything else is a ready control image.
-CONTROL_KINDS = ("canny", "depth")
+#: ``--control`` values computed by the project (tile: the image itself); anything else is a ready control image.
+CONTROL_KINDS = ("canny", "depth", "tile")
 #: How a non-square reference becomes the encoder's square input.
 STYLE_FITS = ("crop", "pad", "tiles")
 #: Ranges past any useful image (the README's "Limits" explains them); past them a float16 run overflows into a
@@ -37,7 +37,12 @@ MIN_SIZE, MAX_SIZE = 64, 8192  # output width and height, pixels
 MAX_PATH_CHARS = 4096
 #: The fields naming a file, folder or hub id (``control`` may also be a control kind, ``canny`` or ``depth``).
 PATH_FIELDS = ("model", "adapter", "image_encoder", "content_text_encoder", "content_image", "init_image", "mask",
-               "control", "control_image", "controlnet", "depth_model", "composition")
+               "control", "control_image", "controlnet", "depth_model", "composition", "restyle", "csd",
+               "caption_model")
+#: ReNoise iterations per inversion step: the original's default is 1; it averages at most 5 in its first steps.
+MAX_RENOISE_STEPS = 10
+#: CSD guidance scales multiply a cosine's gradient through the model and the VAE (the original leaves them at 0).
+MAX_CSD_GUIDANCE = 10_000.0
 
 
 @dataclass(frozen=True)
@@ -176,7 +181,7 @@ class Request:
 
     prompt: str
     style: tuple[StyleRef, ...] = ()
-    negative_prompt: str = ""
+    negative_prompt: str | None = None  # None: the mode's default ("", the recipe's in restyle mode)
     blocks: str | None = None
     scale: float = 1.0
     content_prompt: str | None = None
@@ -201,7 +206,7 @@ class Request:
     mask: str | None = None  # white = repaint
     control: str | None = None  # canny | depth | a ready control image
     control_image: str | None = None  # the image canny/depth is made from (default: the init image)
-    control_scale: float = 1.0
+    control_scale: float | None = None  # None: the mode's default (1.0; 0.6 in restyle mode)
     controlnet: str | None = None  # None: the default ControlNet for the control kind and model
     depth_model: str | None = None  # with control=depth: estimate the depth map of control_image with it
     # Where and when the image features act (see routing.py).
@@ -215,6 +220,17 @@ class Request:
     lora: tuple[LoraRef, ...] = ()
     scheduler: str | None = None
     hidiffusion: bool = False  # HiDiffusion (RAU-Net + MSW-MSA) on UNet models, for sizes above the native one
+    # Restyle a photo keeping its content (InstantStyle-Plus, see modes/restyle.py): the photo inverted (ReNoise) is
+    # the start; a global adapter slot fed the photo at restyle_content_scale, the style blocks fed the style; a
+    # ControlNet on its edges. Unset fields take the recipe's values (DDIM, canny at 0.6, its negative prompt).
+    restyle: str | None = None  # the photo
+    restyle_content_scale: float = 0.3
+    inversion_steps: int | None = None  # None: steps
+    renoise_steps: int = 1
+    style_guidance: float = 0.0  # CSD style guidance towards the references (needs csd)
+    content_guidance: float = 0.0  # CSD content guidance towards the photo (needs csd)
+    csd: str | None = None  # the CSD checkpoint CSD guidance uses
+    caption_model: str | None = None  # an empty prompt is made from the photo by this image-to-text model
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "style", tuple(_style_from_json(s) for s in _as_list(self.style) if s != ()))
@@ -232,7 +248,7 @@ class Request:
         checked here once for every surface that reads a request (flags, PNGs, job lines, the page, style files)."""
         for name in ("prompt", "negative_prompt", "content_prompt"):
             text, label = getattr(self, name), name.replace("_", " ")
-            if text is None and name == "content_prompt":
+            if text is None and name != "prompt":
                 continue
             check_prompt(label, text)
         if not self.style:
@@ -266,6 +282,7 @@ class Request:
         for name in PATH_FIELDS:
             if getattr(self, name) is not None:
                 check_path(name.replace("_", " "), getattr(self, name))
+        self._validate_restyle()  # first: a photo to restyle changes what the other modes' errors mean
         self._validate_modes()
 
     def _validate_modes(self) -> None:
@@ -280,14 +297,15 @@ class Request:
                                 "raise --steps or --strength")
         if self.mask is not None and self.init_image is None:
             raise UserError("a mask needs an init image to repaint (--init-image)")
-        _check_number("control scale", self.control_scale, low=0.0, high=MAX_SCALE)
+        if self.control_scale is not None:
+            _check_number("control scale", self.control_scale, low=0.0, high=MAX_SCALE)
         if self.depth_model is not None and self.control != "depth":
             raise UserError("--depth-model needs --control depth (it makes the depth map from --control-image)")
-        if self.control is None:
-            if self.control_image is not None or self.controlnet is not None:
+        if self.control is None:  # restyle mode's default is canny
+            if (self.control_image is not None or self.controlnet is not None) and self.restyle is None:
                 raise UserError("--control-image and --controlnet need --control canny|depth|IMAGE")
         elif self.control in CONTROL_KINDS:
-            if self.control_image is None and self.init_image is None:
+            if self.control_image is None and self.init_image is None and self.restyle is None:
                 raise UserError(f"--control {self.control} needs --control-image IMAGE (or --init-image)")
         elif self.control_image is not None:
             raise UserError("--control IMAGE is the ready control image; --control-image is for canny|depth")
@@ -310,9 +328,46 @@ class Request:
         if not isinstance(self.style_fit, str) or self.style_fit not in STYLE_FITS:
             raise UserError(f"style fit must be one of {', '.join(STYLE_FITS)}, got {shown(self.style_fit)}")
 
+    def _validate_restyle(self) -> None:
+        _check_number("restyle content scale", self.restyle_content_scale, low=0.0, high=MAX_SCALE)
+        if self.inversion_steps is not None:
+            _check_int("inversion steps", self.inversion_steps, low=1, high=1000)
+        _check_int("renoise steps", self.renoise_steps, low=1, high=MAX_RENOISE_STEPS)
+        for name in ("style_guidance", "content_guidance"):
+            _check_number(name.replace("_", " "), getattr(self, name), low=0.0, high=MAX_CSD_GUIDANCE)
+        if (self.style_guidance or self.content_guidance) and self.csd is None:
+            raise UserError("--style-guidance and --content-guidance need a CSD checkpoint (--csd FILE)")
+        if self.style_guidance and any(ref.path.endswith(".safetensors") for ref in self.style):
+            raise UserError("--style-guidance needs style images (CSD reads pixels), not style files")
+        if self.restyle is None:
+            given = [flag for flag, on in (("--style-guidance", self.style_guidance), ("--content-guidance",
+                     self.content_guidance), ("--inversion-steps", self.inversion_steps is not None),
+                     ("--renoise-steps", self.renoise_steps != 1), ("--caption", self.caption_model)) if on]
+            if given:
+                raise UserError(f"{given[0]} is for restyling a photo (--restyle PHOTO)")
+            return
+        for flag, field in (("--init-image", "init_image"), ("--mask", "mask"), ("--composition", "composition")):
+            if getattr(self, field) is not None:
+                raise UserError(f"--restyle starts from the photo itself; it takes no {flag}")
+        if self.regions:
+            raise UserError("--restyle takes no --region masks")
+        if self.hidiffusion:
+            raise UserError("--restyle does not take --hidiffusion (the inversion runs at the photo's own size)")
+        if self.num_images != 1:
+            raise UserError("--restyle makes one image per photo and seed (the inversion fixes the start); "
+                            "vary --seed for others")
+
+    def check_restyle_prompt(self) -> None:
+        """A photo to restyle needs its prompt, or a caption model to make one (not checked in ``validate``: a
+        request's prompt is blanked while batches are grouped)."""
+        if self.restyle is not None and not self.prompt.strip() and self.caption_model is None:
+            raise UserError("--restyle needs --prompt (what the photo shows) or --caption (made from the photo)")
+
     @property
     def mode(self) -> str:
-        """``text``, ``img2img`` or ``inpaint`` (each may add a ControlNet)."""
+        """``text``, ``img2img``, ``inpaint`` (each may add a ControlNet) or ``restyle`` (with one)."""
+        if self.restyle is not None:
+            return "restyle"
         if self.mask is not None:
             return "inpaint"
         return "img2img" if self.init_image is not None else "text"
@@ -336,6 +391,8 @@ class Request:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown option(s): {', '.join(unknown)}")
+        if "prompt" not in data and data.get("restyle") is not None and data.get("caption_model") is not None:
+            data["prompt"] = ""  # made from the photo
         if "prompt" not in data:
             raise UserError("a request needs a prompt")
         data["style"] = tuple(_style_from_json(s) for s in _as_list(data.get("style", ())))
