@@ -416,8 +416,9 @@ def shown_fields(pipe: StylePipeline) -> dict[str, bool]:
 # --- form -> request ---------------------------------------------------------------------------------------
 
 
-def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
-    """The ``Request`` a filled-in form stands for (uploads checked and kept in the workdir)."""
+def form_request(workdir: Workdir, values: dict[str, Any], pipe: StylePipeline | None = None) -> Request:
+    """The ``Request`` a filled-in form stands for (uploads checked and kept in the workdir; a presets reference
+    checked against ``pipe``'s blocks, see ``Workdir.blocks_spec``)."""
     files = [file_path(f) for f in values.get("style") or []]
     if not files:
         raise UserError("upload a style image (or a style file) first")
@@ -439,7 +440,7 @@ def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
     return Request(
         **plain,
         style=style,
-        blocks=_blocks_from_form(workdir, values.get("blocks") or MODEL_BLOCKS, values.get("block_table")),
+        blocks=_blocks_from_form(workdir, values.get("blocks") or MODEL_BLOCKS, values.get("block_table"), pipe),
         content_image=kept("content_image", "content image"),
         seed=None if randomize else _whole("seed", values.get("seed", 0)),
         init_image=kept("init_image", "init image"),
@@ -452,14 +453,14 @@ def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
         composition=kept("composition", "composition image"),
         restyle=kept("restyle", "photo to restyle"),
         regions=tuple(workdir.keep_upload(file_path(f), "region mask") for f in values.get("regions") or []),
-        adapters=_adapters_from_form(workdir, values),
+        adapters=_adapters_from_form(workdir, values, pipe),
     )
 
 
-def _blocks_from_form(workdir: Workdir, blocks: str, table: Any) -> str | None:
+def _blocks_from_form(workdir: Workdir, blocks: str, table: Any, pipe: StylePipeline | None) -> str | None:
     if blocks == CUSTOM:
         return spec_from_rows(table)
-    return None if blocks == MODEL_BLOCKS else workdir.blocks_spec(blocks)
+    return None if blocks == MODEL_BLOCKS else workdir.blocks_spec(blocks, pipe)
 
 
 def _control_from_form(kind: str, upload: str | None) -> tuple[str | None, str | None]:
@@ -478,7 +479,8 @@ def _control_from_form(kind: str, upload: str | None) -> tuple[str | None, str |
     return None, None
 
 
-def _adapters_from_form(workdir: Workdir, values: dict[str, Any]) -> tuple[AdapterUse, ...]:
+def _adapters_from_form(workdir: Workdir, values: dict[str, Any],
+                        pipe: StylePipeline | None) -> tuple[AdapterUse, ...]:
     """The further adapters of the form's adapter blocks that name an adapter file."""
     uses = []
     for k in range(1, MAX_ADAPTERS + 1):
@@ -494,7 +496,7 @@ def _adapters_from_form(workdir: Workdir, values: dict[str, Any]) -> tuple[Adapt
         uses.append(AdapterUse(
             workdir.model_path("adapter", ref),
             tuple(StyleRef(workdir.keep_upload(f, f"adapter {k} style image")) for f in files),
-            None if blocks == MODEL_BLOCKS else workdir.blocks_spec(blocks),
+            None if blocks == MODEL_BLOCKS else workdir.blocks_spec(blocks, pipe),
             _number(f"adapter {k} scale")(values.get(f"adapter_{k}_scale", 1.0)),
         ))
     return tuple(uses)
@@ -568,7 +570,7 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
         style=[ref.path for ref in kept] or None,
         style_weights=", ".join(f"{ref.weight:g}" for ref in kept) if any(r.weight != 1 for r in kept) else "",
         blocks=preset,
-        block_table=rows_from_spec(pipe, workdir.blocks_spec(request.blocks or "")) if preset == CUSTOM
+        block_table=rows_from_spec(pipe, workdir.blocks_spec(request.blocks or "", pipe)) if preset == CUSTOM
         else block_rows(pipe, preset),
         content_image=own(request.content_image),
         seed=request.seed or 0,

@@ -97,7 +97,7 @@ class App:
         """Make images from the form: the gallery (scores under each image), the PNG files (with their settings and
         scores) and the request as the page shows it (server paths relative to the workdir)."""
         pipe = self.holder.get()
-        request = form_request(self.work, values)
+        request = form_request(self.work, values, pipe)
         check_request(request, self.work.max_pixels)
         check_runtime(request, pipe.runtime)
         progress(0, desc="starting")
@@ -128,10 +128,10 @@ class App:
         contents = (values["sweep_content_scales"] or "").strip()
         pipe = self.holder.get()
         rows = (values["sweep_blocks"] or "").strip() or default_rows(list(pipe.family.presets))
-        axes = Axes(tuple(self.work.blocks_spec(spec) for spec in parse_blocks_list(rows)),
+        axes = Axes(tuple(self.work.blocks_spec(spec, pipe) for spec in parse_blocks_list(rows)),
                     parse_number_list("scale", values["sweep_scales"] or ""),
                     parse_number_list("content scale", contents) if contents else ())
-        base = form_request(self.work, values).replace(num_images=1)
+        base = form_request(self.work, values, pipe).replace(num_images=1)
         if axes.content_scales and base.content_prompt is None and base.content_image is None:
             raise UserError("content scales need a content prompt or a content image")
         floor = values.get("sweep_style_floor", 0.9)
@@ -159,7 +159,7 @@ class App:
 
     def save_style(self, values: dict[str, Any], progress: Any) -> str:
         """Save the current style (blended embedding, a small preview and the settings) as a style file."""
-        request = form_request(self.work, values)
+        request = form_request(self.work, values, self.holder.get())
         path = self.work.new_output("style", ".safetensors")
         self.holder.get().save_style(request, path, extra=style_settings(request))
         return str(path)
@@ -254,8 +254,12 @@ class App:
         settings = load_style(paths[0]).metadata.get("request")
         if settings is None:
             return [gr.skip()] * (len(FIELDS) - 1)
+        try:
+            request = Request.from_json(settings)
+        except UserError as err:
+            raise UserError(f"style file {Path(paths[0]).name}: {err}") from None
         pipe = self.holder.get()
-        values, _ = form_values(pipe, self.work, Request.from_json(settings).replace(style=(paths[0],)))
+        values, _ = form_values(pipe, self.work, request.replace(style=(paths[0],)))
         values, clamped = clamp_to_form(values)
         values, reset = fit_to_shown(values, self.shown())
         notes = [f"held to the form's limits: {', '.join(clamped)}"] * bool(clamped)
@@ -341,7 +345,8 @@ class App:
         """The per-block table for the blocks field: the model's default, a preset, a typed spec or ``@FILE:NAME``."""
         if not spec or spec == CUSTOM:
             return gr.skip()
-        return rows_from_spec(self.holder.get(), None if spec == MODEL_BLOCKS else self.work.blocks_spec(spec))
+        pipe = self.holder.get()
+        return rows_from_spec(pipe, None if spec == MODEL_BLOCKS else self.work.blocks_spec(spec, pipe))
 
     def add_lora(self, picked: str | None, lora: str | None) -> tuple[str, None]:
         """A LoRA picked from the models folders joins the LoRA field at scale 1."""

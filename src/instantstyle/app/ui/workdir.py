@@ -19,6 +19,7 @@ from PIL import Image
 
 from ...core.blocks import expand_preset_ref, is_preset_ref, split_preset_ref
 from ...core.embeddings import load_style
+from ...core.pipeline import StylePipeline
 from ...core.request import CONTROL_KINDS, Request
 from ...errors import UserError
 from ...files.images import MAX_PIXELS, load_image
@@ -148,9 +149,9 @@ class Workdir:
             return ref
         if ".." not in Path(ref).parts:
             for folder in self.models_dirs:
-                candidate = Path(os.path.normpath(folder / ref))  # lexical: a symlink the operator made may point out
-                if (candidate == folder or folder in candidate.parents) and candidate.exists():
-                    return str(candidate)
+                real, inside = Path(os.path.realpath(folder / ref)), Path(os.path.realpath(folder))
+                if (real == inside or inside in real.parents) and real.exists():  # a link out of it is outside
+                    return str(real)
         where = "the models folders this page may read" if self.models_dirs else "any models folder (none is allowed)"
         raise UserError(f"{what} {ref}: not found in {where}; the server's operator allows folders with "
                         "`instantstyle ui --models-dir DIR`")
@@ -159,21 +160,25 @@ class Workdir:
         """The name a models-folder path has in the page (relative to its folder); ``None`` for other paths."""
         if not path:
             return None
-        candidate = Path(os.path.normpath(path))
+        candidate = Path(os.path.realpath(path))
         for folder in self.models_dirs:
-            if folder in candidate.parents:
-                return candidate.relative_to(folder).as_posix()
+            inside = Path(os.path.realpath(folder))
+            if inside in candidate.parents:
+                return candidate.relative_to(inside).as_posix()
         return None
 
-    def blocks_spec(self, spec: str) -> str:
+    def blocks_spec(self, spec: str, pipe: StylePipeline | None = None) -> str:
         """A blocks spec from the page, with ``@FILE:NAME`` expanded to the blocks it names: FILE is read only from
-        the models folders, as LoRAs are (``model_path``), and errors name it as the visitor gave it."""
+        the models folders, as LoRAs are (``model_path``), and errors name it as the visitor gave it; with ``pipe``,
+        its blocks are checked against the model's there, so no later message quotes what the file holds."""
         if not is_preset_ref(spec):
             return spec
         file, name = split_preset_ref(spec)
         path = self.model_path("presets file", file)
         try:
-            return expand_preset_ref(f"@{path}:{name}")
+            if pipe is None:
+                return expand_preset_ref(f"@{path}:{name}")
+            return expand_preset_ref(f"@{path}:{name}", layers=pipe.layers, family=pipe.family)
         except UserError as err:
             raise UserError(str(err).replace(path, file)) from None
 
@@ -203,8 +208,10 @@ class Workdir:
             return path
         candidate = Path(os.path.normpath(os.path.expanduser(path)))
         for folder in (self.root, *self.models_dirs):
-            if folder in candidate.parents:
-                return candidate.relative_to(folder).as_posix()
+            real = (Path(os.path.realpath(candidate)), Path(os.path.realpath(folder)))
+            for named, inside in ((candidate, folder), real):
+                if inside in named.parents:
+                    return named.relative_to(inside).as_posix()
         return candidate.name
 
     def shown_request(self, request: Request) -> dict[str, Any]:
