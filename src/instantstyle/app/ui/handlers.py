@@ -246,20 +246,23 @@ class App:
 
         return remove
 
-    def style_file_settings(self, style: list[Any] | None) -> list[Any]:
-        """A lone style-file reference brings its settings along: restore them (the style file stays the style)."""
-        paths = [file_path(f) for f in style or []]
+    def style_uploaded(self, files: list[Any] | None) -> list[Any]:
+        """A style file dropped alone brings its settings along: the form's values for them, but the style itself
+        (``FIELDS[1:]``; skips when the drop is anything else). Errors name the file as the visitor did."""
+        paths = [file_path(f) for f in files or []]
         if len(paths) != 1 or not paths[0].endswith(".safetensors"):
             return [gr.skip()] * (len(FIELDS) - 1)
-        settings = load_style(paths[0]).metadata.get("request")
+        name = Path(paths[0]).name
+        kept = self.work.keep_upload(paths[0], "style file")
+        settings = load_style(kept).metadata.get("request")
         if settings is None:
             return [gr.skip()] * (len(FIELDS) - 1)
         try:
             request = Request.from_json(settings)
         except UserError as err:
-            raise UserError(f"style file {Path(paths[0]).name}: {err}") from None
+            raise UserError(f"style file {name}: {err}") from None
         pipe = self.holder.get()
-        values, _ = form_values(pipe, self.work, request.replace(style=(paths[0],)))
+        values, _ = form_values(pipe, self.work, request.replace(style=(kept,)))
         values, clamped = clamp_to_form(values)
         values, reset = fit_to_shown(values, self.shown())
         notes = [f"held to the form's limits: {', '.join(clamped)}"] * bool(clamped)

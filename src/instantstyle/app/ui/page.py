@@ -302,14 +302,19 @@ def _wire(demo: gr.Blocks, app: App, field: dict[str, Any], out: dict[str, Any],
     sliders = [field[f"weight:{i}"] for i in range(MAX_REFERENCES)]
     show_cards = (shows_errors(lambda style, weights: _cards(app, style, weights)),
                   [field["style"], field["style_weights"]], cards)
-    def add(added: Any, style: Any, weights: Any) -> list[Any]:  # the cards in the same update: no slider races
+    def add(added: Any, style: Any, weights: Any) -> list[Any]:
+        """References added, a lone style file's settings restored, the cards: one update (no slider races)."""
         style, weights, cleared = app.add_references(added, style, weights)
-        return [style, weights, cleared, *_cards(app, style, weights)]
+        values = [style, *(app.style_uploaded(added) if len(style or []) == 1 else [gr.skip()] * (len(FIELDS) - 1))]
+        at = FIELDS.index("style_weights")
+        if isinstance(values[at], str):
+            weights = values[at]
+        else:
+            values[at] = weights
+        return [cleared, *values, *_cards(app, style, weights)]
 
     field["style_add"].upload(shows_errors(add), [field["style_add"], field["style"], field["style_weights"]],
-                              [field["style"], field["style_weights"], field["style_add"], *cards],
-                              **private).success(shows_errors(app.style_file_settings), field["style"], form[1:],
-                                                 **private)
+                              [field["style_add"], *form, *cards], **private)
     restored.success(*show_cards, **private)
     weights_js = "(files, ...w) => w.slice(0, (files || []).length).map(v => Number(v)).join(', ')"
     for slider in sliders:
