@@ -75,3 +75,20 @@ def load_image(path: str | Path, what: str = "image", max_pixels: int | None = M
         raise UserError(f"{what} {path}: refused as a possible decompression bomb ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UserError(f"{what} {path}: not a readable image ({err})") from None
+
+
+def thumbnail(path: str | Path, side: int, what: str = "image", max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """An image's centre square (what the encoder sees by default) scaled to ``side`` pixels, for previews; read
+    within ``max_pixels`` as ``load_image`` reads it (JPEGs decode at a reduced size first)."""
+    path = Path(path)
+    image_size(path, what, max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:
+                image.draft("RGB", (side * 2, side * 2))  # JPEG: decode at a fraction of the size
+                image.load()
+                picture = ImageOps.exif_transpose(image).convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+            raise UserError(f"{what} {path}: not a readable image ({err})") from None
+    return ImageOps.fit(picture, (side, side), Image.Resampling.LANCZOS)
