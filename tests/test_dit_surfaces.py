@@ -27,19 +27,38 @@ def test_the_web_ui_form_with_its_defaults_makes_a_flux_image_with_the_default_b
     gallery, files, made = app.generate(values, lambda *a, **k: None)
     request = json.loads(made)
     assert len(files) == 1 and request["blocks"] == "all" and request["true_cfg"] == 1.0
-    restored, lost = ui.form_values(flux, app.work, Request.from_dict(request))
+    from instantstyle.core.request import read_png_request
+
+    restored, lost = ui.form_values(flux, app.work, read_png_request(files[0]))  # the PNG keeps the full request
     assert restored[ui.FIELDS.index("blocks")] == "all" and not lost
 
 
-@pytest.mark.parametrize(("family", "true_cfg", "hidiffusion"),
-                         [("sdxl", False, True), ("sd15", False, True), ("sd3", False, False), ("flux", True, False)])
-def test_the_page_shows_only_the_fields_the_models_family_takes(family, true_cfg, hidiffusion, request, tmp_path):
+RESTYLE = ("restyle", "restyle_content_scale", "inversion_steps", "renoise_steps")
+
+
+@pytest.mark.parametrize(("family", "hidden"), [
+    ("sdxl", {"true_cfg"}),
+    ("sd15", {"true_cfg"}),
+    ("sd3", {"hidiffusion", "scheduler", "composition", "composition_scale", "regions", "true_cfg", *RESTYLE,
+             *(f"adapter_{k}{part}" for k in (1, 2) for part in ("", "_style", "_blocks", "_scale"))}),
+    ("flux", {"hidiffusion", "scheduler", "composition", "composition_scale", "regions", *RESTYLE}),
+])
+def test_the_page_shows_only_the_fields_and_tabs_the_models_family_takes(family, hidden, request, tmp_path):
+    """What each family's own check refuses is hidden: true CFG but on FLUX, HiDiffusion and restyling on the DiTs,
+    and there samplers, regions and composition (no layout block measured); further adapters on SD3 (one per
+    model)."""
     from instantstyle.app import ui
+    from instantstyle.app.ui.page import _shown
 
     app = ui.App(ui.PipelineHolder(request.getfixturevalue(family)), ui.Workdir(tmp_path / "ui"))
-    line, true_cfg_field, hidiffusion_field = app.describe_pipeline()
-    assert f"({family})" in line
-    assert true_cfg_field["visible"] is true_cfg and hidiffusion_field["visible"] is hidiffusion
+    described = app.describe_pipeline()
+    assert f"({family})" in described["line"]
+    assert {name for name, shown in described["shown"].items() if not shown} == hidden
+    tabs = [tab.name for tab in ui.TABS]
+    updates = _shown(app, [], tabs)[1:]
+    hidden_tabs = {name for name, update in zip(tabs, updates, strict=True) if not update["visible"]}
+    assert hidden_tabs == ({"composition", "regions", "restyle"} | ({"adapters"} if family == "sd3" else set())
+                           if family in ("sd3", "flux") else set())
 
 
 def test_a_restored_png_resets_the_fields_the_pages_model_does_not_take_and_says_so(flux, sdxl, dit, tmp_path):

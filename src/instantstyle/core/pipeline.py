@@ -79,15 +79,17 @@ class StylePipeline:
     def on_phase(self, listener: Callable[[str], None] | None) -> None:
         self.resources.on_phase = listener
 
-    def __call__(self, request: Request | Checked | None = None, *, progress: bool = False, **fields: Any) -> Result:
-        """Make the images of a request (or of ``Request(**fields)``, or of ``request`` with ``fields`` changed)."""
+    def __call__(self, request: Request | Checked | None = None, *, progress: bool = False,
+                 on_step: Callable[[int, int], bool | None] | None = None, **fields: Any) -> Result:
+        """Make the images of a request (or of ``Request(**fields)``, or of ``request`` with ``fields`` changed).
+        ``on_step(done, total)`` is told after each denoising step; returning true skips the rest (a cancel)."""
         if request is None:
             request = Request(**fields)
         elif fields:
             request = (request.request if isinstance(request, Checked) else request).replace(**fields)
         checked = self._checked(request)
         done = complete(checked.request, self.resources)
-        return self._run([done], checked, progress)[0]
+        return self._run([done], checked, progress, on_step)[0]
 
     def generate_many(self, requests: Sequence[Request | Checked]) -> list[Result]:
         """The results of several requests: in one denoising call when they can share it (equal ``batch_key``, all
@@ -113,9 +115,10 @@ class StylePipeline:
             return check(request, self.resources.runtime, model)
         return request if request.slots is not None else against(request, model)
 
-    def _run(self, requests: list[Request], checked: Checked, progress: bool = False) -> list[Result]:
+    def _run(self, requests: list[Request], checked: Checked, progress: bool = False,
+             on_step: Callable[[int, int], bool | None] | None = None) -> list[Result]:
         """Plan the call of ``requests`` (completed; several share it) and run it inside the applied plan."""
         the_plan = plan(requests[0], self.resources, checked.slots, together=requests[1:])
         with the_plan.applied(self.resources) as call:
-            images = call(progress=progress)
+            images = call(progress=progress, on_step=on_step)
         return [Result(mine, r) for mine, r in zip(the_plan.finish(images, self.resources), requests, strict=True)]

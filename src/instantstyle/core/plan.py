@@ -154,10 +154,23 @@ class Call:
     pipe: Any
     kwargs: dict[str, Any]
 
-    def __call__(self, progress: bool = False, **changes: Any) -> list[Image.Image]:
-        """Run it (with ``changes`` to its arguments): the images."""
+    def __call__(self, progress: bool = False, on_step: Callable[[int, int], bool | None] | None = None,
+                 **changes: Any) -> list[Image.Image]:
+        """Run it (with ``changes`` to its arguments): the images. ``on_step(done, total)`` is told after each
+        denoising step; when it returns true, the remaining steps are skipped (diffusers' interrupt)."""
         self.pipe.set_progress_bar_config(disable=not progress)
-        return list(self.pipe(**{**self.kwargs, **changes}).images)
+        kwargs = {**self.kwargs, **changes}
+        if on_step is not None:
+            own = kwargs.get("callback_on_step_end")
+
+            def step_end(call: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                tensors = own(call, step, timestep, tensors) if own is not None else tensors
+                if on_step(step + 1, int(call.num_timesteps)):
+                    call._interrupt = True  # diffusers' own way out: its loop skips the remaining steps
+                return tensors
+
+            kwargs["callback_on_step_end"] = step_end
+        return list(self.pipe(**kwargs).images)
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,19 @@ CLIP or from a content image.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from ..errors import UserError
-from ..files.images import MAX_PIXELS, load_image
+from ..files.images import MAX_PIXELS, load_image, thumbnail
 from ..loading import memory
 from ..loading.cache import EmbeddingCache, encoder_fingerprint
 from .adapter import AdapterWeights
@@ -112,6 +116,10 @@ class EmbeddingStore:
                 style = load_style(ref.path)
                 if style.kind != use.weights.kind or style.embeds.shape[-1] != use.weights.image_embed_dim:
                     raise UserError(f"style file {ref.path} was made for a {style.kind} adapter of another width")
+                tokens = encoder_tokens(use.encoder) if style.kind == "plus" else None
+                if tokens is not None and style.embeds.shape[1] != tokens:
+                    raise UserError(f"style file {ref.path}: holds {style.embeds.shape[1]} image tokens; this "
+                                    f"adapter's encoder makes {tokens}")
                 parts.append(style.embeds)
             else:
                 parts.append(self.encode(ref.path, use, fit))
@@ -124,6 +132,16 @@ def needs_text_tower(request: Request, main: LoadedAdapter) -> bool:
     """Whether the request's content is a prompt to subtract (a global adapter's), which a text tower in the image
     encoder's space embeds."""
     return request.content_prompt is not None and request.content_image is None and main.weights.kind == "global"
+
+
+def encoder_tokens(encoder: ImageEncoder) -> int | None:
+    """How many patch tokens (CLS included) the encoder's penultimate layer gives a plus adapter, from its config
+    (``None``: a config that does not say)."""
+    config = encoder.model.config
+    size, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
+    if not isinstance(size, int) or not isinstance(patch, int) or patch < 1:
+        return None
+    return (size // patch) ** 2 + (1 if "clip" in str(getattr(config, "model_type", "")) else 0)
 
 
 def content_embeds(
@@ -183,8 +201,55 @@ def save_style_file(
     style = store.references(request.style, main, request.style_fit, bool(request.regions))
     references = json.dumps([{"path": r.path, "weight": r.weight} for r in request.style])
     metadata = {**(extra or {}), "adapter": main.weights.path, "references": references}
+    preview = style_preview(request.style, store.max_pixels)
+    if preview is not None:
+        metadata[PREVIEW_KEY] = preview
     negative = store.negative(style, main)
     return save_style(path, StyleFile(style, negative, main.weights.kind, main.encoder.identity, metadata))
+
+
+#: The style-file metadata key holding a small preview of its references (base64 PNG); files without one still load.
+PREVIEW_KEY = "preview"
+#: A preview is a row of at most ``PREVIEW_REFS`` squares of ``PREVIEW_SIDE`` pixels (a few kilobytes).
+PREVIEW_SIDE, PREVIEW_REFS = 64, 4
+
+
+def style_preview(refs: Sequence[StyleRef], max_pixels: int | None = MAX_PIXELS) -> str | None:
+    """A small picture of the references, for style-file cards: their centre squares side by side (a reference that
+    is itself a style file gives its own preview), as base64 PNG; ``None`` when none can be shown."""
+    squares = []
+    for ref in refs[:PREVIEW_REFS]:
+        if ref.path.endswith(".safetensors"):
+            squares.append(read_preview(load_style(ref.path).metadata))
+        else:
+            squares.append(thumbnail(ref.path, PREVIEW_SIDE, "style image", max_pixels))
+    shown = [s.resize((PREVIEW_SIDE, PREVIEW_SIDE)) for s in squares if s is not None]
+    if not shown:
+        return None
+    strip = Image.new("RGB", (PREVIEW_SIDE * len(shown), PREVIEW_SIDE))
+    for i, square in enumerate(shown):
+        strip.paste(square.convert("RGB"), (i * PREVIEW_SIDE, 0))
+    buffer = io.BytesIO()
+    strip.save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def read_preview(metadata: dict[str, str]) -> Image.Image | None:
+    """A style file's preview picture, or ``None``: none stored (files saved before previews), or not a small PNG
+    (a crafted file's preview is never decoded past the size a preview has)."""
+    text = metadata.get(PREVIEW_KEY)
+    if not text or len(text) > 4 * PREVIEW_SIDE * PREVIEW_SIDE * PREVIEW_REFS * 4:
+        return None
+    try:
+        data = base64.b64decode(text, validate=True)
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if image.format != "PNG" or width > PREVIEW_SIDE * PREVIEW_REFS or height > PREVIEW_SIDE:
+                return None
+            image.load()
+            return image.convert("RGB")
+    except (binascii.Error, ValueError, OSError, Image.DecompressionBombError):
+        return None
 
 
 def style_settings(request: Request) -> dict[str, str]:
