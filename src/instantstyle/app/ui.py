@@ -34,7 +34,17 @@ from ..core.blocks import expand_preset_ref, is_preset_ref, list_blocks, resolve
 from ..core.embeddings import load_style
 from ..core.pipeline import Result, StylePipeline
 from ..core.preflight import check_request, check_runtime
-from ..core.request import CONTROL_KINDS, MAX_SIZE, LoraRef, Request, StyleRef, read_png_request, write_png
+from ..core.request import (
+    CONTROL_KINDS,
+    DEFAULT_CONTROL_SCALE,
+    DEFAULT_GUIDANCE,
+    MAX_SIZE,
+    LoraRef,
+    Request,
+    StyleRef,
+    read_png_request,
+    write_png,
+)
 from ..core.schedulers import SCHEDULERS
 from ..core.styles import style_settings
 from ..errors import UserError
@@ -60,6 +70,8 @@ CUSTOM = "custom"
 MODEL_BLOCKS = "model's default"  # the request names no blocks: the family's default (style; all on SD3/FLUX)
 NO_CONTROL = "none"
 READY_CONTROL = "ready control image"  # the control upload is the control image itself (needs a ControlNet)
+#: The control kinds the page offers: CSGO's ``tile`` comes with its composition controls (a CSGO adapter only).
+PAGE_CONTROL_KINDS = tuple(kind for kind in CONTROL_KINDS if kind != "tile")
 DEFAULT_SCHEDULER = "model's own"
 QUEUE = "pipeline"  # every event that runs the pipeline shares this concurrency slot
 #: Block presets offered in the page (every family has the same preset names).
@@ -348,6 +360,11 @@ def _or_empty(value: Any) -> str:
     return value or ""
 
 
+def _or_default(default: float) -> Callable[[Any], float]:
+    """A number restored from a request, ``None`` (the pipeline decides, see ``Request``) as its usual value."""
+    return lambda value: default if value is None else float(value)
+
+
 def _optional_whole(name: str) -> Callable[[Any], int | None]:
     return lambda value: _whole(name, value) or None
 
@@ -382,7 +399,7 @@ FORM: tuple[Field, ...] = (
     Field("seed", 0, _Number("Seed", "seed", (0, 2**53))),  # a float in the page: whole numbers up to 2**53
     Field("randomize_seed", True, lambda value: gr.Checkbox(value=value, label="Randomize seed", elem_id="randomize")),
     Field("steps", 30, _Slider(1, 100, 1, "Steps", "steps"), lambda v: _whole("steps", v), int),
-    Field("guidance", 5.0, _Slider(0, 20, 0.5, "Guidance"), float, float),
+    Field("guidance", 5.0, _Slider(0, 20, 0.5, "Guidance"), float, _or_default(DEFAULT_GUIDANCE)),
     Field("true_cfg", 1.0, _Slider(1, 10, 0.5, "True CFG (above 1: real CFG with the negative prompt)", "true-cfg"),
           float, float),
     Field("width", 0, _Number("Width (0 = model's)", "width", (0, MAX_SIZE)), _optional_whole("width"),
@@ -394,11 +411,13 @@ FORM: tuple[Field, ...] = (
     Field("strength", 0, _Slider(0, 1, 0.05, "Strength (how much to change; 0 = default: 0.8, inpainting 1)",
                                  "strength"), lambda v: float(v or 0) or None, lambda v: v or 0),
     Field("mask", None, _upload("Mask for inpainting (white = repaint; needs the init image)", "mask")),
-    Field("control", NO_CONTROL, lambda value: gr.Dropdown([NO_CONTROL, *CONTROL_KINDS, READY_CONTROL], value=value,
+    Field("control", NO_CONTROL, lambda value: gr.Dropdown([NO_CONTROL, *PAGE_CONTROL_KINDS, READY_CONTROL],
+                                                           value=value,
                                                            label="ControlNet control", elem_id="control")),
     Field("control_image", None, _upload("Control image (canny/depth source; default: the init image)",
                                          "control-image")),
-    Field("control_scale", 1.0, _Slider(0, 2, 0.05, "Control scale", "control-scale"), float, float),
+    Field("control_scale", 1.0, _Slider(0, 2, 0.05, "Control scale", "control-scale"), float,
+          _or_default(DEFAULT_CONTROL_SCALE)),
     Field("controlnet", "", _text("ControlNet model (blank: the default for the control kind)", "controlnet"),
           _or_none, _or_empty),
     Field("scheduler", DEFAULT_SCHEDULER, lambda value: gr.Dropdown([DEFAULT_SCHEDULER, *SCHEDULERS], value=value,

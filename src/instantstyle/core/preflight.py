@@ -28,6 +28,8 @@ from ..loading.hub import (
 )
 from ..loading.runtime import Runtime
 from ..modes.hidiffusion_settings import settings_of
+from . import csgo
+from .adapter import adapter_kind
 from .blocks import parse_spec, resolve_blocks
 from .lora import check_lora_file
 from .request import CONTROL_KINDS, Request
@@ -53,6 +55,19 @@ def check_request(request: Request, max_pixels: int | None = MAX_PIXELS) -> None
     check_mode_inputs(request, max_pixels)
     for lora in request.lora:
         check_lora_file(lora.path)
+    check_adapter_kind(request)
+
+
+def check_adapter_kind(request: Request) -> None:
+    """What the request asks that its adapter cannot do, from the kind of a local adapter file (read lazily: a CSGO
+    checkpoint is memory-mapped, a safetensors file's names read): CSGO's options only with CSGO, and what CSGO
+    cannot do not with it (``csgo.check_request``). A hub adapter is checked once loaded."""
+    if request.adapter is None or not is_local_adapter_ref(request.adapter):
+        return
+    if adapter_kind(resolve_adapter_file(request.adapter)) == "csgo":
+        csgo.check_request(request)
+    else:
+        csgo.check_not_csgo(request)
 
 
 def check_runtime(request: Request, runtime: Runtime) -> None:
@@ -80,7 +95,7 @@ def check_mode_inputs(request: Request, max_pixels: int | None = MAX_PIXELS) -> 
             resolve_adapter_file(use.path)  # a local reference: its errors, without touching the hub
         for ref in use.style:
             load_image(ref.path, f"style image of adapter {use.path}", max_pixels)
-    if request.control is not None:
+    if request.control is not None and request.control != "tile":  # tile: CSGO's, on the content image
         source = request.control if request.control not in CONTROL_KINDS else request.control_image
         load_image(source or request.init_image or "", "control image", max_pixels)
     if request.controlnet is not None:

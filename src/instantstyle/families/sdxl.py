@@ -65,6 +65,8 @@ FAMILY = Family(
     default_controlnets={
         "canny": "diffusers/controlnet-canny-sdxl-1.0",
         "depth": "diffusers/controlnet-depth-sdxl-1.0",
+        # CSGO's (its authors' choice); diffusers loads it once its weights file is named diffusion_pytorch_model
+        "tile": "TTPlanet/TTPLanet_SDXL_Controlnet_Tile_Realistic",
     },
     encode_prompts=encode_prompts,
     features={FEATURE: HIDIFFUSION},
