@@ -40,6 +40,7 @@ from PIL import Image
 
 from ..errors import UserError
 from . import csgo_attention as attention
+from .request import MIN_SIZE
 from .weights import AdapterWeights, read_weights
 
 if TYPE_CHECKING:
@@ -241,7 +242,11 @@ def complete(request: Request, native: int, max_pixels: int | None) -> Request:
     if request.width is None or request.height is None:
         size = (native, native)
         if request.content_image is not None:
-            size = content_size(*image_size(request.content_image, "content image", max_pixels))
+            shape = image_size(request.content_image, "content image", max_pixels)
+            size = content_size(*shape)
+            if min(size) < MIN_SIZE:
+                raise UserError(f"content image {request.content_image} ({shape[0]}x{shape[1]}) gives a "
+                                f"{size[0]}x{size[1]} output by CSGO's size rule; pass --width/--height")
         changes["width"], changes["height"] = request.width or size[0], request.height or size[1]
     return request.replace(**changes) if changes else request
 

@@ -363,7 +363,8 @@ class StylePipeline:
         self.csgo.set_scales(request, [self.denoiser, controlnet])
         if self.budget is not None:
             memory.check_budget(self.runtime.memory_budget or 0.0,
-                                [self.denoiser, controlnet, self.pipe.vae, *self.csgo.resident()])
+                                [self.denoiser, controlnet, self.pipe.vae, *self.csgo.resident()],
+                                "the denoiser, the ControlNet, the VAE and CSGO's resamplers")
         return []
 
     def _call_kwargs(self, request: Request, slots: list[dict[str, float]]) -> dict[str, Any]:
@@ -460,7 +461,8 @@ class StylePipeline:
         named (``folder``, else the pipeline's default), else one of the model's own (SDXL's ``text_encoder_2`` for
         its ViT-bigG adapter), else the image encoder's own CLIP repository's (openai/clip-vit-large-patch14 holds
         both towers: XLabs' FLUX adapters); under a memory budget it waits off the device, see ``_tower_on_device``."""
-        want = self.adapter.image_embed_dim
+        # The image encoder's CLIP space (CSGO reads hidden states, but its encoder's projection is that space).
+        want = self.image_encoder.embed_dim if self.adapter.kind == "csgo" else self.adapter.image_embed_dim
         folder = folder or self.content_text_encoder
         if folder is not None:
             return self.extras.text_tower(folder, want)

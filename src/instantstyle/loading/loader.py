@@ -85,7 +85,8 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
         keep = None if runtime.keeps_all_weights else [set(resolve_blocks(blocks, family.layers(denoiser), family))]
         attach_adapters(pipe, family, [weights], keep)
     if runtime.memory_budget is not None:
-        memory.check_budget(runtime.memory_budget, [denoiser, pipe.vae, *(csgo.resident() if csgo else ())])
+        memory.check_budget(runtime.memory_budget, [denoiser, pipe.vae, *(csgo.resident() if csgo else ())],
+                            "the denoiser and the VAE" + (" and CSGO's resamplers" if csgo else ""))
     if runtime.device_map is None:  # a device-mapped pipeline is already placed (and refuses .to())
         # Under a budget the text encoders wait off the device, for families whose prompts are encoded before the call.
         park_text = runtime.memory_budget is not None and family.encode_prompts is not None
