@@ -157,8 +157,7 @@ def resident(weights: Any, unet: Any, controlnet: Any, topo: Topology) -> list[l
     ]
 
 
-def flops_report(sizes: list[int], steps: int) -> str:
-    topo = FULL
+def flops_report(sizes: list[int], steps: int, topo: Topology = FULL) -> str:
     unet, controlnet = models(topo)
     weights = checkpoint(unet, controlnet, topo)
     parts = ["Resident CSGO weights (real file layout, csgo_4_32: 4 + 32 tokens):", "",
@@ -268,9 +267,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="flops: 30; cpu: 8")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "instantstyle" / "bench")
+    parser.add_argument("--topology", choices=("full", "smoke"), default="full", help="flops: the models' size")
     args = parser.parse_args()
     if args.what == "flops":
-        print(flops_report([int(s) for s in args.sizes.split(",")], args.steps or 30))
+        topo = FULL if args.topology == "full" else SMOKE
+        print(flops_report([int(s) for s in args.sizes.split(",")], args.steps or 30, topo))
     else:
         print(cpu_report(args.workdir, args.size, args.steps or 8, args.rounds))
 

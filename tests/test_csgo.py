@@ -172,6 +172,12 @@ def test_a_request_gets_csgo_s_defaults_and_its_size_from_the_content_image(pipe
     assert (done.width, done.height) == csgo.content_size(96, 64) and done.blocks is None
 
 
+def test_a_content_image_too_thin_for_the_size_rule_asks_for_a_size(pipe, csgo_models, tmp_path):
+    Image.new("RGB", (64, 4000)).save(tmp_path / "thin.png")  # resize_content: 16 x 1024
+    with pytest.raises(UserError, match=r"\(64x4000\) gives a 16x1024 output by CSGO's size rule; pass --width"):
+        pipe.complete(Request(prompt="a", style=str(csgo_models.style_image), content_image=str(tmp_path / "thin.png")))
+
+
 def test_given_values_win_over_csgo_s_defaults(pipe, csgo_models):
     done = pipe.complete(Request(prompt="a", style=str(csgo_models.style_image), guidance=7.0, control_scale=0.2,
                                  negative_prompt="fog", width=128, height=64))
