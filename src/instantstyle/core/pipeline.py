@@ -15,7 +15,9 @@ Where later features hook in: per-request changes to the models go in ``_set_mod
 further call arguments in ``_call_kwargs``; changes that must hold only while the call runs (HiDiffusion's
 hooks on the UNet, ``Request.hidiffusion``) as context managers in ``Prepared.during``; steps that change the
 images after denoising in ``finish``. Scores are asked for from a finished ``Result`` (``score``): they never
-change an image.
+change an image. A CSGO checkpoint (``csgo``) replaces the IP-Adapter's steps in three places, each one line:
+``complete`` (its defaults and size rule), ``_set_models`` (``_set_csgo``: its layers and ControlNet) and
+``_call_kwargs`` (``csgo_embeds_kwargs``: its tokens appended to the text embeddings).
 """
 
 from __future__ import annotations
