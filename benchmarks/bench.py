@@ -87,7 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", default=os.path.expanduser("~/.cache/instantstyle-bench"),
                         help="random-weight model trees (CPU small fp32: ~14 GB; GPU full fp16: ~11 GB) and logs")
     parser.add_argument("--out", default=None, help="write the markdown report here (rewritten after each part)")
-    parser.add_argument("--json", default=None, help="also write the raw measurements here")
+    parser.add_argument("--json", default=None, help="also write the report's sections and the raw measurements "
+                        "here (the docs' performance page is generated from such a file)")
     args = parser.parse_args(argv)
     mode = MODES["smoke" if args.smoke else "gpu" if args.gpu else "cpu"]
     for key, value in mode.items():
@@ -117,18 +118,28 @@ def parse_cpus(text: str) -> tuple[int, ...]:
 
 
 class Report:
-    """The markdown report, rewritten to ``path`` after each part so a run cut short still leaves one."""
+    """The markdown report, rewritten to ``path`` after each part so a run cut short still leaves one; with
+    ``json_path``, the same sections and the raw measurements as JSON (``{"report": {key: markdown}, "raw": ...}``),
+    from which the docs site's performance page is generated (``docs/performance.md``)."""
 
-    def __init__(self, path: str | None, header: str) -> None:
+    def __init__(self, path: str | None, header: str, json_path: str | None = None) -> None:
         self.path = Path(path) if path else None
+        self.json_path = Path(json_path) if json_path else None
         self.sections = {"header": header}
+        self.raw: dict[str, Any] = {}
 
     def add(self, text: str, key: str | None = None) -> None:
-        """Add a section (or replace the one of that ``key``, in its place) and rewrite the file."""
+        """Add a section (or replace the one of that ``key``, in its place) and rewrite the files."""
         self.sections[key or f"section {len(self.sections)}"] = text
+        self.write()
+
+    def write(self) -> None:
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(self.text())
+        if self.json_path:
+            self.json_path.parent.mkdir(parents=True, exist_ok=True)
+            self.json_path.write_text(json.dumps({"report": self.sections, "raw": self.raw}, indent=1) + "\n")
 
     def text(self) -> str:
         return "\n\n".join(self.sections.values()) + "\n"
@@ -203,12 +214,12 @@ def main(argv: list[str] | None = None) -> None:
         f"Timed configuration: {args.size}x{args.size} px, {args.steps} steps, guidance 5.0, preset {args.preset}, "
         f"{topo.name}-size model (UNet {'full size' if topo.name != 'smoke' else 'tiny'}), {args.dtype}.",
     ])
-    report = Report(args.out, header)
-    raw: dict[str, Any] = {}
+    report = Report(args.out, header, args.json)
+    raw = report.raw
 
     if "flops" in args.parts:
         log("counting FLOPs on the meta device")
-        report.add(flops_section(args, topo))
+        report.add(flops_section(args, topo), key="flops")
         log(f"FLOPs done at {time.perf_counter() - start:.0f} s")
 
     timed_parts = [p for p in ("step", "paired", "memory") if p in args.parts]
@@ -224,15 +235,13 @@ def main(argv: list[str] | None = None) -> None:
             alone = paired.run_alone(spec, args.alone, logdir, parallel=args.gpu)
             raw["memory"] = alone
             report.add(memory_section(args, where, alone), key="memory")
-            if args.json:
-                Path(args.json).write_text(json.dumps(raw, indent=1))
         timed_start = time.perf_counter()  # the timed parts' budget starts after building the models
         if "step" in timed_parts:
             log("per-step overhead")
             left = args.budget_s - (time.perf_counter() - timed_start)
             result = run_step(args, spec, logdir, min(args.step_budget_s, max(left, 0.0)))
             raw["step"] = result
-            report.add("\n".join([
+            report.add(key="step", text="\n".join([
                 f"### Per-step overhead ({kind} figures; {where})",
                 "",
                 f"One UNet forward (CFG batch 2, {args.step_size} px), same weights and inputs, processors swapped "
@@ -248,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
             results = paired.run(spec, ["a", "a2", "b", "c"], args.rounds, budget, logdir, parallel_load=args.gpu)
             raw["paired"] = results
             n = len(results["a"]["wall"])
-            report.add("\n".join([
+            report.add(key="paired", text="\n".join([
                 f"### Paired timing ({kind} figures; {where})",
                 "",
                 f"Each contestant loaded once in its own process ({results['a']['threads']} threads pinned to CPUs "
@@ -261,8 +270,7 @@ def main(argv: list[str] | None = None) -> None:
             if "memory" in timed_parts:  # the paired contestants' phases join the memory table
                 measured = {k: v for k, v in results.items() if k in ("a", "b", "c")}
                 report.add(memory_section(args, where, {**measured, **alone}), key="memory")
-    if args.json:
-        Path(args.json).write_text(json.dumps(raw, indent=1))
+    report.write()
     log(f"done in {time.perf_counter() - start:.0f} s")
     print(report.text())
 

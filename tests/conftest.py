@@ -96,3 +96,14 @@ def flux(dit: TinyDiTModels) -> StylePipeline:
 def pixels(image) -> np.ndarray:
     """An image as float pixels, for comparing outputs."""
     return np.asarray(image, dtype=np.float64)
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder whose ``demo/`` holds ``instantstyle demo``'s models (every fixture tree, built once): where the
+    docs' offline examples run, as a user runs them after ``instantstyle demo demo``."""
+    from instantstyle.app import demo
+
+    root = tmp_path_factory.mktemp("demo-root")
+    demo.build(root / "demo")
+    return root

@@ -1,4 +1,4 @@
-"""Remake the README's UI screenshot, sweep sheet and sweep plot from the tiny random-weight test fixture.
+"""Remake the README's demo sheet, UI screenshot, sweep sheet and sweep plot from the tiny random-weight fixtures.
 
 Run from the repository root: ``HF_HUB_OFFLINE=1 python docs/images/make_images.py`` (needs gradio,
 playwright and Debian's chromium). The images show noise by design: the fixture's weights are random.
@@ -11,15 +11,29 @@ from pathlib import Path
 from PIL import Image
 
 from instantstyle import Request, StylePipeline
-from instantstyle.sweep import Axes, render_sweep
+from instantstyle.app.sweep import Axes, render_sweep
 from instantstyle.testing import tiny_models
-from instantstyle.ui import launch
+from instantstyle.app.ui import launch
 
 HERE = Path(__file__).resolve().parent
 LABEL = "TINY RANDOM-WEIGHT TEST FIXTURE (not a real model: noise by design)"
 
 
+def demo_sheet() -> None:
+    """The README's picture: the contact sheet of ``instantstyle demo DIR --run`` (every mode, random weights)."""
+    from instantstyle.app.cli import main as cli
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            cli(["demo", tmp, "--run"], standalone_mode=False)
+        except SystemExit as exit_:
+            assert not exit_.code, "the demo failed"
+        sheet = Image.open(Path(tmp) / "out" / "sheet.png").convert("RGB")
+        sheet.quantize(256, method=Image.Quantize.MEDIANCUT).save(HERE / "demo-sheet.png", optimize=True)
+
+
 def main() -> None:
+    demo_sheet()
     root = Path(tempfile.mkdtemp()) / "tiny-test-fixture"
     tiny = tiny_models(root)
     pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", keep_all_weights=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..core.preflight import check_blocks, check_request, check_runtime
+from ..core.preflight import check_blocks, check_request, check_runtime, default_adapter
 from ..core.request import AdapterUse, LoraRef, Request, StyleRef, check_prompt, read_png_request, write_png
 from ..errors import UserError
 from ..files.atomic import write_text_atomically
@@ -229,8 +231,7 @@ def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
         raise UserError("--prompt is required (or --from IMAGE.png)")
     if "style" not in given:
         raise UserError("--style is required (or --from IMAGE.png)")
-    given.setdefault("model", DEFAULT_MODEL)
-    given.setdefault("adapter", DEFAULT_ADAPTER)
+    given.setdefault("model", DEFAULT_MODEL)  # no adapter: the model family's own, named when it loads
     return Request(**given)
 
 
@@ -264,18 +265,20 @@ def main() -> None:
 
 def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str | None]) -> StylePipeline:
     """Check the blocks specs against the model's config, then load the request's model and adapter (``None``
-    among the specs: the family's default blocks; ``@FILE:NAME`` read from its presets file)."""
+    among the specs: the family's default blocks; ``@FILE:NAME`` read from its presets file; no adapter: the model
+    family's own)."""
     from ..core.blocks import expand_preset_ref
     from ..core.pipeline import StylePipeline
 
-    assert request.model is not None and request.adapter is not None
+    assert request.model is not None
+    adapter = request.adapter or default_adapter(request.model, runtime.single_file_config)
     config = runtime.single_file_config if Path(request.model).expanduser().is_file() else None
-    require_hub(("model", request.model), ("adapter", request.adapter), ("image encoder", request.image_encoder),
+    require_hub(("model", request.model), ("adapter", adapter), ("image encoder", request.image_encoder),
                 ("single-file config", config))  # what is missing, in one line, without waiting
     check_blocks(request.model, specs, runtime.single_file_config, request)
     blocks = ",".join(expand_preset_ref(s) for s in specs if s is not None) if None not in specs else None
     return StylePipeline.from_pretrained(
-        request.model, request.adapter, runtime, image_encoder=request.image_encoder,
+        request.model, adapter, runtime, image_encoder=request.image_encoder,
         content_text_encoder=request.content_text_encoder, blocks=blocks,
     )
 
@@ -459,7 +462,8 @@ def _score(params: dict[str, Any]) -> None:
         wanted.append((prompt or None, style, content, fit))
     models = {name: params[name] or _shared(name, saved) for name in SCORE_MODELS}
     model = None if models["content_text_encoder"] else models["model"] or DEFAULT_MODEL
-    adapter = models["adapter"] or DEFAULT_ADAPTER
+    adapter = models["adapter"] or (default_adapter(model, params.get("single_file_config")) if model else
+                                    DEFAULT_ADAPTER)
     require_hub(("model", model), ("adapter", adapter), ("image encoder", models["image_encoder"]),
                 ("content text encoder", models["content_text_encoder"]))  # what is missing, in one line, at once
     if model is not None:
@@ -522,9 +526,12 @@ def score(**params: Any) -> None:
 @click.option("--keep", default=None, help="Folder to keep the fixture and output image in.")
 @click.option("--debug", is_flag=True)
 def selftest(keep: str | None, debug: bool) -> None:
-    """Run the whole path offline on a built-in tiny random-weight model (a few seconds)."""
+    """Run the whole path offline on a built-in tiny random-weight SDXL: about 20 s on 2 idle CPU cores, most of it
+    importing torch and diffusers (a minute on a busy machine, and longer on the first run after installing).
+    `instantstyle demo DIR` runs every mode."""
 
     def body() -> None:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see _demo
         quiet_libraries()
         from .selftest import run_selftest
 
@@ -534,13 +541,73 @@ def selftest(keep: str | None, debug: bool) -> None:
     run_cli(body, debug)
 
 
+def _demo(folder: str, run_modes: bool, only: Sequence[str]) -> int:
+    from . import demo
+
+    os.environ["HF_HUB_OFFLINE"] = "1"  # every path is local: nothing asks the hub, even where there is network
+    # Idle OpenMP threads sleep instead of spinning (before torch loads): on a busy 2-core machine the tiny models'
+    # steps took 30x longer with spinning threads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True
+    modes = demo.select([name for text in only for name in text.split(",") if name])
+    quiet_libraries()
+    start = time.perf_counter()
+    models = demo.build(Path(folder))
+    click.echo(f"# built the demo models in {folder} ({time.perf_counter() - start:.0f} s): tiny RANDOM-WEIGHT models "
+               "in the real layouts, so the images show that each mode runs, not what a trained model paints")
+    plan = demo.commands(models, Path(folder), modes)
+    if not run_modes:
+        for mode, argv in plan:
+            click.echo(f"# {mode.title}\n{demo.shown(argv)}")
+        click.echo(f"# run them all, with a contact sheet: instantstyle demo {shlex.quote(folder)} --run")
+        return 0
+    failed = []
+    for mode, argv, code, seconds in demo.run(run_in_process, plan):
+        click.echo(f"# {mode.title}: {'done' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s\n"
+                   f"{demo.shown(argv)}", err=code != 0)
+        if code:
+            failed.append(mode.name)
+    if any(mode.writes_image and mode.name not in failed for mode in modes):
+        click.echo(f"sheet: {demo.sheet(Path(folder), [m for m in modes if m.name not in failed], models)}")
+    click.echo(f"# {len(plan) - len(failed)} of {len(plan)} modes ran in {time.perf_counter() - start:.0f} s")
+    if failed:
+        raise UserError(f"demo modes failed: {', '.join(failed)} (each command above runs alone, with --debug)")
+    return 0
+
+
+def run_in_process(argv: list[str]) -> int:
+    """Run one ``instantstyle`` command line in this process: its exit code (its errors printed as the CLI does)."""
+    try:
+        main(args=argv, standalone_mode=False)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    except click.ClickException as err:
+        click.echo(f"error: {usage_error(err)}", err=True)
+        return 2
+    return 0
+
+
+@main.command()
+@click.argument("folder", metavar="DIR")
+@click.option("--run", "run_modes", is_flag=True, help="Run every command: one image per mode in DIR/out/ and a "
+              "contact sheet, DIR/out/sheet.png (about two minutes on 2 CPU cores).")
+@click.option("--only", multiple=True, metavar="MODE[,MODE]", help="Only these modes (and those they need): "
+              "sdxl, sd15, img2img, inpaint, canny, depth, tile, hidiffusion, sd3, flux, score.")
+@click.option("--debug", is_flag=True)
+def demo(folder: str, run_modes: bool, only: tuple[str, ...], debug: bool) -> None:
+    """Every mode on tiny random-weight models, offline: build them into DIR (seconds; docs/fixtures.md has the
+    layout) and print the command that runs each mode on them; --run runs them."""
+    sys.exit(run_cli(_demo, debug, folder, run_modes, only) or 0)
+
+
 def _batch(params: dict[str, Any]) -> int:
     from .batch import run_batch
     from .workers import Scoring
 
-    defaults = request_fields(params)
+    defaults = request_fields(params)  # a job naming no adapter gets its own model family's (workers.pipeline_for)
     defaults.setdefault("model", DEFAULT_MODEL)
-    defaults.setdefault("adapter", DEFAULT_ADAPTER)
     runtime = runtime_from(params)
     address = params["ray"]
     if params["workers"] is not None and address is None:
@@ -597,6 +664,20 @@ for _name, _option in REQUEST_OPTIONS:
     batch.params.append(_option)
 
 
+#: Flags people reach for that do not exist, and what to do instead (click's own message names no way forward).
+GUESSED_FLAGS = {
+    "--family": "there is no --family: the family (sdxl, sd15, sd3, flux) is detected from the model; give --model",
+    "--arch": "there is no --arch: the family (sdxl, sd15, sd3, flux) is detected from the model; give --model",
+}
+
+
+def usage_error(err: click.ClickException) -> str:
+    """The one line for a click usage error: what to do instead where a guessed flag does not exist."""
+    if isinstance(err, click.NoSuchOption) and err.option_name.split("=")[0] in GUESSED_FLAGS:
+        return GUESSED_FLAGS[err.option_name.split("=")[0]]
+    return err.format_message()
+
+
 def entry(argv: list[str] | None = None) -> None:
     """Console entry point (``argv`` for tests): click's own usage errors become one line too."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
@@ -607,7 +688,7 @@ def entry(argv: list[str] | None = None) -> None:
     except click.Abort:
         _fail("aborted", 130)
     except click.ClickException as err:
-        _fail(err.format_message(), 2)
+        _fail(usage_error(err), 2)
 
 
 # --- sweep: a labelled contact sheet over blocks x scale (x content scale) ---------------------------
@@ -802,7 +883,6 @@ def _probe_blocks(params: dict[str, Any]) -> None:
         raise UserError(f"{len(contents)} content prompts for {len(styles)} styles: give one per style, or one")
     given = request_fields({**params, **dict.fromkeys(PROBED)})
     given.setdefault("model", DEFAULT_MODEL)
-    given.setdefault("adapter", DEFAULT_ADAPTER)
     base = Request(params["probe_prompts"][0], style=styles, **given)
     runtime = runtime_from(params)
     check_request(base, runtime.max_pixels)
@@ -912,8 +992,9 @@ def _ui(params: dict[str, Any]) -> None:
         else:
             click.echo(f"warning: serving on {where} without a login: anyone who can reach it can use the page "
                        "(--auth USER:PASSWORD or --auth-file FILE adds one)", err=True)
+    model = params["model"] or DEFAULT_MODEL
     pipe = StylePipeline.from_pretrained(
-        params["model"] or DEFAULT_MODEL, params["adapter"] or DEFAULT_ADAPTER, runtime,
+        model, params["adapter"] or default_adapter(model, params.get("single_file_config")), runtime,
         image_encoder=params["image_encoder"], content_text_encoder=params["content_text_encoder"],
     )
     public = "" if params["share"] else "; no public link (--share makes a temporary gradio.live one)"

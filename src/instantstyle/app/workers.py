@@ -19,7 +19,7 @@ from typing import Any
 
 from ..core.request import Request
 from ..errors import UserError
-from ..loading.runtime import DEFAULT_ADAPTER, DEFAULT_MODEL, Runtime
+from ..loading.runtime import DEFAULT_MODEL, Runtime
 from ..scores.scorer import Scores
 
 
@@ -123,6 +123,7 @@ class Worker:
         """The given pipeline if the jobs name no other model, else the loaded one when it fits, else a new
         one (the previous one released first)."""
         from ..core.pipeline import StylePipeline
+        from ..core.preflight import default_adapter
 
         key = pipeline_key(jobs[0].request)
         if self.given is not None and _fits(self.given, key):
@@ -134,7 +135,9 @@ class Worker:
         self.pipeline = self.loaded = None
         model, adapter, encoder = key
         try:
-            pipe = StylePipeline.from_pretrained(model or DEFAULT_MODEL, adapter or DEFAULT_ADAPTER, self.runtime,
+            model = model or DEFAULT_MODEL
+            adapter = adapter or default_adapter(model, self.runtime.single_file_config)  # the family's own
+            pipe = StylePipeline.from_pretrained(model, adapter, self.runtime,
                                                  image_encoder=encoder, blocks=jobs[0].request.blocks)
         except Exception as err:
             self.load_errors[key] = err

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..families import Family, family_named
+from ..errors import UserError, did_you_mean
+from ..families import Family, all_families, family_named
 from ..files import safe_json
 from ..files.textfiles import read_small_text
 from .request import MAX_SCALE
@@ -99,7 +99,8 @@ def expand_preset_ref(spec: str, base: str | Path | None = None) -> str:
         path = Path(base) / path
     presets = read_presets(path)
     if name not in presets:
-        raise UserError(f"presets file {path} has no preset {name!r}; it has: {', '.join(presets)}")
+        raise UserError(f"presets file {path} has no preset {name!r}{did_you_mean(name, presets)}; it has: "
+                        f"{', '.join(presets)}")
     return presets[name]
 
 
@@ -166,18 +167,29 @@ def resolve_blocks(
     resolved: dict[str, float] = {}
     for name, block_scale in parse_spec(family.default_blocks if spec is None else spec):
         groups = [presets[name]] if name in presets else [(block,) for block in expand_range(name)]
+        if name not in presets and name in {p for f in all_families() for p in f.presets}:
+            raise UserError(unmeasured_preset(name, family, layers))
         for targets in groups:
             hit = [layer for layer in layers if any(_matches(layer, t) for t in targets)]
             if not hit:
                 what = f"block {name!r}" if targets == (name,) or name in presets else (
                     f"block {targets[0]!r} (of range {name!r})")
-                raise UserError(
-                    f"{what} matches no attention layer of this {family.name} model; valid names: "
-                    + ", ".join(list(presets) + valid_block_names(layers, family))
-                )
+                valid = list(presets) + valid_block_names(layers, family)
+                raise UserError(f"{what} matches no attention layer of this {family.name} model"
+                                f"{did_you_mean(name, valid)}; valid names: {', '.join(valid)}")
             for layer in hit:
                 resolved[layer] = block_scale * scale
     return resolved
+
+
+def unmeasured_preset(name: str, family: Family, layers: Sequence[str]) -> str:
+    """Why a preset another family has (``style``, ``layout``) is missing here, and how to find its blocks."""
+    blocks = valid_block_names(layers, family)
+    span = f"{blocks[0]} ... {blocks[-1]}" if len(blocks) > 2 else ", ".join(blocks)
+    return (f"no {name!r} preset for {family.name} models: nobody has measured which of their blocks carry "
+            f"{name.split('+')[0]}; find them with `instantstyle probe-blocks --model M --style REF --prompt TEXT "
+            f"--save-presets presets.json -o probe/`, then use --blocks @presets.json:{name} (here: "
+            f"{', '.join(family.presets)}, or blocks {span})")
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,17 @@ def model_denoiser(model: str, single_file_config: str | None = None) -> tuple[F
         return family, cls.from_config(config)
 
 
+def default_adapter(model: str, single_file_config: str | None = None) -> str:
+    """The adapter of a request that names none: its model family's (``Family.default_adapter``), known from the
+    hub id of a well-known model (so an offline hint names both downloads at once), else read from the model's
+    configs (a model that is not there is a one-line error naming it)."""
+    known = [f for f in all_families() if model.lower() in (m.lower() for m in f.known_models)]
+    family = known[0] if known else model_family(model, single_file_config)
+    if not family.default_adapter:
+        raise UserError(f"model {model} ({family.name}): no default IP-Adapter for this family; give --adapter")
+    return family.default_adapter
+
+
 def model_family(model: str, single_file_config: str | None = None) -> Family:
     """The family of a model from its configs (or a single file's tensor names) alone."""
     return _denoiser_config(model, single_file_config)[0]

@@ -112,6 +112,11 @@ class Family:
     gpu_dtype: str = "float16"
     #: Per-feature data for this family (e.g. ``features["hidiffusion"]``), for features outside the core.
     features: Mapping[str, Any] = field(default_factory=dict)
+    #: The IP-Adapter a request without one gets (a hub reference ``org/repo/path``; ``""``: none, it must be named),
+    #: so an offline hint names this family's download, not another's.
+    default_adapter: str = ""
+    #: Hub ids of this family's well-known models: their adapter is known before the model is downloaded.
+    known_models: tuple[str, ...] = ()
 
     def denoiser_of(self, pipe: Any) -> Any:
         """The loaded pipeline's denoiser (its UNet or transformer)."""

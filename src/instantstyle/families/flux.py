@@ -111,7 +111,10 @@ def adapter_misfit(adapter: AdapterWeights, transformer: Any) -> str | None:
 
 
 def native_size(pipe: Any) -> int:
-    return int(pipe.default_sample_size * pipe.vae_scale_factor)
+    """The model's own size, from its VAE's ``sample_size`` (1024 for FLUX.1-dev): FluxPipeline's default (128
+    latents) is a constant that would give a tiny model 1024 px too."""
+    size = getattr(pipe.vae.config, "sample_size", None)
+    return int(size) if isinstance(size, int) else int(pipe.default_sample_size * pipe.vae_scale_factor)
 
 
 def check_request(request: Request, transformer: Any) -> None:
@@ -192,4 +195,6 @@ FAMILY = Family(
     blocks_note=blocks_note,
     size_multiple=dit.SIZE_MULTIPLE,
     gpu_dtype="bfloat16",
+    default_adapter="XLabs-AI/flux-ip-adapter/ip_adapter.safetensors",
+    known_models=("black-forest-labs/FLUX.1-dev",),
 )

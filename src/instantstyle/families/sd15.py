@@ -63,6 +63,8 @@ FAMILY = Family(
     },
     encode_prompts=encode_prompts,
     features={FEATURE: HIDIFFUSION},
+    default_adapter="h94/IP-Adapter/models/ip-adapter_sd15.safetensors",
+    known_models=("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"),
     **unet.DENOISER,
     **unet.FUNCTIONS,
 )

@@ -87,6 +87,11 @@ def native_size(pipe: Any) -> int:
 
 def check_request(request: Request, transformer: Any) -> None:
     dit.check_common(request, "SD3 models", single_adapter=True)
+    if request.content_prompt is not None or request.content_image is not None:
+        flag = "--content-prompt" if request.content_prompt is not None else "--content-image"
+        raise UserError(f"{flag}: SD3.5's adapter cannot subtract content (it reads SigLIP patch features, which "
+                        "share no space with a text tower); use --blocks to limit it (instantstyle probe-blocks "
+                        "finds the blocks that carry style)")
     if request.true_cfg != 1:
         raise UserError("--true-cfg is for guidance-distilled models (FLUX.1-dev); SD3.5 runs classifier-free "
                         "guidance at --guidance")
@@ -134,4 +139,6 @@ FAMILY = Family(
     negative_image="zeros",
     size_multiple=dit.SIZE_MULTIPLE,
     gpu_dtype="bfloat16",
+    default_adapter="InstantX/SD3.5-Large-IP-Adapter/ip-adapter.bin",
+    known_models=("stabilityai/stable-diffusion-3.5-large", "stabilityai/stable-diffusion-3.5-large-turbo"),
 )

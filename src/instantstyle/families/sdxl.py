@@ -70,6 +70,8 @@ FAMILY = Family(
     },
     encode_prompts=encode_prompts,
     features={FEATURE: HIDIFFUSION},
+    default_adapter="h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors",
+    known_models=("stabilityai/stable-diffusion-xl-base-1.0",),
     **unet.DENOISER,
     **unet.FUNCTIONS,
 )

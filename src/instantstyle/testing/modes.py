@@ -101,11 +101,17 @@ def _save(array: np.ndarray, path: Path) -> Path:
     return path
 
 
-def _build_images(root: Path) -> None:
+def _init_picture() -> np.ndarray:
+    """The 64x64 picture to restyle: a colour ramp with a yellow disc."""
     y, x = np.mgrid[0:64, 0:64].astype(np.float32)
     init = np.stack([x * 4, y * 4, 255 - (x + y) * 2], axis=-1)
     init[(x - 40) ** 2 + (y - 24) ** 2 < 144] = (250, 230, 40)
-    _save(init, root / "init.png")
+    return init
+
+
+def _build_images(root: Path) -> None:
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32)
+    _save(_init_picture(), root / "init.png")
     left = np.where(x < 32, 255, 0)
     _save(np.stack([left] * 3, axis=-1), root / "left.png")
     _save(np.stack([255 - left] * 3, axis=-1), root / "right.png")
@@ -145,3 +151,30 @@ def tiny_mode_models(root: Path, tiny: TinyModels, seed: int = 0) -> ModeModels:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _layout(root)
+
+
+TILE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class TileModels:
+    """Paths of the tile ControlNet fixture (see ``tiny_tile_controlnet``)."""
+
+    root: Path
+    sdxl_controlnet: Path  # a ControlNet folder copied from the tiny SDXL UNet, as tile ControlNets are
+    control_image: Path  # 64x64: a blurred, blocky copy of the init picture, what a tile ControlNet is given
+
+
+def tiny_tile_controlnet(root: Path, tiny: TinyModels, seed: int = 5) -> TileModels:
+    """Build (once, atomically) a tile ControlNet for the tiny SDXL and its control image under ``root``: the same
+    ControlNet class as canny and depth ones (a tile ControlNet differs only in what it was trained on: blurred,
+    low-resolution copies of the picture), so ``--control IMAGE --controlnet FOLDER`` runs it as a user would."""
+    root = Path(root).expanduser().absolute()
+
+    def build(tmp: Path) -> None:
+        _build_controlnet(tiny.sdxl / "unet", tmp / "sdxl-controlnet-tile", seed)
+        init = Image.fromarray(np.clip(_init_picture(), 0, 255).astype(np.uint8))
+        init.resize((16, 16), Image.Resampling.BOX).resize((64, 64), Image.Resampling.BICUBIC).save(tmp / "tile.png")
+
+    build_once(root, TILE_VERSION, build)
+    return TileModels(root, root / "sdxl-controlnet-tile", root / "tile.png")
