@@ -12,6 +12,8 @@
 #   b. benchmarks/hidiffusion_flops.py gpu: plain vs HiDiffusion at 2048 px, equivalence with the authors' package
 #      at 4096/2048 px (~100 s), if the script has the mode
 #   c. benchmarks/dit_gpu.py: SD3.5 / FLUX (~100 s), if the script exists
+#   v. benchmarks/video.py gpu: I2VGen-XL (AnyV2V) peak memory and seconds per sampling step, 3/2/1 branches per
+#      UNet call, against the computed memory plan (~60 s); its output goes into report.md only
 #   b and c print their results to stdout; each gets --time-limit (a little under its share) and, in the smoke
 #   run, --smoke, when it takes them (checked in its --help), and is skipped cleanly otherwise.
 # Files in $OUT (flat, at most 8): report.md (everything, assembled after each part), env.txt (machine,
@@ -24,7 +26,7 @@ ROOT=$PWD
 OUT="${OUT:-$ROOT/out}"
 PY="${PYTHON:-python3}"
 DEADLINE_S="${DEADLINE_S:-470}"
-PARTS="${GPU_RUN_PARTS:-abc}"  # which of parts a, b, c run (for trying one alone)
+PARTS="${GPU_RUN_PARTS:-abcv}"  # which of parts a, b, c, v run (for trying one alone)
 SMOKE=0
 [[ "${1:-}" == "--smoke" ]] && SMOKE=1
 WORK="${WORKDIR:-/tmp/instantstyle-gpu-run}$([[ $SMOKE == 1 ]] && echo -smoke)"
@@ -66,17 +68,19 @@ assemble() {
     sed -n '1,12p' "$OUT/env.txt" 2>/dev/null
     echo '```'
     echo
-    for part in install a b c; do
+    for part in install a b c v; do
       echo "- part $part: ${STATUS[$part]:-not run}"
     done
     echo
     cat "$OUT/bench.md" 2>/dev/null
-    for part in hidiff dit; do
-      if [[ -s "$OUT/$part.txt" ]]; then
+    for part in hidiff dit video; do
+      local file="$OUT/$part.txt"
+      [[ $part == video ]] && file="$WORK/video.txt"  # in report.md only: at most 8 files come back from $OUT
+      if [[ -s "$file" ]]; then
         echo
         echo "## $part"
         echo
-        cat "$OUT/$part.txt"
+        cat "$file"
       fi
     done
   } > "$OUT/report.md"
@@ -200,6 +204,13 @@ assemble
 
 # c. SD3.5 and FLUX: plain diffusers vs instantstyle.
 [[ $PARTS == *c* ]] && extra c dit "$(limit "${DIT_S:-110}")" benchmarks/dit_gpu.py
+assemble
+
+# v. Video: the real-size I2VGen-XL UNet and VAE (random weights), one sampling step per memory plan.
+if [[ $PARTS == *v* ]]; then
+  extra v video "$(limit "${VIDEO_S:-60}")" benchmarks/video.py gpu
+  [[ -f "$OUT/video.txt" ]] && mv "$OUT/video.txt" "$WORK/video.txt"
+fi
 assemble
 
 echo "[gpu_run] finished in $((SECONDS - START)) s; report: $OUT/report.md" >&2

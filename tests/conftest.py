@@ -107,3 +107,21 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo-root")
     demo.build(root / "demo")
     return root
+
+
+@pytest.fixture(scope="session")
+def video_models(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny I2VGen-XL pipeline folder and short H.264 clips (``testing.video``)."""
+    from instantstyle.testing.video import build_tiny_video_models
+
+    cache = os.environ.get("INSTANTSTYLE_VIDEO_FIXTURES")
+    return build_tiny_video_models(Path(cache) if cache else tmp_path_factory.mktemp("video") / "tree")
+
+
+@pytest.fixture(scope="session")
+def i2vgen(video_models):
+    """The tiny I2VGen-XL, loaded once on the CPU through ``VideoModel.from_pretrained``."""
+    from instantstyle.loading.runtime import Runtime
+    from instantstyle.modes.video import VideoModel
+
+    return VideoModel.from_pretrained(str(video_models.i2vgen), Runtime(device="cpu"))

@@ -185,6 +185,11 @@ def test_given_values_win_over_csgo_s_defaults(pipe, csgo_models):
         7.0, 0.2, "fog", 128, 64)
 
 
+def test_an_empty_negative_prompt_stays_empty(pipe, csgo_models):
+    done = pipe.complete(Request(prompt="a", style=str(csgo_models.style_image), negative_prompt=""))
+    assert done.negative_prompt == ""
+
+
 def test_an_instantstyle_request_keeps_its_defaults(sdxl, tiny):
     done = sdxl.complete(Request(prompt="a", style=str(tiny.style_image)))
     assert (done.guidance, done.control_scale, done.negative_prompt) == (5.0, 1.0, "")
@@ -267,6 +272,7 @@ def test_content_adapter_scale_out_of_range_is_one_line(capsys, tiny, csgo_model
     (["--composition", "CONTENT"], "--composition"),
     (["--style-end", "0.5"], "--style-start/--style-end"),
     (["--hidiffusion"], "--hidiffusion"),
+    (["--restyle", "CONTENT"], "--restyle"),
 ])
 def test_what_csgo_cannot_do_is_one_line_before_anything_loads(capsys, tiny, csgo_models, tmp_path, monkeypatch,
                                                               flags, message):
@@ -282,7 +288,7 @@ def test_what_csgo_cannot_do_is_one_line_before_anything_loads(capsys, tiny, csg
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--content-adapter-scale", "0.5"], "--content-adapter-scale is for CSGO checkpoints"),
-    (["--control", "tile"], "--control tile is CSGO's"),
+    (["--control", "tile"], "--control tile needs --control-image IMAGE (or --init-image)"),
 ])
 def test_csgo_s_options_with_another_adapter_are_one_line(capsys, base_flags, tmp_path, flags, message):
     code, _, err = run(capsys, *base_flags, *flags, "-o", tmp_path / "x.png")

@@ -76,6 +76,22 @@ def test_canny_draws_the_outline_of_a_square():
     assert set(np.unique(np.asarray(canny(image)))) <= {0, 255}
 
 
+def test_canny_is_opencvs_on_the_colour_image_in_bgr_order(modes):
+    import cv2
+
+    image = Image.open(modes.init_image).convert("RGB")
+    expected = cv2.Canny(cv2.imread(str(modes.init_image)), 100, 200)  # the InstantStyle-Plus script's call
+    assert np.array_equal(np.asarray(canny(image))[..., 0], expected)
+    assert np.array_equal(np.asarray(canny(image))[..., 1], expected)
+
+
+def test_canny_finds_an_edge_between_colours_of_equal_brightness():
+    image = Image.new("RGB", (64, 64), (200, 0, 0))
+    image.paste((0, 0, 200), (32, 0, 64, 64))  # blue beside red: one grey level apart at most
+    assert np.ptp(np.asarray(image.convert("L"))) <= 40
+    assert (np.asarray(canny(image))[:, 30:34, 0] > 0).any(axis=1).all()
+
+
 @pytest.mark.parametrize("name, control", [("sdxl", "canny"), ("sdxl", "depth"), ("sd15", "canny")])
 def test_control_image_steers_the_result(request, tiny, modes, name, control):
     pipe = request.getfixturevalue(name)

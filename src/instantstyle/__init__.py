@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .core.request import LoraRef, Request, StyleRef
+from .core.video_options import VideoOptions, VideoRequest
 from .errors import UserError
 from .loading.runtime import Runtime
 
 if TYPE_CHECKING:
     from .core.pipeline import Result, StylePipeline
+    from .modes.video import stylize_video
 
-__all__ = ["LoraRef", "Request", "Result", "Runtime", "StylePipeline", "StyleRef", "UserError"]
+__all__ = ["LoraRef", "Request", "Result", "Runtime", "StylePipeline", "StyleRef", "UserError", "VideoOptions",
+           "VideoRequest", "stylize_video"]
 __version__ = "0.1.0"
 
 
@@ -21,4 +24,8 @@ def __getattr__(name: str) -> Any:
         from .core import pipeline
 
         return getattr(pipeline, name)
+    if name == "stylize_video":  # torch and diffusers too
+        from .modes import video
+
+        return video.stylize_video
     raise AttributeError(f"module 'instantstyle' has no attribute {name!r}")

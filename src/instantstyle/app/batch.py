@@ -28,6 +28,7 @@ from typing import Any
 from ..core.blocks import is_preset_ref, split_preset_ref
 from ..core.preflight import check_request, check_runtime
 from ..core.request import CONTROL_KINDS, AdapterUse, Request, StyleRef, write_png
+from ..core.video_options import SOURCE_FRAME, VideoRequest
 from ..errors import UserError
 from ..files import safe_json
 from ..files.atomic import remove_stale_temps, temp_path
@@ -42,7 +43,7 @@ JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: How a CSV cell spells a yes/no field (``hidiffusion``).
 BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 PATH_FIELDS = ("content_image", "model", "adapter", "image_encoder", "content_text_encoder", "init_image", "mask",
-               "control_image", "controlnet", "depth_model", "composition")
+               "control_image", "controlnet", "depth_model", "composition", "restyle", "csd", "caption_model")
 
 
 # --- jobs -------------------------------------------------------------------------------------
@@ -116,7 +117,7 @@ def csv_rows(text: str, name: str = "jobs") -> Iterator[Row]:
     separated by ``;`` (``a.png;b.png:0.5``)."""
     dialect = "excel-tab" if "\t" in text.partition("\n")[0] else "excel"
     reader = csv.DictReader(io.StringIO(text), dialect=dialect)
-    known = {f.name for f in dataclasses.fields(Request)} | {"id"}
+    known = {f.name for f in dataclasses.fields(Request)} | {"id", "video"}  # video: a clip path (a video job)
     try:
         columns = [c.strip() for c in reader.fieldnames or []]
     except csv.Error as err:
@@ -216,7 +217,12 @@ def make_jobs(rows: Iterable[Row], base: Path | None = None, defaults: dict[str,
             if isinstance(data, UserError):
                 raise data
             job = _make_job(data, base, defaults or {}, ids)
-            _check_files(job.request, checked, max_pixels)
+            if job.video is not None:
+                from .video import check_video_job
+
+                check_video_job(job.video, max_pixels)
+            else:
+                _check_files(job.request, checked, max_pixels)
             for name in job.outputs:
                 other = outputs.get(name.lower())
                 if other is not None:
@@ -241,21 +247,32 @@ def _make_job(data: dict[str, Any], base: Path | None, defaults: dict[str, Any],
                             "or '-' (it names the output file)")
         if job_id.lower() in ids:
             raise UserError(f"id {job_id!r} is also used by {ids[job_id.lower()]}")
-    request = Request.from_dict(data)
-    request = _resolve_paths(request, base)
+    video = None
+    if "video" in data:  # a video job: the first-frame request's fields and "video": CLIP or {"clip": ...}
+        from .video import resolve_video_paths
+
+        video = resolve_video_paths(VideoRequest.from_dict(data), lambda path: _local(path, base))
+        request = _resolve_paths(video.request, base)
+        video = video.replace(request=request)
+    else:
+        request = _resolve_paths(Request.from_dict(data), base)
     if job_id is None:  # stable under reordering the file; identical lines get -2, -3...
-        job_id = "job-" + hashlib.sha256(request.to_json().encode()).hexdigest()[:12]
+        what = video.to_json() if video is not None else request.to_json()
+        job_id = "job-" + hashlib.sha256(what.encode()).hexdigest()[:12]
         stem, n = job_id, 1
         while job_id.lower() in ids:
             n += 1
             job_id = f"{stem}-{n}"
     if request.seed is None:  # derived from the id, so a rerun or another worker makes the same image
         request = request.replace(seed=int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16))
-    return Job(job_id, request)
+    return Job(job_id, request, video=video.replace(request=request) if video is not None else None)
 
 
 def _local(path: str, base: Path | None) -> str:
-    """An existing relative path from the job file's folder (else the current one), made absolute."""
+    """An existing relative path from the job file's folder (else the current one), made absolute (the clip's
+    first frame, ``SOURCE_FRAME``, stays as it is)."""
+    if path == SOURCE_FRAME:
+        return path
     p = Path(path).expanduser()
     for candidate in ([base / p] if base is not None and not p.is_absolute() else []) + [p]:
         if candidate.exists():
@@ -390,7 +407,7 @@ def plan_batches(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
 
     groups: dict[tuple[Any, ...], list[Job]] = {}
     for job in jobs:
-        solo = () if can_batch(job.request) else (job.id,)
+        solo = () if can_batch(job.request) and job.video is None else (job.id,)
         groups.setdefault((pipeline_key(job.request), batch_key(job.request), solo), []).append(job)
     batches: list[list[Job]] = []
     for group in sorted(groups.values(), key=lambda g: repr((pipeline_key(g[0].request), batch_key(g[0].request)))):
@@ -563,6 +580,8 @@ def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, ret
             report.failed_before += 1
         else:
             todo.append(job)
+    videos = [job for job in todo if job.video is not None]
+    todo = [job for job in todo if job.video is None]
     batches = plan_batches(todo, batch_size)
     bar = _progress_bar(sum(j.request.num_images for j in todo), progress)
     start = time.perf_counter()
@@ -590,6 +609,11 @@ def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, ret
                     record(worker.run(batch))
             finally:
                 worker.close()
+        if videos:  # in this process, after the images (on Ray too): see run_video_jobs
+            from .video import run_video_jobs
+
+            for outcome in run_video_jobs(videos, folder, runtime, pipeline, scoring):
+                _record(outcome, f"{Worker.name_here()}", folder, manifest, report)
     finally:
         report.seconds = time.perf_counter() - start
         if bar is not None:
@@ -606,7 +630,17 @@ def _record(outcome: Outcome, worker: str, folder: Path, manifest: Manifest, rep
         "id": job.id, "key": job.key, "worker": worker, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "timings": {"batch_s": round(outcome.seconds, 3), "batch_images": outcome.batch_images},
     }
-    if outcome.error is None and outcome.request is not None:
+    if outcome.error is None and outcome.video is not None:  # a video job: its files are written already
+        entry.update(status="done", seed=outcome.request.seed if outcome.request else None, outputs=job.outputs,
+                     request=outcome.video)
+        if outcome.video_scores is not None:
+            entry["scores"] = outcome.video_scores
+        if outcome.score_error is not None:
+            entry["score_error"] = outcome.score_error
+            report.errors.append(f"{job.id} ({job.where}): made, but not scored: {outcome.score_error}")
+        report.done += 1
+        report.images += len(outcome.images)
+    elif outcome.error is None and outcome.request is not None:
         scores = outcome.scores
         for i, (image, name) in enumerate(zip(outcome.images, job.outputs, strict=True)):
             write_png(image, folder / name, outcome.request, i, scores[i].png_text() if scores else None)
@@ -620,7 +654,8 @@ def _record(outcome: Outcome, worker: str, folder: Path, manifest: Manifest, rep
         report.done += 1
         report.images += len(outcome.images)
     else:
-        entry.update(status="failed", error=outcome.error, seed=job.request.seed, request=job.request.to_dict())
+        entry.update(status="failed", error=outcome.error, seed=job.request.seed,
+                     request=job.video.to_dict() if job.video is not None else job.request.to_dict())
         report.failed += 1
         report.errors.append(f"{job.id} ({job.where}): {outcome.error}")
     manifest.append(entry)

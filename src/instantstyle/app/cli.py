@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..core.caption import DEFAULT_CAPTION_MODEL
 from ..core.preflight import check_blocks, check_request, check_runtime, default_adapter
 from ..core.request import AdapterUse, LoraRef, Request, StyleRef, check_prompt, read_png_request, write_png
+from ..core.video_options import DEFAULT_MAX_FRAMES
 from ..errors import UserError
 from ..files.atomic import write_text_atomically
 from ..files.images import MAX_PIXELS, PIL_PIXEL_LIMIT
@@ -169,14 +171,15 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
     _request_option("width", "Image width (default: the model's).", type=INT),
     _request_option("height", "Image height (default: the model's).", type=INT),
     _request_option("num_images", "Images per prompt.", type=INT),
-    _request_option("init_image", "Image to restyle (img2img), or to repaint with --mask."),
+    _request_option("init_image", "Image to start from (img2img), or to repaint with --mask; see --restyle to keep "
+                    "a photo's content."),
     _request_option("strength", "How far from --init-image: 0 keeps it, 1 ignores it (default 0.8; 1.0 when "
                     "inpainting).", type=FLOAT),
     _request_option("mask", "Inpainting mask for --init-image: white = repaint."),
-    _request_option("control", "ControlNet input: canny | depth | tile (CSGO: its tile ControlNet on --content-image) "
-                    "| a ready control image (needs --controlnet)."),
+    _request_option("control", "ControlNet input: canny | depth | tile | a ready control image (needs --controlnet) "
+                    "[default with --restyle: canny; with a CSGO checkpoint: tile, on --content-image]."),
     _request_option("control_image", "Image to take canny edges from, or the depth map (default: --init-image)."),
-    _request_option("control_scale", "ControlNet strength. [default: 1; CSGO: 0.6]", type=FLOAT),
+    _request_option("control_scale", "ControlNet strength. [default: 1.0; 0.6 with --restyle or CSGO]", type=FLOAT),
     _request_option("depth_model", "With --control depth: a transformers depth model (folder or hub id, e.g. "
                     "depth-anything/Depth-Anything-V2-Small-hf) that makes the map from --control-image."),
     _request_option("controlnet", "ControlNet folder or hub id (default: the canny/depth ControlNet for the model)."),
@@ -195,6 +198,22 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
     ("hidiffusion", click.Option(["--hidiffusion/--no-hidiffusion"], default=None, help="HiDiffusion for sizes "
                                  "above the model's native one (SDXL: 2048 px and up): no repeated subjects, and "
                                  "faster. SDXL and SD1.5 only; not with --compile.")),
+    _request_option("restyle", "A photo to restyle, keeping what is in it (InstantStyle-Plus): inverted, its content "
+                    "in a global adapter slot, its edges in a ControlNet. Defaults become the recipe's: --scheduler "
+                    "ddim, --control canny at 0.6, its negative prompt (docs/restyle.md)."),
+    _request_option("restyle_content_scale", "With --restyle: how much of the photo's content the adapter keeps.",
+                    type=FLOAT),
+    _request_option("inversion_steps", "With --restyle: DDIM steps of the photo's inversion [default: --steps].",
+                    type=INT),
+    _request_option("renoise_steps", "With --restyle: ReNoise iterations per inversion step.", type=INT),
+    _request_option("style_guidance", "With --restyle: CSD style guidance towards the style (needs --csd; memory "
+                    "and time: a backward pass per step).", type=FLOAT),
+    _request_option("content_guidance", "With --restyle: CSD content guidance towards the photo (needs --csd).",
+                    type=FLOAT),
+    ("caption", click.Option(["--caption"], is_flag=True, default=None, help="With --restyle: make the prompt from "
+                             "the photo with --caption-model, instead of --prompt.")),
+    _request_option("caption_model", "Image-to-text model for --caption (folder or hub id; implies --caption) "
+                    f"[default: {DEFAULT_CAPTION_MODEL}]."),
 ]
 
 
@@ -217,6 +236,13 @@ def request_fields(params: dict[str, Any]) -> dict[str, Any]:
             given["adapters"] = extra
     if "lora" in given:
         given["lora"] = tuple(LoraRef.parse(s) for s in given["lora"])
+    if given.pop("caption", None) or "caption_model" in given:
+        if "prompt" in given:
+            raise UserError("give --prompt or --caption (the prompt made from the photo), not both")
+        given.setdefault("caption_model", DEFAULT_CAPTION_MODEL)
+        given["prompt"] = ""
+    if params.get("csd") is not None and (given.get("style_guidance") or given.get("content_guidance")):
+        given["csd"] = params["csd"]  # --csd is the guidance's CSD too
     return given
 
 
@@ -224,9 +250,13 @@ def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
     """Build the request: ``--from`` PNG first, then every flag given on the command line."""
     given = request_fields(params)
     if source is not None:
+        if params.get("csd") is not None and (source.style_guidance or source.content_guidance):
+            given.setdefault("csd", params["csd"])
         return source.replace(**given)
-    # --caption (restyle's captioning helper, wired in by the lead) fills given["prompt"] here, from the content
-    # image: CSGO's recipe when no prompt is given (the authors caption the content image with BLIP).
+    if "prompt" not in given and "restyle" in given:
+        raise UserError("--restyle needs --prompt (what the photo shows) or --caption (made from the photo)")
+    # --caption with a CSGO checkpoint (the prompt from --content-image, as the authors caption it with BLIP) is wired
+    # in here and in StylePipeline.complete's CSGO branch.
     if "prompt" not in given:
         raise UserError("--prompt is required (or --from IMAGE.png)")
     if "style" not in given:
@@ -302,6 +332,9 @@ def _generate(params: dict[str, Any]) -> None:
         click.echo(str(pipe.save_style(request, params["save_style"])))
     scorer = pipe.scorer(request.content_text_encoder, params["csd"]) if scoring else None  # loaded before the run
     result = pipe(request, progress=True)
+    if request.restyle is not None:  # the inversion's cost, apart from the denoising's
+        seconds = pipe.inversions.seconds
+        click.echo(f"inverted the photo in {seconds:.1f} s" if seconds else "inverted photo reused", err=True)
     scores, failure = score_safely(lambda: scorer.score_request(result.images, result.request) if scorer else None)
     for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
         write_png(image, path, result.request, i, scores[i].png_text() if scores else None)
@@ -414,6 +447,176 @@ def echo_csgo_blocks(model: str, family: str, adapter: str, denoiser: Any) -> bo
     return True
 
 
+# --- video: a clip in the style of a reference (AnyV2V on I2VGen-XL) -------------------------------------------------
+
+#: Request fields the video command names otherwise: steps and guidance are the video's (the first frame's are
+#: --first-frame-steps/--first-frame-guidance), size and seed are the video's too, one image per first frame.
+VIDEO_TAKEN = ("steps", "guidance", "width", "height", "seed", "num_images", "inversion_steps")  # the clip's own
+#: Video options and their flags (``VideoOptions`` fields; ``--size`` sets width and height).
+VIDEO_OPTIONS: list[tuple[str, click.Option]] = [
+    ("first_frame", click.Option(["--first-frame"], help="A ready styled first frame: the first-frame request is "
+                                 "not run.")),
+    ("frames", click.Option(["--frames"], type=INT, help="Frames to make (more than --window: chained windows). "
+                            "[default: 16]")),
+    ("window", click.Option(["--window"], type=INT, help="Frames per video-model run; the last frame of one window "
+                            "is the first of the next. [default: 16, I2VGen-XL's]")),
+    ("fps", click.Option(["--fps"], type=INT, help="Frames taken per second of the clip, the model's frame-rate "
+                         "input and the output's rate. [default: 8]")),
+    ("size", click.Option(["--size"], help="Video size: N (square) or WxH, multiples of 8; frames are centre-cropped "
+                          "to it. [default: 512]")),
+    ("start", click.Option(["--start"], type=FLOAT, help="Seconds into the clip to start at. [default: 0]")),
+    ("duration", click.Option(["--duration"], type=FLOAT, help="Spread the frames evenly over this many seconds "
+                              "(default: one every 1/fps s).")),
+    ("inversion_steps", click.Option(["--inversion-steps"], type=INT, help="DDIM inversion steps (their timesteps "
+                                     "must include the sampling ones: equal to --steps or a multiple). [default: 50]")),
+    ("steps", click.Option(["--steps"], type=INT, help="Video sampling steps. [default: 50]")),
+    ("conv_injection", click.Option(["--conv-injection"], type=FLOAT, help="Fraction of the steps that inject the "
+                                    "source's convolution features. [default: 0.2]")),
+    ("spatial_injection", click.Option(["--spatial-injection"], type=FLOAT, help="... its spatial attention. "
+                                       "[default: 0.2]")),
+    ("temporal_injection", click.Option(["--temporal-injection"], type=FLOAT, help="... its temporal attention. "
+                                        "[default: 0.5]")),
+    ("guidance", click.Option(["--guidance"], type=FLOAT, help="Video classifier-free guidance. [default: 9]")),
+    ("init_step", click.Option(["--init-step"], type=INT, help="Start sampling this many steps into the schedule "
+                               "(AnyV2V's ddim_init_latents_t_idx). [default: 0]")),
+    ("prompt", click.Option(["--video-prompt"], "video_prompt", help="The video's prompt (default: --prompt).")),
+    ("negative_prompt", click.Option(["--video-negative-prompt"], help="The video's negative prompt [default: "
+                                     "AnyV2V's]."), ),
+    ("video_model", click.Option(["--video-model"], help="Diffusers I2VGenXLPipeline folder or hub id. [default: "
+                                 "ali-vilab/i2vgen-xl]")),
+]
+#: Flags of the first-frame request renamed in the video command.
+FIRST_FRAME_OPTIONS: list[tuple[str, click.Option]] = [
+    ("steps", click.Option(["--first-frame-steps"], type=INT, help="Denoising steps of the first frame. "
+                           "[default: 30]")),
+    ("guidance", click.Option(["--first-frame-guidance"], type=FLOAT, help="Guidance of the first frame. "
+                              "[default: 5.0]")),
+]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``512`` -> (512, 512); ``768x448`` -> (768, 448)."""
+    width, sep, height = text.lower().partition("x")
+    try:
+        size = (int(width), int(height if sep else width))
+    except ValueError:
+        raise UserError(f"--size {text!r}: give N or WxH (whole numbers)") from None
+    return size
+
+
+def video_request_from_cli(params: dict[str, Any]) -> Any:
+    """The ``VideoRequest``: ``--from`` (a video's record) first, then the clip argument and every flag given."""
+    from ..core.video_options import VideoOptions, VideoRequest, first_frame_fields
+    from ..modes.video import read_video_request
+
+    source = read_video_request(params["from_record"]) if params["from_record"] else None
+    clip = params["clip"] or (source.clip if source else None)
+    if not clip:
+        raise UserError("give the clip: instantstyle video CLIP.mp4 ... (or --from OUT.json)")
+    given_options = {name: params[option.name] for name, option in VIDEO_OPTIONS
+                     if name != "size" and params[option.name] is not None}
+    if params["size"] is not None:
+        given_options["width"], given_options["height"] = parse_size(params["size"])
+    if params["seed"] is not None:
+        given_options["seed"] = params["seed"]
+    options = (source.options if source else VideoOptions()).replace(**given_options)
+    fields = request_fields({**params, **dict.fromkeys(VIDEO_TAKEN)})
+    for name, option in FIRST_FRAME_OPTIONS:
+        if params[option.name] is not None:
+            fields[name] = params[option.name]
+    if params["seed"] is not None:
+        fields["seed"] = params["seed"]
+    if source is not None:
+        merged = source.request.replace(**fields)
+        fields = {f.name: getattr(merged, f.name) for f in dataclasses.fields(Request)}
+    else:
+        if "prompt" not in fields:
+            raise UserError("--prompt is required (or --from OUT.json)")
+        if "style" not in fields:
+            raise UserError("--style is required (or --from OUT.json)")
+        fields.setdefault("model", DEFAULT_MODEL)
+        fields.setdefault("adapter", DEFAULT_ADAPTER)
+    request = Request(**first_frame_fields(fields))
+    return VideoRequest(str(clip), request, options)
+
+
+def _video(params: dict[str, Any]) -> None:
+    from ..modes.video import PHASES, check_outputs
+    from .video import check_video, make_video, score_result
+
+    video = video_request_from_cli(params)
+    runtime = runtime_from(params)
+    if not 1 <= params["max_frames"]:
+        raise UserError(f"--max-frames must be at least 1, got {params['max_frames']}")
+    files = check_outputs(params["output"], params["overwrite"])
+    if params["csd"] is not None:
+        check_csd_path(params["csd"])
+    checked = check_video(video, runtime, files, params["max_frames"])
+    if not params["debug"]:
+        quiet_libraries()
+    bars: list[Any] = []
+    seen: dict[str, Any] = {"phase": "", "done": 0, "windows": 0}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        """One bar per phase and window (each window runs inversion, sampling and decoding again)."""
+        from tqdm import tqdm
+
+        if phase != seen["phase"] or done < seen["done"]:
+            if bars:
+                bars[-1].close()
+            seen["windows"] += phase == "inversion"
+            window = f" {seen['windows']}/{checked.windows}" if checked.windows > 1 and phase != "first-frame" else ""
+            bars.append(tqdm(total=total, desc=f"{phase}{window}", unit="frame" if phase == "decoding" else "step",
+                             dynamic_ncols=True))
+        bars[-1].n = done
+        bars[-1].refresh()
+        seen.update(phase=phase, done=done)
+
+    try:
+        result = make_video(checked, runtime, files, lambda r: load_pipeline(r, runtime, [r.blocks]), progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    assert set(result.seconds) <= set(PHASES)
+    for path in (files.video, files.first_frame, files.record, *([checked.source_path] if checked.source_path else [])):
+        click.echo(str(path))
+    if params["score"] or params["csd"] is not None:
+        try:
+            scores, unavailable = score_result(result, runtime, files, params["csd"])
+        except UserError as err:
+            raise UserError(f"the video is written, but not scored: {err}") from None
+        click.echo(scores.table())
+        click.echo(str(files.scores))
+        for key, reason in unavailable.items():
+            if key in ("clip_style", "csd_style", "clip_text"):
+                click.echo(f"note: {key} not scored: {reason}", err=True)
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("clip", required=False)
+@click.option("--from", "from_record", default=None, help="Reproduce a video made by instantstyle: its OUT.json, "
+              "the video or its OUT.first.png (flags override).")
+@click.option("--output", "-o", required=True, help="Output video (.mp4, .mov or .mkv); beside it OUT.first.png, "
+              "OUT.json, OUT.source.png (and OUT.scores.json with --score).")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--max-frames", default=DEFAULT_MAX_FRAMES, type=INT, help="Refuse to make more frames than this.")
+@click.option("--score", is_flag=True, help="Score the frames (CLIP style, CLIP text; CSD with --csd) and temporal "
+              "consistency: printed, and written to OUT.scores.json.")
+@click.option("--csd", default=None, help="CSD checkpoint for csd_style (implies --score).")
+@runtime_options()
+def video(**params: Any) -> None:
+    """Restyle a clip frame-consistently (AnyV2V on I2VGen-XL): the first frame by an instantstyle request (by
+    default a canny ControlNet on the clip's first frame, as AnyV2V), then DDIM inversion of the clip and sampling
+    from it with the source's features injected."""
+    run_cli(_video, params["debug"], params)
+
+
+video.params[7:7] = ([option for _, option in VIDEO_OPTIONS] + [option for _, option in FIRST_FRAME_OPTIONS]
+                     + [option for name, option in REQUEST_OPTIONS if name not in VIDEO_TAKEN]
+                     + [click.Option(["--seed"], type=INT, help="Seed of the first frame and the video (default: "
+                                     "random, recorded).")])
+
+
 # --- score: the scores of images that exist ----------------------------------------------------------
 
 #: The models ``score`` loads: each from its flag, else from the requests the images carry (all must agree).
@@ -450,7 +653,9 @@ def _score(params: dict[str, Any]) -> None:
         pictures.append(load_image(path, "image", runtime.max_pixels))
         with Image.open(path) as image:  # readable: load_image said so
             saved.append(read_png_request(path) if PNG_KEY in image.info else None)
-    wanted: list[tuple[str | None, tuple[StyleRef, ...], str | None, str]] = []
+    if params["photo"] is not None:
+        load_image(params["photo"], "photo to restyle", runtime.max_pixels)
+    wanted: list[tuple[str | None, tuple[StyleRef, ...], str | None, str, str | None]] = []
     for path, request in zip(params["images"], saved, strict=True):
         prompt = params["prompt"] if params["prompt"] is not None else request and request.prompt
         style = styles or (request.style if request else ())
@@ -459,7 +664,8 @@ def _score(params: dict[str, Any]) -> None:
                             "no instantstyle parameters)")
         content = params["content_prompt"] or (request.content_prompt if request else None)
         fit = params["style_fit"] or (request.style_fit if request else "crop")
-        wanted.append((prompt or None, style, content, fit))
+        photo = params["photo"] or (request.restyle if request else None)
+        wanted.append((prompt or None, style, content, fit, photo))
     models = {name: params[name] or _shared(name, saved) for name in SCORE_MODELS}
     model = None if models["content_text_encoder"] else models["model"] or DEFAULT_MODEL
     adapter = models["adapter"] or (default_adapter(model, params.get("single_file_config")) if model else
@@ -509,7 +715,9 @@ def _shared(name: str, saved: Sequence[Request | None]) -> str | None:
 @click.option("--style-fit", default=None, type=click.Choice(["crop", "pad", "tiles"]),
               help="How non-square references are encoded [default: the images' own, else crop].")
 @click.option("--csd", default=None, help="CSD checkpoint (the authors' checkpoint.pth, or .safetensors) for "
-              "csd_style.")
+              "csd_style (and csd_content_keep).")
+@click.option("--photo", default=None, help="The photo the images restyle: content_keep (and csd_content_keep with "
+              "--csd) against it [default: each image's own, from its PNG].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line, instead of a table.")
 @runtime_options(exclude=[name for name, _, _ in RUNTIME_OPTIONS if name not in ("device", "dtype",
                                                                                   "single_file_config", "max_pixels",
@@ -693,7 +901,7 @@ def entry(argv: list[str] | None = None) -> None:
 
 # --- sweep: a labelled contact sheet over blocks x scale (x content scale) ---------------------------
 
-SWEPT = ("blocks", "scale", "content_scale", "content_adapter_scale", "num_images")
+SWEPT = ("blocks", "scale", "content_scale", "content_adapter_scale", "restyle_content_scale", "num_images")
 
 
 def _sweep(params: dict[str, Any]) -> None:
@@ -711,11 +919,15 @@ def _sweep(params: dict[str, Any]) -> None:
 
     source = read_png_request(params["from_png"]) if params["from_png"] else None
     base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
-    assert base.model is not None and base.adapter is not None
-    if is_csgo_ref(base.adapter):  # CSGO: its trained blocks in every row; its content axis is the content tokens'
-        if params["sweep_blocks"] or params["sweep_content_scales"]:
+    assert base.model is not None
+    restyle_scales = (parse_number_list("restyle content scale", params["sweep_restyle_content_scales"])
+                      if params["sweep_restyle_content_scales"] else ())
+    # CSGO: its trained blocks in every row; its content axis is the content tokens'
+    if base.adapter is not None and is_csgo_ref(base.adapter):
+        if params["sweep_blocks"] or params["sweep_content_scales"] or restyle_scales:
             raise UserError("a CSGO sweep varies --scale (style) and --content-adapter-scale (content tokens); its "
-                            "blocks are trained in and it subtracts no content (--blocks, --content-scale)")
+                            "blocks are trained in and it subtracts no content (--blocks, --content-scale, "
+                            "--restyle-content-scale)")
         base = base.replace(blocks=None)
         axes = Axes((None,), parse_number_list("scale", params["sweep_scales"]),
                     parse_number_list("content adapter scale", params["sweep_content_adapter_scales"])
@@ -731,7 +943,10 @@ def _sweep(params: dict[str, Any]) -> None:
             parse_number_list("scale", params["sweep_scales"]),
             parse_number_list("content scale", params["sweep_content_scales"]) if params["sweep_content_scales"]
             else (),
+            restyle_scales,
         )
+    if axes.restyle_content_scales and base.restyle is None:
+        raise UserError("--restyle-content-scale values need --restyle PHOTO")
     if axes.content_scales and axes.content_field == "content_scale" and base.content_prompt is None \
             and base.content_image is None:
         raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
@@ -739,6 +954,11 @@ def _sweep(params: dict[str, Any]) -> None:
         raise UserError(f"{'--pick' if params['pick'] else '--csd'} needs the scores; drop --no-score")
     if not 0 <= params["pick_style_floor"] <= 1:  # click's range lets nan through
         raise UserError(f"--pick-style-floor must be between 0 and 1, got {params['pick_style_floor']}")
+    content_floor = params["pick_content_floor"]
+    if content_floor is not None and not 0 <= content_floor <= 1:
+        raise UserError(f"--pick-content-floor must be between 0 and 1, got {content_floor}")
+    if content_floor is not None and (not params["pick"] or base.restyle is None):
+        raise UserError("--pick-content-floor is for --pick in a sweep restyling a photo (--restyle PHOTO)")
     if params["csd"] is not None:
         check_csd_path(params["csd"])
     runtime = runtime_from(params)
@@ -763,7 +983,8 @@ def _sweep(params: dict[str, Any]) -> None:
     if params["pick"] and scorer is not None and "clip_text" in scorer.unavailable():
         raise UserError(f"--pick needs prompt scores, and this model has none: {scorer.unavailable()['clip_text']}")
     out = render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)), scorer=scorer,
-                       style_floor=params["pick_style_floor"] if params["pick"] else None, progress=True)
+                       style_floor=params["pick_style_floor"] if params["pick"] else None, progress=True,
+                       content_floor=content_floor)
     click.echo(str(sheet))
     if scorer is None:
         return
@@ -807,6 +1028,8 @@ def generate_command(request: Request, output: str | Path) -> str:
     defaults = {f.name: f.default for f in dataclasses.fields(Request)}
     flags: list[str] = []
     for name, option in REQUEST_OPTIONS:
+        if name in ("caption", "caption_model"):  # the prompt holds the caption
+            continue
         value = getattr(request, name)
         if value is None or value == () or value == defaults.get(name) and name not in ("prompt", "seed"):
             continue
@@ -824,6 +1047,8 @@ def generate_command(request: Request, output: str | Path) -> str:
                  *([f"blocks={use.blocks}"] if use.blocks is not None else []), f"scale={use.scale!r}",
                  *(f"region={r}" for r in use.regions)]
         flags += ["--adapter", ";".join(parts)]
+    if request.csd is not None:
+        flags += ["--csd", request.csd]
     return shlex.join(["instantstyle", "generate", *flags, "-o", str(output)])
 
 
@@ -834,6 +1059,8 @@ def generate_command(request: Request, output: str | Path) -> str:
 @click.option("--scale", "sweep_scales", default="0.4,0.7,1.0", help="Scales to compare, one column each.")
 @click.option("--content-scale", "sweep_content_scales", default=None,
               help="Content scales to compare (rows within each blocks spec); needs --content-prompt.")
+@click.option("--restyle-content-scale", "sweep_restyle_content_scales", default=None,
+              help="With --restyle: the photo's content scales to compare (rows); the photo is inverted once.")
 @click.option("--content-adapter-scale", "sweep_content_adapter_scales", default=None,
               help="CSGO: content-token scales to compare, one row each (its blocks are trained in: no --blocks).")
 @click.option("--from", "from_png", default=None, help="Take the other settings from a PNG made by instantstyle.")
@@ -848,6 +1075,8 @@ def generate_command(request: Request, output: str | Path) -> str:
               "line) and SHEET-pick.safetensors (a style file with those settings).")
 @click.option("--pick-style-floor", default=0.9, type=click.FloatRange(0, 1), help="The fraction of the best style "
               "score the pick must keep.")
+@click.option("--pick-content-floor", default=None, type=click.FloatRange(0, 1), help="With --restyle: the fraction "
+              "of the best content-kept score (how much of the photo a cell keeps) the pick must keep.")
 @runtime_options()
 def sweep(**params: Any) -> None:
     """Render every blocks x scale combination with one seed into a labelled contact sheet."""

@@ -25,7 +25,16 @@ from ..errors import UserError
 from ..files.atomic import save_png_atomically, write_text_atomically
 from ..scores.drawing import font as load_font
 from ..scores.drawing import text_size
-from ..scores.pareto import Cell, cell_points, cells_csv, pareto_front, pick, style_key, style_threshold
+from ..scores.pareto import (
+    Cell,
+    cell_points,
+    cells_csv,
+    content_kept,
+    pareto_front,
+    pick,
+    style_key,
+    style_threshold,
+)
 from ..scores.plots import save_plot, scatter_plot
 from ..scores.scorer import SCORE_TITLES, Scorer, Scores
 
@@ -58,11 +67,13 @@ CONTENT_FIELDS = {"content_scale": "content", "content_adapter_scale": "content 
 @dataclass(frozen=True)
 class Axes:
     """What a sweep varies: blocks specs (rows; ``None``: the adapter's own, CSGO's trained blocks), scales
-    (columns) and optional content scales (rows) of ``content_field`` (``CONTENT_FIELDS``)."""
+    (columns), and optional content scales of ``content_field`` (``CONTENT_FIELDS``) and restyled photos' content
+    scales (rows)."""
 
     blocks: tuple[str | None, ...]
     scales: tuple[float, ...]
     content_scales: tuple[float, ...] = ()
+    restyle_content_scales: tuple[float, ...] = ()
     content_field: str = "content_scale"
 
     def __post_init__(self) -> None:
@@ -76,14 +87,17 @@ class Axes:
             raise ValueError(f"a sweep's content axis is one of {', '.join(CONTENT_FIELDS)}")
 
     @property
-    def rows(self) -> list[tuple[str | None, float | None]]:
-        """(blocks, content scale or None) for every row, blocks outermost."""
+    def rows(self) -> list[tuple[str | None, float | None, float | None]]:
+        """(blocks, content scale or None, restyle content scale or None) for every row, blocks outermost."""
         contents: Sequence[float | None] = self.content_scales or (None,)
-        return [(blocks, c) for blocks in self.blocks for c in contents]
+        photo: Sequence[float | None] = self.restyle_content_scales or (None,)
+        return [(blocks, c, r) for blocks in self.blocks for c in contents for r in photo]
 
-    def row_label(self, blocks: str | None, content_scale: float | None) -> str:
+    def row_label(self, blocks: str | None, content_scale: float | None,
+                  restyle_content_scale: float | None = None) -> str:
         content = None if content_scale is None else f"{CONTENT_FIELDS[self.content_field]} {_num(content_scale)}"
-        return " | ".join(part for part in (blocks, content) if part is not None) or "the adapter's blocks"
+        photo = None if restyle_content_scale is None else f"photo {_num(restyle_content_scale)}"
+        return " | ".join(part for part in (blocks, content, photo) if part is not None) or "the adapter's blocks"
 
     def column_label(self, scale: float) -> str:
         return f"scale {_num(scale)}"
@@ -126,12 +140,14 @@ def sweep_requests(base: Request, axes: Axes) -> list[list[Request]]:
     if base.seed is None:
         raise UserError("a sweep needs a fixed seed (complete the request first)")
     grid = []
-    for blocks, content_scale in axes.rows:
+    for blocks, content_scale, restyle_content_scale in axes.rows:
         row = []
         for scale in axes.scales:
             changes: dict[str, object] = {"blocks": blocks, "scale": scale, "num_images": 1}
             if content_scale is not None:
                 changes[axes.content_field] = content_scale
+            if restyle_content_scale is not None:
+                changes["restyle_content_scale"] = restyle_content_scale
             row.append(base.replace(**changes))
         grid.append(row)
     return grid
@@ -140,11 +156,13 @@ def sweep_requests(base: Request, axes: Axes) -> list[list[Request]]:
 def cell_name(stem: str, axes: Axes, row: int, column: int) -> str:
     """File name of one cell: ``sheet-style-s0.7.png`` (with ``-c0.5`` when content scales vary), from the row's
     blocks spec as given (``@FILE:NAME`` included) and the column's scale."""
-    blocks, content_scale = axes.rows[row]
+    blocks, content_scale, restyle_content_scale = axes.rows[row]
     slug = re.sub(r"[^A-Za-z0-9+.]+", "_", blocks).strip("_") if blocks is not None else "own"
     name = f"{stem}-{slug}-s{_num(axes.scales[column])}"
     if content_scale is not None:
         name += f"-c{_num(content_scale)}"
+    if restyle_content_scale is not None:
+        name += f"-p{_num(restyle_content_scale)}"
     return name + ".png"
 
 
@@ -304,7 +322,9 @@ def save_sheet(sheet: Image.Image, path: str | Path, base: Request, axes: Axes,
     """Write the sheet PNG atomically, with the sweep (base request and axes; the cells' scores, row-major, and
     the picked cell when scored) in a text chunk."""
     sweep: dict[str, object] = {"base": base.to_dict(), "blocks": axes.blocks, "scales": axes.scales,
-                                "content_scales": axes.content_scales, "content_field": axes.content_field}
+                                "content_scales": axes.content_scales,
+                                "restyle_content_scales": axes.restyle_content_scales,
+                                "content_field": axes.content_field}
     if scores is not None:
         sweep.update(scores=[s.to_dict() for s in scores], picked=picked)
     return save_png_atomically(sheet, path, {SHEET_KEY: json.dumps(sweep, sort_keys=True)})
@@ -343,10 +363,12 @@ def render_sweep(
     scorer: Scorer | None = None,
     style_floor: float | None = None,
     progress: bool = False,
+    content_floor: float | None = None,
 ) -> SweepOutput:
     """Run a sweep and write its cells (``write_png``, each as soon as it is made, with its scores when
     ``scorer`` is given) and the labelled sheet (titled with the shared settings unless ``title`` is given).
-    Scored, it also writes the plot and the CSV; with ``style_floor``, it picks a cell (``pareto.pick``).
+    Scored, it also writes the plot and the CSV; with ``style_floor``, it picks a cell (``pareto.pick``; with
+    ``content_floor``, among the cells that keep enough of a restyled photo).
     ``progress`` shows each cell's step bar on stderr."""
     output = Path(output)
     paths: list[list[Path]] = [[] for _ in axes.rows]
@@ -365,7 +387,7 @@ def render_sweep(
     images, done = run_sweep(pipe, base, axes, save, progress)
     first = done[0][0]
     title = title or f"seed {first.seed}, {first.steps} steps, {first.width}x{first.height}: {first.prompt}"[:120]
-    rows = [axes.row_label(b, c) for b, c in axes.rows]
+    rows = [axes.row_label(*row) for row in axes.rows]
     columns = [axes.column_label(s) for s in axes.scales]
     if scorer is None:
         sheet = contact_sheet(images, rows, columns, title)
@@ -377,7 +399,7 @@ def render_sweep(
     picked, failure = None, None
     if style_floor is not None:
         try:
-            picked = pick(points, style_floor)
+            picked = pick(points, style_floor, content_kept(cells), content_floor)
         except UserError as err:  # the sheet, plot and table are still written
             failure = err
     framed = None if picked is None else divmod(picked, len(columns))
@@ -395,10 +417,12 @@ def render_sweep(
 
 
 def _cell_settings(axes: Axes, row: int, column: int, path: Path) -> dict[str, object]:
-    blocks, content_scale = axes.rows[row]
+    blocks, content_scale, restyle_content_scale = axes.rows[row]
     settings: dict[str, object] = {"blocks": blocks, "scale": axes.scales[column]}
     if content_scale is not None:
         settings[axes.content_field] = content_scale
+    if restyle_content_scale is not None:
+        settings["restyle_content_scale"] = restyle_content_scale
     return {**settings, "file": path.name}
 
 

@@ -36,7 +36,6 @@ from ..core.pipeline import Result, StylePipeline
 from ..core.preflight import check_request, check_runtime
 from ..core.request import (
     CONTROL_KINDS,
-    DEFAULT_CONTROL_SCALE,
     DEFAULT_GUIDANCE,
     MAX_SIZE,
     LoraRef,
@@ -70,8 +69,6 @@ CUSTOM = "custom"
 MODEL_BLOCKS = "model's default"  # the request names no blocks: the family's default (style; all on SD3/FLUX)
 NO_CONTROL = "none"
 READY_CONTROL = "ready control image"  # the control upload is the control image itself (needs a ControlNet)
-#: The control kinds the page offers: CSGO's ``tile`` comes with its composition controls (a CSGO adapter only).
-PAGE_CONTROL_KINDS = tuple(kind for kind in CONTROL_KINDS if kind != "tile")
 DEFAULT_SCHEDULER = "model's own"
 QUEUE = "pipeline"  # every event that runs the pipeline shares this concurrency slot
 #: Block presets offered in the page (every family has the same preset names).
@@ -356,6 +353,11 @@ def _or_none(value: Any) -> str | None:
     return (value or "").strip() or None
 
 
+def _scale_or_default(value: float | None) -> float:
+    """A request's control scale for the form: ``None`` (the mode's default) is 1.0 outside restyling."""
+    return 1.0 if value is None else float(value)
+
+
 def _or_empty(value: Any) -> str:
     return value or ""
 
@@ -411,13 +413,11 @@ FORM: tuple[Field, ...] = (
     Field("strength", 0, _Slider(0, 1, 0.05, "Strength (how much to change; 0 = default: 0.8, inpainting 1)",
                                  "strength"), lambda v: float(v or 0) or None, lambda v: v or 0),
     Field("mask", None, _upload("Mask for inpainting (white = repaint; needs the init image)", "mask")),
-    Field("control", NO_CONTROL, lambda value: gr.Dropdown([NO_CONTROL, *PAGE_CONTROL_KINDS, READY_CONTROL],
-                                                           value=value,
+    Field("control", NO_CONTROL, lambda value: gr.Dropdown([NO_CONTROL, *CONTROL_KINDS, READY_CONTROL], value=value,
                                                            label="ControlNet control", elem_id="control")),
     Field("control_image", None, _upload("Control image (canny/depth source; default: the init image)",
                                          "control-image")),
-    Field("control_scale", 1.0, _Slider(0, 2, 0.05, "Control scale", "control-scale"), float,
-          _or_default(DEFAULT_CONTROL_SCALE)),
+    Field("control_scale", 1.0, _Slider(0, 2, 0.05, "Control scale", "control-scale"), float, _scale_or_default),
     Field("controlnet", "", _text("ControlNet model (blank: the default for the control kind)", "controlnet"),
           _or_none, _or_empty),
     Field("scheduler", DEFAULT_SCHEDULER, lambda value: gr.Dropdown([DEFAULT_SCHEDULER, *SCHEDULERS], value=value,
@@ -656,7 +656,7 @@ class App:
             raise UserError("content scales need a content prompt or a content image")
         check_request(base, self.work.max_pixels)
         check_runtime(base, pipe.runtime)
-        for row_blocks, _ in axes.rows:
+        for row_blocks, *_ in axes.rows:
             resolve_blocks(row_blocks, pipe.layers, pipe.family)
         total, done = len(axes.rows) * len(axes.scales), []
 

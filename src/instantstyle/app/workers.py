@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.request import Request
+from ..core.video_options import VideoRequest
 from ..errors import UserError
 from ..loading.runtime import DEFAULT_MODEL, Runtime
 from ..scores.scorer import Scores
@@ -25,21 +26,27 @@ from ..scores.scorer import Scores
 
 @dataclass(frozen=True)
 class Job:
-    """One request to render, named by ``id`` (its output files are ``ID.png`` or ``ID-N.png``)."""
+    """One request to render, named by ``id`` (its output files are ``ID.png`` or ``ID-N.png``; a video job's,
+    ``ID.mp4`` with ``ID.first.png`` and ``ID.json`` beside it). ``video``: the job makes a video (its
+    ``request`` is then the first-frame request)."""
 
     id: str
     request: Request
     where: str = ""  # "jobs.jsonl line 3", for messages
+    video: VideoRequest | None = None
 
     @property
     def outputs(self) -> list[str]:
+        if self.video is not None:
+            return [f"{self.id}.mp4", f"{self.id}.first.png", f"{self.id}.json"]
         n = self.request.num_images
         return [f"{self.id}.png"] if n == 1 else [f"{self.id}-{i + 1}.png" for i in range(n)]
 
     @property
     def key(self) -> str:
         """Fingerprint of what the job makes: a done job whose line changed is made again."""
-        return hashlib.sha256(self.request.to_json().encode()).hexdigest()[:16]
+        what = self.video.to_json() if self.video is not None else self.request.to_json()
+        return hashlib.sha256(what.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -55,6 +62,8 @@ class Outcome:
     batch_images: int
     scores: list[Scores] | None = None
     score_error: str | None = None
+    video: dict[str, Any] | None = None  # a video job's completed record (its files are written by then)
+    video_scores: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,7 @@ class Worker:
             torch.set_num_threads(threads)
         self.runtime = runtime or Runtime()
         self.scoring = scoring
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.name = self.name_here()
         self.encoder_runs = 0
         self.given = pipeline
         self.pipeline: Any = None
@@ -110,6 +119,11 @@ class Worker:
     def _watch(self, pipeline: Any) -> None:
         pipeline.embeddings.memory = self.embed_memory  # styles encoded by an earlier model stay known
         self.hooks.append(pipeline.image_encoder.model.register_forward_hook(self._count))
+
+    @staticmethod
+    def name_here() -> str:
+        """How this process names itself in the manifest."""
+        return f"{socket.gethostname()}:{os.getpid()}"
 
     def close(self) -> None:
         """Stop counting encoder passes (a pipeline given by the caller outlives this worker)."""

@@ -237,7 +237,7 @@ def complete(request: Request, native: int, max_pixels: int | None) -> Request:
         changes["control"] = CONTROL
     if request.control_scale is None:
         changes["control_scale"] = CONTROL_SCALE
-    if not request.negative_prompt:
+    if request.negative_prompt is None:
         changes["negative_prompt"] = NEGATIVE_PROMPT
     if request.width is None or request.height is None:
         size = (native, native)
@@ -259,6 +259,8 @@ def check_request(request: Request) -> None:
         (request.content_prompt is not None, "--content-prompt: CSGO takes the content as an image (--content-image)"),
         (request.init_image is not None or request.mask is not None, "--init-image/--mask: CSGO is text-to-image "
          "with the content image in its tile ControlNet (--content-image)"),
+        (request.restyle is not None, "--restyle: CSGO restyles with --content-image (its tile ControlNet and content "
+         "tokens)"),
         (request.control not in (None, CONTROL), f"--control {request.control}: CSGO runs its tile ControlNet on the "
          "content image (--control tile)"),
         (request.control_image is not None, "--control-image: CSGO's ControlNet takes the content image "
@@ -275,12 +277,12 @@ def check_request(request: Request) -> None:
 
 
 def check_not_csgo(request: Request) -> None:
-    """What only a CSGO request may ask (another adapter would ignore it)."""
+    """What only a CSGO request may ask (another adapter would ignore it), and the tile ControlNet's image, which only
+    CSGO finds without being told (its content image, or black)."""
     if request.content_adapter_scale:
         raise UserError("--content-adapter-scale is for CSGO checkpoints (content tokens); this adapter has none")
-    if request.control == CONTROL:
-        raise UserError("--control tile is CSGO's (the content image in its tile ControlNet); give a CSGO "
-                        "checkpoint as --adapter, or another control")
+    if request.control == CONTROL and not (request.control_image or request.init_image or request.restyle):
+        raise UserError("--control tile needs --control-image IMAGE (or --init-image)")
 
 
 def projection(unet: Any, group: Mapping[str, torch.Tensor]) -> Any:

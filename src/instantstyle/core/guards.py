@@ -41,7 +41,7 @@ def warn_if_prompts_truncated(pipe: Any, request: Request) -> None:
     tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
     if tokenizer is not None:
         warn_if_truncated(tokenizer, request.prompt, "prompt")
-        warn_if_truncated(tokenizer, request.negative_prompt, "negative prompt")
+        warn_if_truncated(tokenizer, request.negative_prompt or "", "negative prompt")
 
 
 @functools.lru_cache(maxsize=256)

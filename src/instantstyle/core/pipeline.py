@@ -35,19 +35,21 @@ from PIL import Image
 
 from ..errors import UserError
 from ..families import Family
+from ..files.images import load_image
 from ..loading import loader, memory
 from ..loading.cache import EmbeddingCache
 from ..loading.extras import Extras
 from ..loading.hub import resolve_adapter_file
 from ..loading.runtime import DEFAULT_ADAPTER, DEFAULT_MODEL, Runtime
-from ..modes import control, hidiffusion
+from ..modes import control, hidiffusion, restyle
 from ..modes import image as modes
 from ..scores.csd import CsdModel
 from ..scores.scorer import Scorer, Scores
 from . import csgo, guards, processors, routing, styles
 from .adapter import AdapterWeights, attach_adapters, read_adapter
 from .blocks import expand_preset_ref
-from .embeddings import ImageEncoder, TextTower, has_clip_text_tower
+from .caption import caption
+from .embeddings import ImageEncoder, TextTower, has_clip_text_tower, image_hash
 from .lora import apply_loras
 from .request import DEFAULT_CONTROL_SCALE, DEFAULT_GUIDANCE, MIN_SIZE, Request, StyleRef
 from .schedulers import make_scheduler
@@ -133,6 +135,8 @@ class StylePipeline:
     #: Told the name of each phase (``PHASES``, then ``end``) as it begins; ``None``: nobody listens.
     on_phase: Callable[[str], None] | None = field(default=None, repr=False)
     budget: memory.Budget | None = field(init=False, repr=False)  # with ``runtime.memory_budget``
+    #: Restyled photos' inverted latents (``modes.restyle``); ``inversions.seconds``: the last inversion's cost.
+    inversions: restyle.InversionCache = field(default_factory=restyle.InversionCache, init=False, repr=False)
     _base_scheduler: Any = field(default=None, repr=False)
     _attached: tuple[str, ...] = field(default=(), repr=False)  # the further adapters now in the denoiser
     _scorers: dict[tuple[str | None, str | None], Scorer] = field(default_factory=dict, init=False, repr=False)
@@ -212,12 +216,13 @@ class StylePipeline:
         self.family.check_request(request, self.denoiser)
         slots = self._set_models(request)
         kwargs = self._call_kwargs(request, slots)
+        guided = self._restyle(request, kwargs) if request.restyle is not None else None
         pipe = modes.mode_pipeline(self.pipe, self.family, request, self.controlnet(request))
         kwargs = modes.fit_call(pipe, kwargs, request)
         guards.warn_if_prompts_truncated(pipe, request)
         never_nan = guards.refuse_nonfinite(self.pipe.vae, guards.nonfinite_cause(self.dtype, request))
         # The denoiser is back on the device (a memory budget) before HiDiffusion's hooks go on it.
-        during: list[AbstractContextManager[Any]] = [never_nan, self._denoising()]
+        during: list[AbstractContextManager[Any]] = [never_nan, self._denoising(), *([guided] if guided else [])]
         if request.hidiffusion:
             seeds = [_seed(r) for r in (request, *shared) for _ in range(r.num_images)] if shared else None
             during.append(hidiffusion.for_request(self.family, self.denoiser, pipe.scheduler, request, seeds))
@@ -250,8 +255,8 @@ class StylePipeline:
         self._phase("text")
         batch = {
             **self.text_kwargs([r.prompt for r in done for _ in range(r.num_images)],
-                               [r.negative_prompt for r in done for _ in range(r.num_images)] if negative else None,
-                               guidance_of(done[0])),
+                               [r.negative_prompt or "" for r in done for _ in range(r.num_images)] if negative
+                               else None, guidance_of(done[0])),
             "num_images_per_prompt": 1,
             "latents": torch.cat([self.family.draw_latents(self.pipe, r, self.device, self.dtype) for r in done]),
         }
@@ -275,9 +280,17 @@ class StylePipeline:
             # Another spelling of the same adapter (a path into the HF cache, say) is resolved once, here only.
             if name == "model" or resolve_adapter_file(theirs) != Path(self.adapter.path):
                 raise UserError(f"request is for {name} {theirs!r} but this pipeline has {mine!r}")
+        if request.restyle is not None:  # InstantStyle-Plus: its recipe for what the request leaves unset
+            restyle.check_family(self.family)
+            request.check_restyle_prompt()
+            request = request.replace(**restyle.recipe_fields(request))
+            if not request.prompt.strip() and request.caption_model is not None:
+                photo = load_image(request.restyle or "", "photo to restyle", self.runtime.max_pixels)
+                request = request.replace(prompt=caption(photo, request.caption_model, self.device, self.dtype))
         default = self.family.native_size(self.pipe)
         if self.csgo is not None:  # CSGO: its own defaults and size rule, and what it cannot do (core/csgo.py)
             csgo.check_request(request)
+            # --caption with CSGO (the prompt from the content image, as restyle's above) is wired in here.
             request = csgo.complete(request, default, self.runtime.max_pixels)
         else:
             csgo.check_not_csgo(request)
@@ -303,6 +316,7 @@ class StylePipeline:
             seed=request.seed if request.seed is not None else secrets.randbits(32),
             strength=modes.default_strength(request),
             controlnet=request.control and control.controlnet_ref(request.control, self.family, request.controlnet),
+            negative_prompt=request.negative_prompt if request.negative_prompt is not None else "",
         )
 
     def _set_models(self, request: Request) -> list[dict[str, float]]:
@@ -322,9 +336,11 @@ class StylePipeline:
         else in the VAE's own tiles above ``memory.VAE_TILING_ABOVE`` px only."""
         assert request.width is not None and request.height is not None
         vae = self.pipe.vae
-        if self.budget is not None:
+        if self.budget is not None:  # with CSD guidance, CSD stays beside them through the call
+            guided = request.csd is not None and bool(request.style_guidance or request.content_guidance)
             resident = (memory.module_bytes(self.denoiser) + memory.module_bytes(self.controlnet(request))
-                        + memory.module_bytes(vae, memory.vae_decode_dtype(vae, self.dtype)))
+                        + memory.module_bytes(vae, memory.vae_decode_dtype(vae, self.dtype))
+                        + (memory.module_bytes(self.extras.csd(request.csd or "").backbone) if guided else 0))
             room = self.budget.limit - resident - memory.DECODE_RESERVE
             return memory.decode_plan(vae, request.width, request.height, self.dtype, room)
         if self.runtime.vae_tiling:
@@ -409,6 +425,35 @@ class StylePipeline:
                                else memory.nothing()):
             return self.family.encode_prompts(self.pipe, prompts, negatives, self.pipe._execution_device, cfg)
 
+    # --- restyling a photo (InstantStyle-Plus) -------------------------------------------------------------
+    def _restyle(self, request: Request, kwargs: dict[str, Any]) -> AbstractContextManager[Any] | None:
+        """The restyle hook (``modes.restyle``): before the call, the photo's ReNoise inversion (a plain pass: the
+        adapters' scales 0 meanwhile), cached per photo, prompt, size, steps and seed; the call starts from its
+        inverted latent. With CSD guidance, the context that guides the call's steps (``None`` without)."""
+        assert request.restyle is not None
+        self._phase("invert")
+        photo = restyle.load_photo(request, self.runtime.max_pixels)
+
+        def invert() -> torch.Tensor:
+            text = self.text_kwargs([request.prompt], None, 0.0)
+            if self.budget is not None:  # the text encoders are parked again; the denoiser and the VAE invert
+                self.budget.bring([self.denoiser, self.pipe.vae])
+            with torch.no_grad(), processors.scales_off(self.denoiser, self.family):
+                return restyle.invert(self.pipe, make_scheduler("ddim", self._base_scheduler), text,
+                                      kwargs.get("ip_adapter_image_embeds", ()), photo, request, self.dtype)
+
+        key = restyle.inversion_key(request, image_hash(request.restyle), self.model_id, self.dtype)
+        kwargs.update(restyle.call_kwargs(self.inversions.get(key, invert), self.device, self.dtype))
+        if not (request.style_guidance or request.content_guidance):
+            return None
+        assert request.csd is not None
+        csd = self.extras.csd(request.csd)
+        guidance = restyle.csd_guidance_for(csd, request, self.runtime.max_pixels)
+        if self.budget is not None and self.budget.moves:  # CSD comes to the device for the call, as a scorer does
+            self.budget.make_room(memory.module_bytes(csd.backbone), [])
+            csd.to(self.device)
+        return restyle.csd_guidance(self.pipe, guidance, checkpointing=self.budget is not None)
+
     # --- phases and placement -----------------------------------------------------------------------
     def _phase(self, name: str) -> None:
         if self.on_phase is not None:
@@ -432,7 +477,7 @@ class StylePipeline:
         told: list[bool] = []
 
         def decoding(*_: Any) -> None:
-            if not told:
+            if not told and not torch.is_grad_enabled():  # CSD guidance decodes each step with gradients
                 told.append(True)
                 self._phase("decode")
 

@@ -22,6 +22,7 @@ from ..loading.hub import (
     check_model_ref,
     checkpoint_family,
     hub_error,
+    hub_ref,
     is_local_adapter_ref,
     model_source,
     resolve_adapter_file,
@@ -59,15 +60,32 @@ def check_request(request: Request, max_pixels: int | None = MAX_PIXELS) -> None
 
 
 def check_adapter_kind(request: Request) -> None:
-    """What the request asks that its adapter cannot do, from the kind of a local adapter file (read lazily: a CSGO
-    checkpoint is memory-mapped, a safetensors file's names read): CSGO's options only with CSGO, and what CSGO
-    cannot do not with it (``csgo.check_request``). A hub adapter is checked once loaded."""
-    if request.adapter is None or not is_local_adapter_ref(request.adapter):
+    """What the request asks that its adapter cannot do, from the kind of its adapter file (a local one, or a hub one
+    already in the HF cache; read lazily: a CSGO checkpoint is memory-mapped, a safetensors file's names read):
+    CSGO's options only with CSGO, and what CSGO cannot do not with it (``csgo.check_request``). No adapter named is
+    the family's default, never CSGO; a hub adapter not downloaded yet is checked once it loads."""
+    if request.adapter is None:
+        csgo.check_not_csgo(request)
         return
-    if adapter_kind(resolve_adapter_file(request.adapter)) == "csgo":
+    if is_local_adapter_ref(request.adapter):
+        path: Path | None = resolve_adapter_file(request.adapter)
+    else:
+        ref = hub_ref("adapter", request.adapter)
+        path = cached_file(ref.repo, ref.file) if ref is not None else None
+    if path is None:
+        return
+    if adapter_kind(path) == "csgo":
         csgo.check_request(request)
     else:
         csgo.check_not_csgo(request)
+
+
+def cached_file(repo: str, file: str) -> Path | None:
+    """A hub file's path in the local HF cache, or ``None`` (never asks the hub)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, file)
+    return Path(found) if isinstance(found, str) else None
 
 
 def check_runtime(request: Request, runtime: Runtime) -> None:
@@ -77,15 +95,21 @@ def check_runtime(request: Request, runtime: Runtime) -> None:
 
 
 def check_family(request: Request, family: Family) -> None:
-    """What the request asks of the model's family: HiDiffusion only where the family has its settings."""
+    """What the request asks of the model's family: HiDiffusion only where the family has its settings; restyling
+    only where the family has it (not SD3.5/FLUX)."""
     if request.hidiffusion:
         settings_of(family)
+    if request.restyle is not None:
+        from ..modes.restyle import check_family as check_restyle
+
+        check_restyle(family)
 
 
 def check_mode_inputs(request: Request, max_pixels: int | None = MAX_PIXELS) -> None:
     """Every image-mode input readable and within ``max_pixels``: init image, mask, composition, regions, further
     adapters and their styles, the control image; the ControlNet and depth model references well-formed."""
-    for name, what in (("init_image", "init image"), ("mask", "mask"), ("composition", "composition image")):
+    for name, what in (("init_image", "init image"), ("mask", "mask"), ("composition", "composition image"),
+                       ("restyle", "photo to restyle")):
         if getattr(request, name) is not None:
             load_image(getattr(request, name), what, max_pixels)
     for region in (*request.regions, *(r for use in request.adapters for r in use.regions)):
@@ -97,7 +121,14 @@ def check_mode_inputs(request: Request, max_pixels: int | None = MAX_PIXELS) -> 
             load_image(ref.path, f"style image of adapter {use.path}", max_pixels)
     if request.control is not None and request.control != "tile":  # tile: CSGO's, on the content image
         source = request.control if request.control not in CONTROL_KINDS else request.control_image
-        load_image(source or request.init_image or "", "control image", max_pixels)
+        load_image(source or request.init_image or request.restyle or "", "control image", max_pixels)
+    if request.csd is not None and not Path(request.csd).expanduser().exists():
+        raise UserError(f"CSD checkpoint {request.csd}: no such file")
+    request.check_restyle_prompt()
+    if request.caption_model is not None and not request.prompt.strip():
+        from .caption import check_caption_model
+
+        check_caption_model(request.caption_model)
     if request.controlnet is not None:
         check_controlnet_ref(request.controlnet)
     if request.depth_model is not None:

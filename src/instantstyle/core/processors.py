@@ -15,7 +15,8 @@ versions it was verified with, and refuses another one with one clear message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -220,6 +221,21 @@ def set_scales(
                 proc.scale[i] = [value * w for w in per_image] if per_image is not None else value
         elif getattr(proc, "text_only", False) and any(s.get(layer) for s in slots):
             raise RuntimeError(f"the adapters were pruned from {layer}")
+
+
+@contextmanager
+def scales_off(denoiser: Any, family: Family) -> Iterator[None]:
+    """Every adapter slot at scale 0 for the block (diffusers then skips their image attention: the denoiser's plain
+    pass, bit for bit), then each scale exactly as it was (a style schedule's or a region's included)."""
+    ip = ip_processors(denoiser, family)
+    saved = {name: (list(proc.scale) if _is_list_layout(proc) else proc.scale) for name, proc in ip.items()}
+    for proc in ip.values():
+        proc.scale = [0.0] * len(proc.scale) if _is_list_layout(proc) else 0.0
+    try:
+        yield
+    finally:
+        for name, proc in ip.items():
+            proc.scale = saved[name]
 
 
 def set_slot_count(denoiser: Any, family: Family, count: int) -> None:

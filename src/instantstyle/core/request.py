@@ -18,8 +18,8 @@ from ..files import safe_json
 
 PNG_KEY = "instantstyle"
 FORMAT_VERSION = 1
-#: ``--control`` values computed by the project; anything else is a ready control image. ``tile`` is CSGO's: its
-#: tile ControlNet on the content image (see ``csgo``).
+#: ``--control`` values computed by the project (tile: the image itself; with a CSGO checkpoint the content image, see
+#: ``csgo``); anything else is a ready control image.
 CONTROL_KINDS = ("canny", "depth", "tile")
 #: How a non-square reference becomes the encoder's square input.
 STYLE_FITS = ("crop", "pad", "tiles")
@@ -32,8 +32,12 @@ MAX_LORA_SCALE = 10.0  # either sign: negative LoRA scales are a real use (slide
 #: CLIP reads 75 tokens (about 300 characters) and warns past them; this only stops absurd text (10 MB took 74 s).
 MAX_PROMPT_CHARS = 10_000
 MIN_SIZE, MAX_SIZE = 64, 8192  # output width and height, pixels
-#: What ``guidance`` and ``control_scale`` left at ``None`` become (a CSGO checkpoint has its own, see ``csgo``).
+#: What ``guidance`` and ``control_scale`` left at ``None`` become (restyle and CSGO have their own recipes).
 DEFAULT_GUIDANCE, DEFAULT_CONTROL_SCALE = 5.0, 1.0
+#: ReNoise iterations per inversion step: the original's default is 1; it averages at most 5 in its first steps.
+MAX_RENOISE_STEPS = 10
+#: CSD guidance scales multiply a cosine's gradient through the model and the VAE (the original leaves them at 0).
+MAX_CSD_GUIDANCE = 10_000.0
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ class Request:
 
     prompt: str
     style: tuple[StyleRef, ...] = ()
-    negative_prompt: str = ""
+    negative_prompt: str | None = None  # None: the mode's default ("", the recipe's in restyle mode)
     blocks: str | None = None
     scale: float = 1.0
     content_prompt: str | None = None
@@ -173,7 +177,7 @@ class Request:
     mask: str | None = None  # white = repaint
     control: str | None = None  # canny | depth | tile (CSGO) | a ready control image
     control_image: str | None = None  # the image canny/depth is made from (default: the init image)
-    control_scale: float | None = None  # None: DEFAULT_CONTROL_SCALE (CSGO: 0.6)
+    control_scale: float | None = None  # None: the mode's default (1.0; 0.6 in restyle mode and with CSGO)
     controlnet: str | None = None  # None: the default ControlNet for the control kind and model
     depth_model: str | None = None  # with control=depth: estimate the depth map of control_image with it
     # Where and when the image features act (see routing.py).
@@ -187,6 +191,17 @@ class Request:
     lora: tuple[LoraRef, ...] = ()
     scheduler: str | None = None
     hidiffusion: bool = False  # HiDiffusion (RAU-Net + MSW-MSA) on UNet models, for sizes above the native one
+    # Restyle a photo keeping its content (InstantStyle-Plus, see modes/restyle.py): the photo inverted (ReNoise) is
+    # the start; a global adapter slot fed the photo at restyle_content_scale, the style blocks fed the style; a
+    # ControlNet on its edges. Unset fields take the recipe's values (DDIM, canny at 0.6, its negative prompt).
+    restyle: str | None = None  # the photo
+    restyle_content_scale: float = 0.3
+    inversion_steps: int | None = None  # None: steps
+    renoise_steps: int = 1
+    style_guidance: float = 0.0  # CSD style guidance towards the references (needs csd)
+    content_guidance: float = 0.0  # CSD content guidance towards the photo (needs csd)
+    csd: str | None = None  # the CSD checkpoint CSD guidance uses
+    caption_model: str | None = None  # an empty prompt is made from the photo by this image-to-text model
 
     def __post_init__(self) -> None:
         if isinstance(self.style, (str, StyleRef)):
@@ -209,7 +224,7 @@ class Request:
         """Raise a one-line ``UserError`` for any value that cannot make an image."""
         for name in ("prompt", "negative_prompt", "content_prompt"):
             text, label = getattr(self, name), name.replace("_", " ")
-            if text is None and name == "content_prompt":
+            if text is None and name != "prompt":
                 continue
             check_prompt(label, text)
         if not self.style:
@@ -241,6 +256,7 @@ class Request:
             raise UserError(f"scheduler must be a name, got {self.scheduler!r}")
         if not isinstance(self.hidiffusion, bool):
             raise UserError(f"hidiffusion must be true or false, got {self.hidiffusion!r}")
+        self._validate_restyle()  # first: a photo to restyle changes what the other modes' errors mean
         self._validate_modes()
 
     def _validate_modes(self) -> None:
@@ -263,13 +279,13 @@ class Request:
             _check_number("control scale", self.control_scale, low=0.0, high=MAX_SCALE)
         if self.depth_model is not None and self.control != "depth":
             raise UserError("--depth-model needs --control depth (it makes the depth map from --control-image)")
-        if self.control is None:
-            if self.control_image is not None or self.controlnet is not None:
+        if self.control is None:  # restyle mode's default is canny
+            if (self.control_image is not None or self.controlnet is not None) and self.restyle is None:
                 raise UserError("--control-image and --controlnet need --control canny|depth|tile|IMAGE")
-        elif self.control == "tile":  # CSGO's: the content image (black without one), checked with the adapter
-            pass
         elif self.control in CONTROL_KINDS:
-            if self.control_image is None and self.init_image is None:
+            # tile with no image: CSGO's (its content image, or black); another adapter is refused once it is known
+            if self.control_image is None and self.init_image is None and self.restyle is None and \
+                    self.control != "tile":
                 raise UserError(f"--control {self.control} needs --control-image IMAGE (or --init-image)")
         elif self.control_image is not None:
             raise UserError("--control IMAGE is the ready control image; --control-image is for canny|depth")
@@ -293,9 +309,50 @@ class Request:
         if self.style_fit not in STYLE_FITS:
             raise UserError(f"style fit must be one of {', '.join(STYLE_FITS)}, got {self.style_fit!r}")
 
+    def _validate_restyle(self) -> None:
+        _check_number("restyle content scale", self.restyle_content_scale, low=0.0, high=MAX_SCALE)
+        if self.inversion_steps is not None:
+            _check_int("inversion steps", self.inversion_steps, low=1, high=1000)
+        _check_int("renoise steps", self.renoise_steps, low=1, high=MAX_RENOISE_STEPS)
+        for name in ("style_guidance", "content_guidance"):
+            _check_number(name.replace("_", " "), getattr(self, name), low=0.0, high=MAX_CSD_GUIDANCE)
+        for name in ("restyle", "csd", "caption_model"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise UserError(f"{name.replace('_', ' ')} must be a path, got {value!r}")
+        if (self.style_guidance or self.content_guidance) and self.csd is None:
+            raise UserError("--style-guidance and --content-guidance need a CSD checkpoint (--csd FILE)")
+        if self.style_guidance and any(ref.path.endswith(".safetensors") for ref in self.style):
+            raise UserError("--style-guidance needs style images (CSD reads pixels), not style files")
+        if self.restyle is None:
+            given = [flag for flag, on in (("--style-guidance", self.style_guidance), ("--content-guidance",
+                     self.content_guidance), ("--inversion-steps", self.inversion_steps is not None),
+                     ("--renoise-steps", self.renoise_steps != 1), ("--caption", self.caption_model)) if on]
+            if given:
+                raise UserError(f"{given[0]} is for restyling a photo (--restyle PHOTO)")
+            return
+        for flag, field in (("--init-image", "init_image"), ("--mask", "mask"), ("--composition", "composition")):
+            if getattr(self, field) is not None:
+                raise UserError(f"--restyle starts from the photo itself; it takes no {flag}")
+        if self.regions:
+            raise UserError("--restyle takes no --region masks")
+        if self.hidiffusion:
+            raise UserError("--restyle does not take --hidiffusion (the inversion runs at the photo's own size)")
+        if self.num_images != 1:
+            raise UserError("--restyle makes one image per photo and seed (the inversion fixes the start); "
+                            "vary --seed for others")
+
+    def check_restyle_prompt(self) -> None:
+        """A photo to restyle needs its prompt, or a caption model to make one (not checked in ``validate``: a
+        request's prompt is blanked while batches are grouped)."""
+        if self.restyle is not None and not self.prompt.strip() and self.caption_model is None:
+            raise UserError("--restyle needs --prompt (what the photo shows) or --caption (made from the photo)")
+
     @property
     def mode(self) -> str:
-        """``text``, ``img2img`` or ``inpaint`` (each may add a ControlNet)."""
+        """``text``, ``img2img``, ``inpaint`` (each may add a ControlNet) or ``restyle`` (with one)."""
+        if self.restyle is not None:
+            return "restyle"
         if self.mask is not None:
             return "inpaint"
         return "img2img" if self.init_image is not None else "text"
@@ -319,6 +376,8 @@ class Request:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown option(s): {', '.join(unknown)}")
+        if "prompt" not in data and data.get("restyle") is not None and data.get("caption_model") is not None:
+            data["prompt"] = ""  # made from the photo
         if "prompt" not in data:
             raise UserError("a request needs a prompt")
         data["style"] = tuple(_style_from_json(s) for s in _as_list(data.get("style", ())))

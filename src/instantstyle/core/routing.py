@@ -3,8 +3,9 @@
 Diffusers' IP-Adapter processors zip a list of image embeddings ("slots") with per-slot scales and
 to_k_ip/to_v_ip projections. Composition adds a second slot that shares the first one's weights
 (the same modules registered twice, no copy): slot 0 carries the style image to the style blocks,
-slot 1 the composition image to the layout block. Regions give each style image of slot 0 its own
-attention mask; the schedule turns all slots off outside ``[style_start, style_end)`` of the run. The
+slot 1 the composition image to the layout block. Restyling a photo (InstantStyle-Plus) puts the photo in a first
+slot on every layer and the style last, both on the main adapter's weights. Regions give each style image of
+slot 0 its own attention mask; the schedule turns all slots off outside ``[style_start, style_end)`` of the run. The
 processor state itself is set in ``processors``.
 """
 
@@ -28,6 +29,8 @@ def slot_scales(request: Request, layers: Sequence[str], family: Family) -> list
     adapter's weights, which takes the layout block (at ``composition_scale``) away from the first."""
     scales = resolve_blocks(request.blocks, layers, family, request.scale)
     extra = [resolve_blocks(a.blocks, layers, family, a.scale) for a in request.adapters]
+    if request.restyle is not None:  # InstantStyle-Plus: the photo's content first on every layer, the style last
+        return [resolve_blocks("all", layers, family, request.restyle_content_scale), *extra, scales]
     if request.composition is None:
         return [scales, *extra]
     layout = resolve_blocks("layout", layers, family, request.composition_scale)
@@ -38,7 +41,7 @@ def per_image_weights(request: Request) -> list[list[float] | None]:
     """Per slot, the weight of each regional style (its scale inside its region); ``None`` without regions."""
     slots: list[list[float] | None] = [[r.weight for r in request.style] if request.regions else None]
     slots += [[r.weight for r in a.style] if a.regions else None for a in request.adapters]
-    return slots + [None] * (request.composition is not None)
+    return slots + [None] * (request.composition is not None or request.restyle is not None)
 
 
 def region_masks(request: Request, size: tuple[int, int],
@@ -48,6 +51,8 @@ def region_masks(request: Request, size: tuple[int, int],
     from diffusers.image_processor import IPAdapterMaskProcessor
 
     per_slot = [request.regions, *(a.regions for a in request.adapters), *[()] * (request.composition is not None)]
+    if request.restyle is not None:  # the content slot first (no regions: refused with a photo), the style last
+        per_slot = [(), *(a.regions for a in request.adapters), request.regions]
     if not any(per_slot):
         return None
     masks: list[torch.Tensor | None] = []

@@ -1,7 +1,8 @@
 """A request's style as diffusers takes it: ``ip_adapter_image_embeds``, one entry per slot.
 
 Slots are the main adapter (the request's style references), each further adapter (its own references),
-then the composition image (sharing the main adapter's weights; see ``routing``). References are encoded
+then the composition image (sharing the main adapter's weights; see ``routing``); a photo to restyle comes first
+and the main style last. References are encoded
 once, in memory and on disk with a cache folder (``EmbeddingStore``), blended by weight (or kept apart
 for regions), and the main adapter's style has its content subtracted: InstantStyle's
 ``style - content_scale * content`` in CLIP space, the content from a text tower of the image encoder's
@@ -157,6 +158,9 @@ def slot_embeds(
     if request.composition is not None:
         layout = store.encode(request.composition, main, request.style_fit)
         pairs.append((layout, store.negative(layout, main)))
+    if request.restyle is not None:  # InstantStyle-Plus: the photo's content slot first, the style last
+        content = store.encode(request.restyle, main, "crop")
+        pairs = [(content, store.negative(content, main)), *pairs[1:], pairs[0]]
     return pairs
 
 

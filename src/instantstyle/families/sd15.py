@@ -60,9 +60,10 @@ FAMILY = Family(
     default_controlnets={
         "canny": "lllyasviel/control_v11p_sd15_canny",
         "depth": "lllyasviel/control_v11f1p_sd15_depth",
+        "tile": "lllyasviel/control_v11f1e_sd15_tile",
     },
     encode_prompts=encode_prompts,
-    features={FEATURE: HIDIFFUSION},
+    features={FEATURE: HIDIFFUSION, "restyle": True},  # restyle: InstantStyle-Plus (modes.restyle)
     default_adapter="h94/IP-Adapter/models/ip-adapter_sd15.safetensors",
     known_models=("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"),
     **unet.DENOISER,

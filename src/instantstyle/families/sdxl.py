@@ -65,11 +65,10 @@ FAMILY = Family(
     default_controlnets={
         "canny": "diffusers/controlnet-canny-sdxl-1.0",
         "depth": "diffusers/controlnet-depth-sdxl-1.0",
-        # CSGO's (its authors' choice); diffusers loads it once its weights file is named diffusion_pytorch_model
-        "tile": "TTPlanet/TTPLanet_SDXL_Controlnet_Tile_Realistic",
+        "tile": "xinsir/controlnet-tile-sdxl-1.0",
     },
     encode_prompts=encode_prompts,
-    features={FEATURE: HIDIFFUSION},
+    features={FEATURE: HIDIFFUSION, "restyle": True},  # restyle: InstantStyle-Plus (modes.restyle)
     default_adapter="h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors",
     known_models=("stabilityai/stable-diffusion-xl-base-1.0",),
     **unet.DENOISER,

@@ -28,11 +28,13 @@ AUTO_PIPELINES = {"text": "AutoPipelineForText2Image", "img2img": "AutoPipelineF
 
 def init_size(request: Request, native: int, multiple: int = 8, max_pixels: int | None = MAX_PIXELS
               ) -> tuple[int, int] | None:
-    """The default output size with an init image: its aspect ratio, the long side at the model's native
-    size (a 4000 px photo is not generated at 4000 px), both multiples of ``multiple`` (the model's grid)."""
-    if request.init_image is None:
+    """The default output size with an init image (or a photo to restyle): its aspect ratio, the long side at the
+    model's native size (a 4000 px photo is not generated at 4000 px), both multiples of ``multiple`` (the model's
+    grid)."""
+    source = request.init_image or request.restyle
+    if source is None:
         return None
-    width, height = load_image(request.init_image, "init image", max_pixels).size
+    width, height = load_image(source, "init image" if request.init_image else "photo to restyle", max_pixels).size
     factor = native / max(width, height)
     low = max(64, multiple)
     return (max(low, round(width * factor / multiple) * multiple),
@@ -41,7 +43,7 @@ def init_size(request: Request, native: int, multiple: int = 8, max_pixels: int 
 
 def default_strength(request: Request) -> float | None:
     """The request's strength, or its mode's default (img2img 0.8, inpainting 1.0); none in text mode."""
-    if request.mode == "text":
+    if request.mode in ("text", "restyle"):  # restyle: the call's strength is 1, from the inverted latent
         return request.strength
     return request.strength if request.strength is not None else DEFAULT_STRENGTH[request.mode]
 
@@ -52,11 +54,12 @@ def mode_pipeline(base: Any, family: Family, request: Request, controlnet: Any |
     if request.mode == "text" and not with_control:
         return base
     extra = {"controlnet": controlnet} if with_control else {}
-    name = family.mode_pipelines.get((request.mode, with_control))
+    mode = "img2img" if request.mode == "restyle" else request.mode  # restyle: img2img from the inverted latent
+    name = family.mode_pipelines.get((mode, with_control))
     try:
         if name is not None:
             return getattr(diffusers, name).from_pipe(base, **extra)
-        return getattr(diffusers, AUTO_PIPELINES[request.mode]).from_pipe(base, **extra)
+        return getattr(diffusers, AUTO_PIPELINES[mode]).from_pipe(base, **extra)
     except ValueError as err:  # AutoPipeline has no pipeline for this family and mode
         what = f"{request.mode}{' with a ControlNet' if with_control else ''}"
         raise UserError(f"{what} is not available for {family.name} models ({err})") from None
@@ -71,19 +74,19 @@ def mode_kwargs(
     assert request.width is not None and request.height is not None
     size = (request.width, request.height)
     kwargs: dict[str, Any] = {}
-    if request.mode != "text":
+    if request.mode not in ("text", "restyle"):  # restyle: the inverted latent, added by the restyle hook
         init = load_image(request.init_image or "", "init image", max_pixels)
         kwargs["image"] = init.resize(size, Image.Resampling.LANCZOS)
         kwargs["strength"] = request.strength
     if request.mode == "inpaint":
         kwargs["mask_image"] = load_mask(request.mask or "", size, max_pixels)
-    if request.control == csgo.CONTROL:  # CSGO's tile ControlNet: the content image at the output size, or black
-        kwargs["image"] = csgo.content_image(request, max_pixels)
+    if request.control == "tile" and not (request.control_image or request.init_image or request.restyle):
+        kwargs["image"] = csgo.content_image(request, max_pixels)  # CSGO's: its content image at the size, or black
         kwargs["controlnet_conditioning_scale"] = request.control_scale
     elif request.control is not None:
         source = request.control if request.control not in CONTROL_KINDS else request.control_image
-        condition = control_image(request.control, source or request.init_image or "", size, depth_model,
-                                  max_pixels)
+        condition = control_image(request.control, source or request.init_image or request.restyle or "", size,
+                                  depth_model, max_pixels)
         kwargs["control_image" if request.mode != "text" else "image"] = condition
         kwargs["controlnet_conditioning_scale"] = request.control_scale
     if request.mode == "text" or request.mode == "inpaint" or request.control is not None:

@@ -2,8 +2,9 @@
 
 CSD is OpenAI CLIP's ViT-L/14 image tower (the ``visual`` module of the ``clip`` package, its own
 projection removed) fine-tuned with a style projection head: the style embedding of an image is
-``normalize(ln_post(cls token) @ last_layer_style)``. The authors' checkpoint keeps that module's
-keys (``backbone.conv1.weight``, ``backbone.transformer.resblocks.N.attn.in_proj_weight``...,
+``normalize(ln_post(cls token) @ last_layer_style)``; its content head ``last_layer_content`` gives the content
+embedding the same way (InstantStyle-Plus's content score and content guidance). The authors' checkpoint keeps
+that module's keys (``backbone.conv1.weight``, ``backbone.transformer.resblocks.N.attn.in_proj_weight``...,
 ``last_layer_style``, ``last_layer_content``), inside a training checkpoint
 (``{"model_state_dict": ..., "args": Namespace, ...}``, DDP's ``module.`` prefix optional) or as a
 plain state dict / ``.safetensors`` file. Here the backbone runs as transformers' ``CLIPVisionModel``
@@ -49,11 +50,13 @@ _TOP_NAMES = {
 
 @dataclass
 class CsdModel:
-    """CSD's backbone (a transformers ``CLIPVisionModel``) and its style head (width, dim)."""
+    """CSD's backbone (a transformers ``CLIPVisionModel``), its style head (width, dim) and its content head (the
+    same shape; ``None`` in a file without one)."""
 
     backbone: CLIPVisionModel
     style_head: torch.Tensor
     identity: str
+    content_head: torch.Tensor | None = None
 
     @property
     def image_size(self) -> int:
@@ -69,6 +72,8 @@ class CsdModel:
         """Move (and cast) in place; returns itself."""
         self.backbone.to(device=device, dtype=dtype)  # type: ignore[call-arg]  # transformers types .to loosely
         self.style_head = self.style_head.to(device=device, dtype=dtype or self.style_head.dtype)
+        if self.content_head is not None:
+            self.content_head = self.content_head.to(device=device, dtype=dtype or self.content_head.dtype)
         return self
 
 
@@ -182,7 +187,9 @@ def load_csd(path: str | Path, device: torch.device | str = "cpu", dtype: torch.
         backbone = CLIPVisionModel(config)
     target = getattr(backbone, "vision_model", backbone)  # transformers 4 nests the tower one level down
     target.load_state_dict({k: v.float() for k, v in backbone_state.items()}, strict=True, assign=True)
-    model = CsdModel(backbone.eval(), head.float(), str(path))
+    content = state.get("last_layer_content")
+    content = content.float() if isinstance(content, torch.Tensor) and content.shape == head.shape else None
+    model = CsdModel(backbone.eval(), head.float(), str(path), content)
     return model.to(device, dtype)
 
 
@@ -206,9 +213,29 @@ def preprocess(images: Sequence[Image.Image], size: int = 224) -> torch.Tensor:
     return torch.stack(batch)
 
 
+def embed_pixels(pixels: torch.Tensor, model: CsdModel) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(style, content) CSD embeddings (n, dim), unit length, of preprocessed pixels: ``normalize(pooled @ head)``
+    for each head (content ``None`` without a content head); differentiable (CSD guidance)."""
+    pooled = model.backbone(pixel_values=pixels).pooler_output  # ln_post of the class token
+    style = torch.nn.functional.normalize(pooled @ model.style_head, dim=-1)
+    content = None if model.content_head is None else torch.nn.functional.normalize(pooled @ model.content_head,
+                                                                                     dim=-1)
+    return style, content
+
+
 @torch.no_grad()
+def embed_images(images: Sequence[Image.Image], model: CsdModel) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(style, content) CSD embeddings of images through CSD's evaluation transform (``preprocess``), float32."""
+    pixels = preprocess(images, model.image_size).to(model.style_head.device, model.style_head.dtype)
+    style, content = embed_pixels(pixels, model)
+    return style.float(), None if content is None else content.float()
+
+
 def style_embeds(images: Sequence[Image.Image], model: CsdModel) -> torch.Tensor:
     """CSD style embeddings (n, dim), unit length: ``normalize(pooled @ last_layer_style)``."""
-    pixels = preprocess(images, model.image_size).to(model.style_head.device, model.style_head.dtype)
-    pooled = model.backbone(pixel_values=pixels).pooler_output  # ln_post of the class token
-    return torch.nn.functional.normalize(pooled @ model.style_head, dim=-1).float()
+    return embed_images(images, model)[0]
+
+
+def content_embeds(images: Sequence[Image.Image], model: CsdModel) -> torch.Tensor | None:
+    """CSD content embeddings (n, dim), unit length (``None`` without a content head)."""
+    return embed_images(images, model)[1]

@@ -9,6 +9,8 @@ adapter's own CLIP space with the encoders generation already loads (no extra do
   embeddings, both encoded exactly as style references are (same encoder, preprocessing and fit).
 - ``content_leak``: cosine of the image's embedding and the content prompt's text embedding.
 - ``csd_style``: cosine of CSD style embeddings (``csd``), image vs weighted mean of the references.
+- ``content_keep`` and ``csd_content_keep`` (restyled photos only): how much of the photo is kept, the cosine of the
+  image's CLIP embedding and the photo's, and of their CSD content embeddings (InstantStyle-Plus prints the latter).
 
 Each is a cosine in [-1, 1], ``None`` where it cannot be computed (no text tower in the encoder's
 space, no content prompt, no CSD model, a plus-adapter style file). Higher is better except leak.
@@ -36,30 +38,38 @@ from ..loading import memory
 from . import csd as csd_model
 
 SCORE_KEYS = ("clip_text", "clip_style", "content_leak", "csd_style")
+#: Scores of a restyled photo's image against the photo; in tables and files only where computed.
+KEEP_KEYS = ("content_keep", "csd_content_keep")
+ALL_SCORE_KEYS = SCORE_KEYS + KEEP_KEYS
 #: The PNG text chunk holding an image's scores (``generate --score``, ``batch --score``, sweep cells).
 PNG_SCORES_KEY = "instantstyle-scores"
 #: Short names, for captions under images.
-SCORE_SHORT = {"clip_text": "text", "clip_style": "style", "content_leak": "leak", "csd_style": "csd"}
+SCORE_SHORT = {"clip_text": "text", "clip_style": "style", "content_leak": "leak", "csd_style": "csd",
+               "content_keep": "keep", "csd_content_keep": "csd keep"}
 #: What each score is called in tables and on plot axes.
 SCORE_TITLES = {
     "clip_text": "CLIP text (prompt fidelity)",
     "clip_style": "CLIP style (image similarity)",
     "content_leak": "content leak (lower is better)",
     "csd_style": "CSD style",
+    "content_keep": "content kept (CLIP, image vs photo)",
+    "csd_content_keep": "content kept (CSD content head)",
 }
 
 
 @dataclass(frozen=True)
 class Scores:
-    """The four scores of one image; ``None`` where not computable."""
+    """The scores of one image; ``None`` where not computable."""
 
     clip_text: float | None = None
     clip_style: float | None = None
     content_leak: float | None = None
     csd_style: float | None = None
+    content_keep: float | None = None
+    csd_content_keep: float | None = None
 
     def __post_init__(self) -> None:
-        for key in SCORE_KEYS:
+        for key in ALL_SCORE_KEYS:
             value = getattr(self, key)
             if value is None:
                 continue
@@ -68,13 +78,15 @@ class Scores:
             object.__setattr__(self, key, float(value))
 
     def get(self, key: str) -> float | None:
-        """A score by name (``clip_text``, ``clip_style``, ``content_leak``, ``csd_style``)."""
-        if key not in SCORE_KEYS:
-            raise UserError(f"unknown score {key!r} ({', '.join(SCORE_KEYS)})")
+        """A score by name (``clip_text``, ``clip_style``, ``content_leak``, ``csd_style``, ``content_keep``...)."""
+        if key not in ALL_SCORE_KEYS:
+            raise UserError(f"unknown score {key!r} ({', '.join(ALL_SCORE_KEYS)})")
         return getattr(self, key)  # type: ignore[no-any-return]
 
     def to_dict(self) -> dict[str, float | None]:
-        return {key: getattr(self, key) for key in SCORE_KEYS}
+        """Every score of ``SCORE_KEYS``, and those of ``KEEP_KEYS`` that were computed."""
+        kept = {key: value for key in KEEP_KEYS if (value := getattr(self, key)) is not None}
+        return {**{key: getattr(self, key) for key in SCORE_KEYS}, **kept}
 
     def png_text(self) -> dict[str, str]:
         """The PNG text chunk carrying these scores (``write_png``'s ``extra``)."""
@@ -93,7 +105,7 @@ class Scores:
         """From JSON data (a manifest line's ``scores``); unknown keys are a ``UserError``."""
         if not isinstance(data, dict):
             raise UserError(f"scores must be a JSON object, got {data!r}")
-        unknown = sorted(set(data) - set(SCORE_KEYS))
+        unknown = sorted(set(data) - set(ALL_SCORE_KEYS))
         if unknown:
             raise UserError(f"unknown score(s): {', '.join(unknown)}")
         return cls(**data)
@@ -122,7 +134,7 @@ class ScoreRecord:
 
 
 #: Captions list style first: what a style tool is judged on.
-CAPTION_ORDER = ("clip_style", "csd_style", "clip_text", "content_leak")
+CAPTION_ORDER = ("clip_style", "csd_style", "clip_text", "content_leak", "content_keep", "csd_content_keep")
 
 
 def read_png_scores(path: str | Path) -> Scores | None:
@@ -153,10 +165,16 @@ def text_table(
     return "\n".join([line(header), *([line(rule)] if markdown else []), *(line(row) for row in rows)])
 
 
+def table_keys(scores: Sequence[Scores]) -> tuple[str, ...]:
+    """The columns of a table of scores: ``SCORE_KEYS``, then the ``KEEP_KEYS`` any of them has."""
+    return SCORE_KEYS + tuple(k for k in KEEP_KEYS if any(s.get(k) is not None for s in scores))
+
+
 def format_table(records: Sequence[ScoreRecord], markdown: bool = False) -> str:
     """Scored images as a table, one row per image, one column per score (``-``: not computable)."""
-    rows = [[r.image, *(format_value(r.scores.get(k)) for k in SCORE_KEYS)] for r in records]
-    return text_table(["image", *SCORE_KEYS], rows, markdown)
+    keys = table_keys([r.scores for r in records])
+    rows = [[r.image, *(format_value(r.scores.get(k)) for k in keys)] for r in records]
+    return text_table(["image", *keys], rows, markdown)
 
 
 @dataclass(frozen=True)
@@ -174,7 +192,7 @@ class Summary:
 def summarize(scores: Sequence[Scores]) -> dict[str, Summary | None]:
     """Per score key, the summary over the images where it was computable (``None`` where none was)."""
     out: dict[str, Summary | None] = {}
-    for key in SCORE_KEYS:
+    for key in table_keys(scores):
         values = [v for s in scores if (v := s.get(key)) is not None]
         if not values:
             out[key] = None
@@ -327,6 +345,27 @@ class Scorer:
             parts.append(self._cache[key])
         return blend(parts, [ref.weight for ref in refs])
 
+    def image_embeddings(self, images: Sequence[Image.Image | str | Path], fit: str = "crop") -> list[torch.Tensor]:
+        """The CLIP image embedding (1, D) of each image, encoded as style references are (the images' side of
+        ``clip_style`` and ``clip_text``)."""
+        pictures = [_as_image(item, self.max_pixels) for item in images]
+        with self._encoder() as encoder:
+            return [encode_reference(picture, encoder, "global", fit).cpu() for picture in pictures]
+
+    def photo_embeddings(self, photo: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(CLIP embedding, CSD content embedding or ``None``) of a restyled photo, encoded as the images are."""
+        key = ("photo", image_hash(photo))
+        if key not in self._cache:
+            image = load_image(photo, "photo to restyle", self.max_pixels)
+            with self._encoder() as encoder:
+                self._cache[key] = encode_reference(image, encoder, "global", "crop").cpu()
+            if self.csd is not None and self.csd.content_head is not None:
+                with self._visiting(self.csd, self.csd.backbone):
+                    content = csd_model.content_embeds([image], self.csd)
+                assert content is not None
+                self._cache[("csd-photo", key[1])] = content.cpu()
+        return self._cache[key], self._cache.get(("csd-photo", key[1]))
+
     def score(
         self,
         images: Sequence[Image.Image | str | Path],
@@ -334,9 +373,11 @@ class Scorer:
         style: Sequence[StyleRef | str] | StyleRef | str = (),
         content_prompt: str | None = None,
         fit: str = "crop",
+        photo: str | None = None,
     ) -> list[Scores]:
         """Score each image against the prompt, the style references (``PATH[:WEIGHT]`` or ``StyleRef``;
-        images or style files) and the content prompt. Images and references are encoded alike (``fit``)."""
+        images or style files) and the content prompt; with the ``photo`` it restyles, how much of it is kept.
+        Images and references are encoded alike (``fit``)."""
         for label, given in (("prompt", prompt), ("content prompt", content_prompt)):
             if given is not None:
                 check_prompt(label, given)
@@ -347,18 +388,21 @@ class Scorer:
         usable_content = content_prompt if content_prompt and content_prompt.strip() else None
         text = self._text(usable_prompt) if self.text_tower and usable_prompt else None
         content = self._text(usable_content) if self.text_tower and usable_content else None
-        with self._encoder() as encoder:
-            clip = [encode_reference(picture, encoder, "global", fit).cpu() for picture in pictures]
-        csd = None
-        if self.csd is not None and style_csd is not None:
+        clip = self.image_embeddings(pictures, fit)
+        csd, csd_content = None, None
+        photo_clip, photo_csd = self.photo_embeddings(photo) if photo is not None else (None, None)
+        if self.csd is not None and (style_csd is not None or photo_csd is not None):
             with self._visiting(self.csd, self.csd.backbone):
-                csd = csd_model.style_embeds(pictures, self.csd).cpu()
+                csd, csd_content = csd_model.embed_images(pictures, self.csd)
         return [
             Scores(
                 clip_text=None if text is None else cosine(emb, text),
                 clip_style=None if style_clip is None else cosine(emb, style_clip),
                 content_leak=None if content is None else cosine(emb, content),
                 csd_style=None if csd is None or style_csd is None else cosine(csd[i : i + 1], style_csd),
+                content_keep=None if photo_clip is None else cosine(emb, photo_clip),
+                csd_content_keep=None if photo_csd is None or csd_content is None
+                else cosine(csd_content[i : i + 1], photo_csd),
             )
             for i, emb in enumerate(clip)
         ]
@@ -367,6 +411,6 @@ class Scorer:
         self, images: Sequence[Image.Image | str | Path], request: Request, content_prompt: str | None = None
     ) -> list[Scores]:
         """Score a request's images against its prompt, style references and fit; the leak against
-        ``content_prompt``, else the request's own content prompt."""
+        ``content_prompt``, else the request's own content prompt; a restyle's against its photo."""
         return self.score(images, request.prompt, request.style, content_prompt or request.content_prompt,
-                          request.style_fit)
+                          request.style_fit, request.restyle)
