@@ -17,6 +17,7 @@ from instantstyle import StylePipeline  # noqa: E402
 from instantstyle.testing import TinyModels, tiny_models  # noqa: E402
 from instantstyle.testing.csgo import CsgoModels, build_csgo_models  # noqa: E402
 from instantstyle.testing.dit import TinyDiTModels, build_tiny_dit_models  # noqa: E402
+from instantstyle.testing.kolors import TinyKolorsModels, build_tiny_kolors_models  # noqa: E402
 from instantstyle.testing.modes import ModeModels, tiny_mode_models  # noqa: E402
 
 #: Small and fast: every generation in the tests uses these unless it needs otherwise.
@@ -91,6 +92,20 @@ def sd3(dit: TinyDiTModels) -> StylePipeline:
 def flux(dit: TinyDiTModels) -> StylePipeline:
     """One FLUX.1-dev pipeline with XLabs' v1 adapter, all weights kept."""
     return StylePipeline.from_pretrained(str(dit.flux), str(dit.flux_adapter), device="cpu", keep_all_weights=True)
+
+
+@pytest.fixture(scope="session")
+def kolors_models(tmp_path_factory: pytest.TempPathFactory) -> TinyKolorsModels:
+    """A tiny Kolors pipeline (ChatGLM text encoder and tokenizer), Kolors-IP-Adapter-Plus and its CLIP-336 encoder."""
+    cache = os.environ.get("INSTANTSTYLE_KOLORS_FIXTURES")
+    return build_tiny_kolors_models(Path(cache) if cache else tmp_path_factory.mktemp("kolors") / "tree")
+
+
+@pytest.fixture(scope="session")
+def kolors(kolors_models: TinyKolorsModels) -> StylePipeline:
+    """One Kolors pipeline with its plus adapter, all weights kept."""
+    return StylePipeline.from_pretrained(str(kolors_models.kolors), str(kolors_models.adapter), device="cpu",
+                                         keep_all_weights=True)
 
 
 def pixels(image) -> np.ndarray:

@@ -135,7 +135,8 @@ def test_hidiffusion_on_a_transformer_model_is_one_line_before_loading_and_in_th
     flags = [*family_flags(dit, family), *args, "--hidiffusion"]
     code, out, err = run(capsys, "generate", *flags, "-o", tmp_path / "a.png")
     assert code == 2 and err.count("\n") == 1 and not out
-    assert err.startswith(f"error: --hidiffusion works on UNet models (sd15, sdxl), not on {family}:")
+    assert err.startswith("error: --hidiffusion works on the UNet models it has settings for (sd15, sdxl), "
+                          f"not on {family}:")
     assert not (tmp_path / "a.png").exists()
     with pytest.raises(UserError, match=f"not on {family}:"):
         request.getfixturevalue(family)(Request("a cat", style=str(dit.style_image), hidiffusion=True, **SIZE))

@@ -25,7 +25,7 @@ from instantstyle.core.preflight import check_family, check_runtime
 from instantstyle.core.request import read_png_request
 from instantstyle.families import family_named
 from instantstyle.loading.runtime import Runtime
-from instantstyle.modes.hidiffusion import denoising_calls, hidiffusion
+from instantstyle.modes.hidiffusion import denoising_calls, hidiffusion, hooks_on
 
 from .conftest import pixels
 
@@ -76,6 +76,7 @@ def test_a_hidiffusion_request_changes_the_image_and_leaves_the_unet_as_it_was(s
     assert np.abs(during - before).mean() > 1
     assert (pixels(sdxl(request).images[0]) == before).all()
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in sdxl.pipe.unet.modules())
+    assert hooks_on(sdxl.pipe.unet) == 0
 
 
 def test_batched_hidiffusion_requests_each_get_the_image_of_their_own_run(sdxl, tiny):
@@ -109,7 +110,8 @@ def test_hidiffusion_must_be_true_or_false():
 
 def test_a_family_without_hidiffusion_settings_is_refused_in_one_line_before_anything_changes(sdxl, tiny):
     request = Request("a cat", style=str(tiny.style_image), hidiffusion=True)
-    message = r"^--hidiffusion works on UNet models \(sd15, sdxl\), not on dit: its RAU-Net and MSW-MSA change"
+    message = (r"^--hidiffusion works on the UNet models it has settings for \(sd15, sdxl\), not on dit: its RAU-Net "
+               "and MSW-MSA change")
     with pytest.raises(UserError, match=message):
         check_family(request, NO_HIDIFFUSION)
     check_family(request, family_named("sd15"))

@@ -120,12 +120,18 @@ def test_control_scale_0_adds_nothing(sdxl, tiny, modes):
     assert abs(pixels(sdxl(off).images[0]) - plain).max() <= 1
 
 
-def test_control_with_img2img_and_inpainting(sdxl, tiny, modes):
-    common = {"control": "canny", "controlnet": str(modes.sdxl_controlnet), "init_image": str(modes.init_image)}
-    img2img = pixels(sdxl(make_request(tiny, **common)).images[0])
-    inpaint = pixels(sdxl(make_request(tiny, **common, mask=str(modes.left_mask))).images[0])
-    init = pixels(Image.open(modes.init_image).convert("RGB"))
-    assert abs(inpaint - init)[:, 32:].max() <= 1 and abs(img2img - inpaint).mean() > 1
+@pytest.mark.parametrize("mask", [False, True], ids=["img2img", "inpaint"])
+def test_a_controlnet_steers_img2img_and_inpainting_too(sdxl, tiny, modes, mask):
+    """The same img2img / inpainting request with and without the ControlNet: another image where it repaints
+    (the left half under the mask), and inpainting keeps the init image outside the mask either way."""
+    request = make_request(tiny, init_image=str(modes.init_image), mask=str(modes.left_mask) if mask else None)
+    without = pixels(sdxl(request).images[0])
+    steered = pixels(sdxl(request.replace(control="canny", controlnet=str(modes.sdxl_controlnet))).images[0])
+    repainted = slice(0, 32) if mask else slice(0, 64)
+    assert abs(steered - without)[:, repainted].mean() > 1
+    if mask:
+        init = pixels(Image.open(modes.init_image).convert("RGB"))
+        assert abs(steered - init)[:, 32:].max() <= 1
 
 
 def test_controlnet_attention_never_sees_image_tokens(sdxl, tiny, modes):

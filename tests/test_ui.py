@@ -91,11 +91,26 @@ def test_form_with_an_init_image_is_an_img2img_request_that_generates(sdxl, work
     assert sdxl(request).images[0].size == (64, 64)
 
 
-def test_form_with_a_mask_is_an_inpainting_request_that_generates(sdxl, work, tiny, modes):
+def test_form_with_a_mask_is_an_inpainting_request_that_makes_diffusers_inpainting(sdxl, work, tiny, modes):
+    """Inside the mask (the left half) the image is diffusers' own SDXL inpainting with the adapter on the style
+    block, same inputs and seed; outside it, the init image put back."""
+    import torch
+    from diffusers import AutoPipelineForInpainting, StableDiffusionXLPipeline
+
     request = ui.form_request(work, form([str(tiny.style_image)], init_image=str(modes.init_image),
                                          mask=str(modes.left_mask)))
     assert request.mode == "inpaint" and Path(request.mask).parent == work.inputs
-    assert sdxl(request).images[0].size == (64, 64)
+    ours = pixels(sdxl(request).images[0])
+    inpaint = AutoPipelineForInpainting.from_pipe(StableDiffusionXLPipeline.from_pretrained(str(tiny.sdxl)))
+    inpaint.load_ip_adapter(str(tiny.adapters), subfolder="sdxl_models", weight_name="ip-adapter_sdxl.safetensors")
+    inpaint.set_ip_adapter_scale({"up": {"block_0": [0.0, 1.0, 0.0]}})
+    inpaint.set_progress_bar_config(disable=True)
+    init = Image.open(modes.init_image).convert("RGB")
+    theirs = inpaint(prompt="a cat", image=init, mask_image=Image.open(modes.left_mask).convert("L"), strength=1.0,
+                     ip_adapter_image=Image.open(tiny.style_image).convert("RGB"), num_inference_steps=2,
+                     guidance_scale=5.0, width=64, height=64, generator=torch.Generator().manual_seed(7)).images[0]
+    assert abs(ours - pixels(theirs))[:, :32].max() <= 1
+    assert abs(ours - pixels(init))[:, 32:].max() <= 1
 
 
 def test_strokes_painted_in_the_mask_editor_become_the_white_inpainting_mask(sdxl, work, tiny, modes):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -262,13 +263,20 @@ def _encoder_dims(folder: Path) -> tuple[int, int] | None:
         return None
 
 
-def _hub_snapshot_folder(adapter_file: Path, subfolder: str) -> Path | None:
-    """For an adapter from the HF cache, ``subfolder`` of the same repo snapshot (fetched if needed)."""
+def _hub_snapshot_folder(adapter_file: Path, folder: Path) -> Path | None:
+    """For an adapter from the HF cache, ``folder`` (a path of the same repository snapshot: ``image_encoder`` beside
+    the file, h94's ``../models/image_encoder``) fetched if needed; ``None`` when the adapter is not from the cache or
+    the folder is outside its repository (``../models`` of a file at the repository's root, as Kolors' adapter)."""
     parts = adapter_file.parts
     if "snapshots" not in parts:
         return None
-    repo_dir = Path(*parts[: parts.index("snapshots")])
+    at = parts.index("snapshots")
+    repo_dir, snapshot = Path(*parts[:at]), Path(*parts[: at + 2])
     if not repo_dir.name.startswith("models--"):
+        return None
+    try:
+        subfolder = Path(os.path.normpath(folder)).relative_to(snapshot).as_posix()
+    except ValueError:
         return None
     repo_id = repo_dir.name.removeprefix("models--").replace("--", "/")
     from huggingface_hub import snapshot_download
@@ -317,14 +325,10 @@ def find_image_encoder(adapter: AdapterWeights, explicit: str | None = None) -> 
             raise UserError(f"image encoder {folder} gives {dims[index]}-d features; adapter needs {want}")
         return folder
     here = Path(adapter.path).parent
-    candidates = [
-        ("image_encoder", here / "image_encoder"),
-        ("models/image_encoder", here.parent / "models" / "image_encoder"),
-    ]
-    for sub, folder in candidates:
+    candidates = [here / "image_encoder", here.parent / "models" / "image_encoder"]
+    for folder in candidates:
         if not folder.is_dir():
-            hub_sub = (here.name + "/" + sub) if sub == "image_encoder" else sub
-            folder = _hub_snapshot_folder(Path(adapter.path), hub_sub) or folder
+            folder = _hub_snapshot_folder(Path(adapter.path), folder) or folder
         dims = _encoder_dims(folder)
         if dims is not None and dims[index] == want:
             return folder
