@@ -255,6 +255,19 @@ def test_a_csgo_checkpoint_on_sd15_is_refused_before_the_unet_loads(capsys, tiny
     assert err.startswith("error: CSGO checkpoint") and "CSGO is trained for SDXL" in err and err.count("\n") == 1
 
 
+def test_a_csgo_checkpoint_on_kolors_is_refused_before_the_unet_loads(capsys, kolors_models, csgo_models, tmp_path,
+                                                                     monkeypatch):
+    """Kolors' UNet is SDXL's, but its text comes through a projection from ChatGLM's width: CSGO's tokens cannot
+    join it, whatever the widths say."""
+    from instantstyle.loading import loader
+
+    loads = []
+    monkeypatch.setattr(loader, "load_base_pipeline", lambda *a, **k: loads.append(a))
+    code, _, err = run(capsys, "generate", "--model", kolors_models.kolors, "--adapter", csgo_models.checkpoint,
+                       "--style", csgo_models.style_image, "--prompt", "a", "--device", "cpu", "-o", tmp_path / "x.png")
+    assert (code, loads) == (2, []) and "(a kolors model); CSGO is trained for SDXL" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("value", ["-0.1", "10.5", "nan", "high"])
 def test_content_adapter_scale_out_of_range_is_one_line(capsys, tiny, csgo_models, tmp_path, value):
     code, _, err = run(capsys, "generate", "--model", tiny.sdxl, "--adapter", csgo_models.checkpoint, "--style",

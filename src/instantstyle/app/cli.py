@@ -407,7 +407,7 @@ def blocks(model: str | None, adapter: str | None, single_file_config: str | Non
             from ..loading.loader import load_base_pipeline
 
             denoiser = family.denoiser_of(load_base_pipeline(name, torch.float32))
-        if adapter is not None and echo_csgo_blocks(name, family.name, adapter, denoiser):
+        if adapter is not None and echo_csgo_blocks(name, family, adapter, denoiser):
             return
         layers = family.layers(denoiser)
         click.echo(f"{name} ({family.name}): {len(layers)} attention layers take image features; default "
@@ -424,7 +424,7 @@ def blocks(model: str | None, adapter: str | None, single_file_config: str | Non
     run_cli(body, debug)
 
 
-def echo_csgo_blocks(model: str, family: str, adapter: str, denoiser: Any) -> bool:
+def echo_csgo_blocks(model: str, family: Any, adapter: str, denoiser: Any) -> bool:
     """``blocks --adapter`` with a CSGO checkpoint: print where its tokens go (``csgo.blocks_table``); ``False`` for
     another adapter (its blocks are the model's)."""
     from ..core import csgo
@@ -435,9 +435,9 @@ def echo_csgo_blocks(model: str, family: str, adapter: str, denoiser: Any) -> bo
     if adapter_kind(path) != "csgo":
         return False
     weights = read_adapter(path)
-    csgo.check_fits(weights, denoiser, model)
+    csgo.check_fits(weights, family, denoiser, model)
     content, style = weights.tokens
-    click.echo(f"{model} ({family}) with CSGO checkpoint {adapter}: {content} content and {style} style tokens; "
+    click.echo(f"{model} ({family.name}) with CSGO checkpoint {adapter}: {content} content and {style} style tokens; "
                "its blocks are trained in (no --blocks)")
     rows = csgo.blocks_table(denoiser, weights)
     width = max(len(row[1]) for row in rows)

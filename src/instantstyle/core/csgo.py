@@ -161,15 +161,18 @@ def misfit(weights: AdapterWeights, unet: Any) -> str | None:
     return None
 
 
-def check_fits(weights: AdapterWeights, unet: Any, model: str) -> None:
-    """Refuse a CSGO checkpoint on a model it was not trained for, in one line (``unet`` may be built on the meta
-    device from the model's config; ``None``: not known yet)."""
-    if unet is None:
+def check_fits(weights: AdapterWeights, family: Any, unet: Any, model: str) -> None:
+    """Refuse a CSGO checkpoint on a model it was not trained for, in one line: a family without the ``csgo`` feature
+    (SDXL has it; Kolors' UNet is SDXL's but reads ChatGLM's wider text), or a UNet whose text width or style layers
+    differ (``unet`` may be built on the meta device from the model's config; ``None``: not known yet)."""
+    if not family.features.get("csgo"):
+        why: str | None = f"a {family.name} model"
+    elif unet is None:
         return
-    if not hasattr(unet, "attn_processors") or getattr(unet.config, "cross_attention_dim", None) is None:
+    elif not hasattr(unet, "attn_processors") or getattr(unet.config, "cross_attention_dim", None) is None:
         why = f"{type(unet).__name__} has no UNet cross-attention"
     else:
-        why = misfit(weights, unet)  # type: ignore[assignment]
+        why = misfit(weights, unet)
     if why is not None:
         raise UserError(f"CSGO checkpoint {weights.path} does not fit model {model} ({why}); CSGO is trained for "
                         "SDXL")

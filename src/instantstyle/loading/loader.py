@@ -71,14 +71,14 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
     dtype = runtime.torch_dtype(device, model_family(model, runtime.single_file_config).gpu_dtype)
     weights = read_adapter(resolve_adapter_file(adapter))
     if weights.kind == "csgo":  # a misfit is refused from the model's config, before its weights load
-        check_fits(weights, model_denoiser(model, runtime.single_file_config)[1], model)
+        check_fits(weights, *model_denoiser(model, runtime.single_file_config), model)
     encoder_dir = find_image_encoder(weights, image_encoder)
     pipe = load_base_pipeline(model, dtype, runtime.single_file_config, runtime.device_map)
     family = family_of(pipe, f"model {model}")
     denoiser = family.denoiser_of(pipe)
     csgo = None
     if weights.kind == "csgo":
-        check_fits(weights, denoiser, model)
+        check_fits(weights, family, denoiser, model)
         csgo = CsgoAdapter.attach(denoiser, weights, content=runtime.keeps_all_weights)
     else:
         check_adapter_fits(weights, family, denoiser)
