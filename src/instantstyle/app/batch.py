@@ -27,23 +27,22 @@ from typing import Any
 
 from ..core.blocks import is_preset_ref, split_preset_ref
 from ..core.preflight import check_request, check_runtime
-from ..core.request import CONTROL_KINDS, AdapterUse, Request, StyleRef, write_png
+from ..core.request import CONTROL_KINDS, PATH_FIELDS, AdapterUse, Request, StyleRef, write_png
 from ..core.video_options import SOURCE_FRAME, VideoRequest
 from ..errors import UserError
 from ..files import safe_json
-from ..files.atomic import remove_stale_temps, temp_path
+from ..files.atomic import atomic_path, cannot_write, remove_stale_temps
 from ..files.images import MAX_PIXELS
+from ..files.textfiles import open_regular
 from ..loading.runtime import Runtime
 from .workers import BatchResult, Job, Outcome, Scoring, Worker, pipeline_key
 
 MANIFEST = "manifest.jsonl"
 LOCK = ".instantstyle-batch.lock"
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # always fullmatch: "$" also matches before a final "\n"
 
 #: How a CSV cell spells a yes/no field (``hidiffusion``).
 BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
-PATH_FIELDS = ("content_image", "model", "adapter", "image_encoder", "content_text_encoder", "init_image", "mask",
-               "control_image", "controlnet", "depth_model", "composition", "restyle", "csd", "caption_model")
 
 
 # --- jobs -------------------------------------------------------------------------------------
@@ -60,12 +59,9 @@ def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None, max_pixe
     ``.json`` (a matrix spec). Relative paths inside are taken from the job file's folder, else the current one;
     a job naming an image over ``max_pixels`` is skipped like any bad line."""
     path = Path(path).expanduser()
-    if path.is_dir():
-        raise UserError(f"job file {path}: is a folder")
-    if not path.is_file():
-        raise UserError(f"job file {path}: no such file")
     try:
-        text = safe_json.decode(path.read_bytes())  # bytes that are not UTF-8 reject their line (or cell) only
+        with open_regular(path, f"job file {path}") as file:
+            text = safe_json.decode(file.read())  # bytes that are not UTF-8 reject their line (or cell) only
     except OSError as err:
         raise UserError(f"job file {path}: cannot be read ({err.strerror})") from None
     kind = job_file_kind(path, text)
@@ -242,7 +238,7 @@ def _make_job(data: dict[str, Any], base: Path | None, defaults: dict[str, Any],
     if job_id is not None:
         if isinstance(job_id, int) and not isinstance(job_id, bool):
             job_id = str(job_id)
-        if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
             raise UserError(f"id {job_id!r} must be 1-128 letters, digits, '.', '_' or '-', not starting with '.' "
                             "or '-' (it names the output file)")
         if job_id.lower() in ids:
@@ -284,10 +280,10 @@ def _resolve_paths(request: Request, base: Path | None) -> Request:
     changes: dict[str, Any] = {"style": tuple(StyleRef(_local(r.path, base), r.weight) for r in request.style)}
     for name in PATH_FIELDS:
         value = getattr(request, name)
+        if name == "control" and value in CONTROL_KINDS:
+            continue
         if value is not None:
             changes[name] = _local(value, base)
-    if request.control is not None and request.control not in CONTROL_KINDS:  # a ready control image
-        changes["control"] = _local(request.control, base)
     changes["regions"] = tuple(_local(r, base) for r in request.regions)
     changes["blocks"] = _local_preset_ref(request.blocks, base)
     changes["adapters"] = tuple(
@@ -323,13 +319,15 @@ def _check_files(request: Request, checked: dict[Any, UserError | None], max_pix
 class Manifest:
     """``DIR/manifest.jsonl``: one JSON line per finished job (the last line for an id wins).
 
-    Lines are appended with one ``write`` and fsynced; a torn last line (power loss) is cut off on
-    open, and superseded lines are dropped by rewriting the file atomically (only when there are some:
-    a run with nothing to do writes nothing)."""
+    Lines are appended whole and fsynced: a short write (a full disk) is cut back off at once and is a
+    ``UserError`` naming the file, and a torn last line (power loss) is cut off on open. Superseded lines are
+    dropped by rewriting the file atomically (only when there are some: a run with nothing to do writes
+    nothing); a rewrite that fails is a warning, as the file it would replace is still right."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / MANIFEST
         self.warnings: list[str] = []
+        self.compaction_failed = False
         self.entries: dict[str, dict[str, Any]] = {}
         self._lines = 0
         if self.path.exists():
@@ -365,21 +363,40 @@ class Manifest:
         return self._lines != len(self.entries)
 
     def compact(self) -> None:
-        """Rewrite with one line per id (temp file, fsync, rename)."""
-        tmp = temp_path(self.path)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(e, sort_keys=True) + "\n" for e in self.entries.values())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        """Rewrite with one line per id (temp file, fsync, rename); on failure (a full disk) the temp file is
+        removed and a warning says so, once (no more tries): the file as it is stays right, the last line of an
+        id counts."""
+        if self.compaction_failed:
+            return
+        try:
+            with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(e, sort_keys=True) + "\n" for e in self.entries.values())
+                f.flush()
+                os.fsync(f.fileno())
+        except UserError as err:
+            self.warnings.append(f"manifest not compacted: {err}; its superseded lines stay (the last line of a "
+                                 "job counts)")
+            self.compaction_failed = True
+            return
         self._lines = len(self.entries)
 
     def append(self, entry: dict[str, Any]) -> None:
+        """Add one line, whole or not at all: a short write is cut back off and is a ``UserError``."""
         line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UserError(f"manifest {cannot_write(self.path, err)}") from None
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                written = 0
+                while written < len(line):  # os.write may write less than asked (a full disk), then fail
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+            except OSError as err:
+                os.ftruncate(fd, start)  # never leave a torn line for the next append to run into
+                raise UserError(f"manifest {cannot_write(self.path, err)}") from None
         finally:
             os.close(fd)
         self.entries[entry["id"]] = entry
@@ -435,6 +452,8 @@ class BatchReport:
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)  # ids of jobs run again after their Ray worker was lost
     encoder_runs: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -448,6 +467,8 @@ class BatchReport:
             parts.append(f"{self.failed_before} failed earlier (--retry-failed to rerun)")
         if self.problems:
             parts.append(f"{len(self.problems)} bad line(s) skipped")
+        if self.retried:
+            parts.append(f"{len(set(self.retried))} retried after their Ray worker was lost")
         return (f"{self.total} jobs: {', '.join(parts)}; {self.images} images in {self.seconds:.1f} s{rate}; "
                 f"manifest {self.manifest}")
 
@@ -532,6 +553,7 @@ def run_batch(
     progress: bool = False,
     on_problem: Callable[[str], None] | None = None,
     scoring: Scoring | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> BatchReport:
     """Render every job not yet done into ``output_dir`` (images + ``manifest.jsonl``), resumably.
 
@@ -540,7 +562,9 @@ def run_batch(
     ``runtime``: how workers load every other pipeline (device, offload, low memory, compile, cache folder...).
     ``ray``: distribute batches over Ray actors (``ray_address`` of a cluster, else a local one) with
     ``workers`` actors, each loading with the same ``runtime``. ``scoring``: score every image made; the
-    scores go in its manifest line (``"scores"``, one per output) and its PNG."""
+    scores go in its manifest line (``"scores"``, one per output) and its PNG. ``on_problem`` hears of each bad
+    job line, ``on_warning`` of what went wrong but costs nothing (a manifest line dropped, a failed compaction,
+    a job retried after its Ray worker died); both are also in the report."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     if workers is not None and workers < 1:
@@ -559,19 +583,24 @@ def run_batch(
     lock = _Lock(folder)
     try:
         return _run(job_list, folder, runtime, batch_size, retry_failed, pipeline, ray, ray_address,
-                    workers, progress, on_problem, scoring)
+                    workers, progress, on_warning or (lambda _: None), scoring)
     finally:
         lock.release()
 
 
 def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, retry_failed: bool, pipeline: Any,
          ray: bool, ray_address: str | None, workers: int | None, progress: bool,
-         on_problem: Callable[[str], None] | None, scoring: Scoring | None) -> BatchReport:
+         on_warning: Callable[[str], None], scoring: Scoring | None) -> BatchReport:
     remove_stale_temps(folder)  # images and manifest rewrites in flight when a run died (the lock makes them stale)
     manifest = Manifest(folder)
-    for warning in manifest.warnings:
-        (on_problem or (lambda _: None))(warning)
     report = BatchReport(folder, len(job_list.jobs), problems=list(job_list.problems))
+
+    def warn(message: str) -> None:
+        report.warnings.append(message)
+        on_warning(message)
+
+    for warning in manifest.warnings:
+        warn(warning)
     todo = []
     for job in job_list.jobs:
         if manifest.is_done(job, folder):
@@ -601,7 +630,12 @@ def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, ret
         elif ray:
             from .ray_batch import run_on_ray
 
-            run_on_ray(batches, runtime, ray_address, workers, record, scoring)
+            def retried(jobs: list[Job], why: str) -> None:
+                ids = [job.id for job in jobs]
+                report.retried += ids
+                warn(f"{', '.join(ids)}: their Ray worker was lost ({why}); retried on the others")
+
+            run_on_ray(batches, runtime, ray_address, workers, record, scoring, retried)
         else:
             worker = Worker(runtime, pipeline, scoring=scoring)
             try:
@@ -619,7 +653,10 @@ def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, ret
         if bar is not None:
             bar.close()
         if manifest.superseded:
+            known = len(manifest.warnings)
             manifest.compact()
+            for warning in manifest.warnings[known:]:
+                warn(warning)
     return report
 
 

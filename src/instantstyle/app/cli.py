@@ -27,6 +27,7 @@ from ..errors import UserError
 from ..files.atomic import write_text_atomically
 from ..files.images import MAX_PIXELS, PIL_PIXEL_LIMIT
 from ..files.logs import quiet_libraries
+from ..files.textfiles import check_regular_target
 from ..loading.hub import require_hub
 from ..loading.runtime import (
     COMPILE_BACKENDS,
@@ -270,21 +271,26 @@ def output_paths(output: str, count: int, overwrite: bool) -> list[Path]:
     path = Path(output).expanduser()
     if path.suffix.lower() != ".png":
         raise UserError(f"output {output}: must end in .png (the PNG carries the generation parameters)")
-    if path.is_dir():
-        raise UserError(f"output {output}: is a folder")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"output {output}: cannot create its folder ({err.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"output {output}: folder {parent} is not writable")
     paths = [path] if count == 1 else [path.with_name(f"{path.stem}-{i + 1}.png") for i in range(count)]
-    if not overwrite:
-        for p in paths:
-            if p.exists():
-                raise UserError(f"output {p} exists; pass --overwrite to replace it")
+    for p in paths:
+        check_output_file(p, f"output {p}" if p != path else f"output {output}", overwrite)
     return paths
+
+
+def check_output_file(path: Path, label: str, overwrite: bool) -> None:
+    """A file this command will write (``--output``, ``--save-style``), checked before any model loads: its folder
+    made and writable, and no file there unless ``overwrite`` (never a folder, FIFO or device)."""
+    if path.is_dir():
+        raise UserError(f"{label}: is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{label}: cannot create its folder ({err.strerror})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"{label}: folder {path.parent} is not writable")
+    check_regular_target(path, label)
+    if path.exists() and not overwrite:
+        raise UserError(f"{label} exists; pass --overwrite to replace it")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -320,8 +326,11 @@ def _generate(params: dict[str, Any]) -> None:
     check_request(request, runtime.max_pixels)
     check_runtime(request, runtime)
     paths = output_paths(params["output"], request.num_images, params["overwrite"])
-    if params["save_style"] and not params["save_style"].endswith(".safetensors"):
-        raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
+    if params["save_style"]:
+        if not params["save_style"].endswith(".safetensors"):
+            raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
+        check_output_file(Path(params["save_style"]).expanduser(), f"--save-style {params['save_style']}",
+                          params["overwrite"])
     scoring = params["score"] or params["csd"] is not None
     if params["csd"] is not None:
         check_csd_path(params["csd"])
@@ -832,6 +841,7 @@ def _batch(params: dict[str, Any]) -> int:
             ray=address is not None, ray_address=None if address in (None, "local") else address,
             workers=params["workers"], progress=not params["quiet"],
             on_problem=lambda message: click.echo(f"skipped: {message}", err=True), scoring=scoring,
+            on_warning=lambda message: click.echo(f"warning: {message}", err=True),
         )
     except KeyboardInterrupt:
         click.echo("finished images and the manifest are kept; run the same command again to resume", err=True)

@@ -11,6 +11,7 @@ floor it picks a cell (``pareto.pick``) and frames it on the sheet.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -153,11 +154,19 @@ def sweep_requests(base: Request, axes: Axes) -> list[list[Request]]:
     return grid
 
 
+#: The longest blocks spec a cell's file name spells out; a longer one (a 324-character per-block spec made a name
+#: past the file system's 255 bytes) is the row number and a hash of the spec. The PNG holds the full spec.
+MAX_SLUG = 100
+
+
 def cell_name(stem: str, axes: Axes, row: int, column: int) -> str:
     """File name of one cell: ``sheet-style-s0.7.png`` (with ``-c0.5`` when content scales vary), from the row's
-    blocks spec as given (``@FILE:NAME`` included) and the column's scale."""
+    blocks spec as given (``@FILE:NAME`` included), or ``sheet-r2-1a2b3c4d-s0.7.png`` for a long spec, and the
+    column's scale."""
     blocks, content_scale, restyle_content_scale = axes.rows[row]
     slug = re.sub(r"[^A-Za-z0-9+.]+", "_", blocks).strip("_") if blocks is not None else "own"
+    if blocks is not None and len(slug) > MAX_SLUG:
+        slug = f"r{row + 1}-{hashlib.sha256(blocks.encode()).hexdigest()[:8]}"
     name = f"{stem}-{slug}-s{_num(axes.scales[column])}"
     if content_scale is not None:
         name += f"-c{_num(content_scale)}"

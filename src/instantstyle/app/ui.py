@@ -179,22 +179,25 @@ class Workdir:
             return ref
         if ".." not in Path(ref).parts:
             for folder in self.models_dirs:
-                candidate = Path(os.path.normpath(folder / ref))  # lexical: a symlink the operator made may point out
-                if (candidate == folder or folder in candidate.parents) and candidate.exists():
-                    return str(candidate)
+                real, inside = Path(os.path.realpath(folder / ref)), Path(os.path.realpath(folder))
+                if (real == inside or inside in real.parents) and real.exists():  # a link out of it is outside
+                    return str(real)
         where = "the models folders this page may read" if self.models_dirs else "any models folder (none is allowed)"
         raise UserError(f"{what} {ref}: not found in {where}; the server's operator allows folders with "
                         "`instantstyle ui --models-dir DIR`")
 
-    def blocks_spec(self, spec: str) -> str:
+    def blocks_spec(self, spec: str, pipe: StylePipeline | None = None) -> str:
         """A blocks spec from the page, with ``@FILE:NAME`` expanded to the blocks it names: FILE is read only from
-        the models folders, as LoRAs are (``model_path``), and errors name it as the visitor gave it."""
+        the models folders, as LoRAs are (``model_path``), and errors name it as the visitor gave it; with ``pipe``,
+        its blocks are checked against the model's there, so no later message quotes what the file holds."""
         if not is_preset_ref(spec):
             return spec
         file, name = split_preset_ref(spec)
         path = self.model_path("presets file", file)
         try:
-            return expand_preset_ref(f"@{path}:{name}")
+            if pipe is None:
+                return expand_preset_ref(f"@{path}:{name}")
+            return expand_preset_ref(f"@{path}:{name}", layers=pipe.layers, family=pipe.family)
         except UserError as err:
             raise UserError(str(err).replace(path, file)) from None
 
@@ -455,8 +458,9 @@ SWEEP_FORM: tuple[Field, ...] = (
 )
 
 
-def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
-    """The ``Request`` a filled-in form stands for (uploads checked and kept in the workdir)."""
+def form_request(workdir: Workdir, values: dict[str, Any], pipe: StylePipeline | None = None) -> Request:
+    """The ``Request`` a filled-in form stands for (uploads checked and kept in the workdir; a presets reference
+    checked against ``pipe``'s blocks, see ``Workdir.blocks_spec``)."""
     files = [_file_path(f) for f in values.get("style") or []]
     if not files:
         raise UserError("upload a style image (or a style file) first")
@@ -471,7 +475,7 @@ def form_request(workdir: Workdir, values: dict[str, Any]) -> Request:
     elif blocks == MODEL_BLOCKS:
         blocks = None
     else:
-        blocks = workdir.blocks_spec(blocks)
+        blocks = workdir.blocks_spec(blocks, pipe)
 
     def kept(name: str, what: str) -> str | None:
         item = values.get(name)
@@ -534,7 +538,7 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
         style=[ref.path for ref in kept] or None,
         style_weights=", ".join(f"{ref.weight:g}" for ref in kept) if any(r.weight != 1 for r in kept) else "",
         blocks=preset,
-        block_table=rows_from_spec(pipe, workdir.blocks_spec(request.blocks or "")) if preset == CUSTOM
+        block_table=rows_from_spec(pipe, workdir.blocks_spec(request.blocks or "", pipe)) if preset == CUSTOM
         else block_rows(pipe, preset),
         content_image=own(request.content_image),
         seed=request.seed or 0,
@@ -629,7 +633,7 @@ class App:
         """Make images from the form: the gallery (scores under each image), the PNG files (with their settings and
         scores) and the request JSON."""
         pipe = self.holder.get()
-        request = form_request(self.work, values)
+        request = form_request(self.work, values, pipe)
         check_request(request, self.work.max_pixels)
         check_runtime(request, pipe.runtime)
         progress(0, desc="generating")
@@ -648,10 +652,10 @@ class App:
         contents = (values["sweep_content_scales"] or "").strip()
         pipe = self.holder.get()
         rows = (values["sweep_blocks"] or "").strip() or default_rows(list(pipe.family.presets))
-        axes = Axes(tuple(self.work.blocks_spec(spec) for spec in parse_blocks_list(rows)),
+        axes = Axes(tuple(self.work.blocks_spec(spec, pipe) for spec in parse_blocks_list(rows)),
                     parse_number_list("scale", values["sweep_scales"] or ""),
                     parse_number_list("content scale", contents) if contents else ())
-        base = form_request(self.work, values).replace(num_images=1)
+        base = form_request(self.work, values, pipe).replace(num_images=1)
         if axes.content_scales and base.content_prompt is None and base.content_image is None:
             raise UserError("content scales need a content prompt or a content image")
         check_request(base, self.work.max_pixels)
@@ -672,7 +676,7 @@ class App:
 
     def save_style(self, values: dict[str, Any], progress: Any) -> str:
         """Save the current style (blended embedding + settings) as a ``.safetensors`` style file."""
-        request = form_request(self.work, values)
+        request = form_request(self.work, values, self.holder.get())
         path = self.work.new_output("style", ".safetensors")
         self.holder.get().save_style(request, path, extra=style_settings(request))
         return str(path)
@@ -711,8 +715,12 @@ class App:
         settings = load_style(kept).metadata.get("request")
         if settings is None:
             return [gr.skip()] * (len(FIELDS) - 1)
+        try:
+            request = Request.from_json(settings)
+        except UserError as err:
+            raise UserError(f"style file {Path(paths[0]).name}: {err}") from None
         pipe = self.holder.get()
-        values, _ = form_values(pipe, self.work, Request.from_json(settings).replace(style=(kept,)))
+        values, _ = form_values(pipe, self.work, request.replace(style=(kept,)))
         values, clamped = clamp_to_form(values)
         values, reset = fit_to_family(values, pipe.family)
         notes = [f"held to the form's limits: {', '.join(clamped)}"] * bool(clamped)
@@ -733,7 +741,8 @@ class App:
         """The per-block table for the blocks field: the model's default, a preset, a typed spec or ``@FILE:NAME``."""
         if not spec or spec == CUSTOM:
             return gr.skip()
-        return rows_from_spec(self.holder.get(), None if spec == MODEL_BLOCKS else self.work.blocks_spec(spec))
+        pipe = self.holder.get()
+        return rows_from_spec(pipe, None if spec == MODEL_BLOCKS else self.work.blocks_spec(spec, pipe))
 
     def describe_pipeline(self) -> tuple[str, Any, Any]:
         """The line naming the loaded model, and the form's family-specific fields shown only where the model's

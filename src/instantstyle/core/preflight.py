@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import UserError
 from ..families import Family, all_families, family_of_denoiser
 from ..files.images import MAX_PIXELS, load_image
+from ..loading.configs import check_model_folder
 from ..loading.hub import (
     check_controlnet_ref,
     check_model_ref,
@@ -32,6 +33,7 @@ from ..modes.hidiffusion_settings import settings_of
 from . import csgo
 from .adapter import adapter_kind
 from .blocks import parse_spec, resolve_blocks
+from .embeddings import load_style
 from .lora import check_lora_file
 from .request import CONTROL_KINDS, Request
 
@@ -42,8 +44,8 @@ def check_request(request: Request, max_pixels: int | None = MAX_PIXELS) -> None
     for ref in request.style:
         if not ref.path.endswith(".safetensors"):
             load_image(ref.path, "style image", max_pixels)
-        elif not Path(ref.path).is_file():
-            raise UserError(f"style file {ref.path}: no such file")
+        else:
+            load_style(ref.path)  # a few KB: its kind and shapes checked before any model loads
     if request.content_image is not None:
         load_image(request.content_image, "content image", max_pixels)
     for name in ("image_encoder", "content_text_encoder"):
@@ -151,8 +153,13 @@ def model_denoiser(model: str, single_file_config: str | None = None) -> tuple[F
     family, cls, config = _denoiser_config(model, single_file_config)
     if cls is None:
         return family, None
-    with init_empty_weights():
-        return family, cls.from_config(config)
+    try:
+        with init_empty_weights():
+            return family, cls.from_config(config)
+    except Exception as err:  # a config its numbers cannot build (checked for size by loading.configs first)
+        first = str(err).splitlines()[0][:160] if str(err) else ""
+        raise UserError(f"model {model}: {family.denoiser}/config.json does not describe a {cls.__name__} "
+                        f"({type(err).__name__}: {first})") from None
 
 
 def default_adapter(model: str, single_file_config: str | None = None) -> str:
@@ -181,6 +188,8 @@ def _denoiser_config(model: str, single_file_config: str | None) -> tuple[Family
         if single_file_config is None:
             return checkpoint_family(source), None, None
         source = Path(single_file_config).expanduser()
+        if source.is_dir():
+            check_model_folder(source, "single-file config")
     try:
         index = diffusers.DiffusionPipeline.load_config(str(source))
         for attr, class_name in dict.fromkeys((f.denoiser, f.denoiser_class) for f in all_families()):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, shown
 
 #: name -> (diffusers class, config overrides). Plain data: validating a name needs no diffusers import.
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -40,7 +40,7 @@ def canonical_name(name: str) -> str:
     key = "-".join(str(name).lower().replace("_", " ").split())
     key = _ALIASES.get(key, key)
     if key not in SCHEDULERS:
-        raise UserError(f"unknown scheduler {name!r} (one of: {', '.join(SCHEDULERS)})")
+        raise UserError(f"unknown scheduler {shown(name)} (one of: {', '.join(SCHEDULERS)})")
     return key
 
 

@@ -109,12 +109,26 @@ class EmbeddingStore:
                 style = load_style(ref.path)
                 if style.kind != use.weights.kind or style.embeds.shape[-1] != use.weights.image_embed_dim:
                     raise UserError(f"style file {ref.path} was made for a {style.kind} adapter of another width")
+                tokens = encoder_tokens(use.encoder) if style.kind == "plus" else None
+                if tokens is not None and style.embeds.shape[1] != tokens:
+                    raise UserError(f"style file {ref.path}: holds {style.embeds.shape[1]} image tokens; this "
+                                    f"adapter's encoder makes {tokens}")
                 parts.append(style.embeds)
             else:
                 parts.append(self.encode(ref.path, use, fit))
         if regions:
             return torch.cat(parts)
         return blend(parts, [ref.weight for ref in refs])
+
+
+def encoder_tokens(encoder: ImageEncoder) -> int | None:
+    """How many patch tokens (CLS included) the encoder's penultimate layer gives a plus adapter, from its config
+    (``None``: a config that does not say)."""
+    config = encoder.model.config
+    size, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
+    if not isinstance(size, int) or not isinstance(patch, int) or patch < 1:
+        return None
+    return (size // patch) ** 2 + (1 if "clip" in str(getattr(config, "model_type", "")) else 0)
 
 
 def content_embeds(

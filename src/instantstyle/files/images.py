@@ -13,6 +13,7 @@ from typing import IO
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
+from .textfiles import NOT_REGULAR
 
 #: The most pixels an input image may have by default (about 8k x 5k; 160 MB decoded as RGBA).
 MAX_PIXELS = 40_000_000
@@ -60,7 +61,7 @@ def load_image(path: str | Path, what: str = "image", max_pixels: int | None = M
     if path.is_dir():
         raise UserError(f"{what} {path}: is a folder, not an image")
     if not path.is_file():
-        raise UserError(f"{what} {path}: no such file")
+        raise UserError(f"{what} {path}: " + (NOT_REGULAR if path.exists() else "no such file"))
     if path.stat().st_size == 0:
         raise UserError(f"{what} {path}: the file is empty")
     image_size(path, what, max_pixels)

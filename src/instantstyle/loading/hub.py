@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..families import Family, all_families, family_of_checkpoint
+from .configs import check_model_folder, check_part_folder
 
 if TYPE_CHECKING:
     from ..core.adapter import AdapterWeights
@@ -186,8 +187,9 @@ def model_source(model: str) -> Path | str:
     neither is a ``UserError``."""
     path = Path(model).expanduser()
     if path.is_dir():
-        if not (path / "model_index.json").is_file():
+        if not (path / "model_index.json").exists():
             raise UserError(f"model {path}: not a diffusers model folder (no model_index.json)")
+        check_model_folder(path)
         return path
     if path.is_file():
         if path.suffix != ".safetensors":
@@ -203,8 +205,9 @@ def check_model_ref(what: str, ref: str) -> None:
     """A transformers/diffusers model reference must be an existing folder with a config, or a hub id (``org/name``)."""
     path = Path(ref).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").exists():
             raise UserError(f"{what} {ref}: no config.json in that folder")
+        check_part_folder(path, f"{what} {ref}: ")
     elif path.exists() or looks_like_path(ref) or ref.count("/") != 1:
         raise UserError(f"{what} {ref}: no such folder (give a model folder or hub id)")
     else:
