@@ -15,7 +15,9 @@ Where later features hook in: per-request changes to the models go in ``_set_mod
 further call arguments in ``_call_kwargs``; changes that must hold only while the call runs (HiDiffusion's
 hooks on the UNet, ``Request.hidiffusion``) as context managers in ``Prepared.during``; steps that change the
 images after denoising in ``finish``. Scores are asked for from a finished ``Result`` (``score``): they never
-change an image.
+change an image. A CSGO checkpoint (``csgo``) replaces the IP-Adapter's steps in three places, each one line:
+``complete`` (its defaults and size rule), ``_set_models`` (``_set_csgo``: its layers and ControlNet) and
+``_call_kwargs`` (``csgo_embeds_kwargs``: its tokens appended to the text embeddings).
 """
 
 from __future__ import annotations
@@ -43,13 +45,13 @@ from ..modes import control, hidiffusion, restyle
 from ..modes import image as modes
 from ..scores.csd import CsdModel
 from ..scores.scorer import Scorer, Scores
-from . import guards, processors, routing, styles
+from . import csgo, guards, processors, routing, styles
 from .adapter import AdapterWeights, attach_adapters, read_adapter
 from .blocks import expand_preset_ref
 from .caption import caption
 from .embeddings import ImageEncoder, TextTower, has_clip_text_tower, image_hash
 from .lora import apply_loras
-from .request import MIN_SIZE, Request, StyleRef
+from .request import DEFAULT_CONTROL_SCALE, DEFAULT_GUIDANCE, MIN_SIZE, Request, StyleRef
 from .schedulers import make_scheduler
 from .styles import EmbeddingStore, LoadedAdapter
 
@@ -71,6 +73,12 @@ def _seed(request: Request) -> int:
     """The seed of a completed request."""
     assert request.seed is not None
     return request.seed
+
+
+def guidance_of(request: Request) -> float:
+    """The guidance of a completed request."""
+    assert request.guidance is not None
+    return request.guidance
 
 
 def can_batch(request: Request) -> bool:
@@ -121,6 +129,7 @@ class StylePipeline:
     disk_cache: EmbeddingCache | None = None  # reference embeddings kept on disk too (``Runtime.cache_dir``)
     adapter_ref: str | None = None  # the adapter as the user named it (a hub reference stays one in the PNG)
     content_text_encoder: str | None = None  # default for requests that name none
+    csgo: csgo.CsgoAdapter | None = None  # a CSGO checkpoint is the adapter: its steps replace the IP-Adapter's
     embeddings: EmbeddingStore = field(init=False, repr=False)  # reference embeddings, each computed once
     extras: Extras = field(init=False, repr=False)  # what requests name besides the base model, loaded once
     #: Told the name of each phase (``PHASES``, then ``end``) as it begins; ``None``: nobody listens.
@@ -161,6 +170,7 @@ class StylePipeline:
         return cls(
             parts.pipe, parts.family, parts.adapter, parts.image_encoder, model, runtime, parts.device, parts.dtype,
             parts.low_memory, parts.disk_cache, adapter_ref=adapter, content_text_encoder=content_text_encoder,
+            csgo=parts.csgo,
         )
 
     @property
@@ -246,7 +256,7 @@ class StylePipeline:
         batch = {
             **self.text_kwargs([r.prompt for r in done for _ in range(r.num_images)],
                                [r.negative_prompt or "" for r in done for _ in range(r.num_images)] if negative
-                               else None, done[0].guidance),
+                               else None, guidance_of(done[0])),
             "num_images_per_prompt": 1,
             "latents": torch.cat([self.family.draw_latents(self.pipe, r, self.device, self.dtype) for r in done]),
         }
@@ -278,6 +288,12 @@ class StylePipeline:
                 photo = load_image(request.restyle or "", "photo to restyle", self.runtime.max_pixels)
                 request = request.replace(prompt=caption(photo, request.caption_model, self.device, self.dtype))
         default = self.family.native_size(self.pipe)
+        if self.csgo is not None:  # CSGO: its own defaults and size rule, and what it cannot do (core/csgo.py)
+            csgo.check_request(request)
+            # --caption with CSGO (the prompt from the content image, as restyle's above) is wired in here.
+            request = csgo.complete(request, default, self.runtime.max_pixels)
+        else:
+            csgo.check_not_csgo(request)
         width, height = modes.init_size(request, default, self.family.size_multiple,
                                         self.runtime.max_pixels) or (default, default)
         for given, fallback in ((request.width, width), (request.height, height)):
@@ -291,7 +307,9 @@ class StylePipeline:
         return request.replace(
             model=request.model or self.model_id,
             adapter=request.adapter or adapter,
-            blocks=blocks(request.blocks),
+            blocks=blocks(request.blocks) if self.csgo is None else None,  # CSGO's blocks are trained in
+            guidance=DEFAULT_GUIDANCE if request.guidance is None else request.guidance,
+            control_scale=DEFAULT_CONTROL_SCALE if request.control_scale is None else request.control_scale,
             adapters=tuple(dataclasses.replace(use, blocks=blocks(use.blocks)) for use in request.adapters),
             width=request.width or width,
             height=request.height or height,
@@ -299,12 +317,11 @@ class StylePipeline:
             strength=modes.default_strength(request),
             controlnet=request.control and control.controlnet_ref(request.control, self.family, request.controlnet),
             negative_prompt=request.negative_prompt if request.negative_prompt is not None else "",
-            control_scale=request.control_scale if request.control_scale is not None else 1.0,
         )
 
     def _set_models(self, request: Request) -> list[dict[str, float]]:
         """Set everything in the loaded models that depends on the request; returns the per-slot layer scales."""
-        slots = self._set_adapters(request)
+        slots = self._set_adapters(request) if self.csgo is None else self._set_csgo(request)
         if self._base_scheduler is None:
             self._base_scheduler = self.pipe.scheduler
         base = self._base_scheduler
@@ -351,13 +368,30 @@ class StylePipeline:
         processors.set_scales(denoiser, self.family, slots, routing.per_image_weights(request))
         return slots
 
+    def _set_csgo(self, request: Request) -> list[dict[str, float]]:
+        """CSGO instead of IP-Adapters (``csgo``): its content layers read in if the request injects content, its
+        ControlNet made CSGO's, the content and style scales set; under a memory budget everything that stays on the
+        device must fit. No IP-Adapter slots."""
+        assert self.csgo is not None
+        if request.content_adapter_scale:
+            self.csgo.need_content(self.denoiser)
+        controlnet = self.controlnet(request)
+        assert controlnet is not None  # a CSGO request is completed with its tile ControlNet
+        self.csgo.controlnet(controlnet, self.denoiser)
+        self.csgo.set_scales(request, [self.denoiser, controlnet])
+        if self.budget is not None:
+            memory.check_budget(self.runtime.memory_budget or 0.0,
+                                [self.denoiser, controlnet, self.pipe.vae, *self.csgo.resident()],
+                                "the denoiser, the ControlNet, the VAE and CSGO's resamplers")
+        return []
+
     def _call_kwargs(self, request: Request, slots: list[dict[str, float]]) -> dict[str, Any]:
         """The diffusers call for a request: prompt, steps, guidance, seed, style embeds, mode inputs, masks,
         schedule."""
         assert request.seed is not None and request.width is not None and request.height is not None
         self._phase("text")
         text = self.text_kwargs([request.prompt], [request.negative_prompt] if request.negative_prompt else None,
-                                request.guidance)
+                                guidance_of(request))
         self._phase("style")
         kwargs: dict[str, Any] = {
             **text,
@@ -365,7 +399,7 @@ class StylePipeline:
             **self.family.guidance_kwargs(request),
             "num_images_per_prompt": request.num_images,
             "generator": torch.Generator("cpu").manual_seed(request.seed),
-            **self.image_embeds_kwargs(request),
+            **(self.image_embeds_kwargs(request) if self.csgo is None else self.csgo_embeds_kwargs(request, text)),
             **modes.mode_kwargs(request, self.depth_model(request), self.runtime.max_pixels),
         }
         if self.budget is not None:  # a content prompt's tower came for the style
@@ -474,7 +508,8 @@ class StylePipeline:
         named (``folder``, else the pipeline's default), else one of the model's own (SDXL's ``text_encoder_2`` for
         its ViT-bigG adapter), else the image encoder's own CLIP repository's (openai/clip-vit-large-patch14 holds
         both towers: XLabs' FLUX adapters); under a memory budget it waits off the device, see ``_tower_on_device``."""
-        want = self.adapter.image_embed_dim
+        # The image encoder's CLIP space (CSGO reads hidden states, but its encoder's projection is that space).
+        want = self.image_encoder.embed_dim if self.adapter.kind == "csgo" else self.adapter.image_embed_dim
         folder = folder or self.content_text_encoder
         if folder is not None:
             return self.extras.text_tower(folder, want)
@@ -561,8 +596,23 @@ class StylePipeline:
         further = [self._further(use.path) for use in request.adapters]
         pairs = styles.slot_embeds(self.embeddings, request, self.main_adapter, further,
                                    lambda: self._tower_on_device(request.content_text_encoder))
-        cfg = self.family.guides(self.pipe, request.guidance)
+        cfg = self.family.guides(self.pipe, guidance_of(request))
         return self.family.embeds_kwargs(pairs, cfg, self.device, self.dtype)
+
+    def csgo_embeds_kwargs(self, request: Request, text: dict[str, Any]) -> dict[str, Any]:
+        """CSGO's call: the text embeddings with its content and style tokens appended (``csgo.with_tokens``); the
+        style references' and the content image's encoder features each computed once (``EmbeddingStore``)."""
+        assert self.csgo is not None and request.width is not None and request.height is not None
+        if "prompt_embeds" not in text:
+            raise RuntimeError("CSGO needs the prompts encoded before the call (an SDXL pipeline)")
+        main = self.main_adapter
+        style = self.embeddings.references(request.style, main, request.style_fit, regions=False)
+        content = None
+        if self.csgo.content_projection is not None:  # else no layer holds weights to read the content tokens
+            content = self.embeddings.encode(request.content_image, main, size=(request.width, request.height))
+        device, dtype = self.device, self.dtype
+        return csgo.with_tokens(text, self.csgo.tokens(content, "content", device, dtype),
+                                self.csgo.tokens(style, "style", device, dtype))
 
     def save_style(self, request: Request, path: str | Path, extra: dict[str, str] | None = None) -> Path:
         """Save the request's blended references as a style file, reusable without the images (``extra``: more

@@ -23,12 +23,15 @@ from ..loading.hub import (
     check_model_ref,
     checkpoint_family,
     hub_error,
+    hub_ref,
     is_local_adapter_ref,
     model_source,
     resolve_adapter_file,
 )
 from ..loading.runtime import Runtime
 from ..modes.hidiffusion_settings import settings_of
+from . import csgo
+from .adapter import adapter_kind
 from .blocks import parse_spec, resolve_blocks
 from .embeddings import load_style
 from .lora import check_lora_file
@@ -55,6 +58,36 @@ def check_request(request: Request, max_pixels: int | None = MAX_PIXELS) -> None
     check_mode_inputs(request, max_pixels)
     for lora in request.lora:
         check_lora_file(lora.path)
+    check_adapter_kind(request)
+
+
+def check_adapter_kind(request: Request) -> None:
+    """What the request asks that its adapter cannot do, from the kind of its adapter file (a local one, or a hub one
+    already in the HF cache; read lazily: a CSGO checkpoint is memory-mapped, a safetensors file's names read):
+    CSGO's options only with CSGO, and what CSGO cannot do not with it (``csgo.check_request``). No adapter named is
+    the family's default, never CSGO; a hub adapter not downloaded yet is checked once it loads."""
+    if request.adapter is None:
+        csgo.check_not_csgo(request)
+        return
+    if is_local_adapter_ref(request.adapter):
+        path: Path | None = resolve_adapter_file(request.adapter)
+    else:
+        ref = hub_ref("adapter", request.adapter)
+        path = cached_file(ref.repo, ref.file) if ref is not None else None
+    if path is None:
+        return
+    if adapter_kind(path) == "csgo":
+        csgo.check_request(request)
+    else:
+        csgo.check_not_csgo(request)
+
+
+def cached_file(repo: str, file: str) -> Path | None:
+    """A hub file's path in the local HF cache, or ``None`` (never asks the hub)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, file)
+    return Path(found) if isinstance(found, str) else None
 
 
 def check_runtime(request: Request, runtime: Runtime) -> None:
@@ -88,7 +121,7 @@ def check_mode_inputs(request: Request, max_pixels: int | None = MAX_PIXELS) -> 
             resolve_adapter_file(use.path)  # a local reference: its errors, without touching the hub
         for ref in use.style:
             load_image(ref.path, f"style image of adapter {use.path}", max_pixels)
-    if request.control is not None:
+    if request.control is not None and request.control != "tile":  # tile: CSGO's, on the content image
         source = request.control if request.control not in CONTROL_KINDS else request.control_image
         load_image(source or request.init_image or request.restyle or "", "control image", max_pixels)
     if request.csd is not None and not Path(request.csd).expanduser().exists():

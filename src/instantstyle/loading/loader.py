@@ -20,8 +20,9 @@ import torch
 
 from ..core.adapter import AdapterWeights, attach_adapters, check_adapter_fits, read_adapter
 from ..core.blocks import resolve_blocks
+from ..core.csgo import CsgoAdapter, check_fits
 from ..core.embeddings import ImageEncoder, TextTower, has_clip_text_tower, load_image_encoder, load_text_tower
-from ..core.preflight import model_family
+from ..core.preflight import model_denoiser, model_family
 from ..core.processors import check_diffusers
 from ..errors import UserError
 from ..families import Family, all_families, family_of, family_of_checkpoint
@@ -53,6 +54,7 @@ class Loaded:
     dtype: torch.dtype
     low_memory: bool
     disk_cache: EmbeddingCache | None
+    csgo: CsgoAdapter | None = None  # a CSGO checkpoint (then ``adapter.kind`` is ``csgo``)
 
 
 def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | None = None,
@@ -68,15 +70,23 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
     device = runtime.placement()
     dtype = runtime.torch_dtype(device, model_family(model, runtime.single_file_config).gpu_dtype)
     weights = read_adapter(resolve_adapter_file(adapter))
+    if weights.kind == "csgo":  # a misfit is refused from the model's config, before its weights load
+        check_fits(weights, *model_denoiser(model, runtime.single_file_config), model)
     encoder_dir = find_image_encoder(weights, image_encoder)
     pipe = load_base_pipeline(model, dtype, runtime.single_file_config, runtime.device_map)
     family = family_of(pipe, f"model {model}")
     denoiser = family.denoiser_of(pipe)
-    check_adapter_fits(weights, family, denoiser)
-    keep = None if runtime.keeps_all_weights else [set(resolve_blocks(blocks, family.layers(denoiser), family))]
-    attach_adapters(pipe, family, [weights], keep)
+    csgo = None
+    if weights.kind == "csgo":
+        check_fits(weights, family, denoiser, model)
+        csgo = CsgoAdapter.attach(denoiser, weights, content=runtime.keeps_all_weights)
+    else:
+        check_adapter_fits(weights, family, denoiser)
+        keep = None if runtime.keeps_all_weights else [set(resolve_blocks(blocks, family.layers(denoiser), family))]
+        attach_adapters(pipe, family, [weights], keep)
     if runtime.memory_budget is not None:
-        memory.check_budget(runtime.memory_budget, [denoiser, pipe.vae])
+        memory.check_budget(runtime.memory_budget, [denoiser, pipe.vae, *(csgo.resident() if csgo else ())],
+                            "the denoiser and the VAE" + (" and CSGO's resamplers" if csgo else ""))
     if runtime.device_map is None:  # a device-mapped pipeline is already placed (and refuses .to())
         # Under a budget the text encoders wait off the device, for families whose prompts are encoded before the call.
         park_text = runtime.memory_budget is not None and family.encode_prompts is not None
@@ -93,7 +103,10 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
         memory.pin_mmap_threshold()  # freed tensors leave the process (see memory.py)
     weights = replace(weights, state_dict={})  # the file's tensors now live, pruned, in the denoiser
     memory.return_freed_memory()  # give back what loading and pruning freed
-    return Loaded(pipe, family, weights, encoder, device, dtype, low_memory, cache)
+    if csgo is not None:
+        for projection in csgo.resident():
+            projection.to(device)
+    return Loaded(pipe, family, weights, encoder, device, dtype, low_memory, cache, csgo)
 
 
 def load_base_pipeline(
