@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 
 from instantstyle import StylePipeline  # noqa: E402
 from instantstyle.testing import TinyModels, tiny_models  # noqa: E402
+from instantstyle.testing.csgo import CsgoModels, build_csgo_models  # noqa: E402
 from instantstyle.testing.dit import TinyDiTModels, build_tiny_dit_models  # noqa: E402
 from instantstyle.testing.kolors import TinyKolorsModels, build_tiny_kolors_models  # noqa: E402
 from instantstyle.testing.modes import ModeModels, tiny_mode_models  # noqa: E402
@@ -65,6 +66,13 @@ def arch_pipe(request: pytest.FixtureRequest) -> StylePipeline:
 def modes(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> ModeModels:
     """Tiny ControlNets, inpainting models and mode input images (init, masks, depth map, wide style)."""
     return tiny_mode_models(tmp_path_factory.mktemp("modes"), tiny)
+
+
+@pytest.fixture(scope="session")
+def csgo_models(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> CsgoModels:
+    """Tiny CSGO checkpoints in the authors' layout (4+32 float16 with its ControlNet, 4+16, safetensors), the tile
+    ControlNet, h94's image encoder mirrored, a content and a style image."""
+    return build_csgo_models(tmp_path_factory.mktemp("csgo") / "tree", tiny)
 
 
 @pytest.fixture(scope="session")

@@ -160,11 +160,13 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
     _request_option("scale", "Multiplies every selected block's scale.", type=FLOAT),
     _request_option("content_prompt", "Content to subtract from the style (e.g. what the style image shows)."),
     _request_option("content_scale", "How much of the content to subtract.", type=FLOAT),
-    _request_option("content_image", "Image whose content to subtract."),
+    _request_option("content_image", "Image whose content to subtract (CSGO: the content image to keep)."),
+    _request_option("content_adapter_scale", "CSGO: scale of the content tokens in the UNet's down blocks (0: none, "
+                    "as the authors' released code).", type=FLOAT),
     _request_option("content_text_encoder", "CLIP text model in the image encoder's space (ViT-H adapters)."),
     _request_option("steps", "Denoising steps.", type=INT),
-    _request_option("guidance", "Classifier-free guidance scale (FLUX.1-dev: the distilled guidance, a model input).",
-                    type=FLOAT),
+    _request_option("guidance", "Classifier-free guidance scale (FLUX.1-dev: the distilled guidance, a model input). "
+                    "[default: 5; CSGO: 10]", type=FLOAT),
     _request_option("true_cfg", "Guidance-distilled models (FLUX.1-dev): above 1, real classifier-free guidance "
                     "with the negative prompt and a negative image (two passes per step).", type=FLOAT),
     _request_option("seed", "Random seed (default: random, recorded in the PNG).", type=INT),
@@ -177,9 +179,9 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
                     "inpainting).", type=FLOAT),
     _request_option("mask", "Inpainting mask for --init-image: white = repaint."),
     _request_option("control", "ControlNet input: canny | depth | tile | a ready control image (needs --controlnet) "
-                    "[default with --restyle: canny]."),
+                    "[default with --restyle: canny; with a CSGO checkpoint: tile, on --content-image]."),
     _request_option("control_image", "Image to take canny edges from, or the depth map (default: --init-image)."),
-    _request_option("control_scale", "ControlNet strength. [default: 1.0; 0.6 with --restyle]", type=FLOAT),
+    _request_option("control_scale", "ControlNet strength. [default: 1.0; 0.6 with --restyle or CSGO]", type=FLOAT),
     _request_option("depth_model", "With --control depth: a transformers depth model (folder or hub id, e.g. "
                     "depth-anything/Depth-Anything-V2-Small-hf) that makes the map from --control-image."),
     _request_option("controlnet", "ControlNet folder or hub id (default: the canny/depth ControlNet for the model)."),
@@ -255,6 +257,8 @@ def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
         return source.replace(**given)
     if "prompt" not in given and "restyle" in given:
         raise UserError("--restyle needs --prompt (what the photo shows) or --caption (made from the photo)")
+    # --caption with a CSGO checkpoint (the prompt from --content-image, as the authors caption it with BLIP) is wired
+    # in here and in StylePipeline.complete's CSGO branch.
     if "prompt" not in given:
         raise UserError("--prompt is required (or --from IMAGE.png)")
     if "style" not in given:
@@ -395,9 +399,10 @@ generate.params[6:6] = [option for _, option in REQUEST_OPTIONS]  # after --from
 
 @main.command()
 @click.option("--model", default=None, help="Model whose blocks to list (default: SDXL base 1.0).")
+@click.option("--adapter", default=None, help="With a CSGO checkpoint: its content and style blocks instead.")
 @click.option("--single-file-config", default=None)
 @click.option("--debug", is_flag=True)
-def blocks(model: str | None, single_file_config: str | None, debug: bool) -> None:
+def blocks(model: str | None, adapter: str | None, single_file_config: str | None, debug: bool) -> None:
     """List a model's attention blocks the adapter reaches: name, layer count, presets that use it."""
 
     def body() -> None:
@@ -413,6 +418,8 @@ def blocks(model: str | None, single_file_config: str | None, debug: bool) -> No
             from ..loading.loader import load_base_pipeline
 
             denoiser = family.denoiser_of(load_base_pipeline(name, torch.float32))
+        if adapter is not None and echo_csgo_blocks(name, family, adapter, denoiser):
+            return
         layers = family.layers(denoiser)
         click.echo(f"{name} ({family.name}): {len(layers)} attention layers take image features; default "
                    f"blocks: {family.default_blocks}")
@@ -426,6 +433,29 @@ def blocks(model: str | None, single_file_config: str | None, debug: bool) -> No
             click.echo(note)
 
     run_cli(body, debug)
+
+
+def echo_csgo_blocks(model: str, family: Any, adapter: str, denoiser: Any) -> bool:
+    """``blocks --adapter`` with a CSGO checkpoint: print where its tokens go (``csgo.blocks_table``); ``False`` for
+    another adapter (its blocks are the model's)."""
+    from ..core import csgo
+    from ..core.adapter import adapter_kind, read_adapter
+    from ..loading.hub import resolve_adapter_file
+
+    path = resolve_adapter_file(adapter)
+    if adapter_kind(path) != "csgo":
+        return False
+    weights = read_adapter(path)
+    csgo.check_fits(weights, family, denoiser, model)
+    content, style = weights.tokens
+    click.echo(f"{model} ({family.name}) with CSGO checkpoint {adapter}: {content} content and {style} style tokens; "
+               "its blocks are trained in (no --blocks)")
+    rows = csgo.blocks_table(denoiser, weights)
+    width = max(len(row[1]) for row in rows)
+    click.echo(f"{'model':<10}  {'block':<{width}}  layers  tokens")
+    for where, block, count, tokens in rows:
+        click.echo(f"{where:<10}  {block:<{width}}  {count:>6}  {tokens}")
+    return True
 
 
 # --- video: a clip in the style of a reference (AnyV2V on I2VGen-XL) -------------------------------------------------
@@ -884,7 +914,7 @@ def entry(argv: list[str] | None = None) -> None:
 
 # --- sweep: a labelled contact sheet over blocks x scale (x content scale) ---------------------------
 
-SWEPT = ("blocks", "scale", "content_scale", "restyle_content_scale", "num_images")
+SWEPT = ("blocks", "scale", "content_scale", "content_adapter_scale", "restyle_content_scale", "num_images")
 
 
 def _sweep(params: dict[str, Any]) -> None:
@@ -903,16 +933,32 @@ def _sweep(params: dict[str, Any]) -> None:
 
     source = read_png_request(params["from_png"]) if params["from_png"] else None
     base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
-    assert base.model is not None
-    family = model_info(base.model, params.get("single_file_config")).family if not params["sweep_blocks"] else None
-    rows = params["sweep_blocks"] or default_rows(list(family.presets if family else ()))
-    axes = Axes(
-        parse_blocks_list(rows),
-        parse_number_list("scale", params["sweep_scales"]),
-        parse_number_list("content scale", params["sweep_content_scales"]) if params["sweep_content_scales"] else (),
-        parse_number_list("restyle content scale", params["sweep_restyle_content_scales"])
-        if params["sweep_restyle_content_scales"] else (),
-    )
+    model = base.model
+    assert model is not None
+    restyle_scales = (parse_number_list("restyle content scale", params["sweep_restyle_content_scales"])
+                      if params["sweep_restyle_content_scales"] else ())
+    # CSGO: its trained blocks in every row; its content axis is the content tokens'
+    if base.adapter is not None and is_csgo_ref(base.adapter):
+        if params["sweep_blocks"] or params["sweep_content_scales"] or restyle_scales:
+            raise UserError("a CSGO sweep varies --scale (style) and --content-adapter-scale (content tokens); its "
+                            "blocks are trained in and it subtracts no content (--blocks, --content-scale, "
+                            "--restyle-content-scale)")
+        base = base.replace(blocks=None)
+        axes = Axes((None,), parse_number_list("scale", params["sweep_scales"]),
+                    parse_number_list("content adapter scale", params["sweep_content_adapter_scales"])
+                    if params["sweep_content_adapter_scales"] else (), content_field="content_adapter_scale")
+    else:
+        if params["sweep_content_adapter_scales"]:
+            raise UserError("--content-adapter-scale is for CSGO checkpoints (content tokens); this adapter has none")
+        family = model_info(model, params.get("single_file_config")).family if not params["sweep_blocks"] else None
+        rows = params["sweep_blocks"] or default_rows(list(family.presets if family else ()))
+        axes = Axes(
+            parse_blocks_list(rows),
+            parse_number_list("scale", params["sweep_scales"]),
+            parse_number_list("content scale", params["sweep_content_scales"]) if params["sweep_content_scales"]
+            else (),
+            restyle_scales,
+        )
     if not params["score"] and (params["pick"] or params["csd"] is not None):
         raise UserError(f"{'--pick' if params['pick'] else '--csd'} needs the scores; drop --no-score")
     if not 0 <= params["pick_style_floor"] <= 1:  # click's range lets nan through
@@ -925,7 +971,7 @@ def _sweep(params: dict[str, Any]) -> None:
     if params["csd"] is not None:
         check_csd_path(params["csd"])
     runtime = runtime_from(params)
-    checked = check_sweep(base, axes, runtime, base.model)
+    checked = check_sweep(base, axes, runtime, model)
     if not params["debug"]:
         quiet_libraries()
     sheet = output_paths(params["output"], 1, params["overwrite"])[0]
@@ -955,6 +1001,14 @@ def _sweep(params: dict[str, Any]) -> None:
                 scorer.unavailable())
     if out.picked is not None:
         write_pick(pipe, out.picked_request(), out.cells[out.picked], sheet)
+
+
+def is_csgo_ref(adapter: str) -> bool:
+    """Whether a local adapter file is a CSGO checkpoint (a hub reference: resolved from the HF cache, or not)."""
+    from ..core.adapter import adapter_kind
+    from ..loading.hub import is_local_adapter_ref, resolve_adapter_file
+
+    return is_local_adapter_ref(adapter) and adapter_kind(resolve_adapter_file(adapter)) == "csgo"
 
 
 def pick_paths(sheet: Path) -> tuple[Path, Path]:
@@ -1015,6 +1069,8 @@ def generate_command(request: Request, output: str | Path) -> str:
               help="Content scales to compare (rows within each blocks spec); needs --content-prompt.")
 @click.option("--restyle-content-scale", "sweep_restyle_content_scales", default=None,
               help="With --restyle: the photo's content scales to compare (rows); the photo is inverted once.")
+@click.option("--content-adapter-scale", "sweep_content_adapter_scales", default=None,
+              help="CSGO: content-token scales to compare, one row each (its blocks are trained in: no --blocks).")
 @click.option("--from", "from_png", default=None, help="Take the other settings from a PNG made by instantstyle.")
 @click.option("--output", "-o", required=True, help="The sheet .png; cells are written beside it as "
               "SHEET-BLOCKS-sSCALE.png.")

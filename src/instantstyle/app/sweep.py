@@ -64,15 +64,21 @@ def default_rows(presets: Sequence[str]) -> tuple[str, ...]:
     return tuple(name for name in DEFAULT_ROWS if name in presets)
 
 
+#: The request fields a sweep's content axis can vary: InstantStyle's content subtraction, CSGO's content tokens.
+CONTENT_FIELDS = {"content_scale": "content", "content_adapter_scale": "content tokens"}
+
+
 @dataclass(frozen=True)
 class Axes:
-    """What a sweep varies: blocks specs (rows), scales (columns), and optional content scales and restyled photos'
-    content scales (rows)."""
+    """What a sweep varies: blocks specs (rows; ``None``: the adapter's own, CSGO's trained blocks), scales
+    (columns), and optional content scales of ``content_field`` (``CONTENT_FIELDS``) and restyled photos' content
+    scales (rows)."""
 
-    blocks: tuple[str, ...]
+    blocks: tuple[str | None, ...]
     scales: tuple[float, ...]
     content_scales: tuple[float, ...] = ()
     restyle_content_scales: tuple[float, ...] = ()
+    content_field: str = "content_scale"
 
     def __post_init__(self) -> None:
         if not self.blocks:
@@ -81,17 +87,21 @@ class Axes:
             raise UserError("a sweep needs at least one scale")
         if len(self.rows) * len(self.scales) > MAX_CELLS:
             raise UserError(f"a sweep of {len(self.rows)} x {len(self.scales)} cells is over the limit of {MAX_CELLS}")
+        if self.content_field not in CONTENT_FIELDS:
+            raise ValueError(f"a sweep's content axis is one of {', '.join(CONTENT_FIELDS)}")
 
     @property
-    def rows(self) -> list[tuple[str, float | None, float | None]]:
+    def rows(self) -> list[tuple[str | None, float | None, float | None]]:
         """(blocks, content scale or None, restyle content scale or None) for every row, blocks outermost."""
         contents: Sequence[float | None] = self.content_scales or (None,)
         photo: Sequence[float | None] = self.restyle_content_scales or (None,)
         return [(blocks, c, r) for blocks in self.blocks for c in contents for r in photo]
 
-    def row_label(self, blocks: str, content_scale: float | None, restyle_content_scale: float | None = None) -> str:
-        label = blocks if content_scale is None else f"{blocks} | content {_num(content_scale)}"
-        return label if restyle_content_scale is None else f"{label} | photo {_num(restyle_content_scale)}"
+    def row_label(self, blocks: str | None, content_scale: float | None,
+                  restyle_content_scale: float | None = None) -> str:
+        content = None if content_scale is None else f"{CONTENT_FIELDS[self.content_field]} {_num(content_scale)}"
+        photo = None if restyle_content_scale is None else f"photo {_num(restyle_content_scale)}"
+        return " | ".join(part for part in (blocks, content, photo) if part is not None) or "the adapter's blocks"
 
     def column_label(self, scale: float) -> str:
         return f"scale {_num(scale)}"
@@ -134,7 +144,8 @@ def check_sweep(base: Request, axes: Axes, runtime: Runtime, model: ModelInfo | 
     content to subtract; then the base request's one ``check``, against the model, with every row's blocks spec."""
     if axes.restyle_content_scales and base.restyle is None:
         raise UserError("--restyle-content-scale values need --restyle PHOTO")
-    if axes.content_scales and base.content_prompt is None and base.content_image is None:
+    if axes.content_scales and axes.content_field == "content_scale" and base.content_prompt is None \
+            and base.content_image is None:
         raise UserError("content scales need --content-prompt or --content-image (in the web UI: a content prompt "
                         "or image), the content to subtract")
     return check(base, runtime, model, specs=axes.blocks)
@@ -150,7 +161,7 @@ def sweep_requests(base: Request, axes: Axes) -> list[list[Request]]:
         for scale in axes.scales:
             changes: dict[str, object] = {"blocks": blocks, "scale": scale, "num_images": 1}
             if content_scale is not None:
-                changes["content_scale"] = content_scale
+                changes[axes.content_field] = content_scale
             if restyle_content_scale is not None:
                 changes["restyle_content_scale"] = restyle_content_scale
             row.append(base.replace(**changes))
@@ -168,8 +179,8 @@ def cell_name(stem: str, axes: Axes, row: int, column: int) -> str:
     blocks spec as given (``@FILE:NAME`` included), or ``sheet-r2-1a2b3c4d-s0.7.png`` for a long spec, and the
     column's scale."""
     blocks, content_scale, restyle_content_scale = axes.rows[row]
-    slug = re.sub(r"[^A-Za-z0-9+.]+", "_", blocks).strip("_")
-    if len(slug) > MAX_SLUG:
+    slug = re.sub(r"[^A-Za-z0-9+.]+", "_", blocks).strip("_") if blocks is not None else "own"
+    if blocks is not None and len(slug) > MAX_SLUG:
         slug = f"r{row + 1}-{hashlib.sha256(blocks.encode()).hexdigest()[:8]}"
     name = f"{stem}-{slug}-s{_num(axes.scales[column])}"
     if content_scale is not None:
@@ -336,7 +347,8 @@ def save_sheet(sheet: Image.Image, path: str | Path, base: Request, axes: Axes,
     the picked cell when scored) in a text chunk."""
     sweep: dict[str, object] = {"base": base.to_dict(), "blocks": axes.blocks, "scales": axes.scales,
                                 "content_scales": axes.content_scales,
-                                "restyle_content_scales": axes.restyle_content_scales}
+                                "restyle_content_scales": axes.restyle_content_scales,
+                                "content_field": axes.content_field}
     if scores is not None:
         sweep.update(scores=[s.to_dict() for s in scores], picked=picked)
     return save_png_atomically(sheet, path, {SHEET_KEY: json.dumps(sweep, sort_keys=True)})
@@ -432,7 +444,7 @@ def _cell_settings(axes: Axes, row: int, column: int, path: Path) -> dict[str, o
     blocks, content_scale, restyle_content_scale = axes.rows[row]
     settings: dict[str, object] = {"blocks": blocks, "scale": axes.scales[column]}
     if content_scale is not None:
-        settings["content_scale"] = content_scale
+        settings[axes.content_field] = content_scale
     if restyle_content_scale is not None:
         settings["restyle_content_scale"] = restyle_content_scale
     return {**settings, "file": path.name}

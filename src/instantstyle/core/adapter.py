@@ -10,31 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import Any
 
 from ..errors import UserError
 from ..families import Family, all_families
 from .blocks import Slot
+from .csgo import is_csgo, read_csgo
 from .processors import adapter_parameter_count as adapter_parameter_count  # re-exported: counts live weights
 from .processors import adapters_loaded, slots_applied, take_over
+from .weights import AdapterKind, AdapterWeights, load_bin, read_weights
 
-AdapterKind = Literal["global", "plus"]
-
-
-@dataclass(frozen=True)
-class AdapterWeights:
-    """An IP-Adapter file read into memory, with what it is and what it fits."""
-
-    path: str
-    kind: AdapterKind
-    image_embed_dim: int  # global: CLIP projection dim; plus: CLIP hidden size
-    cross_attention_dim: int
-    num_layers: int
-    state_dict: dict[str, dict[str, torch.Tensor]]
+__all__ = ["AdapterKind", "AdapterWeights", "adapter_kind", "adapter_parameter_count", "attach_adapters",
+           "adapters_applied", "check_adapter_fits", "file_parameter_count", "read_adapter"]
 
 
 def read_adapter(path: str | Path) -> AdapterWeights:
@@ -42,21 +30,9 @@ def read_adapter(path: str | Path) -> AdapterWeights:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"adapter {path}: no such file")
-    flat: dict[str, torch.Tensor] = {}
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            flat = load_file(str(path))
-            state: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
-            for key, tensor in flat.items():
-                group, _, rest = key.partition(".")
-                if group in state:
-                    state[group][rest] = tensor
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file is a user error, whatever the library raised
-        raise UserError(f"adapter {path}: not a readable weights file ({type(err).__name__})") from None
+    state, flat = read_weights(path)
+    if is_csgo(state):
+        return read_csgo(path, state)
     if not isinstance(state, dict) or not state.get("image_proj") or not state.get("ip_adapter"):
         for family in all_families():  # a format only some family uses (h94's is every UNet family's)
             weights = family.adapter_reader(path, flat) if family.adapter_reader is not None else None
@@ -75,6 +51,21 @@ def read_adapter(path: str | Path) -> AdapterWeights:
         raise UserError(f"adapter {path}: unsupported IP-Adapter kind (only global and plus adapters)")
     num_layers = sum(1 for k in layers if k.endswith(".to_k_ip.weight"))
     return AdapterWeights(str(path), kind, int(embed_dim), int(cross_dim), num_layers, state)
+
+
+def adapter_kind(path: str | Path) -> str | None:
+    """``csgo`` for a CSGO checkpoint, ``None`` for anything else, from the file's names alone (a ``.bin`` is
+    memory-mapped, a safetensors header read): cheap enough to check a request before anything loads."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return "csgo" if is_csgo({key.partition(".")[0]: None for key in f.keys()}) else None
+        return "csgo" if is_csgo(load_bin(path)) else None
+    except Exception:  # unreadable: read_adapter says why, when it loads
+        return None
 
 
 def check_adapter_fits(adapter: AdapterWeights, family: Family, denoiser: Any) -> None:

@@ -18,10 +18,10 @@ from PIL import Image
 
 from ..loading import loader
 from ..loading.resources import Resources
-from ..loading.runtime import DEFAULT_ADAPTER, DEFAULT_MODEL, Runtime
+from ..loading.runtime import DEFAULT_MODEL, Runtime
 from . import styles
 from .plan import batch_key, can_batch, complete, plan
-from .preflight import Checked, against, check
+from .preflight import Checked, against, check, default_adapter
 from .request import Request
 from .styles import EmbeddingMemory
 
@@ -44,7 +44,7 @@ class StylePipeline:
     def from_pretrained(
         cls,
         model: str = DEFAULT_MODEL,
-        adapter: str = DEFAULT_ADAPTER,
+        adapter: str | None = None,
         runtime: Runtime | None = None,
         *,
         image_encoder: str | None = None,
@@ -54,13 +54,16 @@ class StylePipeline:
         checked: Checked | None = None,
         **options: Any,
     ) -> StylePipeline:
-        """The one loader: base model, adapter (weights kept only for ``blocks``, ``None`` being the family's
-        default, unless the runtime keeps all) and image encoder, placed as ``runtime`` says. ``options`` are
-        ``Runtime`` fields overriding it (``device="cpu"``, ``offload="model"``, ``low_memory=True``,
-        ``cache_dir=...``). ``embedding_memory``: reference embeddings shared with other pipelines (its
-        ``encoder_runs`` counts the image-encoder passes). ``checked``: a surface's ``check`` of a request against
-        this model's config, whose findings the loader reuses (family, hub, blocks)."""
+        """The one loader: base model, adapter (``None``: the family's own; weights kept only for ``blocks``,
+        ``None`` being the family's default, unless the runtime keeps all) and image encoder, placed as ``runtime``
+        says. ``options`` are ``Runtime`` fields overriding it (``device="cpu"``, ``offload="model"``,
+        ``low_memory=True``, ``cache_dir=...``). ``embedding_memory``: reference embeddings shared with other
+        pipelines (its ``encoder_runs`` counts the image-encoder passes). ``checked``: a surface's ``check`` of a
+        request against this model's config, whose findings the loader reuses (family, hub, blocks)."""
         runtime = (runtime or Runtime()).replace(**options)
+        if adapter is None:
+            adapter = checked.adapter if checked is not None and checked.adapter else \
+                default_adapter(model, runtime.single_file_config)
         return cls(loader.load(model, adapter, runtime, image_encoder=image_encoder, blocks=blocks,
                                content_text_encoder=content_text_encoder, embedding_memory=embedding_memory,
                                checked=checked))

@@ -54,14 +54,14 @@ from ..loading import memory
 from ..loading.hub import resolve_adapter_file
 from ..modes import control, hidiffusion, restyle
 from ..modes import image as modes
-from . import guards, routing, styles
+from . import csgo, guards, routing, styles
 from .adapter import adapters_applied
 from .blocks import Slot, expand_preset_ref
 from .caption import caption
 from .embeddings import image_hash
 from .lora import loras_applied
 from .processors import active_layers, scales_off
-from .request import MIN_SIZE, Request
+from .request import DEFAULT_CONTROL_SCALE, DEFAULT_GUIDANCE, MIN_SIZE, Request
 from .schedulers import make_scheduler, scheduler_applied
 
 if TYPE_CHECKING:
@@ -111,6 +111,12 @@ def complete(request: Request, resources: Resources) -> Request:
             photo = load_image(request.restyle or "", "photo to restyle", resources.runtime.max_pixels)
             request = request.replace(prompt=caption(photo, request.caption_model, resources.device, resources.dtype))
     default = family.native_size(resources.pipe)
+    if resources.csgo is not None:  # CSGO: its own defaults and size rule, and what it cannot do (core/csgo.py)
+        csgo.check_request(request)
+        # --caption with CSGO (the prompt from the content image, as restyle's above) is wired in here.
+        request = csgo.complete(request, default, resources.runtime.max_pixels)
+    else:
+        csgo.check_not_csgo(request)
     width, height = modes.init_size(request, default, family.size_multiple,
                                     resources.runtime.max_pixels) or (default, default)
     for given, fallback in ((request.width, width), (request.height, height)):
@@ -123,7 +129,9 @@ def complete(request: Request, resources: Resources) -> Request:
     return request.replace(
         model=request.model or resources.model_id,
         adapter=request.adapter or adapter,
-        blocks=blocks(request.blocks),
+        blocks=blocks(request.blocks) if resources.csgo is None else None,  # CSGO's blocks are trained in
+        guidance=DEFAULT_GUIDANCE if request.guidance is None else request.guidance,
+        control_scale=DEFAULT_CONTROL_SCALE if request.control_scale is None else request.control_scale,
         adapters=tuple(dataclasses.replace(use, blocks=blocks(use.blocks)) for use in request.adapters),
         width=request.width or width,
         height=request.height or height,
@@ -131,7 +139,6 @@ def complete(request: Request, resources: Resources) -> Request:
         strength=modes.default_strength(request),
         controlnet=request.control and control.controlnet_ref(request.control, family, request.controlnet),
         negative_prompt=request.negative_prompt if request.negative_prompt is not None else "",
-        control_scale=request.control_scale if request.control_scale is not None else 1.0,
     )
 
 
@@ -233,20 +240,31 @@ def _seed(request: Request) -> int:
     return request.seed
 
 
+def guidance_of(request: Request) -> float:
+    """The guidance of a completed request."""
+    assert request.guidance is not None
+    return request.guidance
+
+
 def plan(request: Request, resources: Resources, slots: Sequence[Slot] | None = None,
          together: Sequence[Request] = ()) -> Plan:
     """The plan of a completed, checked request (``slots``: its slots as ``check`` resolved them; ``None``: resolved
     here). ``together``: further completed requests that share its denoising call (``generate_many``): their prompts
     are encoded with its own and their noise is drawn from their own seeds."""
     family = resources.family
-    slots = tuple(slots) if slots is not None else routing.slots(request, resources.layers, family)
+    if resources.csgo is not None:  # CSGO's tokens and layers replace the IP-Adapter's slots
+        _csgo_parts(request, resources)
+        adapters = Adapters((), ())
+    else:
+        slots = tuple(slots) if slots is not None else routing.slots(request, resources.layers, family)
+        adapters = _adapters(request, resources, slots)
     requests = (request, *together)
     for each in requests:
         guards.warn_if_prompts_truncated(resources.pipe, each)
     if request.control is not None:
         resources.controlnet(request.controlnet or "")  # loaded and checked now, before anything changes
     kwargs = _call_arguments(request, resources)
-    before: list[Step] = [_text, _style]
+    before: list[Step] = [_text, _style if resources.csgo is None else _csgo_tokens]
     if together:
         kwargs.update(num_images_per_prompt=1, latents=torch.cat([
             family.draw_latents(resources.pipe, r, resources.device, resources.dtype)  # type: ignore[misc]
@@ -260,9 +278,11 @@ def plan(request: Request, resources: Resources, slots: Sequence[Slot] | None = 
             during.append(_csd_guidance)
     if request.hidiffusion:
         during.append(_hidiffusion)
+    if resources.csgo is not None:
+        during.append(_csgo_scales)
     return Plan(
         requests=requests,
-        adapters=_adapters(request, resources, slots),
+        adapters=adapters,
         scheduler=request.scheduler,
         loras=tuple((lora.path, lora.scale) for lora in request.lora),
         decode=_decode(request, resources, sum(r.num_images for r in requests)),
@@ -345,13 +365,13 @@ def _text(plan: Plan, resources: Resources, pipe: Any, kwargs: dict[str, Any]) -
     first = plan.request
     if len(plan.requests) == 1:
         negatives = [first.negative_prompt] if first.negative_prompt else None
-        text = text_arguments(resources, [first.prompt], negatives, first.guidance)
+        text = text_arguments(resources, [first.prompt], negatives, guidance_of(first))
         return {k: v for k, v in text.items() if k not in plan.kwargs}  # the family's guidance arguments win
     given = plan.kwargs.get("negative_prompt")
     negative = given is not None if "negative_prompt" in plan.kwargs else bool(first.negative_prompt)
     prompts = [r.prompt for r in plan.requests for _ in range(r.num_images)]
     negatives = [r.negative_prompt or "" for r in plan.requests for _ in range(r.num_images)] if negative else None
-    return text_arguments(resources, prompts, negatives, first.guidance)
+    return text_arguments(resources, prompts, negatives, guidance_of(first))
 
 
 def text_arguments(resources: Resources, prompts: list[str], negatives: list[str] | None,
@@ -375,10 +395,45 @@ def _style(plan: Plan, resources: Resources, pipe: Any, kwargs: dict[str, Any]) 
     tower = resources.tower_on_device(request.content_text_encoder) if styles.needs_text_tower(request, main) \
         else None
     pairs = styles.slot_embeds(resources.embeddings, request, main, further, tower)
-    cfg = resources.family.guides(resources.pipe, request.guidance)
+    cfg = resources.family.guides(resources.pipe, guidance_of(request))
     embeds = resources.family.embeds_kwargs(pairs, cfg, resources.device, resources.dtype)
     resources.park_encoders()
     return embeds
+
+
+def _csgo_parts(request: Request, resources: Resources) -> None:
+    """What of a CSGO checkpoint a request needs, read when first needed and kept, as a ControlNet is loaded: the
+    content resampler and layers (content injected), its ControlNet made CSGO's; under a memory budget all that stays
+    on the device must fit."""
+    adapter = resources.csgo
+    assert adapter is not None
+    if request.content_adapter_scale:
+        adapter.need_content(resources.denoiser)
+    controlnet = resources.controlnet(request.controlnet or "")  # a CSGO request is completed with its tile one
+    adapter.controlnet(controlnet, resources.denoiser)
+    if resources.budget is not None:
+        memory.check_budget(resources.runtime.memory_budget or 0.0,
+                            [resources.denoiser, controlnet, resources.pipe.vae, *adapter.resident()],
+                            "the denoiser, the ControlNet, the VAE and CSGO's resamplers")
+
+
+def _csgo_tokens(plan: Plan, resources: Resources, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """CSGO's step instead of ``_style`` (``core.csgo``): the encoded prompts with its content and style tokens
+    appended (``csgo.with_tokens``), the references' and the content image's encoder features each computed once
+    (``EmbeddingStore``)."""
+    resources.phase("style")
+    request, adapter = plan.request, resources.csgo
+    assert adapter is not None and request.width is not None and request.height is not None
+    if "prompt_embeds" not in kwargs:
+        raise RuntimeError("CSGO needs the prompts encoded before the call (an SDXL pipeline)")
+    main = resources.main_adapter
+    style = resources.embeddings.references(request.style, main, request.style_fit, regions=False)
+    content = None
+    if adapter.content_projection is not None:  # else no layer holds weights to read the content tokens
+        content = resources.embeddings.encode(request.content_image, main, size=(request.width, request.height))
+    device, dtype = resources.device, resources.dtype
+    return csgo.with_tokens(kwargs, adapter.tokens(content, "content", device, dtype),
+                            adapter.tokens(style, "style", device, dtype))
 
 
 def _schedule(plan: Plan, resources: Resources, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -455,6 +510,14 @@ def _csd_guidance(plan: Plan, resources: Resources, pipe: Any) -> AbstractContex
         resources.budget.make_room(memory.module_bytes(csd.backbone), [])
         csd.to(resources.device)
     return restyle.csd_guidance(resources.pipe, guidance, checkpointing=resources.budget is not None)
+
+
+def _csgo_scales(plan: Plan, resources: Resources, pipe: Any) -> AbstractContextManager[Any]:
+    """CSGO's content and style scales in the UNet's and the ControlNet's layers for the call."""
+    request = plan.request
+    assert resources.csgo is not None
+    controlnet = resources.controlnet(request.controlnet or "")
+    return resources.csgo.scales_applied(request, [resources.denoiser, controlnet])
 
 
 def _hidiffusion(plan: Plan, resources: Resources, pipe: Any) -> AbstractContextManager[Any]:

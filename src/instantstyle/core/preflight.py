@@ -29,6 +29,7 @@ from ..loading.hub import (
     check_model_ref,
     checkpoint_family,
     hub_error,
+    hub_ref,
     is_local_adapter_ref,
     model_source,
     require_hub,
@@ -36,6 +37,8 @@ from ..loading.hub import (
 )
 from ..loading.runtime import Runtime
 from ..modes.hidiffusion_settings import settings_of
+from . import csgo
+from .adapter import adapter_kind
 from .blocks import Slot, parse_spec, resolve_blocks
 from .embeddings import load_style
 from .lora import check_lora_file
@@ -50,6 +53,7 @@ class ModelInfo:
 
     family: Family
     denoiser: Any = None
+    adapter: str | None = None  # a loaded pipeline's adapter file: what a request naming none runs with
 
     @property
     def layers(self) -> list[str] | None:
@@ -79,6 +83,8 @@ def check(request: Request, runtime: Runtime, model: ModelInfo | str | None = No
     if request.hidiffusion and runtime.compile_backend:
         raise UserError("--hidiffusion cannot act on a compiled UNet: drop --compile (or --hidiffusion)")
     if model is None:
+        if request.adapter is not None:  # else the model's: checked against it (``complete``)
+            check_adapter_kind(request, request.adapter)
         return Checked(request, runtime)
     adapter = request.adapter
     if isinstance(model, str):
@@ -87,6 +93,7 @@ def check(request: Request, runtime: Runtime, model: ModelInfo | str | None = No
         require_hub(("model", model), ("adapter", adapter), ("image encoder", request.image_encoder),
                     ("single-file config", config))  # what is missing, in one line, without waiting
         model = model_info(model, runtime.single_file_config)
+    check_adapter_kind(request, adapter or model.adapter)
     return against(Checked(request, runtime, adapter=adapter), model, specs)
 
 
@@ -136,6 +143,36 @@ def check_request(request: Request, max_pixels: int | None = MAX_PIXELS) -> None
         check_lora_file(lora.path)
 
 
+def check_adapter_kind(request: Request, adapter: str | None) -> None:
+    """What the request asks that its adapter cannot do, from the kind of its adapter file (a local one, or a hub one
+    already in the HF cache; read lazily: a CSGO checkpoint is memory-mapped, a safetensors file's names read):
+    CSGO's options only with CSGO, and what CSGO cannot do not with it (``csgo.check_request``). ``adapter``: the
+    one the request runs with (``None``: a family's default, never CSGO); a hub adapter not downloaded yet is checked
+    once it loads (``plan.complete``)."""
+    if adapter is None:
+        csgo.check_not_csgo(request)
+        return
+    if is_local_adapter_ref(adapter):
+        path: Path | None = resolve_adapter_file(adapter)
+    else:
+        ref = hub_ref("adapter", adapter)
+        path = cached_file(ref.repo, ref.file) if ref is not None else None
+    if path is None:
+        return
+    if adapter_kind(path) == "csgo":
+        csgo.check_request(request)
+    else:
+        csgo.check_not_csgo(request)
+
+
+def cached_file(repo: str, file: str) -> Path | None:
+    """A hub file's path in the local HF cache, or ``None`` (never asks the hub)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, file)
+    return Path(found) if isinstance(found, str) else None
+
+
 def check_mode_inputs(request: Request, max_pixels: int | None = MAX_PIXELS) -> None:
     """Every image-mode input readable and within ``max_pixels``: init image, mask, composition, regions, further
     adapters and their styles, the control image; the ControlNet and depth model references well-formed."""
@@ -150,7 +187,7 @@ def check_mode_inputs(request: Request, max_pixels: int | None = MAX_PIXELS) -> 
             resolve_adapter_file(use.path)  # a local reference: its errors, without touching the hub
         for ref in use.style:
             load_image(ref.path, f"style image of adapter {use.path}", max_pixels)
-    if request.control is not None:
+    if request.control is not None and request.control != "tile":  # tile: CSGO's, on the content image
         source = request.control if request.control not in CONTROL_KINDS else request.control_image
         load_image(source or request.init_image or request.restyle or "", "control image", max_pixels)
     if request.csd is not None and not Path(request.csd).expanduser().exists():

@@ -20,7 +20,8 @@ from ..files.textfiles import open_regular
 
 PNG_KEY = "instantstyle"
 FORMAT_VERSION = 1
-#: ``--control`` values computed by the project (tile: the image itself); anything else is a ready control image.
+#: ``--control`` values computed by the project (tile: the image itself; with a CSGO checkpoint the content image, see
+#: ``csgo``); anything else is a ready control image.
 CONTROL_KINDS = ("canny", "depth", "tile")
 #: How a non-square reference becomes the encoder's square input.
 STYLE_FITS = ("crop", "pad", "tiles")
@@ -33,6 +34,8 @@ MAX_LORA_SCALE = 10.0  # either sign: negative LoRA scales are a real use (slide
 #: CLIP reads 75 tokens (about 300 characters) and warns past them; this only stops absurd text (10 MB took 74 s).
 MAX_PROMPT_CHARS = 10_000
 MIN_SIZE, MAX_SIZE = 64, 8192  # output width and height, pixels
+#: What ``guidance`` and ``control_scale`` left at ``None`` become (restyle and CSGO have their own recipes).
+DEFAULT_GUIDANCE, DEFAULT_CONTROL_SCALE = 5.0, 1.0
 #: Longer than any path a file system takes (Linux's PATH_MAX).
 MAX_PATH_CHARS = 4096
 #: The fields naming a file, folder or hub id (``control`` may also be a control kind, ``canny`` or ``depth``).
@@ -186,9 +189,11 @@ class Request:
     scale: float = 1.0
     content_prompt: str | None = None
     content_scale: float = 0.5
-    content_image: str | None = None
+    content_image: str | None = None  # InstantStyle: whose content to subtract; CSGO: the content to keep
+    # CSGO: the content tokens' scale in the UNet's down blocks (0: none, as the authors' released code runs).
+    content_adapter_scale: float = 0.0
     steps: int = 30
-    guidance: float = 5.0
+    guidance: float | None = None  # None: DEFAULT_GUIDANCE (CSGO: 10)
     # Guidance-distilled models (FLUX.1-dev): ``guidance`` is the model's guidance input; above 1, ``true_cfg``
     # also runs real classifier-free guidance (negative prompt and negative image, two forwards per step).
     true_cfg: float = 1.0
@@ -204,9 +209,9 @@ class Request:
     init_image: str | None = None
     strength: float | None = None  # None: the mode's default (img2img 0.8, inpainting 1.0)
     mask: str | None = None  # white = repaint
-    control: str | None = None  # canny | depth | a ready control image
+    control: str | None = None  # canny | depth | tile (CSGO) | a ready control image
     control_image: str | None = None  # the image canny/depth is made from (default: the init image)
-    control_scale: float | None = None  # None: the mode's default (1.0; 0.6 in restyle mode)
+    control_scale: float | None = None  # None: the mode's default (1.0; 0.6 in restyle mode and with CSGO)
     controlnet: str | None = None  # None: the default ControlNet for the control kind and model
     depth_model: str | None = None  # with control=depth: estimate the depth map of control_image with it
     # Where and when the image features act (see routing.py).
@@ -256,7 +261,9 @@ class Request:
         _check_styles(self.style)
         _check_number("scale", self.scale, low=0.0, high=MAX_SCALE)
         _check_number("content scale", self.content_scale, low=0.0, high=MAX_SCALE)
-        _check_number("guidance", self.guidance, low=0.0, high=MAX_GUIDANCE)
+        _check_number("content adapter scale", self.content_adapter_scale, low=0.0, high=MAX_SCALE)
+        if self.guidance is not None:
+            _check_number("guidance", self.guidance, low=0.0, high=MAX_GUIDANCE)
         _check_number("true CFG scale", self.true_cfg, low=1.0, high=MAX_GUIDANCE)
         if self.blocks is not None and not isinstance(self.blocks, str):
             raise UserError(f"blocks must be text, got {shown(self.blocks)}")
@@ -303,9 +310,11 @@ class Request:
             raise UserError("--depth-model needs --control depth (it makes the depth map from --control-image)")
         if self.control is None:  # restyle mode's default is canny
             if (self.control_image is not None or self.controlnet is not None) and self.restyle is None:
-                raise UserError("--control-image and --controlnet need --control canny|depth|IMAGE")
+                raise UserError("--control-image and --controlnet need --control canny|depth|tile|IMAGE")
         elif self.control in CONTROL_KINDS:
-            if self.control_image is None and self.init_image is None and self.restyle is None:
+            # tile with no image: CSGO's (its content image, or black); another adapter is refused once it is known
+            if self.control_image is None and self.init_image is None and self.restyle is None and \
+                    self.control != "tile":
                 raise UserError(f"--control {self.control} needs --control-image IMAGE (or --init-image)")
         elif self.control_image is not None:
             raise UserError("--control IMAGE is the ready control image; --control-image is for canny|depth")

@@ -75,15 +75,25 @@ class EmbeddingStore:
     make_room: Callable[[int], None] | None = None  # asked for an encoder's bytes first (a memory budget)
     memory: EmbeddingMemory = field(default_factory=EmbeddingMemory, repr=False)
 
-    def encode(self, path: str, use: LoadedAdapter, fit: str = "crop") -> torch.Tensor:
+    def encode(self, path: str | None, use: LoadedAdapter, fit: str = "crop", size: tuple[int, int] | None = None
+               ) -> torch.Tensor:
         """One reference image (fitted to a square by ``fit``) through the adapter's encoder, cached by the
-        image's content, the encoder, the adapter kind and the fit."""
-        key = (image_hash(path), encoder_fingerprint(use.encoder.identity), use.weights.kind, fit)
+        image's content, the encoder, the adapter kind and the fit. ``size``: the image resized to it first (PIL's
+        default filter; CSGO's content image at the output size); ``path`` ``None``: a black image of ``size``."""
+        if path is None and size is None:
+            raise ValueError("a black image needs a size")
+        key = (image_hash(path) if path is not None else "<black>", encoder_fingerprint(use.encoder.identity),
+               use.weights.kind, fit, *((f"{size[0]}x{size[1]}",) if size is not None else ()))
         known = self.memory.tensors
         if key not in known:
             embeds = self.disk.get(key) if self.disk else None
             if embeds is None:
-                image = load_image(path, "style image", self.max_pixels)
+                if path is None:
+                    assert size is not None
+                    image = Image.new("RGB", size)
+                else:
+                    image = load_image(path, "style image" if size is None else "content image", self.max_pixels)
+                    image = image if size is None else image.resize(size, Image.Resampling.BICUBIC)
                 with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory,
                                            self.make_room) as encoder:
                     embeds = encode_reference(image, encoder, use.weights.kind, fit).cpu()

@@ -72,7 +72,8 @@ FAMILY = replace(
         "tile": "xinsir/controlnet-tile-sdxl-1.0",
     },
     encode_prompts=encode_prompts,
-    features={FEATURE: HIDIFFUSION, "restyle": True},  # restyle: InstantStyle-Plus (modes.restyle)
+    # restyle: InstantStyle-Plus (modes.restyle); csgo: CSGO's checkpoints are trained for SDXL (core.csgo)
+    features={FEATURE: HIDIFFUSION, "restyle": True, "csgo": True},
     default_adapter="h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors",
     known_models=("stabilityai/stable-diffusion-xl-base-1.0",),
 )

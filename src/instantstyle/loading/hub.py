@@ -299,6 +299,12 @@ def find_image_encoder(adapter: AdapterWeights, explicit: str | None = None) -> 
     mirrored as ``ORG/NAME`` folders) or in the HF cache; whichever has the adapter's width."""
     want = adapter.image_embed_dim
     index = 0 if adapter.kind == "global" else 1
+    if adapter.kind == "csgo" and explicit is None:  # InstantX/CSGO ships none: h94's SDXL encoder, as its authors
+        from ..core.csgo import IMAGE_ENCODER
+
+        here = Path(adapter.path).parent
+        beside = [folder for folder in (here / "image_encoder", here.parent.parent / IMAGE_ENCODER) if folder.is_dir()]
+        explicit = str(beside[0]) if beside else IMAGE_ENCODER
     if explicit is not None:
         folder = Path(explicit).expanduser()
         if not folder.is_dir():

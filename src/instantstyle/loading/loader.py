@@ -20,6 +20,7 @@ import torch
 
 from ..core.adapter import attach_adapters, check_adapter_fits, read_adapter
 from ..core.blocks import resolve_blocks
+from ..core.csgo import CsgoAdapter, check_fits
 from ..core.embeddings import load_image_encoder
 from ..core.preflight import Checked, model_info
 from ..core.styles import EmbeddingMemory, EmbeddingStore
@@ -58,18 +59,26 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
     device = runtime.placement()
     dtype = runtime.torch_dtype(device, info.family.gpu_dtype)
     weights = read_adapter(resolve_adapter_file(adapter))
+    if weights.kind == "csgo":  # a misfit is refused from the model's config, before its weights load
+        check_fits(weights, info.family, info.denoiser, model)
     encoder_dir = find_image_encoder(weights, image_encoder)
     pipe = load_base_pipeline(model, dtype, runtime.single_file_config, runtime.device_map, info.family)
     family = info.family
     denoiser = family.denoiser_of(pipe)
-    check_adapter_fits(weights, family, denoiser)
     rest: frozenset[str] | None = None
-    if not runtime.keeps_all_weights:
-        known = checked.keep if checked is not None else None
-        rest = known if known is not None else frozenset(resolve_blocks(blocks, family.layers(denoiser), family))
-    attach_adapters(pipe, family, [weights], None if rest is None else [set(rest)])
+    csgo = None
+    if weights.kind == "csgo":
+        check_fits(weights, family, denoiser, model)
+        csgo = CsgoAdapter.attach(denoiser, weights, content=runtime.keeps_all_weights)
+    else:
+        check_adapter_fits(weights, family, denoiser)
+        if not runtime.keeps_all_weights:
+            known = checked.keep if checked is not None else None
+            rest = known if known is not None else frozenset(resolve_blocks(blocks, family.layers(denoiser), family))
+        attach_adapters(pipe, family, [weights], None if rest is None else [set(rest)])
     if runtime.memory_budget is not None:
-        memory.check_budget(runtime.memory_budget, [denoiser, pipe.vae])
+        memory.check_budget(runtime.memory_budget, [denoiser, pipe.vae, *(csgo.resident() if csgo else ())],
+                            "the denoiser and the VAE" + (" and CSGO's resamplers" if csgo else ""))
     if runtime.device_map is None:  # a device-mapped pipeline is already placed (and refuses .to())
         # Under a budget the text encoders wait off the device, for families whose prompts are encoded before the call.
         park_text = runtime.memory_budget is not None and family.encode_prompts is not None
@@ -86,6 +95,9 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
         memory.pin_mmap_threshold()  # freed tensors leave the process (see memory.py)
     weights = dataclasses.replace(weights, state_dict={})  # the file's tensors now live, pruned, in the denoiser
     memory.return_freed_memory()  # give back what loading and pruning freed
+    if csgo is not None:
+        for projection in csgo.resident():
+            projection.to(device)
     budget = None
     if runtime.memory_budget is not None:
         budget = memory.Budget(device, int(runtime.memory_budget * memory.GiB), residents=[denoiser])
@@ -94,7 +106,7 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
                            memory=embedding_memory if embedding_memory is not None else EmbeddingMemory())
     return Resources(pipe, family, weights, encoder, model, runtime, device, dtype, low_memory, store,
                      Extras(device, dtype), budget, adapter_ref=adapter, content_text_encoder=content_text_encoder,
-                     rest=rest, scheduler=pipe.scheduler)
+                     rest=rest, scheduler=pipe.scheduler, csgo=csgo)
 
 
 def load_base_pipeline(

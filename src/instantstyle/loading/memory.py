@@ -245,11 +245,12 @@ class Budget:
             self.park(modules)
 
 
-def check_budget(budget_gib: float, residents: Iterable[torch.nn.Module]) -> None:
-    """A ``UserError`` when the models that stay on the device (denoiser, VAE) leave no room to work in."""
+def check_budget(budget_gib: float, residents: Iterable[torch.nn.Module],
+                 what: str = "the denoiser and the VAE") -> None:
+    """A ``UserError`` when the models that stay on the device (``what``: denoiser, VAE) leave no room to work in."""
     need = sum(module_bytes(m) for m in residents) + DECODE_RESERVE
     if need > budget_gib * GiB:
-        raise UserError(f"--memory-budget {budget_gib:g}: the denoiser and the VAE alone need {need / GiB:.2f} GiB "
+        raise UserError(f"--memory-budget {budget_gib:g}: {what} alone need {need / GiB:.2f} GiB "
                         "on the device (with the room to decode in); raise the budget or use --offload sequential")
 
 

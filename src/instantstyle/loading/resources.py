@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..core.adapter import AdapterWeights
+from ..core.csgo import CsgoAdapter
 from ..core.embeddings import ImageEncoder, TextTower, has_clip_text_tower
 from ..core.preflight import ModelInfo
 from ..core.styles import EmbeddingStore, LoadedAdapter
@@ -55,6 +56,8 @@ class Resources:
     scheduler: Any = None
     #: Restyled photos' inverted latents (``modes.restyle``); ``inversions.seconds``: the last inversion's cost.
     inversions: InversionCache = field(default_factory=InversionCache, repr=False)
+    #: A CSGO checkpoint is the adapter (``adapter.kind`` ``csgo``): its tokens and layers replace the IP-Adapter's.
+    csgo: CsgoAdapter | None = None
     #: Told the name of each phase (``plan.PHASES``, then ``end``) as it begins; ``None``: nobody listens.
     on_phase: Callable[[str], None] | None = field(default=None, repr=False)
 
@@ -76,7 +79,7 @@ class Resources:
     @property
     def model_info(self) -> ModelInfo:
         """The loaded model as ``preflight.check`` takes it (a surface checks a request against it)."""
-        return ModelInfo(self.family, self.denoiser)
+        return ModelInfo(self.family, self.denoiser, self.adapter.path)
 
     @property
     def text_encoders(self) -> list[Any]:
@@ -109,7 +112,8 @@ class Resources:
         named (``folder``, else the pipeline's default), else one of the model's own (SDXL's ``text_encoder_2`` for
         its ViT-bigG adapter), else the image encoder's own CLIP repository's (openai/clip-vit-large-patch14 holds
         both towers: XLabs' FLUX adapters)."""
-        want = self.adapter.image_embed_dim
+        # The image encoder's CLIP space (CSGO reads hidden states, but its encoder's projection is that space).
+        want = self.image_encoder.embed_dim if self.csgo is not None else self.adapter.image_embed_dim
         folder = folder or self.content_text_encoder
         if folder is not None:
             return self.extras.text_tower(folder, want)

@@ -25,6 +25,7 @@ from ...core.blocks import list_blocks, resolve_blocks
 from ...core.pipeline import StylePipeline
 from ...core.request import (
     CONTROL_KINDS,
+    DEFAULT_GUIDANCE,
     MAX_SIZE,
     STYLE_FITS,
     AdapterUse,
@@ -298,7 +299,8 @@ FORM: tuple[Field, ...] = (
     Field("randomize_seed", True, lambda value: gr.Checkbox(value=value, label="Random seed", elem_id="randomize",
                                                                       min_width=90)),
     Field("steps", 30, _Slider(1, 100, 1, "Steps", "steps"), lambda v: _whole("steps", v), int),
-    Field("guidance", 5.0, _Slider(0, 20, 0.5, "Guidance", "guidance"), _number("guidance"), float),
+    Field("guidance", DEFAULT_GUIDANCE, _Slider(0, 20, 0.5, "Guidance", "guidance"), _number("guidance"),
+          lambda value: DEFAULT_GUIDANCE if value is None else float(value)),  # None: the mode's (see Request)
     Field("true_cfg", 1.0, _Slider(1, 10, 0.5, "True CFG (above 1: real CFG with the negative prompt)", "true-cfg"),
           _number("true CFG"), float, shown_for=lambda family, _: family.takes_true_cfg),
     Field("width", 0, _Number("Width (0: model's)", "width", (0, MAX_SIZE)), _optional_whole("width"),
