@@ -59,7 +59,7 @@ def test_the_page_shows_only_the_fields_and_tabs_the_models_family_takes(family,
     assert {name for name, shown in described["shown"].items() if not shown} == hidden
     tabs = [tab.name for tab in ui.TABS]
     updates = _shown(app, [], tabs)[1:]
-    hidden_tabs = {name for name, update in zip(tabs, updates, strict=True) if not update["visible"]}
+    hidden_tabs = {name for name, update in zip(tabs, updates, strict=True) if update["visible"] is not True}
     assert hidden_tabs == ({"composition", "regions", "restyle"} | ({"adapters", "content"} if family == "sd3"
                                                                     else set())
                            if family in ("sd3", "flux") else set())

@@ -302,7 +302,7 @@ def test_restoring_a_png_holds_its_values_to_the_forms_limits(sdxl, work, tiny, 
     assert values["true_cfg"] == 1.0  # held to 10, then back at its default: SDXL does not take true CFG
     assert values["seed"] == 2**53 and isinstance(values["steps"], int)
     for field in ui.FORM:  # every restored value is one the page accepts (blank: the mode's own)
-        if field.limits is not None and values[field.name] is not None:
+        if field.limits is not None and values[field.name] != "":
             low, high = field.limits
             assert low <= values[field.name] and (high is None or values[field.name] <= high), field.name
 
@@ -1000,7 +1000,8 @@ def test_a_csgo_pipeline_shows_its_composition_controls_and_hides_what_csgo_refu
     assert {"content_image", "content_adapter_scale", "guidance", "control_scale", "controlnet"} <= {
         name for name, shown in described["shown"].items() if shown}
     tabs = [tab.name for tab in ui.TABS]
-    hidden = {name for name, update in zip(tabs, _shown(app, [], tabs)[1:], strict=True) if not update["visible"]}
+    updates = _shown(app, [], tabs)[1:]
+    hidden = {name for name, update in zip(tabs, updates, strict=True) if update["visible"] is not True}
     assert hidden == {"restyle", "image", "composition", "regions", "adapters"}
 
 

@@ -190,16 +190,19 @@ class _Number:
 
 @dataclass(frozen=True)
 class _Decimal:
-    """A number field that may be left blank (``None``: the mode's own value), with ``limits`` like a slider's."""
+    """A number field that may be left blank (``None``: the mode's own value), with ``limits`` like a slider's (what
+    a restored value is held to; a typed one past them gets the request's own message, naming the field)."""
 
     label: str
     elem_id: str
     limits: tuple[float, float | None]
     step: float = 0.5
+    placeholder: str | None = None  # what a blank box means
 
     def __call__(self, value: Any) -> Any:
-        return gr.Number(value=value, minimum=self.limits[0], maximum=self.limits[1], step=self.step, label=self.label,
-                         elem_id=self.elem_id, min_width=80)
+        return gr.Number(value=BLANK if value is None else value,  # type: ignore[arg-type]  # "" shows blank
+                         step=self.step, label=self.label, elem_id=self.elem_id, min_width=80,
+                         placeholder=self.placeholder)
 
 
 def _upload(label: str, elem_id: str) -> Callable[[Any], Any]:
@@ -230,6 +233,15 @@ def _or_none(value: Any) -> str | None:
 
 def _or_empty(value: Any) -> str:
     return value or ""
+
+
+#: A number field left blank (gradio's number box shows ``None`` as 0, and sends a cleared box as ``""``).
+BLANK = ""
+
+
+def _blank_or_value(value: float | None) -> float | str:
+    """A request's value for a number field that may be blank: ``None`` (the mode's own) is the blank box."""
+    return BLANK if value is None else value
 
 
 def _blank_or_number(name: str, zero_is_blank: bool = False) -> Callable[[Any], float | None]:
@@ -350,8 +362,8 @@ FORM: tuple[Field, ...] = (
     Field("randomize_seed", True, lambda value: gr.Checkbox(value=value, label="Random seed", elem_id="randomize",
                                                                       min_width=90)),
     Field("steps", 30, _Slider(1, 100, 1, "Steps", "steps"), lambda v: _whole("steps", v), int),
-    Field("guidance", None, _Decimal("Guidance (blank: the mode's, 5; CSGO 10)", "guidance", (0, 20)),
-          _blank_or_number("guidance"), lambda value: value),  # None: the mode's (see Request)
+    Field("guidance", BLANK, _Decimal("Guidance", "guidance", (0, 20), placeholder="mode's default"),
+          _blank_or_number("guidance"), _blank_or_value),  # None: the mode's (see Request)
     Field("true_cfg", 1.0, _Slider(1, 10, 0.5, "True CFG (above 1: real CFG with the negative prompt)", "true-cfg"),
           _number("true CFG"), float, shown_for=lambda res: res.family.takes_true_cfg),
     Field("width", 0, _Number("Width (0: model's)", "width", (0, MAX_SIZE)), _optional_whole("width"),
@@ -372,9 +384,9 @@ FORM: tuple[Field, ...] = (
     Field("control_image", None, _upload("Control image (canny or depth source; default: the init image)",
                                          "control-image"), thumb="control image", shown_for=CONTROL_KINDS_TAKEN),
     # Blank (or 0, as the API took it before the field could be blank): the mode's own, 1; restyle and CSGO 0.6.
-    Field("control_scale", None, _Decimal("Control scale (blank: the mode's, 1; restyle and CSGO 0.6)",
-                                          "control-scale", (0, 2), 0.05),
-          _blank_or_number("control scale", zero_is_blank=True), lambda value: value),
+    Field("control_scale", BLANK, _Decimal("Control scale", "control-scale", (0, 2), 0.05,
+                                           "mode's default: 1; restyle, CSGO 0.6"),
+          _blank_or_number("control scale", zero_is_blank=True), _blank_or_value),
     Field("controlnet", "", _models_dropdown("ControlNet model", "controlnet", "the default for the control kind"),
           choices="controlnets"),
     Field("scheduler", DEFAULT_SCHEDULER, lambda value: gr.Dropdown([DEFAULT_SCHEDULER, *SCHEDULERS], value=value,
@@ -448,8 +460,8 @@ class Tab:
 
 
 TABS: tuple[Tab, ...] = (
-    Tab("style", "Style", ("negative_prompt", ("blocks", "scale"), ("steps", "guidance", "num_images", "true_cfg"),
-                           ("seed", "width", "height"), ("randomize_seed", "hidiffusion"))),
+    Tab("style", "Style", ("negative_prompt", ("blocks", "scale"), ("steps", "num_images", "true_cfg"),
+                           ("seed", "guidance", "width", "height"), ("randomize_seed", "hidiffusion"))),
     Tab("restyle", "Restyle", ("restyle", ("restyle_content_scale", "inversion_steps", "renoise_steps"),
                                "caption_model", ("csd", "style_guidance", "content_guidance"))),
     Tab("content", "Content", (("content_prompt", "content_scale"), "content_image", "content_adapter_scale")),

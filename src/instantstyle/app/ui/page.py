@@ -199,27 +199,28 @@ def _form(made: dict[str, Any], models: ModelChoices, guard: PaintGuard, max_pix
 
 
 def _video_tab(out: dict[str, Any]) -> None:
-    """The Video tab: the clip, the video's options, the first frame's preview and the result's player."""
-    gr.Markdown("The form makes the first frame (by default AnyV2V's: a canny ControlNet on the clip's first frame; "
-                "pick its ControlNet in *Control*), then the video model carries its style through the clip.",
-                elem_id="video-note")
+    """The Video tab: the clip, the buttons, the first frame's preview and the result's player, then the video's
+    options (the result in view first, as on the Generate tab)."""
     video_fields = {f.name: f for f in VIDEO_FORM}
     _build(("video_clip",), out, ModelChoices(), video_fields)
     out["video-info"] = gr.Markdown(elem_id="video-info")
-    _build((("video_frames", "video_fps", "video_width", "video_height"),
-            ("video_steps", "video_guidance", "video_start"), "video_prompt"), out, ModelChoices(), video_fields)
-    with gr.Accordion("Inversion and injection (AnyV2V)", open=False, elem_id="video-advanced"):
-        _build((("video_inversion_steps", "video_conv_injection"), ("video_spatial_injection",
-                                                                    "video_temporal_injection")),
-               out, ModelChoices(), video_fields)
+    gr.Markdown("The form makes the first frame (by default AnyV2V's: a canny ControlNet on the clip's first frame; "
+                "pick its ControlNet in *Control*), then the video model carries its style through the clip.",
+                elem_id="video-note")
     with gr.Row():
         out["preview-first"] = gr.Button("Preview first frame", elem_id="video-preview", scale=2)
         out["run-video"] = gr.Button("Make video", variant="primary", elem_id="run-video", scale=2)
         out["cancel-video"] = gr.Button("Cancel", variant="stop", elem_id="cancel-video", scale=1)
     with gr.Row(equal_height=False):
         out["first-frame"] = gr.Image(label="First frame", type="filepath", format="png", interactive=False,
-                                      elem_id="first-frame", height=260)
-        out["video"] = gr.Video(label="Video", interactive=False, elem_id="video-result", height=260)
+                                      elem_id="first-frame", height=240)
+        out["video"] = gr.Video(label="Video", interactive=False, elem_id="video-result", height=240)
+    _build((("video_frames", "video_fps", "video_width", "video_height"),
+            ("video_steps", "video_guidance", "video_start"), "video_prompt"), out, ModelChoices(), video_fields)
+    with gr.Accordion("Inversion and injection (AnyV2V)", open=False, elem_id="video-advanced"):
+        _build((("video_inversion_steps", "video_conv_injection"), ("video_spatial_injection",
+                                                                    "video_temporal_injection")),
+               out, ModelChoices(), video_fields)
     with gr.Accordion("Downloads and record", open=False, elem_id="video-details"):
         out["video-files"] = gr.File(label="Video, first frame (its settings inside) and record (instantstyle video "
                                      "--from)", file_count="multiple", interactive=False, elem_id="video-files")
@@ -431,8 +432,10 @@ def _shown(app: App, toggled: list[str], tab_names: list[str]) -> list[Any]:
     described = app.describe_pipeline()
     shown = described["shown"]
     tab_shown = [any(shown[name] for name in tab_fields(tab)) for tab in TABS if tab.name in tab_names]
+    # A tab updated to visible=False keeps its button in gradio 6 (the page showed FLUX a Composition tab);
+    # "hidden" takes it away.
     return [described["line"], *(gr.update(visible=shown[n]) for n in toggled),
-            *(gr.update(visible=v) for v in tab_shown)]
+            *(gr.update(visible=True if v else "hidden") for v in tab_shown)]
 
 
 def read_auth(pairs: Sequence[str] = (), files: Sequence[str | Path] = ()) -> list[tuple[str, str]]:
