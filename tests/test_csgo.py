@@ -12,8 +12,10 @@ from PIL import Image
 from instantstyle import Request, StylePipeline
 from instantstyle.core import csgo, csgo_attention
 from instantstyle.core.adapter import read_adapter
+from instantstyle.core.plan import complete
 from instantstyle.core.request import read_png_request
 from instantstyle.errors import UserError
+from instantstyle.scores.scorers import Scorers
 from instantstyle.testing.csgo import csgo_state, save_flat
 
 from .conftest import pixels
@@ -78,7 +80,7 @@ def test_text_editing_driven_synthesis_gives_the_authors_pixels(pipe, csgo_model
 def test_a_checkpoint_with_16_style_tokens_and_controlnet_layers_only_gives_the_authors_pixels(
         tiny, csgo_models, reference):
     other = StylePipeline.from_pretrained(str(tiny.sdxl), str(csgo_models.checkpoint_4_16), device="cpu")
-    assert other.adapter.tokens == (4, 16)
+    assert other.resources.adapter.tokens == (4, 16)
     assert_close(other(case_request(csgo_models, "checkpoint_4_16")).images, reference["checkpoint_4_16"])
 
 
@@ -102,29 +104,28 @@ def test_pruned_and_unpruned_give_the_same_pixels(pipe, unpruned, csgo_models):
 
 def test_only_the_style_layers_and_resampler_are_resident_until_content_is_injected(tiny, csgo_models):
     fresh = StylePipeline.from_pretrained(str(tiny.sdxl), str(csgo_models.checkpoint), device="cpu")
-    unet = fresh.denoiser
+    unet = fresh.resources.denoiser
     up = [layer for layer in csgo_attention.cross_attention_layers(unet) if layer.startswith("up_blocks")]
     assert csgo_attention.layers_holding(unet, "style") == up
-    assert csgo_attention.layers_holding(unet, "content") == [] and fresh.csgo.content_projection is None
+    assert csgo_attention.layers_holding(unet, "content") == [] and fresh.resources.csgo.content_projection is None
     fresh(case_request(csgo_models, "image_driven", steps=1, content_adapter_scale=0.5))
     down = [layer for layer in csgo_attention.cross_attention_layers(unet) if layer.startswith("down_blocks")]
-    assert csgo_attention.layers_holding(unet, "content") == down and fresh.csgo.content_projection is not None
+    assert csgo_attention.layers_holding(unet, "content") == down
+    assert fresh.resources.csgo.content_projection is not None
 
 
 def test_the_controlnet_holds_style_layers_in_its_down_blocks_only(pipe, csgo_models):
-    request = pipe.complete(case_request(csgo_models, "image_driven"))
-    pipe._set_models(request)
-    controlnet = pipe.controlnet(request)
+    request = pipe(case_request(csgo_models, "image_driven", steps=1)).request
+    controlnet = pipe.resources.controlnet(request.controlnet)
     down = [layer for layer in csgo_attention.cross_attention_layers(controlnet) if layer.startswith("down_blocks")]
     assert csgo_attention.layers_holding(controlnet, "style") == down
     assert csgo_attention.layers_holding(controlnet, "content") == []
 
 
 def test_the_checkpoint_overrides_the_controlnet_weights_it_holds(pipe, csgo_models):
-    request = pipe.complete(case_request(csgo_models, "image_driven"))
-    pipe._set_models(request)
+    request = pipe(case_request(csgo_models, "image_driven", steps=1)).request
     state = torch.load(csgo_models.checkpoint, weights_only=True)["controlnet_adapter_modules"]
-    mine = pipe.controlnet(request).state_dict()
+    mine = pipe.resources.controlnet(request.controlnet).state_dict()
     key = "controlnet_cond_embedding.conv_in.weight"
     assert torch.equal(mine[key], state[key].float())
 
@@ -144,7 +145,7 @@ def test_each_image_is_encoded_once(tiny, csgo_models):
     fresh = StylePipeline.from_pretrained(str(tiny.sdxl), str(csgo_models.checkpoint), device="cpu",
                                           keep_all_weights=True)
     calls = []
-    fresh.image_encoder.model.register_forward_hook(lambda *_: calls.append(1))
+    fresh.resources.image_encoder.model.register_forward_hook(lambda *_: calls.append(1))
     for seed in (1, 2):
         fresh(case_request(csgo_models, "image_driven", steps=1, seed=seed))
     assert len(calls) == 2  # the style image and the content image, the first time only
@@ -165,8 +166,8 @@ def test_the_output_size_follows_resize_content(size, expected):
 
 
 def test_a_request_gets_csgo_s_defaults_and_its_size_from_the_content_image(pipe, csgo_models):
-    done = pipe.complete(Request(prompt="a house", style=str(csgo_models.style_image),
-                                 content_image=str(csgo_models.content_image)))
+    done = complete(Request(prompt="a house", style=str(csgo_models.style_image),
+                            content_image=str(csgo_models.content_image)), pipe.resources)
     assert (done.guidance, done.control, done.control_scale) == (10.0, "tile", 0.6)
     assert done.negative_prompt == csgo.NEGATIVE_PROMPT
     assert (done.width, done.height) == csgo.content_size(96, 64) and done.blocks is None
@@ -175,23 +176,24 @@ def test_a_request_gets_csgo_s_defaults_and_its_size_from_the_content_image(pipe
 def test_a_content_image_too_thin_for_the_size_rule_asks_for_a_size(pipe, csgo_models, tmp_path):
     Image.new("RGB", (64, 4000)).save(tmp_path / "thin.png")  # resize_content: 16 x 1024
     with pytest.raises(UserError, match=r"\(64x4000\) gives a 16x1024 output by CSGO's size rule; pass --width"):
-        pipe.complete(Request(prompt="a", style=str(csgo_models.style_image), content_image=str(tmp_path / "thin.png")))
+        complete(Request(prompt="a", style=str(csgo_models.style_image), content_image=str(tmp_path / "thin.png")),
+                 pipe.resources)
 
 
 def test_given_values_win_over_csgo_s_defaults(pipe, csgo_models):
-    done = pipe.complete(Request(prompt="a", style=str(csgo_models.style_image), guidance=7.0, control_scale=0.2,
-                                 negative_prompt="fog", width=128, height=64))
+    done = complete(Request(prompt="a", style=str(csgo_models.style_image), guidance=7.0, control_scale=0.2,
+                            negative_prompt="fog", width=128, height=64), pipe.resources)
     assert (done.guidance, done.control_scale, done.negative_prompt, done.width, done.height) == (
         7.0, 0.2, "fog", 128, 64)
 
 
 def test_an_empty_negative_prompt_stays_empty(pipe, csgo_models):
-    done = pipe.complete(Request(prompt="a", style=str(csgo_models.style_image), negative_prompt=""))
+    done = complete(Request(prompt="a", style=str(csgo_models.style_image), negative_prompt=""), pipe.resources)
     assert done.negative_prompt == ""
 
 
 def test_an_instantstyle_request_keeps_its_defaults(sdxl, tiny):
-    done = sdxl.complete(Request(prompt="a", style=str(tiny.style_image)))
+    done = complete(Request(prompt="a", style=str(tiny.style_image)), sdxl.resources)
     assert (done.guidance, done.control_scale, done.negative_prompt) == (5.0, 1.0, "")
 
 
@@ -392,7 +394,7 @@ def test_a_csgo_sweep_refuses_blocks_rows(capsys, csgo_flags, tmp_path):
 
 def test_csgo_images_get_style_and_prompt_scores(pipe, csgo_models):
     result = pipe(case_request(csgo_models, "image_driven", steps=1))
-    scores = pipe.score(result)[0]
+    scores = Scorers(pipe).score(result)[0]
     assert scores.clip_style is not None and scores.clip_text is not None
 
 

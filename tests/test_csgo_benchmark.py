@@ -19,7 +19,8 @@ def test_the_meta_csgo_holds_the_layers_of_a_real_csgo_pipeline(tiny, csgo_model
     unet, controlnet = bench.models(common.SMOKE)
     bench.attach(unet, controlnet, bench.checkpoint(unet, controlnet, common.SMOKE), content=False)
     real = StylePipeline.from_pretrained(str(tiny.sdxl), str(csgo_models.checkpoint), device="cpu")
-    assert csgo_attention.layers_holding(unet, "style") == csgo_attention.layers_holding(real.denoiser, "style")
+    real_unet = real.resources.denoiser
+    assert csgo_attention.layers_holding(unet, "style") == csgo_attention.layers_holding(real_unet, "style")
     assert csgo_attention.layers_holding(unet, "content") == []
     down = [layer for layer in csgo_attention.cross_attention_layers(controlnet) if layer.startswith("down_blocks")]
     assert csgo_attention.layers_holding(controlnet, "style") == down

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from instantstyle import Request, UserError
+from instantstyle.scores.scorers import Scorers
 
 from .conftest import pixels
 
@@ -68,7 +69,8 @@ def test_a_restored_png_resets_the_fields_the_pages_model_does_not_take_and_says
     png = write_png(Image.new("RGB", (64, 64)), tmp_path / "made.png", made)
     for pipe, taken, dropped in ((flux, "true_cfg", "hidiffusion"), (sdxl, "hidiffusion", "true_cfg")):
         app = ui.App(ui.PipelineHolder(pipe), ui.Workdir(tmp_path / "ui"))
-        with pytest.warns(UserWarning, match=f"{pipe.family.name} models do not take: " + dropped.replace("_", " ")):
+        name = pipe.resources.family.name
+        with pytest.warns(UserWarning, match=f"{name} models do not take: " + dropped.replace("_", " ")):
             restored = dict(zip(ui.FIELDS, app.restore(str(png)), strict=True))
         assert restored[taken] == getattr(made, taken)  # kept where the model takes it
         assert restored[dropped] == {f.name: f.default for f in ui.FORM}[dropped]
@@ -104,8 +106,8 @@ def test_scores_use_each_familys_own_encoders(sd3, flux, dit):
     """FLUX: CLIP ViT-L's image and text towers (the encoder's own folder); SD3: SigLIP's pooled image
     embedding for the style score, and no text tower in its space."""
     image = Image.open(dit.content_image)
-    flux_scores = flux.scorer().score([image], "a cat", str(dit.style_image), "a dog")[0]
-    sd3_scorer = sd3.scorer()
+    flux_scores = Scorers(flux).scorer().score([image], "a cat", str(dit.style_image), "a dog")[0]
+    sd3_scorer = Scorers(sd3).scorer()
     sd3_scores = sd3_scorer.score([image], "a cat", str(dit.style_image))[0]
     assert None not in (flux_scores.clip_text, flux_scores.clip_style, flux_scores.content_leak)
     assert sd3_scores.clip_style is not None and sd3_scores.clip_text is None
@@ -195,7 +197,7 @@ def test_probe_blocks_on_flux_ranks_its_transformer_blocks_and_its_presets_work_
                          "--save-presets", tmp_path / "presets.json")
     assert code == 0, err
     ranked = [line.split()[1] for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
-    assert sorted(ranked) == sorted(block.name for block in list_blocks(flux.layers, flux.arch))
+    assert sorted(ranked) == sorted(block.name for block in list_blocks(flux.resources.layers, flux.resources.family))
     style = read_presets(tmp_path / "presets.json")["style"]
     assert style == ranked[0]
     code, _, err = run(capsys, "generate", *family_flags(dit, "flux"), *args, "--blocks",

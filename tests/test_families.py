@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 
 from instantstyle import UserError
-from instantstyle.core.preflight import model_layers
+from instantstyle.core.preflight import model_info
 from instantstyle.families import all_families, family_named, family_of, family_of_denoiser
 from instantstyle.loading.hub import checkpoint_family
 from instantstyle.testing.single_file import export_single_file
+
+from .conftest import complete_for
 
 ARCHS = ["sdxl", "sd15", "sd3", "flux", "kolors"]
 EVERY_UNET_BLOCK = ("down_blocks", "mid_block", "up_blocks")
@@ -42,8 +44,8 @@ def test_the_fixture_models_are_each_of_exactly_one_family(sdxl, sd15, sd3, flux
 @pytest.mark.parametrize("arch", ARCHS)
 def test_the_family_and_layers_from_the_config_alone_are_those_of_the_loaded_model(arch, request):
     loaded = request.getfixturevalue(arch)
-    family, layers = model_layers(loaded.model_id)
-    assert family is loaded.family and layers == loaded.layers
+    info = model_info(loaded.resources.model_id)
+    assert info.family is loaded.resources.family and info.layers == loaded.resources.layers
 
 
 @pytest.mark.parametrize("arch", ["sdxl", "sd15"])
@@ -57,9 +59,10 @@ def test_all_is_every_layer_and_no_blocks_is_the_familys_documented_default(arch
     from instantstyle.core.blocks import resolve_blocks
 
     pipe = request.getfixturevalue(arch)
-    assert resolve_blocks("all", pipe.layers, pipe.family) == dict.fromkeys(pipe.layers, 1.0)
-    default = resolve_blocks(None, pipe.layers, pipe.family)
-    assert default == resolve_blocks(DEFAULT_BLOCKS[arch], pipe.layers, pipe.family)
+    layers, family = pipe.resources.layers, pipe.resources.family
+    assert resolve_blocks("all", layers, family) == dict.fromkeys(layers, 1.0)
+    default = resolve_blocks(None, layers, family)
+    assert default == resolve_blocks(DEFAULT_BLOCKS[arch], layers, family)
     if arch in STYLE_LAYERS:
         assert list(default) == STYLE_LAYERS[arch]
 
@@ -90,4 +93,4 @@ def test_a_request_without_a_controlnet_gets_its_familys_published_one(arch, kin
 
     pipe = request.getfixturevalue(arch)
     asked = Request("a cat", style=str(tiny.style_image), control=kind, control_image=str(tiny.style_image))
-    assert pipe.complete(asked).controlnet == controlnet
+    assert complete_for(pipe, asked).controlnet == controlnet

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from instantstyle import Request, UserError
-from instantstyle.core.preflight import check_blocks, model_layers
+from instantstyle.core.preflight import check, model_info
 from instantstyle.families import family_of, family_of_denoiser
+from instantstyle.loading.runtime import Runtime
 
 from .conftest import FAST, pixels
 from .test_cli import run
@@ -42,16 +43,16 @@ def recipe(kolors_models):
 
 def test_a_kolors_unet_is_kolors_not_sdxl_from_its_config_and_with_its_adapter_loaded(kolors, kolors_models):
     assert family_of(kolors.pipe).name == "kolors"  # the adapter is in: diffusers set encoder_hid_dim_type
-    assert kolors.denoiser.config.encoder_hid_dim_type == "ip_image_proj"
-    family, layers = model_layers(str(kolors_models.kolors))
-    assert family is kolors.family and layers == kolors.layers
-    sdxl_like = {**kolors.denoiser.config, "encoder_hid_dim": None, "encoder_hid_dim_type": None}
+    assert kolors.resources.denoiser.config.encoder_hid_dim_type == "ip_image_proj"
+    info = model_info(str(kolors_models.kolors))
+    assert info.family is kolors.resources.family and info.layers == kolors.resources.layers
+    sdxl_like = {**kolors.resources.denoiser.config, "encoder_hid_dim": None, "encoder_hid_dim_type": None}
     assert family_of_denoiser("UNet2DConditionModel", sdxl_like).name == "sdxl"
 
 
 def test_kolors_with_its_plus_adapter_on_the_style_block_makes_diffusers_recipes_pixels(kolors, kolors_models, recipe):
     ours = kolors(kolors_request(kolors_models))
-    assert ours.request.blocks == "style" and kolors.adapter.kind == "plus"
+    assert ours.request.blocks == "style" and kolors.resources.adapter.kind == "plus"
     assert (pixels(ours.images[0]) == pixels(recipe["style"])).all()
 
 
@@ -130,4 +131,4 @@ def test_what_diffusers_has_no_kolors_pipeline_for_is_refused_from_the_config(ko
     if "mask" in changes:
         changes["init_image"] = str(kolors_models.content_image)
     with pytest.raises(UserError, match=message):
-        check_blocks(str(kolors_models.kolors), [None], request=kolors_request(kolors_models, **changes))
+        check(kolors_request(kolors_models, **changes), Runtime(), model_info(str(kolors_models.kolors)))

@@ -48,7 +48,8 @@ def test_without_registering_it_the_model_is_sd15s(upcast_model):
 
 def test_a_registered_family_loads_generates_and_lists_its_blocks(registered, upcast_model, sd15, tiny, capsys):
     pipe = StylePipeline.from_pretrained(str(upcast_model), str(tiny.sd15_adapter), device="cpu")
-    assert pipe.family is registered and family_of(pipe.pipe).name == "sd21" and family_named("sd21") is registered
+    assert pipe.resources.family is registered and family_of(pipe.pipe).name == "sd21"
+    assert family_named("sd21") is registered
     request = Request("a cat", style=str(tiny.style_image), **FAST)
     image = pipe(request).images[0]
     assert (pixels(image) == pixels(sd15(request).images[0])).all()  # SD1.5's family, SD1.5's weights: its pixels

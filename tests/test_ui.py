@@ -17,10 +17,11 @@ from instantstyle.core.request import read_png_request, write_png
 from instantstyle.scores.preset_file import write_presets
 from instantstyle.scores.scorer import read_png_scores
 
-from .conftest import pixels
+from .conftest import complete_for, pixels, with_resources
 
 gr = pytest.importorskip("gradio", reason="the web UI needs gradio (pip install 'instantstyle[ui]')")
 from instantstyle.app import ui  # noqa: E402
+from instantstyle.scores.scorers import Scorers  # noqa: E402
 
 
 def form(style: list[str], **changes) -> dict:
@@ -195,13 +196,12 @@ def test_size_0_on_a_model_whose_default_is_below_64_says_so(small_default, tiny
 
 def test_a_cap_raised_above_the_default_holds_on_every_check_of_the_page(sdxl, tiny, tmp_path):
     """``ui --max-pixels 41000000``: a 6400 x 6400 reference (41 MP, over the default 40 MP) generates."""
-    import dataclasses
 
     from .test_pixel_cap import huge_png
 
     cap = 41_000_000
-    sdxl.scorer()  # a scorer made before, under the default cap, stays with its pipeline
-    pipe = dataclasses.replace(sdxl, runtime=sdxl.runtime.replace(max_pixels=cap))  # the CLI gives both the same
+    Scorers(sdxl).scorer()  # a scorer made before, under the default cap, stays with its pipeline
+    pipe = with_resources(sdxl, runtime=sdxl.resources.runtime.replace(max_pixels=cap))  # the CLI gives both the same
     app = ui.App(ui.PipelineHolder(pipe), ui.Workdir(tmp_path / "ui", max_pixels=cap))
     big = huge_png(tmp_path / "big.png", side=6400, whole=True)
     gallery, _, _ = app.generate(form([str(big)]), progress=lambda *a, **k: None)
@@ -377,7 +377,7 @@ def test_generate_shows_the_scores_of_each_image_under_it_and_stores_them(sdxl, 
     app = ui.App(ui.PipelineHolder(sdxl), work)
     gallery, files, request_json = app.generate(form([str(tiny.style_image)], num_images=2,
                                                      content_prompt="stripes"), no_progress)
-    expected = sdxl.score(sdxl(read_png_request(files[0])))
+    expected = Scorers(sdxl).score(sdxl(read_png_request(files[0])))
     assert json.loads(request_json)["style"][0]["path"].startswith("inputs/")  # the page's panel: no server folders
     for (path, caption), scores in zip(gallery, expected, strict=True):
         assert caption == f"seed 7 #{gallery.index((path, caption)) + 1} · {scores.caption(' · ')}"
@@ -525,7 +525,7 @@ def test_a_number_field_sent_as_anything_else_is_one_line_naming_it(work, tiny, 
 
 def test_the_request_panel_names_server_paths_relative_to_the_workdir_or_by_their_last_name(sdxl, served, tiny, modes):
     app = ui.App(ui.PipelineHolder(sdxl), served)
-    request = sdxl.complete(ui.form_request(served, form([str(tiny.style_image)], control="canny",
+    request = complete_for(sdxl, ui.form_request(served, form([str(tiny.style_image)], control="canny",
                                                          control_image=str(modes.init_image),
                                                          controlnet="sdxl-controlnet")))
     shown = app.request_json(request)

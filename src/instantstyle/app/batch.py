@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from ..core.blocks import is_preset_ref, split_preset_ref
-from ..core.preflight import check_request, check_runtime
+from ..core.preflight import check
 from ..core.request import CONTROL_KINDS, PATH_FIELDS, AdapterUse, Request, StyleRef, write_png
 from ..core.video_options import SOURCE_FRAME, VideoRequest
 from ..errors import UserError
 from ..files import safe_json
 from ..files.atomic import atomic_path, cannot_write, remove_stale_temps
-from ..files.images import MAX_PIXELS
 from ..files.textfiles import open_regular
 from ..loading.runtime import Runtime
 from .workers import BatchResult, Job, Outcome, Scoring, Worker, pipeline_key
@@ -54,10 +53,11 @@ class JobList:
     problems: list[str] = field(default_factory=list)
 
 
-def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None, max_pixels: int | None = MAX_PIXELS) -> JobList:
+def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None, runtime: Runtime | None = None) -> JobList:
     """Read a job file: ``.jsonl`` (one JSON object per line), ``.csv`` (a header row of option names) or
     ``.json`` (a matrix spec). Relative paths inside are taken from the job file's folder, else the current one;
-    a job naming an image over ``max_pixels`` is skipped like any bad line."""
+    a job that fails ``check`` as ``runtime`` would run it (an image over its pixel cap, HiDiffusion with
+    ``--compile``...) is skipped like any bad line."""
     path = Path(path).expanduser()
     try:
         with open_regular(path, f"job file {path}") as file:
@@ -66,7 +66,7 @@ def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None, max_pixe
         raise UserError(f"job file {path}: cannot be read ({err.strerror})") from None
     kind = job_file_kind(path, text)
     rows = {"jsonl": jsonl_rows, "csv": csv_rows, "matrix": matrix_rows}[kind](text, path.name)
-    return make_jobs(rows, path.parent, defaults, max_pixels)
+    return make_jobs(rows, path.parent, defaults, runtime)
 
 
 def job_file_kind(path: Path, text: str) -> str:
@@ -202,8 +202,9 @@ def matrix_rows(text: str, name: str = "jobs") -> Iterator[Row]:
 
 
 def make_jobs(rows: Iterable[Row], base: Path | None = None, defaults: dict[str, Any] | None = None,
-              max_pixels: int | None = MAX_PIXELS) -> JobList:
-    """Turn rows into validated jobs; a row that cannot become a job is reported (with where it is) and skipped."""
+              runtime: Runtime | None = None) -> JobList:
+    """Turn rows into jobs, each checked once (``preflight.check``, as ``runtime`` will run it); a row that cannot
+    become a job is reported (with where it is) and skipped."""
     result = JobList([])
     ids: dict[str, str] = {}
     outputs: dict[str, str] = {}
@@ -216,9 +217,9 @@ def make_jobs(rows: Iterable[Row], base: Path | None = None, defaults: dict[str,
             if job.video is not None:
                 from .video import check_video_job
 
-                check_video_job(job.video, max_pixels)
+                check_video_job(job.video, runtime or Runtime())
             else:
-                _check_files(job.request, checked, max_pixels)
+                _check(job.request, checked, runtime or Runtime())
             for name in job.outputs:
                 other = outputs.get(name.lower())
                 if other is not None:
@@ -302,12 +303,13 @@ def _local_preset_ref(spec: str | None, base: Path | None) -> str | None:
     return f"@{_local(file, base)}:{name}"
 
 
-def _check_files(request: Request, checked: dict[Any, UserError | None], max_pixels: int | None) -> None:
-    """The generate command's checks (images readable, blocks well-formed), once per distinct input."""
+def _check(request: Request, checked: dict[Any, UserError | None], runtime: Runtime) -> None:
+    """The request's ``check`` (images readable, blocks well-formed, runnable as ``runtime`` says; its model is
+    checked when a worker loads it), once per distinct input."""
     key = request.replace(prompt="", negative_prompt="", seed=None, num_images=1)  # what the checks look at
     if key not in checked:
         try:
-            check_request(request, max_pixels)
+            check(request, runtime)
             checked[key] = None
         except UserError as err:
             checked[key] = err
@@ -420,7 +422,7 @@ def plan_batches(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
     """Group jobs by pipeline (model, adapter, encoder), then by what they must share to be denoised together
     (``pipeline.batch_key``; a job that cannot be batched is alone), into batches of at most ``batch_size``
     images; the order is deterministic, so every runner makes the same batches."""
-    from ..core.pipeline import batch_key, can_batch
+    from ..core.plan import batch_key, can_batch
 
     groups: dict[tuple[Any, ...], list[Job]] = {}
     for job in jobs:
@@ -504,12 +506,14 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
     return folder.resolve()
 
 
-def as_jobs(jobs: Any, defaults: dict[str, Any] | None = None, max_pixels: int | None = MAX_PIXELS) -> JobList:
-    """Accept a job file path, a ``JobList``, or a list of ``Job``s, ``Request``s or option dicts."""
-    if isinstance(jobs, JobList):
-        return jobs
+def as_jobs(jobs: Any, defaults: dict[str, Any] | None = None, runtime: Runtime | None = None) -> JobList:
+    """Accept a job file path, a ``JobList``, or a list of ``Job``s, ``Request``s or option dicts; every job checked
+    as ``runtime`` will run it (those given as ``Job``s too), a failing one reported as a problem."""
+    runtime = runtime or Runtime()
     if isinstance(jobs, (str, Path)):
-        return read_jobs(jobs, defaults, max_pixels)
+        return read_jobs(jobs, defaults, runtime)
+    if isinstance(jobs, JobList):
+        return _checked_jobs(jobs.jobs, jobs.problems, runtime)
     rows: list[Row] = []
     listed: list[Job] = []
     for i, item in enumerate(jobs):
@@ -519,22 +523,23 @@ def as_jobs(jobs: Any, defaults: dict[str, Any] | None = None, max_pixels: int |
             rows.append((f"job {i + 1}", {k: v for k, v in item.to_dict().items() if k != "version"}))
         else:
             rows.append((f"job {i + 1}", item if isinstance(item, dict) else UserError("not a job")))
-    made = make_jobs(rows, None, defaults, max_pixels)
-    return JobList(listed + made.jobs, made.problems)
+    made = make_jobs(rows, None, defaults, runtime)
+    given = _checked_jobs(listed, [], runtime)
+    return JobList(given.jobs + made.jobs, given.problems + made.problems)
 
 
-def runnable_with(job_list: JobList, runtime: Runtime) -> JobList:
-    """The jobs ``runtime`` can run; the others (``check_runtime``: HiDiffusion with ``--compile``) become
-    problems, reported like bad lines."""
-    jobs, problems = [], list(job_list.problems)
-    for job in job_list.jobs:
+def _checked_jobs(jobs: Sequence[Job], problems: Sequence[str], runtime: Runtime) -> JobList:
+    """Jobs made elsewhere, each checked (``_check``); the failing ones become problems, reported like bad lines."""
+    good, bad = [], list(problems)
+    checked: dict[Any, UserError | None] = {}
+    for job in jobs:
         try:
-            check_runtime(job.request, runtime)
+            _check(job.request, checked, runtime)
         except UserError as err:
-            problems.append(f"{job.where or job.id}: {err}")
+            bad.append(f"{job.where or job.id}: {err}")
             continue
-        jobs.append(job)
-    return JobList(jobs, problems)
+        good.append(job)
+    return JobList(good, bad)
 
 
 def run_batch(
@@ -573,7 +578,7 @@ def run_batch(
     if not ray:  # Ray workers find their devices on their own machines
         runtime.torch_dtype(runtime.placement())
     folder = prepare_output_dir(output_dir)
-    job_list = runnable_with(as_jobs(jobs, defaults, runtime.max_pixels), runtime)
+    job_list = as_jobs(jobs, defaults, runtime)
     for problem in job_list.problems:
         (on_problem or (lambda _: None))(problem)
     if strict and job_list.problems:

@@ -1,5 +1,6 @@
 """The command line: parses flags into a ``Request`` (what to make) and a ``Runtime`` (how to run), checks
-them (``preflight``), loads the pipeline once (``StylePipeline.from_pretrained``) and runs the request.
+them once (``preflight.check``, against the model's config), loads the pipeline once
+(``StylePipeline.from_pretrained``, reusing what the check found) and runs the checked request.
 
 Bad input exits 2 with one line on stderr (``--debug`` shows the traceback); everything that can be
 checked without a model (images, numbers, output path, blocks) is checked before a model loads.
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..core.caption import DEFAULT_CAPTION_MODEL
-from ..core.preflight import check_blocks, check_request, check_runtime, default_adapter
+from ..core.preflight import Checked, check, default_adapter
 from ..core.request import AdapterUse, LoraRef, Request, StyleRef, check_prompt, read_png_request, write_png
 from ..core.video_options import DEFAULT_MAX_FRAMES
 from ..errors import UserError
@@ -42,7 +43,7 @@ from ..loading.runtime import (
 
 if TYPE_CHECKING:
     from ..core.pipeline import StylePipeline
-    from ..scores.scorer import Scores
+    from ..scores.scorer import Scorer, Scores
 
 FLOAT = click.FLOAT
 INT = click.INT
@@ -299,32 +300,30 @@ def main() -> None:
     """instantstyle: text-to-image in the style of a reference image (InstantStyle on diffusers)."""
 
 
-def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str | None]) -> StylePipeline:
-    """Check the blocks specs against the model's config, then load the request's model and adapter (``None``
-    among the specs: the family's default blocks; ``@FILE:NAME`` read from its presets file; no adapter: the model
-    family's own)."""
-    from ..core.blocks import expand_preset_ref
+def load_pipeline(checked: Checked) -> StylePipeline:
+    """Load the checked request's model and adapter (no adapter: the model family's own, as the check found it),
+    keeping the adapter weights of the layers its checks named (the request's blocks and any other spec checked
+    with it)."""
     from ..core.pipeline import StylePipeline
 
-    assert request.model is not None
-    adapter = request.adapter or default_adapter(request.model, runtime.single_file_config)
-    config = runtime.single_file_config if Path(request.model).expanduser().is_file() else None
-    require_hub(("model", request.model), ("adapter", adapter), ("image encoder", request.image_encoder),
-                ("single-file config", config))  # what is missing, in one line, without waiting
-    check_blocks(request.model, specs, runtime.single_file_config, request)
-    blocks = ",".join(expand_preset_ref(s) for s in specs if s is not None) if None not in specs else None
-    return StylePipeline.from_pretrained(
-        request.model, adapter, runtime, image_encoder=request.image_encoder,
-        content_text_encoder=request.content_text_encoder, blocks=blocks,
-    )
+    request = checked.request
+    assert request.model is not None and checked.adapter is not None
+    return StylePipeline.from_pretrained(request.model, checked.adapter, checked.runtime,
+                                         image_encoder=request.image_encoder,
+                                         content_text_encoder=request.content_text_encoder, checked=checked)
+
+
+def pipeline_scorer(pipe: StylePipeline, content_text_encoder: str | None, csd: str | None) -> Scorer:
+    """The scorer on the pipeline's loaded encoders (loaded before the run: a bad CSD file fails before any image)."""
+    from ..scores.scorers import Scorers
+
+    return Scorers(pipe).scorer(content_text_encoder, csd)
 
 
 def _generate(params: dict[str, Any]) -> None:
     source = read_png_request(params["from_png"]) if params["from_png"] else None
     request = request_from_cli(params, source)
     runtime = runtime_from(params)
-    check_request(request, runtime.max_pixels)
-    check_runtime(request, runtime)
     paths = output_paths(params["output"], request.num_images, params["overwrite"])
     if params["save_style"]:
         if not params["save_style"].endswith(".safetensors"):
@@ -334,15 +333,17 @@ def _generate(params: dict[str, Any]) -> None:
     scoring = params["score"] or params["csd"] is not None
     if params["csd"] is not None:
         check_csd_path(params["csd"])
+    assert request.model is not None
+    checked = check(request, runtime, request.model)
     if not params["debug"]:
         quiet_libraries()
-    pipe = load_pipeline(request, runtime, [request.blocks])
+    pipe = load_pipeline(checked)
     if params["save_style"]:
         click.echo(str(pipe.save_style(request, params["save_style"])))
-    scorer = pipe.scorer(request.content_text_encoder, params["csd"]) if scoring else None  # loaded before the run
-    result = pipe(request, progress=True)
+    scorer = pipeline_scorer(pipe, request.content_text_encoder, params["csd"]) if scoring else None
+    result = pipe(checked, progress=True)
     if request.restyle is not None:  # the inversion's cost, apart from the denoising's
-        seconds = pipe.inversions.seconds
+        seconds = pipe.resources.inversions.seconds
         click.echo(f"inverted the photo in {seconds:.1f} s" if seconds else "inverted photo reused", err=True)
     scores, failure = score_safely(lambda: scorer.score_request(result.images, result.request) if scorer else None)
     for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
@@ -406,10 +407,11 @@ def blocks(model: str | None, adapter: str | None, single_file_config: str | Non
 
     def body() -> None:
         from ..core.blocks import list_blocks
-        from ..core.preflight import model_denoiser
+        from ..core.preflight import model_info
 
         name = model or DEFAULT_MODEL
-        family, denoiser = model_denoiser(name, single_file_config)
+        info = model_info(name, single_file_config)
+        family, denoiser = info.family, info.denoiser
         if denoiser is None:  # a single file without configs: load it to see its denoiser
             import torch
 
@@ -582,7 +584,8 @@ def _video(params: dict[str, Any]) -> None:
         seen.update(phase=phase, done=done)
 
     try:
-        result = make_video(checked, runtime, files, lambda r: load_pipeline(r, runtime, [r.blocks]), progress)
+        load = lambda r: load_pipeline(check(r, runtime, r.model or DEFAULT_MODEL))  # noqa: E731
+        result = make_video(checked, runtime, files, load, progress)
     finally:
         for bar in bars:
             bar.close()
@@ -638,7 +641,7 @@ def _score(params: dict[str, Any]) -> None:
     from ..core.request import PNG_KEY
     from ..files.images import load_image
     from ..loading.hub import is_local_adapter_ref, model_source, resolve_adapter_file
-    from ..loading.loader import load_scorer
+    from ..scores.scorers import load_scorer
 
     if not params["images"]:
         raise UserError("give the images to score: instantstyle score IMAGE... --prompt TEXT --style REF")
@@ -915,10 +918,11 @@ SWEPT = ("blocks", "scale", "content_scale", "content_adapter_scale", "restyle_c
 
 
 def _sweep(params: dict[str, Any]) -> None:
-    from ..core.preflight import model_family
+    from ..core.preflight import model_info
     from .sweep import (
         Axes,
         cell_name,
+        check_sweep,
         csv_path,
         default_rows,
         parse_blocks_list,
@@ -929,7 +933,8 @@ def _sweep(params: dict[str, Any]) -> None:
 
     source = read_png_request(params["from_png"]) if params["from_png"] else None
     base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
-    assert base.model is not None
+    model = base.model
+    assert model is not None
     restyle_scales = (parse_number_list("restyle content scale", params["sweep_restyle_content_scales"])
                       if params["sweep_restyle_content_scales"] else ())
     # CSGO: its trained blocks in every row; its content axis is the content tokens'
@@ -945,8 +950,7 @@ def _sweep(params: dict[str, Any]) -> None:
     else:
         if params["sweep_content_adapter_scales"]:
             raise UserError("--content-adapter-scale is for CSGO checkpoints (content tokens); this adapter has none")
-        model = base.model or DEFAULT_MODEL  # set by request_from_cli
-        family = model_family(model, params.get("single_file_config")) if not params["sweep_blocks"] else None
+        family = model_info(model, params.get("single_file_config")).family if not params["sweep_blocks"] else None
         rows = params["sweep_blocks"] or default_rows(list(family.presets if family else ()))
         axes = Axes(
             parse_blocks_list(rows),
@@ -955,11 +959,6 @@ def _sweep(params: dict[str, Any]) -> None:
             else (),
             restyle_scales,
         )
-    if axes.restyle_content_scales and base.restyle is None:
-        raise UserError("--restyle-content-scale values need --restyle PHOTO")
-    if axes.content_scales and axes.content_field == "content_scale" and base.content_prompt is None \
-            and base.content_image is None:
-        raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
     if not params["score"] and (params["pick"] or params["csd"] is not None):
         raise UserError(f"{'--pick' if params['pick'] else '--csd'} needs the scores; drop --no-score")
     if not 0 <= params["pick_style_floor"] <= 1:  # click's range lets nan through
@@ -972,8 +971,7 @@ def _sweep(params: dict[str, Any]) -> None:
     if params["csd"] is not None:
         check_csd_path(params["csd"])
     runtime = runtime_from(params)
-    check_request(base, runtime.max_pixels)
-    check_runtime(base, runtime)
+    checked = check_sweep(base, axes, runtime, model)
     if not params["debug"]:
         quiet_libraries()
     sheet = output_paths(params["output"], 1, params["overwrite"])[0]
@@ -988,8 +986,8 @@ def _sweep(params: dict[str, Any]) -> None:
             output_paths(str(path), 1, params["overwrite"])
         elif path.exists() and not params["overwrite"]:
             raise UserError(f"output {path} exists; pass --overwrite to replace it")
-    pipe = load_pipeline(base, runtime, axes.blocks)
-    scorer = pipe.scorer(base.content_text_encoder, params["csd"]) if params["score"] else None
+    pipe = load_pipeline(checked)
+    scorer = pipeline_scorer(pipe, base.content_text_encoder, params["csd"]) if params["score"] else None
     if params["pick"] and scorer is not None and "clip_text" in scorer.unavailable():
         raise UserError(f"--pick needs prompt scores, and this model has none: {scorer.unavailable()['clip_text']}")
     out = render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)), scorer=scorer,
@@ -1106,6 +1104,7 @@ PROBE_FILES = ("probe.png", "probe.csv", "probe.md")
 
 def _probe_blocks(params: dict[str, Any]) -> None:
     from ..core.blocks import list_blocks, read_presets
+    from ..core.plan import complete
     from ..scores.pareto import cell_points, cells_csv, pareto_front
     from ..scores.plots import save_plot, scatter_plot
     from ..scores.preset_file import write_presets
@@ -1124,8 +1123,8 @@ def _probe_blocks(params: dict[str, Any]) -> None:
     given.setdefault("model", DEFAULT_MODEL)
     base = Request(params["probe_prompts"][0], style=styles, **given)
     runtime = runtime_from(params)
-    check_request(base, runtime.max_pixels)
-    check_runtime(base, runtime)
+    assert base.model is not None
+    checked = check(base, runtime, base.model, specs=["all"])
     if params["csd"] is not None:
         check_csd_path(params["csd"])
     folder = Path(params["output"]).expanduser()
@@ -1140,10 +1139,11 @@ def _probe_blocks(params: dict[str, Any]) -> None:
     output_paths(str(folder / PROBE_FILES[0]), 1, overwrite=True)  # the folder can be made and written
     if not params["debug"]:
         quiet_libraries()
-    pipe = load_pipeline(base, runtime, ["all"])
-    scorer = pipe.scorer(base.content_text_encoder, params["csd"])
-    blocks = list_blocks(pipe.layers, pipe.arch)
-    jobs = probe_requests(pipe.complete(base), blocks, styles, params["probe_prompts"], contents)
+    pipe = load_pipeline(checked)
+    scorer = pipeline_scorer(pipe, base.content_text_encoder, params["csd"])
+    resources = pipe.resources
+    blocks = list_blocks(resources.layers, resources.family)
+    jobs = probe_requests(complete(base, resources), blocks, styles, params["probe_prompts"], contents)
     per_block = len(styles) * len(params["probe_prompts"])
     click.echo(f"probing {len(blocks)} blocks (+ all, none) x {len(styles)} style(s) x "
                f"{len(params['probe_prompts'])} prompt(s): {len(jobs)} images into {folder}", err=True)

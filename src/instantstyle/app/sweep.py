@@ -21,9 +21,12 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw
 
+from ..core.plan import complete
+from ..core.preflight import Checked, ModelInfo, check
 from ..core.request import Request, write_png
 from ..errors import UserError
 from ..files.atomic import save_png_atomically, write_text_atomically
+from ..loading.runtime import Runtime
 from ..scores.drawing import font as load_font
 from ..scores.drawing import text_size
 from ..scores.pareto import (
@@ -136,6 +139,18 @@ def parse_number_list(name: str, value: str) -> tuple[float, ...]:
     return tuple(dict.fromkeys(numbers))
 
 
+def check_sweep(base: Request, axes: Axes, runtime: Runtime, model: ModelInfo | str) -> Checked:
+    """Every surface's checks of a sweep, before it renders: restyle content scales need a photo, content scales a
+    content to subtract; then the base request's one ``check``, against the model, with every row's blocks spec."""
+    if axes.restyle_content_scales and base.restyle is None:
+        raise UserError("--restyle-content-scale values need --restyle PHOTO")
+    if axes.content_scales and axes.content_field == "content_scale" and base.content_prompt is None \
+            and base.content_image is None:
+        raise UserError("content scales need --content-prompt or --content-image (in the web UI: a content prompt "
+                        "or image), the content to subtract")
+    return check(base, runtime, model, specs=axes.blocks)
+
+
 def sweep_requests(base: Request, axes: Axes) -> list[list[Request]]:
     """The grid of requests (rows x columns): ``base`` with blocks, scale and content scale set, one image each."""
     if base.seed is None:
@@ -195,7 +210,7 @@ def run_sweep(
     """Render every cell with ``pipe`` (a ``StylePipeline``); ``on_cell`` sees each as it finishes
     (to save it at once, so finished work survives a failure later in the sheet); ``progress`` shows each cell's
     denoising progress bar on stderr, as ``generate`` does."""
-    base = pipe.complete(base)
+    base = complete(base, pipe.resources)
     grid = sweep_requests(base, axes)
     images: list[list[Image.Image]] = []
     done: list[list[Request]] = []

@@ -12,7 +12,7 @@ does. Apart from reading such a file, everything here is string work on layer na
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,6 +210,22 @@ def unmeasured_preset(name: str, family: Family, layers: Sequence[str]) -> str:
             f"{name.split('+')[0]}; find them with `instantstyle probe-blocks --model M --style REF --prompt TEXT "
             f"--save-presets presets.json -o probe/`, then use --blocks @presets.json:{name} (here: "
             f"{', '.join(family.presets)}, or blocks {span})")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One entry of the call's image embeddings: the loaded adapter whose weights it uses (0: the main one), its
+    scale per layer (a layer it does not name: 0, and diffusers then skips it) and, with regions, one weight per
+    image of the slot (each image's scale inside its region is the layer's scale times its weight)."""
+
+    adapter: int
+    scales: Mapping[str, float]
+    weights: tuple[float, ...] | None = None
+
+    def at(self, layer: str, on: bool = True) -> float | list[float]:
+        """The scale at ``layer`` as diffusers' processors take it: a float, or one per image with regions."""
+        value = float(self.scales.get(layer, 0.0)) if on else 0.0
+        return [value * w for w in self.weights] if self.weights is not None else value
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -291,10 +292,11 @@ def check_not_csgo(request: Request) -> None:
 def projection(unet: Any, group: Mapping[str, torch.Tensor]) -> Any:
     """A resampler as diffusers' ``IPAdapterPlusImageProjection`` (diffusers' own converter: CSGO's resampler is
     IP-Adapter Plus's, 12 heads of 64), on the UNet's device and dtype."""
-    from .processors import check_diffusers
-
-    check_diffusers()  # the converter is a private UNet method, verified on this diffusers
-    return unet._convert_ip_adapter_image_proj_to_diffusers(dict(group), low_cpu_mem_usage=True).eval()
+    convert = getattr(unet, "_convert_ip_adapter_image_proj_to_diffusers", None)  # private: checked, never changed
+    if convert is None:
+        raise UserError("this diffusers has no IP-Adapter Plus converter (UNet._convert_ip_adapter_image_proj_to_"
+                        "diffusers), which CSGO's resamplers are built with; use diffusers 0.40 to 0.42")
+    return convert(dict(group), low_cpu_mem_usage=True).eval()
 
 
 @dataclass
@@ -356,9 +358,10 @@ class CsgoAdapter:
         attention.hold(processors, "style", style, controlnet.device, controlnet.dtype)
         self._controlnets.append(controlnet)
 
-    def set_scales(self, request: Request, models: list[Any]) -> None:
-        """The request's content and style scales in every CSGO layer of ``models`` (UNet, ControlNet)."""
-        attention.set_scales(models, request.content_adapter_scale, request.scale)
+    def scales_applied(self, request: Request, models: list[Any]) -> AbstractContextManager[None]:
+        """The request's content and style scales in every CSGO layer of ``models`` (UNet, ControlNet) for the block,
+        as before after it."""
+        return attention.scales_applied(models, request.content_adapter_scale, request.scale)
 
     def tokens(self, hidden: torch.Tensor | None, role: str, device: torch.device, dtype: torch.dtype
                ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,8 @@ term whose scale is 0 (adding 0 times the term is the same number).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -150,6 +151,18 @@ def set_scales(models: Iterable[Any], content: float, style: float) -> None:
     for model in models:
         for proc in csgo_processors(model).values():
             proc.scales.update(content=float(content), style=float(style))
+
+
+@contextmanager
+def scales_applied(models: Sequence[Any], content: float, style: float) -> Iterator[None]:
+    """``set_scales`` for the block; every layer's scales as they were after it."""
+    before = [(proc, dict(proc.scales)) for model in models for proc in csgo_processors(model).values()]
+    set_scales(models, content, style)
+    try:
+        yield
+    finally:
+        for proc, scales in before:
+            proc.scales.update(scales)
 
 
 def layers_holding(model: Any, role: str) -> list[str]:

@@ -52,9 +52,19 @@ class LoadedAdapter:
 
 
 @dataclass
+class EmbeddingMemory:
+    """Reference embeddings kept for the process, by (image, encoder, adapter kind, fit), and how many times an image
+    encoder ran to make them. Several pipelines may share one (``StylePipeline.from_pretrained(...,
+    embedding_memory=)``: a batch worker keeps the styles it has encoded across the models it loads)."""
+
+    tensors: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
+    encoder_runs: int = 0
+
+
+@dataclass
 class EmbeddingStore:
     """Reference embeddings, each computed once: kept in ``memory`` for the process and, with a cache folder,
-    on ``disk`` across processes; the encoder only runs for an image seen nowhere (see ``memory`` for
+    on ``disk`` across processes; the encoder only runs for an image seen nowhere (see ``loading.memory`` for
     where it lives in between)."""
 
     device: torch.device
@@ -63,7 +73,7 @@ class EmbeddingStore:
     disk: EmbeddingCache | None = None
     max_pixels: int | None = MAX_PIXELS  # the cap on every reference image read (see ``images``)
     make_room: Callable[[int], None] | None = None  # asked for an encoder's bytes first (a memory budget)
-    memory: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
+    memory: EmbeddingMemory = field(default_factory=EmbeddingMemory, repr=False)
 
     def encode(self, path: str | None, use: LoadedAdapter, fit: str = "crop", size: tuple[int, int] | None = None
                ) -> torch.Tensor:
@@ -74,7 +84,8 @@ class EmbeddingStore:
             raise ValueError("a black image needs a size")
         key = (image_hash(path) if path is not None else "<black>", encoder_fingerprint(use.encoder.identity),
                use.weights.kind, fit, *((f"{size[0]}x{size[1]}",) if size is not None else ()))
-        if key not in self.memory:
+        known = self.memory.tensors
+        if key not in known:
             embeds = self.disk.get(key) if self.disk else None
             if embeds is None:
                 if path is None:
@@ -86,10 +97,11 @@ class EmbeddingStore:
                 with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory,
                                            self.make_room) as encoder:
                     embeds = encode_reference(image, encoder, use.weights.kind, fit).cpu()
+                self.memory.encoder_runs += 1
                 if self.disk:
                     self.disk.put(key, embeds)
-            self.memory[key] = embeds
-        return self.memory[key]
+            known[key] = embeds
+        return known[key]
 
     def negative(self, like: torch.Tensor, use: LoadedAdapter) -> torch.Tensor:
         """The CFG negative embedding shaped like ``like``, by the adapter's rule: zeros, or an encoded blank
@@ -97,11 +109,13 @@ class EmbeddingStore:
         if use.negative == "zeros" or (use.negative == "ip-adapter" and use.weights.kind == "global"):
             return unconditional_embeds(like, None, use.weights.kind, "zeros")
         key = ("<unconditional>", encoder_fingerprint(use.encoder.identity), use.weights.kind, use.negative)
-        if key not in self.memory:
+        known = self.memory.tensors
+        if key not in known:
             with memory.encoder_in_use(use.encoder, self.device, self.dtype, self.low_memory,
                                        self.make_room) as encoder:
-                self.memory[key] = unconditional_embeds(like, encoder, use.weights.kind, use.negative).cpu()
-        return self.memory[key].expand_as(like)
+                known[key] = unconditional_embeds(like, encoder, use.weights.kind, use.negative).cpu()
+            self.memory.encoder_runs += 1
+        return known[key].expand_as(like)
 
     def references(self, refs: tuple[StyleRef, ...], use: LoadedAdapter, fit: str, regions: bool) -> torch.Tensor:
         """Style references (images, or style files made for this adapter) blended by weight; with regions,
@@ -124,6 +138,12 @@ class EmbeddingStore:
         return blend(parts, [ref.weight for ref in refs])
 
 
+def needs_text_tower(request: Request, main: LoadedAdapter) -> bool:
+    """Whether the request's content is a prompt to subtract (a global adapter's), which a text tower in the image
+    encoder's space embeds."""
+    return request.content_prompt is not None and request.content_image is None and main.weights.kind == "global"
+
+
 def encoder_tokens(encoder: ImageEncoder) -> int | None:
     """How many patch tokens (CLS included) the encoder's penultimate layer gives a plus adapter, from its config
     (``None``: a config that does not say)."""
@@ -135,10 +155,10 @@ def encoder_tokens(encoder: ImageEncoder) -> int | None:
 
 
 def content_embeds(
-    store: EmbeddingStore, request: Request, main: LoadedAdapter, text_tower: Callable[[], TextTower]
+    store: EmbeddingStore, request: Request, main: LoadedAdapter, text_tower: TextTower | None
 ) -> torch.Tensor | None:
-    """The content to subtract: the content prompt through ``text_tower()`` (the ``TextTower`` of the image
-    encoder's space), or the content image through the image encoder; ``None`` without either."""
+    """The content to subtract: the content prompt through ``text_tower`` (the ``TextTower`` of the image encoder's
+    space; ``needs_text_tower``), or the content image through the image encoder; ``None`` without either."""
     if request.content_prompt is None and request.content_image is None:
         return None
     if main.weights.kind != "global":
@@ -147,11 +167,13 @@ def content_embeds(
         if not Path(request.content_image).is_file():
             raise UserError(f"content image {request.content_image}: no such file")
         return store.encode(request.content_image, main)
-    return text_tower().embed(request.content_prompt or "")
+    if text_tower is None:
+        raise ValueError("a content prompt needs the text tower of the image encoder's space")
+    return text_tower.embed(request.content_prompt or "")
 
 
 def style_embeds(
-    store: EmbeddingStore, request: Request, main: LoadedAdapter, text_tower: Callable[[], TextTower]
+    store: EmbeddingStore, request: Request, main: LoadedAdapter, text_tower: TextTower | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(style, negative): the blended references minus ``content_scale`` times the content (InstantStyle),
     and the CFG negative (zeros for global adapters)."""
@@ -164,7 +186,7 @@ def style_embeds(
 
 def slot_embeds(
     store: EmbeddingStore, request: Request, main: LoadedAdapter, further: list[LoadedAdapter],
-    text_tower: Callable[[], TextTower],
+    text_tower: TextTower | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(style, negative) per slot: the main style (content subtracted), each further adapter's, then the
     composition image's (main adapter). ``further`` pairs with ``request.adapters``."""

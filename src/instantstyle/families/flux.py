@@ -68,15 +68,12 @@ def read_xlabs(path: Any, tensors: Mapping[str, torch.Tensor]) -> AdapterWeights
 
 
 def load_adapters(pipe: Any, state_dicts: Sequence[Mapping[str, Any]]) -> None:
-    """diffusers' ``load_ip_adapter`` with the state dicts in memory and no image encoder (we bring our own), then
-    its processors set to skip the slots at scale 0 (``processors.skip_zero_scale_slots``)."""
-    from ..core.processors import skip_zero_scale_slots
+    """diffusers' ``load_ip_adapter`` with the state dicts in memory and no image encoder (we bring our own)."""
     from ..files.logs import quiet
 
     dicts = [{"image_proj": sd["image_proj"], "ip_adapter": sd["ip_adapter"]} for sd in state_dicts]
     with quiet("diffusers.loaders.ip_adapter"):  # it warns that no image encoder is loaded
         pipe.load_ip_adapter(dicts, weight_name=[""] * len(dicts), image_encoder_pretrained_model_name_or_path=None)
-    skip_zero_scale_slots(pipe.transformer)
 
 
 def embeds_kwargs(

@@ -411,7 +411,7 @@ SWEEP_FORM: tuple[Field, ...] = (
 
 def shown_fields(pipe: StylePipeline) -> dict[str, bool]:
     """Whether the page shows each field for the loaded model (hidden ones would fail the request unseen)."""
-    family, denoiser = pipe.family, pipe.denoiser
+    family, denoiser = pipe.resources.family, pipe.resources.denoiser
     return {f.name: f.shown_for is None or f.shown_for(family, denoiser) for f in FORM}
 
 
@@ -506,16 +506,18 @@ def _adapters_from_form(workdir: Workdir, values: dict[str, Any],
 
 def block_rows(pipe: StylePipeline, preset: str) -> list[list[Any]]:
     """The per-block editor's rows for a preset: every attention block with scale 1 if the preset uses it."""
-    preset = pipe.family.default_blocks if preset == MODEL_BLOCKS else preset
-    return [[row.name, 1.0 if preset in row.presets else 0.0] for row in list_blocks(pipe.layers, pipe.arch)]
+    res = pipe.resources
+    preset = res.family.default_blocks if preset == MODEL_BLOCKS else preset
+    return [[row.name, 1.0 if preset in row.presets else 0.0] for row in list_blocks(res.layers, res.family)]
 
 
 def rows_from_spec(pipe: StylePipeline, spec: str | None) -> list[list[Any]]:
     """The editor's rows for any blocks spec (each block at the scale of its layers; ``None``: the family's
     default)."""
-    scales = resolve_blocks(spec, pipe.layers, pipe.arch)
-    per_block = {pipe.family.attention_block(layer): scale for layer, scale in scales.items()}
-    return [[row.name, per_block.get(row.name, 0.0)] for row in list_blocks(pipe.layers, pipe.arch)]
+    res = pipe.resources
+    scales = resolve_blocks(spec, res.layers, res.family)
+    per_block = {res.family.attention_block(layer): scale for layer, scale in scales.items()}
+    return [[row.name, per_block.get(row.name, 0.0)] for row in list_blocks(res.layers, res.family)]
 
 
 def spec_from_rows(rows: Any) -> str:
@@ -563,7 +565,7 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
 
     kept = [ref for ref in request.style if own(ref.path)]
     preset = (MODEL_BLOCKS if request.blocks is None
-              else request.blocks if request.blocks in pipe.family.presets else CUSTOM)
+              else request.blocks if request.blocks in pipe.resources.family.presets else CUSTOM)
     ready = request.control is not None and request.control not in CONTROL_KINDS
     regions = [own(path) for path in request.regions]
     loras = [(model(ref.path), ref.scale) for ref in request.lora]

@@ -11,16 +11,25 @@ from typing import Any
 
 import gradio as gr
 
-from ...core.blocks import resolve_blocks
 from ...core.embeddings import load_style
 from ...core.pipeline import Result, StylePipeline
-from ...core.preflight import check_request, check_runtime
+from ...core.preflight import check
 from ...core.request import PNG_KEY, Request, read_png_request, read_png_text, write_png
 from ...core.styles import style_settings
 from ...errors import UserError
 from ...files.images import image_size
+from ...loading.runtime import Runtime
 from ...scores.scorer import Scores, read_png_scores
-from ..sweep import SHEET_KEY, Axes, default_rows, parse_blocks_list, parse_number_list, render_sweep
+from ...scores.scorers import Scorers
+from ..sweep import (
+    SHEET_KEY,
+    Axes,
+    check_sweep,
+    default_rows,
+    parse_blocks_list,
+    parse_number_list,
+    render_sweep,
+)
 from .fields import (
     CUSTOM,
     FIELDS,
@@ -79,11 +88,24 @@ class App:
     work: Workdir
     csd: str | None = None
     jobs: Jobs = field(default_factory=Jobs)
+    _scorers: Scorers | None = field(default=None, init=False, repr=False)
+
+    @property
+    def scorers(self) -> Scorers:
+        """Scorers on the app's pipeline (made once per choice of text tower)."""
+        pipe = self.holder.get()
+        if self._scorers is None or self._scorers.pipe is not pipe:
+            self._scorers = Scorers(pipe)
+        return self._scorers
+
+    def runtime(self, pipe: StylePipeline) -> Runtime:
+        """How the page runs its requests: the pipeline's runtime, every input image held to the page's cap."""
+        return pipe.resources.runtime.replace(max_pixels=self.work.max_pixels)
 
     def scores(self, result: Result) -> list[Scores] | None:
         """The result's scores, or ``None`` (with a warning in the page) when they cannot be computed."""
         try:
-            return self.holder.get().score(result, csd=self.csd)
+            return self.scorers.score(result, csd=self.csd)
         except UserError as err:
             gr.Warning(f"not scored: {err}")
             return None
@@ -97,16 +119,14 @@ class App:
         """Make images from the form: the gallery (scores under each image), the PNG files (with their settings and
         scores) and the request as the page shows it (server paths relative to the workdir)."""
         pipe = self.holder.get()
-        request = form_request(self.work, values, pipe)
-        check_request(request, self.work.max_pixels)
-        check_runtime(request, pipe.runtime)
+        checked = check(form_request(self.work, values, pipe), self.runtime(pipe), pipe.resources.model_info)
         progress(0, desc="starting")
 
         def step(done: int, total: int) -> None:
             progress((done, total), desc="denoising", unit="steps")
 
         with self.jobs.running(session) as cancelled:
-            result = run_with_steps(pipe, request, step, cancelled)
+            result = run_with_steps(pipe, checked, step, cancelled)
         progress(1, desc="scoring")
         scores = self.scores(result)
         paths, captions = [], []
@@ -127,22 +147,17 @@ class App:
         with the plot, the CSV and (when the model scores prompts) the pick framed on the sheet."""
         contents = (values["sweep_content_scales"] or "").strip()
         pipe = self.holder.get()
-        rows = (values["sweep_blocks"] or "").strip() or default_rows(list(pipe.family.presets))
+        rows = (values["sweep_blocks"] or "").strip() or default_rows(list(pipe.resources.family.presets))
         axes = Axes(tuple(self.work.blocks_spec(spec, pipe) for spec in parse_blocks_list(rows)),
                     parse_number_list("scale", values["sweep_scales"] or ""),
                     parse_number_list("content scale", contents) if contents else ())
         base = form_request(self.work, values, pipe).replace(num_images=1)
-        if axes.content_scales and base.content_prompt is None and base.content_image is None:
-            raise UserError("content scales need a content prompt or a content image")
         floor = values.get("sweep_style_floor", 0.9)
         if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
             raise UserError(f"the pick's style floor must be between 0 and 1, got {floor!r}")
-        check_request(base, self.work.max_pixels)
-        check_runtime(base, pipe.runtime)
-        for row_blocks, *_ in axes.rows:
-            resolve_blocks(row_blocks, pipe.layers, pipe.family)
+        check_sweep(base, axes, self.runtime(pipe), pipe.resources.model_info)
         total, done = len(axes.rows) * len(axes.scales), []
-        scorer = pipe.scorer(base.content_text_encoder, self.csd)
+        scorer = self.scorers.scorer(base.content_text_encoder, self.csd)
 
         with self.jobs.running(session) as cancelled:
             def tick(path: Path) -> None:
@@ -266,7 +281,7 @@ class App:
         values, clamped = clamp_to_form(values)
         values, reset = fit_to_shown(values, self.shown())
         notes = [f"held to the form's limits: {', '.join(clamped)}"] * bool(clamped)
-        notes += [f"{pipe.family.name} models do not take: {', '.join(reset)}"] * bool(reset)
+        notes += [f"{pipe.resources.family.name} models do not take: {', '.join(reset)}"] * bool(reset)
         (gr.Warning if notes else gr.Info)("style file loaded with its settings" + "".join(f"; {n}" for n in notes))
         return values[1:]  # everything but the style input itself
 
@@ -337,10 +352,10 @@ class App:
         if clamped:
             notes.append("held to the form's limits: " + ", ".join(clamped))
         if reset:
-            notes.append(f"{pipe.family.name} models do not take: " + ", ".join(reset))
-        if request.model is not None and request.model != pipe.model_id:
+            notes.append(f"{pipe.resources.family.name} models do not take: " + ", ".join(reset))
+        if request.model is not None and request.model != pipe.resources.model_id:
             notes.append(f"it was made with model {self.work.shown(request.model)}; this page runs "
-                         f"{self.work.shown(pipe.model_id)}")
+                         f"{self.work.shown(pipe.resources.model_id)}")
         (gr.Warning if notes else gr.Info)("settings restored" + "".join(f"; {n}" for n in notes))
         return values
 
@@ -387,8 +402,9 @@ class App:
         """The line naming the loaded model (its given id, or a local folder's name), and whether the page shows each
         field the loaded model's family may not take."""
         pipe = self.holder.get()
-        adapter = Path(pipe.adapter.path).name
-        line = f"Model `{self.work.shown(pipe.model_id)}` ({pipe.arch}) with adapter `{adapter}` on {pipe.device}"
+        res = pipe.resources
+        adapter = Path(res.adapter.path).name
+        line = f"Model `{self.work.shown(res.model_id)}` ({res.family.name}) with adapter `{adapter}` on {res.device}"
         return {"line": line, "shown": self.shown()}
 
 

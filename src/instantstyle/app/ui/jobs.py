@@ -9,13 +9,12 @@ dropped. A sweep stops between cells.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from ...core.pipeline import Result, StylePipeline
+from ...core.preflight import Checked
 from ...core.request import Request
 from ...errors import UserError
 
@@ -56,22 +55,16 @@ class Jobs:
         return flag is not None
 
 
-def run_with_steps(pipe: StylePipeline, request: Request, on_step: Callable[[int, int], None],
+def run_with_steps(pipe: StylePipeline, request: Request | Checked, on_step: Callable[[int, int], None],
                    cancelled: threading.Event) -> Result:
     """Run a request, calling ``on_step(done, total)`` after each denoising step; ``Cancelled`` when the flag was
     set (checked after every step: the rest are skipped)."""
-    prepared = pipe.prepare(request)
-    own = prepared.kwargs.get("callback_on_step_end")
 
-    def step_end(call: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        tensors = own(call, step, timestep, tensors) if own is not None else tensors
-        on_step(step + 1, int(call.num_timesteps))
-        if cancelled.is_set():
-            call._interrupt = True  # diffusers' own way out: the loop skips the remaining steps
-        return tensors
+    def step(done: int, total: int) -> bool:
+        on_step(done, total)
+        return cancelled.is_set()
 
-    kwargs = {**prepared.kwargs, "callback_on_step_end": step_end}
-    result = pipe.run(dataclasses.replace(prepared, kwargs=kwargs))
+    result = pipe(request, on_step=step)
     if cancelled.is_set():
         raise Cancelled("cancelled; nothing was saved")
     return result

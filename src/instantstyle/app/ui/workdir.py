@@ -178,7 +178,7 @@ class Workdir:
         try:
             if pipe is None:
                 return expand_preset_ref(f"@{path}:{name}")
-            return expand_preset_ref(f"@{path}:{name}", layers=pipe.layers, family=pipe.family)
+            return expand_preset_ref(f"@{path}:{name}", layers=pipe.resources.layers, family=pipe.resources.family)
         except UserError as err:
             raise UserError(str(err).replace(path, file)) from None
 
