@@ -130,8 +130,8 @@ def attach(pipe: Any, family_name: str, state: dict[str, dict[str, torch.Tensor]
     """(b) diffusers: its own ``load_ip_adapter`` into every block, the spec's blocks at scale 1 and the others
     at 0; (c) instantstyle: the family's loader, then every layer outside the spec loses its adapter weights."""
     from instantstyle.core import adapter as adapters
-    from instantstyle.core.blocks import resolve_blocks
-    from instantstyle.core.processors import set_scales
+    from instantstyle.core.blocks import Slot, resolve_blocks
+    from instantstyle.core.processors import set_slots
     from instantstyle.families import family_named
 
     family = family_named(family_name)
@@ -151,7 +151,7 @@ def attach(pipe: Any, family_name: str, state: dict[str, dict[str, torch.Tensor]
         width = proj["proj_out.weight"].shape[0] if kind == "plus" else proj["norm.weight"].shape[0]
         weights = adapters.AdapterWeights("<meta>", kind, embed, width, len(layers), state)  # type: ignore[arg-type]
         adapters.attach_adapters(pipe, family, [weights], [set(scales)])
-    set_scales(transformer, family, [scales])  # SD3: each processor's float; FLUX: its per-adapter list
+    set_slots(transformer, family, [Slot(0, scales)])  # SD3: each processor's float; FLUX: its slots'
 
 
 def sd3_step(pipe: Any, px: int, with_image: bool) -> int:

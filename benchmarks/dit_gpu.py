@@ -211,7 +211,10 @@ def style_pipeline(pipe: Any, family_name: str, state: dict[str, dict[str, torch
     from instantstyle import StylePipeline
     from instantstyle.core.adapter import AdapterWeights, attach_adapters, check_adapter_fits
     from instantstyle.core.blocks import resolve_blocks
+    from instantstyle.core.styles import EmbeddingStore
     from instantstyle.families import family_named
+    from instantstyle.loading.extras import Extras
+    from instantstyle.loading.resources import Resources
     from instantstyle.loading.runtime import Runtime
 
     family = family_named(family_name)
@@ -224,10 +227,12 @@ def style_pipeline(pipe: Any, family_name: str, state: dict[str, dict[str, torch
     weights = AdapterWeights(f"<random {family_name} adapter>", kind, int(embed), int(width),  # type: ignore[arg-type]
                              len(layers), state)
     check_adapter_fits(weights, family, denoiser)
-    attach_adapters(pipe, family, [weights], [set(resolve_blocks(blocks, layers, family))])
+    keep = frozenset(resolve_blocks(blocks, layers, family))
+    attach_adapters(pipe, family, [weights], [set(keep)])
     runtime = Runtime(device=str(device), dtype=str(dtype).removeprefix("torch."))
-    return StylePipeline(pipe, family, replace(weights, state_dict={}), encoder, f"<random {family_name}>", runtime,
-                         device, dtype)
+    return StylePipeline(Resources(pipe, family, replace(weights, state_dict={}), encoder, f"<random {family_name}>",
+                                   runtime, device, dtype, low_memory=False, embeddings=EmbeddingStore(device, dtype),
+                                   extras=Extras(device, dtype), rest=keep))
 
 
 # --- measuring ------------------------------------------------------------------------------------------------

@@ -115,8 +115,6 @@ install() {
   fi
   export PYTHONPATH="$SITE:$ROOT/src"
   local check='import diffusers, transformers, huggingface_hub, peft, accelerate, torch, instantstyle.core.pipeline
-from instantstyle.core.processors import check_diffusers
-check_diffusers()
 print("imports ok:", "torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available(),
       "diffusers", diffusers.__version__, "transformers", transformers.__version__,
       "huggingface_hub", huggingface_hub.__version__, "accelerate", accelerate.__version__, "peft", peft.__version__)'

@@ -9,8 +9,8 @@ reused, so both runs see the same weights). Each case writes ``CASE.png`` (the i
 request in the PNG) and ``CASE.json`` (the request as asked). Cases cover SDXL and SD1.5, every mode,
 composition, regions, schedule, blends, further and plus adapters, content subtraction, LoRA,
 schedulers, style files, style fit, low memory, the disk cache, offload, compile, single-file and
-inpainting checkpoints, the CLI (generate, sweep), and batches of 2 through ``run_batch``. The order is
-fixed, because a pipeline's history (a LoRA loaded and removed) may move later images by a rounding step.
+inpainting checkpoints, the CLI (generate, sweep), and batches of 2 through ``run_batch``. The order is fixed
+(a request leaves its pipeline as it found it, so it should not matter; the saved images were made in it).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def cases(tiny: Any, modes: Any, extra: dict[str, Path]) -> list[tuple[str, str,
     add("xl-offload-model", "sdxl-offload")
     add("xl-compile-eager", "sdxl-compile")
     add("xl-bin-adapter", "sdxl-bin")
-    # LoRA (its own pipeline: peft leaves wrappers behind)
+    # LoRA (on a pipeline of its own since the first baseline)
     add("lora-none", "sdxl-lora", prompt="a mill")
     add("lora-peft", "sdxl-lora", prompt="a mill", lora=(str(extra["lora_peft"]),))
     add("lora-peft-0.5-euler-a", "sdxl-lora", prompt="a mill", lora=(f"{extra['lora_peft']}:0.5",),

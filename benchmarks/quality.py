@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from instantstyle.core.request import write_png
     from instantstyle.scores.csd import load_csd
     from instantstyle.scores.scorer import Scores
+    from instantstyle.scores.scorers import Scorers
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,8 +105,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.content_text_encoder:
         kwargs["content_text_encoder"] = args.content_text_encoder
     pipe = StylePipeline.from_pretrained(args.model, args.adapter, **kwargs)
-    csd = load_csd(args.csd, pipe.device, pipe.dtype) if args.csd else None
-    scorer = pipe.scorer(args.content_text_encoder, csd)
+    csd = load_csd(args.csd, pipe.resources.device, pipe.resources.dtype) if args.csd else None
+    scorer = Scorers(pipe).scorer(args.content_text_encoder, csd)
     for key, reason in scorer.unavailable().items():
         print(f"note: {key} not scored: {reason}", file=sys.stderr)
 
@@ -136,9 +137,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     with (out / "scores.jsonl").open("w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
-    device = torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else platform.processor() or "cpu"
-    return {"records": records, "seconds": seconds, "device": f"{pipe.device.type} ({device})",
-            "dtype": str(pipe.dtype).removeprefix("torch."), "prompts": prompts, "styles": styles}
+    where, dtype = pipe.resources.device, pipe.resources.dtype
+    device = torch.cuda.get_device_name(where) if where.type == "cuda" else platform.processor() or "cpu"
+    return {"records": records, "seconds": seconds, "device": f"{where.type} ({device})",
+            "dtype": str(dtype).removeprefix("torch."), "prompts": prompts, "styles": styles}
 
 
 def report(args: argparse.Namespace, run_info: dict[str, Any]) -> str:

@@ -8,8 +8,8 @@ between forwards, in rotated order each round:
 
 - ``plain``, ``plain2``: diffusers' default ``AttnProcessor2_0`` everywhere, no image tokens (plain SDXL;
   the second is the same again, for the noise floor);
-- ``pruned``: what ``StylePipeline`` leaves after a real request: IP-Adapter processors on the preset's
-  layers only, text-only processors elsewhere;
+- ``pruned``: what ``StylePipeline`` loads (and every request leaves as it found): IP-Adapter processors on the
+  preset's layers only, text-only processors elsewhere;
 - ``full``: diffusers' recipe: an IP-Adapter processor on every cross-attention layer, scale 0 outside the
   preset (diffusers then skips the image attention, but each layer still runs its Python checks).
 
@@ -32,9 +32,9 @@ VARIANTS = ("plain", "plain2", "pruned", "full")
 
 
 def prepare(spec: RunSpec) -> tuple[Any, dict[str, tuple[dict[str, Any], Any]], tuple[Any, ...], dict[str, Any]]:
-    """Load instantstyle's pipeline, run one small real request (so the processors are in the state a request
-    leaves them), then add diffusers' full processors; returns the UNet, each variant's (processors,
-    image projection) and one CFG step's inputs."""
+    """Load instantstyle's pipeline, run one small real request (the processors are as it leaves them: as loaded),
+    then add diffusers' full processors; returns the UNet, each variant's (processors, image projection) and one CFG
+    step's inputs."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     from instantstyle import StylePipeline

@@ -15,7 +15,9 @@ import pytest  # noqa: E402
 
 from instantstyle import StylePipeline  # noqa: E402
 from instantstyle.testing import TinyModels, tiny_models  # noqa: E402
+from instantstyle.testing.csgo import CsgoModels, build_csgo_models  # noqa: E402
 from instantstyle.testing.dit import TinyDiTModels, build_tiny_dit_models  # noqa: E402
+from instantstyle.testing.kolors import TinyKolorsModels, build_tiny_kolors_models  # noqa: E402
 from instantstyle.testing.modes import ModeModels, tiny_mode_models  # noqa: E402
 
 #: Small and fast: every generation in the tests uses these unless it needs otherwise.
@@ -67,6 +69,13 @@ def modes(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> ModeMod
 
 
 @pytest.fixture(scope="session")
+def csgo_models(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> CsgoModels:
+    """Tiny CSGO checkpoints in the authors' layout (4+32 float16 with its ControlNet, 4+16, safetensors), the tile
+    ControlNet, h94's image encoder mirrored, a content and a style image."""
+    return build_csgo_models(tmp_path_factory.mktemp("csgo") / "tree", tiny)
+
+
+@pytest.fixture(scope="session")
 def dit(tmp_path_factory: pytest.TempPathFactory) -> TinyDiTModels:
     """Tiny SD3.5 Large and FLUX.1-dev pipelines, their IP-Adapters in the published formats and image encoders."""
     cache = os.environ.get("INSTANTSTYLE_DIT_FIXTURES")
@@ -83,6 +92,72 @@ def sd3(dit: TinyDiTModels) -> StylePipeline:
 def flux(dit: TinyDiTModels) -> StylePipeline:
     """One FLUX.1-dev pipeline with XLabs' v1 adapter, all weights kept."""
     return StylePipeline.from_pretrained(str(dit.flux), str(dit.flux_adapter), device="cpu", keep_all_weights=True)
+
+
+def with_resources(pipe: StylePipeline, **changes) -> StylePipeline:
+    """The pipeline with some of its resources replaced (the same loaded models): another runtime, say."""
+    import dataclasses
+
+    resources = dataclasses.replace(pipe.resources, **changes)
+    if "runtime" in changes:  # the store reads images under the runtime's cap
+        resources.embeddings = dataclasses.replace(resources.embeddings, max_pixels=changes["runtime"].max_pixels)
+    return StylePipeline(resources)
+
+
+def complete_for(pipe: StylePipeline, request):
+    """The request as the pipeline completes it (size, seed, blocks... filled in)."""
+    from instantstyle.core.plan import complete
+
+    return complete(request, pipe.resources)
+
+
+def encode(pipe: StylePipeline, path: str, fit: str = "crop"):
+    """One reference image's embedding for the pipeline's main adapter (cached by content)."""
+    return pipe.resources.embeddings.encode(path, pipe.resources.main_adapter, fit)
+
+
+def style_embeds(pipe: StylePipeline, request):
+    """(style, negative) of the main adapter for a request, as its call computes them (references blended, content
+    subtracted)."""
+    from instantstyle.core.plan import complete
+    from instantstyle.core.styles import needs_text_tower
+    from instantstyle.core.styles import style_embeds as embeds
+
+    res = pipe.resources
+    request = complete(request, res)
+    main = res.main_adapter
+    tower = res.content_text_tower(request.content_text_encoder) if needs_text_tower(request, main) else None
+    return embeds(res.embeddings, request, main, tower)
+
+
+def while_decoding(pipe: StylePipeline, request):
+    """(the result, the VAE's tiling and slicing while the request's call decoded): they hold for that call only."""
+    vae = pipe.pipe.vae
+    seen: dict[str, object] = {}
+
+    def note(*_) -> None:
+        seen.update(tiling=vae.use_tiling, slicing=vae.use_slicing, tile=vae.tile_sample_min_size)
+
+    handle = vae.decoder.register_forward_pre_hook(note)
+    try:
+        result = pipe(request)
+    finally:
+        handle.remove()
+    return result, seen
+
+
+@pytest.fixture(scope="session")
+def kolors_models(tmp_path_factory: pytest.TempPathFactory) -> TinyKolorsModels:
+    """A tiny Kolors pipeline (ChatGLM text encoder and tokenizer), Kolors-IP-Adapter-Plus and its CLIP-336 encoder."""
+    cache = os.environ.get("INSTANTSTYLE_KOLORS_FIXTURES")
+    return build_tiny_kolors_models(Path(cache) if cache else tmp_path_factory.mktemp("kolors") / "tree")
+
+
+@pytest.fixture(scope="session")
+def kolors(kolors_models: TinyKolorsModels) -> StylePipeline:
+    """One Kolors pipeline with its plus adapter, all weights kept."""
+    return StylePipeline.from_pretrained(str(kolors_models.kolors), str(kolors_models.adapter), device="cpu",
+                                         keep_all_weights=True)
 
 
 def pixels(image) -> np.ndarray:

@@ -56,19 +56,20 @@ def test_an_sd15_adapter_does_not_fit_sdxl(tiny):
 def test_only_the_style_block_receives_image_features(sdxl, tiny):
     seen = layers_receiving_image_features(sdxl, prompt="a cat", style=str(tiny.style_image), blocks="style")
     assert seen and all(name.startswith("up_blocks.0.attentions.1.") for name in seen)
-    assert seen == set(resolve_blocks("style", sdxl.layers, "sdxl"))
+    assert seen == set(resolve_blocks("style", sdxl.resources.layers, "sdxl"))
 
 
 def test_all_blocks_receive_image_features_with_all(sdxl, tiny):
     seen = layers_receiving_image_features(sdxl, prompt="a cat", style=str(tiny.style_image), blocks="all")
-    assert seen == set(sdxl.layers)
+    assert seen == set(sdxl.resources.layers)
 
 
 def test_pruned_pipeline_holds_only_the_projection_and_targeted_layers(tiny):
     pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", blocks="style")
     weights = read_adapter(tiny.sdxl_adapter)
-    targeted = resolve_blocks("style", pipe.layers, "sdxl")
-    index = {layer: 2 * i + 1 for i, layer in enumerate(pipe.layers)}  # h94 numbering: odd processor positions
+    targeted = resolve_blocks("style", pipe.resources.layers, "sdxl")
+    layers = pipe.resources.layers
+    index = {layer: 2 * i + 1 for i, layer in enumerate(layers)}  # h94 numbering: odd processor positions
     expected = sum(t.numel() for t in weights.state_dict["image_proj"].values()) + sum(
         weights.state_dict["ip_adapter"][f"{index[layer]}.{kv}.weight"].numel()
         for layer in targeted
@@ -95,9 +96,14 @@ def test_retargeting_a_pruned_pipeline_reloads_the_needed_layers(tiny, sdxl):
     assert (pixels(pruned(**request).images[0]) == pixels(sdxl(**request).images[0])).all()
 
 
-def test_a_diffusers_release_the_processor_edits_were_not_verified_with_is_refused():
-    from instantstyle.core.processors import check_diffusers
+def test_a_diffusers_processor_laid_out_otherwise_is_refused_by_what_it_holds_not_by_version():
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 
-    check_diffusers("0.42.9")
-    with pytest.raises(UserError, match=r"as laid out in diffusers 0.42.x; this is diffusers 0.43.0: install"):
-        check_diffusers("0.43.0")
+    from instantstyle.core.processors import check_layout
+
+    check_layout(IPAdapterAttnProcessor2_0(8, 8, num_tokens=(4,)))  # per-adapter lists: known
+    changed = IPAdapterAttnProcessor2_0(8, 8, num_tokens=(4,))
+    changed.scale = {"adapter": 1.0}  # a release that keeps its scales otherwise
+    with pytest.raises(RuntimeError, match="IPAdapterAttnProcessor2_0 keeps its adapters' weights and scales in a "
+                                           "layout instantstyle does not know"):
+        check_layout(changed)

@@ -22,8 +22,9 @@ from instantstyle.core.request import Request, read_png_request
 from instantstyle.errors import UserError
 from instantstyle.scores.preset_file import write_presets
 from instantstyle.scores.scorer import SCORE_KEYS, read_png_scores
+from instantstyle.scores.scorers import Scorers
 
-from .conftest import FAST, pixels
+from .conftest import FAST, pixels, style_embeds
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -69,7 +70,7 @@ def test_a_dozen_jobs_make_every_image_and_a_valid_manifest(sdxl, tmp_path):
 
 def test_the_style_encoder_runs_once_per_style_per_worker(sdxl, tmp_path):
     calls = []
-    hook = sdxl.image_encoder.model.register_forward_hook(lambda *_: calls.append(1))
+    hook = sdxl.resources.image_encoder.model.register_forward_hook(lambda *_: calls.append(1))
     try:
         report = run_batch(cat_jobs(tmp_path, 4), tmp_path / "out", pipeline=sdxl)
     finally:
@@ -362,24 +363,23 @@ def test_two_processes_never_both_hold_the_batch_lock(tmp_path):
 def test_jobs_whose_images_come_out_nan_fail_and_write_no_image(sdxl, tiny, tmp_path):
     from instantstyle.core.embeddings import StyleFile, save_style
 
-    request = sdxl.complete(Request("a cat", style=str(tiny.style_image), **FAST))
-    style, negative = sdxl.style_embeds(request)
+    request = Request("a cat", style=str(tiny.style_image), **FAST)
+    style, negative = style_embeds(sdxl, request)
     huge = save_style(tmp_path / "huge.safetensors",
-                      StyleFile(style.clone().fill_(1e30), negative, "global", sdxl.image_encoder.identity, {}))
+                      StyleFile(style.clone().fill_(1e30), negative, "global",
+                                sdxl.resources.image_encoder.identity, {}))
     jobs = [{"id": f"nan{i}", "prompt": f"a cat {i}", "style": str(huge), **FAST} for i in range(2)]
     report = run_batch(jobs, tmp_path / "out", pipeline=sdxl, batch_size=2)  # one shared call, then one by one
     assert report.failed == 2 and all("NaN" in e for e in report.errors)
     assert not list((tmp_path / "out").glob("*.png"))
 
 
-def test_a_batch_after_a_scheduler_and_lora_job_equals_generate(tiny, tmp_path):
+def test_a_batch_after_a_scheduler_and_lora_job_equals_generate(sdxl, tiny, tmp_path):
     """A job with its own scheduler and LoRA leaves nothing behind: the shared batch that runs next on the same
     pipeline is the model's own scheduler without the LoRA, as ``generate`` of each of its jobs is."""
-    from instantstyle import StylePipeline
     from instantstyle.testing.lora import write_tiny_lora
 
-    # A pipeline of its own: loading and unloading a LoRA leaves peft's wrappers behind (a rounding step).
-    pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", keep_all_weights=True)
+    pipe = sdxl
     style = new_style(tmp_path / "s.png")
     lora = write_tiny_lora(tiny.sdxl, tmp_path / "lora.safetensors")
     fast = {"id": "fast", "prompt": "a barn", "style": style, **FAST, "scheduler": "lcm", "lora": [str(lora)],
@@ -407,7 +407,7 @@ def test_batch_score_puts_the_scores_of_each_output_in_its_manifest_line_and_png
     assert report.done == 2 and not report.errors
     for entry in manifest_lines(out):
         assert len(entry["scores"]) == len(entry["outputs"])
-        expected = sdxl.score(sdxl(Request.from_dict(entry["request"])))
+        expected = Scorers(sdxl).score(sdxl(Request.from_dict(entry["request"])))
         for name, scores, want in zip(entry["outputs"], entry["scores"], expected, strict=True):
             assert set(scores) == set(SCORE_KEYS)
             assert [scores[k] for k in SCORE_KEYS[:3]] == pytest.approx([want.get(k) for k in SCORE_KEYS[:3]],

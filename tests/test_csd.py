@@ -11,6 +11,7 @@ from PIL import Image
 from instantstyle import Request, UserError
 from instantstyle.scores.csd import CSD_MEAN, CSD_STD, load_csd, preprocess, style_embeds
 from instantstyle.scores.scorer import Scorer
+from instantstyle.scores.scorers import Scorers
 from instantstyle.testing import make_style_image
 from instantstyle.testing.csd import build_csd_checkpoint, csd_state_dict
 
@@ -123,7 +124,7 @@ def test_csd_loads_from_a_folder_holding_the_model_file(tmp_path, pictures):
 def test_csd_style_score_is_the_cosine_of_csd_embeddings(sdxl, tiny, tmp_path, pictures):
     model = load_csd(build_csd_checkpoint(tmp_path / "csd.safetensors", "safetensors"))
     second = make_style_image(tmp_path / "b.png", (70, 70), seed=9)
-    scores = sdxl.scorer(csd=model).score([pictures[2]], style=[str(tiny.style_image), f"{second}:2"])[0]
+    scores = Scorers(sdxl).scorer(csd=model).score([pictures[2]], style=[str(tiny.style_image), f"{second}:2"])[0]
     state = csd_state_dict()
     with torch.no_grad():
         refs = authors_forward(state, preprocess([Image.open(p).convert("RGB") for p in (tiny.style_image, second)]))
@@ -135,6 +136,6 @@ def test_csd_style_score_is_the_cosine_of_csd_embeddings(sdxl, tiny, tmp_path, p
 def test_csd_style_is_none_for_style_file_references(sdxl, tiny, tmp_path):
     model = load_csd(build_csd_checkpoint(tmp_path / "csd.safetensors", "safetensors"))
     style_file = sdxl.save_style(Request("x", style=(str(tiny.style_image),)), tmp_path / "s.safetensors")
-    scorer = Scorer(sdxl.image_encoder, csd=model, device=sdxl.device)
+    scorer = Scorer(sdxl.resources.image_encoder, csd=model, device=sdxl.resources.device)
     scores = scorer.score([tiny.content_image], style=str(style_file))[0]
     assert scores.csd_style is None and scores.clip_style is not None

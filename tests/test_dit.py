@@ -15,7 +15,7 @@ from PIL import Image
 from instantstyle import Request, StylePipeline, UserError
 from instantstyle.core.processors import active_layers, adapter_parameter_count
 
-from .conftest import pixels
+from .conftest import pixels, style_embeds
 from .test_dit_fixtures import load, with_instantx, with_xlabs
 
 SIZE = {"steps": 2, "width": 64, "height": 64, "seed": 7}
@@ -97,7 +97,7 @@ def test_flux_content_subtraction_is_the_formula_through_the_encoders_own_clip_t
         black = flux_recipe.encode_image(np.zeros((64, 64, 3), dtype=np.uint8), torch.device("cpu"), 1)
     wanted = style - 0.3 * content
     req = styled(dit, "flux", content_prompt="a dog", content_scale=0.3)
-    embeds, negative = flux.style_embeds(flux.complete(req))
+    embeds, negative = style_embeds(flux, req)
     assert torch.allclose(embeds, wanted, atol=1e-6) and torch.equal(negative, black)
     set_recipe_scales(flux_recipe, "flux", dict.fromkeys(range(4), 1.0))
     expected = recipe_call(flux_recipe, "flux", ip_adapter_image_embeds=[embeds[None]],
@@ -119,11 +119,11 @@ def layers_with_image_attention(pipe: StylePipeline, req: Request) -> set[int]:
     keys are computed only where the image attention runs; FLUX's layer returns the image attention it adds."""
     seen: set[int] = set()
     hooks = []
-    for i, block in enumerate(pipe.denoiser.transformer_blocks):
+    for i, block in enumerate(pipe.resources.denoiser.transformer_blocks):
         proc = block.attn.processor
-        if pipe.arch == "sd3" and hasattr(proc, "to_k_ip"):
+        if pipe.resources.family.name == "sd3" and hasattr(proc, "to_k_ip"):
             hooks.append(proc.to_k_ip.register_forward_hook(lambda *_, i=i: seen.add(i)))
-        elif pipe.arch == "flux":
+        elif pipe.resources.family.name == "flux":
             def added(_module, _inputs, outputs, i=i):
                 if isinstance(outputs, tuple) and len(outputs) == 3 and outputs[2].abs().sum() > 0:
                     seen.add(i)
@@ -148,9 +148,10 @@ def test_untargeted_layers_hold_no_adapter_weights(family, dit):
     folder, adapter = getattr(dit, family), getattr(dit, f"{family}_adapter")
     full = StylePipeline.from_pretrained(str(folder), str(adapter), device="cpu", blocks="all")
     pruned = StylePipeline.from_pretrained(str(folder), str(adapter), device="cpu", blocks="transformer_blocks.2")
-    assert active_layers(pruned.denoiser, pruned.family) == [{"transformer_blocks.2.attn"}]
-    assert not any(hasattr(pruned.denoiser.transformer_blocks[i].attn.processor, "to_k_ip") for i in (0, 1, 3))
-    assert adapter_parameter_count(pruned.denoiser) < adapter_parameter_count(full.denoiser)
+    assert active_layers(pruned.resources.denoiser, pruned.resources.family) == [{"transformer_blocks.2.attn"}]
+    blocks = pruned.resources.denoiser.transformer_blocks
+    assert not any(hasattr(blocks[i].attn.processor, "to_k_ip") for i in (0, 1, 3))
+    assert adapter_parameter_count(pruned.resources.denoiser) < adapter_parameter_count(full.resources.denoiser)
     req = styled(dit, family, blocks="transformer_blocks.2")
     assert layers_with_image_attention(pruned, req) == {2}
     assert np.array_equal(pixels(pruned(req).images[0]), pixels(full(req).images[0]))
@@ -210,7 +211,7 @@ def test_cli_generate_with_a_model_folder_and_its_adapter_file(family, capsys, d
 
 def test_flux_true_cfg_off_runs_one_forward_per_step_and_on_two(flux, dit):
     calls = []
-    hook = flux.denoiser.register_forward_pre_hook(lambda *_: calls.append(1))
+    hook = flux.resources.denoiser.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
         flux(styled(dit, "flux", true_cfg=1.0))
         off = len(calls)
@@ -238,20 +239,24 @@ def test_true_cfg_on_a_model_that_is_not_guidance_distilled_is_refused(sd3, dit)
 @pytest.mark.parametrize(("fields", "message"), [
     (lambda dit: {"regions": (str(dit.content_image),)}, "regions .* are not available"),
     (lambda dit: {"composition": str(dit.content_image)}, "--composition is not available"),
-    (lambda dit: {"init_image": str(dit.content_image), "control": "canny", "controlnet": str(dit.sd3)},
+    (lambda dit: {"init_image": str(dit.content_image), "control": "canny", "controlnet": "CONTROLNET"},
      "a ControlNet with --init-image is not available"),
     (lambda dit: {"scheduler": "euler"}, "--scheduler is not available"),
     (lambda dit: {"width": 72}, "width must be a multiple of 16"),
 ], ids=["regions", "composition", "controlnet-img2img", "scheduler", "size"])
-def test_what_a_family_cannot_do_is_one_clear_error(family, fields, message, dit, request):
+def test_what_a_family_cannot_do_is_one_clear_error(family, fields, message, dit, request, tmp_path):
     pipe = request.getfixturevalue(family)
+    controlnet = tmp_path / "controlnet"  # a folder that passes for a ControlNet: the family refuses the request
+    controlnet.mkdir()
+    (controlnet / "config.json").write_text('{"_class_name": "SD3ControlNetModel"}')
+    given = {k: str(controlnet) if v == "CONTROLNET" else v for k, v in fields(dit).items()}
     with pytest.raises(UserError, match=message):
-        pipe.prepare(styled(dit, family, **fields(dit)))
+        pipe(styled(dit, family, **given))
 
 
 def test_sd3_takes_one_adapter(sd3, dit):
     with pytest.raises(UserError, match="further adapters are not available for SD3"):
-        sd3.prepare(styled(dit, "sd3", adapters=(f"{dit.sd3_adapter};style={dit.style_image}",)))
+        sd3(styled(dit, "sd3", adapters=(f"{dit.sd3_adapter};style={dit.style_image}",)))
 
 
 def test_an_adapter_of_the_other_family_does_not_fit(dit):
@@ -331,7 +336,7 @@ def test_requests_sharing_a_call_give_the_images_of_single_runs(family, dit, req
     pipe = request.getfixturevalue(family)
     requests = [styled(dit, family, prompt=f"a house {i}", seed=20 + i) for i in range(2)]
     calls = []
-    hook = pipe.denoiser.register_forward_pre_hook(lambda *_: calls.append(1))
+    hook = pipe.resources.denoiser.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
         shared = pipe.generate_many(requests)
     finally:
@@ -394,7 +399,7 @@ def test_auto_dtype_on_a_gpu_is_bfloat16_for_the_transformer_families(sd3, flux,
     from instantstyle.loading.runtime import Runtime
 
     gpu = torch.device("cuda")  # resolved without touching a GPU
-    assert [Runtime().torch_dtype(gpu, p.family.gpu_dtype) for p in (sd3, flux, sdxl)] == [
+    assert [Runtime().torch_dtype(gpu, p.resources.family.gpu_dtype) for p in (sd3, flux, sdxl)] == [
         torch.bfloat16, torch.bfloat16, torch.float16]
 
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from instantstyle import Request, UserError
+from instantstyle.scores.scorers import Scorers
 
 from .conftest import pixels
 
@@ -26,19 +27,38 @@ def test_the_web_ui_form_with_its_defaults_makes_a_flux_image_with_the_default_b
     gallery, files, made = app.generate(values, lambda *a, **k: None)
     request = json.loads(made)
     assert len(files) == 1 and request["blocks"] == "all" and request["true_cfg"] == 1.0
-    restored, lost = ui.form_values(flux, app.work, Request.from_dict(request))
+    from instantstyle.core.request import read_png_request
+
+    restored, lost = ui.form_values(flux, app.work, read_png_request(files[0]))  # the PNG keeps the full request
     assert restored[ui.FIELDS.index("blocks")] == "all" and not lost
 
 
-@pytest.mark.parametrize(("family", "true_cfg", "hidiffusion"),
-                         [("sdxl", False, True), ("sd15", False, True), ("sd3", False, False), ("flux", True, False)])
-def test_the_page_shows_only_the_fields_the_models_family_takes(family, true_cfg, hidiffusion, request, tmp_path):
+RESTYLE = ("restyle", "restyle_content_scale", "inversion_steps", "renoise_steps")
+
+
+@pytest.mark.parametrize(("family", "hidden"), [
+    ("sdxl", {"true_cfg"}),
+    ("sd15", {"true_cfg"}),
+    ("sd3", {"hidiffusion", "scheduler", "composition", "composition_scale", "regions", "true_cfg", *RESTYLE,
+             *(f"adapter_{k}{part}" for k in (1, 2) for part in ("", "_style", "_blocks", "_scale"))}),
+    ("flux", {"hidiffusion", "scheduler", "composition", "composition_scale", "regions", *RESTYLE}),
+])
+def test_the_page_shows_only_the_fields_and_tabs_the_models_family_takes(family, hidden, request, tmp_path):
+    """What each family's own check refuses is hidden: true CFG but on FLUX, HiDiffusion and restyling on the DiTs,
+    and there samplers, regions and composition (no layout block measured); further adapters on SD3 (one per
+    model)."""
     from instantstyle.app import ui
+    from instantstyle.app.ui.page import _shown
 
     app = ui.App(ui.PipelineHolder(request.getfixturevalue(family)), ui.Workdir(tmp_path / "ui"))
-    line, true_cfg_field, hidiffusion_field = app.describe_pipeline()
-    assert f"({family})" in line
-    assert true_cfg_field["visible"] is true_cfg and hidiffusion_field["visible"] is hidiffusion
+    described = app.describe_pipeline()
+    assert f"({family})" in described["line"]
+    assert {name for name, shown in described["shown"].items() if not shown} == hidden
+    tabs = [tab.name for tab in ui.TABS]
+    updates = _shown(app, [], tabs)[1:]
+    hidden_tabs = {name for name, update in zip(tabs, updates, strict=True) if not update["visible"]}
+    assert hidden_tabs == ({"composition", "regions", "restyle"} | ({"adapters"} if family == "sd3" else set())
+                           if family in ("sd3", "flux") else set())
 
 
 def test_a_restored_png_resets_the_fields_the_pages_model_does_not_take_and_says_so(flux, sdxl, dit, tmp_path):
@@ -49,7 +69,8 @@ def test_a_restored_png_resets_the_fields_the_pages_model_does_not_take_and_says
     png = write_png(Image.new("RGB", (64, 64)), tmp_path / "made.png", made)
     for pipe, taken, dropped in ((flux, "true_cfg", "hidiffusion"), (sdxl, "hidiffusion", "true_cfg")):
         app = ui.App(ui.PipelineHolder(pipe), ui.Workdir(tmp_path / "ui"))
-        with pytest.warns(UserWarning, match=f"{pipe.family.name} models do not take: " + dropped.replace("_", " ")):
+        name = pipe.resources.family.name
+        with pytest.warns(UserWarning, match=f"{name} models do not take: " + dropped.replace("_", " ")):
             restored = dict(zip(ui.FIELDS, app.restore(str(png)), strict=True))
         assert restored[taken] == getattr(made, taken)  # kept where the model takes it
         assert restored[dropped] == {f.name: f.default for f in ui.FORM}[dropped]
@@ -85,8 +106,8 @@ def test_scores_use_each_familys_own_encoders(sd3, flux, dit):
     """FLUX: CLIP ViT-L's image and text towers (the encoder's own folder); SD3: SigLIP's pooled image
     embedding for the style score, and no text tower in its space."""
     image = Image.open(dit.content_image)
-    flux_scores = flux.scorer().score([image], "a cat", str(dit.style_image), "a dog")[0]
-    sd3_scorer = sd3.scorer()
+    flux_scores = Scorers(flux).scorer().score([image], "a cat", str(dit.style_image), "a dog")[0]
+    sd3_scorer = Scorers(sd3).scorer()
     sd3_scores = sd3_scorer.score([image], "a cat", str(dit.style_image))[0]
     assert None not in (flux_scores.clip_text, flux_scores.clip_style, flux_scores.content_leak)
     assert sd3_scores.clip_style is not None and sd3_scores.clip_text is None
@@ -135,7 +156,8 @@ def test_hidiffusion_on_a_transformer_model_is_one_line_before_loading_and_in_th
     flags = [*family_flags(dit, family), *args, "--hidiffusion"]
     code, out, err = run(capsys, "generate", *flags, "-o", tmp_path / "a.png")
     assert code == 2 and err.count("\n") == 1 and not out
-    assert err.startswith(f"error: --hidiffusion works on UNet models (sd15, sdxl), not on {family}:")
+    assert err.startswith("error: --hidiffusion works on the UNet models it has settings for (sd15, sdxl), "
+                          f"not on {family}:")
     assert not (tmp_path / "a.png").exists()
     with pytest.raises(UserError, match=f"not on {family}:"):
         request.getfixturevalue(family)(Request("a cat", style=str(dit.style_image), hidiffusion=True, **SIZE))
@@ -175,7 +197,7 @@ def test_probe_blocks_on_flux_ranks_its_transformer_blocks_and_its_presets_work_
                          "--save-presets", tmp_path / "presets.json")
     assert code == 0, err
     ranked = [line.split()[1] for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
-    assert sorted(ranked) == sorted(block.name for block in list_blocks(flux.layers, flux.arch))
+    assert sorted(ranked) == sorted(block.name for block in list_blocks(flux.resources.layers, flux.resources.family))
     style = read_presets(tmp_path / "presets.json")["style"]
     assert style == ranked[0]
     code, _, err = run(capsys, "generate", *family_flags(dit, "flux"), *args, "--blocks",

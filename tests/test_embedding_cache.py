@@ -8,12 +8,12 @@ from instantstyle import StylePipeline
 from instantstyle.loading.memory import is_released
 from instantstyle.testing import make_style_image
 
-from .conftest import FAST, pixels
+from .conftest import FAST, encode, pixels
 
 
 def count_encoder_runs(pipe: StylePipeline) -> list[int]:
     calls: list[int] = []
-    pipe.image_encoder.model.register_forward_hook(lambda *_: calls.append(1))
+    pipe.resources.image_encoder.model.register_forward_hook(lambda *_: calls.append(1))
     return calls
 
 
@@ -29,9 +29,9 @@ def test_same_image_bytes_under_another_name_hit_the_cache(sdxl, tmp_path: Path)
     style = make_style_image(tmp_path / "a.png", seed=102)
     copy = tmp_path / "b.png"
     copy.write_bytes(style.read_bytes())
-    sdxl.encode(str(style))
+    encode(sdxl, str(style))
     calls = count_encoder_runs(sdxl)
-    sdxl.encode(str(copy))
+    encode(sdxl, str(copy))
     assert calls == []
 
 
@@ -46,18 +46,18 @@ def test_disk_cache_spares_a_new_pipeline_the_encoder(tiny, tmp_path: Path) -> N
         str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", cache_dir=str(cache), low_memory=True
     )
     assert (pixels(second(**request).images[0]) == expected).all()
-    assert is_released(second.image_encoder)  # never even loaded
+    assert is_released(second.resources.image_encoder)  # never even loaded
 
 
 def test_damaged_cache_entry_is_recomputed(tiny, tmp_path: Path) -> None:
     style = make_style_image(tmp_path / "style.png", seed=104)
     cache = tmp_path / "cache"
     pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", cache_dir=str(cache))
-    embeds = pipe.encode(str(style))
+    embeds = encode(pipe, str(style))
     (entry,) = cache.glob("*.safetensors")
     entry.write_bytes(b"not safetensors")
-    pipe.embeddings.memory.clear()
-    assert (pipe.encode(str(style)) == embeds).all()
+    pipe.resources.embeddings.memory.tensors.clear()
+    assert (encode(pipe, str(style)) == embeds).all()
     assert entry.stat().st_size > 100  # rewritten
 
 

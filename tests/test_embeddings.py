@@ -10,7 +10,7 @@ from PIL import Image
 from instantstyle import StylePipeline, UserError
 from instantstyle.core.embeddings import StyleFile, encode_images, load_image, load_style, save_style
 
-from .conftest import FAST, pixels
+from .conftest import FAST, pixels, style_embeds
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
@@ -20,7 +20,7 @@ def test_style_image_is_preprocessed_like_clip_224_resize_and_centre_crop(sdxl, 
     """The h94 encoder folders ship no preprocessor config: CLIP's own (shortest side to 224, bicubic, centre
     crop 224, CLIP mean/std), computed here by hand on the 96x64 reference."""
     image = load_image(tiny.style_image)
-    got = sdxl.image_encoder.processor(images=[image], return_tensors="pt").pixel_values[0]
+    got = sdxl.resources.image_encoder.processor(images=[image], return_tensors="pt").pixel_values[0]
     factor = 224 / min(image.size)
     resized = image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.BICUBIC)
     left, top = (resized.width - 224) // 2, (resized.height - 224) // 2
@@ -31,17 +31,17 @@ def test_style_image_is_preprocessed_like_clip_224_resize_and_centre_crop(sdxl, 
 
 def test_content_prompt_subtraction_equals_the_formula(sdxl, tiny):
     """image_embeds - content_scale * pooled projected text embedding of SDXL's text_encoder_2."""
-    image = encode_images([load_image(tiny.style_image)], sdxl.image_encoder, "global")
+    image = encode_images([load_image(tiny.style_image)], sdxl.resources.image_encoder, "global")
     _, _, pooled, _ = sdxl.pipe.encode_prompt("a rabbit", device="cpu", do_classifier_free_guidance=False)
-    style, negative = sdxl.style_embeds(sdxl.complete(make_request(tiny, content_prompt="a rabbit", content_scale=0.5)))
+    style, negative = style_embeds(sdxl, make_request(tiny, content_prompt="a rabbit", content_scale=0.5))
     assert torch.allclose(style, image - 0.5 * pooled, atol=1e-6)
     assert torch.equal(negative, torch.zeros_like(style))
 
 
 def test_content_image_subtraction_equals_the_formula(sdxl, tiny):
-    embed = lambda path: encode_images([load_image(path)], sdxl.image_encoder, "global")  # noqa: E731
-    style, _ = sdxl.style_embeds(
-        sdxl.complete(make_request(tiny, content_image=str(tiny.content_image), content_scale=0.7))
+    embed = lambda path: encode_images([load_image(path)], sdxl.resources.image_encoder, "global")  # noqa: E731
+    style, _ = style_embeds(
+        sdxl, make_request(tiny, content_image=str(tiny.content_image), content_scale=0.7)
     )
     assert torch.allclose(style, embed(tiny.style_image) - 0.7 * embed(tiny.content_image), atol=1e-6)
 
@@ -122,8 +122,9 @@ def test_a_content_text_encoder_without_its_projection_is_refused_not_filled_wit
 
 
 def test_style_file_round_trip_gives_the_same_image(sdxl, tiny, tmp_path):
-    style, negative = sdxl.style_embeds(sdxl.complete(make_request(tiny)))
-    path = save_style(tmp_path / "s.safetensors", StyleFile(style, negative, "global", sdxl.image_encoder.identity, {}))
+    style, negative = style_embeds(sdxl, make_request(tiny))
+    identity = sdxl.resources.image_encoder.identity
+    path = save_style(tmp_path / "s.safetensors", StyleFile(style, negative, "global", identity, {}))
     assert torch.equal(load_style(path).embeds, style)
     from_image = sdxl(make_request(tiny)).images[0]
     from_file = sdxl(make_request(tiny, style=str(path))).images[0]
@@ -151,9 +152,9 @@ def make_request(tiny, **changes):
 
 def extreme_style_file(pipe, tiny, path, value):
     """A style file (as a hostile or broken tool might write one) whose embedding is ``value`` everywhere."""
-    style, negative = pipe.style_embeds(pipe.complete(make_request(tiny)))
+    style, negative = style_embeds(pipe, make_request(tiny))
     extreme = torch.full_like(style, value)
-    return save_style(path, StyleFile(extreme, negative, "global", pipe.image_encoder.identity, {}))
+    return save_style(path, StyleFile(extreme, negative, "global", pipe.resources.image_encoder.identity, {}))
 
 
 def test_a_style_file_holding_inf_or_nan_is_refused_when_read(sdxl, tiny, tmp_path):

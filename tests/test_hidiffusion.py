@@ -20,7 +20,14 @@ import torch
 from instantstyle import Request
 from instantstyle.errors import UserError
 from instantstyle.families import family_named
-from instantstyle.modes.hidiffusion import denoising_calls, hidiffusion, window_merge, window_partition, window_shift
+from instantstyle.modes.hidiffusion import (
+    denoising_calls,
+    hidiffusion,
+    hooks_on,
+    window_merge,
+    window_partition,
+    window_shift,
+)
 from instantstyle.modes.hidiffusion_settings import settings_of, switching_schedule
 from instantstyle.modes.image import default_strength
 from instantstyle.testing.hires import HiresModels, hires_models
@@ -78,7 +85,7 @@ def test_sd15_changes_the_image_and_leaves_the_unet_exactly_as_before(sd15, tiny
     assert np.abs(during - before).mean() > 1
     assert (after == before).all()
     assert all(torch.equal(v, weights[k]) for k, v in unet.state_dict().items())
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules()) and hooks_on(unet) == 0
     conv = unet.get_submodule(SD15.dilated_conv)
     assert (conv.stride, conv.padding, conv.dilation) == ((2, 2), (1, 1), (1, 1))
 
@@ -87,21 +94,29 @@ def test_an_error_inside_the_block_still_removes_it(sdxl):
     unet = sdxl.pipe.unet
     upsamplers = unet.num_upsamplers
     with pytest.raises(RuntimeError, match="boom"), hidiffusion(unet, "sdxl", steps=3, seed=0):
+        assert hooks_on(unet) > 0
         raise RuntimeError("boom")
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
+    assert hooks_on(unet) == 0 and not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
     assert unet.num_upsamplers == upsamplers
 
 
-@pytest.mark.parametrize("changes, mode", [
-    ({"content_prompt": "a cat"}, "text"),
-    ({"init_image": "init", "strength": 0.8}, "img2img"),
-    ({"control": "canny", "control_image": "init"}, "text"),
-    ({"control": "canny", "init_image": "init"}, "img2img"),
-    ({"init_image": "init", "mask": "left"}, "inpaint"),
-    ({"style": ("style", "style2"), "regions": ("left", "right")}, "text"),
-    ({"lora": "lora"}, "text"),
+#: What takes a feature out of a request (the request without it, for comparison).
+WITHOUT = {"content_prompt": None, "init_image": None, "strength": None, "control": None, "control_image": None,
+           "controlnet": None, "mask": None, "regions": (), "lora": ()}
+
+
+@pytest.mark.parametrize("changes, feature", [
+    ({"content_prompt": "a cat"}, ("content_prompt",)),
+    ({"init_image": "init", "strength": 0.8}, ("init_image", "strength")),
+    ({"control": "canny", "control_image": "init"}, ("control", "control_image", "controlnet")),
+    ({"control": "canny", "init_image": "init"}, ("control", "controlnet")),
+    ({"init_image": "init", "mask": "left"}, ("mask",)),
+    ({"style": ("style", "style2"), "regions": ("left", "right")}, ("regions",)),
+    ({"lora": "lora"}, ("lora",)),
 ], ids=["content-subtraction", "img2img", "controlnet", "controlnet-img2img", "inpaint", "regions", "lora"])
-def test_composes_with_instantstyle(sdxl, tiny, modes, tmp_path, changes, mode):
+def test_composes_with_instantstyle(sdxl, tiny, modes, tmp_path, changes, feature):
+    """HiDiffusion acts on a request with each InstantStyle feature (its phases run and the image changes), and the
+    feature still acts under HiDiffusion: the request without it, with HiDiffusion too, is another image."""
     files = {"init": modes.init_image, "left": modes.left_mask, "right": modes.right_mask,
              "style": tiny.style_image, "style2": modes.second_style}
     if "lora" in changes:
@@ -114,13 +129,21 @@ def test_composes_with_instantstyle(sdxl, tiny, modes, tmp_path, changes, mode):
     if "control" in fields:
         fields["controlnet"] = str(modes.sdxl_controlnet)
     request = Request(**{"prompt": "a cat", "style": str(tiny.style_image), **FAST, "steps": STEPS, **fields})
-    plain = pixels(sdxl(request).images[0])
-    calls = denoising_calls(sdxl.pipe.scheduler, STEPS, default_strength(request))
-    with hidiffusion(sdxl.pipe.unet, "sdxl", steps=calls, seed=3, inpaint=mode == "inpaint",
-                     text_controlnet=mode == "text" and "control" in fields) as run:
-        image = pixels(sdxl(request).images[0])
-    assert len(run.phases) == calls and set(run.phases) - {"plain"}
-    assert np.abs(image - plain).mean() > 0.5
+
+    def with_hidiffusion(asked: Request) -> np.ndarray:
+        calls = denoising_calls(sdxl.pipe.scheduler, STEPS, default_strength(asked))
+        with hidiffusion(sdxl.pipe.unet, "sdxl", steps=calls, seed=3, inpaint=asked.mode == "inpaint",
+                         text_controlnet=asked.mode == "text" and asked.control is not None) as run:
+            image = pixels(sdxl(asked).images[0])
+        assert len(run.phases) == calls and set(run.phases) - {"plain"}
+        return image
+
+    image = with_hidiffusion(request)
+    assert np.abs(image - pixels(sdxl(request).images[0])).mean() > 0.5
+    without = request.replace(**{name: WITHOUT[name] for name in feature})
+    # A feature that did nothing would give the same pixels, bit for bit; regions (two styles on two halves against
+    # the same two blended everywhere) move this tiny model's image least: 0.05 levels on average.
+    assert np.abs(image - with_hidiffusion(without)).mean() > 0.02
 
 
 def test_refuses_what_it_cannot_act_on(sdxl):
@@ -128,7 +151,8 @@ def test_refuses_what_it_cannot_act_on(sdxl):
     from peft import LoraConfig
 
     without = replace(family_named("sdxl"), name="dit", features={})  # a family that gives no HiDiffusion settings
-    with pytest.raises(UserError, match=r"^--hidiffusion works on UNet models \(sd15, sdxl\), not on dit: "):
+    refused = r"^--hidiffusion works on the UNet models it has settings for \(sd15, sdxl\), not on dit: "
+    with pytest.raises(UserError, match=refused):
         with hidiffusion(sdxl.pipe.unet, without, steps=3, seed=0):
             pass
     with pytest.raises(UserError, match="this UNet has no Transformer2DModel"):

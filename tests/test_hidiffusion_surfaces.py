@@ -20,14 +20,14 @@ from PIL import Image
 from instantstyle import Request, UserError
 from instantstyle.app.batch import read_jobs, run_batch
 from instantstyle.app.cli import main
-from instantstyle.core.pipeline import batch_key
-from instantstyle.core.preflight import check_family, check_runtime
+from instantstyle.core.plan import batch_key
+from instantstyle.core.preflight import ModelInfo, check
 from instantstyle.core.request import read_png_request
 from instantstyle.families import family_named
 from instantstyle.loading.runtime import Runtime
-from instantstyle.modes.hidiffusion import denoising_calls, hidiffusion
+from instantstyle.modes.hidiffusion import denoising_calls, hidiffusion, hooks_on
 
-from .conftest import pixels
+from .conftest import pixels, with_resources
 
 HIRES = {"steps": 3, "width": 128, "height": 128}
 NO_HIDIFFUSION = replace(family_named("sdxl"), name="dit", features={})  # a family without HiDiffusion settings
@@ -76,6 +76,7 @@ def test_a_hidiffusion_request_changes_the_image_and_leaves_the_unet_as_it_was(s
     assert np.abs(during - before).mean() > 1
     assert (pixels(sdxl(request).images[0]) == before).all()
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in sdxl.pipe.unet.modules())
+    assert hooks_on(sdxl.pipe.unet) == 0
 
 
 def test_batched_hidiffusion_requests_each_get_the_image_of_their_own_run(sdxl, tiny):
@@ -109,23 +110,24 @@ def test_hidiffusion_must_be_true_or_false():
 
 def test_a_family_without_hidiffusion_settings_is_refused_in_one_line_before_anything_changes(sdxl, tiny):
     request = Request("a cat", style=str(tiny.style_image), hidiffusion=True)
-    message = r"^--hidiffusion works on UNet models \(sd15, sdxl\), not on dit: its RAU-Net and MSW-MSA change"
+    message = (r"^--hidiffusion works on the UNet models it has settings for \(sd15, sdxl\), not on dit: its RAU-Net "
+               "and MSW-MSA change")
     with pytest.raises(UserError, match=message):
-        check_family(request, NO_HIDIFFUSION)
-    check_family(request, family_named("sd15"))
-    check_family(request.replace(hidiffusion=False), NO_HIDIFFUSION)
+        check(request, Runtime(), ModelInfo(NO_HIDIFFUSION))
+    check(request, Runtime(), ModelInfo(family_named("sd15")))
+    check(request.replace(hidiffusion=False), Runtime(), ModelInfo(NO_HIDIFFUSION))
     scheduler = sdxl.pipe.scheduler
     with pytest.raises(UserError, match=message):
-        replace(sdxl, family=NO_HIDIFFUSION)(request.replace(scheduler="ddim"))
+        with_resources(sdxl, family=NO_HIDIFFUSION)(request.replace(scheduler="ddim"))
     assert sdxl.pipe.scheduler is scheduler  # refused before the request's scheduler was set
 
 
-def test_a_compiled_unet_is_refused_by_the_runtime_check():
-    request = Request("a cat", style=("s.png",), hidiffusion=True)
+def test_a_compiled_unet_is_refused_by_the_runtime_check(tiny):
+    request = Request("a cat", style=(str(tiny.style_image),), hidiffusion=True)
     with pytest.raises(UserError, match=r"^--hidiffusion cannot act on a compiled UNet: drop --compile"):
-        check_runtime(request, Runtime(compile_backend="inductor"))
-    check_runtime(request, Runtime())
-    check_runtime(request.replace(hidiffusion=False), Runtime(compile_backend="inductor"))
+        check(request, Runtime(compile_backend="inductor"))
+    check(request, Runtime())
+    check(request.replace(hidiffusion=False), Runtime(compile_backend="inductor"))
 
 
 # --- the command line ----------------------------------------------------------------------------------------------
@@ -215,7 +217,7 @@ def test_the_ui_checkbox_becomes_the_request_field_and_comes_back(sdxl, tiny, tm
     assert request.hidiffusion
     restored, _ = ui.form_values(sdxl, work, request)
     assert restored[ui.FIELDS.index("hidiffusion")] is True
-    compiled = replace(sdxl, runtime=sdxl.runtime.replace(compile_backend="inductor"))
+    compiled = with_resources(sdxl, runtime=sdxl.resources.runtime.replace(compile_backend="inductor"))
     app = ui.App(ui.PipelineHolder(compiled), work)
     with pytest.raises(UserError, match="cannot act on a compiled UNet"):
         app.generate(values, lambda *args, **kwargs: None)

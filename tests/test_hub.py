@@ -247,3 +247,31 @@ def test_a_cached_hub_model_loads_without_network_asking_the_hub_once(tmp_path, 
         hub.close()
     assert result.returncode == 0 and "someone/tiny-sdxl (sdxl)" in result.stdout, result.stderr
     assert hub.connections == 1
+
+
+@pytest.mark.parametrize(("in_repo", "asked"), [
+    ("ip_adapter_plus_general.bin", "image_encoder/*"),  # Kwai-Kolors/Kolors-IP-Adapter-Plus: a file at the root
+    ("sdxl_models/ip-adapter_sdxl.safetensors", "sdxl_models/image_encoder/*"),  # h94/IP-Adapter
+])
+def test_the_image_encoder_beside_a_cached_adapter_is_fetched_from_its_own_folder(in_repo, asked, tiny, tmp_path,
+                                                                                   monkeypatch):
+    """The image encoder is not downloaded yet: it is asked of the adapter's repository, beside the file."""
+    import huggingface_hub
+
+    from instantstyle.core.adapter import read_adapter
+    from instantstyle.loading.hub import find_image_encoder
+
+    snapshot = tmp_path / "hub" / "models--org--adapter" / "snapshots" / ("0" * 40)
+    (snapshot / in_repo).parent.mkdir(parents=True)
+    shutil.copy(tiny.sdxl_adapter_bin if in_repo.endswith(".bin") else tiny.sdxl_adapter, snapshot / in_repo)
+    asked_for = []
+
+    def download(repo_id, allow_patterns):  # the hub's answer: the folder lands in the snapshot
+        asked_for.append((repo_id, allow_patterns))
+        encoder = tiny.adapters / "sdxl_models" / "image_encoder"
+        shutil.copytree(encoder, snapshot / allow_patterns[0].removesuffix("/*"))
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    found = find_image_encoder(read_adapter(snapshot / in_repo))
+    assert asked_for == [("org/adapter", [asked])] and found == snapshot / asked.removesuffix("/*")

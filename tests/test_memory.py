@@ -12,7 +12,7 @@ from instantstyle.core.blocks import resolve_blocks
 from instantstyle.errors import UserError
 from instantstyle.loading.memory import is_released
 
-from .conftest import FAST, pixels
+from .conftest import FAST, encode, pixels
 
 STYLE_LAYER = "up_blocks.0.attentions.1.transformer_blocks.0.attn2.processor"
 
@@ -52,12 +52,12 @@ def low_memory(tiny) -> StylePipeline:
 
 
 def test_low_memory_does_not_load_the_encoder_until_a_style_needs_it(low_memory) -> None:
-    assert is_released(low_memory.image_encoder)
+    assert is_released(low_memory.resources.image_encoder)
 
 
 def test_low_memory_releases_the_encoder_after_encoding(low_memory, tiny) -> None:
     low_memory(prompt="a boat", style=str(tiny.style_image), **FAST)
-    assert is_released(low_memory.image_encoder)
+    assert is_released(low_memory.resources.image_encoder)
 
 
 def test_low_memory_images_match_the_resident_encoder(low_memory, sdxl, tiny) -> None:
@@ -66,9 +66,9 @@ def test_low_memory_images_match_the_resident_encoder(low_memory, sdxl, tiny) ->
 
 
 def test_encoder_stays_resident_without_low_memory(sdxl, tiny) -> None:
-    sdxl.encode(str(tiny.style_image))
-    assert not sdxl.low_memory
-    assert not is_released(sdxl.image_encoder)
+    encode(sdxl, str(tiny.style_image))
+    assert not sdxl.resources.low_memory
+    assert not is_released(sdxl.resources.image_encoder)
 
 
 def test_plus_adapter_negative_is_computed_once_and_encoder_released(tiny) -> None:
@@ -76,16 +76,16 @@ def test_plus_adapter_negative_is_computed_once_and_encoder_released(tiny) -> No
         str(tiny.sdxl), str(tiny.sdxl_plus_adapter), device="cpu", low_memory=True
     )
     calls = []
-    pipe.image_encoder.model.register_forward_hook(lambda *_: calls.append(1))
+    pipe.resources.image_encoder.model.register_forward_hook(lambda *_: calls.append(1))
     for prompt in ("a cup", "a bowl"):
         pipe(prompt=prompt, style=str(tiny.style_image), **FAST)
     assert len(calls) == 2  # the style image and the black negative, each once
-    assert is_released(pipe.image_encoder)
+    assert is_released(pipe.resources.image_encoder)
 
 
 def test_model_offload_runs_the_adapter_and_gives_the_same_image(sdxl, tiny) -> None:
     pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", offload="model")
-    assert pipe.low_memory  # offload implies keeping the encoder off the device
+    assert pipe.resources.low_memory  # offload implies keeping the encoder off the device
     request = {"prompt": "a tree", "style": str(tiny.style_image), **FAST}
     assert pixels(pipe(**request).images[0]) == pytest.approx(pixels(sdxl(**request).images[0]), abs=1)
 

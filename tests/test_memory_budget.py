@@ -12,11 +12,12 @@ from diffusers import AutoencoderKL
 from instantstyle import Request, StylePipeline, UserError
 from instantstyle.app.cli import main
 from instantstyle.core.adapter import adapter_parameter_count
-from instantstyle.core.pipeline import PHASES
+from instantstyle.core.plan import PHASES, complete, plan
 from instantstyle.loading.memory import Decode, GiB, decode_bytes, decode_plan, is_released, module_bytes
 from instantstyle.loading.runtime import Runtime
+from instantstyle.scores.scorers import Scorers
 
-from .conftest import FAST, pixels
+from .conftest import FAST, pixels, while_decoding
 
 #: SDXL base 1.0's VAE (the benchmark's copy of the public config), built on the meta device: sizes, no weights.
 SDXL_VAE = dict(
@@ -42,13 +43,14 @@ def request_for(tiny, **changes) -> Request:
 def test_prompts_encoded_before_the_call_give_the_image_the_call_makes_from_the_prompts(arch_pipe, tiny):
     """The text phase passes the embeddings of the family's ``encode_prompt``; the same call given the prompt
     strings instead (diffusers encodes them inside) makes the same pixels, on both families."""
-    request = request_for(tiny)
-    prepared = arch_pipe.prepare(request)
-    assert "prompt_embeds" in prepared.kwargs and "prompt" not in prepared.kwargs
-    ours = prepared.call().images
-    inside = arch_pipe.prepare(request).call(
-        prompt=request.prompt, negative_prompt=request.negative_prompt,
-        **{key: None for key in TEXT_KEYS if key in prepared.kwargs}).images
+    res = arch_pipe.resources
+    request = complete(request_for(tiny), res)
+    with plan(request, res).applied(res) as call:
+        assert "prompt_embeds" in call.kwargs and "prompt" not in call.kwargs
+        ours = call()
+    with plan(request, res).applied(res) as call:
+        inside = call(prompt=request.prompt, negative_prompt=request.negative_prompt,
+                      **{key: None for key in TEXT_KEYS if key in call.kwargs})
     assert all((pixels(a) == pixels(b)).all() for a, b in zip(ours, inside, strict=True))
 
 
@@ -62,13 +64,13 @@ def test_a_memory_budget_makes_the_same_pixels_as_no_budget(budgeted, sdxl, tiny
 
 def test_a_budget_keeps_only_the_targeted_adapter_layers_even_if_all_are_asked_for(budgeted, tiny):
     pruned = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu")
-    assert not budgeted.keep_all_weights
-    assert adapter_parameter_count(budgeted.denoiser) == adapter_parameter_count(pruned.denoiser)
+    assert not budgeted.resources.runtime.keeps_all_weights
+    assert adapter_parameter_count(budgeted.resources.denoiser) == adapter_parameter_count(pruned.resources.denoiser)
 
 
 def test_a_budget_frees_the_image_encoder_after_it_encodes(budgeted, tiny):
     budgeted(request_for(tiny, num_images=1, steps=1))
-    assert budgeted.low_memory and is_released(budgeted.image_encoder)
+    assert budgeted.resources.low_memory and is_released(budgeted.resources.image_encoder)
 
 
 def test_each_phase_is_told_in_order_once_per_image_call(sdxl, tiny):
@@ -102,7 +104,8 @@ def test_sdxl_at_1024_px_in_8_gib_decodes_in_tiles_and_in_24_gib_whole():
     tiled = decode_plan(vae, 1024, 1024, torch.float16, room)
     assert tiled.tile is not None and 512 <= tiled.tile < 1024 and tiled.slicing
     assert decode_bytes(vae, tiled.tile, tiled.tile, torch.float16) <= room
-    assert decode_plan(vae, 1024, 1024, torch.float16, 24 * GiB - unet) == Decode(None, slicing=True)
+    assert decode_plan(vae, 1024, 1024, torch.float16, 24 * GiB - unet) == Decode(None)  # as without a budget
+    assert decode_plan(vae, 1024, 1024, torch.float16, 24 * GiB - unet, images=8) == Decode(None, slicing=True)
 
 
 def test_a_budget_too_small_to_decode_even_small_tiles_is_one_line(tiny):
@@ -117,21 +120,20 @@ def test_a_budget_tiles_the_decode_of_an_image_too_large_for_its_room(tiny):
     budget only does this where the whole image would not fit)."""
     base = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu")
     vae, request = base.pipe.vae, request_for(tiny, num_images=1, steps=1, width=256, height=256)
-    resident = module_bytes(base.denoiser) + module_bytes(vae)
+    resident = module_bytes(base.resources.denoiser) + module_bytes(vae)
     room = decode_bytes(vae, 160, 160, torch.float32)
     budget = (resident + GiB // 2 + room) / GiB
     pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", memory_budget=budget)
-    image = pipe(request).images[0]
-    assert image.size == (256, 256)
-    assert pipe.pipe.vae.use_tiling and pipe.pipe.vae.tile_sample_min_size == 128
+    result, during = while_decoding(pipe, request)
+    assert result.images[0].size == (256, 256)
+    assert during["tiling"] and during["tile"] == 128
 
 
 def test_vae_tiling_decodes_in_tiles_of_half_the_native_size_and_one_image_at_a_time(tiny):
     pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", vae_tiling=True)
-    native = pipe.family.native_size(pipe.pipe)
-    pipe(request_for(tiny, num_images=2, steps=1, width=native, height=native))
-    vae = pipe.pipe.vae
-    assert vae.use_tiling and vae.use_slicing and vae.tile_sample_min_size == native // 2
+    native = pipe.resources.family.native_size(pipe.pipe)
+    _, during = while_decoding(pipe, request_for(tiny, num_images=2, steps=1, width=native, height=native))
+    assert during == {"tiling": True, "slicing": True, "tile": native // 2}
 
 
 @pytest.mark.parametrize(
@@ -202,7 +204,7 @@ def test_a_budget_scores_as_no_budget_does(budgeted, sdxl, tiny, tmp_path):
 
     checkpoint = build_csd_checkpoint(tmp_path / "csd.pth")
     result = sdxl(request_for(tiny, num_images=1, content_prompt="stripes"))
-    ours, theirs = budgeted.score(result, csd=checkpoint)[0], sdxl.score(result, csd=checkpoint)[0]
+    ours, theirs = Scorers(budgeted).score(result, csd=checkpoint)[0], Scorers(sdxl).score(result, csd=checkpoint)[0]
     assert all(ours.get(key) is not None for key in ("clip_text", "clip_style", "content_leak", "csd_style"))
     assert ours == theirs
 

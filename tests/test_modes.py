@@ -6,10 +6,11 @@ import torch
 from PIL import Image
 
 from instantstyle import Request, StylePipeline, UserError
+from instantstyle.core.plan import complete
 from instantstyle.modes.control import canny, estimate_depth
 from instantstyle.modes.image import init_size, mode_kwargs
 
-from .conftest import FAST, pixels
+from .conftest import FAST, pixels, while_decoding
 
 
 def make_request(tiny, **changes) -> Request:
@@ -104,8 +105,8 @@ def test_control_image_steers_the_result(request, tiny, modes, name, control):
 def test_depth_model_turns_a_photo_into_the_depth_map(sdxl, tiny, modes):
     request = make_request(tiny, control="depth", control_image=str(modes.init_image),
                            controlnet=str(modes.sdxl_controlnet))
-    with_model = sdxl.complete(request.replace(depth_model=str(modes.depth_model)))
-    estimator = sdxl.depth_model(with_model)
+    with_model = complete(request.replace(depth_model=str(modes.depth_model)), sdxl.resources)
+    estimator = sdxl.resources.depth_model(str(modes.depth_model))
     depth = estimate_depth(Image.open(modes.init_image).convert("RGB"), estimator, (64, 64))
     grey = np.asarray(depth)
     assert (grey[..., 0] == grey[..., 2]).all() and grey.min() == 0 and grey.max() == 255
@@ -120,12 +121,18 @@ def test_control_scale_0_adds_nothing(sdxl, tiny, modes):
     assert abs(pixels(sdxl(off).images[0]) - plain).max() <= 1
 
 
-def test_control_with_img2img_and_inpainting(sdxl, tiny, modes):
-    common = {"control": "canny", "controlnet": str(modes.sdxl_controlnet), "init_image": str(modes.init_image)}
-    img2img = pixels(sdxl(make_request(tiny, **common)).images[0])
-    inpaint = pixels(sdxl(make_request(tiny, **common, mask=str(modes.left_mask))).images[0])
-    init = pixels(Image.open(modes.init_image).convert("RGB"))
-    assert abs(inpaint - init)[:, 32:].max() <= 1 and abs(img2img - inpaint).mean() > 1
+@pytest.mark.parametrize("mask", [False, True], ids=["img2img", "inpaint"])
+def test_a_controlnet_steers_img2img_and_inpainting_too(sdxl, tiny, modes, mask):
+    """The same img2img / inpainting request with and without the ControlNet: another image where it repaints
+    (the left half under the mask), and inpainting keeps the init image outside the mask either way."""
+    request = make_request(tiny, init_image=str(modes.init_image), mask=str(modes.left_mask) if mask else None)
+    without = pixels(sdxl(request).images[0])
+    steered = pixels(sdxl(request.replace(control="canny", controlnet=str(modes.sdxl_controlnet))).images[0])
+    repainted = slice(0, 32) if mask else slice(0, 64)
+    assert abs(steered - without)[:, repainted].mean() > 1
+    if mask:
+        init = pixels(Image.open(modes.init_image).convert("RGB"))
+        assert abs(steered - init)[:, 32:].max() <= 1
 
 
 def test_controlnet_attention_never_sees_image_tokens(sdxl, tiny, modes):
@@ -140,7 +147,8 @@ def test_controlnet_attention_never_sees_image_tokens(sdxl, tiny, modes):
 
     handles = [
         module.register_forward_pre_hook(record(where), with_kwargs=True)
-        for where, model in (("controlnet", sdxl.controlnet(request)), ("unet", sdxl.pipe.unet))
+        for where, model in (("controlnet", sdxl.resources.controlnet(str(modes.sdxl_controlnet))),
+                             ("unet", sdxl.pipe.unet))
         for name, module in model.named_modules()
         if name.endswith("attn2")
     ]
@@ -162,13 +170,13 @@ def test_controlnet_for_the_other_architecture_is_an_error(sdxl, tiny, modes):
 
 def test_default_controlnet_is_recorded_and_missing_offline_is_an_error(sdxl, tiny, modes):
     request = make_request(tiny, control="canny", control_image=str(modes.init_image))
-    assert sdxl.complete(request).controlnet == "diffusers/controlnet-canny-sdxl-1.0"
+    assert complete(request, sdxl.resources).controlnet == "diffusers/controlnet-canny-sdxl-1.0"
     with pytest.raises(UserError, match="controlnet 'diffusers/controlnet-canny-sdxl-1.0'"):
         sdxl(request)
 
 
-def test_vae_tiling_turns_on_above_1024_px(sdxl, tiny):
-    wide = sdxl(make_request(tiny, width=1088, height=64, steps=1))
-    assert wide.images[0].size == (1088, 64) and sdxl.pipe.vae.use_tiling
-    sdxl(make_request(tiny, steps=1))
-    assert not sdxl.pipe.vae.use_tiling
+def test_vae_tiling_turns_on_above_1024_px_for_that_call_only(sdxl, tiny):
+    wide, during = while_decoding(sdxl, make_request(tiny, width=1088, height=64, steps=1))
+    assert wide.images[0].size == (1088, 64) and during["tiling"] and not sdxl.pipe.vae.use_tiling
+    _, during = while_decoding(sdxl, make_request(tiny, steps=1))
+    assert not during["tiling"]

@@ -62,7 +62,7 @@ def test_result_records_the_seed_size_model_and_adapter(sdxl, tiny):
 
 
 def test_sd15_model_and_adapter(sd15, tiny):
-    assert sd15.arch == "sd15"
+    assert sd15.resources.family.name == "sd15"
     with_style = pixels(sd15(make_request(tiny)).images[0])
     without = pixels(sd15(make_request(tiny, scale=0.0)).images[0])
     assert abs(with_style - without).mean() > 0.5
@@ -84,14 +84,14 @@ def test_single_file_checkpoint_loads_and_matches_the_folder(sdxl, tiny, tmp_pat
     pipe = StylePipeline.from_pretrained(
         str(single), str(tiny.sdxl_adapter), device="cpu", single_file_config=str(tiny.sdxl)
     )
-    assert pipe.arch == "sdxl"
+    assert pipe.resources.family.name == "sdxl"
     request = make_request(tiny)
     assert abs(pixels(pipe(request).images[0]) - pixels(sdxl(request).images[0])).max() <= 1
 
 
 def test_image_encoder_is_found_beside_the_adapter_by_its_width(tiny):
     pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_vith_adapter), device="cpu")
-    assert pipe.image_encoder.identity.endswith("models/image_encoder")
+    assert pipe.resources.image_encoder.identity.endswith("models/image_encoder")
 
 
 def test_explicit_image_encoder_of_the_wrong_width_is_an_error(tiny):
@@ -138,23 +138,28 @@ def test_a_content_prompt_past_77_tokens_is_warned_about(sdxl, tiny, caplog):
     assert any(r.getMessage().startswith("warning: the content prompt is ") for r in caplog.records)
 
 
-def test_a_feature_holds_for_exactly_one_call_through_prepare(sdxl, tiny):
-    """``prepare`` is the one path to an image: a context manager a feature puts in ``during`` (HiDiffusion's
-    hooks, say) is entered around the denoising call and left after it."""
+def test_a_feature_holds_for_exactly_one_call_through_the_plan(sdxl, tiny):
+    """A context a feature puts in ``Plan.during`` (HiDiffusion's hooks, say) is entered around the denoising call
+    and left after it."""
+    import dataclasses
     from contextlib import contextmanager
+
+    from instantstyle.core.plan import complete, plan
 
     calls = []
 
     @contextmanager
-    def count_denoiser_calls():
-        handle = sdxl.denoiser.register_forward_pre_hook(lambda *_: calls.append(1))
+    def count_denoiser_calls(plan, resources, pipe):
+        handle = resources.denoiser.register_forward_pre_hook(lambda *_: calls.append(1))
         try:
             yield
         finally:
             handle.remove()
 
-    prepared = sdxl.prepare(make_request(tiny))
-    prepared.during.append(count_denoiser_calls())
-    image = sdxl.run(prepared).images[0]
-    assert len(calls) == FAST["steps"] and not sdxl.denoiser._forward_pre_hooks
+    res = sdxl.resources
+    planned = plan(complete(make_request(tiny), res), res)
+    planned = dataclasses.replace(planned, during=(*planned.during, count_denoiser_calls))
+    with planned.applied(res) as call:
+        image = call()[0]
+    assert len(calls) == FAST["steps"] and not sdxl.resources.denoiser._forward_pre_hooks
     assert (pixels(image) == pixels(sdxl(make_request(tiny)).images[0])).all()

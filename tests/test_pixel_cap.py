@@ -3,7 +3,6 @@ a pixel is decoded: references, init, mask, control, regions, composition and co
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import struct
 import zlib
@@ -16,9 +15,10 @@ from instantstyle.app.batch import run_batch
 from instantstyle.core.preflight import check_request
 from instantstyle.files.images import MAX_PIXELS, PIL_PIXEL_LIMIT, image_size, load_image
 from instantstyle.loading.runtime import Runtime
+from instantstyle.scores.scorers import Scorers
 from instantstyle.testing import make_style_image
 
-from .conftest import FAST
+from .conftest import FAST, with_resources
 from .test_cli import run
 
 CAP = 64 * 64  # the lowest cap there is; the test images below are 80 x 80
@@ -82,8 +82,8 @@ def test_every_kind_of_input_image_is_held_to_the_cap(tiny, big, fields, what):
 
 
 def test_the_pipelines_own_reads_use_its_runtimes_cap(sdxl, tiny, big):
-    """The Python API without the preflight: the reference is refused when the pipeline reads it."""
-    capped = dataclasses.replace(sdxl, runtime=sdxl.runtime.replace(max_pixels=CAP))
+    """The Python API holds every image to its pipeline's runtime's cap too."""
+    capped = with_resources(sdxl, runtime=sdxl.resources.runtime.replace(max_pixels=CAP))
     with pytest.raises(UserError, match="style image .* over the limit of 4,096 pixels"):
         capped(Request("a cat", style=big, **FAST))
     with pytest.raises(UserError, match="init image .* over the limit of 4,096 pixels"):
@@ -148,8 +148,8 @@ def test_max_pixels_reaches_score_and_probe_blocks_before_a_model_loads(cli, tin
 
 def test_scores_hold_the_images_they_read_to_the_pipelines_cap(sdxl, tiny, big):
     """Scored images and style references named by path, through the pipeline's scorer (the UI's and the API's)."""
-    capped = dataclasses.replace(sdxl, runtime=sdxl.runtime.replace(max_pixels=CAP))
-    scorer = capped.scorer()
+    capped = with_resources(sdxl, runtime=sdxl.resources.runtime.replace(max_pixels=CAP))
+    scorer = Scorers(capped).scorer()
     with pytest.raises(UserError, match="^image .* over the limit of 4,096 pixels"):
         scorer.score([big], "a cat")
     with pytest.raises(UserError, match="^style image .* over the limit of 4,096 pixels"):

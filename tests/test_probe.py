@@ -16,6 +16,7 @@ from instantstyle.scores.plots import save_plot, scatter_plot
 from instantstyle.scores.preset_file import write_presets
 from instantstyle.scores.probe import ALL, NONE, probe_cells, probe_presets, probe_requests, probe_table, rank_blocks
 from instantstyle.scores.scorer import Scores
+from instantstyle.scores.scorers import Scorers
 
 from .conftest import FAST, pixels
 from .test_cli import run
@@ -27,8 +28,8 @@ BLOCKS = [BlockInfo("down_blocks.2.attentions.1", 2, ("layout",)), BlockInfo("up
 def probed(sdxl, tiny):
     """The probe of the tiny SDXL with one style and one prompt, scored with a content prompt."""
     base = Request("a cat", style=(str(tiny.style_image),), **FAST)
-    blocks = list_blocks(sdxl.layers, sdxl.arch)
-    scorer = sdxl.scorer()
+    blocks = list_blocks(sdxl.resources.layers, sdxl.resources.family.name)
+    scorer = Scorers(sdxl).scorer()
     results = []
     for job in probe_requests(base, blocks, content_prompts=["stripes"]):
         made = sdxl(job.request)
@@ -96,7 +97,7 @@ def test_probe_presets_save_and_load_back_as_blocks_specs(probed, sdxl, tiny, tm
     for name, spec in presets.items():
         expanded = expand_preset_ref(f"@{path}:{name}")
         assert expanded == spec
-        assert resolve_blocks(expanded, sdxl.layers, sdxl.arch)
+        assert resolve_blocks(expanded, sdxl.resources.layers, sdxl.resources.family.name)
     image = sdxl(Request("a cat", style=(str(tiny.style_image),), blocks=expand_preset_ref(f"@{path}:style"), **FAST))
     assert image.images[0].size == (64, 64)
 
@@ -128,7 +129,7 @@ def test_a_preset_reference_is_relative_to_the_base_folder(tmp_path):
     ('{"style": "up_blocks.0"', "@p.json:style", "invalid JSON"),
     ('{"style": ' + "[" * 100_000 + "]" * 100_000 + "}", "@p.json:style", "nested more than"),
     ('["style"]', "@p.json:style", "non-empty JSON object"),
-    ('{"style": "up_blocks.0=abc"}', "@p.json:style", "not a number"),
+    ('{"style": "up_blocks.0=abc"}', "@p.json:style", "preset 'style' is not a blocks spec"),
     ('{"a:b": "style"}', "@p.json:a", "without ':'"),
     ('{"x": "@other.json:y"}', "@p.json:x", "another presets file"),
     ('{"style": "up_blocks.0"}', "@p.json:layout", "has no preset 'layout'; it has: style"),
@@ -143,7 +144,7 @@ def test_bad_presets_are_one_line_errors(tmp_path, content, ref, message):
 
 
 @pytest.mark.parametrize(("name", "message"), [
-    ("/dev/zero", "over 1 MB"),
+    ("/dev/zero", "not a regular file"),
     ("folder.json", "is a folder"),
     ("binary.json", "not UTF-8 text"),
     ("huge.json", "over 1 MB"),
@@ -191,7 +192,8 @@ def test_probe_blocks_prints_every_block_of_the_model_ranked_by_style_score(sdxl
     lines = out.splitlines()
     header, body = lines[0].split(), [line.split() for line in lines[1:] if line.split()[0].isdigit()]
     assert header == ["rank", "block", "layers", "clip_style", "clip_text", "content_leak", "images"]
-    assert sorted(row[1] for row in body) == sorted(b.name for b in list_blocks(sdxl.layers, sdxl.arch))
+    blocks = list_blocks(sdxl.resources.layers, sdxl.resources.family)
+    assert sorted(row[1] for row in body) == sorted(b.name for b in blocks)
     assert [int(row[0]) for row in body] == list(range(1, len(body) + 1))
     styles = [float(row[3]) for row in body]
     assert styles == sorted(styles, reverse=True)
@@ -204,7 +206,7 @@ def test_probe_blocks_writes_each_scored_image_the_plot_csv_and_table(sdxl, prob
     folder, out, _ = probe_run
     probe = folder / "probe"
     images = sorted(probe.glob("*-style1-prompt1.png"))
-    assert len(images) == len(list_blocks(sdxl.layers, sdxl.arch)) + 2
+    assert len(images) == len(list_blocks(sdxl.resources.layers, sdxl.resources.family)) + 2
     for path in images:
         request = read_png_request(path)
         expected = {ALL: ("all", 1.0), NONE: ("all", 0.0)}.get(path.name.split("-style")[0])

@@ -22,6 +22,8 @@ from instantstyle.families import family_named
 from instantstyle.modes import restyle
 from instantstyle.testing.restyle import RestyleModels, tiny_restyle_models
 
+from .conftest import complete_for
+
 DATA = Path(__file__).parent / "data" / "restyle"
 CASES = json.loads((DATA / "cases.json").read_text())
 
@@ -50,12 +52,13 @@ def test_restyle_gives_the_authors_pixels_and_inverted_latent(sdxl, rs, name):
     got = np.asarray(result.images[0], dtype=np.float64)
     diff = np.abs(got - expected["image"])
     assert diff.mean() <= 0.5 and diff.max() <= 2.5, (diff.mean(), diff.max())
-    key = restyle.inversion_key(result.request, image_hash(result.request.restyle), sdxl.model_id, sdxl.dtype)
-    np.testing.assert_allclose(sdxl.inversions.latents[key].numpy(), expected["latent"], atol=1e-4, rtol=0)
+    res = sdxl.resources
+    key = restyle.inversion_key(result.request, image_hash(result.request.restyle), res.model_id, res.dtype)
+    np.testing.assert_allclose(sdxl.resources.inversions.latents[key].numpy(), expected["latent"], atol=1e-4, rtol=0)
 
 
 def test_restyle_fills_the_recipe_for_what_the_request_leaves_unset(sdxl, rs):
-    done = sdxl.complete(Request("a photo of a house", style=str(rs.style), restyle=str(rs.photo), steps=7))
+    done = complete_for(sdxl, Request("a photo of a house", style=str(rs.style), restyle=str(rs.photo), steps=7))
     assert (done.scheduler, done.control, done.control_scale) == ("ddim", "canny", 0.6)
     assert done.negative_prompt == restyle.RECIPE_NEGATIVE
     assert (done.inversion_steps, done.renoise_steps, done.restyle_content_scale, done.guidance) == (7, 1, 0.3, 5.0)
@@ -64,7 +67,7 @@ def test_restyle_fills_the_recipe_for_what_the_request_leaves_unset(sdxl, rs):
 
 
 def test_restyle_keeps_what_the_user_gave_over_the_recipe(sdxl, rs):
-    done = sdxl.complete(Request("a house", style=str(rs.style), restyle=str(rs.photo), negative_prompt="",
+    done = complete_for(sdxl, Request("a house", style=str(rs.style), restyle=str(rs.photo), negative_prompt="",
                                  scheduler="euler", control="tile", control_scale=0.4, inversion_steps=9))
     assert (done.negative_prompt, done.scheduler, done.control, done.control_scale) == ("", "euler", "tile", 0.4)
     assert done.inversion_steps == 9
@@ -72,17 +75,17 @@ def test_restyle_keeps_what_the_user_gave_over_the_recipe(sdxl, rs):
 
 
 def test_other_modes_keep_their_defaults(sdxl, tiny):
-    done = sdxl.complete(Request("a cat", style=str(tiny.style_image)))
+    done = complete_for(sdxl, Request("a cat", style=str(tiny.style_image)))
     assert (done.negative_prompt, done.control_scale, done.scheduler, done.inversion_steps) == ("", 1.0, None, None)
 
 
 def test_a_sweep_over_the_scales_inverts_the_photo_once(sdxl, rs):
     base = case_request(rs, {**CASES["default"], "seed": 31})
-    before = sdxl.inversions.inverted
+    before = sdxl.resources.inversions.inverted
     first = sdxl(base)
-    assert sdxl.inversions.inverted == before + 1 and sdxl.inversions.seconds > 0
+    assert sdxl.resources.inversions.inverted == before + 1 and sdxl.resources.inversions.seconds > 0
     other = sdxl(base.replace(restyle_content_scale=0.0, scale=0.5))
-    assert sdxl.inversions.inverted == before + 1 and sdxl.inversions.seconds == 0
+    assert sdxl.resources.inversions.inverted == before + 1 and sdxl.resources.inversions.seconds == 0
     assert np.abs(np.asarray(other.images[0], float) - np.asarray(first.images[0], float)).mean() > 1
 
 

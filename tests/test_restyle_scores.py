@@ -28,7 +28,7 @@ def rs(tiny, tmp_path_factory):
 
 def test_csd_scores_of_the_authors_image_are_the_similarities_their_script_prints(sdxl, rs):
     expected = np.load(DATA / "default.npz")
-    scorer = Scorer(sdxl.image_encoder, csd=load_csd(rs.csd), device=sdxl.device)
+    scorer = Scorer(sdxl.resources.image_encoder, csd=load_csd(rs.csd), device=sdxl.resources.device)
     image = Image.fromarray(expected["image"])
     scores = scorer.score([image], style=[str(rs.style)], photo=str(rs.photo))[0]
     assert scores.csd_content_keep == pytest.approx(float(expected["content_sim"]), abs=1e-5)
@@ -37,9 +37,10 @@ def test_csd_scores_of_the_authors_image_are_the_similarities_their_script_print
 
 def test_content_keep_is_the_clip_cosine_of_the_image_and_the_photo(sdxl, rs):
     image = Image.fromarray(np.load(DATA / "default.npz")["image"])
-    scores = Scorer(sdxl.image_encoder, device=sdxl.device).score([image], photo=str(rs.photo))[0]
-    photo = encode_reference(Image.open(rs.photo).convert("RGB"), sdxl.image_encoder, "global")
-    mine = encode_reference(image, sdxl.image_encoder, "global")
+    res = sdxl.resources
+    scores = Scorer(res.image_encoder, device=res.device).score([image], photo=str(rs.photo))[0]
+    photo = encode_reference(Image.open(rs.photo).convert("RGB"), sdxl.resources.image_encoder, "global")
+    mine = encode_reference(image, sdxl.resources.image_encoder, "global")
     assert scores.content_keep == pytest.approx(F.cosine_similarity(mine, photo).item(), abs=1e-6)
     assert scores.csd_content_keep is None  # no CSD given
 

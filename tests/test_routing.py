@@ -7,7 +7,7 @@ from PIL import Image
 from instantstyle import Request, UserError
 from instantstyle.core.adapter import adapter_parameter_count
 
-from .conftest import FAST, pixels
+from .conftest import FAST, encode, pixels
 
 
 def make_request(tiny, **changes) -> Request:
@@ -64,7 +64,7 @@ def test_crop_loses_the_edges_of_a_wide_reference_and_pad_and_tiles_keep_them(sd
     edited.paste((255, 0, 0), (0, 0, 48, 64))  # repaint the left edge only
     edited.save(tmp_path / "edited.png")
     for fit in ("crop", "pad", "tiles"):
-        before, after = sdxl.encode(str(modes.wide_style), fit), sdxl.encode(str(tmp_path / "edited.png"), fit)
+        before, after = encode(sdxl, str(modes.wide_style), fit), encode(sdxl, str(tmp_path / "edited.png"), fit)
         changed = (after - before).abs().max().item()
         assert (changed == 0) if fit == "crop" else (changed > 1e-3), fit
 

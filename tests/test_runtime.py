@@ -54,10 +54,10 @@ def test_a_batch_worker_loads_with_every_runtime_option(tiny, tmp_path):
         worker.close()
     pipe = worker.pipeline
     assert outcome.error is None and len(outcome.images) == 1
-    assert pipe.runtime == runtime
-    assert hasattr(pipe.denoiser, "_hf_hook")  # accelerate's model offload
-    assert pipe.denoiser._compiled_call_impl is not None  # torch.compile'd in place
-    assert pipe.low_memory and is_released(pipe.image_encoder)  # encoder freed after its one encode
+    assert pipe.resources.runtime == runtime
+    assert hasattr(pipe.resources.denoiser, "_hf_hook")  # accelerate's model offload
+    assert pipe.resources.denoiser._compiled_call_impl is not None  # torch.compile'd in place
+    assert pipe.resources.low_memory and is_released(pipe.resources.image_encoder)  # encoder freed after its one encode
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 from instantstyle import Request
 from instantstyle.core.request import write_png
 from instantstyle.scores.scorer import PNG_SCORES_KEY, SCORE_KEYS, read_png_scores
+from instantstyle.scores.scorers import Scorers
 from instantstyle.testing.csd import build_csd_checkpoint, csd_state_dict
 
 from .conftest import FAST
@@ -43,7 +44,7 @@ def test_score_prints_one_json_line_per_image_scored_against_the_request_it_carr
     assert code == 0, err
     lines = json_lines(out)
     assert [line["image"] for line in lines] == [str(p) for p in paths]
-    for line, expected in zip(lines, sdxl.score(result), strict=True):
+    for line, expected in zip(lines, Scorers(sdxl).score(result), strict=True):
         assert set(line) == {"image", *SCORE_KEYS}
         for key in ("clip_text", "clip_style", "content_leak"):
             assert line[key] == pytest.approx(expected.get(key), abs=1e-6)
@@ -56,7 +57,7 @@ def test_score_flags_replace_what_the_images_carry(capsys, sdxl, tiny, made):
     code, out, err = run(capsys, "score", paths[0], "--prompt", "a dog", "--style", f"{tiny.style_image}:1",
                          "--style", f"{tiny.content_image}:3", "--content-prompt", "a house", "--json", *models(tiny))
     assert code == 0, err
-    expected = sdxl.scorer().score([paths[0]], "a dog", [f"{tiny.style_image}:1", f"{tiny.content_image}:3"],
+    expected = Scorers(sdxl).scorer().score([paths[0]], "a dog", [f"{tiny.style_image}:1", f"{tiny.content_image}:3"],
                                    "a house")[0]
     line = json_lines(out)[0]
     assert [line[k] for k in SCORE_KEYS] == pytest.approx([expected.get(k) for k in SCORE_KEYS[:3]] + [None])
@@ -88,7 +89,7 @@ def test_score_with_a_csd_checkpoint_gives_csd_style(capsys, sdxl, tiny, made, t
     checkpoint = build_csd_checkpoint(tmp_path / "checkpoint.pth", "training")
     code, out, err = run(capsys, "score", made[0][0], "--csd", checkpoint, "--json", "--device", "cpu")
     assert code == 0, err
-    expected = sdxl.score(made[1], csd=checkpoint)[0].csd_style
+    expected = Scorers(sdxl).score(made[1], csd=checkpoint)[0].csd_style
     assert json_lines(out)[0]["csd_style"] == pytest.approx(expected, abs=1e-6)
     assert "csd_style" not in err
 
@@ -101,7 +102,7 @@ def test_score_vit_h_adapter_uses_the_content_text_encoder_tower(capsys, sd15, t
     assert json_lines(out)[0]["clip_text"] is None and "note: clip_text not scored" in err
     code, out, err = run(capsys, *flags, "--content-text-encoder", tiny.content_text_encoder)
     assert code == 0, err
-    expected = sd15.scorer(str(tiny.content_text_encoder)).score([tiny.content_image], "a house",
+    expected = Scorers(sd15).scorer(str(tiny.content_text_encoder)).score([tiny.content_image], "a house",
                                                                  str(tiny.style_image))[0]
     assert json_lines(out)[0]["clip_text"] == pytest.approx(expected.clip_text, abs=1e-6)
 
@@ -174,7 +175,8 @@ def test_generate_score_prints_the_scores_and_stores_them_in_the_png(capsys, sdx
     path, header, row = out.splitlines()
     assert path == str(tmp_path / "a.png") and header.split() == ["image", *SCORE_KEYS]
     stored = read_png_scores(path)
-    expected = sdxl.score(sdxl(Request("a cat", style=(str(tiny.style_image),), content_prompt="stripes", **FAST)))[0]
+    made = sdxl(Request("a cat", style=(str(tiny.style_image),), content_prompt="stripes", **FAST))
+    expected = Scorers(sdxl).score(made)[0]
     assert [stored.get(k) for k in SCORE_KEYS[:3]] == pytest.approx([expected.get(k) for k in SCORE_KEYS[:3]])
     assert row.split()[1:4] == [f"{expected.get(k):.3f}" for k in SCORE_KEYS[:3]]
 

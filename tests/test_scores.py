@@ -23,6 +23,7 @@ from instantstyle.scores.scorer import (
     read_png_scores,
     summarize,
 )
+from instantstyle.scores.scorers import Scorers
 from instantstyle.testing import make_style_image
 
 from .conftest import FAST
@@ -58,7 +59,7 @@ def generated(sdxl, tiny):
 
 def test_sdxl_scores_equal_the_cosines_computed_by_hand(sdxl, tiny, generated):
     image, request = generated
-    scores = sdxl.scorer().score_request([image], request, content_prompt="a dog")[0]
+    scores = Scorers(sdxl).scorer().score_request([image], request, content_prompt="a dog")[0]
 
     encoder = tiny.adapters / "sdxl_models" / "image_encoder"
     picture = hand_image_embeds(encoder, [image])
@@ -88,21 +89,21 @@ def test_an_image_scored_against_itself_as_style_gives_clip_style_1(sdxl, genera
     image, request = generated
     path = tmp_path / "made.png"
     image.save(path)
-    scores = sdxl.scorer().score([path], request.prompt, style=str(path))[0]
+    scores = Scorers(sdxl).scorer().score([path], request.prompt, style=str(path))[0]
     assert scores.clip_style == pytest.approx(1.0, abs=1e-6)
 
 
 def test_a_style_file_scores_like_the_image_it_was_made_from(sdxl, tiny, generated, tmp_path):
     image, request = generated
     style_file = sdxl.save_style(request, tmp_path / "style.safetensors")
-    scorer = sdxl.scorer()
+    scorer = Scorers(sdxl).scorer()
     from_image = scorer.score([image], style=str(tiny.style_image))[0]
     from_file = scorer.score([image], style=str(style_file))[0]
     assert from_file.clip_style == pytest.approx(from_image.clip_style, abs=1e-6)
 
 
 def test_vit_h_adapter_scores_with_the_content_text_encoder_tower(sd15, tiny):
-    scorer = sd15.scorer(str(tiny.content_text_encoder))
+    scorer = Scorers(sd15).scorer(str(tiny.content_text_encoder))
     scores = scorer.score([tiny.content_image], "a photo of a house", style=str(tiny.style_image),
                           content_prompt="stripes")[0]
     picture = hand_image_embeds(tiny.adapters / "models" / "image_encoder",
@@ -114,7 +115,7 @@ def test_vit_h_adapter_scores_with_the_content_text_encoder_tower(sd15, tiny):
 
 
 def test_without_a_text_tower_in_the_encoders_space_text_scores_are_none(sd15, tiny):
-    scorer = sd15.scorer()  # SD1.5's own text encoder is not the ViT-H image encoder's CLIP
+    scorer = Scorers(sd15).scorer()  # SD1.5's own text encoder is not the ViT-H image encoder's CLIP
     scores = scorer.score([tiny.content_image], "a house", style=str(tiny.style_image), content_prompt="stripes")[0]
     assert scores.clip_text is None and scores.content_leak is None
     assert scores.clip_style is not None
@@ -123,7 +124,7 @@ def test_without_a_text_tower_in_the_encoders_space_text_scores_are_none(sd15, t
 
 def test_content_leak_needs_a_content_prompt(sdxl, generated):
     image, request = generated
-    assert sdxl.scorer().score_request([image], request)[0].content_leak is None
+    assert Scorers(sdxl).scorer().score_request([image], request)[0].content_leak is None
 
 
 def test_a_text_tower_of_another_clip_is_refused(tiny):
@@ -137,7 +138,7 @@ def test_scorer_from_explicit_folders_equals_the_pipelines(sdxl, tiny, generated
     image, request = generated
     tower = load_text_tower(tiny.sdxl, "text_encoder_2", "tokenizer_2")
     explicit = Scorer(load_image_encoder(tiny.adapters / "sdxl_models" / "image_encoder"), tower)
-    assert explicit.score_request([image], request) == sdxl.scorer().score_request([image], request)
+    assert explicit.score_request([image], request) == Scorers(sdxl).scorer().score_request([image], request)
 
 
 def test_score_record_is_one_json_line_that_reads_back():
@@ -198,23 +199,33 @@ def test_a_score_record_nested_absurdly_deep_is_a_one_line_error():
 
 
 def test_pipeline_score_of_a_result_scores_it_against_its_own_request(sdxl, tiny):
+    """Against the request's prompt, style and content prompt: the cosines computed by hand from them."""
     result = sdxl(Request("a cat in the house", style=(str(tiny.style_image),), content_prompt="stripes", **FAST))
-    assert sdxl.score(result) == sdxl.scorer().score_request(result.images, result.request)
-    assert sdxl.score(result)[0].content_leak is not None  # the request's content prompt is the leak's
+    scores = Scorers(sdxl).score(result)[0]
+
+    encoder = tiny.adapters / "sdxl_models" / "image_encoder"
+    picture = hand_image_embeds(encoder, [result.images[0]])
+    style = hand_image_embeds(encoder, [Image.open(tiny.style_image).convert("RGB")])
+    prompt = hand_text_embeds(tiny.sdxl, "a cat in the house", "text_encoder_2", "tokenizer_2")
+    content = hand_text_embeds(tiny.sdxl, "stripes", "text_encoder_2", "tokenizer_2")
+    assert scores.clip_text == pytest.approx(cos(picture, prompt), abs=1e-5)
+    assert scores.clip_style == pytest.approx(cos(picture, style), abs=1e-5)
+    assert scores.content_leak == pytest.approx(cos(picture, content), abs=1e-5)
 
 
 def test_pipeline_score_loads_a_csd_file_once_and_adds_csd_style(sdxl, tiny, tmp_path):
     from instantstyle.testing.csd import build_csd_checkpoint
 
     checkpoint = build_csd_checkpoint(tmp_path / "csd.safetensors", "safetensors")
-    scores = sdxl.score([tiny.content_image], "a house", style=str(tiny.style_image), csd=checkpoint)[0]
+    scores = Scorers(sdxl).score([tiny.content_image], "a house", style=str(tiny.style_image), csd=checkpoint)[0]
     assert scores.csd_style is not None and scores.clip_text is not None
-    assert sdxl.scorer(csd=checkpoint) is sdxl.scorer(csd=checkpoint)
+    scorers = Scorers(sdxl)
+    assert scorers.scorer(csd=checkpoint) is scorers.scorer(csd=checkpoint)
 
 
 def test_an_absurd_prompt_to_score_against_is_one_line_before_tokenizing(sdxl, tiny):
     with pytest.raises(UserError, match=r"^content prompt is 10,001 characters; the most is 10,000"):
-        sdxl.scorer().score([str(tiny.content_image)], "a cat", content_prompt="x" * 10_001)
+        Scorers(sdxl).scorer().score([str(tiny.content_image)], "a cat", content_prompt="x" * 10_001)
 
 
 def test_scores_stored_in_a_hostile_png_are_one_line(tmp_path):

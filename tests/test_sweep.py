@@ -24,6 +24,7 @@ from instantstyle.app.sweep import (
 from instantstyle.core.request import read_png_request
 from instantstyle.scores.pareto import cell_points, pareto_front, pick
 from instantstyle.scores.scorer import read_png_scores
+from instantstyle.scores.scorers import Scorers
 
 from .conftest import FAST, pixels
 
@@ -97,7 +98,7 @@ def test_sweep_encodes_the_style_once(sdxl, tiny, tmp_path):
     style = tmp_path / "fresh-style.png"
     Image.open(tiny.style_image).rotate(90).save(style)  # new bytes: not in the pipeline's cache yet
     calls = []
-    hook = sdxl.image_encoder.model.register_forward_hook(lambda *_: calls.append(1))
+    hook = sdxl.resources.image_encoder.model.register_forward_hook(lambda *_: calls.append(1))
     try:
         render_sweep(sdxl, Request("a cat", style=str(style), **FAST), Axes(("style", "all"), (1.0,)),
                      tmp_path / "sheet.png")
@@ -168,8 +169,8 @@ def scored(sdxl, tiny, tmp_path_factory):
     """A scored 2 x 2 sweep with a pick, on the tiny SDXL."""
     folder = tmp_path_factory.mktemp("scored-sweep")
     base = Request("a cat", style=str(tiny.style_image), content_prompt="stripes", **FAST)
-    out = render_sweep(sdxl, base, Axes(("style", "all"), (0.5, 1.0)), folder / "sheet.png", scorer=sdxl.scorer(),
-                       style_floor=0.9)
+    out = render_sweep(sdxl, base, Axes(("style", "all"), (0.5, 1.0)), folder / "sheet.png",
+                       scorer=Scorers(sdxl).scorer(), style_floor=0.9)
     return out
 
 
@@ -178,7 +179,7 @@ def test_every_scored_cell_carries_its_scores_in_its_png_and_the_sheet(sdxl, tin
     flat = [p for row in scored.paths for p in row]
     assert len(scored.cells) == len(flat) == len(meta["scores"]) == 4
     for path, cell, stored in zip(flat, scored.cells, meta["scores"], strict=True):
-        expected = sdxl.score([Image.open(path)], "a cat", str(tiny.style_image), "stripes")[0]
+        expected = Scorers(sdxl).score([Image.open(path)], "a cat", str(tiny.style_image), "stripes")[0]
         assert read_png_scores(path) == cell.scores and stored == cell.scores.to_dict()
         assert cell.scores.to_dict() == pytest.approx(expected.to_dict(), abs=1e-6)
         assert cell.settings["file"] == path.name and cell.label.endswith(f"scale {cell.settings['scale']:g}")

@@ -1,22 +1,42 @@
-"""Remake the README's demo sheet, UI screenshot, sweep sheet and sweep plot from the tiny random-weight fixtures.
+"""Remake the README's demo sheet, the web UI screenshots, sweep sheet and sweep plot from the tiny random-weight
+fixtures.
 
 Run from the repository root: ``HF_HUB_OFFLINE=1 python docs/images/make_images.py`` (needs gradio,
 playwright and Debian's chromium). The images show noise by design: the fixture's weights are random.
 """
 
+import os
 import socket
 import tempfile
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from instantstyle import Request, StylePipeline
 from instantstyle.app.sweep import Axes, render_sweep
+from instantstyle.app.ui import TABS, launch
 from instantstyle.testing import tiny_models
-from instantstyle.app.ui import launch
+from instantstyle.testing.modes import tiny_mode_models
 
 HERE = Path(__file__).resolve().parent
 LABEL = "TINY RANDOM-WEIGHT TEST FIXTURE (not a real model: noise by design)"
+BROWSER = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+OUTPUT_TABS = ("Generate", "Sweep", "History", "Restore & style files")
+
+
+def montage(shots: list[tuple[str, Image.Image]], columns: int, width: int) -> Image.Image:
+    """Labelled screenshots in a grid, each scaled to ``width``."""
+    scaled = [(name, shot.resize((width, round(shot.height * width / shot.width)))) for name, shot in shots]
+    cell_h = max(s.height for _, s in scaled) + 22
+    rows = -(-len(scaled) // columns)
+    sheet = Image.new("RGB", (columns * (width + 10) + 10, rows * (cell_h + 10) + 10), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (name, shot) in enumerate(scaled):
+        x, y = 10 + (i % columns) * (width + 10), 10 + (i // columns) * (cell_h + 10)
+        draw.text((x, y), name, fill="black")
+        sheet.paste(shot, (x, y + 18))
+    return sheet
 
 
 def demo_sheet() -> None:
@@ -34,8 +54,10 @@ def demo_sheet() -> None:
 
 def main() -> None:
     demo_sheet()
-    root = Path(tempfile.mkdtemp()) / "tiny-test-fixture"
+    cached = os.environ.get("INSTANTSTYLE_FIXTURES")  # a built fixture tree, as the tests take it
+    root = Path(cached) if cached else Path(tempfile.mkdtemp()) / "tiny-test-fixture"
     tiny = tiny_models(root)
+    modes = tiny_mode_models(Path(tempfile.mkdtemp()) / "modes", tiny)
     pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", keep_all_weights=True)
     with tempfile.TemporaryDirectory() as out:
         sweep = render_sweep(pipe, Request("a cat", style=str(tiny.style_image), steps=2, seed=7),
@@ -48,24 +70,63 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo = launch(pipe, Path(tempfile.mkdtemp()), port=port, block=False)
+    url = f"http://127.0.0.1:{port}/"
+    demo = launch(pipe, Path(tempfile.mkdtemp()), port=port, block=False, models_dirs=[modes.root])
     from playwright.sync_api import sync_playwright
 
+    def number(page, elem_id: str, value: str) -> None:
+        page.locator(f"#{elem_id} input[type=number]").fill(value)
+        page.locator(f"#{elem_id} input[type=number]").press("Enter")
+
+    def fill(page) -> None:
+        page.goto(url)
+        page.wait_for_selector("#generate")
+        page.locator("#style-add input[type=file]").set_input_files([str(tiny.style_image), str(modes.second_style)])
+        page.locator("#card-pic-1 img").wait_for(timeout=120_000)
+        number(page, "weight-1", "0.3")
+        page.locator("#prompt textarea").fill("a cat (tiny test fixture: noise by design)")
+        number(page, "steps", "2")
+
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.locator("#style input[type=file]").set_input_files(str(tiny.style_image))
-        page.locator("#prompt textarea").fill(f"a cat ({LABEL})")
-        for elem_id, value in (("steps", "2"),):
-            page.locator(f"#{elem_id} input[type=number]").fill(value)
-            page.locator(f"#{elem_id} input[type=number]").press("Enter")
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER)
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        fill(page)
         page.locator("#generate").click()
-        page.locator("#gallery img").first.wait_for(timeout=120_000)
-        page.wait_for_timeout(1000)
-        page.screenshot(path=str(HERE / "ui-tiny-fixture.png"), full_page=True)
+        page.locator("#results table").wait_for(timeout=120_000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(HERE / "ui-tiny-fixture.png"))
+        shots = []
+        for tab in TABS:
+            page.get_by_role("tab", name=tab.label, exact=True).click()
+            page.wait_for_timeout(400)
+            shots.append((f"{tab.label} tab", Image.open(_shot(page, "#form"))))
+        for name in OUTPUT_TABS:
+            page.get_by_role("tab", name=name, exact=True).click()
+            page.wait_for_timeout(600)
+            shots.append((f"{name} tab", Image.open(_shot(page, "#output"))))
+        montage(shots, 4, 360).convert("RGB").quantize(256).save(HERE / "ui-tabs-tiny-fixture.png", optimize=True)
+        page.get_by_role("tab", name="History", exact=True).click()
+        page.locator("#history button.thumbnail-item").first.click()
+        page.get_by_text("Details: its request").click()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(HERE / "ui-history-tiny-fixture.png"))
+        phone = browser.new_page(viewport={"width": 390, "height": 844})
+        fill(phone)
+        phone.locator("#generate").click()
+        phone.locator("#results table").wait_for(timeout=120_000)
+        phone.locator("#results").scroll_into_view_if_needed()
+        phone.wait_for_timeout(500)
+        phone.screenshot(path=str(HERE / "ui-phone-tiny-fixture.png"))
         browser.close()
     demo.close()
+    for name in ("ui-tiny-fixture", "ui-history-tiny-fixture", "ui-phone-tiny-fixture"):  # smaller files
+        Image.open(HERE / f"{name}.png").convert("RGB").quantize(256).save(HERE / f"{name}.png", optimize=True)
+
+
+def _shot(page, selector: str) -> str:
+    path = tempfile.mktemp(suffix=".png")
+    page.locator(selector).screenshot(path=path)
+    return path
 
 
 if __name__ == "__main__":

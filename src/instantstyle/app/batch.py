@@ -26,24 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from ..core.blocks import is_preset_ref, split_preset_ref
-from ..core.preflight import check_request, check_runtime
-from ..core.request import CONTROL_KINDS, AdapterUse, Request, StyleRef, write_png
+from ..core.preflight import check
+from ..core.request import CONTROL_KINDS, PATH_FIELDS, AdapterUse, Request, StyleRef, write_png
 from ..core.video_options import SOURCE_FRAME, VideoRequest
 from ..errors import UserError
 from ..files import safe_json
-from ..files.atomic import remove_stale_temps, temp_path
-from ..files.images import MAX_PIXELS
+from ..files.atomic import atomic_path, cannot_write, remove_stale_temps
+from ..files.textfiles import open_regular
 from ..loading.runtime import Runtime
 from .workers import BatchResult, Job, Outcome, Scoring, Worker, pipeline_key
 
 MANIFEST = "manifest.jsonl"
 LOCK = ".instantstyle-batch.lock"
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # always fullmatch: "$" also matches before a final "\n"
 
 #: How a CSV cell spells a yes/no field (``hidiffusion``).
 BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
-PATH_FIELDS = ("content_image", "model", "adapter", "image_encoder", "content_text_encoder", "init_image", "mask",
-               "control_image", "controlnet", "depth_model", "composition", "restyle", "csd", "caption_model")
 
 
 # --- jobs -------------------------------------------------------------------------------------
@@ -55,22 +53,20 @@ class JobList:
     problems: list[str] = field(default_factory=list)
 
 
-def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None, max_pixels: int | None = MAX_PIXELS) -> JobList:
+def read_jobs(path: str | Path, defaults: dict[str, Any] | None = None, runtime: Runtime | None = None) -> JobList:
     """Read a job file: ``.jsonl`` (one JSON object per line), ``.csv`` (a header row of option names) or
     ``.json`` (a matrix spec). Relative paths inside are taken from the job file's folder, else the current one;
-    a job naming an image over ``max_pixels`` is skipped like any bad line."""
+    a job that fails ``check`` as ``runtime`` would run it (an image over its pixel cap, HiDiffusion with
+    ``--compile``...) is skipped like any bad line."""
     path = Path(path).expanduser()
-    if path.is_dir():
-        raise UserError(f"job file {path}: is a folder")
-    if not path.is_file():
-        raise UserError(f"job file {path}: no such file")
     try:
-        text = safe_json.decode(path.read_bytes())  # bytes that are not UTF-8 reject their line (or cell) only
+        with open_regular(path, f"job file {path}") as file:
+            text = safe_json.decode(file.read())  # bytes that are not UTF-8 reject their line (or cell) only
     except OSError as err:
         raise UserError(f"job file {path}: cannot be read ({err.strerror})") from None
     kind = job_file_kind(path, text)
     rows = {"jsonl": jsonl_rows, "csv": csv_rows, "matrix": matrix_rows}[kind](text, path.name)
-    return make_jobs(rows, path.parent, defaults, max_pixels)
+    return make_jobs(rows, path.parent, defaults, runtime)
 
 
 def job_file_kind(path: Path, text: str) -> str:
@@ -206,8 +202,9 @@ def matrix_rows(text: str, name: str = "jobs") -> Iterator[Row]:
 
 
 def make_jobs(rows: Iterable[Row], base: Path | None = None, defaults: dict[str, Any] | None = None,
-              max_pixels: int | None = MAX_PIXELS) -> JobList:
-    """Turn rows into validated jobs; a row that cannot become a job is reported (with where it is) and skipped."""
+              runtime: Runtime | None = None) -> JobList:
+    """Turn rows into jobs, each checked once (``preflight.check``, as ``runtime`` will run it); a row that cannot
+    become a job is reported (with where it is) and skipped."""
     result = JobList([])
     ids: dict[str, str] = {}
     outputs: dict[str, str] = {}
@@ -220,9 +217,9 @@ def make_jobs(rows: Iterable[Row], base: Path | None = None, defaults: dict[str,
             if job.video is not None:
                 from .video import check_video_job
 
-                check_video_job(job.video, max_pixels)
+                check_video_job(job.video, runtime or Runtime())
             else:
-                _check_files(job.request, checked, max_pixels)
+                _check(job.request, checked, runtime or Runtime())
             for name in job.outputs:
                 other = outputs.get(name.lower())
                 if other is not None:
@@ -242,7 +239,7 @@ def _make_job(data: dict[str, Any], base: Path | None, defaults: dict[str, Any],
     if job_id is not None:
         if isinstance(job_id, int) and not isinstance(job_id, bool):
             job_id = str(job_id)
-        if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
             raise UserError(f"id {job_id!r} must be 1-128 letters, digits, '.', '_' or '-', not starting with '.' "
                             "or '-' (it names the output file)")
         if job_id.lower() in ids:
@@ -284,10 +281,10 @@ def _resolve_paths(request: Request, base: Path | None) -> Request:
     changes: dict[str, Any] = {"style": tuple(StyleRef(_local(r.path, base), r.weight) for r in request.style)}
     for name in PATH_FIELDS:
         value = getattr(request, name)
+        if name == "control" and value in CONTROL_KINDS:
+            continue
         if value is not None:
             changes[name] = _local(value, base)
-    if request.control is not None and request.control not in CONTROL_KINDS:  # a ready control image
-        changes["control"] = _local(request.control, base)
     changes["regions"] = tuple(_local(r, base) for r in request.regions)
     changes["blocks"] = _local_preset_ref(request.blocks, base)
     changes["adapters"] = tuple(
@@ -306,12 +303,13 @@ def _local_preset_ref(spec: str | None, base: Path | None) -> str | None:
     return f"@{_local(file, base)}:{name}"
 
 
-def _check_files(request: Request, checked: dict[Any, UserError | None], max_pixels: int | None) -> None:
-    """The generate command's checks (images readable, blocks well-formed), once per distinct input."""
+def _check(request: Request, checked: dict[Any, UserError | None], runtime: Runtime) -> None:
+    """The request's ``check`` (images readable, blocks well-formed, runnable as ``runtime`` says; its model is
+    checked when a worker loads it), once per distinct input."""
     key = request.replace(prompt="", negative_prompt="", seed=None, num_images=1)  # what the checks look at
     if key not in checked:
         try:
-            check_request(request, max_pixels)
+            check(request, runtime)
             checked[key] = None
         except UserError as err:
             checked[key] = err
@@ -323,13 +321,15 @@ def _check_files(request: Request, checked: dict[Any, UserError | None], max_pix
 class Manifest:
     """``DIR/manifest.jsonl``: one JSON line per finished job (the last line for an id wins).
 
-    Lines are appended with one ``write`` and fsynced; a torn last line (power loss) is cut off on
-    open, and superseded lines are dropped by rewriting the file atomically (only when there are some:
-    a run with nothing to do writes nothing)."""
+    Lines are appended whole and fsynced: a short write (a full disk) is cut back off at once and is a
+    ``UserError`` naming the file, and a torn last line (power loss) is cut off on open. Superseded lines are
+    dropped by rewriting the file atomically (only when there are some: a run with nothing to do writes
+    nothing); a rewrite that fails is a warning, as the file it would replace is still right."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / MANIFEST
         self.warnings: list[str] = []
+        self.compaction_failed = False
         self.entries: dict[str, dict[str, Any]] = {}
         self._lines = 0
         if self.path.exists():
@@ -365,21 +365,40 @@ class Manifest:
         return self._lines != len(self.entries)
 
     def compact(self) -> None:
-        """Rewrite with one line per id (temp file, fsync, rename)."""
-        tmp = temp_path(self.path)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(e, sort_keys=True) + "\n" for e in self.entries.values())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        """Rewrite with one line per id (temp file, fsync, rename); on failure (a full disk) the temp file is
+        removed and a warning says so, once (no more tries): the file as it is stays right, the last line of an
+        id counts."""
+        if self.compaction_failed:
+            return
+        try:
+            with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(e, sort_keys=True) + "\n" for e in self.entries.values())
+                f.flush()
+                os.fsync(f.fileno())
+        except UserError as err:
+            self.warnings.append(f"manifest not compacted: {err}; its superseded lines stay (the last line of a "
+                                 "job counts)")
+            self.compaction_failed = True
+            return
         self._lines = len(self.entries)
 
     def append(self, entry: dict[str, Any]) -> None:
+        """Add one line, whole or not at all: a short write is cut back off and is a ``UserError``."""
         line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UserError(f"manifest {cannot_write(self.path, err)}") from None
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                written = 0
+                while written < len(line):  # os.write may write less than asked (a full disk), then fail
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+            except OSError as err:
+                os.ftruncate(fd, start)  # never leave a torn line for the next append to run into
+                raise UserError(f"manifest {cannot_write(self.path, err)}") from None
         finally:
             os.close(fd)
         self.entries[entry["id"]] = entry
@@ -403,7 +422,7 @@ def plan_batches(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
     """Group jobs by pipeline (model, adapter, encoder), then by what they must share to be denoised together
     (``pipeline.batch_key``; a job that cannot be batched is alone), into batches of at most ``batch_size``
     images; the order is deterministic, so every runner makes the same batches."""
-    from ..core.pipeline import batch_key, can_batch
+    from ..core.plan import batch_key, can_batch
 
     groups: dict[tuple[Any, ...], list[Job]] = {}
     for job in jobs:
@@ -435,6 +454,8 @@ class BatchReport:
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)  # ids of jobs run again after their Ray worker was lost
     encoder_runs: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -448,6 +469,8 @@ class BatchReport:
             parts.append(f"{self.failed_before} failed earlier (--retry-failed to rerun)")
         if self.problems:
             parts.append(f"{len(self.problems)} bad line(s) skipped")
+        if self.retried:
+            parts.append(f"{len(set(self.retried))} retried after their Ray worker was lost")
         return (f"{self.total} jobs: {', '.join(parts)}; {self.images} images in {self.seconds:.1f} s{rate}; "
                 f"manifest {self.manifest}")
 
@@ -483,12 +506,14 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
     return folder.resolve()
 
 
-def as_jobs(jobs: Any, defaults: dict[str, Any] | None = None, max_pixels: int | None = MAX_PIXELS) -> JobList:
-    """Accept a job file path, a ``JobList``, or a list of ``Job``s, ``Request``s or option dicts."""
-    if isinstance(jobs, JobList):
-        return jobs
+def as_jobs(jobs: Any, defaults: dict[str, Any] | None = None, runtime: Runtime | None = None) -> JobList:
+    """Accept a job file path, a ``JobList``, or a list of ``Job``s, ``Request``s or option dicts; every job checked
+    as ``runtime`` will run it (those given as ``Job``s too), a failing one reported as a problem."""
+    runtime = runtime or Runtime()
     if isinstance(jobs, (str, Path)):
-        return read_jobs(jobs, defaults, max_pixels)
+        return read_jobs(jobs, defaults, runtime)
+    if isinstance(jobs, JobList):
+        return _checked_jobs(jobs.jobs, jobs.problems, runtime)
     rows: list[Row] = []
     listed: list[Job] = []
     for i, item in enumerate(jobs):
@@ -498,22 +523,23 @@ def as_jobs(jobs: Any, defaults: dict[str, Any] | None = None, max_pixels: int |
             rows.append((f"job {i + 1}", {k: v for k, v in item.to_dict().items() if k != "version"}))
         else:
             rows.append((f"job {i + 1}", item if isinstance(item, dict) else UserError("not a job")))
-    made = make_jobs(rows, None, defaults, max_pixels)
-    return JobList(listed + made.jobs, made.problems)
+    made = make_jobs(rows, None, defaults, runtime)
+    given = _checked_jobs(listed, [], runtime)
+    return JobList(given.jobs + made.jobs, given.problems + made.problems)
 
 
-def runnable_with(job_list: JobList, runtime: Runtime) -> JobList:
-    """The jobs ``runtime`` can run; the others (``check_runtime``: HiDiffusion with ``--compile``) become
-    problems, reported like bad lines."""
-    jobs, problems = [], list(job_list.problems)
-    for job in job_list.jobs:
+def _checked_jobs(jobs: Sequence[Job], problems: Sequence[str], runtime: Runtime) -> JobList:
+    """Jobs made elsewhere, each checked (``_check``); the failing ones become problems, reported like bad lines."""
+    good, bad = [], list(problems)
+    checked: dict[Any, UserError | None] = {}
+    for job in jobs:
         try:
-            check_runtime(job.request, runtime)
+            _check(job.request, checked, runtime)
         except UserError as err:
-            problems.append(f"{job.where or job.id}: {err}")
+            bad.append(f"{job.where or job.id}: {err}")
             continue
-        jobs.append(job)
-    return JobList(jobs, problems)
+        good.append(job)
+    return JobList(good, bad)
 
 
 def run_batch(
@@ -532,6 +558,7 @@ def run_batch(
     progress: bool = False,
     on_problem: Callable[[str], None] | None = None,
     scoring: Scoring | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> BatchReport:
     """Render every job not yet done into ``output_dir`` (images + ``manifest.jsonl``), resumably.
 
@@ -540,7 +567,9 @@ def run_batch(
     ``runtime``: how workers load every other pipeline (device, offload, low memory, compile, cache folder...).
     ``ray``: distribute batches over Ray actors (``ray_address`` of a cluster, else a local one) with
     ``workers`` actors, each loading with the same ``runtime``. ``scoring``: score every image made; the
-    scores go in its manifest line (``"scores"``, one per output) and its PNG."""
+    scores go in its manifest line (``"scores"``, one per output) and its PNG. ``on_problem`` hears of each bad
+    job line, ``on_warning`` of what went wrong but costs nothing (a manifest line dropped, a failed compaction,
+    a job retried after its Ray worker died); both are also in the report."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     if workers is not None and workers < 1:
@@ -549,7 +578,7 @@ def run_batch(
     if not ray:  # Ray workers find their devices on their own machines
         runtime.torch_dtype(runtime.placement())
     folder = prepare_output_dir(output_dir)
-    job_list = runnable_with(as_jobs(jobs, defaults, runtime.max_pixels), runtime)
+    job_list = as_jobs(jobs, defaults, runtime)
     for problem in job_list.problems:
         (on_problem or (lambda _: None))(problem)
     if strict and job_list.problems:
@@ -559,19 +588,24 @@ def run_batch(
     lock = _Lock(folder)
     try:
         return _run(job_list, folder, runtime, batch_size, retry_failed, pipeline, ray, ray_address,
-                    workers, progress, on_problem, scoring)
+                    workers, progress, on_warning or (lambda _: None), scoring)
     finally:
         lock.release()
 
 
 def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, retry_failed: bool, pipeline: Any,
          ray: bool, ray_address: str | None, workers: int | None, progress: bool,
-         on_problem: Callable[[str], None] | None, scoring: Scoring | None) -> BatchReport:
+         on_warning: Callable[[str], None], scoring: Scoring | None) -> BatchReport:
     remove_stale_temps(folder)  # images and manifest rewrites in flight when a run died (the lock makes them stale)
     manifest = Manifest(folder)
-    for warning in manifest.warnings:
-        (on_problem or (lambda _: None))(warning)
     report = BatchReport(folder, len(job_list.jobs), problems=list(job_list.problems))
+
+    def warn(message: str) -> None:
+        report.warnings.append(message)
+        on_warning(message)
+
+    for warning in manifest.warnings:
+        warn(warning)
     todo = []
     for job in job_list.jobs:
         if manifest.is_done(job, folder):
@@ -601,7 +635,12 @@ def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, ret
         elif ray:
             from .ray_batch import run_on_ray
 
-            run_on_ray(batches, runtime, ray_address, workers, record, scoring)
+            def retried(jobs: list[Job], why: str) -> None:
+                ids = [job.id for job in jobs]
+                report.retried += ids
+                warn(f"{', '.join(ids)}: their Ray worker was lost ({why}); retried on the others")
+
+            run_on_ray(batches, runtime, ray_address, workers, record, scoring, retried)
         else:
             worker = Worker(runtime, pipeline, scoring=scoring)
             try:
@@ -619,7 +658,10 @@ def _run(job_list: JobList, folder: Path, runtime: Runtime, batch_size: int, ret
         if bar is not None:
             bar.close()
         if manifest.superseded:
+            known = len(manifest.warnings)
             manifest.compact()
+            for warning in manifest.warnings[known:]:
+                warn(warning)
     return report
 
 

@@ -1,5 +1,6 @@
 """The command line: parses flags into a ``Request`` (what to make) and a ``Runtime`` (how to run), checks
-them (``preflight``), loads the pipeline once (``StylePipeline.from_pretrained``) and runs the request.
+them once (``preflight.check``, against the model's config), loads the pipeline once
+(``StylePipeline.from_pretrained``, reusing what the check found) and runs the checked request.
 
 Bad input exits 2 with one line on stderr (``--debug`` shows the traceback); everything that can be
 checked without a model (images, numbers, output path, blocks) is checked before a model loads.
@@ -20,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..core.caption import DEFAULT_CAPTION_MODEL
-from ..core.preflight import check_blocks, check_request, check_runtime, default_adapter
+from ..core.preflight import Checked, check, default_adapter
 from ..core.request import AdapterUse, LoraRef, Request, StyleRef, check_prompt, read_png_request, write_png
 from ..core.video_options import DEFAULT_MAX_FRAMES
 from ..errors import UserError
 from ..files.atomic import write_text_atomically
 from ..files.images import MAX_PIXELS, PIL_PIXEL_LIMIT
 from ..files.logs import quiet_libraries
+from ..files.textfiles import check_regular_target
 from ..loading.hub import require_hub
 from ..loading.runtime import (
     COMPILE_BACKENDS,
@@ -41,7 +43,7 @@ from ..loading.runtime import (
 
 if TYPE_CHECKING:
     from ..core.pipeline import StylePipeline
-    from ..scores.scorer import Scores
+    from ..scores.scorer import Scorer, Scores
 
 FLOAT = click.FLOAT
 INT = click.INT
@@ -158,11 +160,13 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
     _request_option("scale", "Multiplies every selected block's scale.", type=FLOAT),
     _request_option("content_prompt", "Content to subtract from the style (e.g. what the style image shows)."),
     _request_option("content_scale", "How much of the content to subtract.", type=FLOAT),
-    _request_option("content_image", "Image whose content to subtract."),
+    _request_option("content_image", "Image whose content to subtract (CSGO: the content image to keep)."),
+    _request_option("content_adapter_scale", "CSGO: scale of the content tokens in the UNet's down blocks (0: none, "
+                    "as the authors' released code).", type=FLOAT),
     _request_option("content_text_encoder", "CLIP text model in the image encoder's space (ViT-H adapters)."),
     _request_option("steps", "Denoising steps.", type=INT),
-    _request_option("guidance", "Classifier-free guidance scale (FLUX.1-dev: the distilled guidance, a model input).",
-                    type=FLOAT),
+    _request_option("guidance", "Classifier-free guidance scale (FLUX.1-dev: the distilled guidance, a model input). "
+                    "[default: 5; CSGO: 10]", type=FLOAT),
     _request_option("true_cfg", "Guidance-distilled models (FLUX.1-dev): above 1, real classifier-free guidance "
                     "with the negative prompt and a negative image (two passes per step).", type=FLOAT),
     _request_option("seed", "Random seed (default: random, recorded in the PNG).", type=INT),
@@ -175,9 +179,9 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
                     "inpainting).", type=FLOAT),
     _request_option("mask", "Inpainting mask for --init-image: white = repaint."),
     _request_option("control", "ControlNet input: canny | depth | tile | a ready control image (needs --controlnet) "
-                    "[default with --restyle: canny]."),
+                    "[default with --restyle: canny; with a CSGO checkpoint: tile, on --content-image]."),
     _request_option("control_image", "Image to take canny edges from, or the depth map (default: --init-image)."),
-    _request_option("control_scale", "ControlNet strength. [default: 1.0; 0.6 with --restyle]", type=FLOAT),
+    _request_option("control_scale", "ControlNet strength. [default: 1.0; 0.6 with --restyle or CSGO]", type=FLOAT),
     _request_option("depth_model", "With --control depth: a transformers depth model (folder or hub id, e.g. "
                     "depth-anything/Depth-Anything-V2-Small-hf) that makes the map from --control-image."),
     _request_option("controlnet", "ControlNet folder or hub id (default: the canny/depth ControlNet for the model)."),
@@ -253,6 +257,8 @@ def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
         return source.replace(**given)
     if "prompt" not in given and "restyle" in given:
         raise UserError("--restyle needs --prompt (what the photo shows) or --caption (made from the photo)")
+    # --caption with a CSGO checkpoint (the prompt from --content-image, as the authors caption it with BLIP) is wired
+    # in here and in StylePipeline.complete's CSGO branch.
     if "prompt" not in given:
         raise UserError("--prompt is required (or --from IMAGE.png)")
     if "style" not in given:
@@ -266,21 +272,26 @@ def output_paths(output: str, count: int, overwrite: bool) -> list[Path]:
     path = Path(output).expanduser()
     if path.suffix.lower() != ".png":
         raise UserError(f"output {output}: must end in .png (the PNG carries the generation parameters)")
-    if path.is_dir():
-        raise UserError(f"output {output}: is a folder")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"output {output}: cannot create its folder ({err.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"output {output}: folder {parent} is not writable")
     paths = [path] if count == 1 else [path.with_name(f"{path.stem}-{i + 1}.png") for i in range(count)]
-    if not overwrite:
-        for p in paths:
-            if p.exists():
-                raise UserError(f"output {p} exists; pass --overwrite to replace it")
+    for p in paths:
+        check_output_file(p, f"output {p}" if p != path else f"output {output}", overwrite)
     return paths
+
+
+def check_output_file(path: Path, label: str, overwrite: bool) -> None:
+    """A file this command will write (``--output``, ``--save-style``), checked before any model loads: its folder
+    made and writable, and no file there unless ``overwrite`` (never a folder, FIFO or device)."""
+    if path.is_dir():
+        raise UserError(f"{label}: is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{label}: cannot create its folder ({err.strerror})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"{label}: folder {path.parent} is not writable")
+    check_regular_target(path, label)
+    if path.exists() and not overwrite:
+        raise UserError(f"{label} exists; pass --overwrite to replace it")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -289,47 +300,50 @@ def main() -> None:
     """instantstyle: text-to-image in the style of a reference image (InstantStyle on diffusers)."""
 
 
-def load_pipeline(request: Request, runtime: Runtime, specs: Sequence[str | None]) -> StylePipeline:
-    """Check the blocks specs against the model's config, then load the request's model and adapter (``None``
-    among the specs: the family's default blocks; ``@FILE:NAME`` read from its presets file; no adapter: the model
-    family's own)."""
-    from ..core.blocks import expand_preset_ref
+def load_pipeline(checked: Checked) -> StylePipeline:
+    """Load the checked request's model and adapter (no adapter: the model family's own, as the check found it),
+    keeping the adapter weights of the layers its checks named (the request's blocks and any other spec checked
+    with it)."""
     from ..core.pipeline import StylePipeline
 
-    assert request.model is not None
-    adapter = request.adapter or default_adapter(request.model, runtime.single_file_config)
-    config = runtime.single_file_config if Path(request.model).expanduser().is_file() else None
-    require_hub(("model", request.model), ("adapter", adapter), ("image encoder", request.image_encoder),
-                ("single-file config", config))  # what is missing, in one line, without waiting
-    check_blocks(request.model, specs, runtime.single_file_config, request)
-    blocks = ",".join(expand_preset_ref(s) for s in specs if s is not None) if None not in specs else None
-    return StylePipeline.from_pretrained(
-        request.model, adapter, runtime, image_encoder=request.image_encoder,
-        content_text_encoder=request.content_text_encoder, blocks=blocks,
-    )
+    request = checked.request
+    assert request.model is not None and checked.adapter is not None
+    return StylePipeline.from_pretrained(request.model, checked.adapter, checked.runtime,
+                                         image_encoder=request.image_encoder,
+                                         content_text_encoder=request.content_text_encoder, checked=checked)
+
+
+def pipeline_scorer(pipe: StylePipeline, content_text_encoder: str | None, csd: str | None) -> Scorer:
+    """The scorer on the pipeline's loaded encoders (loaded before the run: a bad CSD file fails before any image)."""
+    from ..scores.scorers import Scorers
+
+    return Scorers(pipe).scorer(content_text_encoder, csd)
 
 
 def _generate(params: dict[str, Any]) -> None:
     source = read_png_request(params["from_png"]) if params["from_png"] else None
     request = request_from_cli(params, source)
     runtime = runtime_from(params)
-    check_request(request, runtime.max_pixels)
-    check_runtime(request, runtime)
     paths = output_paths(params["output"], request.num_images, params["overwrite"])
-    if params["save_style"] and not params["save_style"].endswith(".safetensors"):
-        raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
+    if params["save_style"]:
+        if not params["save_style"].endswith(".safetensors"):
+            raise UserError(f"--save-style {params['save_style']}: must end in .safetensors")
+        check_output_file(Path(params["save_style"]).expanduser(), f"--save-style {params['save_style']}",
+                          params["overwrite"])
     scoring = params["score"] or params["csd"] is not None
     if params["csd"] is not None:
         check_csd_path(params["csd"])
+    assert request.model is not None
+    checked = check(request, runtime, request.model)
     if not params["debug"]:
         quiet_libraries()
-    pipe = load_pipeline(request, runtime, [request.blocks])
+    pipe = load_pipeline(checked)
     if params["save_style"]:
         click.echo(str(pipe.save_style(request, params["save_style"])))
-    scorer = pipe.scorer(request.content_text_encoder, params["csd"]) if scoring else None  # loaded before the run
-    result = pipe(request, progress=True)
+    scorer = pipeline_scorer(pipe, request.content_text_encoder, params["csd"]) if scoring else None
+    result = pipe(checked, progress=True)
     if request.restyle is not None:  # the inversion's cost, apart from the denoising's
-        seconds = pipe.inversions.seconds
+        seconds = pipe.resources.inversions.seconds
         click.echo(f"inverted the photo in {seconds:.1f} s" if seconds else "inverted photo reused", err=True)
     scores, failure = score_safely(lambda: scorer.score_request(result.images, result.request) if scorer else None)
     for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
@@ -385,23 +399,27 @@ generate.params[6:6] = [option for _, option in REQUEST_OPTIONS]  # after --from
 
 @main.command()
 @click.option("--model", default=None, help="Model whose blocks to list (default: SDXL base 1.0).")
+@click.option("--adapter", default=None, help="With a CSGO checkpoint: its content and style blocks instead.")
 @click.option("--single-file-config", default=None)
 @click.option("--debug", is_flag=True)
-def blocks(model: str | None, single_file_config: str | None, debug: bool) -> None:
+def blocks(model: str | None, adapter: str | None, single_file_config: str | None, debug: bool) -> None:
     """List a model's attention blocks the adapter reaches: name, layer count, presets that use it."""
 
     def body() -> None:
         from ..core.blocks import list_blocks
-        from ..core.preflight import model_denoiser
+        from ..core.preflight import model_info
 
         name = model or DEFAULT_MODEL
-        family, denoiser = model_denoiser(name, single_file_config)
+        info = model_info(name, single_file_config)
+        family, denoiser = info.family, info.denoiser
         if denoiser is None:  # a single file without configs: load it to see its denoiser
             import torch
 
             from ..loading.loader import load_base_pipeline
 
             denoiser = family.denoiser_of(load_base_pipeline(name, torch.float32))
+        if adapter is not None and echo_csgo_blocks(name, family, adapter, denoiser):
+            return
         layers = family.layers(denoiser)
         click.echo(f"{name} ({family.name}): {len(layers)} attention layers take image features; default "
                    f"blocks: {family.default_blocks}")
@@ -415,6 +433,29 @@ def blocks(model: str | None, single_file_config: str | None, debug: bool) -> No
             click.echo(note)
 
     run_cli(body, debug)
+
+
+def echo_csgo_blocks(model: str, family: Any, adapter: str, denoiser: Any) -> bool:
+    """``blocks --adapter`` with a CSGO checkpoint: print where its tokens go (``csgo.blocks_table``); ``False`` for
+    another adapter (its blocks are the model's)."""
+    from ..core import csgo
+    from ..core.adapter import adapter_kind, read_adapter
+    from ..loading.hub import resolve_adapter_file
+
+    path = resolve_adapter_file(adapter)
+    if adapter_kind(path) != "csgo":
+        return False
+    weights = read_adapter(path)
+    csgo.check_fits(weights, family, denoiser, model)
+    content, style = weights.tokens
+    click.echo(f"{model} ({family.name}) with CSGO checkpoint {adapter}: {content} content and {style} style tokens; "
+               "its blocks are trained in (no --blocks)")
+    rows = csgo.blocks_table(denoiser, weights)
+    width = max(len(row[1]) for row in rows)
+    click.echo(f"{'model':<10}  {'block':<{width}}  layers  tokens")
+    for where, block, count, tokens in rows:
+        click.echo(f"{where:<10}  {block:<{width}}  {count:>6}  {tokens}")
+    return True
 
 
 # --- video: a clip in the style of a reference (AnyV2V on I2VGen-XL) -------------------------------------------------
@@ -543,7 +584,8 @@ def _video(params: dict[str, Any]) -> None:
         seen.update(phase=phase, done=done)
 
     try:
-        result = make_video(checked, runtime, files, lambda r: load_pipeline(r, runtime, [r.blocks]), progress)
+        load = lambda r: load_pipeline(check(r, runtime, r.model or DEFAULT_MODEL))  # noqa: E731
+        result = make_video(checked, runtime, files, load, progress)
     finally:
         for bar in bars:
             bar.close()
@@ -599,7 +641,7 @@ def _score(params: dict[str, Any]) -> None:
     from ..core.request import PNG_KEY
     from ..files.images import load_image
     from ..loading.hub import is_local_adapter_ref, model_source, resolve_adapter_file
-    from ..loading.loader import load_scorer
+    from ..scores.scorers import load_scorer
 
     if not params["images"]:
         raise UserError("give the images to score: instantstyle score IMAGE... --prompt TEXT --style REF")
@@ -802,6 +844,7 @@ def _batch(params: dict[str, Any]) -> int:
             ray=address is not None, ray_address=None if address in (None, "local") else address,
             workers=params["workers"], progress=not params["quiet"],
             on_problem=lambda message: click.echo(f"skipped: {message}", err=True), scoring=scoring,
+            on_warning=lambda message: click.echo(f"warning: {message}", err=True),
         )
     except KeyboardInterrupt:
         click.echo("finished images and the manifest are kept; run the same command again to resume", err=True)
@@ -871,14 +914,15 @@ def entry(argv: list[str] | None = None) -> None:
 
 # --- sweep: a labelled contact sheet over blocks x scale (x content scale) ---------------------------
 
-SWEPT = ("blocks", "scale", "content_scale", "restyle_content_scale", "num_images")
+SWEPT = ("blocks", "scale", "content_scale", "content_adapter_scale", "restyle_content_scale", "num_images")
 
 
 def _sweep(params: dict[str, Any]) -> None:
-    from ..core.preflight import model_family
+    from ..core.preflight import model_info
     from .sweep import (
         Axes,
         cell_name,
+        check_sweep,
         csv_path,
         default_rows,
         parse_blocks_list,
@@ -889,20 +933,32 @@ def _sweep(params: dict[str, Any]) -> None:
 
     source = read_png_request(params["from_png"]) if params["from_png"] else None
     base = request_from_cli({**params, **dict.fromkeys(SWEPT)}, source).replace(num_images=1)
-    assert base.model is not None
-    family = model_family(base.model, params.get("single_file_config")) if not params["sweep_blocks"] else None
-    rows = params["sweep_blocks"] or default_rows(list(family.presets if family else ()))
-    axes = Axes(
-        parse_blocks_list(rows),
-        parse_number_list("scale", params["sweep_scales"]),
-        parse_number_list("content scale", params["sweep_content_scales"]) if params["sweep_content_scales"] else (),
-        parse_number_list("restyle content scale", params["sweep_restyle_content_scales"])
-        if params["sweep_restyle_content_scales"] else (),
-    )
-    if axes.restyle_content_scales and base.restyle is None:
-        raise UserError("--restyle-content-scale values need --restyle PHOTO")
-    if axes.content_scales and base.content_prompt is None and base.content_image is None:
-        raise UserError("--content-scale values need --content-prompt or --content-image (the content to subtract)")
+    model = base.model
+    assert model is not None
+    restyle_scales = (parse_number_list("restyle content scale", params["sweep_restyle_content_scales"])
+                      if params["sweep_restyle_content_scales"] else ())
+    # CSGO: its trained blocks in every row; its content axis is the content tokens'
+    if base.adapter is not None and is_csgo_ref(base.adapter):
+        if params["sweep_blocks"] or params["sweep_content_scales"] or restyle_scales:
+            raise UserError("a CSGO sweep varies --scale (style) and --content-adapter-scale (content tokens); its "
+                            "blocks are trained in and it subtracts no content (--blocks, --content-scale, "
+                            "--restyle-content-scale)")
+        base = base.replace(blocks=None)
+        axes = Axes((None,), parse_number_list("scale", params["sweep_scales"]),
+                    parse_number_list("content adapter scale", params["sweep_content_adapter_scales"])
+                    if params["sweep_content_adapter_scales"] else (), content_field="content_adapter_scale")
+    else:
+        if params["sweep_content_adapter_scales"]:
+            raise UserError("--content-adapter-scale is for CSGO checkpoints (content tokens); this adapter has none")
+        family = model_info(model, params.get("single_file_config")).family if not params["sweep_blocks"] else None
+        rows = params["sweep_blocks"] or default_rows(list(family.presets if family else ()))
+        axes = Axes(
+            parse_blocks_list(rows),
+            parse_number_list("scale", params["sweep_scales"]),
+            parse_number_list("content scale", params["sweep_content_scales"]) if params["sweep_content_scales"]
+            else (),
+            restyle_scales,
+        )
     if not params["score"] and (params["pick"] or params["csd"] is not None):
         raise UserError(f"{'--pick' if params['pick'] else '--csd'} needs the scores; drop --no-score")
     if not 0 <= params["pick_style_floor"] <= 1:  # click's range lets nan through
@@ -915,8 +971,7 @@ def _sweep(params: dict[str, Any]) -> None:
     if params["csd"] is not None:
         check_csd_path(params["csd"])
     runtime = runtime_from(params)
-    check_request(base, runtime.max_pixels)
-    check_runtime(base, runtime)
+    checked = check_sweep(base, axes, runtime, model)
     if not params["debug"]:
         quiet_libraries()
     sheet = output_paths(params["output"], 1, params["overwrite"])[0]
@@ -931,8 +986,8 @@ def _sweep(params: dict[str, Any]) -> None:
             output_paths(str(path), 1, params["overwrite"])
         elif path.exists() and not params["overwrite"]:
             raise UserError(f"output {path} exists; pass --overwrite to replace it")
-    pipe = load_pipeline(base, runtime, axes.blocks)
-    scorer = pipe.scorer(base.content_text_encoder, params["csd"]) if params["score"] else None
+    pipe = load_pipeline(checked)
+    scorer = pipeline_scorer(pipe, base.content_text_encoder, params["csd"]) if params["score"] else None
     if params["pick"] and scorer is not None and "clip_text" in scorer.unavailable():
         raise UserError(f"--pick needs prompt scores, and this model has none: {scorer.unavailable()['clip_text']}")
     out = render_sweep(pipe, base, axes, sheet, on_cell=lambda path: click.echo(str(path)), scorer=scorer,
@@ -946,6 +1001,14 @@ def _sweep(params: dict[str, Any]) -> None:
                 scorer.unavailable())
     if out.picked is not None:
         write_pick(pipe, out.picked_request(), out.cells[out.picked], sheet)
+
+
+def is_csgo_ref(adapter: str) -> bool:
+    """Whether a local adapter file is a CSGO checkpoint (a hub reference: resolved from the HF cache, or not)."""
+    from ..core.adapter import adapter_kind
+    from ..loading.hub import is_local_adapter_ref, resolve_adapter_file
+
+    return is_local_adapter_ref(adapter) and adapter_kind(resolve_adapter_file(adapter)) == "csgo"
 
 
 def pick_paths(sheet: Path) -> tuple[Path, Path]:
@@ -1006,6 +1069,8 @@ def generate_command(request: Request, output: str | Path) -> str:
               help="Content scales to compare (rows within each blocks spec); needs --content-prompt.")
 @click.option("--restyle-content-scale", "sweep_restyle_content_scales", default=None,
               help="With --restyle: the photo's content scales to compare (rows); the photo is inverted once.")
+@click.option("--content-adapter-scale", "sweep_content_adapter_scales", default=None,
+              help="CSGO: content-token scales to compare, one row each (its blocks are trained in: no --blocks).")
 @click.option("--from", "from_png", default=None, help="Take the other settings from a PNG made by instantstyle.")
 @click.option("--output", "-o", required=True, help="The sheet .png; cells are written beside it as "
               "SHEET-BLOCKS-sSCALE.png.")
@@ -1039,6 +1104,7 @@ PROBE_FILES = ("probe.png", "probe.csv", "probe.md")
 
 def _probe_blocks(params: dict[str, Any]) -> None:
     from ..core.blocks import list_blocks, read_presets
+    from ..core.plan import complete
     from ..scores.pareto import cell_points, cells_csv, pareto_front
     from ..scores.plots import save_plot, scatter_plot
     from ..scores.preset_file import write_presets
@@ -1057,8 +1123,8 @@ def _probe_blocks(params: dict[str, Any]) -> None:
     given.setdefault("model", DEFAULT_MODEL)
     base = Request(params["probe_prompts"][0], style=styles, **given)
     runtime = runtime_from(params)
-    check_request(base, runtime.max_pixels)
-    check_runtime(base, runtime)
+    assert base.model is not None
+    checked = check(base, runtime, base.model, specs=["all"])
     if params["csd"] is not None:
         check_csd_path(params["csd"])
     folder = Path(params["output"]).expanduser()
@@ -1073,10 +1139,11 @@ def _probe_blocks(params: dict[str, Any]) -> None:
     output_paths(str(folder / PROBE_FILES[0]), 1, overwrite=True)  # the folder can be made and written
     if not params["debug"]:
         quiet_libraries()
-    pipe = load_pipeline(base, runtime, ["all"])
-    scorer = pipe.scorer(base.content_text_encoder, params["csd"])
-    blocks = list_blocks(pipe.layers, pipe.arch)
-    jobs = probe_requests(pipe.complete(base), blocks, styles, params["probe_prompts"], contents)
+    pipe = load_pipeline(checked)
+    scorer = pipeline_scorer(pipe, base.content_text_encoder, params["csd"])
+    resources = pipe.resources
+    blocks = list_blocks(resources.layers, resources.family)
+    jobs = probe_requests(complete(base, resources), blocks, styles, params["probe_prompts"], contents)
     per_block = len(styles) * len(params["probe_prompts"])
     click.echo(f"probing {len(blocks)} blocks (+ all, none) x {len(styles)} style(s) x "
                f"{len(params['probe_prompts'])} prompt(s): {len(jobs)} images into {folder}", err=True)

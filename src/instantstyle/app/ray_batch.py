@@ -1,9 +1,11 @@
 """Scale-out: the batch driver's batches run on Ray actors, one pipeline each, results streamed back.
 
 Each actor is a ``workers.Worker`` (one per GPU with ``num_gpus=1``; CPU actors share the cores when
-the cluster has no GPU). The driver keeps two batches in flight per actor, writes every result as it
-arrives (it alone writes files and the manifest) and, when an actor dies, puts its batches back in the
-queue for the others and starts a replacement. Paths in jobs must be readable on every node.
+the cluster has no GPU). The driver keeps two batches in flight per actor and writes every result as it
+arrives (it alone writes files and the manifest). When an actor is lost (its process died, or its whole node),
+its batches go back in the queue for the others, the caller hears which jobs are retried, and a replacement is
+asked for; it takes batches only once Ray has placed it (a lost node's resources may never come back, and a
+batch queued on an actor that is never placed would wait forever). Paths in jobs must be readable on every node.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from .workers import BatchResult, Job, Outcome, Scoring, Worker, pipeline_key
 
 IN_FLIGHT = 2  # batches queued per actor: the next one is ready while the driver writes images
 MAX_ATTEMPTS = 3  # a batch whose worker died this often fails instead of killing more workers
+#: How long the driver waits for a replacement to be placed when no worker is left (seconds).
+REPLACEMENT_WAIT_S = 120.0
 
 
 def connect(address: str | None) -> bool:
@@ -103,14 +107,16 @@ def run_on_ray(
     workers: int | None,
     record: Callable[[BatchResult], None],
     scoring: Scoring | None = None,
+    on_retry: Callable[[list[Job], str], None] | None = None,
 ) -> None:
     """Run batches on Ray actors (scoring their images with ``scoring``), calling ``record`` (on the driver) with
-    each result as it arrives."""
+    each result as it arrives, and ``on_retry`` with the jobs of a batch put back because its worker was lost."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
     started = connect(address)
-    actors: list[Any] = []
+    actors: list[Any] = []  # placed and taking batches
+    starting: dict[Any, Any] = {}  # a replacement's readiness -> the replacement, until Ray places it
     try:
         count, options, threads = actor_options(workers, runtime.device_map)
         remote_worker = ray.remote(Worker).options(**options)  # type: ignore[arg-type]
@@ -127,32 +133,64 @@ def run_on_ray(
                     holding[actor] = pipeline_key(batch[0].request)
                     in_flight[actor.run.remote(batch)] = (actor, batch, attempts)
 
+        def lose(actor: Any) -> None:
+            """Stop giving ``actor`` batches (killed, in case it is only unreachable) and ask for a replacement."""
+            nonlocal replacements
+            if actor not in actors:
+                return  # its other batches came back already
+            actors.remove(actor)
+            _kill(actor)
+            if replacements:
+                replacements -= 1
+                replacement: Any = remote_worker.remote(runtime, None, threads, scoring)
+                starting[replacement.__ray_ready__.remote()] = replacement  # Ray's own method of every actor
+
         top_up()
-        while in_flight:
-            [ref], _ = ray.wait(list(in_flight), num_returns=1)
+        while in_flight or (queue and starting):
+            done, _ = ray.wait([*in_flight, *starting], num_returns=1,
+                               timeout=None if in_flight else REPLACEMENT_WAIT_S)
+            if not done:
+                break  # no worker left, and no replacement could be placed
+            ref = done[0]
+            if ref in starting:
+                replacement = starting.pop(ref)
+                try:
+                    ray.get(ref)
+                    actors.append(replacement)
+                except (RayActorError, WorkerCrashedError):
+                    pass
+                top_up()
+                continue
             actor, batch, attempts = in_flight.pop(ref)
             try:
                 record(ray.get(ref))
-            except (RayActorError, WorkerCrashedError):
+            except (RayActorError, WorkerCrashedError) as err:
                 if attempts + 1 >= MAX_ATTEMPTS:
-                    record(_failed(batch, f"its Ray worker died {MAX_ATTEMPTS} times"))
+                    record(_failed(batch, f"its Ray worker was lost {MAX_ATTEMPTS} times"))
                 else:
                     queue.put_back(batch, attempts + 1)
-                if actor in actors:
-                    actors.remove(actor)
-                    if replacements:
-                        replacements -= 1
-                        actors.append(remote_worker.remote(runtime, None, threads, scoring))
+                    if on_retry is not None:
+                        on_retry(batch, type(err).__name__)
+                lose(actor)
             except RayTaskError as err:
                 record(_failed(batch, f"Ray task failed: {str(err).splitlines()[0]}"))
             top_up()
-            if queue and not actors:
-                raise UserError(f"every Ray worker died; {len(queue)} batch(es) not run (rerun to resume)")
+        if queue:
+            raise UserError(f"every Ray worker was lost; {len(queue)} batch(es) not run (rerun to resume)")
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        for actor in [*actors, *starting.values()]:
+            _kill(actor)
         if started:
             ray.shutdown()
+
+
+def _kill(actor: Any) -> None:
+    import ray
+
+    try:
+        ray.kill(actor)
+    except Exception:  # already gone with its node
+        pass
 
 
 def _failed(batch: list[Job], message: str) -> BatchResult:

@@ -23,7 +23,8 @@ def run_selftest(folder: Path | None = None) -> Iterator[str]:
         tiny = tiny_models(root / "tiny-models")
         yield f"built tiny SDXL + IP-Adapter fixtures in {root} ({time.perf_counter() - start:.1f} s)"
         pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu")
-        yield f"loaded {pipe.arch} pipeline, {pipe.adapter.kind} adapter, {len(pipe.layers)} cross-attention layers"
+        res = pipe.resources
+        yield f"loaded {res.family.name} pipeline, {res.adapter.kind} adapter, {len(res.layers)} cross-attention layers"
         request = Request("a cat", style=(StyleRef(str(tiny.style_image)),), steps=2, width=64, height=64, seed=0,
                           content_prompt="a dog")
         styled = pipe(request)

@@ -11,6 +11,7 @@ floor it picks a cell (``pareto.pick``) and frames it on the sheet.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -20,9 +21,12 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw
 
+from ..core.plan import complete
+from ..core.preflight import Checked, ModelInfo, check
 from ..core.request import Request, write_png
 from ..errors import UserError
 from ..files.atomic import save_png_atomically, write_text_atomically
+from ..loading.runtime import Runtime
 from ..scores.drawing import font as load_font
 from ..scores.drawing import text_size
 from ..scores.pareto import (
@@ -60,15 +64,21 @@ def default_rows(presets: Sequence[str]) -> tuple[str, ...]:
     return tuple(name for name in DEFAULT_ROWS if name in presets)
 
 
+#: The request fields a sweep's content axis can vary: InstantStyle's content subtraction, CSGO's content tokens.
+CONTENT_FIELDS = {"content_scale": "content", "content_adapter_scale": "content tokens"}
+
+
 @dataclass(frozen=True)
 class Axes:
-    """What a sweep varies: blocks specs (rows), scales (columns), and optional content scales and restyled photos'
-    content scales (rows)."""
+    """What a sweep varies: blocks specs (rows; ``None``: the adapter's own, CSGO's trained blocks), scales
+    (columns), and optional content scales of ``content_field`` (``CONTENT_FIELDS``) and restyled photos' content
+    scales (rows)."""
 
-    blocks: tuple[str, ...]
+    blocks: tuple[str | None, ...]
     scales: tuple[float, ...]
     content_scales: tuple[float, ...] = ()
     restyle_content_scales: tuple[float, ...] = ()
+    content_field: str = "content_scale"
 
     def __post_init__(self) -> None:
         if not self.blocks:
@@ -77,17 +87,21 @@ class Axes:
             raise UserError("a sweep needs at least one scale")
         if len(self.rows) * len(self.scales) > MAX_CELLS:
             raise UserError(f"a sweep of {len(self.rows)} x {len(self.scales)} cells is over the limit of {MAX_CELLS}")
+        if self.content_field not in CONTENT_FIELDS:
+            raise ValueError(f"a sweep's content axis is one of {', '.join(CONTENT_FIELDS)}")
 
     @property
-    def rows(self) -> list[tuple[str, float | None, float | None]]:
+    def rows(self) -> list[tuple[str | None, float | None, float | None]]:
         """(blocks, content scale or None, restyle content scale or None) for every row, blocks outermost."""
         contents: Sequence[float | None] = self.content_scales or (None,)
         photo: Sequence[float | None] = self.restyle_content_scales or (None,)
         return [(blocks, c, r) for blocks in self.blocks for c in contents for r in photo]
 
-    def row_label(self, blocks: str, content_scale: float | None, restyle_content_scale: float | None = None) -> str:
-        label = blocks if content_scale is None else f"{blocks} | content {_num(content_scale)}"
-        return label if restyle_content_scale is None else f"{label} | photo {_num(restyle_content_scale)}"
+    def row_label(self, blocks: str | None, content_scale: float | None,
+                  restyle_content_scale: float | None = None) -> str:
+        content = None if content_scale is None else f"{CONTENT_FIELDS[self.content_field]} {_num(content_scale)}"
+        photo = None if restyle_content_scale is None else f"photo {_num(restyle_content_scale)}"
+        return " | ".join(part for part in (blocks, content, photo) if part is not None) or "the adapter's blocks"
 
     def column_label(self, scale: float) -> str:
         return f"scale {_num(scale)}"
@@ -125,6 +139,18 @@ def parse_number_list(name: str, value: str) -> tuple[float, ...]:
     return tuple(dict.fromkeys(numbers))
 
 
+def check_sweep(base: Request, axes: Axes, runtime: Runtime, model: ModelInfo | str) -> Checked:
+    """Every surface's checks of a sweep, before it renders: restyle content scales need a photo, content scales a
+    content to subtract; then the base request's one ``check``, against the model, with every row's blocks spec."""
+    if axes.restyle_content_scales and base.restyle is None:
+        raise UserError("--restyle-content-scale values need --restyle PHOTO")
+    if axes.content_scales and axes.content_field == "content_scale" and base.content_prompt is None \
+            and base.content_image is None:
+        raise UserError("content scales need --content-prompt or --content-image (in the web UI: a content prompt "
+                        "or image), the content to subtract")
+    return check(base, runtime, model, specs=axes.blocks)
+
+
 def sweep_requests(base: Request, axes: Axes) -> list[list[Request]]:
     """The grid of requests (rows x columns): ``base`` with blocks, scale and content scale set, one image each."""
     if base.seed is None:
@@ -135,7 +161,7 @@ def sweep_requests(base: Request, axes: Axes) -> list[list[Request]]:
         for scale in axes.scales:
             changes: dict[str, object] = {"blocks": blocks, "scale": scale, "num_images": 1}
             if content_scale is not None:
-                changes["content_scale"] = content_scale
+                changes[axes.content_field] = content_scale
             if restyle_content_scale is not None:
                 changes["restyle_content_scale"] = restyle_content_scale
             row.append(base.replace(**changes))
@@ -143,11 +169,19 @@ def sweep_requests(base: Request, axes: Axes) -> list[list[Request]]:
     return grid
 
 
+#: The longest blocks spec a cell's file name spells out; a longer one (a 324-character per-block spec made a name
+#: past the file system's 255 bytes) is the row number and a hash of the spec. The PNG holds the full spec.
+MAX_SLUG = 100
+
+
 def cell_name(stem: str, axes: Axes, row: int, column: int) -> str:
     """File name of one cell: ``sheet-style-s0.7.png`` (with ``-c0.5`` when content scales vary), from the row's
-    blocks spec as given (``@FILE:NAME`` included) and the column's scale."""
+    blocks spec as given (``@FILE:NAME`` included), or ``sheet-r2-1a2b3c4d-s0.7.png`` for a long spec, and the
+    column's scale."""
     blocks, content_scale, restyle_content_scale = axes.rows[row]
-    slug = re.sub(r"[^A-Za-z0-9+.]+", "_", blocks).strip("_")
+    slug = re.sub(r"[^A-Za-z0-9+.]+", "_", blocks).strip("_") if blocks is not None else "own"
+    if blocks is not None and len(slug) > MAX_SLUG:
+        slug = f"r{row + 1}-{hashlib.sha256(blocks.encode()).hexdigest()[:8]}"
     name = f"{stem}-{slug}-s{_num(axes.scales[column])}"
     if content_scale is not None:
         name += f"-c{_num(content_scale)}"
@@ -176,7 +210,7 @@ def run_sweep(
     """Render every cell with ``pipe`` (a ``StylePipeline``); ``on_cell`` sees each as it finishes
     (to save it at once, so finished work survives a failure later in the sheet); ``progress`` shows each cell's
     denoising progress bar on stderr, as ``generate`` does."""
-    base = pipe.complete(base)
+    base = complete(base, pipe.resources)
     grid = sweep_requests(base, axes)
     images: list[list[Image.Image]] = []
     done: list[list[Request]] = []
@@ -313,7 +347,8 @@ def save_sheet(sheet: Image.Image, path: str | Path, base: Request, axes: Axes,
     the picked cell when scored) in a text chunk."""
     sweep: dict[str, object] = {"base": base.to_dict(), "blocks": axes.blocks, "scales": axes.scales,
                                 "content_scales": axes.content_scales,
-                                "restyle_content_scales": axes.restyle_content_scales}
+                                "restyle_content_scales": axes.restyle_content_scales,
+                                "content_field": axes.content_field}
     if scores is not None:
         sweep.update(scores=[s.to_dict() for s in scores], picked=picked)
     return save_png_atomically(sheet, path, {SHEET_KEY: json.dumps(sweep, sort_keys=True)})
@@ -409,7 +444,7 @@ def _cell_settings(axes: Axes, row: int, column: int, path: Path) -> dict[str, o
     blocks, content_scale, restyle_content_scale = axes.rows[row]
     settings: dict[str, object] = {"blocks": blocks, "scale": axes.scales[column]}
     if content_scale is not None:
-        settings["content_scale"] = content_scale
+        settings[axes.content_field] = content_scale
     if restyle_content_scale is not None:
         settings["restyle_content_scale"] = restyle_content_scale
     return {**settings, "file": path.name}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.preflight import check_request, check_runtime
+from ..core.preflight import check
 from ..core.video_options import DEFAULT_VIDEO_MODEL, VideoRequest, resolve_source, uses_source
 from ..errors import UserError
 from ..files.atomic import atomic_path, write_text_atomically
@@ -65,8 +65,7 @@ def check_video(video: VideoRequest, runtime: Runtime, files: VideoFiles, max_fr
             written = files.source
             request = resolve_source(request, str(files.source))
         try:
-            check_request(request, runtime.max_pixels)
-            check_runtime(request, runtime)
+            check(request, runtime)
         except UserError:
             if written is not None:
                 written.unlink(missing_ok=True)
@@ -97,8 +96,8 @@ def make_video(checked: Checked, runtime: Runtime, files: VideoFiles, load_style
 def score_result(result: VideoResult, runtime: Runtime, files: VideoFiles, csd: str | None = None) -> Any:
     """Score the frames against the request's prompt (the video's) and style references with the first-frame
     model's encoders (loaded here: the video model is gone by now), and write ``OUT.scores.json``."""
-    from ..loading.loader import load_scorer
     from ..loading.runtime import DEFAULT_ADAPTER
+    from ..scores.scorers import load_scorer
     from ..scores.video import score_video
 
     request = result.video.request
@@ -137,7 +136,7 @@ def _stand_in_frame() -> str:
     return str(path)
 
 
-def check_video_job(video: VideoRequest, max_pixels: int | None) -> None:
+def check_video_job(video: VideoRequest, runtime: Runtime) -> None:
     """A batch video job's checks from headers alone, one line each: the frame cap, the clip (a decodable video
     within the pixel cap), the video model and its schedule, the ready first frame, the first-frame request's
     files."""
@@ -147,6 +146,7 @@ def check_video_job(video: VideoRequest, max_pixels: int | None) -> None:
     options = video.options
     if options.frames > DEFAULT_MAX_FRAMES:
         raise UserError(f"{options.frames} frames is over the limit of {DEFAULT_MAX_FRAMES}")
+    max_pixels = runtime.max_pixels
     probe_clip(video.clip, max_pixels=max_pixels)
     check_schedule(options.video_model or DEFAULT_VIDEO_MODEL, options)
     if options.first_frame is not None:
@@ -155,7 +155,7 @@ def check_video_job(video: VideoRequest, max_pixels: int | None) -> None:
     request = video.request
     if uses_source(request):
         request = resolve_source(request, _stand_in_frame())
-    check_request(request, max_pixels)
+    check(request, runtime)
 
 
 def _first_frame_pipe(worker: Any, job: Any, request: Any) -> Any:
@@ -169,6 +169,7 @@ def run_video_jobs(jobs: Sequence[Any], folder: Path, runtime: Runtime, pipeline
     (``ID.mp4``, ``ID.first.png``, ``ID.json``, ``ID.source.png``; ``ID.scores.json`` with ``scoring``), and yield
     an ``Outcome`` per job: its frames and record, or why it failed (a failing job fails alone)."""
     from ..core.video_options import MAX_FRAMES
+    from ..scores.scorers import Scorers
     from ..scores.video import score_video
     from .workers import Outcome, Worker, _one_line
 
@@ -194,7 +195,7 @@ def run_video_jobs(jobs: Sequence[Any], folder: Path, runtime: Runtime, pipeline
             if scoring is not None:
                 try:
                     request = result.video.request
-                    scorer = worker.pipeline_for([job]).scorer(csd=scoring.csd)
+                    scorer = Scorers(worker.pipeline_for([job])).scorer(csd=scoring.csd)
                     prompt = video.options.prompt if video.options.prompt is not None else request.prompt
                     made = score_video(scorer, result.frames, prompt, request.style, request.content_prompt,
                                        request.style_fit)

@@ -2,8 +2,9 @@
 
 A ``Worker`` holds one pipeline at a time on one device, loaded as the ``Runtime`` says (the same in
 process and in every Ray actor), and runs each batch through the core's batched generation
-(``StylePipeline.generate_many``), scoring the images when asked (``Scoring``). Workers only make images;
-the batch driver (``batch``) writes them.
+(``StylePipeline.generate_many``), scoring the images when asked (``Scoring``). The pipelines it loads share one
+``EmbeddingMemory`` (a style encoded for one model is known to the next), whose ``encoder_runs`` it reports.
+Workers only make images; the batch driver (``batch``) writes them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.request import Request
+from ..core.styles import EmbeddingMemory
 from ..core.video_options import VideoRequest
 from ..errors import UserError
 from ..loading.runtime import DEFAULT_MODEL, Runtime
@@ -68,7 +70,8 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Scoring:
-    """Score every image a worker makes (``StylePipeline.score`` against its request), with CSD from ``csd``."""
+    """Score every image a worker makes (``scores.scorers.Scorers.score`` against its request), with CSD from
+    ``csd``."""
 
     csd: str | None = None
 
@@ -88,14 +91,15 @@ def pipeline_key(request: Request) -> tuple[str | None, str | None, str | None]:
 
 def _fits(pipe: Any, key: tuple[str | None, str | None, str | None]) -> bool:
     """Whether a loaded pipeline is the one a job names (``None``: any)."""
-    mine = (pipe.model_id, pipe.adapter_ref or pipe.adapter.path, pipe.image_encoder.identity)
+    res = pipe.resources
+    mine = (res.model_id, res.adapter_ref or res.adapter.path, res.image_encoder.identity)
     return all(want is None or Path(want).expanduser().resolve() == Path(have).expanduser().resolve()
                for want, have in zip(key, mine, strict=True))
 
 
 class Worker:
     """Turns batches of jobs into images on one device: one pipeline at a time, loaded as ``runtime`` says, and
-    every style it has encoded kept (the core's embedding memory, shared across the pipelines it loads)."""
+    every style it has encoded kept (one ``EmbeddingMemory``, the given pipeline's, shared by those it loads)."""
 
     def __init__(self, runtime: Runtime | None = None, pipeline: Any = None, threads: int | None = None,
                  scoring: Scoring | None = None) -> None:
@@ -106,19 +110,18 @@ class Worker:
         self.runtime = runtime or Runtime()
         self.scoring = scoring
         self.name = self.name_here()
-        self.encoder_runs = 0
         self.given = pipeline
         self.pipeline: Any = None
         self.loaded: tuple[Any, ...] | None = None
         self.load_errors: dict[tuple[Any, ...], Exception] = {}
-        self.hooks: list[Any] = []
-        self.embed_memory: dict[Any, Any] = pipeline.embeddings.memory if pipeline is not None else {}
-        if pipeline is not None:
-            self._watch(pipeline)
+        self.memory = pipeline.resources.embeddings.memory if pipeline is not None else EmbeddingMemory()
+        self.runs_before = self.memory.encoder_runs  # a given pipeline may have encoded before
+        self.scorers: dict[int, Any] = {}
 
-    def _watch(self, pipeline: Any) -> None:
-        pipeline.embeddings.memory = self.embed_memory  # styles encoded by an earlier model stay known
-        self.hooks.append(pipeline.image_encoder.model.register_forward_hook(self._count))
+    @property
+    def encoder_runs(self) -> int:
+        """Image-encoder passes this worker's pipelines made (styles encoded by an earlier model are not redone)."""
+        return self.memory.encoder_runs - self.runs_before
 
     @staticmethod
     def name_here() -> str:
@@ -126,12 +129,7 @@ class Worker:
         return f"{socket.gethostname()}:{os.getpid()}"
 
     def close(self) -> None:
-        """Stop counting encoder passes (a pipeline given by the caller outlives this worker)."""
-        for hook in self.hooks:
-            hook.remove()
-
-    def _count(self, *_: Any) -> None:
-        self.encoder_runs += 1
+        """Nothing to undo: the worker changes nothing in a pipeline it was given."""
 
     def pipeline_for(self, jobs: Sequence[Job]) -> Any:
         """The given pipeline if the jobs name no other model, else the loaded one when it fits, else a new
@@ -147,16 +145,16 @@ class Worker:
         if key in self.load_errors:
             raise self.load_errors[key]
         self.pipeline = self.loaded = None
+        self.scorers.clear()
         model, adapter, encoder = key
         try:
             model = model or DEFAULT_MODEL
             adapter = adapter or default_adapter(model, self.runtime.single_file_config)  # the family's own
-            pipe = StylePipeline.from_pretrained(model, adapter, self.runtime,
-                                                 image_encoder=encoder, blocks=jobs[0].request.blocks)
+            pipe = StylePipeline.from_pretrained(model, adapter, self.runtime, image_encoder=encoder,
+                                                 blocks=jobs[0].request.blocks, embedding_memory=self.memory)
         except Exception as err:
             self.load_errors[key] = err
             raise
-        self._watch(pipe)
         self.pipeline, self.loaded = pipe, key
         return pipe
 
@@ -187,8 +185,11 @@ class Worker:
         """(scores, None), or (None, why not): a failure to score never loses the images."""
         if self.scoring is None:
             return None, None
+        from ..scores.scorers import Scorers
+
         try:
-            return pipe.score(result, csd=self.scoring.csd), None
+            scorers = self.scorers.setdefault(id(pipe), Scorers(pipe))
+            return scorers.score(result, csd=self.scoring.csd), None
         except Exception as err:
             return None, _one_line(err)
 

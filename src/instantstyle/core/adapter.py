@@ -1,38 +1,28 @@
 """IP-Adapter files: reading h94-format weights, refusing misfits, attaching them with diffusers.
 
-Diffusers' own loader (``load_ip_adapter``) and attention processors do the work; this module adds
-what InstantStyle needs on top: knowing a file's kind and dimensions before loading, refusing a file
-that does not fit the model (the family says what fits), and pruning the adapter weights of every
-layer no block targets right after loading (``processors.prune_layers``).
+Diffusers' own loader (``load_ip_adapter``) and attention code do the work; this module adds what InstantStyle
+needs on top: knowing a file's kind and dimensions before loading, refusing a file that does not fit the model
+(the family says what fits), and, right after loading, our processors on the loaded weights with the weights of
+every layer no block targets dropped (``processors.take_over``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import Any
 
 from ..errors import UserError
 from ..families import Family, all_families
+from .blocks import Slot
+from .csgo import is_csgo, read_csgo
 from .processors import adapter_parameter_count as adapter_parameter_count  # re-exported: counts live weights
-from .processors import adapters_loaded, prune_layers
+from .processors import adapters_loaded, slots_applied, take_over
+from .weights import AdapterKind, AdapterWeights, load_bin, read_weights
 
-AdapterKind = Literal["global", "plus"]
-
-
-@dataclass(frozen=True)
-class AdapterWeights:
-    """An IP-Adapter file read into memory, with what it is and what it fits."""
-
-    path: str
-    kind: AdapterKind
-    image_embed_dim: int  # global: CLIP projection dim; plus: CLIP hidden size
-    cross_attention_dim: int
-    num_layers: int
-    state_dict: dict[str, dict[str, torch.Tensor]]
+__all__ = ["AdapterKind", "AdapterWeights", "adapter_kind", "adapter_parameter_count", "attach_adapters",
+           "adapters_applied", "check_adapter_fits", "file_parameter_count", "read_adapter"]
 
 
 def read_adapter(path: str | Path) -> AdapterWeights:
@@ -40,21 +30,9 @@ def read_adapter(path: str | Path) -> AdapterWeights:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"adapter {path}: no such file")
-    flat: dict[str, torch.Tensor] = {}
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            flat = load_file(str(path))
-            state: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
-            for key, tensor in flat.items():
-                group, _, rest = key.partition(".")
-                if group in state:
-                    state[group][rest] = tensor
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file is a user error, whatever the library raised
-        raise UserError(f"adapter {path}: not a readable weights file ({type(err).__name__})") from None
+    state, flat = read_weights(path)
+    if is_csgo(state):
+        return read_csgo(path, state)
     if not isinstance(state, dict) or not state.get("image_proj") or not state.get("ip_adapter"):
         for family in all_families():  # a format only some family uses (h94's is every UNet family's)
             weights = family.adapter_reader(path, flat) if family.adapter_reader is not None else None
@@ -75,6 +53,21 @@ def read_adapter(path: str | Path) -> AdapterWeights:
     return AdapterWeights(str(path), kind, int(embed_dim), int(cross_dim), num_layers, state)
 
 
+def adapter_kind(path: str | Path) -> str | None:
+    """``csgo`` for a CSGO checkpoint, ``None`` for anything else, from the file's names alone (a ``.bin`` is
+    memory-mapped, a safetensors header read): cheap enough to check a request before anything loads."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return "csgo" if is_csgo({key.partition(".")[0]: None for key in f.keys()}) else None
+        return "csgo" if is_csgo(load_bin(path)) else None
+    except Exception:  # unreadable: read_adapter says why, when it loads
+        return None
+
+
 def check_adapter_fits(adapter: AdapterWeights, family: Family, denoiser: Any) -> None:
     """Refuse an adapter made for another model (an SD1.5 adapter on SDXL, say) with a clear message."""
     misfit = family.adapter_misfit(adapter, denoiser)
@@ -83,9 +76,11 @@ def check_adapter_fits(adapter: AdapterWeights, family: Family, denoiser: Any) -
 
 
 def attach_adapters(
-    pipe: Any, family: Family, adapters: Sequence[AdapterWeights], keep: Sequence[set[str]] | None = None
+    pipe: Any, family: Family, adapters: Sequence[AdapterWeights],
+    keep: Sequence[set[str] | frozenset[str]] | None = None,
 ) -> None:
-    """Load adapters into the pipeline's denoiser with diffusers, then prune layers outside ``keep``.
+    """Load adapters into the pipeline's denoiser with diffusers (those loaded before unloaded first), then our
+    processors on their weights, one slot per adapter (``processors.take_over``).
 
     ``keep[i]`` is the set of layers adapter ``i`` may ever be used on; ``None`` keeps every weight
     (re-targeting then needs no reload).
@@ -93,8 +88,24 @@ def attach_adapters(
     if adapters_loaded(family.denoiser_of(pipe)):
         pipe.unload_ip_adapter()
     family.load_adapters(pipe, [a.state_dict for a in adapters])
-    if keep is not None:
-        prune_layers(family.denoiser_of(pipe), family, keep)
+    take_over(family.denoiser_of(pipe), family, keep)
+
+
+@contextmanager
+def adapters_applied(pipe: Any, family: Family, slots: Sequence[Slot], files: Sequence[str] = (),
+                     keep: Sequence[set[str] | frozenset[str]] | None = None,
+                     rest: set[str] | frozenset[str] | None = None) -> Iterator[None]:
+    """``slots`` set for the block. With ``files`` (the main adapter's first), those adapters are loaded for it
+    (keeping the weights of ``keep[i]``'s layers; ``None``: all), and after it the main adapter alone is loaded back,
+    keeping ``rest`` (``None``: all): the denoiser as it was between requests."""
+    try:
+        if files:
+            attach_adapters(pipe, family, [read_adapter(f) for f in files], None if keep is None else list(keep))
+        with slots_applied(family.denoiser_of(pipe), family, slots):
+            yield
+    finally:
+        if files:
+            attach_adapters(pipe, family, [read_adapter(files[0])], None if rest is None else [set(rest)])
 
 
 def file_parameter_count(adapter: AdapterWeights) -> int:

@@ -12,11 +12,11 @@ does. Apart from reading such a file, everything here is string work on layer na
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError, did_you_mean
+from ..errors import UserError, did_you_mean, shown
 from ..families import Family, all_families, family_named
 from ..files import safe_json
 from ..files.textfiles import read_small_text
@@ -88,9 +88,12 @@ def split_preset_ref(spec: str) -> tuple[str, str]:
     return file, name
 
 
-def expand_preset_ref(spec: str, base: str | Path | None = None) -> str:
+def expand_preset_ref(spec: str, base: str | Path | None = None, layers: Sequence[str] | None = None,
+                      family: Family | str | None = None) -> str:
     """``@FILE:NAME`` -> the blocks spec saved under NAME in FILE (relative to ``base`` if given, e.g. a
-    job file's folder); any other spec is returned as it is."""
+    job file's folder); any other spec is returned as it is. With a model's ``layers`` and ``family``, the
+    preset's blocks must be the model's: an error names the preset, never its text (a file read for a web
+    page's visitor may hold anything; ``check_presets`` never quotes values either)."""
     if not is_preset_ref(spec):
         return spec
     file, name = split_preset_ref(spec)
@@ -101,25 +104,38 @@ def expand_preset_ref(spec: str, base: str | Path | None = None) -> str:
     if name not in presets:
         raise UserError(f"presets file {path} has no preset {name!r}{did_you_mean(name, presets)}; it has: "
                         f"{', '.join(presets)}")
+    if layers is not None and family is not None:
+        try:
+            resolve_blocks(presets[name], layers, family)
+        except UserError:
+            family = family_named(family)
+            raise UserError(f"presets file {path}: preset {name!r} names a block this {family.name} model does not "
+                            f"have; valid names: {', '.join(_valid_names(layers, family))}") from None
     return presets[name]
 
 
 def check_presets(presets: object, where: str) -> dict[str, str]:
-    """A ``{name: spec}`` mapping with well-formed names and specs, or a one-line ``UserError``."""
+    """A ``{name: spec}`` mapping with well-formed names and specs, or a one-line ``UserError`` that names a preset
+    but never quotes its value (the file may not be a presets file at all, and hold secrets)."""
     if not isinstance(presets, dict) or not presets:
         raise UserError(f"{where}: a presets file is a non-empty JSON object of name -> blocks spec")
     for name, spec in presets.items():
         if not isinstance(name, str) or not name.strip() or ":" in name or name != name.strip():
-            raise UserError(f"{where}: preset name {name!r} must be text without ':' or outer spaces")
+            raise UserError(f"{where}: preset name {shown(name)} must be text without ':' or outer spaces")
         if not isinstance(spec, str):
-            raise UserError(f"{where}: preset {name!r} must be a blocks spec (text), got {spec!r}")
+            raise UserError(f"{where}: preset {name!r} must be a blocks spec (text), not {_json_kind(spec)}")
         if is_preset_ref(spec):
             raise UserError(f"{where}: preset {name!r} refers to another presets file; give the blocks")
         try:
             _parse_items(spec)
-        except UserError as err:
-            raise UserError(f"{where}: preset {name!r}: {err}") from None
+        except UserError:
+            raise UserError(f"{where}: preset {name!r} is not a blocks spec (NAME or NAME=SCALE, comma-separated, "
+                            f"scales 0 to {MAX_SCALE:g})") from None
     return dict(presets)
+
+
+def _json_kind(value: object) -> str:
+    return {dict: "an object", list: "a list", bool: "true or false", type(None): "null"}.get(type(value), "a number")
 
 
 def read_presets(path: str | Path) -> dict[str, str]:
@@ -174,12 +190,16 @@ def resolve_blocks(
             if not hit:
                 what = f"block {name!r}" if targets == (name,) or name in presets else (
                     f"block {targets[0]!r} (of range {name!r})")
-                valid = list(presets) + valid_block_names(layers, family)
+                valid = _valid_names(layers, family)
                 raise UserError(f"{what} matches no attention layer of this {family.name} model"
                                 f"{did_you_mean(name, valid)}; valid names: {', '.join(valid)}")
             for layer in hit:
                 resolved[layer] = block_scale * scale
     return resolved
+
+
+def _valid_names(layers: Sequence[str], family: Family) -> list[str]:
+    return list(family.presets) + valid_block_names(layers, family)
 
 
 def unmeasured_preset(name: str, family: Family, layers: Sequence[str]) -> str:
@@ -190,6 +210,22 @@ def unmeasured_preset(name: str, family: Family, layers: Sequence[str]) -> str:
             f"{name.split('+')[0]}; find them with `instantstyle probe-blocks --model M --style REF --prompt TEXT "
             f"--save-presets presets.json -o probe/`, then use --blocks @presets.json:{name} (here: "
             f"{', '.join(family.presets)}, or blocks {span})")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One entry of the call's image embeddings: the loaded adapter whose weights it uses (0: the main one), its
+    scale per layer (a layer it does not name: 0, and diffusers then skips it) and, with regions, one weight per
+    image of the slot (each image's scale inside its region is the layer's scale times its weight)."""
+
+    adapter: int
+    scales: Mapping[str, float]
+    weights: tuple[float, ...] | None = None
+
+    def at(self, layer: str, on: bool = True) -> float | list[float]:
+        """The scale at ``layer`` as diffusers' processors take it: a float, or one per image with regions."""
+        value = float(self.scales.get(layer, 0.0)) if on else 0.0
+        return [value * w for w in self.weights] if self.weights is not None else value
 
 
 @dataclass(frozen=True)

@@ -293,6 +293,24 @@ def load_style(path: str | Path) -> StyleFile:
         raise UserError(f"style file {path}: not an instantstyle style file")
     if not all(torch.isfinite(t).all() for t in tensors.values()):
         raise UserError(f"style file {path}: holds values that are not finite numbers (NaN or inf)")
-    kind, encoder = meta.pop("kind"), meta.pop("encoder")
+    kind, encoder = meta.pop("kind", None), meta.pop("encoder", None)
+    if kind not in STYLE_RANKS or not isinstance(encoder, str):
+        raise UserError(f"style file {path}: not an instantstyle style file (adapter kind {kind!r})")
+    check_style_shapes(f"style file {path}", kind, tensors["embeds"], tensors["negative"])
     meta.pop("format")
     return StyleFile(tensors["embeds"].float(), tensors["negative"].float(), kind, encoder, meta)
+
+
+#: A style file's embeddings: one reference, (1, width) for a global adapter, (1, tokens, width) for a plus one.
+STYLE_RANKS = {"global": 2, "plus": 3}
+
+
+def check_style_shapes(where: str, kind: str, embeds: torch.Tensor, negative: torch.Tensor) -> None:
+    """The shapes a style file of ``kind`` can hold (a crafted one failed deep in attention, after the model loaded):
+    one row, the rank of the kind, no empty dimension, and a negative of the same shape."""
+    shape = tuple(embeds.shape)
+    if len(shape) != STYLE_RANKS[kind] or shape[0] != 1 or 0 in shape:
+        wanted = "(1, width)" if kind == "global" else "(1, tokens, width)"
+        raise UserError(f"{where}: holds embeddings of shape {shape}; a {kind} style is {wanted}")
+    if tuple(negative.shape) != shape:
+        raise UserError(f"{where}: holds a negative of shape {tuple(negative.shape)} for embeddings of shape {shape}")

@@ -1,58 +1,57 @@
-"""Every edit of diffusers' IP-Adapter attention-processor state, in one place, for the diffusers it was written for.
+"""The IP-Adapter attention processors InstantStyle runs: diffusers' own attention code, the slots and scales ours.
 
-diffusers' IP-Adapter processors come in two layouts. UNets' ``IPAdapterAttnProcessor2_0`` and FLUX's
-``FluxIPAdapterAttnProcessor`` keep per-adapter lists: ``to_k_ip``/``to_v_ip`` projections and ``scale``
-(UNets also ``num_tokens``), zipped with the list of image embeddings ("slots") at run time; the denoiser's
-``encoder_hid_proj.image_projection_layers`` holds one image projection per slot. SD3's
-``SD3IPAdapterJointAttnProcessor2_0`` holds ONE adapter: a single ``to_k_ip``/``to_v_ip`` (plus its own norms)
-and a float ``scale``, with the one image projection (a time-conditioned resampler) at ``transformer.image_proj``.
-diffusers has no public API for what InstantStyle needs, so this module edits that state directly: per-layer
-scales per slot (``set_scales``), extra slots sharing an adapter's weights (``set_slot_count``, list layout
-only), and dropping the weights of layers no block targets (``prune_layers``). That layout is private and may
-change in any diffusers release, so every function here first checks the installed diffusers against the
-versions it was verified with, and refuses another one with one clear message.
+diffusers' public loader (``load_ip_adapter``) reads an adapter's weights into its processors and image projection;
+``take_over`` then installs processor classes of our own with diffusers' public ``set_attn_processor``, handing
+them those weights:
+
+- ``SlotAttnProcessor`` (UNet families) and ``SlotFluxAttnProcessor`` (FLUX) subclass diffusers' IP-Adapter
+  processors and run their ``__call__`` unchanged, so the attention is diffusers' to the bit. What differs is the
+  state that code reads. diffusers keeps one ``to_k_ip``/``to_v_ip``/``scale`` entry per loaded adapter, zipped with
+  the image embeddings of the call ("slots"). Ours keep each loaded adapter's weights once (``adapter_k`` /
+  ``adapter_v``, by adapter index, and only in the layers a block may target) and a list of ``Slot``s, each naming
+  the adapter whose weights it uses and its scale here; ``to_k_ip``, ``to_v_ip`` and ``scale`` are read from them.
+  So the composition image (a second slot on the main adapter's weights, see ``routing``) registers no module
+  twice. ``SlotFluxAttnProcessor`` also leaves the slots at scale 0 out of the call (diffusers would compute their
+  image attention and add it times 0: the same values, at a cost, and impossible where the weights were pruned).
+- ``SlotImageProjection`` (the denoiser's ``encoder_hid_proj``) projects each slot's embeddings with its adapter's
+  image projection.
+- SD3's processor (``SD3IPAdapterJointAttnProcessor2_0``) holds one adapter and a float ``scale``, its constructor's
+  argument: one slot, whose scale is set per layer.
+- A layer no adapter keeps gets the family's text-only processor, which holds no adapter weights.
+
+``slots_applied`` sets the slots for one call and puts the previous ones back after it. What is read of diffusers'
+classes is checked when they are taken over (``check_layout``): a diffusers release that lays them out otherwise is
+refused with one clear message instead of making a wrong image; no version is pinned.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import cache
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0, JointAttnProcessor2_0
+from diffusers.models.attention_processor import (
+    Attention,
+    AttnProcessor2_0,
+    IPAdapterAttnProcessor2_0,
+    JointAttnProcessor2_0,
+)
+from diffusers.models.embeddings import MultiIPAdapterImageProjection
 from diffusers.models.transformers.transformer_flux import FluxIPAdapterAttnProcessor
 from torch import nn
 
-from ..errors import UserError
+from .blocks import Slot
 
 if TYPE_CHECKING:
     from ..families import Family
-
-#: diffusers releases (major.minor) whose IP-Adapter processor state this module was verified against.
-VERIFIED_DIFFUSERS = ("0.42",)
-
-
-@cache
-def check_diffusers(version: str | None = None) -> None:
-    """Refuse a diffusers release this module was not verified with (its private processor layout may differ)."""
-    if version is None:
-        import diffusers
-
-        version = diffusers.__version__
-    if ".".join(version.split(".")[:2]) not in VERIFIED_DIFFUSERS:
-        raise UserError(
-            f"instantstyle edits diffusers' IP-Adapter attention processors as laid out in diffusers "
-            f"{' / '.join(v + '.x' for v in VERIFIED_DIFFUSERS)}; this is diffusers {version}: install "
-            f"diffusers=={VERIFIED_DIFFUSERS[-1]}.*"
-        )
 
 
 class TextOnlyAttnProcessor(AttnProcessor2_0):
     """Cross-attention of a layer no block targets: drops the image tokens, holds no adapter weights."""
 
-    text_only = True  # what ``set_scales`` looks for: a layer whose adapter weights are all pruned
+    text_only = True  # a layer whose adapter weights are all pruned
 
     def __call__(  # type: ignore[override]
         self,
@@ -87,21 +86,78 @@ class TextOnlyJointAttnProcessor(JointAttnProcessor2_0):
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask)  # type: ignore[arg-type]
 
 
-class _Slots:
-    """The part of a FLUX IP processor its ``__call__`` reads, for a subset of its slots."""
+class PrunedProjection(nn.Module):
+    """What a slot reads as its to_k_ip/to_v_ip in a layer its adapter was pruned from (its scale there is 0)."""
 
-    def __init__(self, proc: FluxIPAdapterAttnProcessor, keep: list[int]) -> None:
-        self.scale = [proc.scale[i] for i in keep]
-        self.to_k_ip = [proc.to_k_ip[i] for i in keep]
-        self.to_v_ip = [proc.to_v_ip[i] for i in keep]
-        self._attention_backend = proc._attention_backend
-        self._parallel_config = proc._parallel_config
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this adapter was pruned from this layer; reload it to target the layer")
 
 
-class SkippingFluxIPAdapterAttnProcessor(FluxIPAdapterAttnProcessor):
-    """diffusers' FLUX IP processor that skips the slots at scale 0 (diffusers computes their image attention
-    and adds it times 0: the same values, at a cost, and impossible for a slot whose weights were pruned from
-    this layer). The other slots run diffusers' own code."""
+_PRUNED = PrunedProjection()
+
+
+class _SlotState:
+    """The state diffusers' IP processor ``__call__`` reads (``scale``, ``to_k_ip``, ``to_v_ip``, ``num_tokens``),
+    per slot, from each adapter's weights (held once) and the slots."""
+
+    adapter_k: nn.ModuleDict  # adapter index (as text) -> its to_k_ip in this layer; absent: pruned here
+    adapter_v: nn.ModuleDict
+    adapter_tokens: list[int]  # image tokens per adapter (UNet processors)
+    slot_adapters: list[int]
+    slot_scales: list[float | list[float]]
+    skips_zero = False  # whether slots at scale 0 are left out of the call (FLUX)
+
+    def _take(self, source: Any, keep: Sequence[bool]) -> None:
+        self.hidden_size, self.cross_attention_dim = source.hidden_size, source.cross_attention_dim
+        self.adapter_k = nn.ModuleDict({str(i): source.to_k_ip[i] for i, kept in enumerate(keep) if kept})
+        self.adapter_v = nn.ModuleDict({str(i): source.to_v_ip[i] for i, kept in enumerate(keep) if kept})
+        self.adapter_tokens = list(getattr(source, "num_tokens", [0] * len(keep)))
+        self.slot_adapters = list(range(len(keep)))
+        self.slot_scales = [float(s) if kept else 0.0 for s, kept in zip(source.scale, keep, strict=True)]
+
+    def holds(self, adapter: int) -> bool:
+        """Whether this layer holds the weights of loaded adapter ``adapter``."""
+        return str(adapter) in self.adapter_k
+
+    def _shown(self) -> list[int]:
+        return [i for i, s in enumerate(self.slot_scales)
+                if not self.skips_zero or (any(s) if isinstance(s, list) else s != 0)]
+
+    @property
+    def scale(self) -> list[float | list[float]]:
+        return [self.slot_scales[i] for i in self._shown()]
+
+    @property
+    def to_k_ip(self) -> list[nn.Module]:
+        return [self.adapter_k[str(self.slot_adapters[i])] if self.holds(self.slot_adapters[i]) else _PRUNED
+                for i in self._shown()]
+
+    @property
+    def to_v_ip(self) -> list[nn.Module]:
+        return [self.adapter_v[str(self.slot_adapters[i])] if self.holds(self.slot_adapters[i]) else _PRUNED
+                for i in self._shown()]
+
+    @property
+    def num_tokens(self) -> list[int]:
+        return [self.adapter_tokens[self.slot_adapters[i]] for i in self._shown()]
+
+
+class SlotAttnProcessor(_SlotState, IPAdapterAttnProcessor2_0):
+    """diffusers' UNet IP-Adapter processor (its ``__call__``) on our slots (see the module docstring)."""
+
+    def __init__(self, source: IPAdapterAttnProcessor2_0, keep: Sequence[bool]) -> None:
+        nn.Module.__init__(self)
+        self._take(source, keep)
+
+
+class SlotFluxAttnProcessor(_SlotState, FluxIPAdapterAttnProcessor):  # type: ignore[misc]
+    """diffusers' FLUX IP-Adapter processor (its ``__call__``) on our slots, the slots at scale 0 left out."""
+
+    skips_zero = True
+
+    def __init__(self, source: FluxIPAdapterAttnProcessor, keep: Sequence[bool]) -> None:
+        nn.Module.__init__(self)
+        self._take(source, keep)
 
     def __call__(  # type: ignore[override]
         self,
@@ -113,173 +169,185 @@ class SkippingFluxIPAdapterAttnProcessor(FluxIPAdapterAttnProcessor):
         ip_hidden_states: list[torch.Tensor] | None = None,
         ip_adapter_masks: torch.Tensor | None = None,
     ) -> Any:
-        keep = [i for i, scale in enumerate(self.scale) if scale != 0]
-        slots: Any = self if len(keep) == len(self.scale) else _Slots(self, keep)
-        if ip_hidden_states is not None and slots is not self:
-            ip_hidden_states = [ip_hidden_states[i] for i in keep]
-        return FluxIPAdapterAttnProcessor.__call__(slots, attn, hidden_states, encoder_hidden_states,  # type: ignore[arg-type]
-                                                   attention_mask, image_rotary_emb, ip_hidden_states)
+        if ip_hidden_states is not None:
+            ip_hidden_states = [ip_hidden_states[i] for i in self._shown()]
+        return super().__call__(attn, hidden_states, encoder_hidden_states,  # type: ignore[arg-type]
+                                attention_mask, image_rotary_emb, ip_hidden_states)
 
 
-def skip_zero_scale_slots(denoiser: Any) -> None:
-    """Make every FLUX IP processor of the denoiser skip its slots at scale 0 (``SkippingFluxIPAdapterAttnProcessor``:
-    the same object, weights and state; only its call differs)."""
-    check_diffusers()
-    for proc in denoiser.attn_processors.values():
-        if type(proc) is FluxIPAdapterAttnProcessor:
-            proc.__class__ = SkippingFluxIPAdapterAttnProcessor
+#: diffusers' list-layout IP processor classes and the class of ours that takes each over.
+OURS = {IPAdapterAttnProcessor2_0: SlotAttnProcessor, FluxIPAdapterAttnProcessor: SlotFluxAttnProcessor}
 
 
-class PrunedProjection(nn.Module):
-    """Placeholder for one adapter's to_k_ip/to_v_ip in a layer only other adapters target."""
+class SlotImageProjection(MultiIPAdapterImageProjection):
+    """The denoiser's ``encoder_hid_proj``: each slot's image embeddings through its adapter's image projection
+    (diffusers' ``forward``, on ``image_projection_layers`` read per slot; each projection registered once)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("this adapter was pruned from this layer; reload it to target the layer")
+    def __init__(self, source: MultiIPAdapterImageProjection) -> None:
+        nn.Module.__init__(self)
+        self.adapters = source.image_projection_layers
+        self.slot_adapters = list(range(len(self.adapters)))
+
+    @property
+    def image_projection_layers(self) -> list[nn.Module]:  # type: ignore[override]
+        return [self.adapters[i] for i in self.slot_adapters]
 
 
-def _is_list_layout(proc: Any) -> bool:
-    return isinstance(proc.scale, list) and isinstance(proc.to_k_ip, nn.ModuleList)
+def check_layout(proc: Any) -> None:
+    """Refuse diffusers' IP processor if it is not laid out as this module reads it (per-adapter ``scale``,
+    ``to_k_ip`` and ``to_v_ip`` lists; SD3: one adapter, a float ``scale``)."""
+    lists = isinstance(getattr(proc, "scale", None), list) and isinstance(getattr(proc, "to_k_ip", None), nn.ModuleList)
+    single = isinstance(getattr(proc, "scale", None), (int, float)) and isinstance(getattr(proc, "to_k_ip", None),
+                                                                                    nn.Linear)
+    if not (lists or single):
+        import diffusers
 
-
-def _is_single_layout(proc: Any) -> bool:
-    return isinstance(proc.scale, (int, float)) and isinstance(proc.to_k_ip, nn.Linear)
+        raise RuntimeError(
+            f"diffusers {diffusers.__version__}'s {type(proc).__name__} keeps its adapters' weights and scales in a "
+            "layout instantstyle does not know (per-adapter to_k_ip/to_v_ip/scale lists, or one adapter with a "
+            "float scale); instantstyle's processors.py needs support for it")
 
 
 def ip_processors(denoiser: Any, family: Family) -> dict[str, Any]:
-    """The denoiser's IP-Adapter processors by layer name (``...attn2``, ``transformer_blocks.N.attn``), in
-    processor order."""
-    check_diffusers()
-    import diffusers.models.attention_processor as processors
-    import diffusers.models.transformers.transformer_flux as flux
-
-    cls = getattr(processors, family.ip_processor, None) or getattr(flux, family.ip_processor)
+    """The denoiser's IP-Adapter processors (ours, or SD3's single-adapter one) by layer name, in processor order."""
     found = {}
     for name, proc in denoiser.attn_processors.items():
-        if isinstance(proc, cls):
-            if not (_is_list_layout(proc) or _is_single_layout(proc)):
-                raise RuntimeError(f"{family.ip_processor} has an unknown layout; processors.py needs support")
+        if isinstance(proc, _SlotState) or type(proc).__name__ == family.ip_processor:
             found[name.removesuffix(".processor")] = proc
     return found
 
 
 def image_projections(denoiser: Any) -> list[Any]:
-    """The image projections of the loaded adapters, one per slot (empty when none is loaded): the list layout's
-    ``encoder_hid_proj.image_projection_layers``, or SD3's single ``image_proj``."""
+    """The image projections of the loaded adapters, one per adapter (empty when none is loaded)."""
     hid = getattr(denoiser, "encoder_hid_proj", None)
+    if isinstance(hid, SlotImageProjection):
+        return list(hid.adapters)
     if hid is not None and hasattr(hid, "image_projection_layers"):
         return list(hid.image_projection_layers)
     single = getattr(denoiser, "image_proj", None)
     return [single] if single is not None else []
 
 
-def prune_layers(denoiser: Any, family: Family, keep: Sequence[set[str]]) -> None:
-    """Drop adapter weights from every layer an adapter does not target (InstantStyle: style blocks only).
-
-    ``keep[i]``: the layers adapter ``i`` may be used on. A layer no adapter keeps gets the family's text-only
-    processor; a layer only some adapters keep gets ``PrunedProjection`` placeholders for the others."""
+def take_over(denoiser: Any, family: Family, keep: Sequence[set[str] | frozenset[str]] | None = None) -> None:
+    """After diffusers' loader: our processors and image projection on the loaded adapters' weights, one slot per
+    adapter at diffusers' scale (1), each adapter's weights kept only in the layers of ``keep[i]`` (``None``: all).
+    A layer no adapter keeps gets the family's text-only processor."""
     processors = dict(denoiser.attn_processors)
-    ip = ip_processors(denoiser, family)
-    for name in processors:
+    for name, proc in processors.items():
         layer = name.removesuffix(".processor")
-        if layer not in ip:
+        if type(proc).__name__ != family.ip_processor:
             continue
-        proc = ip[layer]
-        wanted = [layer in k for k in keep]
+        check_layout(proc)
+        count = len(proc.scale) if isinstance(proc.scale, list) else 1
+        wanted = [True] * count if keep is None else [layer in k for k in keep]
         if not any(wanted) and family.text_only_processor is not None:
             processors[name] = family.text_only_processor()
-            continue
-        if not _is_list_layout(proc):
-            continue  # one adapter per processor: it is kept whole
-        for i, want in enumerate(wanted):
-            if not want:
-                proc.to_k_ip[i] = PrunedProjection()
-                proc.to_v_ip[i] = PrunedProjection()
-                proc.scale[i] = 0.0
+        elif type(proc) in OURS:
+            processors[name] = OURS[type(proc)](proc, wanted)
     denoiser.set_attn_processor(processors)
+    hid = getattr(denoiser, "encoder_hid_proj", None)
+    if isinstance(hid, MultiIPAdapterImageProjection) and not isinstance(hid, SlotImageProjection):
+        denoiser.encoder_hid_proj = SlotImageProjection(hid)
 
 
-def set_scales(
-    denoiser: Any, family: Family, slots: Sequence[dict[str, float]], weights: Sequence[Sequence[float] | None] = ()
-) -> None:
-    """Set each slot's scale per layer (a layer a slot's dict does not name gets 0: diffusers then skips it);
-    a slot with regions gets one scale per style (times its weight). Raises if a scale is asked of a layer
-    whose weights were pruned."""
+@dataclass(frozen=True)
+class SlotState:
+    """Every processor's slots and scales and the projection's slots, as ``slot_state`` read them."""
+
+    layers: tuple[tuple[Any, tuple[int, ...], tuple[Any, ...]], ...]
+    projection: tuple[int, ...] | None
+
+
+def slot_state(denoiser: Any, family: Family) -> SlotState:
+    """The slots and scales set now (to put back with ``restore_slots``)."""
+    layers = []
+    for proc in ip_processors(denoiser, family).values():
+        if isinstance(proc, _SlotState):
+            scales = tuple(list(s) if isinstance(s, list) else s for s in proc.slot_scales)
+            layers.append((proc, tuple(proc.slot_adapters), scales))
+        else:
+            layers.append((proc, (0,), (proc.scale,)))
+    hid = getattr(denoiser, "encoder_hid_proj", None)
+    return SlotState(tuple(layers), tuple(hid.slot_adapters) if isinstance(hid, SlotImageProjection) else None)
+
+
+def restore_slots(denoiser: Any, state: SlotState) -> None:
+    for proc, adapters, scales in state.layers:
+        if isinstance(proc, _SlotState):
+            proc.slot_adapters, proc.slot_scales = list(adapters), [list(s) if isinstance(s, list) else s
+                                                                    for s in scales]
+        else:
+            proc.scale = scales[0]
+    hid = getattr(denoiser, "encoder_hid_proj", None)
+    if isinstance(hid, SlotImageProjection) and state.projection is not None:
+        hid.slot_adapters = list(state.projection)
+
+
+def set_slots(denoiser: Any, family: Family, slots: Sequence[Slot], on: bool = True) -> None:
+    """Make ``slots`` the call's slots, each with its scale per layer (``on=False``: every scale 0, the schedule's
+    "off"). A scale asked of a layer whose weights were pruned is an error, as is more than one slot, or regions,
+    on a single-adapter layout (SD3)."""
+    hid = getattr(denoiser, "encoder_hid_proj", None)
+    if isinstance(hid, SlotImageProjection):
+        hid.slot_adapters = [slot.adapter for slot in slots]
     ip = ip_processors(denoiser, family)
     for name, proc in denoiser.attn_processors.items():
         layer = name.removesuffix(".processor")
         if layer in ip:
-            if _is_single_layout(proc):
-                if len(slots) != 1 or any(w is not None for w in weights):
+            if not isinstance(proc, _SlotState):
+                if len(slots) != 1 or slots[0].weights is not None or slots[0].adapter != 0:
                     raise RuntimeError(f"{family.ip_processor} holds one adapter: one slot, no regions")
-                proc.scale = float(slots[0].get(layer, 0.0))
+                proc.scale = slots[0].at(layer, on)
                 continue
-            for i, per_layer in enumerate(slots):
-                value = float(per_layer.get(layer, 0.0))
-                if value and isinstance(proc.to_k_ip[i], PrunedProjection):
-                    raise RuntimeError(f"adapter {i} was pruned from {layer}")
-                per_image = weights[i] if i < len(weights) else None
-                proc.scale[i] = [value * w for w in per_image] if per_image is not None else value
-        elif getattr(proc, "text_only", False) and any(s.get(layer) for s in slots):
+            for slot in slots:
+                if slot.scales.get(layer) and not proc.holds(slot.adapter):
+                    raise RuntimeError(f"adapter {slot.adapter} was pruned from {layer}")
+            proc.slot_adapters = [slot.adapter for slot in slots]
+            proc.slot_scales = [slot.at(layer, on) for slot in slots]
+        elif getattr(proc, "text_only", False) and any(slot.scales.get(layer) for slot in slots):
             raise RuntimeError(f"the adapters were pruned from {layer}")
 
 
 @contextmanager
-def scales_off(denoiser: Any, family: Family) -> Iterator[None]:
-    """Every adapter slot at scale 0 for the block (diffusers then skips their image attention: the denoiser's plain
-    pass, bit for bit), then each scale exactly as it was (a style schedule's or a region's included)."""
-    ip = ip_processors(denoiser, family)
-    saved = {name: (list(proc.scale) if _is_list_layout(proc) else proc.scale) for name, proc in ip.items()}
-    for proc in ip.values():
-        proc.scale = [0.0] * len(proc.scale) if _is_list_layout(proc) else 0.0
+def slots_applied(denoiser: Any, family: Family, slots: Sequence[Slot]) -> Iterator[None]:
+    """``slots`` set for the block; the slots and scales before it put back after it."""
+    before = slot_state(denoiser, family)
     try:
+        set_slots(denoiser, family, slots)
         yield
     finally:
-        for name, proc in ip.items():
-            proc.scale = saved[name]
+        restore_slots(denoiser, before)
 
 
-def set_slot_count(denoiser: Any, family: Family, count: int) -> None:
-    """Make the loaded adapters offer ``count`` slots, those past the loaded adapters sharing slot 0's weights
-    (the same modules registered twice, no copy). ``count`` must not be below the number of adapters loaded;
-    a single-adapter layout (SD3) offers exactly one."""
-    hid = getattr(denoiser, "encoder_hid_proj", None)
-    if hid is None or not hasattr(hid, "image_projection_layers"):
-        if count != 1:
-            raise RuntimeError(f"{family.ip_processor} holds one adapter; {count} slots asked for")
-        return
-    projections = hid.image_projection_layers
-    ip = ip_processors(denoiser, family)
-    while len(projections) > count:
-        del projections[-1]
-    while len(projections) < count:
-        projections.append(projections[0])
-    for proc in ip.values():
-        tokens = getattr(proc, "num_tokens", None)
-        del proc.to_k_ip[count:], proc.to_v_ip[count:], proc.scale[count:]
-        if tokens is not None:
-            del tokens[count:]
-        while len(proc.to_k_ip) < count:
-            proc.to_k_ip.append(proc.to_k_ip[0])
-            proc.to_v_ip.append(proc.to_v_ip[0])
-            proc.scale.append(0.0)
-            if tokens is not None:
-                tokens.append(tokens[0])
+@contextmanager
+def scales_off(denoiser: Any, family: Family) -> Iterator[None]:
+    """Every slot at scale 0 for the block (diffusers then skips their image attention: the denoiser's plain pass,
+    bit for bit), then each scale exactly as it was (a style schedule's or a region's included)."""
+    before = slot_state(denoiser, family)
+    try:
+        for proc, _, scales in before.layers:
+            if isinstance(proc, _SlotState):
+                proc.slot_scales = [[0.0] * len(s) if isinstance(s, list) else 0.0 for s in scales]
+            else:
+                proc.scale = 0.0
+        yield
+    finally:
+        restore_slots(denoiser, before)
 
 
 def adapters_loaded(denoiser: Any) -> bool:
-    """Whether diffusers has IP-Adapters loaded in the denoiser (their image projections are there)."""
+    """Whether IP-Adapters are loaded in the denoiser (their image projections are there)."""
     return bool(image_projections(denoiser))
 
 
 def active_layers(denoiser: Any, family: Family) -> list[set[str]] | None:
-    """Per loaded adapter, the layers that still hold its weights (``None`` when no adapter is loaded)."""
+    """Per loaded adapter, the layers that hold its weights (``None`` when no adapter is loaded)."""
     if not adapters_loaded(denoiser):
         return None
     held: list[set[str]] = [set() for _ in image_projections(denoiser)]
     for layer, proc in ip_processors(denoiser, family).items():
-        projections = proc.to_k_ip if _is_list_layout(proc) else [proc.to_k_ip]
-        for i, k in enumerate(projections):
-            if not isinstance(k, PrunedProjection):
+        for i in range(len(held)):
+            if proc.holds(i) if isinstance(proc, _SlotState) else i == 0:
                 held[i].add(layer)
     return held
 
@@ -289,6 +357,6 @@ def adapter_parameter_count(denoiser: Any) -> int:
     unique = {id(p): p for proj in image_projections(denoiser) for p in proj.parameters()}
     count = sum(p.numel() for p in unique.values())
     for proc in denoiser.attn_processors.values():
-        if hasattr(proc, "to_k_ip") and isinstance(proc, nn.Module):
+        if isinstance(proc, nn.Module) and (isinstance(proc, _SlotState) or hasattr(proc, "to_k_ip")):
             count += sum(p.numel() for p in proc.parameters())
     return count

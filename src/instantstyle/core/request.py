@@ -9,16 +9,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, shown
 from ..files import safe_json
+from ..files.textfiles import open_regular
 
 PNG_KEY = "instantstyle"
 FORMAT_VERSION = 1
-#: ``--control`` values computed by the project (tile: the image itself); anything else is a ready control image.
+#: ``--control`` values computed by the project (tile: the image itself; with a CSGO checkpoint the content image, see
+#: ``csgo``); anything else is a ready control image.
 CONTROL_KINDS = ("canny", "depth", "tile")
 #: How a non-square reference becomes the encoder's square input.
 STYLE_FITS = ("crop", "pad", "tiles")
@@ -31,6 +34,14 @@ MAX_LORA_SCALE = 10.0  # either sign: negative LoRA scales are a real use (slide
 #: CLIP reads 75 tokens (about 300 characters) and warns past them; this only stops absurd text (10 MB took 74 s).
 MAX_PROMPT_CHARS = 10_000
 MIN_SIZE, MAX_SIZE = 64, 8192  # output width and height, pixels
+#: What ``guidance`` and ``control_scale`` left at ``None`` become (restyle and CSGO have their own recipes).
+DEFAULT_GUIDANCE, DEFAULT_CONTROL_SCALE = 5.0, 1.0
+#: Longer than any path a file system takes (Linux's PATH_MAX).
+MAX_PATH_CHARS = 4096
+#: The fields naming a file, folder or hub id (``control`` may also be a control kind, ``canny`` or ``depth``).
+PATH_FIELDS = ("model", "adapter", "image_encoder", "content_text_encoder", "content_image", "init_image", "mask",
+               "control", "control_image", "controlnet", "depth_model", "composition", "restyle", "csd",
+               "caption_model")
 #: ReNoise iterations per inversion step: the original's default is 1; it averages at most 5 in its first steps.
 MAX_RENOISE_STEPS = 10
 #: CSD guidance scales multiply a cosine's gradient through the model and the VAE (the original leaves them at 0).
@@ -111,13 +122,19 @@ class AdapterUse:
 
     def validate(self) -> None:
         if not isinstance(self.path, str) or not self.path:
-            raise UserError(f"an extra adapter needs a weights file, got {self.path!r}")
+            raise UserError(f"an extra adapter needs a weights file, got {shown(self.path)}")
+        check_path("an extra adapter", self.path)
         if not self.style:
             raise UserError(f"adapter {self.path}: give its style image(s) (--adapter 'PATH;style=IMAGE')")
-        _check_weights(self.style)
-        _check_number("adapter scale", self.scale, low=0.0, high=MAX_SCALE)
-        if self.blocks is not None and not isinstance(self.blocks, str):
-            raise UserError(f"adapter {self.path}: blocks must be text, got {self.blocks!r}")
+        try:
+            _check_styles(self.style)
+            _check_number("adapter scale", self.scale, low=0.0, high=MAX_SCALE)
+            if self.blocks is not None and not isinstance(self.blocks, str):
+                raise UserError(f"blocks must be text, got {shown(self.blocks)}")
+            for region in self.regions:
+                check_path("a region", region, "a mask image path")
+        except UserError as err:
+            raise UserError(f"adapter {self.path}: {err}") from None
         if self.regions and len(self.regions) != len(self.style):
             raise UserError(
                 f"adapter {self.path}: {len(self.regions)} region mask(s) for {len(self.style)} style(s)"
@@ -125,11 +142,31 @@ class AdapterUse:
 
 
 def check_prompt(label: str, text: Any) -> None:
-    """A prompt is text of at most ``MAX_PROMPT_CHARS`` (a 10 MB prompt took 74 s and 3.3 GB to tokenize)."""
+    """A prompt is text of at most ``MAX_PROMPT_CHARS`` (a 10 MB prompt took 74 s and 3.3 GB to tokenize) that
+    UTF-8 can hold (a lone surrogate such as ``"\\ud800"`` made the tokenizer raise ``TypeError``)."""
     if not isinstance(text, str):
         raise UserError(f"{label} must be text")
     if len(text) > MAX_PROMPT_CHARS:
         raise UserError(f"{label} is {len(text):,} characters; the most is {MAX_PROMPT_CHARS:,} (CLIP reads about 300)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise UserError(f"{label} holds {shown(text[err.start])} at character {err.start + 1}, half of a UTF-16 "
+                        "pair and no character (not Unicode text)") from None
+
+
+def check_path(label: str, value: Any, kind: str = "a path") -> None:
+    """A path (or hub id) is non-empty text the file system can name: no NUL byte, no lone surrogate, at most
+    ``MAX_PATH_CHARS`` characters (a number, list or object there raised ``TypeError`` deep in a batch)."""
+    if not isinstance(value, str) or not value:
+        raise UserError(f"{label} must be {kind}, got {shown(value)}")
+    if len(value) > MAX_PATH_CHARS:
+        raise UserError(f"{label} is {len(value):,} characters long; no path is over {MAX_PATH_CHARS:,}")
+    try:
+        if b"\0" in os.fsencode(value):
+            raise ValueError
+    except (UnicodeEncodeError, ValueError):
+        raise UserError(f"{label} {shown(value)} holds a character no file name can hold") from None
 
 
 def _is_number(text: str) -> bool:
@@ -152,9 +189,11 @@ class Request:
     scale: float = 1.0
     content_prompt: str | None = None
     content_scale: float = 0.5
-    content_image: str | None = None
+    content_image: str | None = None  # InstantStyle: whose content to subtract; CSGO: the content to keep
+    # CSGO: the content tokens' scale in the UNet's down blocks (0: none, as the authors' released code runs).
+    content_adapter_scale: float = 0.0
     steps: int = 30
-    guidance: float = 5.0
+    guidance: float | None = None  # None: DEFAULT_GUIDANCE (CSGO: 10)
     # Guidance-distilled models (FLUX.1-dev): ``guidance`` is the model's guidance input; above 1, ``true_cfg``
     # also runs real classifier-free guidance (negative prompt and negative image, two forwards per step).
     true_cfg: float = 1.0
@@ -170,9 +209,9 @@ class Request:
     init_image: str | None = None
     strength: float | None = None  # None: the mode's default (img2img 0.8, inpainting 1.0)
     mask: str | None = None  # white = repaint
-    control: str | None = None  # canny | depth | a ready control image
+    control: str | None = None  # canny | depth | tile (CSGO) | a ready control image
     control_image: str | None = None  # the image canny/depth is made from (default: the init image)
-    control_scale: float | None = None  # None: the mode's default (1.0; 0.6 in restyle mode)
+    control_scale: float | None = None  # None: the mode's default (1.0; 0.6 in restyle mode and with CSGO)
     controlnet: str | None = None  # None: the default ControlNet for the control kind and model
     depth_model: str | None = None  # with control=depth: estimate the depth map of control_image with it
     # Where and when the image features act (see routing.py).
@@ -199,16 +238,10 @@ class Request:
     caption_model: str | None = None  # an empty prompt is made from the photo by this image-to-text model
 
     def __post_init__(self) -> None:
-        if isinstance(self.style, (str, StyleRef)):
-            object.__setattr__(self, "style", (self.style,))
-        refs = tuple(StyleRef.parse(s) if isinstance(s, str) else s for s in self.style)
-        object.__setattr__(self, "style", refs)
+        object.__setattr__(self, "style", tuple(_style_from_json(s) for s in _as_list(self.style) if s != ()))
         object.__setattr__(self, "regions", tuple(_as_list(self.regions)) if self.regions else ())
         object.__setattr__(self, "adapters", tuple(_adapter_from_json(a) for a in _as_list(self.adapters) if a != ()))
-        if isinstance(self.lora, (str, LoraRef)):
-            object.__setattr__(self, "lora", (self.lora,))
-        loras = tuple(LoraRef.parse(s) if isinstance(s, str) else s for s in self.lora)
-        object.__setattr__(self, "lora", loras)
+        object.__setattr__(self, "lora", tuple(_lora_from_json(s) for s in _as_list(self.lora) if s != ()))
         if isinstance(self.scheduler, str):
             from .schedulers import canonical_name
 
@@ -216,7 +249,8 @@ class Request:
         self.validate()
 
     def validate(self) -> None:
-        """Raise a one-line ``UserError`` for any value that cannot make an image."""
+        """Raise a one-line ``UserError`` for any value that cannot make an image: every field's type and range,
+        checked here once for every surface that reads a request (flags, PNGs, job lines, the page, style files)."""
         for name in ("prompt", "negative_prompt", "content_prompt"):
             text, label = getattr(self, name), name.replace("_", " ")
             if text is None and name != "prompt":
@@ -224,13 +258,15 @@ class Request:
             check_prompt(label, text)
         if not self.style:
             raise UserError("a style reference is required (--style IMAGE)")
-        _check_weights(self.style)
+        _check_styles(self.style)
         _check_number("scale", self.scale, low=0.0, high=MAX_SCALE)
         _check_number("content scale", self.content_scale, low=0.0, high=MAX_SCALE)
-        _check_number("guidance", self.guidance, low=0.0, high=MAX_GUIDANCE)
+        _check_number("content adapter scale", self.content_adapter_scale, low=0.0, high=MAX_SCALE)
+        if self.guidance is not None:
+            _check_number("guidance", self.guidance, low=0.0, high=MAX_GUIDANCE)
         _check_number("true CFG scale", self.true_cfg, low=1.0, high=MAX_GUIDANCE)
         if self.blocks is not None and not isinstance(self.blocks, str):
-            raise UserError(f"blocks must be text, got {self.blocks!r}")
+            raise UserError(f"blocks must be text, got {shown(self.blocks)}")
         _check_int("steps", self.steps, low=1, high=1000)
         _check_int("number of images", self.num_images, low=1, high=64)
         if self.seed is not None:
@@ -244,23 +280,23 @@ class Request:
         if self.content_image is not None and self.content_prompt is not None:
             raise UserError("give either a content prompt or a content image, not both")
         for lora in self.lora:
+            check_path("a LoRA", lora.path)
             _check_number("LoRA scale", lora.scale, low=-MAX_LORA_SCALE, high=MAX_LORA_SCALE)
         if self.scheduler is not None and not isinstance(self.scheduler, str):
-            raise UserError(f"scheduler must be a name, got {self.scheduler!r}")
+            raise UserError(f"scheduler must be a name, got {shown(self.scheduler)}")
         if not isinstance(self.hidiffusion, bool):
-            raise UserError(f"hidiffusion must be true or false, got {self.hidiffusion!r}")
+            raise UserError(f"hidiffusion must be true or false, got {shown(self.hidiffusion)}")
+        for name in PATH_FIELDS:
+            if getattr(self, name) is not None:
+                check_path(name.replace("_", " "), getattr(self, name))
         self._validate_restyle()  # first: a photo to restyle changes what the other modes' errors mean
         self._validate_modes()
 
     def _validate_modes(self) -> None:
-        for name in ("init_image", "mask", "control", "control_image", "controlnet", "depth_model", "composition"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise UserError(f"{name.replace('_', ' ')} must be a path, got {value!r}")
         if self.strength is not None:
             _check_number("strength", self.strength, low=0.0)
             if not 0 < self.strength <= 1:
-                raise UserError(f"strength must be above 0 and at most 1, got {self.strength}")
+                raise UserError(f"strength must be above 0 and at most 1, got {_number(self.strength)}")
             if self.init_image is None:
                 raise UserError("strength needs an init image (--init-image)")
             if int(self.steps * self.strength) < 1:
@@ -274,9 +310,11 @@ class Request:
             raise UserError("--depth-model needs --control depth (it makes the depth map from --control-image)")
         if self.control is None:  # restyle mode's default is canny
             if (self.control_image is not None or self.controlnet is not None) and self.restyle is None:
-                raise UserError("--control-image and --controlnet need --control canny|depth|IMAGE")
+                raise UserError("--control-image and --controlnet need --control canny|depth|tile|IMAGE")
         elif self.control in CONTROL_KINDS:
-            if self.control_image is None and self.init_image is None and self.restyle is None:
+            # tile with no image: CSGO's (its content image, or black); another adapter is refused once it is known
+            if self.control_image is None and self.init_image is None and self.restyle is None and \
+                    self.control != "tile":
                 raise UserError(f"--control {self.control} needs --control-image IMAGE (or --init-image)")
         elif self.control_image is not None:
             raise UserError("--control IMAGE is the ready control image; --control-image is for canny|depth")
@@ -284,21 +322,20 @@ class Request:
             raise UserError(f"--control {self.control} (a ready control image) needs --controlnet MODEL")
         _check_number("composition scale", self.composition_scale, low=0.0, high=MAX_SCALE)
         for region in self.regions:
-            if not isinstance(region, str) or not region:
-                raise UserError(f"a region must be a mask image path, got {region!r}")
+            check_path("a region", region, "a mask image path")
         if self.regions and len(self.regions) != len(self.style):
             raise UserError(f"{len(self.regions)} region mask(s) for {len(self.style)} style(s): give one per style")
         for name in ("style_start", "style_end"):
             label, value = name.replace("_", " "), getattr(self, name)
             _check_number(label, value, low=0.0)
             if value > 1:
-                raise UserError(f"{label} is a fraction of the run (0 to 1), got {value}")
+                raise UserError(f"{label} is a fraction of the run (0 to 1), got {_number(value)}")
         if self.style_start > self.style_end:
             raise UserError(f"style start {self.style_start} is after style end {self.style_end}")
         for extra in self.adapters:
             extra.validate()
-        if self.style_fit not in STYLE_FITS:
-            raise UserError(f"style fit must be one of {', '.join(STYLE_FITS)}, got {self.style_fit!r}")
+        if not isinstance(self.style_fit, str) or self.style_fit not in STYLE_FITS:
+            raise UserError(f"style fit must be one of {', '.join(STYLE_FITS)}, got {shown(self.style_fit)}")
 
     def _validate_restyle(self) -> None:
         _check_number("restyle content scale", self.restyle_content_scale, low=0.0, high=MAX_SCALE)
@@ -307,10 +344,6 @@ class Request:
         _check_int("renoise steps", self.renoise_steps, low=1, high=MAX_RENOISE_STEPS)
         for name in ("style_guidance", "content_guidance"):
             _check_number(name.replace("_", " "), getattr(self, name), low=0.0, high=MAX_CSD_GUIDANCE)
-        for name in ("restyle", "csd", "caption_model"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise UserError(f"{name.replace('_', ' ')} must be a path, got {value!r}")
         if (self.style_guidance or self.content_guidance) and self.csd is None:
             raise UserError("--style-guidance and --content-guidance need a CSD checkpoint (--csd FILE)")
         if self.style_guidance and any(ref.path.endswith(".safetensors") for ref in self.style):
@@ -395,7 +428,7 @@ def _adapter_from_json(item: Any) -> AdapterUse:
     names = {"path", "style", "blocks", "scale", "regions"}
     if isinstance(item, dict) and set(item) <= names and "path" in item:
         return AdapterUse(**item)
-    raise UserError(f"an extra adapter must be 'PATH;style=...' or {{'path': ..., 'style': [...]}}, got {item!r}")
+    raise UserError(f"an extra adapter must be 'PATH;style=...' or {{'path': ..., 'style': [...]}}, got {shown(item)}")
 
 
 def _style_from_json(item: Any) -> StyleRef:
@@ -405,29 +438,37 @@ def _style_from_json(item: Any) -> StyleRef:
         return StyleRef.parse(item)
     if isinstance(item, dict) and isinstance(item.get("path"), str) and set(item) <= {"path", "weight"}:
         return StyleRef(item["path"], item.get("weight", 1.0))
-    raise UserError(f"a style must be a path or {{'path': ..., 'weight': ...}}, got {item!r}")
+    raise UserError(f"a style must be a path or {{'path': ..., 'weight': ...}}, got {shown(item)}")
 
 
 def _lora_from_json(item: Any) -> LoraRef:
+    if isinstance(item, LoraRef):
+        return item
     if isinstance(item, str):
         return LoraRef.parse(item)
     if isinstance(item, dict) and isinstance(item.get("path"), str) and set(item) <= {"path", "scale"}:
         return LoraRef(item["path"], item.get("scale", 1.0))
-    raise UserError(f"a LoRA must be a path or {{'path': ..., 'scale': ...}}, got {item!r}")
+    raise UserError(f"a LoRA must be a path or {{'path': ..., 'scale': ...}}, got {shown(item)}")
 
 
 def _check_number(name: str, value: Any, low: float, high: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{name} must be a number, got {value!r}")
-    if high is not None and not low <= value <= high:
-        raise UserError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise UserError(f"{name} must be a number, got {shown(value)}")
+    if high is not None and not low <= value <= high:  # compared exactly: a 400-digit int never becomes a float
+        raise UserError(f"{name} must be between {low:g} and {high:g}, got {_number(value)}")
     if value < low:
-        raise UserError(f"{name} must be at least {low}, got {value}")
+        raise UserError(f"{name} must be at least {low}, got {_number(value)}")
 
 
-def _check_weights(refs: tuple[StyleRef, ...]) -> None:
-    """Each style weight in range, and not all 0 (blending divides by their sum)."""
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) or abs(value) < 10**15 else shown(value)
+
+
+def _check_styles(refs: tuple[StyleRef, ...]) -> None:
+    """Each style a path with a weight in range, and not all weights 0 (blending divides by their sum)."""
     for ref in refs:
+        check_path("a style", ref.path)
         _check_number("style weight", ref.weight, low=0.0, high=MAX_SCALE)
     if refs and not any(ref.weight for ref in refs):
         raise UserError("style weights must not all be 0")
@@ -435,9 +476,9 @@ def _check_weights(refs: tuple[StyleRef, ...]) -> None:
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{name} must be a whole number, got {value!r}")
+        raise UserError(f"{name} must be a whole number, got {shown(value)}")
     if not low <= value <= high:
-        raise UserError(f"{name} must be between {low} and {high}, got {value}")
+        raise UserError(f"{name} must be between {low} and {high}, got {shown(value)}")
 
 
 def read_png_text(path: str | Path, key: str) -> str | None:
@@ -446,10 +487,8 @@ def read_png_text(path: str | Path, key: str) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with open_regular(path, str(path)) as file, Image.open(file) as image:
             text = image.info.get(key)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"{path}: not a readable image ({err})") from None
     except Image.DecompressionBombError as err:

@@ -1,47 +1,55 @@
 """Where and when the image features act: per-slot block scales, composition, regions, schedule.
 
 Diffusers' IP-Adapter processors zip a list of image embeddings ("slots") with per-slot scales and
-to_k_ip/to_v_ip projections. Composition adds a second slot that shares the first one's weights
-(the same modules registered twice, no copy): slot 0 carries the style image to the style blocks,
-slot 1 the composition image to the layout block. Restyling a photo (InstantStyle-Plus) puts the photo in a first
-slot on every layer and the style last, both on the main adapter's weights. Regions give each style image of
-slot 0 its own attention mask; the schedule turns all slots off outside ``[style_start, style_end)`` of the run. The
-processor state itself is set in ``processors``.
+to_k_ip/to_v_ip projections. A slot names the loaded adapter whose weights it uses (``blocks.Slot``): the main
+adapter's (0) carries the style images to the style blocks, each further adapter's its own, and a composition image
+is a last slot on the main adapter's weights, in the layout block. Restyling a photo (InstantStyle-Plus) puts the
+photo in a first slot on every layer and the style last, both on the main adapter's weights. Regions give each style
+image of a slot its own attention mask; the schedule turns all slots off outside ``[style_start, style_end)`` of the
+run. The processors themselves are set in ``processors``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..families import Family
 from ..files.images import MAX_PIXELS, load_image
-from .blocks import resolve_blocks
-from .processors import set_scales
+from .blocks import Slot, resolve_blocks
 from .request import Request
 
+if TYPE_CHECKING:
+    import torch
 
-def slot_scales(request: Request, layers: Sequence[str], family: Family) -> list[dict[str, float]]:
-    """Per slot ``{layer: scale}``, in the processors' order: the main adapter (the request's blocks), each
-    further adapter (its own blocks), then with a composition image a last slot sharing the main
-    adapter's weights, which takes the layout block (at ``composition_scale``) away from the first."""
-    scales = resolve_blocks(request.blocks, layers, family, request.scale)
-    extra = [resolve_blocks(a.blocks, layers, family, a.scale) for a in request.adapters]
-    if request.restyle is not None:  # InstantStyle-Plus: the photo's content first on every layer, the style last
-        return [resolve_blocks("all", layers, family, request.restyle_content_scale), *extra, scales]
+
+
+def slots(request: Request, layers: Sequence[str], family: Family,
+          main: dict[str, float] | None = None) -> tuple[Slot, ...]:
+    """The request's slots, in the order of its image embeddings: the main adapter (the request's blocks, or ``main``
+    when they are resolved already), each further adapter (its own blocks), then with a composition image a last
+    slot on the main adapter's weights, which takes the layout block (at ``composition_scale``) away from the
+    first; restyling a photo, the photo's content first on every layer and the style last. A slot with regions
+    weighs each of its style images (its scale inside its region)."""
+    def weights(refs: Sequence[Any], regions: Sequence[str]) -> tuple[float, ...] | None:
+        return tuple(r.weight for r in refs) if regions else None
+
+    scales = main if main is not None else resolve_blocks(request.blocks, layers, family, request.scale)
+    extra = [Slot(i + 1, resolve_blocks(a.blocks, layers, family, a.scale), weights(a.style, a.regions))
+             for i, a in enumerate(request.adapters)]
+    if request.restyle is not None:  # InstantStyle-Plus (no regions: refused with a photo)
+        return (Slot(0, resolve_blocks("all", layers, family, request.restyle_content_scale)), *extra,
+                Slot(0, scales))
     if request.composition is None:
-        return [scales, *extra]
+        return (Slot(0, scales, weights(request.style, request.regions)), *extra)
     layout = resolve_blocks("layout", layers, family, request.composition_scale)
-    return [{layer: s for layer, s in scales.items() if layer not in layout}, *extra, layout]
+    first = {layer: s for layer, s in scales.items() if layer not in layout}
+    return (Slot(0, first, weights(request.style, request.regions)), *extra, Slot(0, layout))
 
 
-def per_image_weights(request: Request) -> list[list[float] | None]:
-    """Per slot, the weight of each regional style (its scale inside its region); ``None`` without regions."""
-    slots: list[list[float] | None] = [[r.weight for r in request.style] if request.regions else None]
-    slots += [[r.weight for r in a.style] if a.regions else None for a in request.adapters]
-    return slots + [None] * (request.composition is not None or request.restyle is not None)
+def adapter_layers(slots: Sequence[Slot], adapters: int) -> list[set[str]]:
+    """Per loaded adapter, the layers its slots name (at any scale): the weights a pruned load keeps."""
+    return [{layer for slot in slots if slot.adapter == i for layer in slot.scales} for i in range(adapters)]
 
 
 def region_masks(request: Request, size: tuple[int, int],
@@ -67,8 +75,7 @@ def region_masks(request: Request, size: tuple[int, int],
 
 
 def schedule_callback(
-    request: Request, denoiser: Any, family: Family, slots: Sequence[dict[str, float]],
-    weights: Sequence[Sequence[float] | None],
+    request: Request, denoiser: Any, family: Family, slots: Sequence[Slot]
 ) -> Callable[..., dict[str, Any]] | None:
     """A ``callback_on_step_end`` that applies the image features only during ``[style_start, style_end)``
     of the denoising run (fractions of the steps actually run); ``None`` when they act throughout.
@@ -78,11 +85,10 @@ def schedule_callback(
     """
     if request.style_start <= 0 and request.style_end >= 1:
         return None
-    off = [dict.fromkeys(s, 0.0) for s in slots]
+    from .processors import set_slots
 
     def apply(fraction: float) -> None:
-        on = request.style_start <= fraction < request.style_end
-        set_scales(denoiser, family, slots if on else off, weights)
+        set_slots(denoiser, family, slots, on=request.style_start <= fraction < request.style_end)
 
     apply(0.0)
 

@@ -1,15 +1,18 @@
 """Sampler names users type (``euler-a``, ``dpm++ 2m karras``, ``lcm``) as diffusers schedulers.
 
 A scheduler is built from the model's own scheduler config, so the noise schedule the model was
-trained with (betas, prediction type, timestep spacing) carries over; only the sampler changes.
+trained with (betas, prediction type, timestep spacing) carries over; only the sampler changes. It is the
+pipeline's scheduler for one call only (``scheduler_applied``).
 Few-step LoRAs need theirs: Lightning/Hyper ``euler-trailing``, LCM-LoRA ``lcm``, TCD-LoRA ``tcd``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, shown
 
 #: name -> (diffusers class, config overrides). Plain data: validating a name needs no diffusers import.
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -40,7 +43,7 @@ def canonical_name(name: str) -> str:
     key = "-".join(str(name).lower().replace("_", " ").split())
     key = _ALIASES.get(key, key)
     if key not in SCHEDULERS:
-        raise UserError(f"unknown scheduler {name!r} (one of: {', '.join(SCHEDULERS)})")
+        raise UserError(f"unknown scheduler {shown(name)} (one of: {', '.join(SCHEDULERS)})")
     return key
 
 
@@ -50,3 +53,18 @@ def make_scheduler(name: str, base: Any) -> Any:
 
     cls_name, overrides = SCHEDULERS[canonical_name(name)]
     return getattr(diffusers, cls_name).from_config(base.config, **overrides)
+
+
+@contextmanager
+def scheduler_applied(pipe: Any, name: str | None) -> Iterator[Any]:
+    """The pipeline's scheduler for the block: ``name``'s, configured from the pipeline's own (``None``: its own);
+    its own put back after it. Yields the scheduler the block runs with."""
+    own = pipe.scheduler
+    if name is None:
+        yield own
+        return
+    pipe.scheduler = make_scheduler(name, own)
+    try:
+        yield pipe.scheduler
+    finally:
+        pipe.scheduler = own

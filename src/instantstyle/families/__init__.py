@@ -4,8 +4,12 @@ A ``Family`` is plain data plus a few functions: which pipeline attribute is the
 recognise the family, its block presets and how attention-layer names group into blocks, its
 IP-Adapter attention processor, its ControlNets, which text tower shares the image encoder's CLIP space,
 its native size. The core asks ``family_of(pipe)`` / ``family_named(name)`` and never branches on a
-family's name. Adding a family is adding one module to this package that defines ``FAMILY`` (found
-automatically), plus its test fixtures.
+family's name.
+
+Adding a family is one module: ``FAMILY = dataclasses.replace(unet.BASE, name=..., matches=..., ...)`` (or
+``dit.BASE``), stating only what differs from the UNet (h94 IP-Adapter) or diffusion-transformer conventions. In
+this package it is found automatically; from outside it, ``register_family(FAMILY)`` at import time, or an entry
+point in the ``instantstyle.families`` group naming the object (then the CLI finds it too).
 """
 
 from __future__ import annotations
@@ -28,9 +32,19 @@ if TYPE_CHECKING:
 MODES = ("text", "img2img", "inpaint")
 
 
+#: The entry-point group another package names its ``Family`` objects in (``pyproject``:
+#: ``[project.entry-points."instantstyle.families"] name = "package.module:FAMILY"``).
+ENTRY_POINT_GROUP = "instantstyle.families"
+
+
 def cfg_guidance(request: Request) -> dict[str, Any]:
     """The guidance argument of a classifier-free-guided pipeline: ``guidance_scale``."""
     return {"guidance_scale": request.guidance}
+
+
+def never(*_: Any) -> bool:
+    """A matcher that matches nothing: a base family's, or ``matches_checkpoint`` of a family without single files."""
+    return False
 
 
 @dataclass(frozen=True)
@@ -43,8 +57,7 @@ class Family:
     denoiser_class: str
     #: Whether a denoiser (its class name and config) belongs to this family; families must not overlap.
     matches: Callable[[str, Mapping[str, Any]], bool]
-    #: Whether a single-file checkpoint (its tensor names) is of this family, and the pipeline that loads it.
-    matches_checkpoint: Callable[[Sequence[str]], bool]
+    #: The diffusers text-to-image pipeline class of the family (every mode is built from it).
     text_pipeline: str
     #: Block presets: name -> block names (a block name selects every injectable layer under it).
     presets: Mapping[str, tuple[str, ...]]
@@ -66,12 +79,8 @@ class Family:
     text_only_processor: Callable[[], Any] | None
     #: Whether an IP-Adapter file fits the denoiser: ``None``, or what does not fit.
     adapter_misfit: Callable[[Any, Any], str | None]  # (adapter.AdapterWeights, denoiser)
-    #: (tokenizer, text encoder) pipeline attributes that may share the image encoder's CLIP space, for
-    #: content subtraction; used when its projection width equals the adapter's. Empty: the user names one.
-    content_towers: tuple[tuple[str, str], ...]
-    #: ControlNet: the diffusers class, the default per control kind, and whether a loaded one fits the denoiser.
+    #: ControlNet: the diffusers class and whether a loaded one fits the denoiser (defaults: ``default_controlnets``).
     controlnet_class: str
-    default_controlnets: Mapping[str, str]
     controlnet_fits: Callable[[Any, Any], bool]
     #: The default output side of a loaded pipeline (the model's native size).
     native_size: Callable[[Any], int]
@@ -79,6 +88,13 @@ class Family:
     check_request: Callable[[Request, Any], None]
     #: Whether the pipeline runs classifier-free guidance at ``guidance`` (then the negative embeds go first).
     guides: Callable[[Any, float], bool]
+    #: Whether a single-file checkpoint (its tensor names) is of this family (then ``text_pipeline`` loads it).
+    matches_checkpoint: Callable[[Sequence[str]], bool] = never
+    #: (tokenizer, text encoder) pipeline attributes that may share the image encoder's CLIP space, for
+    #: content subtraction; used when its projection width equals the adapter's. Empty: the user names one.
+    content_towers: tuple[tuple[str, str], ...] = ()
+    #: The default ControlNet per control kind (``canny``, ``depth``); a kind not here needs ``--controlnet``.
+    default_controlnets: Mapping[str, str] = field(default_factory=dict)
     #: The starting noise of one request exactly as its pipeline would draw it, for batching several requests
     #: into one call (``None``: this family's requests always run one by one).
     draw_latents: Callable[[Any, Request, torch.device, torch.dtype], torch.Tensor] | None = None
@@ -117,6 +133,9 @@ class Family:
     default_adapter: str = ""
     #: Hub ids of this family's well-known models: their adapter is known before the model is downloaded.
     known_models: tuple[str, ...] = ()
+    #: The family this one narrows (a family from outside the package for some of another's models, e.g. SD2.1 UNets
+    #: among SD1.5's): where both match a model, this one is taken. Families that do not refine must not overlap.
+    refines: str | None = None
 
     def denoiser_of(self, pipe: Any) -> Any:
         """The loaded pipeline's denoiser (its UNet or transformer)."""
@@ -128,7 +147,7 @@ class Family:
 
 
 @cache
-def all_families() -> tuple[Family, ...]:
+def _package_families() -> tuple[Family, ...]:
     """Every family module in this package (each defines ``FAMILY``), by module name."""
     found = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
@@ -137,6 +156,47 @@ def all_families() -> tuple[Family, ...]:
         if isinstance(family, Family):
             found.append(family)
     return tuple(found)
+
+
+#: The families registered from outside this package, in the order they came (``register_family``).
+_registered: list[Family] = []
+_entry_points_read: list[bool] = []
+
+
+def register_family(family: Family) -> Family:
+    """Make a family defined outside this package known to every surface, as a family module here is (returns it:
+    ``FAMILY = register_family(replace(unet.BASE, ...))``). Its name must be new; registering it again is a no-op."""
+    if not isinstance(family, Family):
+        raise TypeError(f"register_family takes a Family, not {type(family).__name__}")
+    if family in _registered or family in _package_families():
+        return family
+    if any(f.name == family.name for f in (*_package_families(), *_registered)):
+        raise ValueError(f"a model family named {family.name!r} is already known")
+    _registered.append(family)
+    return family
+
+
+def _read_entry_points() -> None:
+    """Register the families other installed packages name in the ``instantstyle.families`` entry-point group
+    (once per process)."""
+    if _entry_points_read:
+        return
+    _entry_points_read.append(True)
+    from importlib.metadata import entry_points
+
+    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
+        try:
+            family = point.load()
+            register_family(family)
+        except Exception as err:  # another package's code: whatever it raised, one line naming it
+            raise UserError(f"model family {point.name!r} ({point.value}) of an installed package does not load: "
+                            f"{type(err).__name__}: {err}") from None
+
+
+def all_families() -> tuple[Family, ...]:
+    """Every known family: this package's, by module name, then those registered from outside it."""
+    _read_entry_points()
+    return (*_package_families(), *_registered)
 
 
 def family_named(name: str | Family) -> Family:
@@ -150,9 +210,12 @@ def family_named(name: str | Family) -> Family:
 
 
 def _one(found: list[Family], what: str) -> Family:
+    """The one family that matched: a family another matching one ``refines`` gives way to it."""
     if not found:
         names = ", ".join(f.name for f in all_families())
         raise UserError(f"{what}: not a supported model family ({names})")
+    refined = {f.refines for f in found}
+    found = [f for f in found if f.name not in refined]
     if len(found) > 1:
         raise RuntimeError(f"families overlap: {', '.join(f.name for f in found)} all match {what}")
     return found[0]

@@ -1,4 +1,6 @@
-"""What the diffusion-transformer families (SD3.5, FLUX) share: layer names, block grouping, checks and noise.
+"""What the diffusion-transformer families (SD3.5, FLUX) share: ``BASE``, a family with their layer names, block
+grouping, presets, size grid and precision, which each of them ``dataclasses.replace``s with what differs (a DiT's
+IP-Adapter loading, processor and embeddings differ per model, so ``BASE`` has none: a family gives its own).
 
 A DiT's IP-Adapter layers are the joint attention layers of its ``transformer_blocks.N`` (one per block:
 ``transformer_blocks.N.attn``); a block is its own top-level block. Block specs name ``transformer_blocks.N``,
@@ -8,10 +10,11 @@ models, so only ``all`` is a preset (``instantstyle probe-blocks`` finds one; ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import UserError
+from . import Family, never
 
 if TYPE_CHECKING:
     import torch
@@ -84,3 +87,50 @@ def controlnet_fits(controlnet: Any, transformer: Any) -> bool:
     mine, want = controlnet.config, transformer.config
     return (mine.num_attention_heads * mine.attention_head_dim == want.num_attention_heads * want.attention_head_dim
             and mine.joint_attention_dim == want.joint_attention_dim)
+
+
+def native_size(pipe: Any) -> int:
+    """The pipeline's default side: its ``default_sample_size`` latents."""
+    return int(pipe.default_sample_size * pipe.vae_scale_factor)
+
+
+def guides(pipe: Any, guidance: float) -> bool:
+    """diffusers' rule: classifier-free guidance above 1."""
+    return guidance > 1
+
+
+def own(field: str) -> Callable[..., NoReturn]:
+    """A ``BASE`` field each DiT family must give itself (its adapter format, processor and embeddings differ)."""
+
+    def missing(*_: Any) -> NoReturn:
+        raise NotImplementedError(f"a family built on dit.BASE must give its own {field}")
+
+    return missing
+
+
+#: What every DiT family shares; a family replaces its name, matcher, classes, pipeline and adapter handling (the
+#: ``own`` fields), and what else differs. Not a family itself: it matches no denoiser.
+BASE = Family(
+    name="dit",
+    denoiser="transformer",
+    denoiser_class="",  # each family names its own, as its ip_processor and controlnet_class
+    matches=never,
+    text_pipeline="",
+    presets=PRESETS,
+    injectable_layers=joint_layers,
+    attention_block=attention_block,
+    top_block=top_block,
+    ip_processor="",
+    load_adapters=own("load_adapters"),
+    embeds_kwargs=own("embeds_kwargs"),
+    text_only_processor=None,
+    adapter_misfit=own("adapter_misfit"),
+    controlnet_class="",
+    controlnet_fits=controlnet_fits,
+    native_size=native_size,
+    check_request=own("check_request"),
+    guides=guides,
+    default_blocks="all",
+    size_multiple=SIZE_MULTIPLE,
+    gpu_dtype="bfloat16",
+)

@@ -11,11 +11,12 @@ with the negative prompt and the negative image, the encoding of a black image, 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from . import Family, dit
+from . import dit
 
 if TYPE_CHECKING:
     import torch
@@ -67,15 +68,12 @@ def read_xlabs(path: Any, tensors: Mapping[str, torch.Tensor]) -> AdapterWeights
 
 
 def load_adapters(pipe: Any, state_dicts: Sequence[Mapping[str, Any]]) -> None:
-    """diffusers' ``load_ip_adapter`` with the state dicts in memory and no image encoder (we bring our own), then
-    its processors set to skip the slots at scale 0 (``processors.skip_zero_scale_slots``)."""
-    from ..core.processors import skip_zero_scale_slots
+    """diffusers' ``load_ip_adapter`` with the state dicts in memory and no image encoder (we bring our own)."""
     from ..files.logs import quiet
 
     dicts = [{"image_proj": sd["image_proj"], "ip_adapter": sd["ip_adapter"]} for sd in state_dicts]
     with quiet("diffusers.loaders.ip_adapter"):  # it warns that no image encoder is loaded
         pipe.load_ip_adapter(dicts, weight_name=[""] * len(dicts), image_encoder_pretrained_model_name_or_path=None)
-    skip_zero_scale_slots(pipe.transformer)
 
 
 def embeds_kwargs(
@@ -114,7 +112,7 @@ def native_size(pipe: Any) -> int:
     """The model's own size, from its VAE's ``sample_size`` (1024 for FLUX.1-dev): FluxPipeline's default (128
     latents) is a constant that would give a tiny model 1024 px too."""
     size = getattr(pipe.vae.config, "sample_size", None)
-    return int(size) if isinstance(size, int) else int(pipe.default_sample_size * pipe.vae_scale_factor)
+    return int(size) if isinstance(size, int) else dit.native_size(pipe)
 
 
 def check_request(request: Request, transformer: Any) -> None:
@@ -157,44 +155,35 @@ def blocks_note(transformer: Any) -> str:
             "IP-Adapters hold weights for the double-stream blocks only")
 
 
-FAMILY = Family(
+FAMILY = replace(
+    dit.BASE,
     name="flux",
-    denoiser="transformer",
     denoiser_class="FluxTransformer2DModel",
     matches=matches,
     matches_checkpoint=matches_checkpoint,
     text_pipeline="FluxPipeline",
-    presets=dit.PRESETS,
-    injectable_layers=dit.joint_layers,
-    attention_block=dit.attention_block,
-    top_block=dit.top_block,
     ip_processor="FluxIPAdapterAttnProcessor",
     load_adapters=load_adapters,
     embeds_kwargs=embeds_kwargs,
     text_only_processor=text_only_processor,
     adapter_misfit=adapter_misfit,
-    # FLUX's text_encoder is CLIP ViT-L's text tower without its projection: the content tower comes from the
-    # image encoder's own CLIP repository (StylePipeline.content_text_tower).
-    content_towers=(),
+    # No content_towers: FLUX's text_encoder is CLIP ViT-L's text tower without its projection; the content tower
+    # comes from the image encoder's own CLIP repository (StylePipeline.content_text_tower).
     controlnet_class="FluxControlNetModel",
     default_controlnets={
         "canny": "InstantX/FLUX.1-dev-Controlnet-Canny",
         "depth": "Shakker-Labs/FLUX.1-dev-ControlNet-Depth",
     },
-    controlnet_fits=dit.controlnet_fits,
     native_size=native_size,
     check_request=check_request,
     guides=guides,
     draw_latents=draw_latents,
     adapter_reader=read_xlabs,
-    default_blocks="all",
     image_encoders=("openai/clip-vit-large-patch14",),
     negative_image="black",
     guidance_kwargs=guidance_kwargs,
     takes_true_cfg=True,
     blocks_note=blocks_note,
-    size_multiple=dit.SIZE_MULTIPLE,
-    gpu_dtype="bfloat16",
     default_adapter="XLabs-AI/flux-ip-adapter/ip_adapter.safetensors",
     known_models=("black-forest-labs/FLUX.1-dev",),
 )

@@ -4,10 +4,11 @@ targeted."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..modes.hidiffusion_settings import FEATURE, HiDiffusionSettings, Phases
-from . import Family, unet
+from . import unet
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +46,8 @@ def encode_prompts(
     return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
 
 
-FAMILY = Family(
+FAMILY = replace(
+    unet.BASE,
     name="sd15",
     matches=matches,
     matches_checkpoint=matches_checkpoint,
@@ -54,9 +56,9 @@ FAMILY = Family(
         "style": ("up_blocks.1",),
         "layout": ("down_blocks.2", "mid_block"),
         "style+layout": ("down_blocks.2", "mid_block", "up_blocks.1"),
-        "all": ("down_blocks", "mid_block", "up_blocks"),
+        **unet.BASE.presets,
     },
-    content_towers=(),  # CLIP ViT-L text is not the ViT-H image encoder's space: the user names a text tower
+    # No content_towers: CLIP ViT-L text is not the ViT-H image encoder's space, the user names a text tower.
     default_controlnets={
         "canny": "lllyasviel/control_v11p_sd15_canny",
         "depth": "lllyasviel/control_v11f1p_sd15_depth",
@@ -66,6 +68,4 @@ FAMILY = Family(
     features={FEATURE: HIDIFFUSION, "restyle": True},  # restyle: InstantStyle-Plus (modes.restyle)
     default_adapter="h94/IP-Adapter/models/ip-adapter_sd15.safetensors",
     known_models=("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"),
-    **unet.DENOISER,
-    **unet.FUNCTIONS,
 )

@@ -9,10 +9,11 @@ as for SDXL's plus adapters. The CFG negative is zeros (diffusers' SD3 pipeline 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from . import Family, dit
+from . import dit
 
 if TYPE_CHECKING:
     import torch
@@ -81,10 +82,6 @@ def controlnet_fits(controlnet: Any, transformer: Any) -> bool:
     return dit.controlnet_fits(controlnet, transformer) and not controlnet.config.get("extra_conditioning_channels", 0)
 
 
-def native_size(pipe: Any) -> int:
-    return int(pipe.default_sample_size * pipe.vae_scale_factor)
-
-
 def check_request(request: Request, transformer: Any) -> None:
     dit.check_common(request, "SD3 models", single_adapter=True)
     if request.content_prompt is not None or request.content_image is not None:
@@ -100,45 +97,31 @@ def check_request(request: Request, transformer: Any) -> None:
                         "text-to-image models (16) are supported")
 
 
-def guides(pipe: Any, guidance: float) -> bool:
-    """diffusers' rule: classifier-free guidance above 1."""
-    return guidance > 1
-
-
 def draw_latents(pipe: Any, request: Request, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The starting noise exactly as ``StableDiffusion3Pipeline.prepare_latents`` draws it from the seed."""
     return dit.draw_noise(request, pipe.transformer.config.in_channels, pipe.vae_scale_factor, device, dtype)
 
 
-FAMILY = Family(
+FAMILY = replace(
+    dit.BASE,
     name="sd3",
-    denoiser="transformer",
     denoiser_class="SD3Transformer2DModel",
     matches=matches,
     matches_checkpoint=matches_checkpoint,
     text_pipeline="StableDiffusion3Pipeline",
-    presets=dit.PRESETS,
-    injectable_layers=dit.joint_layers,
-    attention_block=dit.attention_block,
-    top_block=dit.top_block,
     ip_processor="SD3IPAdapterJointAttnProcessor2_0",
     load_adapters=load_adapters,
     embeds_kwargs=embeds_kwargs,
     text_only_processor=text_only_processor,
     adapter_misfit=adapter_misfit,
-    content_towers=(),  # SigLIP patch features share no space with a text tower
+    # No content_towers: SigLIP patch features share no space with a text tower. No default_controlnets: none tried,
+    # give --controlnet (an SD3ControlNetModel folder or hub id).
     controlnet_class="SD3ControlNetModel",
-    default_controlnets={},  # none tried: give --controlnet (an SD3ControlNetModel folder or hub id)
     controlnet_fits=controlnet_fits,
-    native_size=native_size,
     check_request=check_request,
-    guides=guides,
     draw_latents=draw_latents,
-    default_blocks="all",
     image_encoders=("google/siglip-so400m-patch14-384",),
     negative_image="zeros",
-    size_multiple=dit.SIZE_MULTIPLE,
-    gpu_dtype="bfloat16",
     default_adapter="InstantX/SD3.5-Large-IP-Adapter/ip-adapter.bin",
     known_models=("stabilityai/stable-diffusion-3.5-large", "stabilityai/stable-diffusion-3.5-large-turbo"),
 )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..modes.hidiffusion_settings import FEATURE, HiDiffusionSettings, Phases
-from . import Family, unet
+from . import unet
 
 if TYPE_CHECKING:
     import torch
@@ -28,8 +29,10 @@ HIDIFFUSION = HiDiffusionSettings(
 
 
 def matches(class_name: str, config: Mapping[str, Any]) -> bool:
-    """SDXL's UNet takes text+time added conditioning (pooled text embedding and size ids)."""
-    return unet.is_unet(class_name) and config.get("addition_embed_type") == "text_time"
+    """SDXL's UNet takes text+time added conditioning (pooled text embedding and size ids) and the text towers'
+    states as they are: no ``encoder_hid_dim`` (Kolors' UNet, otherwise alike, projects ChatGLM's states first)."""
+    return (unet.is_unet(class_name) and config.get("addition_embed_type") == "text_time"
+            and config.get("encoder_hid_dim") is None)
 
 
 def matches_checkpoint(keys: Sequence[str]) -> bool:
@@ -49,7 +52,8 @@ def encode_prompts(
             "negative_pooled_prompt_embeds": negative_pooled}
 
 
-FAMILY = Family(
+FAMILY = replace(
+    unet.BASE,
     name="sdxl",
     matches=matches,
     matches_checkpoint=matches_checkpoint,
@@ -58,7 +62,7 @@ FAMILY = Family(
         "style": ("up_blocks.0.attentions.1",),
         "layout": ("down_blocks.2.attentions.1",),
         "style+layout": ("up_blocks.0.attentions.1", "down_blocks.2.attentions.1"),
-        "all": ("down_blocks", "mid_block", "up_blocks"),
+        **unet.BASE.presets,
     },
     # text_encoder_2 is OpenCLIP ViT-bigG's text tower: the space of the ViT-bigG image encoder (ip-adapter_sdxl).
     content_towers=(("tokenizer_2", "text_encoder_2"),),
@@ -68,9 +72,8 @@ FAMILY = Family(
         "tile": "xinsir/controlnet-tile-sdxl-1.0",
     },
     encode_prompts=encode_prompts,
-    features={FEATURE: HIDIFFUSION, "restyle": True},  # restyle: InstantStyle-Plus (modes.restyle)
+    # restyle: InstantStyle-Plus (modes.restyle); csgo: CSGO's checkpoints are trained for SDXL (core.csgo)
+    features={FEATURE: HIDIFFUSION, "restyle": True, "csgo": True},
     default_adapter="h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors",
     known_models=("stabilityai/stable-diffusion-xl-base-1.0",),
-    **unet.DENOISER,
-    **unet.FUNCTIONS,
 )

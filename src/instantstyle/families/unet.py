@@ -1,8 +1,9 @@
-"""What the UNet families (SD1.5, SDXL) share: layer names, block grouping, checks and noise.
+"""What the UNet families (SD1.5, SDXL, Kolors) share: ``BASE``, a family with their layer names, block grouping,
+checks and noise, which each of them ``dataclasses.replace``s with what differs.
 
 A UNet's IP-Adapter layers are its cross-attention layers (``...attn2``); they group into attention
 blocks (``up_blocks.0.attentions.1``, the unit InstantStyle targets) and those into top-level blocks
-(``up_blocks.0``, ``mid_block``).
+(``up_blocks.0``, ``mid_block``). Adapters are in h94's format, loaded by diffusers' ``load_ip_adapter``.
 """
 
 from __future__ import annotations
@@ -11,21 +12,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from . import Family, never
 
 if TYPE_CHECKING:
     import torch
 
     from ..core.adapter import AdapterWeights
     from ..core.request import Request
-
-#: The common part of the UNet families' ``Family`` fields.
-DENOISER: Mapping[str, Any] = {
-    "denoiser": "unet",
-    "denoiser_class": "UNet2DConditionModel",
-    "ip_processor": "IPAdapterAttnProcessor2_0",
-    "controlnet_class": "ControlNetModel",
-}
-
 
 def is_unet(class_name: str) -> bool:
     return class_name == "UNet2DConditionModel"
@@ -121,18 +114,27 @@ def draw_latents(pipe: Any, request: Request, device: torch.device, dtype: torch
     return randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(request.seed), device=device, dtype=dtype)
 
 
-#: The functions every UNet family uses as its ``Family`` fields.
-FUNCTIONS: Mapping[str, Any] = {
-    "injectable_layers": cross_attention_layers,
-    "attention_block": attention_block,
-    "top_block": top_block,
-    "text_only_processor": text_only_processor,
-    "load_adapters": load_adapters,
-    "embeds_kwargs": embeds_kwargs,
-    "adapter_misfit": adapter_misfit,
-    "controlnet_fits": controlnet_fits,
-    "native_size": native_size,
-    "check_request": check_request,
-    "guides": guides,
-    "draw_latents": draw_latents,
-}
+#: What every UNet family shares; a family replaces its name, matcher and pipeline, and what else differs. Not a
+#: family itself: it matches no denoiser.
+BASE = Family(
+    name="unet",
+    denoiser="unet",
+    denoiser_class="UNet2DConditionModel",
+    matches=never,
+    text_pipeline="",  # each family names its own
+    presets={"all": ("down_blocks", "mid_block", "up_blocks")},
+    injectable_layers=cross_attention_layers,
+    attention_block=attention_block,
+    top_block=top_block,
+    ip_processor="IPAdapterAttnProcessor2_0",
+    load_adapters=load_adapters,
+    embeds_kwargs=embeds_kwargs,
+    text_only_processor=text_only_processor,
+    adapter_misfit=adapter_misfit,
+    controlnet_class="ControlNetModel",
+    controlnet_fits=controlnet_fits,
+    native_size=native_size,
+    check_request=check_request,
+    guides=guides,
+    draw_latents=draw_latents,
+)

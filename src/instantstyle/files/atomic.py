@@ -1,7 +1,8 @@
 """Atomic file writes: a temporary file beside the target, then one rename; and clearing what killed writers left.
 
 Every writer names its temporary file ``.NAME.PID.tmp`` (:func:`temp_path`), so one pattern finds the
-leftovers of any kind (images, manifests, cache entries) after a crash or a full disk.
+leftovers of any kind (images, manifests, cache entries) after a crash. A write that fails (a full disk, a
+read-only folder) removes its temporary file and is one ``UserError`` naming the file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from ..errors import UserError
 
 TEMP_NAME = re.compile(r"^\..+\.\d+\.tmp$")
 
@@ -43,17 +46,28 @@ def remove_stale_temps(folder: Path, older_than_s: float = 0.0) -> list[Path]:
     return removed
 
 
+def cannot_write(path: str | Path, err: OSError) -> UserError:
+    """The one line for a file that could not be written (``No space left on device``, ``Permission denied``...)."""
+    return UserError(f"{path}: cannot write ({err.strerror or type(err).__name__})")
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block ends without an
-    error, removed otherwise. Readers see the old file or the whole new one, never a part."""
+    error, removed otherwise (an ``OSError`` becomes a ``UserError`` naming ``path``). Readers see the old file
+    or the whole new one, never a part."""
     path = Path(path)
     tmp = temp_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        raise cannot_write(path, err) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder became unreadable; the next run's remove_stale_temps clears it
 
 
 def save_png_atomically(image: Any, path: str | Path, texts: dict[str, str]) -> Path:

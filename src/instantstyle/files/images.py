@@ -13,6 +13,7 @@ from typing import IO
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
+from .textfiles import NOT_REGULAR
 
 #: The most pixels an input image may have by default (about 8k x 5k; 160 MB decoded as RGBA).
 MAX_PIXELS = 40_000_000
@@ -60,7 +61,7 @@ def load_image(path: str | Path, what: str = "image", max_pixels: int | None = M
     if path.is_dir():
         raise UserError(f"{what} {path}: is a folder, not an image")
     if not path.is_file():
-        raise UserError(f"{what} {path}: no such file")
+        raise UserError(f"{what} {path}: " + (NOT_REGULAR if path.exists() else "no such file"))
     if path.stat().st_size == 0:
         raise UserError(f"{what} {path}: the file is empty")
     image_size(path, what, max_pixels)
@@ -74,3 +75,20 @@ def load_image(path: str | Path, what: str = "image", max_pixels: int | None = M
         raise UserError(f"{what} {path}: refused as a possible decompression bomb ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UserError(f"{what} {path}: not a readable image ({err})") from None
+
+
+def thumbnail(path: str | Path, side: int, what: str = "image", max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """An image's centre square (what the encoder sees by default) scaled to ``side`` pixels, for previews; read
+    within ``max_pixels`` as ``load_image`` reads it (JPEGs decode at a reduced size first)."""
+    path = Path(path)
+    image_size(path, what, max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:
+                image.draft("RGB", (side * 2, side * 2))  # JPEG: decode at a fraction of the size
+                image.load()
+                picture = ImageOps.exif_transpose(image).convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+            raise UserError(f"{what} {path}: not a readable image ({err})") from None
+    return ImageOps.fit(picture, (side, side), Image.Resampling.LANCZOS)

@@ -2,16 +2,17 @@
 
 ``json.loads`` recurses once per level of nesting: a line of 100k ``[`` raises ``RecursionError``, and a
 value nested just under Python's limit makes later code (``repr``, ``dataclasses.asdict``) recurse too
-deep. :func:`loads` turns bad JSON and any nesting past ``MAX_DEPTH`` into one-line ``UserError``s; no
-request (5 levels) or manifest entry (6) comes near it. JSON Lines split on ``"\\n"`` only, the one
-character JSON never holds raw (``str.splitlines`` also splits on U+2028, U+0085, ``\\x0b``...), and
-each line is decoded alone, so one bad byte rejects its line, not the file.
+deep. :func:`loads` turns bad JSON, integers past Python's 4,300 digits and any nesting past ``MAX_DEPTH``
+into one-line ``UserError``s; no request (5 levels) or manifest entry (6) comes near it. JSON Lines split on
+``"\\n"`` only, the one character JSON never holds raw (``str.splitlines`` also splits on U+2028, U+0085,
+``\\x0b``...), and each line is decoded alone, so one bad byte rejects its line, not the file.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,8 @@ def loads(text: str) -> Any:
         raise UserError(f"invalid JSON ({err.msg} at {where})") from None
     except RecursionError:
         raise UserError(f"JSON nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError:  # Python refuses to convert an integer of more digits than sys.get_int_max_str_digits()
+        raise UserError(f"invalid JSON (a number of more than {sys.get_int_max_str_digits()} digits)") from None
     if _deeper_than(value, MAX_DEPTH):
         raise UserError(f"JSON nested more than {MAX_DEPTH} levels deep")
     return value

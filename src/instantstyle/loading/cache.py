@@ -74,5 +74,5 @@ class EmbeddingCache:
         try:
             with atomic_path(self.path_for(key)) as tmp:
                 save_file({"embeds": embeds.detach().contiguous().cpu()}, str(tmp))
-        except OSError:
+        except UserError:
             pass  # a full or read-only disk only costs the next run an encode

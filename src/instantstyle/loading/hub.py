@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..families import Family, all_families, family_of_checkpoint
+from .configs import check_model_folder, check_part_folder
 
 if TYPE_CHECKING:
     from ..core.adapter import AdapterWeights
@@ -185,8 +187,9 @@ def model_source(model: str) -> Path | str:
     neither is a ``UserError``."""
     path = Path(model).expanduser()
     if path.is_dir():
-        if not (path / "model_index.json").is_file():
+        if not (path / "model_index.json").exists():
             raise UserError(f"model {path}: not a diffusers model folder (no model_index.json)")
+        check_model_folder(path)
         return path
     if path.is_file():
         if path.suffix != ".safetensors":
@@ -202,8 +205,9 @@ def check_model_ref(what: str, ref: str) -> None:
     """A transformers/diffusers model reference must be an existing folder with a config, or a hub id (``org/name``)."""
     path = Path(ref).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").exists():
             raise UserError(f"{what} {ref}: no config.json in that folder")
+        check_part_folder(path, f"{what} {ref}: ")
     elif path.exists() or looks_like_path(ref) or ref.count("/") != 1:
         raise UserError(f"{what} {ref}: no such folder (give a model folder or hub id)")
     else:
@@ -262,13 +266,20 @@ def _encoder_dims(folder: Path) -> tuple[int, int] | None:
         return None
 
 
-def _hub_snapshot_folder(adapter_file: Path, subfolder: str) -> Path | None:
-    """For an adapter from the HF cache, ``subfolder`` of the same repo snapshot (fetched if needed)."""
+def _hub_snapshot_folder(adapter_file: Path, folder: Path) -> Path | None:
+    """For an adapter from the HF cache, ``folder`` (a path of the same repository snapshot: ``image_encoder`` beside
+    the file, h94's ``../models/image_encoder``) fetched if needed; ``None`` when the adapter is not from the cache or
+    the folder is outside its repository (``../models`` of a file at the repository's root, as Kolors' adapter)."""
     parts = adapter_file.parts
     if "snapshots" not in parts:
         return None
-    repo_dir = Path(*parts[: parts.index("snapshots")])
+    at = parts.index("snapshots")
+    repo_dir, snapshot = Path(*parts[:at]), Path(*parts[: at + 2])
     if not repo_dir.name.startswith("models--"):
+        return None
+    try:
+        subfolder = Path(os.path.normpath(folder)).relative_to(snapshot).as_posix()
+    except ValueError:
         return None
     repo_id = repo_dir.name.removeprefix("models--").replace("--", "/")
     from huggingface_hub import snapshot_download
@@ -288,6 +299,12 @@ def find_image_encoder(adapter: AdapterWeights, explicit: str | None = None) -> 
     mirrored as ``ORG/NAME`` folders) or in the HF cache; whichever has the adapter's width."""
     want = adapter.image_embed_dim
     index = 0 if adapter.kind == "global" else 1
+    if adapter.kind == "csgo" and explicit is None:  # InstantX/CSGO ships none: h94's SDXL encoder, as its authors
+        from ..core.csgo import IMAGE_ENCODER
+
+        here = Path(adapter.path).parent
+        beside = [folder for folder in (here / "image_encoder", here.parent.parent / IMAGE_ENCODER) if folder.is_dir()]
+        explicit = str(beside[0]) if beside else IMAGE_ENCODER
     if explicit is not None:
         folder = Path(explicit).expanduser()
         if not folder.is_dir():
@@ -311,14 +328,10 @@ def find_image_encoder(adapter: AdapterWeights, explicit: str | None = None) -> 
             raise UserError(f"image encoder {folder} gives {dims[index]}-d features; adapter needs {want}")
         return folder
     here = Path(adapter.path).parent
-    candidates = [
-        ("image_encoder", here / "image_encoder"),
-        ("models/image_encoder", here.parent / "models" / "image_encoder"),
-    ]
-    for sub, folder in candidates:
+    candidates = [here / "image_encoder", here.parent / "models" / "image_encoder"]
+    for folder in candidates:
         if not folder.is_dir():
-            hub_sub = (here.name + "/" + sub) if sub == "image_encoder" else sub
-            folder = _hub_snapshot_folder(Path(adapter.path), hub_sub) or folder
+            folder = _hub_snapshot_folder(Path(adapter.path), folder) or folder
         dims = _encoder_dims(folder)
         if dims is not None and dims[index] == want:
             return folder

@@ -1,34 +1,34 @@
 """Loading, once for every surface: the base model, its family, the IP-Adapter and its image encoder, placed
-as the ``Runtime`` says.
+as the ``Runtime`` says, into one ``Resources``.
 
 The base model is a diffusers folder, a hub id or a single original-format ``.safetensors`` file; an
 img2img or inpainting model folder becomes its text-to-image sibling (same components), from which every
 mode is built later. The adapter is attached with diffusers' ``load_ip_adapter`` and, unless the runtime
 keeps all weights, pruned to the layers the blocks spec targets. ``StylePipeline.from_pretrained`` is the
-entry point; this module returns the parts it is made of. ``load_scorer`` loads only what scores need (the
-image encoder, the text tower of its CLIP space, CSD), without the denoiser where the model allows.
+entry point. Given a ``preflight.Checked`` (a surface checked the request against the model's config before
+loading), the hub is not asked again, nor the family looked for, nor the blocks resolved.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import diffusers
 import torch
 
-from ..core.adapter import AdapterWeights, attach_adapters, check_adapter_fits, read_adapter
+from ..core.adapter import attach_adapters, check_adapter_fits, read_adapter
 from ..core.blocks import resolve_blocks
-from ..core.embeddings import ImageEncoder, TextTower, has_clip_text_tower, load_image_encoder, load_text_tower
-from ..core.preflight import model_family
-from ..core.processors import check_diffusers
+from ..core.csgo import CsgoAdapter, check_fits
+from ..core.embeddings import load_image_encoder
+from ..core.preflight import Checked, model_info
+from ..core.styles import EmbeddingMemory, EmbeddingStore
 from ..errors import UserError
 from ..families import Family, all_families, family_of, family_of_checkpoint
-from ..scores.csd import load_csd
-from ..scores.scorer import Scorer
 from . import memory
 from .cache import EmbeddingCache
+from .extras import Extras
 from .hub import (
     checkpoint_keys,
     find_image_encoder,
@@ -38,45 +38,47 @@ from .hub import (
     require_hub,
     resolve_adapter_file,
 )
+from .resources import Resources
 from .runtime import Runtime
 
 
-@dataclass
-class Loaded:
-    """What ``load`` made: the diffusers text-to-image pipeline with the adapter in its denoiser, and the rest."""
-
-    pipe: Any
-    family: Family
-    adapter: AdapterWeights  # kind and dims; the weights live, pruned, in the denoiser
-    image_encoder: ImageEncoder
-    device: torch.device
-    dtype: torch.dtype
-    low_memory: bool
-    disk_cache: EmbeddingCache | None
-
-
-def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | None = None,
-         blocks: str | None = None) -> Loaded:
+def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | None = None, blocks: str | None = None,
+         content_text_encoder: str | None = None, embedding_memory: EmbeddingMemory | None = None,
+         checked: Checked | None = None) -> Resources:
     """Load base model, adapter and image encoder; keep adapter weights only for ``blocks`` (``None``: the family's
-    default; all of them when ``runtime.keeps_all_weights``), then place everything (device, device map or offload;
-    compile)."""
-    check_diffusers()  # before minutes of loading: the adapter edits need the diffusers they were verified with
-    single_file = Path(model).expanduser().is_file()
-    require_hub(("model", model), ("adapter", adapter), ("image encoder", image_encoder),
-                ("single-file config", runtime.single_file_config if single_file else None))  # all missing, at once
+    default; all of them when ``runtime.keeps_all_weights``; with ``checked``, the layers its checks named), then
+    place everything (device, device map or offload; compile). ``embedding_memory``: reference embeddings shared
+    with other pipelines."""
+    info = checked.model if checked is not None else None
+    if info is None:
+        single_file = Path(model).expanduser().is_file()
+        require_hub(("model", model), ("adapter", adapter), ("image encoder", image_encoder),
+                    ("single-file config", runtime.single_file_config if single_file else None))  # all at once
+        info = model_info(model, runtime.single_file_config)
     cache = EmbeddingCache.open(runtime.cache_dir) if runtime.cache_dir else None
     device = runtime.placement()
-    dtype = runtime.torch_dtype(device, model_family(model, runtime.single_file_config).gpu_dtype)
+    dtype = runtime.torch_dtype(device, info.family.gpu_dtype)
     weights = read_adapter(resolve_adapter_file(adapter))
+    if weights.kind == "csgo":  # a misfit is refused from the model's config, before its weights load
+        check_fits(weights, info.family, info.denoiser, model)
     encoder_dir = find_image_encoder(weights, image_encoder)
-    pipe = load_base_pipeline(model, dtype, runtime.single_file_config, runtime.device_map)
-    family = family_of(pipe, f"model {model}")
+    pipe = load_base_pipeline(model, dtype, runtime.single_file_config, runtime.device_map, info.family)
+    family = info.family
     denoiser = family.denoiser_of(pipe)
-    check_adapter_fits(weights, family, denoiser)
-    keep = None if runtime.keeps_all_weights else [set(resolve_blocks(blocks, family.layers(denoiser), family))]
-    attach_adapters(pipe, family, [weights], keep)
+    rest: frozenset[str] | None = None
+    csgo = None
+    if weights.kind == "csgo":
+        check_fits(weights, family, denoiser, model)
+        csgo = CsgoAdapter.attach(denoiser, weights, content=runtime.keeps_all_weights)
+    else:
+        check_adapter_fits(weights, family, denoiser)
+        if not runtime.keeps_all_weights:
+            known = checked.keep if checked is not None else None
+            rest = known if known is not None else frozenset(resolve_blocks(blocks, family.layers(denoiser), family))
+        attach_adapters(pipe, family, [weights], None if rest is None else [set(rest)])
     if runtime.memory_budget is not None:
-        memory.check_budget(runtime.memory_budget, [denoiser, pipe.vae])
+        memory.check_budget(runtime.memory_budget, [denoiser, pipe.vae, *(csgo.resident() if csgo else ())],
+                            "the denoiser and the VAE" + (" and CSGO's resamplers" if csgo else ""))
     if runtime.device_map is None:  # a device-mapped pipeline is already placed (and refuses .to())
         # Under a budget the text encoders wait off the device, for families whose prompts are encoded before the call.
         park_text = runtime.memory_budget is not None and family.encode_prompts is not None
@@ -91,16 +93,29 @@ def load(model: str, adapter: str, runtime: Runtime, *, image_encoder: str | Non
         memory.ready_encoder(encoder, device, dtype)
     elif device.type == "cpu":
         memory.pin_mmap_threshold()  # freed tensors leave the process (see memory.py)
-    weights = replace(weights, state_dict={})  # the file's tensors now live, pruned, in the denoiser
+    weights = dataclasses.replace(weights, state_dict={})  # the file's tensors now live, pruned, in the denoiser
     memory.return_freed_memory()  # give back what loading and pruning freed
-    return Loaded(pipe, family, weights, encoder, device, dtype, low_memory, cache)
+    if csgo is not None:
+        for projection in csgo.resident():
+            projection.to(device)
+    budget = None
+    if runtime.memory_budget is not None:
+        budget = memory.Budget(device, int(runtime.memory_budget * memory.GiB), residents=[denoiser])
+    store = EmbeddingStore(device, dtype, low_memory, cache, max_pixels=runtime.max_pixels,
+                           make_room=budget.make_room if budget is not None else None,
+                           memory=embedding_memory if embedding_memory is not None else EmbeddingMemory())
+    return Resources(pipe, family, weights, encoder, model, runtime, device, dtype, low_memory, store,
+                     Extras(device, dtype), budget, adapter_ref=adapter, content_text_encoder=content_text_encoder,
+                     rest=rest, scheduler=pipe.scheduler, csgo=csgo)
 
 
 def load_base_pipeline(
-    model: str, dtype: torch.dtype, config: str | None = None, device_map: str | None = None
+    model: str, dtype: torch.dtype, config: str | None = None, device_map: str | None = None,
+    family: Family | None = None,
 ) -> Any:
     """The base text-to-image pipeline from a folder, a single file or a hub id (on the CPU, or spread over the
-    GPUs by diffusers' ``device_map="balanced"``; folders and hub ids only)."""
+    GPUs by diffusers' ``device_map="balanced"``; folders and hub ids only), of ``family`` when it is known from
+    the model's config (else found from the loaded denoiser)."""
     source = model_source(model)
     placement = {} if device_map is None else {"device_map": device_map}
     if isinstance(source, Path) and source.is_file():
@@ -115,7 +130,7 @@ def load_base_pipeline(
                 raise
             raise hub_error("model", model, err) from None
     pipe = as_text_pipeline(pipe)
-    family = family_of(pipe, f"model {model}")
+    family = family or family_of(pipe, f"model {model}")
     if type(pipe).__name__ != family.text_pipeline:
         raise UserError(f"model {model}: {type(pipe).__name__} is not supported (a {family.name} text-to-image, "
                         "img2img or inpainting pipeline)")
@@ -155,75 +170,3 @@ def as_text_pipeline(pipe: Any) -> Any:
         return diffusers.AutoPipelineForText2Image.from_pipe(pipe)
     except (ValueError, KeyError):  # no text-to-image sibling: the caller refuses it
         return pipe
-
-
-def load_scorer(adapter: str, runtime: Runtime, *, model: str | None = None, image_encoder: str | None = None,
-                content_text_encoder: str | None = None, csd: str | None = None) -> Scorer:
-    """A ``Scorer`` without a pipeline: the adapter's image encoder; the CLIP text tower of its space
-    (``content_text_encoder``, else ``model``'s own tower of that width, SDXL's ``text_encoder_2``, else the image
-    encoder's own CLIP repository's, as ``StylePipeline.content_text_tower``; none when none: no text scores); CSD
-    from the checkpoint ``csd``. Only a single-file model loads whole."""
-    device = runtime.placement()
-    dtype = runtime.torch_dtype(device)
-    csd_model = load_csd(csd, device, dtype) if csd else None  # first: a refused file fails before the rest loads
-    weights = read_adapter(resolve_adapter_file(adapter))
-    encoder = load_image_encoder(find_image_encoder(weights, image_encoder), dtype)
-    del weights  # only its kind and width were needed
-    want = encoder.embed_dim
-    tower = None
-    if content_text_encoder is not None:
-        tower = load_text_tower(content_text_encoder, dtype=dtype, width=want)
-    elif model is not None:
-        tower = model_text_tower(model, want, dtype, runtime.single_file_config)
-    if tower is None and has_clip_text_tower(Path(encoder.identity)):  # a whole CLIP repository (XLabs FLUX)
-        tower = load_text_tower(encoder.identity, dtype=dtype, width=want)
-    encoder.model.to(device)  # type: ignore[arg-type]  # transformers types .to loosely
-    if tower is not None:
-        tower.model.to(device)
-    return Scorer(encoder, tower, csd_model, max_pixels=runtime.max_pixels)
-
-
-def model_text_tower(model: str, want: int, dtype: torch.dtype, config: str | None = None) -> TextTower | None:
-    """The model's own CLIP text tower with a ``want``-wide projection (a family's ``content_towers``: SDXL's
-    ``text_encoder_2``), read from its folder or hub snapshot alone; ``None`` when it has none of that width."""
-    source = model_source(model)
-    towers = list(dict.fromkeys(pair for family in all_families() for pair in family.content_towers))
-    if isinstance(source, Path) and source.is_file():  # a single file holds its towers: load it
-        pipe = load_base_pipeline(model, dtype, config)
-        for tokenizer, encoder in towers:
-            found = getattr(pipe, encoder, None)
-            if found is not None and getattr(found.config, "projection_dim", None) == want:
-                return TextTower(getattr(pipe, tokenizer), found.eval())
-        return None
-    try:
-        index = diffusers.DiffusionPipeline.load_config(str(source))
-        for tokenizer, encoder in towers:
-            if encoder not in index:
-                continue
-            folder = source if isinstance(source, Path) else _hub_folders(source, [encoder, tokenizer])
-            if _projection_dim(folder / encoder) == want:
-                return load_text_tower(folder, encoder, tokenizer, dtype)
-    except OSError as err:
-        raise hub_error("model", model, err) from None
-    return None
-
-
-def _hub_folders(repo: str, subfolders: list[str]) -> Path:
-    """The local snapshot of a hub model holding ``subfolders`` (fetched through the HF cache if needed)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo, allow_patterns=[f"{sub}/*" for sub in subfolders]))
-    except Exception as err:
-        raise hub_error("model", repo, err) from None
-
-
-def _projection_dim(folder: Path) -> int | None:
-    """A CLIP text config's ``projection_dim`` (``None``: no readable config, or no projection)."""
-    import json
-
-    try:
-        value = json.loads((folder / "config.json").read_text()).get("projection_dim")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, int) else None

@@ -20,7 +20,7 @@ import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -198,16 +198,19 @@ class Budget:
 
     device: torch.device
     limit: int
+    #: What steps aside, in order, when an encoder needs room (the denoiser).
+    residents: list[torch.nn.Module] = field(default_factory=list)
 
     @property
     def moves(self) -> bool:
         return self.device.type == "cuda"
 
-    def make_room(self, need: int, residents: Iterable[torch.nn.Module]) -> None:
-        """Move ``residents`` (in order) off the device until ``need`` more bytes fit under the limit."""
+    def make_room(self, need: int, residents: Iterable[torch.nn.Module] | None = None) -> None:
+        """Move ``residents`` (default: the budget's own), in order, off the device until ``need`` more bytes fit
+        under the limit."""
         if not self.moves:
             return
-        for module in residents:
+        for module in self.residents if residents is None else residents:
             if torch.cuda.memory_allocated(self.device) + need <= self.limit:
                 return
             if on_device(module, self.device):
@@ -230,8 +233,10 @@ class Budget:
             torch.cuda.empty_cache()
 
     @contextmanager
-    def using(self, modules: list[torch.nn.Module], residents: Iterable[torch.nn.Module] = ()) -> Iterator[None]:
-        """``modules`` on the device for the block (room made by moving ``residents`` off), parked after it."""
+    def using(self, modules: list[torch.nn.Module], residents: Iterable[torch.nn.Module] | None = None
+              ) -> Iterator[None]:
+        """``modules`` on the device for the block (room made by moving ``residents`` off, default the budget's
+        own), parked after it."""
         self.make_room(sum(module_bytes(m) for m in modules if not on_device(m, self.device)), residents)
         self.bring(modules)
         try:
@@ -240,11 +245,12 @@ class Budget:
             self.park(modules)
 
 
-def check_budget(budget_gib: float, residents: Iterable[torch.nn.Module]) -> None:
-    """A ``UserError`` when the models that stay on the device (denoiser, VAE) leave no room to work in."""
+def check_budget(budget_gib: float, residents: Iterable[torch.nn.Module],
+                 what: str = "the denoiser and the VAE") -> None:
+    """A ``UserError`` when the models that stay on the device (``what``: denoiser, VAE) leave no room to work in."""
     need = sum(module_bytes(m) for m in residents) + DECODE_RESERVE
     if need > budget_gib * GiB:
-        raise UserError(f"--memory-budget {budget_gib:g}: the denoiser and the VAE alone need {need / GiB:.2f} GiB "
+        raise UserError(f"--memory-budget {budget_gib:g}: {what} alone need {need / GiB:.2f} GiB "
                         "on the device (with the room to decode in); raise the budget or use --offload sequential")
 
 
@@ -269,7 +275,8 @@ TILE_STEP = 64
 @dataclass(frozen=True)
 class Decode:
     """How the VAE decodes: in tiles of ``tile`` px (``None``: whole images) and, with ``slicing``, one image of a
-    batch at a time (the same pixels as the batch decode, less memory)."""
+    batch at a time (less memory; pixels within a rounding step of the batch decode: the convolutions round
+    differently by batch size)."""
 
     tile: int | None = None
     slicing: bool = False
@@ -288,10 +295,14 @@ def decode_bytes(vae: Any, width: int, height: int, dtype: torch.dtype) -> int:
     return DECODE_VALUES_PER_CHANNEL * channels * width * height * itemsize
 
 
-def decode_plan(vae: Any, width: int, height: int, dtype: torch.dtype, room: int) -> Decode:
-    """Within ``room`` bytes: the whole image when it fits (exactly the default decode), else the largest square
-    tiles that fit (``TILE_STEP`` px steps, at least 2 steps); always one image of a batch at a time."""
-    if decode_bytes(vae, width, height, dtype) <= room:
+def decode_plan(vae: Any, width: int, height: int, dtype: torch.dtype, room: int, images: int = 1) -> Decode:
+    """Within ``room`` bytes, a call's ``images``: the whole batch at once when it fits (exactly the default decode,
+    so the pixels of no budget), else one image at a time when one fits, else the largest square tiles that fit
+    (``TILE_STEP`` px steps, at least 2 steps), one image at a time."""
+    one = decode_bytes(vae, width, height, dtype)
+    if one * images <= room:
+        return Decode(None)
+    if one <= room:
         return Decode(None, slicing=True)
     per_px = decode_bytes(vae, 1, 1, dtype)
     side = int(math.isqrt(max(room, 0) // per_px)) // TILE_STEP * TILE_STEP
@@ -312,11 +323,21 @@ def own_tile(vae: Any) -> int:
     return int(sample[0] if isinstance(sample, (list, tuple)) else sample)
 
 
-def set_decode(vae: Any, decode: Decode) -> None:
-    """Set the VAE's tiling and slicing for a request (tile sizes back to the VAE's own when not tiling)."""
+@contextmanager
+def decode_applied(vae: Any, decode: Decode) -> Iterator[None]:
+    """The VAE's tiling and slicing as ``decode`` says for the block (tiles of its own size when not tiling), and as
+    before after it. Tile sizes are the VAE's attributes (diffusers' ``enable_tiling`` takes none)."""
     if not hasattr(vae, "use_tiling"):
+        yield
         return
+    names = ("tile_sample_min_size", "tile_latent_min_size", "use_tiling", "use_slicing")
+    before = {name: getattr(vae, name) for name in names}
     vae.tile_sample_min_size = decode.tile or vae.config.sample_size
     vae.tile_latent_min_size = int((decode.tile or own_tile(vae)) / vae_factor(vae))
-    vae.use_tiling = decode.tile is not None
-    vae.use_slicing = decode.slicing
+    vae.enable_tiling() if decode.tile is not None else vae.disable_tiling()
+    vae.enable_slicing() if decode.slicing else vae.disable_slicing()
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(vae, name, value)

@@ -17,24 +17,28 @@ Two changes to a pretrained SDXL or SD1.5 UNet, no training:
 
 Written from the paper and checked against the authors' code (the ``hidiffusion`` package, 0.1.10):
 same blocks, switching steps, windows and shifts, so the same pixels. Unlike the package, nothing is
-keyed on hub model names and no class is swapped: a family that supports HiDiffusion names its blocks
-and switching steps in ``Family.features["hidiffusion"]`` (``hidiffusion_settings``), and torch hooks,
-registered by ``hidiffusion()`` around one generation and removed after it, make the changes, so they
-compose with IP-Adapter attention processors and attention LoRAs. The window shifts come from generators
-seeded by the caller, one per request of a batched call (the package draws from torch's global generator;
-seeding both alike gives the same shifts). ``for_request`` is what ``StylePipeline.prepare`` uses.
+keyed on hub model names, no class is swapped and no module attribute is changed: a family that supports
+HiDiffusion names its blocks and switching steps in ``Family.features["hidiffusion"]`` (``hidiffusion_settings``),
+and diffusers' own hooks (``diffusers.hooks``: a ``ModelHook`` per module, in its ``HookRegistry``), registered by
+``hidiffusion()`` around one generation and removed after it, make the changes, so they compose with IP-Adapter
+attention processors, attention LoRAs and diffusers' other hooks. RAD is a forward of the downsampler's own weights
+at stride 4 and dilation 2; RAU passes each upsampler the size of the skip connection it meets, the input size of
+its mirrored downsampler (what the authors get by raising the UNet's ``num_upsamplers``). The window shifts come
+from generators seeded by the caller, one per request of a batched call (the package draws from torch's global
+generator; seeding both alike gives the same shifts). ``for_request`` is what ``StylePipeline.prepare`` uses.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
+from diffusers.hooks import HookRegistry, ModelHook
 
 from ..errors import UserError
 from ..families import Family
@@ -181,6 +185,83 @@ def _first(args: tuple, kwargs: dict, name: str) -> Any:
     return args[0] if args else kwargs[name]
 
 
+#: The name of HiDiffusion's hook in each module's diffusers ``HookRegistry``.
+HOOK = "instantstyle.hidiffusion"
+
+PreForward = Callable[[Any, tuple, dict], tuple[tuple, dict]]
+PostForward = Callable[[Any, Any], Any]
+
+
+class _Hook(ModelHook):
+    """A diffusers ``ModelHook`` made of functions run before the module's forward and after it, in order."""
+
+    def __init__(self, pre: PreForward | None = None, post: PostForward | None = None) -> None:
+        super().__init__()
+        self.pres = [pre] if pre is not None else []
+        self.posts = [post] if post is not None else []
+
+    def joined(self, other: _Hook) -> _Hook:
+        """One hook doing this one's work, then ``other``'s (a module changed for two reasons)."""
+        self.pres += other.pres
+        self.posts += other.posts
+        return self
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        for pre in self.pres:
+            args, kwargs = pre(module, args, kwargs)
+        return args, kwargs
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        for post in self.posts:
+            output = post(module, output)
+        return output
+
+
+class _ResolutionAwareDownsampler(ModelHook):
+    """RAD: while ``dilating()``, the downsampler's convolution runs its own weights at stride 4, dilation 2."""
+
+    def __init__(self, dilating: Callable[[], bool]) -> None:
+        super().__init__()
+        self.dilating = dilating
+
+    def new_forward(self, conv: torch.nn.Conv2d, hidden: torch.Tensor) -> torch.Tensor:
+        if self.dilating():
+            return F.conv2d(hidden, conv.weight, conv.bias, (4, 4), (2, 2), (2, 2), conv.groups)
+        own: Any = self.fn_ref.original_forward  # the convolution's forward before this hook
+        return cast(torch.Tensor, own(hidden))
+
+
+def hooks_on(unet: torch.nn.Module) -> int:
+    """How many of HiDiffusion's hooks are on the UNet's modules (none outside a ``hidiffusion()`` block)."""
+    registries = [getattr(m, "_diffusers_hook", None) for m in unet.modules()]  # HookRegistry's attribute
+    return sum(HOOK in r.hooks for r in registries if isinstance(r, HookRegistry))
+
+
+@contextmanager
+def _hooked(hooks: Sequence[tuple[torch.nn.Module, ModelHook]]) -> Iterator[None]:
+    """Each hook in its module's diffusers ``HookRegistry`` for the block (a module's hooks joined into one, in
+    order), removed after it."""
+    joined: dict[torch.nn.Module, ModelHook] = {}
+    for module, hook in hooks:
+        mine = joined.get(module)
+        if mine is None:
+            joined[module] = hook
+        elif isinstance(mine, _Hook) and isinstance(hook, _Hook):
+            mine.joined(hook)
+        else:
+            raise RuntimeError(f"HiDiffusion: two hooks for {type(module).__name__}, one of them replaces its forward")
+    registries: list[HookRegistry] = []
+    try:
+        for module, hook in joined.items():
+            registry = HookRegistry.check_if_exists_or_initialize(module)
+            registry.register_hook(hook, HOOK)
+            registries.append(registry)
+        yield
+    finally:
+        for registry in reversed(registries):
+            registry.remove_hook(HOOK, recurse=False)
+
+
 @contextmanager
 def hidiffusion(
     unet: Any,
@@ -211,12 +292,11 @@ def hidiffusion(
     image_seeds = [seed] if isinstance(seed, int) else list(seed)
     generators = {s: torch.Generator(device="cpu").manual_seed(s) for s in image_seeds}  # one per distinct seed
     state: dict[str, Any] = {"dilate": False, "pool": False, "pooled_from": None, "size": None, "window": None}
-    conv = unet.get_submodule(fam.dilated_conv)
-    conv_geometry = (conv.stride, conv.padding, conv.dilation)
     pool_from, dilate_from = _res_sample_starts(unet, fam)
     schedules: dict[tuple[int, int], Schedule] = {}
-    handles: list[Any] = []
-    num_upsamplers = unet.num_upsamplers
+    downsamplers = [block.downsamplers[0] for block in unet.down_blocks if block.downsamplers is not None]
+    upsamplers = [block.upsamplers[0] for block in unet.up_blocks if block.upsamplers is not None]
+    skip_sizes: dict[int, tuple[int, int]] = {}  # per downsampler: the size of the map it took
 
     def start_call(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """UNet pre-hook: this call's phase; a ControlNet's residuals resized to the shrunk skip connections."""
@@ -241,35 +321,45 @@ def hidiffusion(
                 kwargs["mid_block_additional_residual"] = _resize(mid, state["pool"] + state["dilate"])
         return args, kwargs
 
-    def resolution_aware_downsampler(module: Any, args: tuple) -> None:
-        """RAD: in its phase the downsampler convolution strides by 4 with dilation 2 (same weights)."""
-        if state["dilate"]:
-            module.stride, module.padding, module.dilation = (4, 4), (2, 2), (2, 2)
+    def note_skip_size(index: int) -> PreForward:
+        def note(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            skip_sizes[index] = tuple(_first(args, kwargs, "hidden_states").shape[-2:])
+            return args, kwargs
 
-    def restore_downsampler(module: Any, args: tuple, output: Any) -> None:
-        module.stride, module.padding, module.dilation = conv_geometry
+        return note
 
-    def pool_after_first_layer(module: Any, args: tuple, output: Any) -> Any:
+    def resolution_aware_upsampler(index: int) -> PreForward:
+        """RAU: the upsampler interpolates to the size of the skip connection it meets, the map its mirrored
+        downsampler took (a UNet passes that size only when the latent is not a multiple of its overall factor)."""
+        def upsample_to_skip(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            hidden = _first(args, kwargs, "hidden_states")
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "output_size")}
+            return (hidden, skip_sizes[index]), kwargs
+
+        return upsample_to_skip
+
+    def pool_after_first_layer(module: Any, output: Any) -> Any:
         """RAU-Net's pooled phase: the down block continues at half resolution after its first layer."""
         if not state["pool"]:
-            return None
+            return output
         hidden = output[0] if isinstance(output, tuple) else output.sample
         state["pooled_from"] = tuple(hidden.shape[-2:])
         pooled = F.avg_pool2d(hidden, kernel_size=(2, 2), ceil_mode=True)
         return (pooled, *output[1:]) if isinstance(output, tuple) else type(output)(sample=pooled)
 
-    def upsample_after_second_layer(module: Any, args: tuple, output: Any) -> Any:
+    def upsample_after_second_layer(module: Any, output: Any) -> Any:
         """...and the mirrored up block returns to full resolution after its second layer (bicubic)."""
         if not state["pool"]:
-            return None
+            return output
         hidden = output[0] if isinstance(output, tuple) else output.sample
         restored = F.interpolate(hidden, size=state["pooled_from"], mode="bicubic")
         return (restored, *output[1:]) if isinstance(output, tuple) else type(output)(sample=restored)
 
-    def note_map_size(module: Any, args: tuple, kwargs: dict) -> None:
+    def note_map_size(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """Transformer2DModel pre-hook: the (H, W) of the map its transformer layers see as tokens."""
         hidden = _first(args, kwargs, "hidden_states")
         state["size"] = (int(hidden.shape[-2]), int(hidden.shape[-1]))
+        return args, kwargs
 
     def shifted_windows(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """MSW-MSA: self-attention within 2x2 windows, shifted by a random multiple of a quarter window."""
@@ -287,33 +377,26 @@ def hidiffusion(
             return (windows, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": windows}
 
-    def merge_windows(module: Any, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    def merge_windows(module: Any, output: torch.Tensor) -> torch.Tensor:
         size, window, shift = state["window"]
         return window_merge(output, size, window, shift)
 
-    try:
-        unet.num_upsamplers = 64  # the UNet then always upsamples to the skip connections' sizes (RAU)
-        handles.append(unet.register_forward_pre_hook(start_call, with_kwargs=True))
-        if raunet:
-            handles.append(conv.register_forward_pre_hook(resolution_aware_downsampler))
-            handles.append(conv.register_forward_hook(restore_downsampler))
-            first = unet.get_submodule(f"{fam.pooled_block}.attentions.0")
-            handles.append(first.register_forward_hook(pool_after_first_layer))
-            second = unet.get_submodule(f"{fam.restored_block}.attentions.1")
-            handles.append(second.register_forward_hook(upsample_after_second_layer))
-        if window_attention:
-            for block in fam.window_blocks:
-                for transformer in unet.get_submodule(block):
-                    handles.append(transformer.register_forward_pre_hook(note_map_size, with_kwargs=True))
-                    for layer in transformer.transformer_blocks:
-                        handles.append(layer.attn1.register_forward_pre_hook(shifted_windows, with_kwargs=True))
-                        handles.append(layer.attn1.register_forward_hook(merge_windows))
+    hooks: list[tuple[torch.nn.Module, ModelHook]] = [(unet, _Hook(start_call))]
+    hooks += [(down, _Hook(note_skip_size(i))) for i, down in enumerate(downsamplers)]
+    hooks += [(up, _Hook(resolution_aware_upsampler(len(downsamplers) - 1 - i))) for i, up in enumerate(upsamplers)]
+    if raunet:
+        hooks.append((unet.get_submodule(fam.dilated_conv), _ResolutionAwareDownsampler(lambda: state["dilate"])))
+        hooks.append((unet.get_submodule(f"{fam.pooled_block}.attentions.0"), _Hook(post=pool_after_first_layer)))
+        hooks.append((unet.get_submodule(f"{fam.restored_block}.attentions.1"),
+                      _Hook(post=upsample_after_second_layer)))
+    if window_attention:
+        for block in fam.window_blocks:
+            for transformer in unet.get_submodule(block):
+                hooks.append((transformer, _Hook(note_map_size)))
+                windowed = [layer.attn1 for layer in transformer.transformer_blocks]
+                hooks += [(attention, _Hook(shifted_windows, merge_windows)) for attention in windowed]
+    with _hooked(hooks):
         yield run
-    finally:
-        for handle in handles:
-            handle.remove()
-        conv.stride, conv.padding, conv.dilation = conv_geometry
-        unet.num_upsamplers = num_upsamplers
 
 
 def _resize(residual: torch.Tensor, halvings: int) -> torch.Tensor:

@@ -91,6 +91,6 @@ def settings_of(family: str | Family | HiDiffusionSettings) -> HiDiffusionSettin
     settings = found.features.get(FEATURE)
     if not isinstance(settings, HiDiffusionSettings):
         able = ", ".join(f.name for f in all_families() if FEATURE in f.features)
-        raise UserError(f"--hidiffusion works on UNet models ({able}), not on {found.name}: its RAU-Net and "
-                        "MSW-MSA change a UNet's down and up blocks")
+        raise UserError(f"--hidiffusion works on the UNet models it has settings for ({able}), not on {found.name}: "
+                        "its RAU-Net and MSW-MSA change a UNet's down and up blocks, set per model")
     return settings

@@ -14,6 +14,7 @@ from typing import Any
 import diffusers
 from PIL import Image
 
+from ..core import csgo
 from ..core.request import CONTROL_KINDS, Request
 from ..errors import UserError
 from ..families import Family
@@ -79,7 +80,10 @@ def mode_kwargs(
         kwargs["strength"] = request.strength
     if request.mode == "inpaint":
         kwargs["mask_image"] = load_mask(request.mask or "", size, max_pixels)
-    if request.control is not None:
+    if request.control == "tile" and not (request.control_image or request.init_image or request.restyle):
+        kwargs["image"] = csgo.content_image(request, max_pixels)  # CSGO's: its content image at the size, or black
+        kwargs["controlnet_conditioning_scale"] = request.control_scale
+    elif request.control is not None:
         source = request.control if request.control not in CONTROL_KINDS else request.control_image
         condition = control_image(request.control, source or request.init_image or request.restyle or "", size,
                                   depth_model, max_pixels)

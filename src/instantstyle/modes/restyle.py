@@ -58,9 +58,11 @@ CSD_SIDE = 224
 def check_family(family: Family) -> None:
     """Restyling needs a family that has it: SD3.5 and FLUX do not (one line saying what differs)."""
     if not family.features.get(FEATURE):
-        raise UserError(f"--restyle is InstantStyle-Plus, made for UNet models (SDXL, SD1.5); {family.name} is a "
-                        "flow-matching transformer: its inversion is not DDIM's, it has no UNet style block and no "
-                        "canny ControlNet img2img path, so the recipe would not be the same")
+        why = ("a flow-matching transformer: its inversion is not DDIM's, it has no UNet style block and no canny "
+               "ControlNet img2img path, so the recipe would not be the same") if family.denoiser != "unet" else (
+               "a UNet the recipe was not made for (diffusers has no ControlNet img2img pipeline with an IP-Adapter "
+               "for it)")
+        raise UserError(f"--restyle is InstantStyle-Plus, made for UNet models (SDXL, SD1.5); {family.name} is {why}")
 
 
 def recipe_fields(request: Request) -> dict[str, Any]:

@@ -33,6 +33,11 @@ CSD_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CSD_STD = (0.26862954, 0.26130258, 0.27577711)
 #: File names tried, in order, when ``--csd`` names a folder (a hub download of the model).
 FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "checkpoint.pth")
+#: The networks CSD is: OpenAI CLIP's ViT-L/14 (the released checkpoint) or ViT-B/16 (the authors' ``vit_base``),
+#: both at 224 px. Anything else is refused before it runs (a crafted 90,001-row positional embedding made a
+#: 4,200 px input that held a core for minutes per image).
+CSD_PATCHES, CSD_IMAGE_SIZE, MAX_CSD_WIDTH, MAX_CSD_LAYERS = (14, 16), 224, 1024, 24
+CSD_SHAPES = "CSD is a CLIP ViT-B/16 or ViT-L/14 at 224 px (at most 1024 wide, 24 layers)"
 _BLOCK_KEY = re.compile(r"backbone\.transformer\.resblocks\.(\d+)\.(.+)")
 #: OpenAI CLIP's residual-block names -> transformers' (the attention's packed in_proj is split below).
 _BLOCK_NAMES = {
@@ -162,14 +167,24 @@ def convert_state(state: dict[str, torch.Tensor], where: str = "CSD checkpoint")
         else:
             raise UserError(f"{where}: unexpected key {key!r} (not CSD's CLIP ViT layout)")
         layers.add(int(match.group(1)))
+    if state["backbone.conv1.weight"].ndim != 4 or state["backbone.positional_embedding"].ndim != 2:
+        raise UserError(f"{where}: inconsistent CSD tensor shapes")
     width, _, patch, _ = state["backbone.conv1.weight"].shape
     positions = state["backbone.positional_embedding"].shape[0]
     grid = round((positions - 1) ** 0.5)
     head = state["last_layer_style"]
-    if grid * grid + 1 != positions or head.ndim != 2 or head.shape[0] != width or layers != set(range(len(layers))):
+    fc = state.get("backbone.transformer.resblocks.0.mlp.c_fc.weight")
+    if (grid * grid + 1 != positions or head.ndim != 2 or head.shape[0] != width or fc is None
+            or layers != set(range(len(layers))) or not 0 < fc.shape[0] <= 4 * width):
         raise UserError(f"{where}: inconsistent CSD tensor shapes")
+    if patch not in CSD_PATCHES or grid * patch != CSD_IMAGE_SIZE:
+        raise UserError(f"{where}: a ViT of patch {patch} at {grid * patch} px ({positions:,} positions); {CSD_SHAPES}")
+    if width > MAX_CSD_WIDTH or head.shape[1] > MAX_CSD_WIDTH:
+        raise UserError(f"{where}: a ViT {max(width, head.shape[1])} wide; {CSD_SHAPES}")
+    if len(layers) > MAX_CSD_LAYERS:
+        raise UserError(f"{where}: a ViT of {len(layers)} layers; {CSD_SHAPES}")
     config = CLIPVisionConfig(
-        hidden_size=width, intermediate_size=state["backbone.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        hidden_size=width, intermediate_size=fc.shape[0],
         num_hidden_layers=len(layers), num_attention_heads=max(1, width // 64), image_size=grid * patch,
         patch_size=patch, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=head.shape[1],
     )
@@ -183,10 +198,16 @@ def load_csd(path: str | Path, device: torch.device | str = "cpu", dtype: torch.
 
     state = read_checkpoint(path)
     config, backbone_state, head = convert_state(state, f"CSD checkpoint {path}")
+    poisoned = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if poisoned is not None:  # it would score every image "-" without a word
+        raise UserError(f"CSD checkpoint {path}: holds values that are not finite numbers (NaN or inf) in {poisoned}")
     with init_empty_weights():  # parameters come from the file; buffers (position ids) stay real
         backbone = CLIPVisionModel(config)
     target = getattr(backbone, "vision_model", backbone)  # transformers 4 nests the tower one level down
-    target.load_state_dict({k: v.float() for k, v in backbone_state.items()}, strict=True, assign=True)
+    try:
+        target.load_state_dict({k: v.float() for k, v in backbone_state.items()}, strict=True, assign=True)
+    except RuntimeError:  # a block's tensors of other sizes than the first block's
+        raise UserError(f"CSD checkpoint {path}: inconsistent CSD tensor shapes") from None
     content = state.get("last_layer_content")
     content = content.float() if isinstance(content, torch.Tensor) and content.shape == head.shape else None
     model = CsdModel(backbone.eval(), head.float(), str(path), content)

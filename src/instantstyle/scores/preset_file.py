@@ -13,18 +13,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..core.blocks import check_presets, read_presets
-from ..errors import UserError
 from ..files.atomic import write_text_atomically
+from ..files.textfiles import check_regular_target
 
 
 def write_presets(path: str | Path, presets: Mapping[str, str], merge: bool = True) -> Path:
     """Write presets (atomically: a temporary file, then a rename). With ``merge``, presets already in the
     file that are not being written stay; a same-named one is replaced."""
     path = Path(path).expanduser()
+    check_regular_target(path, f"presets file {path}")
     new = check_presets(dict(presets), f"presets for {path}")
     old = read_presets(path) if merge and path.exists() else {}
     data = {**old, **new}
-    try:
-        return write_text_atomically(path, json.dumps(data, indent=2) + "\n")
-    except OSError as err:
-        raise UserError(f"presets file {path}: cannot write ({err.strerror or type(err).__name__})") from None
+    return write_text_atomically(path, json.dumps(data, indent=2) + "\n")

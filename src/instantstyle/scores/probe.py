@@ -78,7 +78,7 @@ def run_probe(
     generation (``generate_many``) ``batch_size`` at a time; each image is scored against its request, the leak
     against its job's content prompt. ``on_image`` sees each (job index, job, image, request, scores) as it is
     made, to save it at once. Returns (job, scores) in job order."""
-    from ..core.pipeline import batch_key
+    from ..core.plan import batch_key
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch size must be a whole number of at least 1, got {batch_size!r}")

@@ -1,0 +1,235 @@
+"""The server's files as the page sees them: kept uploads, outputs, the operator's models folders, and the names a
+visitor is shown for server paths (never the server's own folders)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ...core.blocks import expand_preset_ref, is_preset_ref, split_preset_ref
+from ...core.embeddings import load_style
+from ...core.pipeline import StylePipeline
+from ...core.request import CONTROL_KINDS, Request
+from ...errors import UserError
+from ...files.images import MAX_PIXELS, load_image
+
+#: How deep and how many entries the page looks into the models folders for the names it offers.
+MODELS_DEPTH, MODELS_LISTED = 4, 1000
+
+
+@dataclass(frozen=True)
+class ModelChoices:
+    """What the models folders hold, by kind, as names relative to their folder (what the page offers)."""
+
+    loras: tuple[str, ...] = ()
+    adapters: tuple[str, ...] = ()
+    controlnets: tuple[str, ...] = ()
+    depth_models: tuple[str, ...] = ()
+    presets: tuple[str, ...] = ()
+
+
+def _safetensors_kind(path: Path) -> str | None:
+    """``adapter`` (IP-Adapter keys), ``style`` (a style file) or ``lora`` by the tensor names in a file's header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception:  # safetensors raises several types for a bad file: not offered
+        return None
+    if any(k.startswith(("image_proj.", "ip_adapter.", "ip_adapter_proj")) for k in keys):
+        return "adapter"
+    return "style" if set(keys) == {"embeds", "negative"} else "lora"
+
+
+def _folder_kind(config: Path) -> str | None:
+    """``controlnet`` or ``depth`` from a model folder's ``config.json`` (diffusers' or transformers' class)."""
+    try:
+        data = json.loads(config.read_text(encoding="utf-8")[:200_000])
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if "ControlNet" in str(data.get("_class_name", "")):
+        return "controlnet"
+    return "depth" if any("DepthEstimation" in str(a) for a in data.get("architectures") or []) else None
+
+
+def list_models(folders: Sequence[Path]) -> ModelChoices:
+    """The LoRA and adapter files, ControlNet and depth-model folders and presets files in the models folders
+    (links are not followed; at most ``MODELS_LISTED`` entries, ``MODELS_DEPTH`` folders deep)."""
+    found: dict[str, list[str]] = {"lora": [], "adapter": [], "controlnet": [], "depth": [], "presets": []}
+    seen = 0
+    for folder in folders:
+        for here, dirs, files in os.walk(folder, followlinks=False):
+            depth = len(Path(here).relative_to(folder).parts)
+            if depth >= MODELS_DEPTH or "model_index.json" in files:  # a whole pipeline: its parts are not offered
+                dirs[:] = []
+            dirs.sort()
+            weights_of_a_model = "config.json" in files  # a model folder's own weights are no LoRA
+            for name in sorted(files):
+                seen += 1
+                if seen > MODELS_LISTED:
+                    break
+                path = Path(here) / name
+                rel = path.relative_to(folder).as_posix()
+                if name == "config.json" and (kind := _folder_kind(path)) is not None:
+                    found[kind].append(Path(rel).parent.as_posix())
+                elif (name.endswith(".safetensors") and not weights_of_a_model
+                      and (kind := _safetensors_kind(path)) in ("lora", "adapter")):
+                    found[kind].append(rel)
+                elif name.endswith(".json") and name != "config.json" and "/" not in rel:
+                    found["presets"].append(rel)
+    unique = {k: tuple(dict.fromkeys(v)) for k, v in found.items()}
+    return ModelChoices(unique["lora"], unique["adapter"], unique["controlnet"], unique["depth"], unique["presets"])
+
+
+class Workdir:
+    """The server's files as the page sees them: where the app keeps what it makes (``inputs/``: uploads, by
+    content hash; ``outputs/``), the operator's models folders it may read LoRAs, adapters, ControlNets, depth models
+    and presets files from (``ui --models-dir``; none by default), and the pixel cap on every image a visitor
+    sends."""
+
+    def __init__(self, root: str | Path, models_dirs: Sequence[str | Path] = (), max_pixels: int = MAX_PIXELS) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.inputs = self.root / "inputs"
+        self.outputs = self.root / "outputs"
+        self.models_dirs = tuple(Path(os.path.abspath(Path(d).expanduser())) for d in models_dirs)
+        self.max_pixels = max_pixels
+        for folder in (self.inputs, self.outputs):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def keep_upload(self, path: str | Path, what: str) -> str:
+        """Check an uploaded reference (an image within the pixel cap, read from its header before decoding, or a
+        style file) and keep a copy."""
+        path = Path(path)
+        try:
+            if path.suffix.lower() == ".safetensors":
+                load_style(path)
+            else:
+                load_image(path, what, self.max_pixels)
+        except UserError as err:  # name the file as the user knows it, not by gradio's temp path
+            raise UserError(str(err).replace(str(path), path.name)) from None
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
+        kept = self.inputs / f"{digest}{path.suffix.lower()}"
+        if not kept.exists():
+            shutil.copyfile(path, kept)
+        return str(kept)
+
+    def keep_painted_mask(self, editor: Any) -> str | None:
+        """The mask painted in an editor (any stroke = white), kept as a PNG; ``None`` if unpainted."""
+        layers = [np.asarray(layer) for layer in (editor or {}).get("layers") or [] if layer is not None]
+        painted = [layer[..., 3] > 0 for layer in layers if layer.ndim == 3 and layer.shape[-1] == 4]
+        if not painted or not any(p.any() for p in painted):
+            return None
+        mask = Image.fromarray(np.logical_or.reduce(painted).astype(np.uint8) * 255, "L")
+        buffer = io.BytesIO()
+        mask.save(buffer, format="PNG")
+        kept = self.inputs / f"{hashlib.sha256(buffer.getvalue()).hexdigest()[:20]}.png"
+        kept.write_bytes(buffer.getvalue())
+        return str(kept)
+
+    def model_path(self, what: str, ref: str, defaults: frozenset[str] = frozenset()) -> str:
+        """A LoRA or adapter file, ControlNet or depth-model folder or presets file named in the page: ``ref``
+        inside one of the models folders (a path in one, or relative to one), as an absolute path; one of
+        ``defaults`` as it is. Anything else (missing, outside the folders, a hub id, ``..``) gets the same message,
+        so the page tells a visitor nothing about the server's other files."""
+        if ref in defaults:
+            return ref
+        if ".." not in Path(ref).parts:
+            for folder in self.models_dirs:
+                real, inside = Path(os.path.realpath(folder / ref)), Path(os.path.realpath(folder))
+                if (real == inside or inside in real.parents) and real.exists():  # a link out of it is outside
+                    return str(real)
+        where = "the models folders this page may read" if self.models_dirs else "any models folder (none is allowed)"
+        raise UserError(f"{what} {ref}: not found in {where}; the server's operator allows folders with "
+                        "`instantstyle ui --models-dir DIR`")
+
+    def model_name(self, path: str | None) -> str | None:
+        """The name a models-folder path has in the page (relative to its folder); ``None`` for other paths."""
+        if not path:
+            return None
+        candidate = Path(os.path.realpath(path))
+        for folder in self.models_dirs:
+            inside = Path(os.path.realpath(folder))
+            if inside in candidate.parents:
+                return candidate.relative_to(inside).as_posix()
+        return None
+
+    def blocks_spec(self, spec: str, pipe: StylePipeline | None = None) -> str:
+        """A blocks spec from the page, with ``@FILE:NAME`` expanded to the blocks it names: FILE is read only from
+        the models folders, as LoRAs are (``model_path``), and errors name it as the visitor gave it; with ``pipe``,
+        its blocks are checked against the model's there, so no later message quotes what the file holds."""
+        if not is_preset_ref(spec):
+            return spec
+        file, name = split_preset_ref(spec)
+        path = self.model_path("presets file", file)
+        try:
+            if pipe is None:
+                return expand_preset_ref(f"@{path}:{name}")
+            return expand_preset_ref(f"@{path}:{name}", layers=pipe.resources.layers, family=pipe.resources.family)
+        except UserError as err:
+            raise UserError(str(err).replace(path, file)) from None
+
+    def owns(self, path: str) -> bool:
+        """Whether a path from a restored request is one of this app's kept uploads (never serve others)."""
+        resolved = Path(path).expanduser().resolve()
+        return resolved.parent == self.inputs and resolved.is_file()
+
+    def new_output(self, stem: str, suffix: str = ".png") -> Path:
+        """A fresh output path (time-stamped; never one that exists, so nothing made is overwritten)."""
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
+        path, n = self.outputs / f"{name}{suffix}", 1
+        while path.exists() or any(path.parent.glob(f"{path.stem}-*")):
+            n += 1
+            path = self.outputs / f"{name}-{n}{suffix}"
+        return path
+
+    def models(self) -> ModelChoices:
+        """What the models folders offer the page (``list_models``)."""
+        return list_models(self.models_dirs)
+
+    # --- what a visitor is shown ------------------------------------------------------------------
+    def shown(self, path: str | None) -> str | None:
+        """A server path as the page shows it: relative to the workdir or to its models folder; a hub id or a
+        relative path as given; any other absolute path by its last name only (never the server's folders)."""
+        if not path or not os.path.isabs(os.path.expanduser(path)):
+            return path
+        candidate = Path(os.path.normpath(os.path.expanduser(path)))
+        for folder in (self.root, *self.models_dirs):
+            real = (Path(os.path.realpath(candidate)), Path(os.path.realpath(folder)))
+            for named, inside in ((candidate, folder), real):
+                if inside in named.parents:
+                    return named.relative_to(inside).as_posix()
+        return candidate.name
+
+    def shown_request(self, request: Request) -> dict[str, Any]:
+        """The request as JSON data for the page's Request panel: every server path as ``shown`` makes it."""
+        data = request.to_dict()
+        paths = ("model", "adapter", "image_encoder", "content_text_encoder", "content_image", "init_image", "mask",
+                 "control_image", "controlnet", "depth_model", "composition", "restyle", "csd", "caption_model")
+        for name in paths:
+            if name in data:
+                data[name] = self.shown(data[name])
+        if data["control"] not in CONTROL_KINDS:
+            data["control"] = self.shown(data["control"])
+        data["regions"] = [self.shown(p) for p in data["regions"]]
+        for ref in (*data["style"], *data["lora"]):
+            ref["path"] = self.shown(ref["path"])
+        for use in data["adapters"]:
+            use["path"] = self.shown(use["path"])
+            use["regions"] = [self.shown(p) for p in use["regions"]]
+            for ref in use["style"]:
+                ref["path"] = self.shown(ref["path"])
+        return data

@@ -1,0 +1,626 @@
+"""The web UI as people use it: one served page on the tiny SDXL fixture, driven in Debian's Chromium.
+
+One server for the whole module (its own pipeline, so nothing another module loads into the shared one moves its
+pixels); each test opens a fresh page. Screenshots go to ``test-artifacts/`` (the README shows chosen ones from
+``docs/images/``). The accessibility check injects axe-core from ``.node/`` (``npm install --prefix .node
+axe-core``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from instantstyle import Request
+from instantstyle.app.sweep import SHEET_KEY
+from instantstyle.core.request import read_png_request, write_png
+from instantstyle.scores.scorer import read_png_scores
+
+from .conftest import pixels
+
+gr = pytest.importorskip("gradio", reason="the web UI needs gradio (pip install 'instantstyle[ui]')")
+from instantstyle.app import ui  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+AXE = ROOT / ".node" / "node_modules" / "axe-core" / "axe.min.js"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT = 120_000  # ms; generous: the CI machine is shared
+LAPTOP, PHONE = (1366, 768), (390, 844)
+SETTINGS_TABS = [tab.label for tab in ui.TABS]
+OUTPUT_TABS = ["Generate", "Sweep", "History", "Restore & style files"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def models(tiny, modes, tmp_path_factory) -> list[Path]:
+    """The page's models folders: the tiny plus adapter's, the mode fixtures (ControlNets, DPT), a LoRA."""
+    from instantstyle.testing.lora import write_tiny_lora
+
+    loras = tmp_path_factory.mktemp("loras")
+    write_tiny_lora(tiny.sdxl, loras / "ink.safetensors")
+    return [tiny.sdxl_plus_adapter.parent, modes.root, loras]
+
+
+@pytest.fixture(scope="module")
+def app(tiny, models, tmp_path_factory):
+    """The app on its own tiny SDXL pipeline, served from this process on a free localhost port."""
+    from instantstyle import StylePipeline
+
+    pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", keep_all_weights=True)
+    workdir = tmp_path_factory.mktemp("ui-app")
+    port = free_port()
+    demo = ui.launch(pipe, workdir, port=port, block=False, models_dirs=models)
+    yield f"http://127.0.0.1:{port}/", ui.Workdir(workdir), demo
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright (pip)")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, url: str, size: tuple[int, int] = LAPTOP):
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    page.set_default_timeout(TIMEOUT)
+    page.goto(url)
+    page.wait_for_selector("#generate")
+    page.locator("#loaded").get_by_text("Model").wait_for()  # the page's load events have run
+    return page
+
+
+@pytest.fixture
+def page(app, browser):
+    page = open_page(browser, app[0])
+    yield page
+    page.close()
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def add_references(page, *paths: Path) -> None:
+    """Drop files on the references' drop zone (several at once) and wait for their cards (a file that is no image
+    gets none)."""
+    shown = page.locator("[id^=card-pic-] figure").count()
+    page.locator("#style-add input[type=file]").set_input_files([str(p) for p in paths])
+    images = sum(Path(p).suffix == ".safetensors" or Path(p).read_bytes()[:4] == b"\x89PNG" for p in paths)
+    page.locator(f"#card-pic-{shown + images - 1} figure").wait_for()
+
+
+def fill_form(page, *styles: Path, prompt: str = "a cat", steps: int = 2, seed: int = 7) -> None:
+    add_references(page, *styles)
+    page.locator("#prompt textarea").fill(prompt)
+    set_number(page, "steps", steps)
+    page.locator("#randomize input").uncheck()
+    set_number(page, "seed", seed)
+
+
+def pick(page, elem_id: str, value: str) -> None:
+    """Choose ``value`` in a dropdown."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=value, exact=True).click()
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def downloads(page) -> list[str]:
+    return [a.get_attribute("href") for a in page.locator("#downloads a").all()]
+
+
+def open_details(page) -> None:
+    """Open the results' "Downloads and request" panel (closed, its parts are not on the page)."""
+    if page.locator("#downloads").count() == 0:
+        page.get_by_text("Downloads and request").click()
+        page.locator("#downloads").wait_for(state="attached")
+
+
+def generate(page, into: Path, count: int = 1) -> list[Path]:
+    """Press Generate and fetch the run's PNGs (their settings and scores inside)."""
+    tab(page, "Generate")
+    open_details(page)
+    before = downloads(page)
+    page.locator("#generate").click()
+    page.wait_for_function("before => { const now = [...document.querySelectorAll('#downloads a')].map(a => a.href);"
+                           " return now.length > 0 && JSON.stringify(now) !== JSON.stringify(before); }",
+                           arg=[page.evaluate("h => h.map(x => new URL(x, location.href).href)", before)])
+    page.locator("#results figure").nth(count - 1).wait_for()
+    paths = []
+    for i, href in enumerate(downloads(page)):
+        path = into / f"made-{len(list(into.glob('made-*')))}-{i}.png"
+        path.write_bytes(page.request.get(href).body())
+        paths.append(path)
+    return paths
+
+
+def paint(page, elem_id: str, start: tuple[float, float], moves: int = 6, step: float = 12) -> None:
+    """Draw one stroke in an image editor with the mouse (the editor sends its layer with the next event)."""
+    editor = page.locator(f"#{elem_id}")
+    editor.get_by_role("button", name="Brush").first.click()
+    box = editor.locator("canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] * start[0], box["y"] + box["height"] * start[1]
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for i in range(1, moves + 1):
+        page.mouse.move(x + i * step, y + i * step)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name))
+
+
+def close_messages(page) -> None:
+    for button in page.locator(".toast-close").all():
+        button.click()
+
+
+def run_cli(*args) -> None:
+    from click.testing import CliRunner
+
+    from instantstyle.app.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+
+
+# --- the common case ------------------------------------------------------------------------------------------
+
+
+def test_cards_with_their_weights_make_the_pixels_of_the_command_line(page, tiny, modes, tmp_path):
+    """``--style a.png --style b.png:0.3``: two cards, the second's slider at 0.3."""
+    fill_form(page, tiny.style_image, modes.second_style, prompt="a fox")
+    set_number(page, "weight-1", 0.3)
+    [png] = generate(page, tmp_path)
+    screenshot(page, "ui-cards.png")
+    assert [ref.weight for ref in read_png_request(png).style] == [1.0, 0.3]
+    run_cli("generate", "--model", tiny.sdxl, "--adapter", tiny.sdxl_adapter, "--style", tiny.style_image,
+            "--style", f"{modes.second_style}:0.3", "--prompt", "a fox", "--steps", 2, "--seed", 7, "--device", "cpu",
+            "-o", tmp_path / "cli.png")
+    assert (pixels(Image.open(png)) == pixels(Image.open(tmp_path / "cli.png"))).all()
+
+
+def test_one_reference_a_prompt_and_the_result_fit_a_1366x768_screen(page, tiny, tmp_path):
+    fill_form(page, tiny.style_image)
+    page.locator("#generate").click()  # as people do: the downloads and request panel stays closed
+    page.locator("#results table").wait_for()
+    screenshot(page, "ui-laptop.png")
+    height, width = page.evaluate("[document.scrollingElement.scrollHeight, document.scrollingElement.scrollWidth]")
+    assert (width, height) <= LAPTOP and height <= LAPTOP[1]
+    for what in ("#card-pic-0 img", "#prompt textarea", "#generate", "#results img", "#results table"):
+        box = page.locator(what).first.bounding_box()
+        assert box["y"] + box["height"] <= LAPTOP[1], what
+
+
+def test_the_page_still_works_at_a_phone_width(app, browser, tiny, tmp_path):
+    page = open_page(browser, app[0], PHONE)
+    fill_form(page, tiny.style_image)
+    [png] = generate(page, tmp_path)
+    screenshot(page, "ui-phone.png")
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= PHONE[0]  # nothing runs off sideways
+    assert read_png_request(png).prompt == "a cat" and page.locator("#results img").first.is_visible()
+    page.close()
+
+
+def test_each_result_shows_a_score_table_marked_against_the_other_results(page, tiny, tmp_path):
+    fill_form(page, tiny.style_image)
+    set_number(page, "num-images", 2)
+    tab(page, "Content")
+    page.locator("#content-prompt textarea").fill("stripes")
+    pngs = generate(page, tmp_path, count=2)
+    tables = page.locator("#results table.scores").all()
+    scores = [read_png_scores(png) for png in pngs]
+    assert len(tables) == 2
+    for table, mine, other in zip(tables, scores, scores[::-1], strict=True):
+        rows = [row.inner_text().split("\t") for row in table.locator("tr").all()]
+        assert [(name, value.rstrip(" ▲▼")) for name, value in rows] == [
+            ("style", f"{mine.clip_style:.3f}"), ("text", f"{mine.clip_text:.3f}"),
+            ("leak", f"{mine.content_leak:.3f}")]
+        for (name, value), key in zip(rows, ("clip_style", "clip_text", "content_leak"), strict=True):
+            better = (mine.get(key) < other.get(key)) if key == "content_leak" else (mine.get(key) > other.get(key))
+            if mine.get(key) != other.get(key):  # the better of the two is marked ▲, the worse ▼
+                assert value.endswith("▲" if better else "▼"), (name, value)
+
+
+def test_a_history_image_restores_settings_that_make_the_same_image(page, app, tiny, modes, tmp_path):
+    from playwright.sync_api import expect
+
+    fill_form(page, tiny.style_image, modes.second_style, prompt="a lighthouse", seed=11)
+    set_number(page, "weight-1", 0.5)
+    [first] = generate(page, tmp_path)
+    page.goto(app[0])  # a new visit: an empty form
+    page.wait_for_selector("#generate")
+    tab(page, "History")
+    page.locator("#history button.thumbnail-item").first.click()
+    page.get_by_text("Details: its request").click()
+    shown = page.locator("#history-json").inner_text()
+    assert str(app[1].root) not in shown and '"inputs/' in shown
+    page.locator("#use-settings").click()
+    expect(page.locator("#prompt textarea")).to_have_value("a lighthouse")
+    page.locator("#card-pic-1 figure").wait_for()
+    tab(page, "Generate")
+    [again] = generate(page, tmp_path)
+    screenshot(page, "ui-history-restored.png")
+    assert (pixels(Image.open(first)) == pixels(Image.open(again))).all()
+
+
+def test_queue_position_step_progress_and_cancel_leave_the_server_answering(app, browser, tiny, tmp_path):
+    """A long job runs in one page; another page's job waits with its place in the queue; Cancel stops the long
+    one between steps, saves nothing, and the waiting job runs."""
+    long, waiting = open_page(browser, app[0]), open_page(browser, app[0])
+    fill_form(long, tiny.style_image, steps=100)
+    fill_form(waiting, tiny.style_image)
+    made = len(list(app[1].outputs.glob("*.png")))
+    long.locator("#generate").click()
+    long.locator("#results").get_by_text(re.compile(r"\d+/100 steps")).wait_for()  # a step bar
+    waiting.locator("#generate").click()
+    waiting.locator("#results").get_by_text(re.compile(r"queue: \d+/\d+")).wait_for()
+    screenshot(waiting, "ui-queue.png")
+    long.locator("#cancel").click()
+    long.get_by_text("cancelling: the job stops after its current step").wait_for()
+    [png] = generate_done(waiting, tmp_path)
+    assert read_png_request(png).steps == 2
+    assert len(list(app[1].outputs.glob("*.png"))) == made + 1  # the cancelled job saved nothing
+    assert long.locator("#results img").count() == 0
+    long.close()
+    waiting.close()
+
+
+def generate_done(page, into: Path) -> list[Path]:
+    """The PNGs of a run already started (as ``generate`` fetches them)."""
+    page.locator("#results figure").first.wait_for()
+    open_details(page)
+    page.locator("#downloads a").first.wait_for(state="attached")
+    path = into / "waited.png"
+    path.write_bytes(page.request.get(downloads(page)[0]).body())
+    return [path]
+
+
+# --- every mode -----------------------------------------------------------------------------------------------
+
+
+def test_regions_come_from_an_upload_and_from_a_painting(page, tiny, modes, tmp_path):
+    fill_form(page, tiny.style_image, modes.second_style)
+    tab(page, "Regions")
+    page.locator("#region-0 input[type=file]").set_input_files(str(modes.left_mask))
+    page.locator("#region-0").get_by_text("left.png").wait_for()
+    paint(page, "region-paint", (0.6, 0.3), step=8)
+    pick(page, "region-target", "reference 2")
+    page.locator("#region-use").click()
+    page.locator("#region-pic-1 figure").wait_for()
+    screenshot(page, "ui-regions.png")
+    [png] = generate(page, tmp_path)
+    request = read_png_request(png)
+    painted = np.asarray(Image.open(request.regions[1]).convert("L")) > 0
+    assert len(request.regions) == 2 and 0 < painted.mean() < 0.5
+    assert (np.asarray(Image.open(request.regions[0])) == np.asarray(Image.open(modes.left_mask))).all()
+
+
+def test_a_composition_image_and_a_further_adapter_with_its_blocks_and_scale(page, tiny, modes, tmp_path):
+    fill_form(page, tiny.style_image)
+    tab(page, "Composition")
+    page.locator("#composition input[type=file]").set_input_files(str(modes.init_image))
+    assert page.locator("#thumb-composition img").get_attribute("alt") == "composition image (64×64)"
+    set_number(page, "composition-scale", 0.8)
+    tab(page, "Adapters")
+    pick(page, "adapter-1", "ip-adapter-plus_sdxl_vit-h.safetensors")
+    page.locator("#adapter-1-style input[type=file]").set_input_files(str(modes.second_style))
+    page.locator("#adapter-1-style").get_by_text("style2.png").wait_for()
+    pick(page, "adapter-1-blocks", "layout")
+    set_number(page, "adapter-1-scale", 0.5)
+    [png] = generate(page, tmp_path)
+    request = read_png_request(png)
+    assert request.composition is not None and request.composition_scale == 0.8
+    assert [(Path(a.path).name, a.blocks, a.scale) for a in request.adapters] == [
+        ("ip-adapter-plus_sdxl_vit-h.safetensors", "layout", 0.5)]
+
+
+def test_depth_control_with_a_depth_model_from_the_models_folders(page, tiny, modes, tmp_path):
+    fill_form(page, tiny.style_image)
+    tab(page, "Control")
+    pick(page, "control", "depth")
+    page.locator("#control-image input[type=file]").set_input_files(str(modes.init_image))
+    page.locator("#control-image").get_by_text("init.png").wait_for()
+    pick(page, "controlnet", "sdxl-controlnet")
+    pick(page, "depth-model", "dpt")
+    [png] = generate(page, tmp_path)
+    request = read_png_request(png)
+    assert (request.control, Path(request.depth_model).name, Path(request.controlnet).name) == (
+        "depth", "dpt", "sdxl-controlnet")
+
+
+def test_a_photo_restyled_with_the_recipes_defaults(page, tiny, modes, tmp_path):
+    fill_form(page, tiny.style_image, prompt="a lighthouse")
+    tab(page, "Restyle")
+    page.locator("#restyle input[type=file]").set_input_files(str(modes.init_image))
+    page.locator("#thumb-restyle img").wait_for()
+    tab(page, "Control")
+    pick(page, "controlnet", "sdxl-controlnet")  # the recipe's canny, with the ControlNet of the models folder
+    [png] = generate(page, tmp_path)
+    request = read_png_request(png)  # the completed request: the recipe filled in what the form left unset
+    assert (Path(request.restyle).parent.name, request.control, request.control_scale, request.scheduler) == (
+        "inputs", "canny", 0.6, "ddim")
+    assert request.negative_prompt == "lowres, low quality, worst quality, deformed, noisy, blurry"
+
+
+def test_page_restyles_an_uploaded_init_image(page, tiny, modes, tmp_path):
+    fill_form(page, tiny.style_image)
+    tab(page, "Image")
+    page.locator("#init-image input[type=file]").set_input_files(str(modes.init_image))
+    page.locator("#init-image").get_by_text("init.png").first.wait_for()
+    set_number(page, "strength", 0.5)
+    [png] = generate(page, tmp_path)
+    request = read_png_request(png)
+    assert (request.mode, request.strength, request.prompt) == ("img2img", 0.5, "a cat")
+
+
+def test_strokes_painted_in_the_page_become_the_inpainting_mask(page, tiny, modes, tmp_path):
+    """Drawn with the mouse: the painter (one layer, its blobs guarded) still sends the strokes."""
+    fill_form(page, tiny.style_image)
+    tab(page, "Image")
+    page.locator("#init-image input[type=file]").set_input_files(str(modes.init_image))
+    page.locator("#init-image").get_by_text("init.png").first.wait_for()
+    page.locator("#mask-paint").get_by_text("Upload an image").wait_for(state="hidden")  # the init image is in it
+    paint(page, "mask-paint", (0.4, 0.4))
+    [png] = generate(page, tmp_path)
+    request = read_png_request(png)
+    painted = np.asarray(Image.open(request.mask)) > 0
+    assert request.mode == "inpaint" and 0 < painted.mean() < 1
+
+
+# --- restoring, style files, messages --------------------------------------------------------------------------
+
+
+def test_dropping_a_generated_png_restores_its_settings_and_cards(page, app, tiny, tmp_path):
+    from playwright.sync_api import expect
+
+    style = app[1].keep_upload(tiny.style_image, "style image")
+    request = Request("a lighthouse at dusk", style=f"{style}:0.7", negative_prompt="blurry", blocks="style+layout",
+                      scale=0.7, guidance=4.5, steps=3, seed=42, width=64, height=64)
+    png = write_png(Image.new("RGB", (64, 64)), tmp_path / "made.png", request)
+    tab(page, "Restore & style files")
+    page.locator("#restore input[type=file]").set_input_files(str(png))
+    expect(page.locator("#prompt textarea")).to_have_value("a lighthouse at dusk")
+    expect(page.locator("#negative textarea")).to_have_value("blurry")
+    expect(page.locator("#seed input")).to_have_value("42")
+    expect(page.locator("#steps input[type=number]")).to_have_value("3")
+    expect(page.locator("#blocks input")).to_have_value("style+layout")
+    expect(page.locator("#randomize input")).not_to_be_checked()
+    expect(page.locator("#weight-0 input[type=number]")).to_have_value("0.7")
+    page.locator("#card-pic-0 img").wait_for()
+
+
+def test_a_saved_style_file_comes_back_as_a_card_with_its_preview_and_settings(page, app, tiny, tmp_path):
+    from playwright.sync_api import expect
+
+    fill_form(page, tiny.style_image, prompt="a castle")
+    tab(page, "Restore & style files")
+    page.locator("#save-style").click()
+    link = page.locator("#style-file a").first
+    link.wait_for()
+    saved = tmp_path / "my-style.safetensors"
+    saved.write_bytes(page.request.get(link.get_attribute("href")).body())
+    page.goto(app[0])
+    page.wait_for_selector("#generate")
+    add_references(page, saved)
+    assert page.locator("#card-pic-0 img").get_attribute("alt") == "style reference 1: style file"
+    expect(page.locator("#prompt textarea")).to_have_value("a castle")
+    expect(page.locator("#seed input")).to_have_value("7")
+    [png] = generate(page, tmp_path)
+    assert read_png_request(png).style[0].path.endswith(".safetensors")
+
+
+def test_a_text_file_dropped_with_an_image_is_left_out_with_a_message_and_the_image_is_added(page, tiny, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("these are my notes, not an image\n")
+    add_references(page, notes, tiny.style_image)
+    page.get_by_text("notes.png: not a readable image").first.wait_for()
+    screenshot(page, "ui-error.png")
+    close_messages(page)
+    assert page.locator("[id^=card-pic-] figure").count() == 1
+    page.locator("#prompt textarea").fill("a cat")
+    set_number(page, "steps", 2)
+    assert generate(page, tmp_path)
+
+
+def test_out_of_range_value_shows_a_message_in_the_page(page, tiny):
+    fill_form(page, tiny.style_image)
+    page.locator("#width input").fill("100")
+    page.locator("#generate").click()
+    page.get_by_text("width must be a multiple of 8, got 100").first.wait_for()
+
+
+def test_the_sweep_tab_shows_the_sheet_the_plot_and_the_pick(page, tiny):
+    fill_form(page, tiny.style_image)
+    tab(page, "Sweep")
+    for elem_id, value in (("sweep-blocks", "style, all"), ("sweep-scales", "0.5, 1")):
+        box = page.locator(f"#{elem_id} textarea")
+        box.wait_for(state="visible")
+        for _ in range(10):  # the tab may still be rendering and reset a value typed too early
+            box.fill(value)
+            page.wait_for_timeout(200)
+            if box.input_value() == value:
+                break
+        assert box.input_value() == value
+    page.locator("#run-sweep").click()
+    page.locator("#plot img").first.wait_for()
+    page.locator("#pick").get_by_text("Pick:").wait_for()
+    screenshot(page, "ui-sweep.png")
+    sheet = page.locator("#sheet img").first
+    made = json.loads(Image.open(io.BytesIO(page.request.get(sheet.get_attribute("src")).body())).info[SHEET_KEY])
+    assert (made["blocks"], made["scales"], made["base"]["seed"]) == (["style", "all"], [0.5, 1.0], 7)
+    assert f"cell {made['picked'] + 1}:" in page.locator("#pick").inner_text()
+
+
+# --- how it looks, to everyone --------------------------------------------------------------------------------
+
+
+def test_a_screenshot_of_every_tab(page, tiny):
+    add_references(page, tiny.style_image)
+    for name in SETTINGS_TABS:
+        tab(page, name)
+        page.wait_for_timeout(300)
+        screenshot(page, f"ui-tab-{name.lower()}.png")
+    for name in OUTPUT_TABS:
+        tab(page, name)
+        page.wait_for_timeout(300)
+        screenshot(page, f"ui-{name.split()[0].lower()}-tab.png")
+    assert len(list(ARTIFACTS.glob("ui-tab-*.png"))) >= len(SETTINGS_TABS)
+
+
+def test_no_tab_has_a_serious_accessibility_violation(page, tiny):
+    """axe-core on every tab of both columns, with a reference card on the page: no serious or critical finding
+    (every control labelled, text at contrast, names that match what is shown)."""
+    if not AXE.exists():
+        pytest.skip("the accessibility check needs axe-core: npm install --prefix .node axe-core")
+    add_references(page, tiny.style_image)
+    page.add_script_tag(path=str(AXE))
+    found = set()
+    for name in (*SETTINGS_TABS, *OUTPUT_TABS):
+        tab(page, name)
+        if name == "History":  # its tab loads the gallery: wait for it
+            page.locator("#history-line").get_by_text("newest first").wait_for()
+        for _ in range(2):  # an output loading is faded on purpose: check it settled, twice
+            page.wait_for_timeout(300)
+            page.wait_for_function("!document.querySelector('.pending')")
+        found |= set(page.evaluate("""async () => (await axe.run(document, {resultTypes: ['violations']})).violations
+            .filter(v => ['serious', 'critical'].includes(v.impact))
+            .flatMap(v => v.nodes.map(n => `${v.id}: ${n.target.join(' ')}`))"""))
+    assert sorted(found) == []
+
+
+# --- the API ----------------------------------------------------------------------------------------------------
+
+
+def test_documented_api_client_example_works(app, tiny):
+    """The README's example, as written there (a 2-step run for speed)."""
+    from gradio_client import Client, handle_file
+
+    client = Client(app[0], verbose=False)
+    gallery, pngs, request_json = client.predict(
+        style=[handle_file(str(tiny.style_image))], prompt="a cat", blocks="style", scale=1.0,
+        seed=42, randomize_seed=False, steps=2, api_name="/generate",
+    )
+    assert read_png_request(pngs[0]).seed == 42 and json.loads(request_json)["seed"] == 42
+    assert Image.open(gallery[0]["image"]).size == (64, 64)
+    sheet, cells, files = client.predict(
+        style=[handle_file(str(tiny.style_image))], prompt="a cat", sweep_blocks="style, all",
+        sweep_scales="0.5, 1.0", seed=42, randomize_seed=False, steps=2, api_name="/sweep",
+    )
+    assert len(cells) == 4 and Path(files[1]).name.endswith("sweep-plot.png")
+
+
+def test_the_api_refuses_bad_input_with_the_pages_message(app, tiny):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(app[0], verbose=False)
+    with pytest.raises(AppError, match="width must be a multiple of 8"):
+        client.predict(style=[handle_file(str(tiny.style_image))], prompt="a cat", width=100, api_name="/generate")
+    with pytest.raises(AppError, match="randomize_seed must be true or false, got 'false'"):
+        client.predict(style=[handle_file(str(tiny.style_image))], prompt="a cat", randomize_seed="false",
+                       api_name="/generate")
+
+
+def test_every_event_of_the_api_is_listed_with_the_forms_fields(app):
+    from gradio_client import Client
+
+    api = Client(app[0], verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(api) == {"/generate", "/sweep", "/save_style", "/restore"}
+    assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == list(ui.FIELDS)
+    assert len(api["/generate"]["returns"]) == 3  # gallery, PNGs, request: as before the cards
+
+
+def test_uploads_over_the_size_limit_are_refused(app):
+    import httpx
+
+    too_big = b"0" * (25 * 1024 * 1024 + 1)
+    response = httpx.post(f"{app[0]}gradio_api/upload", files={"files": ("big.png", too_big)}, timeout=60)
+    assert response.status_code == 413 and "maximum allowed size" in response.text
+
+
+def test_the_served_mask_painter_refuses_the_12000_pixel_png_with_the_apps_message(app, tiny, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from .test_pixel_cap import huge_png
+
+    huge = handle_file(str(huge_png(tmp_path / "huge.png", whole=True)))
+    client = Client(app[0], verbose=False)
+    with pytest.raises(AppError, match="mask painter image huge.png: 12000x12000 is over the limit of 40,000,000"):
+        client.predict(style=[handle_file(str(tiny.style_image))], prompt="a cat",
+                       mask_paint={"background": huge, "layers": [huge], "composite": huge}, api_name="/generate")
+
+
+def test_app_listens_on_localhost_only_without_a_share_link(app):
+    """What the operating system says is listening on the app's port: the loopback address, nothing else."""
+    import psutil
+
+    port = int(app[0].rsplit(":", 1)[1].strip("/"))
+    listening = {c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.laddr.port == port}
+    assert listening == {"127.0.0.1"}
+    assert app[2].share_url is None
+
+
+def test_a_login_guards_every_route_and_uploads_are_deleted_when_the_server_stops(tiny, tmp_path):
+    import httpx
+
+    from instantstyle import StylePipeline
+
+    pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu")
+    port = free_port()
+    demo = ui.launch(pipe, tmp_path / "work", port=port, block=False, auth=[("ann", "pw")])
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        for route in ("config", "gradio_api/info"):
+            assert httpx.get(base + route, timeout=30).status_code == 401
+        assert httpx.post(base + "gradio_api/upload", files={"files": ("a.png", b"x")}, timeout=30).status_code == 401
+        with httpx.Client(timeout=30) as client:
+            assert client.post(base + "login", data={"username": "ann", "password": "pw"}).status_code == 200
+            uploaded = Path(client.post(base + "gradio_api/upload", files={"files": ("a.png", b"x")}).json()[0])
+        assert uploaded.is_file()
+    finally:
+        demo.close()
+    assert not uploaded.exists()  # gradio's copy; what the app uses is kept under WORKDIR/inputs
+
+
+# --- last: a LoRA stays loaded in the module's pipeline -------------------------------------------------------
+
+
+def test_a_lora_picked_from_the_models_folders_joins_the_request(page, tiny, tmp_path):
+    from playwright.sync_api import expect
+
+    fill_form(page, tiny.style_image)
+    tab(page, "Advanced")
+    pick(page, "lora-pick", "ink.safetensors")
+    expect(page.locator("#lora textarea, #lora input").first).to_have_value("ink.safetensors")
+    [png] = generate(page, tmp_path)
+    assert [Path(ref.path).name for ref in read_png_request(png).lora] == ["ink.safetensors"]
