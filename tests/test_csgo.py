@@ -398,6 +398,55 @@ def test_csgo_images_get_style_and_prompt_scores(pipe, csgo_models):
     assert scores.clip_style is not None and scores.clip_text is not None
 
 
+def test_csgo_images_score_the_content_kept_from_the_content_image(pipe, csgo_models):
+    result = pipe(case_request(csgo_models, "image_driven", steps=1))
+    scorer = Scorers(pipe).scorer()
+    expected = scorer.score(result.images, photo=str(csgo_models.content_image))[0].content_keep
+    assert Scorers(pipe).score(result)[0].content_keep == expected is not None
+
+
+def test_text_driven_csgo_images_have_no_content_to_keep(pipe, csgo_models):
+    result = pipe(case_request(csgo_models, "text_driven", steps=1))
+    assert Scorers(pipe).score(result)[0].content_keep is None
+
+
+# --- --caption: the prompt from the content image ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def captioner(tiny, tmp_path_factory):
+    from instantstyle.testing.restyle import tiny_restyle_models
+
+    return tiny_restyle_models(tmp_path_factory.mktemp("restyle"), tiny).captioner
+
+
+def test_caption_makes_the_prompt_from_the_content_image(pipe, csgo_models, captioner):
+    from instantstyle.core.caption import caption
+
+    result = pipe(case_request(csgo_models, "image_driven", steps=1, prompt="", caption_model=str(captioner)))
+    assert result.request.prompt == caption(Image.open(csgo_models.content_image).convert("RGB"), str(captioner))
+    assert result.request.prompt.strip()
+
+
+def test_caption_without_a_content_image_is_refused(pipe, csgo_models, captioner):
+    with pytest.raises(UserError, match=r"--caption makes the prompt from a photo: .* content image \(--content-image"):
+        pipe(case_request(csgo_models, "text_driven", steps=1, prompt="", caption_model=str(captioner)))
+
+
+def test_caption_of_a_content_image_is_refused_with_an_ip_adapter(sdxl, tiny, captioner):
+    with pytest.raises(UserError, match="--caption makes the prompt from the photo to restyle"):
+        sdxl(Request("", style=str(tiny.style_image), content_image=str(tiny.content_image),
+                     caption_model=str(captioner), steps=1))
+
+
+def test_the_cli_captions_the_content_image_into_the_png(capsys, csgo_flags, captioner, tmp_path):
+    flags = [flag for flag in csgo_flags if flag not in ("--prompt", "a photo of a house")]
+    code, _, err = run(capsys, *flags, "--caption-model", captioner, "-o", tmp_path / "c.png")
+    assert code == 0, err
+    from instantstyle.core.caption import caption
+
+    made = read_png_request(tmp_path / "c.png")
+    assert made.prompt == caption(Image.open(made.content_image).convert("RGB"), str(captioner))
+
+
 def test_blocks_lists_csgo_s_content_and_style_blocks(capsys, tiny, csgo_models):
     code, out, err = run(capsys, "blocks", "--model", tiny.sdxl, "--adapter", csgo_models.checkpoint)
     assert code == 0, err

@@ -131,10 +131,15 @@ def test_bad_restyle_requests_are_one_line_errors(fields, message):
 
 
 @pytest.mark.parametrize("fields", [{"style_guidance": 1.0, "csd": "c.pth"}, {"renoise_steps": 2},
-                                    {"inversion_steps": 5}, {"caption_model": "m"}])
+                                    {"inversion_steps": 5}])
 def test_restyle_options_without_a_photo_are_refused(fields):
     with pytest.raises(UserError, match=r"is for restyling a photo \(--restyle PHOTO\)"):
         Request("a house", style="s.png", **fields)
+
+
+def test_a_caption_without_a_photo_or_content_image_is_refused():
+    with pytest.raises(UserError, match=r"--caption makes the prompt from a photo: the photo to restyle"):
+        Request("", style="s.png", caption_model="m")
 
 
 def test_a_restyle_without_prompt_or_caption_is_refused_before_denoising(sdxl, rs):

@@ -17,15 +17,18 @@ import torch
 
 from instantstyle import Request, StylePipeline
 from instantstyle.testing.lora import write_tiny_lora
+from instantstyle.testing.restyle import tiny_restyle_models
 
 from .conftest import FAST, pixels
 
 HIRES = {"steps": 3, "width": 128, "height": 128}  # where HiDiffusion acts on the tiny SDXL
 
 
-def sequence(tiny: Any, modes: Any, lora: str) -> list[tuple[str, dict[str, Any]]]:
+def sequence(tiny: Any, modes: Any, rs: Any, lora: str) -> list[tuple[str, dict[str, Any]]]:
     """(name, request fields) of every request, in the order they run."""
     style, second, init = str(tiny.style_image), str(modes.second_style), str(modes.init_image)
+    restyle = {"restyle": str(rs.photo), "prompt": "a house", "controlnet": str(rs.controlnet), "width": None,
+               "height": None}
     left, right = str(modes.left_mask), str(modes.right_mask)
     return [
         ("plain", {}),
@@ -40,6 +43,8 @@ def sequence(tiny: Any, modes: Any, lora: str) -> list[tuple[str, dict[str, Any]
         ("inpaint", {"init_image": init, "mask": left}),
         ("content-subtraction", {"content_prompt": "a dog", "content_scale": 0.5}),
         ("style-schedule", {"style_end": 0.5}),
+        ("restyle", restyle),
+        ("restyle-with-csd-guidance", {**restyle, "csd": str(rs.csd), "style_guidance": 1.0}),
         ("plain-again", {}),
     ]
 
@@ -82,13 +87,18 @@ def observable_state(pipe: StylePipeline) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def ran(tiny, modes, tmp_path_factory) -> dict[str, Any]:
+def rs(tiny, tmp_path_factory) -> Any:
+    return tiny_restyle_models(tmp_path_factory.mktemp("restyle"), tiny)
+
+
+@pytest.fixture(scope="module")
+def ran(tiny, modes, rs, tmp_path_factory) -> dict[str, Any]:
     """The sequence on one pipeline: every request's image and the pipeline's state after it, and its state
     before the first."""
     lora = str(write_tiny_lora(tiny.sdxl, tmp_path_factory.mktemp("lora") / "lora.safetensors"))
     pipe = load(tiny)
     out: dict[str, Any] = {"before": observable_state(pipe), "images": {}, "states": {}, "requests": {}}
-    for name, fields in sequence(tiny, modes, lora):
+    for name, fields in sequence(tiny, modes, rs, lora):
         request = Request(**{"prompt": "a cat", "style": str(tiny.style_image), **FAST, **fields})
         out["requests"][name] = request
         out["images"][name] = pixels(pipe(request).images[0])
@@ -118,3 +128,41 @@ def test_each_request_of_the_sequence_makes_another_image_than_the_one_before_it
     same = [f"{a} = {b}" for a, b in zip(names, names[1:], strict=False)
             if images[a].shape == images[b].shape and np.array_equal(images[a], images[b])]
     assert same == []
+
+
+# --- CSGO: its scales set for each call and put back; the parts it reads when first needed stay ------------------
+def csgo_sequence(csgo_models: Any) -> list[tuple[str, dict[str, Any]]]:
+    base = {"prompt": "a house", "style": str(csgo_models.style_image), "content_image": str(csgo_models.content_image),
+            "control": "tile", "controlnet": str(csgo_models.tile_controlnet), **FAST}
+    return [
+        ("plain", base),
+        ("content-tokens", {**base, "content_adapter_scale": 0.5}),
+        ("style-scale", {**base, "scale": 0.5}),
+        ("text-driven", {**base, "content_image": None, "control_scale": 0.01}),
+        ("plain-again", base),
+    ]
+
+
+def csgo_scales(pipe: StylePipeline) -> list[tuple[str, dict[str, float]]]:
+    from instantstyle.core import csgo_attention
+
+    models = [pipe.resources.denoiser, *pipe.resources.extras.controlnets.values()]
+    return [(name, dict(proc.scales)) for model in models
+            for name, proc in csgo_attention.csgo_processors(model).items()]
+
+
+def test_a_csgo_pipeline_makes_every_image_of_a_sequence_as_a_fresh_one_and_puts_its_scales_back(tiny, csgo_models):
+    def load_csgo() -> StylePipeline:
+        return StylePipeline.from_pretrained(str(tiny.sdxl), str(csgo_models.checkpoint), device="cpu")
+
+    pipe, differ, scales = load_csgo(), [], []
+    for name, fields in csgo_sequence(csgo_models):
+        request = Request(**fields)
+        before = csgo_scales(pipe)
+        image = pixels(pipe(request).images[0])
+        if not np.array_equal(image, pixels(load_csgo()(request).images[0])):
+            differ.append(name)
+        after = csgo_scales(pipe)
+        if [s for _, s in after[: len(before)]] != [s for _, s in before]:
+            scales.append(name)
+    assert (differ, scales) == ([], [])

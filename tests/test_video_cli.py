@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from instantstyle.app.cli import entry
-from instantstyle.files.video import read_video_record
+from instantstyle.files.video import frame_rgb, read_video_record, yuv420p_frame
 from instantstyle.modes.video import PNG_VIDEO_KEY, read_video_request
+from instantstyle.testing.video import write_raw_clip
 
 
 def call(*args) -> tuple[int, str, str]:
@@ -29,7 +30,7 @@ def call(*args) -> tuple[int, str, str]:
 
 def decoded(path) -> np.ndarray:
     with av.open(str(path)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+        return np.stack([frame_rgb(frame) for frame in container.decode(video=0)])
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +130,18 @@ def test_a_clip_with_zero_frames(flags, tmp_path, no_model_loads):
         stream = container.add_stream("libx264", rate=8)
         stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
         for _ in range(3):
-            frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
-            for packet in stream.encode(frame.reformat(format="yuv420p")):
+            for packet in stream.encode(yuv420p_frame(Image.new("RGB", (64, 64)))):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
     data = whole.read_bytes()
     (tmp_path / "empty.mp4").write_bytes(data[: data.find(b"mdat") + 4])
     assert "has no frames" in refused(with_clip(flags, tmp_path / "empty.mp4"), output=tmp_path / "o.mp4")
+
+
+def test_a_clip_in_a_pixel_format_instantstyle_does_not_convert(flags, tmp_path, no_model_loads):
+    clip = write_raw_clip(tmp_path / "webcam.nut")
+    assert "yuyv422 pixels" in refused(with_clip(flags, clip), output=tmp_path / "o.mp4")
 
 
 def test_more_frames_than_the_frame_cap(flags, tmp_path, no_model_loads):

@@ -6,8 +6,9 @@ The checkout is TIGER-AI-Lab/AnyV2V (``git archive HEAD``); this script needs ``
 omegaconf``), which the scripts import. For each case it runs, in one process each as the README says
 (``run_group_ddim_inversion.py`` then ``run_group_pnp_edit.py``), the scripts' ``main(template_config,
 configs_list)`` on the authors' YAML templates and a one-entry group config, after the scripts' own ``__main__``
-preamble (``seed_everything(seed)``, grad off). The source clip is our tiny H.264 fixture, decoded to the numbered
-PNG frames the scripts read first (``load_video_frames``); the edited first frame is a fixture image.
+preamble (``seed_everything(seed)``, grad off). The source clip is our tiny lossless H.264 fixture, decoded by the
+product's ``read_source`` to the numbered PNG frames the scripts read first (``load_video_frames``); the edited
+first frame is a fixture image.
 
 What is patched, at run time only, and why (nothing else is touched):
 
@@ -29,6 +30,13 @@ Outputs, per case, in ``OUT/<case>.npz``: ``source`` (F x H x W x 3 uint8, the d
 ``edited`` (the edited first frame), ``timesteps`` and ``latents`` (the inverted latents the inversion script
 saved, ``ddim_latents_{t}.pt``, stacked in that timestep order), ``frames`` (the PnP script's PNG frames), and
 ``config`` (JSON: every setting, for the tests).
+
+Regenerated (video fixtures 3) because the source frames changed, and everything made from them: the fixture clip is
+now lossless H.264 written by the product's ``write_video``, and frames are decoded with instantstyle's own colour
+conversion (``files.video.frame_rgb``) instead of libswscale's, which read uninitialised row padding and gave frames
+1-3 levels apart at row ends from process to process (and the old clip, written with x264's macroblock tree on,
+was not the same file from build to build), so the old data matched only some test runs. Running this
+script twice gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -100,17 +108,17 @@ def redirect_loading(module, fixture: Path) -> None:
     module.export_to_video = module.export_to_gif = lambda *args, **kwargs: None
 
 
-def decode_clip(path: Path, count: int) -> list[np.ndarray]:
-    """The first ``count`` frames of the clip as RGB arrays (PyAV, the decoder the product uses)."""
-    import av
+def decode_clip(path: Path, count: int, fps: int) -> list[np.ndarray]:
+    """The first ``count`` frames of the clip as RGB arrays, read by the product's own ``read_source`` (PyAV decodes,
+    ``files.video.frame_rgb`` converts the colour), so the scripts get exactly the frames ``stylize_video`` reads."""
+    from instantstyle.core.video_options import VideoOptions
+    from instantstyle.modes.video import read_source
+    from instantstyle.testing.video import CLIP_SIZE
 
-    frames = []
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) == count:
-                break
-    return frames
+    width, height = CLIP_SIZE
+    source = read_source(path, VideoOptions(frames=count, width=width, height=height, fps=fps))
+    assert len(source.frames) == count, source.times
+    return [np.asarray(frame) for frame in source.frames]
 
 
 def run_script(checkout: Path, script: str, template: Path, overrides: dict, entry: dict, fixture: Path, seed: int):
@@ -134,18 +142,17 @@ def run_script(checkout: Path, script: str, template: Path, overrides: dict, ent
 
 
 def make_case(checkout: Path, name: str, case: dict, out: Path) -> Path:
+    import torch
     from PIL import Image
 
     from instantstyle.testing.video import tiny_video_models
-
-    import torch
 
     fixtures = tiny_video_models()
     work = Path(tempfile.mkdtemp(prefix=f"anyv2v-{name}-"))
     video_name = "clip"
     frames_dir = work / "demo" / video_name
     frames_dir.mkdir(parents=True)
-    source = decode_clip(fixtures.clip, case["n_frames"])
+    source = decode_clip(fixtures.clip, case["n_frames"], case["fps"])
     height, width = source[0].shape[:2]
     for i, array in enumerate(source):
         Image.fromarray(array).save(frames_dir / f"{i:05d}.png")

@@ -25,7 +25,7 @@ from ..core.preflight import Checked, check, default_adapter
 from ..core.request import AdapterUse, LoraRef, Request, StyleRef, check_prompt, read_png_request, write_png
 from ..core.video_options import DEFAULT_MAX_FRAMES
 from ..errors import UserError
-from ..files.atomic import write_text_atomically
+from ..files.atomic import writable_folder, write_text_atomically
 from ..files.images import MAX_PIXELS, PIL_PIXEL_LIMIT
 from ..files.logs import quiet_libraries
 from ..files.textfiles import check_regular_target
@@ -212,8 +212,9 @@ REQUEST_OPTIONS: list[tuple[str, click.Option]] = [
                     "and time: a backward pass per step).", type=FLOAT),
     _request_option("content_guidance", "With --restyle: CSD content guidance towards the photo (needs --csd).",
                     type=FLOAT),
-    ("caption", click.Option(["--caption"], is_flag=True, default=None, help="With --restyle: make the prompt from "
-                             "the photo with --caption-model, instead of --prompt.")),
+    ("caption", click.Option(["--caption"], is_flag=True, default=None, help="With --restyle (or a CSGO "
+                             "checkpoint and --content-image): make the prompt from the photo (the content image) "
+                             "with --caption-model, instead of --prompt.")),
     _request_option("caption_model", "Image-to-text model for --caption (folder or hub id; implies --caption) "
                     f"[default: {DEFAULT_CAPTION_MODEL}]."),
 ]
@@ -257,8 +258,6 @@ def request_from_cli(params: dict[str, Any], source: Request | None) -> Request:
         return source.replace(**given)
     if "prompt" not in given and "restyle" in given:
         raise UserError("--restyle needs --prompt (what the photo shows) or --caption (made from the photo)")
-    # --caption with a CSGO checkpoint (the prompt from --content-image, as the authors caption it with BLIP) is wired
-    # in here and in StylePipeline.complete's CSGO branch.
     if "prompt" not in given:
         raise UserError("--prompt is required (or --from IMAGE.png)")
     if "style" not in given:
@@ -283,12 +282,7 @@ def check_output_file(path: Path, label: str, overwrite: bool) -> None:
     made and writable, and no file there unless ``overwrite`` (never a folder, FIFO or device)."""
     if path.is_dir():
         raise UserError(f"{label}: is a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{label}: cannot create its folder ({err.strerror})") from None
-    if not os.access(path.parent, os.W_OK):
-        raise UserError(f"{label}: folder {path.parent} is not writable")
+    writable_folder(path.parent, f"{label}: its folder {path.parent}", made="cannot be created")
     check_regular_target(path, label)
     if path.exists() and not overwrite:
         raise UserError(f"{label} exists; pass --overwrite to replace it")
@@ -918,7 +912,7 @@ SWEPT = ("blocks", "scale", "content_scale", "content_adapter_scale", "restyle_c
 
 
 def _sweep(params: dict[str, Any]) -> None:
-    from ..core.preflight import model_info
+    from ..core.preflight import adapter_kind_of, model_info
     from .sweep import (
         Axes,
         cell_name,
@@ -938,7 +932,7 @@ def _sweep(params: dict[str, Any]) -> None:
     restyle_scales = (parse_number_list("restyle content scale", params["sweep_restyle_content_scales"])
                       if params["sweep_restyle_content_scales"] else ())
     # CSGO: its trained blocks in every row; its content axis is the content tokens'
-    if base.adapter is not None and is_csgo_ref(base.adapter):
+    if base.adapter is not None and adapter_kind_of(base.adapter) == "csgo":
         if params["sweep_blocks"] or params["sweep_content_scales"] or restyle_scales:
             raise UserError("a CSGO sweep varies --scale (style) and --content-adapter-scale (content tokens); its "
                             "blocks are trained in and it subtracts no content (--blocks, --content-scale, "
@@ -1001,14 +995,6 @@ def _sweep(params: dict[str, Any]) -> None:
                 scorer.unavailable())
     if out.picked is not None:
         write_pick(pipe, out.picked_request(), out.cells[out.picked], sheet)
-
-
-def is_csgo_ref(adapter: str) -> bool:
-    """Whether a local adapter file is a CSGO checkpoint (a hub reference: resolved from the HF cache, or not)."""
-    from ..core.adapter import adapter_kind
-    from ..loading.hub import is_local_adapter_ref, resolve_adapter_file
-
-    return is_local_adapter_ref(adapter) and adapter_kind(resolve_adapter_file(adapter)) == "csgo"
 
 
 def pick_paths(sheet: Path) -> tuple[Path, Path]:

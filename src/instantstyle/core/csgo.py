@@ -285,6 +285,9 @@ def check_not_csgo(request: Request) -> None:
     CSGO finds without being told (its content image, or black)."""
     if request.content_adapter_scale:
         raise UserError("--content-adapter-scale is for CSGO checkpoints (content tokens); this adapter has none")
+    if request.caption_model is not None and request.restyle is None:
+        raise UserError("--caption makes the prompt from the photo to restyle (--restyle PHOTO), or from the content "
+                        "image with a CSGO checkpoint; this adapter is not one")
     if request.control == CONTROL and not (request.control_image or request.init_image or request.restyle):
         raise UserError("--control tile needs --control-image IMAGE (or --init-image)")
 

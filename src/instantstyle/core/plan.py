@@ -107,13 +107,11 @@ def complete(request: Request, resources: Resources) -> Request:
         restyle.check_family(family)
         request.check_restyle_prompt()
         request = request.replace(**restyle.recipe_fields(request))
-        if not request.prompt.strip() and request.caption_model is not None:
-            photo = load_image(request.restyle or "", "photo to restyle", resources.runtime.max_pixels)
-            request = request.replace(prompt=caption(photo, request.caption_model, resources.device, resources.dtype))
+        request = _captioned(request, request.restyle, "photo to restyle", resources)
     default = family.native_size(resources.pipe)
     if resources.csgo is not None:  # CSGO: its own defaults and size rule, and what it cannot do (core/csgo.py)
         csgo.check_request(request)
-        # --caption with CSGO (the prompt from the content image, as restyle's above) is wired in here.
+        request = _captioned(request, request.content_image, "content image", resources)
         request = csgo.complete(request, default, resources.runtime.max_pixels)
     else:
         csgo.check_not_csgo(request)
@@ -140,6 +138,15 @@ def complete(request: Request, resources: Resources) -> Request:
         controlnet=request.control and control.controlnet_ref(request.control, family, request.controlnet),
         negative_prompt=request.negative_prompt if request.negative_prompt is not None else "",
     )
+
+
+def _captioned(request: Request, photo: str | None, what: str, resources: Resources) -> Request:
+    """A request without a prompt but with a caption model (``--caption``) gets the caption of ``photo`` (restyle's
+    photo, CSGO's content image) as its prompt, so the image records the prompt it was made with."""
+    if request.prompt.strip() or request.caption_model is None or photo is None:
+        return request
+    image = load_image(photo, what, resources.runtime.max_pixels)
+    return request.replace(prompt=caption(image, request.caption_model, resources.device, resources.dtype))
 
 
 @dataclass(frozen=True)

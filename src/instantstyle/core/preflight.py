@@ -149,20 +149,24 @@ def check_adapter_kind(request: Request, adapter: str | None) -> None:
     CSGO's options only with CSGO, and what CSGO cannot do not with it (``csgo.check_request``). ``adapter``: the
     one the request runs with (``None``: a family's default, never CSGO); a hub adapter not downloaded yet is checked
     once it loads (``plan.complete``)."""
-    if adapter is None:
+    kind = adapter_kind_of(adapter) if adapter is not None else "ip-adapter"
+    if kind == "csgo":
+        csgo.check_request(request)
+    elif kind is not None:
         csgo.check_not_csgo(request)
-        return
+
+
+def adapter_kind_of(adapter: str) -> str | None:
+    """``csgo`` for a CSGO checkpoint, ``ip-adapter`` for any other adapter file, ``None`` when not known without the
+    hub (a hub adapter not downloaded yet); a local file is resolved, a hub one looked up in the HF cache only."""
     if is_local_adapter_ref(adapter):
         path: Path | None = resolve_adapter_file(adapter)
     else:
         ref = hub_ref("adapter", adapter)
         path = cached_file(ref.repo, ref.file) if ref is not None else None
     if path is None:
-        return
-    if adapter_kind(path) == "csgo":
-        csgo.check_request(request)
-    else:
-        csgo.check_not_csgo(request)
+        return None
+    return "csgo" if adapter_kind(path) == "csgo" else "ip-adapter"
 
 
 def cached_file(repo: str, file: str) -> Path | None:

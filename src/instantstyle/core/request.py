@@ -235,7 +235,7 @@ class Request:
     style_guidance: float = 0.0  # CSD style guidance towards the references (needs csd)
     content_guidance: float = 0.0  # CSD content guidance towards the photo (needs csd)
     csd: str | None = None  # the CSD checkpoint CSD guidance uses
-    caption_model: str | None = None  # an empty prompt is made from the photo by this image-to-text model
+    caption_model: str | None = None  # an empty prompt is made from the photo (CSGO: content image) by this model
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "style", tuple(_style_from_json(s) for s in _as_list(self.style) if s != ()))
@@ -351,9 +351,12 @@ class Request:
         if self.restyle is None:
             given = [flag for flag, on in (("--style-guidance", self.style_guidance), ("--content-guidance",
                      self.content_guidance), ("--inversion-steps", self.inversion_steps is not None),
-                     ("--renoise-steps", self.renoise_steps != 1), ("--caption", self.caption_model)) if on]
+                     ("--renoise-steps", self.renoise_steps != 1)) if on]
             if given:
                 raise UserError(f"{given[0]} is for restyling a photo (--restyle PHOTO)")
+            if self.caption_model is not None and self.content_image is None:
+                raise UserError("--caption makes the prompt from a photo: the photo to restyle (--restyle PHOTO) or, "
+                                "with a CSGO checkpoint, the content image (--content-image)")
             return
         for flag, field in (("--init-image", "init_image"), ("--mask", "mask"), ("--composition", "composition")):
             if getattr(self, field) is not None:
@@ -400,8 +403,9 @@ class Request:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown option(s): {', '.join(unknown)}")
-        if "prompt" not in data and data.get("restyle") is not None and data.get("caption_model") is not None:
-            data["prompt"] = ""  # made from the photo
+        if "prompt" not in data and data.get("caption_model") is not None and \
+                (data.get("restyle") is not None or data.get("content_image") is not None):
+            data["prompt"] = ""  # made from the photo (restyle) or the content image (CSGO)
         if "prompt" not in data:
             raise UserError("a request needs a prompt")
         data["style"] = tuple(_style_from_json(s) for s in _as_list(data.get("style", ())))

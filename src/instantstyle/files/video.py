@@ -4,6 +4,11 @@ for kept (decoding stops at the last one).
 
 Frames are taken at times ``start + k * step`` (the frame on screen at that time: the last one that starts at or
 before it), turned upright (the stream's rotation), centre-cropped to the aspect asked for and resized with Lanczos.
+
+Colour is converted here, in numpy, never by FFmpeg's libswscale (which read uninitialised row padding):
+``frame_rgb`` reads Y'CbCr frames with the matrix and range their stream is tagged with (untagged: BT.601, limited
+range), chroma repeated over the pixels it covers; ``rgb_to_yuv420p`` writes BT.601 limited range, chroma the mean
+of each 2 x 2 block, and the output is tagged so. The same file gives the same pixels in every process.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import UserError
@@ -27,6 +33,36 @@ METADATA_KEY = "comment"
 TIME_EPS = 1e-4
 #: Encoders tried in order for the output (PyAV's wheels carry libx264).
 ENCODERS = ("libx264", "h264", "mpeg4")
+#: libx264 without its macroblock tree: x264's AVX-512 code for it reads memory it never wrote when the width is not
+#: a multiple of 128 px, so the same frames gave different files (and pixels, up to 20 levels at 64 px) from run to
+#: run (measured with PyAV 18.1's x264 by filling freed memory with MALLOC_PERTURB_); without it they do not.
+X264_PARAMS = "mbtree=0"
+
+# Colour: FFmpeg's numbers for the tags a stream carries (AVColorSpace, AVColorRange).
+BT601 = (0.299, 0.114)
+#: Luma weights (Kr, Kb) of the Y'CbCr matrix each colour-space tag names: BT.709, untagged and reserved (read as
+#: BT.601, as FFmpeg does), FCC, BT.470BG and SMPTE 170M (BT.601), SMPTE 240M, BT.2020 non-constant luminance.
+MATRICES: dict[int, tuple[float, float]] = {
+    1: (0.2126, 0.0722), 2: BT601, 3: BT601, 4: (0.30, 0.11), 5: BT601, 6: BT601, 7: (0.212, 0.087),
+    9: (0.2627, 0.0593),
+}
+#: The tags written: SMPTE 170M (BT.601) matrix, limited (MPEG) range.
+SMPTE170M, LIMITED_RANGE, FULL_RANGE = 6, 1, 2
+#: Y'CbCr pixel formats read: bits per sample and chroma subsampling (x, y). ``yuvj`` and grey are full range unless
+#: tagged otherwise; nv12 interleaves its chroma in one plane.
+YCBCR_FORMATS: dict[str, tuple[int, tuple[int, int]]] = {
+    "yuv420p": (8, (2, 2)), "yuvj420p": (8, (2, 2)), "yuv422p": (8, (2, 1)), "yuvj422p": (8, (2, 1)),
+    "yuv444p": (8, (1, 1)), "yuvj444p": (8, (1, 1)), "nv12": (8, (2, 2)), "gray": (8, (1, 1)),
+    "yuv420p10le": (10, (2, 2)), "yuv422p10le": (10, (2, 1)), "yuv444p10le": (10, (1, 1)),
+    "yuv420p12le": (12, (2, 2)), "yuv422p12le": (12, (2, 1)), "yuv444p12le": (12, (1, 1)),
+}
+#: 8-bit RGB pixel formats read as they are (alpha dropped): where R, G and B lie (PyAV hands gbrp over as RGB).
+RGB_CHANNELS: dict[str, list[int]] = {
+    "rgb24": [0, 1, 2], "bgr24": [2, 1, 0], "rgba": [0, 1, 2], "bgra": [2, 1, 0], "argb": [1, 2, 3],
+    "abgr": [3, 2, 1], "gbrp": [0, 1, 2],
+}
+#: Rows converted at a time (even, as 4:2:0 chroma needs): bounds the float memory a large frame takes.
+STRIP_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -92,6 +128,10 @@ def _stream(container: Any, path: Path, what: str, max_pixels: int | None) -> tu
         raise UserError(f"{what} {path}: its video stream has no frame size (no frames?)")
     if max_pixels is not None and width * height > max_pixels:
         raise UserError(f"{what} {path}: {width}x{height} frames are over the limit of {max_pixels:,} pixels")
+    pixels = getattr(context, "format", None)
+    problem = pixels_problem(pixels.name, _colorspace(context)) if pixels is not None else None
+    if problem:
+        raise UserError(f"{what} {path}: {problem}")
     rate = stream.average_rate or stream.guessed_rate
     duration = None
     if stream.duration is not None and stream.time_base is not None:
@@ -142,7 +182,11 @@ def read_clip(path: str | Path, count: int, step: float, start: float = 0.0, siz
         gap = 1.0 / info.fps if info.fps else step
 
         def take(time: float, frame: Any) -> None:
-            picture = upright(frame.to_image(), int(getattr(frame, "rotation", 0) or 0))
+            try:
+                rgb = frame_rgb(frame)
+            except ValueError as err:
+                raise UserError(f"{what} {path}: {err}") from None
+            picture = upright(Image.fromarray(rgb), int(getattr(frame, "rotation", 0) or 0))
             frames.append(fit(picture, size) if size else picture)
             times.append(time)
 
@@ -185,18 +229,119 @@ def encoder_name() -> str:
     raise UserError(f"this PyAV has none of the video encoders {', '.join(ENCODERS)}")
 
 
-def yuv420p_frame(image: Image.Image) -> Any:
-    """An RGB image as the encoder's yuv420p frame, converted explicitly (see ``write_video``)."""
-    import numpy as np
+def pixels_problem(name: str, colorspace: int) -> str | None:
+    """Why frames of this pixel format and colour-space tag cannot be read (``None``: they can)."""
+    if name not in YCBCR_FORMATS and name not in RGB_CHANNELS:
+        return (f"its frames are {name} pixels, which instantstyle does not convert (re-encode it, e.g. "
+                f"ffmpeg -i IN -pix_fmt yuv420p OUT.mp4)")
+    if name in YCBCR_FORMATS and name != "gray" and colorspace not in MATRICES:
+        return f"its colour matrix (FFmpeg colorspace {colorspace}) is not one instantstyle converts"
+    return None
 
+
+def _colorspace(tagged: Any) -> int:
+    """A frame's or codec context's colour-space tag (2, untagged, when it has none)."""
+    value = getattr(tagged, "colorspace", None)
+    return 2 if value is None else int(value)
+
+
+def _plane(plane: Any, dtype: np.dtype, channels: int = 1) -> np.ndarray:
+    """One plane's samples (height x width x channels), without the row padding (never written, so never read)."""
+    rows = np.frombuffer(plane, np.uint8)[: plane.line_size * plane.height].reshape(plane.height, plane.line_size)
+    used = np.ascontiguousarray(rows[:, : plane.width * channels * dtype.itemsize])
+    return used.view(dtype).reshape(plane.height, plane.width, channels)
+
+
+def _to_bytes(values: np.ndarray) -> np.ndarray:
+    """Round half up and clip to 0..255."""
+    return np.clip(np.floor(values + 0.5), 0, 255).astype(np.uint8)
+
+
+def ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray | None, cr: np.ndarray | None, weights: tuple[float, float],
+                 bits: int = 8, full_range: bool = False, subsampling: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """Y'CbCr samples to RGB (H x W x 3 uint8): ``weights`` = (Kr, Kb) of the matrix, limited range (Y' 16..235,
+    chroma 16..240, scaled to ``bits``) or full range, each chroma sample repeated over the ``subsampling`` block of
+    pixels it covers. ``cb``/``cr`` ``None``: grey. In float64 numpy, strip by strip: the same bytes everywhere."""
+    height, width = y.shape
+    sx, sy = subsampling
+    top = (1 << bits) - 1
+    y_offset, y_scale = (0, top) if full_range else (16 << (bits - 8), 219 << (bits - 8))
+    c_offset, c_scale = 1 << (bits - 1), top if full_range else 224 << (bits - 8)
+    kr, kb = weights
+    kg = 1.0 - kr - kb
+    out = np.empty((height, width, 3), np.uint8)
+    for start in range(0, height, STRIP_ROWS):
+        luma = (y[start:start + STRIP_ROWS].astype(np.float64) - y_offset) * (255.0 / y_scale)
+        rows = luma.shape[0]
+        if cb is None or cr is None:
+            out[start:start + rows] = _to_bytes(luma)[..., None]
+            continue
+        chroma_rows = slice(start // sy, -(-(start + rows) // sy))
+        pb = (cb[chroma_rows].astype(np.float64) - c_offset) * (255.0 / c_scale)
+        pr = (cr[chroma_rows].astype(np.float64) - c_offset) * (255.0 / c_scale)
+        terms = (2 * (1 - kr) * pr, -(2 * kb * (1 - kb) / kg) * pb - (2 * kr * (1 - kr) / kg) * pr, 2 * (1 - kb) * pb)
+        for channel, term in enumerate(terms):
+            spread = np.repeat(np.repeat(term, sy, axis=0), sx, axis=1)[:rows, :width]
+            out[start:start + rows, :, channel] = _to_bytes(luma + spread)
+    return out
+
+
+def frame_rgb(frame: Any) -> np.ndarray:
+    """A decoded frame as RGB (H x W x 3 uint8), converted here (not by libswscale): Y'CbCr frames with the matrix
+    and range they are tagged with (untagged: BT.601, limited range; yuvj and grey full range), 10 and 12-bit
+    samples rounded to 8 bits after the conversion, RGB frames as they are (alpha dropped). A ``ValueError`` for
+    the pixel formats and colour matrices it does not convert (``pixels_problem``)."""
+    name = frame.format.name
+    colorspace = _colorspace(frame)
+    problem = pixels_problem(name, colorspace)
+    if problem:
+        raise ValueError(problem)
+    if name in RGB_CHANNELS:
+        return np.ascontiguousarray(frame.to_ndarray(channel_last=True)[..., RGB_CHANNELS[name]])  # no conversion
+    bits, subsampling = YCBCR_FORMATS[name]
+    dtype = np.dtype(np.uint8 if bits == 8 else "<u2")
+    y, cb, cr = _plane(frame.planes[0], dtype)[..., 0], None, None
+    if name == "nv12":
+        uv = _plane(frame.planes[1], dtype, 2)
+        cb, cr = uv[..., 0], uv[..., 1]
+    elif name != "gray":
+        cb, cr = _plane(frame.planes[1], dtype)[..., 0], _plane(frame.planes[2], dtype)[..., 0]
+    full = frame.color_range == FULL_RANGE or (
+        frame.color_range != LIMITED_RANGE and (name.startswith("yuvj") or name == "gray"))
+    return ycbcr_to_rgb(y, cb, cr, MATRICES.get(colorspace, BT601), bits, full, subsampling)
+
+
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """RGB (H x W x 3 uint8, even sizes) as yuv420p planes stacked the way PyAV takes them ((H * 3 / 2) x W): BT.601,
+    limited range, each chroma sample the mean of its 2 x 2 block. The inverse of ``frame_rgb`` for such frames."""
+    height, width = rgb.shape[:2]
+    if height % 2 or width % 2:
+        raise ValueError(f"yuv420p needs even sizes, not {width}x{height}")
+    kr, kb = BT601
+    x = rgb.astype(np.float64) / 255.0
+    y = kr * x[..., 0] + (1.0 - kr - kb) * x[..., 1] + kb * x[..., 2]
+    pb, pr = (x[..., 2] - y) / (2 * (1 - kb)), (x[..., 0] - y) / (2 * (1 - kr))
+
+    def block_mean(c: np.ndarray) -> np.ndarray:
+        return (c[0::2, 0::2] + c[0::2, 1::2] + c[1::2, 0::2] + c[1::2, 1::2]) / 4
+
+    planes = (_to_bytes(16 + 219 * y), _to_bytes(128 + 224 * block_mean(pb)), _to_bytes(128 + 224 * block_mean(pr)))
+    return np.concatenate([plane.ravel() for plane in planes]).reshape(-1, width)
+
+
+def yuv420p_frame(image: Image.Image) -> Any:
+    """An RGB image as the encoder's yuv420p frame (``rgb_to_yuv420p``), tagged BT.601 limited range."""
     av = _av()
-    return av.VideoFrame.from_ndarray(np.asarray(image.convert("RGB")), format="rgb24").reformat(format="yuv420p")
+    frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(np.asarray(image.convert("RGB"))), format="yuv420p")
+    frame.colorspace, frame.color_range = SMPTE170M, LIMITED_RANGE
+    return frame
 
 
 def write_video(path: str | Path, frames: list[Image.Image], fps: int, record: dict[str, Any] | None = None,
                 quality: int = 17) -> Path:
-    """Write RGB frames as H.264 (yuv420p, CRF ``quality``) atomically; ``record`` (JSON data) goes in the
-    container's ``comment`` metadata, where ``read_video_record`` finds it."""
+    """Write RGB frames as H.264 (yuv420p, CRF ``quality``; 0 is lossless) atomically, tagged BT.601 limited range;
+    ``record`` (JSON data) goes in the container's ``comment`` metadata, where ``read_video_record`` finds it. The
+    same frames give the same file (``yuv420p_frame``, one encoder thread, ``X264_PARAMS``)."""
     av = _av()
     path = Path(path)
     suffix = path.suffix.lower()
@@ -207,15 +352,13 @@ def write_video(path: str | Path, frames: list[Image.Image], fps: int, record: d
             if record is not None:
                 container.metadata[METADATA_KEY] = json.dumps(record, sort_keys=True)
             codec = encoder_name()
-            options = {"crf": str(quality)} if codec == "libx264" else {}
+            options = {"crf": str(quality), "x264-params": X264_PARAMS} if codec == "libx264" else {}
             stream = container.add_stream(codec, rate=fps, options=options)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.codec_context.colorspace, stream.codec_context.color_range = SMPTE170M, LIMITED_RANGE
             stream.codec_context.thread_count = 1
             for image in frames:
-                # Converted here, not by encode(): PyAV's implicit conversion gave different bytes (and pixels) from
-                # the same frames depending on what was in freed memory; this one is repeatable (measured).
-                frame = yuv420p_frame(image)
-                for packet in stream.encode(frame):
+                for packet in stream.encode(yuv420p_frame(image)):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)

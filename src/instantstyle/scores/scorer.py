@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from ..core.embeddings import ImageEncoder, TextTower, blend, encode_reference, image_hash, load_image, load_style
+from ..core.preflight import adapter_kind_of
 from ..core.request import Request, StyleRef, check_prompt, read_png_text
 from ..errors import UserError
 from ..files import safe_json
@@ -216,6 +217,16 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
     when it is not a number (an embedding of a NaN image)."""
     value = torch.nn.functional.cosine_similarity(a.float().cpu(), b.float().cpu(), dim=-1).item()
     return None if math.isnan(value) else max(-1.0, min(1.0, value))
+
+
+def kept_photo(request: Request) -> str | None:
+    """The image whose content a request's images should keep: the photo a restyle restyles, or the content image a
+    CSGO checkpoint composes with (an IP-Adapter's content image is content to subtract: its leak is not kept)."""
+    if request.restyle is not None:
+        return request.restyle
+    if request.content_image is not None and request.adapter is not None and adapter_kind_of(request.adapter) == "csgo":
+        return request.content_image
+    return None
 
 
 def _as_image(item: Image.Image | str | Path, max_pixels: int | None) -> Image.Image:
@@ -411,6 +422,7 @@ class Scorer:
         self, images: Sequence[Image.Image | str | Path], request: Request, content_prompt: str | None = None
     ) -> list[Scores]:
         """Score a request's images against its prompt, style references and fit; the leak against
-        ``content_prompt``, else the request's own content prompt; a restyle's against its photo."""
+        ``content_prompt``, else the request's own content prompt; what is kept against the photo a restyle
+        restyles or the content image CSGO composes with (``kept_photo``)."""
         return self.score(images, request.prompt, request.style, content_prompt or request.content_prompt,
-                          request.style_fit, request.restyle)
+                          request.style_fit, kept_photo(request))

@@ -28,7 +28,7 @@ from ..loading.loader import load_base_pipeline
 from ..loading.resources import Resources
 from ..loading.runtime import Runtime
 from .csd import CsdModel, load_csd
-from .scorer import Scorer, Scores
+from .scorer import Scorer, Scores, kept_photo
 
 
 @dataclass
@@ -81,12 +81,14 @@ class Scorers:
     ) -> list[Scores]:
         """The scores of images (see ``scorer``): CLIP text against ``prompt``, CLIP style (and CSD with ``csd``)
         against the ``style`` references, content leak against ``content_prompt``. Given a ``Result``, its request
-        supplies whatever is not given (prompt, style, content prompt, fit, text tower)."""
+        supplies whatever is not given (prompt, style, content prompt, fit, text tower) and the photo whose content
+        is kept (``scorer.kept_photo``: a restyle's photo, CSGO's content image)."""
         request = getattr(images, "request", None)
         if request is not None:
             scorer = self.scorer(request.content_text_encoder, csd)
             return scorer.score(images.images, prompt if prompt is not None else request.prompt,
-                                style or request.style, content_prompt or request.content_prompt, request.style_fit)
+                                style or request.style, content_prompt or request.content_prompt, request.style_fit,
+                                kept_photo(request))
         pictures: Sequence[Image.Image | str | Path] = images
         return self.scorer(csd=csd).score(pictures, prompt, style, content_prompt)
 

@@ -96,7 +96,6 @@ def tiny_restyle_models(root: Path, tiny: TinyModels, seed: int = 0) -> RestyleM
     root = Path(root).expanduser().absolute()
 
     def build(tmp: Path) -> None:
-        torch.manual_seed(seed + 9)  # ControlNetModel.from_unet draws its new layers from the global generator
         _build_controlnet(tiny.sdxl / "unet", tmp / "sdxl-controlnet", seed + 9)
         for name, size in PHOTO_SIZES.items():
             make_photo(tmp / f"{name}.png", size)

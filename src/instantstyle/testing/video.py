@@ -4,9 +4,9 @@ The pipeline has ``ali-vilab/i2vgen-xl``'s structure (an ``I2VGenXLUNet`` with f
 block and three per up block, spatial and temporal attention in the upper three up blocks; a four-level VAE; a CLIP
 text encoder and tokenizer; a CLIP vision encoder with projection and its image processor; the DDIM scheduler with
 the real ``scheduler_config.json``), only narrow, and is saved with ``save_pretrained`` so the code under test loads
-it through ``from_pretrained`` as it loads the real one. The clips are H.264 MP4 files written frame by frame with
-PyAV (one encoder thread and an explicit conversion to yuv420p, so the bytes are the same on every machine and
-every run).
+it through ``from_pretrained`` as it loads the real one. The clips are lossless H.264 MP4 files written by the
+product's own writer (colour converted in numpy, one encoder thread), so they decode to the same pixels on every
+machine and in every run.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from PIL import Image
 from .fixtures import _make_tokenizer, _save_pipeline, _text_config, _tiny_vae, make_style_image
 from .trees import build_once
 
-VIDEO_VERSION = "2"
+VIDEO_VERSION = "3"  # 3: lossless clips, colour converted in numpy
 
 #: ``ali-vilab/i2vgen-xl/scheduler/scheduler_config.json`` as published (zero-SNR v-prediction DDIM, leading steps).
 I2VGEN_SCHEDULER_CONFIG = {
@@ -98,7 +98,7 @@ class VideoModels:
 
     root: Path
     i2vgen: Path  # an I2VGenXLPipeline folder
-    clip: Path  # 64 x 64, 12 frames at 8 fps, H.264 in MP4
+    clip: Path  # 64 x 64, 12 frames at 8 fps, lossless H.264 in MP4
     wide_clip: Path  # 96 x 64, 10 frames at 10 fps: frames are centre-cropped to the size asked for
     edited_frame: Path  # 64 x 64 PNG, a stand-in for a styled first frame
 
@@ -167,18 +167,24 @@ def clip_frames(size: tuple[int, int], count: int, seed: int = 0) -> list[np.nda
 
 
 def write_clip(path: Path, frames: list[np.ndarray], fps: int) -> Path:
-    """Write frames as H.264 (yuv420p) in MP4 with PyAV, with one encoder thread: the same bytes on every machine."""
-    import av
+    """Write frames as lossless H.264 (yuv420p, BT.601) in MP4 with the product's writer (``files.video.write_video``,
+    quality 0): the clip decodes to the same pixels on every machine and in every process."""
+    from ..files.video import write_video
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames[0].shape[:2]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "medium"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.thread_count = 1
-        for array in frames:  # converted explicitly: encode()'s own conversion is not repeatable (files.video)
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(format="yuv420p")
-            for packet in stream.encode(frame):
+    return write_video(path, [Image.fromarray(array) for array in frames], fps, quality=0)
+
+
+def write_raw_clip(path: Path, pix_fmt: str = "yuyv422", size: tuple[int, int] = (16, 16), frames: int = 2) -> Path:
+    """A raw-video clip (NUT) of black frames stored in ``pix_fmt``: by default packed yuyv422, as some webcams record,
+    a pixel format instantstyle does not convert."""
+    import av
+
+    with av.open(str(path), "w", format="nut") as container:
+        stream = container.add_stream("rawvideo", rate=8)
+        stream.width, stream.height, stream.pix_fmt = *size, pix_fmt
+        for _ in range(frames):
+            for packet in stream.encode(av.VideoFrame(*size, pix_fmt)):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
