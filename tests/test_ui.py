@@ -352,7 +352,7 @@ def test_style_file_reproduces_the_style_image_and_keeps_the_settings(sdxl, work
 def test_the_layout_places_every_form_field_exactly_once():
     from instantstyle.app.ui.fields import ABOVE_TABS, tab_fields
 
-    placed = [*ABOVE_TABS, *(name for tab in ui.TABS for name in tab_fields(tab))]
+    placed = [*tab_fields(ui.Tab("", "", ABOVE_TABS)), *(name for tab in ui.TABS for name in tab_fields(tab))]
     assert sorted(placed) == sorted(ui.FIELDS)
 
 
@@ -953,7 +953,7 @@ def test_a_blank_negative_prompt_in_a_restyle_is_the_recipes(restyle_models, res
     ({"content_guidance": 5.0, "csd": "../csd.pth"}, r"CSD checkpoint \.\./csd.pth: not found in the models"),
     ({"style_guidance": -1.0, "csd": "csd.pth"}, "style guidance must be"),
     ({"style_guidance": "lots", "csd": "csd.pth"}, "style guidance must be a number, got 'lots'"),
-    ({"caption_model": "blip", "prompt": "", "restyle": None}, "--caption is for restyling a photo"),
+    ({"caption_model": "blip", "prompt": "", "restyle": None}, "--caption makes the prompt from a photo: the photo"),
 ])
 def test_careless_restyle_fields_are_one_line(restyle_models, restyling, changes, message):
     with pytest.raises(UserError, match=message) as caught:
@@ -986,7 +986,7 @@ def csgo_form(models, **changes) -> dict:
 CSGO_REFUSES = {"blocks", "block_table", "content_prompt", "content_scale", "init_image", "strength", "mask",
                 "mask_paint", "control", "control_image", "depth_model", "composition", "composition_scale", "regions",
                 "style_start", "style_end", "hidiffusion", "restyle", "restyle_content_scale", "inversion_steps",
-                "renoise_steps", "caption_model", "csd", "style_guidance", "content_guidance",
+                "renoise_steps", "csd", "style_guidance", "content_guidance",
                 *(f"adapter_{k}{part}" for k in (1, 2) for part in ("", "_style", "_blocks", "_scale"))}
 
 
@@ -1003,6 +1003,20 @@ def test_a_csgo_pipeline_shows_its_composition_controls_and_hides_what_csgo_refu
     updates = _shown(app, [], tabs)[1:]
     hidden = {name for name, update in zip(tabs, updates, strict=True) if update["visible"] is not True}
     assert hidden == {"restyle", "image", "composition", "regions", "adapters"}
+
+
+def test_a_csgo_prompt_can_be_made_from_its_content_image_and_its_images_say_how_much_they_keep(
+        csgo_pipe, csgo_models, restyle_models, tmp_path):
+    from instantstyle.core.caption import caption
+    from instantstyle.files.images import load_image
+
+    work = ui.Workdir(tmp_path / "ui", models_dirs=[csgo_models.root, restyle_models.root])
+    app = ui.App(ui.PipelineHolder(csgo_pipe), work)
+    _, files, _ = app.generate(csgo_form(csgo_models, prompt="", caption_model="blip"), no_progress)
+    made = read_png_request(files[0])
+    assert made.prompt == caption(load_image(made.content_image), str(restyle_models.captioner)) != ""
+    assert read_png_scores(files[0]).content_keep is not None
+    assert ">keep</th>" in app.show_results(files)
 
 
 def test_a_csgo_image_from_the_form_has_csgos_defaults_and_the_apis_pixels(csgo_pipe, csgo_models, csgo_work):

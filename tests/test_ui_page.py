@@ -671,8 +671,7 @@ def test_a_blank_prompt_and_a_caption_model_make_the_prompt_from_the_photo(page,
 
     fill_form(page, tiny.style_image, prompt="")
     restyle_photo(page, restyle_models.photo)
-    tab(page, "Restyle")
-    pick(page, "caption-model", "blip")
+    pick(page, "caption-model", "blip")  # beside the prompt
     [png] = generate(page, tmp_path)
     request = read_png_request(png)
     assert Path(request.caption_model).name == "blip"
@@ -710,6 +709,10 @@ def csgo_page(csgo_app, browser):
 
 
 def test_a_csgo_page_shows_its_composition_controls_and_hides_what_csgo_refuses(csgo_page):
+    from playwright.sync_api import expect
+
+    for name in ("Restyle", "Image", "Composition", "Regions", "Adapters"):  # the load event hides them
+        expect(csgo_page.get_by_role("tab", name=name, exact=True)).to_be_hidden()
     visible = [name for name in SETTINGS_TABS if csgo_page.get_by_role("tab", name=name, exact=True).is_visible()]
     assert visible == ["Style", "Content", "Control", "Advanced"]
     assert "with CSGO adapter" in csgo_page.locator("#loaded").inner_text()
@@ -819,7 +822,7 @@ def careless_csd_guidance(page, paths) -> None:
 def careless_caption(page, paths) -> None:
     tab(page, "Restyle")
     page.locator("#restyle input[type=file]").set_input_files(str(paths["photo"]))
-    pick(page, "caption-model", "blip")  # the form's prompt is "a cat"
+    pick(page, "caption-model", "blip")  # and the prompt "a cat" typed
 
 
 def careless_clip(page, paths) -> None:

@@ -151,9 +151,9 @@ class Field:
 
 
 def _text(label: str, elem_id: str | None = None, lines: int = 1, placeholder: str | None = None,
-          visible: bool | Literal["hidden"] = True) -> Callable[[Any], Any]:
+          visible: bool | Literal["hidden"] = True, scale: int | None = None) -> Callable[[Any], Any]:
     return lambda value: gr.Textbox(value, label=label, elem_id=elem_id, lines=lines, max_lines=max(lines, 4),
-                                    placeholder=placeholder, visible=visible)
+                                    placeholder=placeholder, visible=visible, scale=scale)
 
 
 @dataclass(frozen=True)
@@ -302,6 +302,11 @@ def _restyles(res: Resources) -> bool:
     return bool(res.family.features.get("restyle")) and res.csgo is None
 
 
+def _captions(res: Resources) -> bool:
+    """Whether a prompt can be made from a picture: restyle's photo, or CSGO's content image."""
+    return _restyles(res) or res.csgo is not None
+
+
 def _hidiffusion(res: Resources) -> bool:
     return HIDIFFUSION in res.family.features and res.csgo is None
 
@@ -340,7 +345,7 @@ SCHEDULES_STYLE = accepts(style_start=0.5)
 FORM: tuple[Field, ...] = (
     # The fields of the first pages, in their order (the API takes them by position too).
     Field("style", None, _hidden_files("Style references", "style", ["image", ".safetensors"]), required=True),
-    Field("prompt", "", _text("Prompt", "prompt", lines=2, placeholder="what to paint, e.g. a cat on a roof"),
+    Field("prompt", "", _text("Prompt", "prompt", lines=2, placeholder="what to paint, e.g. a cat on a roof", scale=2),
           _or_empty, _or_empty, required=True),
     Field("style_weights", "", _text("Style weights (comma separated, blank: equal)", "weights", visible="hidden")),
     Field("negative_prompt", "", _text("Negative prompt (blank: the mode's own; restyle: the recipe's)", "negative"),
@@ -362,7 +367,7 @@ FORM: tuple[Field, ...] = (
     Field("randomize_seed", True, lambda value: gr.Checkbox(value=value, label="Random seed", elem_id="randomize",
                                                                       min_width=90)),
     Field("steps", 30, _Slider(1, 100, 1, "Steps", "steps"), lambda v: _whole("steps", v), int),
-    Field("guidance", BLANK, _Decimal("Guidance", "guidance", (0, 20), placeholder="mode's default"),
+    Field("guidance", BLANK, _Decimal("Guidance", "guidance", (0, 20), placeholder="mode's own"),
           _blank_or_number("guidance"), _blank_or_value),  # None: the mode's (see Request)
     Field("true_cfg", 1.0, _Slider(1, 10, 0.5, "True CFG (above 1: real CFG with the negative prompt)", "true-cfg"),
           _number("true CFG"), float, shown_for=lambda res: res.family.takes_true_cfg),
@@ -385,7 +390,7 @@ FORM: tuple[Field, ...] = (
                                          "control-image"), thumb="control image", shown_for=CONTROL_KINDS_TAKEN),
     # Blank (or 0, as the API took it before the field could be blank): the mode's own, 1; restyle and CSGO 0.6.
     Field("control_scale", BLANK, _Decimal("Control scale", "control-scale", (0, 2), 0.05,
-                                           "mode's default: 1; restyle, CSGO 0.6"),
+                                           "mode's own: 1; restyle, CSGO 0.6"),
           _blank_or_number("control scale", zero_is_blank=True), _blank_or_value),
     Field("controlnet", "", _models_dropdown("ControlNet model", "controlnet", "the default for the control kind"),
           choices="controlnets"),
@@ -427,9 +432,8 @@ FORM: tuple[Field, ...] = (
     Field("renoise_steps", 1, _Slider(1, 10, 1, "ReNoise steps", "renoise-steps"),
           lambda v: _whole("renoise steps", v), int, shown_for=_restyles),
     # The rest of restyle (the prompt made from the photo, CSD guidance) and CSGO's content tokens.
-    Field("caption_model", "", _models_dropdown("Prompt from the photo: a captioning model (leave the prompt blank)",
-                                                "caption-model", "none: I write the prompt"),
-          shown_for=_restyles, choices="captioners"),
+    Field("caption_model", "", _models_dropdown("…or from the photo by", "caption-model", "none: as written"),
+          shown_for=_captions, choices="captioners"),
     Field("csd", "", _models_dropdown("CSD checkpoint for CSD guidance", "csd", "none"), shown_for=_restyles,
           choices="csds"),
     Field("style_guidance", 0.0, _Decimal("CSD style guidance (0: off)", "style-guidance", (0, MAX_CSD_GUIDANCE), 10),
@@ -463,7 +467,7 @@ TABS: tuple[Tab, ...] = (
     Tab("style", "Style", ("negative_prompt", ("blocks", "scale"), ("steps", "num_images", "true_cfg"),
                            ("seed", "guidance", "width", "height"), ("randomize_seed", "hidiffusion"))),
     Tab("restyle", "Restyle", ("restyle", ("restyle_content_scale", "inversion_steps", "renoise_steps"),
-                               "caption_model", ("csd", "style_guidance", "content_guidance"))),
+                               ("csd", "style_guidance", "content_guidance"))),
     Tab("content", "Content", (("content_prompt", "content_scale"), "content_image", "content_adapter_scale")),
     Tab("image", "Image", ("init_image", "strength", "mask", "mask_paint")),
     Tab("control", "Control", (("control", "control_scale"), "control_image", ("controlnet", "depth_model"))),
@@ -475,8 +479,8 @@ TABS: tuple[Tab, ...] = (
     Tab("advanced", "Advanced", ("block_table", ("scheduler", "style_fit"), ("style_start", "style_end"), "lora",
                                  "@lora")),
 )
-#: Fields placed outside the tabs (the references and the prompt, above them).
-ABOVE_TABS = ("style", "style_weights", "prompt")
+#: Fields placed outside the tabs (the references and the prompt, above them; a tuple is a row).
+ABOVE_TABS = ("style", "style_weights", ("prompt", "caption_model"))
 
 
 def tab_fields(tab: Tab) -> list[str]:

@@ -142,7 +142,7 @@ def _build(items: Sequence[Item], made: dict[str, Any], models: ModelChoices,
                                                 min_width=100, scale=0)
 
 
-def _references(made: dict[str, Any]) -> None:
+def _references(made: dict[str, Any], models: ModelChoices) -> None:
     """The reference cards (picture, weight, remove) and the drop zone that adds several at once."""
     with gr.Row(elem_id="refs", equal_height=False):
         for i in range(MAX_REFERENCES):
@@ -155,8 +155,7 @@ def _references(made: dict[str, Any]) -> None:
         made["style_add"] = gr.File(label="Add style references: drop images or style files (several at once)",
                                     file_count="multiple", file_types=["image", ".safetensors"], elem_id="style-add",
                                     height=100)
-    for name in ABOVE_TABS:
-        made[name] = FIELD[name].build(FIELD[name].default)
+    _build(ABOVE_TABS, made, models)
 
 
 def _regions_panel(made: dict[str, Any], guard: PaintGuard, max_pixels: int) -> None:
@@ -182,7 +181,7 @@ def _regions_panel(made: dict[str, Any], guard: PaintGuard, max_pixels: int) -> 
 
 def _form(made: dict[str, Any], models: ModelChoices, guard: PaintGuard, max_pixels: int) -> dict[str, Any]:
     """The left column: references, prompt, and the settings tabs (``TABS``); tab name -> tab."""
-    _references(made)
+    _references(made, models)
     tabs: dict[str, Any] = {}
     with gr.Tabs(elem_id="settings", overflow_behavior="wrap"):
         for tab in TABS:
