@@ -21,7 +21,6 @@ keeps and its image encoder) plus the measured peak of its call above the memory
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import statistics
@@ -29,14 +28,14 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import common  # noqa: F401  (sets the environment and the import path first)
 import torch
-from common import md_table
+from common import building, md_table
 from dit_flops import CLIP_L_PROJ, FLUX_DEV, INSTANTX, SD35_LARGE
 
 GiB = 2**30
@@ -120,18 +119,6 @@ def smoke_configs(family: str) -> Configs:
 
 
 # --- building on the device ---------------------------------------------------------------------------------
-@contextlib.contextmanager
-def building(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
-    """Modules made inside are created on ``device`` in ``dtype`` (no float32 copy of a 12 B model first)."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device), torch.no_grad():
-            yield
-    finally:
-        torch.set_default_dtype(before)
-
-
 def build_pipeline(family: str, cfg: Configs, device: torch.device, dtype: torch.dtype) -> Any:
     """The family's text-to-image diffusers pipeline with random weights, built on the device."""
     import diffusers
