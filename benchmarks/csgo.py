@@ -367,7 +367,8 @@ def gpu(size: int | None = None, steps: int | None = None, rounds: int = 3, time
             return styled(request)
 
         contestants = {"a": run_plain, "a2": run_plain, "c": run_csgo}
-        held: dict[str, int] = {}  # CSGO's resident layer parameters, in the UNet and the ControlNet
+        # CSGO's resident layer parameters: the UNet's from attaching, the ControlNet's from the first call
+        held = {"unet": csgo_attention.parameter_count(unet)}
 
         def call(name: str) -> None:
             gc.collect()
@@ -386,12 +387,13 @@ def gpu(size: int | None = None, steps: int | None = None, rounds: int = 3, time
 
         try:
             warm = time.monotonic()
+            if warm > deadline:
+                raise TimeoutError("the models took the whole --time-limit to build; nothing timed")
             for name in ("c", "a"):  # CSGO first: its call sets up the ControlNet; the style is encoded once
                 call(name)
                 if name == "c":
                     processors["csgo"] = (dict(unet.attn_processors), dict(controlnet.attn_processors))
-                    held.update(unet=csgo_attention.parameter_count(unet),
-                                cn=csgo_attention.parameter_count(controlnet))
+                    held["cn"] = csgo_attention.parameter_count(controlnet)
             round_s = (time.monotonic() - warm) * 1.5
             result["times"], result["peaks"] = {}, {}  # the warm-up's style encoding is not a step
             for r in range(rounds):
@@ -405,7 +407,7 @@ def gpu(size: int | None = None, steps: int | None = None, rounds: int = 3, time
         except Exception as err:  # out of memory, a non-finite image: what was measured is kept
             traceback.print_exc()
             result["notes"].append(f"failed: {type(err).__name__}: {str(err)[:200]}")
-        layers = {"CSGO layers in the UNet": held.get("unet", 0), "CSGO layers in the ControlNet": held.get("cn", 0),
+        layers = {"CSGO layers in the UNet": held["unet"], "CSGO layers in the ControlNet": held.get("cn", 0),
                   "CSGO resamplers": sum(p.numel() for m in adapter.resident() for p in m.parameters()),
                   "image encoder (ViT-bigG; off the device between encodings with --low-memory)":
                       sum(p.numel() for p in encoder.model.parameters())}

@@ -375,16 +375,22 @@ def gpu(size: int | None = None, steps: int | None = None, rounds: int = 2, time
 
         def timed(styled: Any, names: list[str]) -> None:
             """Warm each run up (2 steps), then time them round by round, rotated, while the time limit allows."""
+            warm_s = 0.0
             for name in names:
                 result["runs"][name] = entry = {"rounds": []}
+                if time.monotonic() + warm_s > deadline:
+                    entry["skipped"] = "out of --time-limit before its warm-up"
+                    continue
+                began = time.monotonic()
                 warm = call(styled, name, runs[name].replace(steps=2, seed=1))
+                warm_s = time.monotonic() - began
                 if warm is not None:  # the call's fixed costs plus its steps' at the warm-up's pace
                     per_step = (warm["seconds"].get("denoise", 0.0) + warm["seconds"].get("invert", 0.0)) / 2
                     entry["estimate_s"] = warm["whole"] + (steps - 2) * per_step
             for r in range(rounds):
                 for i, name in enumerate(common.rotated(names, r)):
                     entry = result["runs"][name]
-                    if "failed" in entry:
+                    if "estimate_s" not in entry:  # failed or skipped
                         continue
                     if time.monotonic() + entry["estimate_s"] > deadline:
                         result["notes"].append(f"{name}: round {r + 1} skipped, it would pass --time-limit")
@@ -404,7 +410,10 @@ def gpu(size: int | None = None, steps: int | None = None, rounds: int = 2, time
         timed(styled, names[:3])
         del styled
         gc.collect()
-        timed(pipeline(budget), names[3:])
+        if time.monotonic() < deadline:
+            timed(pipeline(budget), names[3:])
+        else:
+            result["runs"][names[3]] = {"rounds": [], "skipped": "out of --time-limit"}
     for entry in result["runs"].values():
         if entry["rounds"]:
             entry["median"] = {key: statistics.median(r["seconds"].get(key, 0.0) for r in entry["rounds"])
@@ -412,7 +421,7 @@ def gpu(size: int | None = None, steps: int | None = None, rounds: int = 2, time
             entry["median"]["whole"] = statistics.median(r["whole"] for r in entry["rounds"])
             entry["peaks"] = {key: max(r["peaks"].get(key, 0) for r in entry["rounds"]) / GiB for key in GPU_PHASES}
             entry["resident_gib"] = max(r["resident"] for r in entry["rounds"]) / GiB
-    if smoke or time.monotonic() + COMPUTE_S < deadline:
+    if time.monotonic() + (1.0 if smoke else COMPUTE_S) < deadline:
         result["computed"] = computed_memory(models(topo, csd_config), size)
     else:
         result["notes"].append("the computed memory was skipped (not enough of --time-limit left): "
@@ -442,7 +451,7 @@ def gpu_report(result: dict[str, Any]) -> str:
     rows = []
     for name, entry in runs.items():
         if "median" not in entry:
-            rows.append([name, *["-"] * 9, entry.get("failed", "no timed round")])
+            rows.append([name, *["-"] * 9, entry.get("failed") or entry.get("skipped") or "no timed round"])
             continue
         m, peak = entry["median"], entry["peaks"]
         invert = f"{m['invert']:.2f} ({m['invert'] / steps:.3f}/step)" if m["invert"] else "-"
