@@ -18,7 +18,7 @@ SDXL, a full SDXL tile ControlNet and h94's ViT-bigG built directly on the GPU w
 downloaded; the CSGO checkpoint is written in csgo_4_32's layout and read by instantstyle's own reader): seconds per
 step and per call, paired and rotated round by round, each one's peak memory and the resident parameter counts.
 ``--time-limit`` bounds the mode (a round that would pass it is skipped, and the report says so); ``--smoke`` runs
-the same code on tiny models (the CPU when there is no GPU), to check the script, not figures.
+the same code on tiny models in float16 (the CPU when there is no GPU), to check the script, not figures.
 
     python benchmarks/csgo.py gpu [--size 1024] [--steps 20] [--rounds 3] [--time-limit 120] [--smoke]
 
@@ -296,7 +296,8 @@ def gpu(size: int | None = None, steps: int | None = None, rounds: int = 3, time
     """Plain SDXL + tile ControlNet (diffusers) against CSGO (``StylePipeline``) on the same random weights, built
     on the GPU in float16: seconds per step and per call, paired and rotated round by round; each one's peak memory
     (the weights it needs resident plus its call's measured peak above what was allocated before it); resident
-    parameter counts. ``smoke``: tiny models (the CPU when there is no GPU), to check the script, not figures."""
+    parameter counts. ``smoke``: tiny models, float16 as on the GPU (the CPU when there is no GPU), to check the
+    script and its dtype paths, not figures."""
     import gc
     import tempfile
     import traceback
@@ -316,7 +317,7 @@ def gpu(size: int | None = None, steps: int | None = None, rounds: int = 3, time
     if not cuda and not smoke:
         raise SystemExit("the gpu mode needs a CUDA GPU (--smoke runs it on tiny models on the CPU)")
     device = torch.device("cuda" if cuda else "cpu")
-    dtype = torch.float16 if cuda else torch.float32
+    dtype = torch.float16  # the smoke run too: its dtype paths are the GPU run's (float16 found a bug on the CPU)
     topo = SMOKE if smoke else FULL
     size, steps = size or (64 if smoke else 1024), steps or (3 if smoke else 20)
     result: dict[str, Any] = {"device": common.device_name(str(device), common.dtype_name(dtype)),
@@ -470,7 +471,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="flops: 30; cpu: 8; gpu: 20 (smoke: 3)")
     parser.add_argument("--rounds", type=int, default=None, help="cpu: 5; gpu: 3")
     parser.add_argument("--time-limit", type=float, default=120.0, help="gpu: seconds for the whole mode")
-    parser.add_argument("--smoke", action="store_true", help="gpu: tiny models (the CPU without a GPU)")
+    parser.add_argument("--smoke", action="store_true", help="gpu: tiny models in float16 (the CPU without a GPU)")
     parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "instantstyle" / "bench")
     parser.add_argument("--topology", choices=("full", "smoke"), default="full", help="flops: the models' size")
     args = parser.parse_args()
