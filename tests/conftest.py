@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Idle OpenMP threads sleep instead of spinning: with test workers side by side (and on a busy machine) spinning
+# threads took the cores from the ones with work. It changes no result, only how idle threads wait.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
@@ -19,6 +22,15 @@ from instantstyle.testing.csgo import CsgoModels, build_csgo_models  # noqa: E40
 from instantstyle.testing.dit import TinyDiTModels, build_tiny_dit_models  # noqa: E402
 from instantstyle.testing.kolors import TinyKolorsModels, build_tiny_kolors_models  # noqa: E402
 from instantstyle.testing.modes import ModeModels, tiny_mode_models  # noqa: E402
+
+#: At most this many test workers (``-n auto``): each holds its own tiny models (about 1.5 GB at its peak).
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per core, at most ``MAX_WORKERS``."""
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
 
 #: Small and fast: every generation in the tests uses these unless it needs otherwise.
 FAST = {"steps": 2, "width": 64, "height": 64, "seed": 7}

@@ -115,7 +115,7 @@ BAD_INPUTS = [
     ("adapter-of-another-model", lambda tmp, tiny: ["--adapter", tiny.sd15_adapter], "does not fit"),
     ("missing-model", lambda tmp, tiny: ["--model", tmp / "nowhere"], "no such file or folder"),
     ("uncached-hub-model", lambda tmp, tiny: ["--model", "someone/uncached-model"], "not in the Hugging Face cache"),
-    ("unwritable-output", lambda tmp, tiny: ["-o", "/etc/passwd/out.png"], "cannot create its folder"),
+    ("unwritable-output", lambda tmp, tiny: ["-o", "/etc/passwd/out.png"], "its folder /etc/passwd: is a file"),
     ("output-not-png", lambda tmp, tiny: ["-o", tmp / "out.jpg"], "must end in .png"),
     ("output-exists", lambda tmp, tiny: ["-o", tmp / "exists.png"], "--overwrite"),
     ("text-as-content-image", lambda tmp, tiny: ["--content-image", tmp / "text.png"], "content image"),

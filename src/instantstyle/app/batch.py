@@ -31,7 +31,7 @@ from ..core.request import CONTROL_KINDS, PATH_FIELDS, AdapterUse, Request, Styl
 from ..core.video_options import SOURCE_FRAME, VideoRequest
 from ..errors import UserError
 from ..files import safe_json
-from ..files.atomic import atomic_path, cannot_write, remove_stale_temps
+from ..files.atomic import atomic_path, cannot_write, remove_stale_temps, writable_folder
 from ..files.textfiles import open_regular
 from ..loading.runtime import Runtime
 from .workers import BatchResult, Job, Outcome, Scoring, Worker, pipeline_key
@@ -494,16 +494,7 @@ class _Lock:
 
 
 def prepare_output_dir(output_dir: str | Path) -> Path:
-    folder = Path(output_dir).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"output {folder}: is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"output {folder}: cannot create it ({err.strerror})") from None
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"output {folder}: not writable")
-    return folder.resolve()
+    return writable_folder(output_dir, f"output {Path(output_dir).expanduser()}").resolve()
 
 
 def as_jobs(jobs: Any, defaults: dict[str, Any] | None = None, runtime: Runtime | None = None) -> JobList:

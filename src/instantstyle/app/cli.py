@@ -25,7 +25,7 @@ from ..core.preflight import Checked, check, default_adapter
 from ..core.request import AdapterUse, LoraRef, Request, StyleRef, check_prompt, read_png_request, write_png
 from ..core.video_options import DEFAULT_MAX_FRAMES
 from ..errors import UserError
-from ..files.atomic import write_text_atomically
+from ..files.atomic import writable_folder, write_text_atomically
 from ..files.images import MAX_PIXELS, PIL_PIXEL_LIMIT
 from ..files.logs import quiet_libraries
 from ..files.textfiles import check_regular_target
@@ -282,12 +282,7 @@ def check_output_file(path: Path, label: str, overwrite: bool) -> None:
     made and writable, and no file there unless ``overwrite`` (never a folder, FIFO or device)."""
     if path.is_dir():
         raise UserError(f"{label}: is a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{label}: cannot create its folder ({err.strerror})") from None
-    if not os.access(path.parent, os.W_OK):
-        raise UserError(f"{label}: folder {path.parent} is not writable")
+    writable_folder(path.parent, f"{label}: its folder {path.parent}", made="cannot be created")
     check_regular_target(path, label)
     if path.exists() and not overwrite:
         raise UserError(f"{label} exists; pass --overwrite to replace it")

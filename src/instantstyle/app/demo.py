@@ -12,7 +12,6 @@ adds one ``Fixture`` to ``FIXTURES``. The folder layout is documented in docs/fi
 
 from __future__ import annotations
 
-import os
 import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, did_you_mean
+from ..files.atomic import writable_folder
 
 #: Size and steps of the demo images: large enough to see, small enough for a few minutes on 2 CPU cores.
 SIZE, STEPS, SEED = 128, 8, 1
@@ -181,15 +181,7 @@ def _show(path: Path, folder: Path) -> str:
 
 def check_folder(folder: Path) -> None:
     """DIR can hold the demo: a folder (made if missing) we can write, its fixture subfolders ours or absent."""
-    path = folder.expanduser()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"demo folder {folder}: is a file")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"demo folder {folder}: cannot create it ({err.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise UserError(f"demo folder {folder}: not writable")
+    path = writable_folder(folder, f"demo folder {folder}")
     from ..testing.trees import MARKER
 
     for fixture in FIXTURES:

@@ -46,6 +46,21 @@ def remove_stale_temps(folder: Path, older_than_s: float = 0.0) -> list[Path]:
     return removed
 
 
+def writable_folder(folder: str | Path, label: str, made: str = "cannot create it") -> Path:
+    """``folder`` (``~`` expanded) made if missing and writable by us, else a one-line ``UserError`` naming ``label``
+    (``made``: how a folder that cannot be made is said), checked before any work whose results would go there."""
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{label}: is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{label}: {made} ({err.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{label}: not writable")
+    return path
+
+
 def cannot_write(path: str | Path, err: OSError) -> UserError:
     """The one line for a file that could not be written (``No space left on device``, ``Permission denied``...)."""
     return UserError(f"{path}: cannot write ({err.strerror or type(err).__name__})")

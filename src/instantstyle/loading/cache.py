@@ -8,7 +8,6 @@ named by the key's hash, written atomically. A damaged entry is a miss, never an
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..files.atomic import atomic_path, remove_stale_temps
+from ..files.atomic import atomic_path, remove_stale_temps, writable_folder
 
 #: A cache folder may be shared by running processes: only temporary files this old are left by a dead writer.
 STALE_TEMP_S = 600.0
@@ -41,13 +40,7 @@ class EmbeddingCache:
     @classmethod
     def open(cls, folder: str | Path) -> EmbeddingCache:
         """Create the folder if needed; an unusable folder is a ``UserError``."""
-        path = Path(folder).expanduser()
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"cache folder {folder}: cannot be created ({err.strerror})") from None
-        if not os.access(path, os.W_OK):
-            raise UserError(f"cache folder {folder}: is not writable")
+        path = writable_folder(folder, f"cache folder {folder}")
         remove_stale_temps(path, older_than_s=STALE_TEMP_S)
         return cls(path)
 

@@ -154,6 +154,8 @@ def load_single_file(source: Path, dtype: torch.dtype, config: str | None) -> An
             str(source), config=config, subfolder=family.denoiser, torch_dtype=dtype)
         return getattr(diffusers, family.text_pipeline).from_pretrained(config, dtype=dtype,
                                                                         **{family.denoiser: denoiser})
+    except UserError:  # ours, already one line (a UserError is a ValueError: never wrapped below)
+        raise
     except OSError as err:
         raise hub_error("the config for single-file model", str(source), err) from None
     except (ValueError, KeyError, RuntimeError, TypeError) as err:

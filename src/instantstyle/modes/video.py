@@ -41,6 +41,7 @@ from PIL import Image
 from ..core.request import Request
 from ..core.video_options import DEFAULT_VIDEO_MODEL, VideoOptions, VideoRequest, resolve_source, uses_source
 from ..errors import UserError
+from ..files.atomic import writable_folder
 from ..files.images import MAX_PIXELS, load_image
 from ..files.video import Clip, fit, read_clip
 from ..loading import memory
@@ -715,7 +716,6 @@ class VideoFiles:
 def check_outputs(output: str | Path, overwrite: bool = False) -> VideoFiles:
     """The files of ``output`` (``.mp4``, ``.mov`` or ``.mkv``), refused in one line when one exists (unless
     ``overwrite``) or their folder cannot be made or written."""
-    import os
 
     from ..files.video import VIDEO_SUFFIXES
 
@@ -724,12 +724,7 @@ def check_outputs(output: str | Path, overwrite: bool = False) -> VideoFiles:
         raise UserError(f"output {output}: must end in {', '.join(VIDEO_SUFFIXES)}")
     if files.video.is_dir():
         raise UserError(f"output {output}: is a folder")
-    try:
-        files.video.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"output {output}: cannot create its folder ({err.strerror})") from None
-    if not os.access(files.video.parent, os.W_OK):
-        raise UserError(f"output {output}: folder {files.video.parent} is not writable")
+    writable_folder(files.video.parent, f"output {output}: its folder {files.video.parent}", made="cannot be created")
     if not overwrite:
         for path in files.all():
             if path.exists():
