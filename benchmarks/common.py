@@ -23,7 +23,8 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -173,13 +174,7 @@ def build_tree(workdir: Path, topo: Topology, dtype: torch.dtype, device: str = 
         return tree
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from safetensors.torch import save_file
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from instantstyle.testing.fixtures import _global_adapter, _make_tokenizer, make_style_image
 
@@ -187,10 +182,7 @@ def build_tree(workdir: Path, topo: Topology, dtype: torch.dtype, device: str = 
     start = time.perf_counter()
     torch.manual_seed(0)
     tokenizer, tokenizer_2 = _make_tokenizer(), _make_tokenizer(pad_token="!")
-
-    def text_config(base: dict[str, Any], tok: Any) -> CLIPTextConfig:
-        ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        return CLIPTextConfig(**{**base, **ids})
+    text_config = clip_text_config
 
     tmp = tree.root.with_name(tree.root.name + ".tmp")
     previous = torch.get_default_dtype()
@@ -227,6 +219,138 @@ def build_tree(workdir: Path, topo: Topology, dtype: torch.dtype, device: str = 
     tmp.rename(tree.root)
     log(f"built in {time.perf_counter() - start:.0f} s")
     return tree
+
+
+def clip_text_config(base: dict[str, Any], tokenizer: Any) -> Any:
+    """A CLIP text config whose special-token ids are the tokenizer's."""
+    from transformers import CLIPTextConfig
+
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    return CLIPTextConfig(**{**base, **ids})
+
+
+# --- random-weight models built on the device, nothing written (the GPU modes of restyle.py and csgo.py) -------
+#: SDXL's scheduler_config.json: the DDIM keys stay in the config (restyle inverts with a DDIM made from it, and
+#: ``clip_sample`` / ``set_alpha_to_one`` decide DDIM's numbers); ``from_config`` keeps what Euler does not take.
+SCHEDULER_FILE = {**SCHEDULER, "clip_sample": False, "set_alpha_to_one": False, "skip_prk_steps": True,
+                  "sample_max_value": 1.0, "use_karras_sigmas": False}
+
+
+@contextmanager
+def building(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Modules made inside are created on ``device`` in ``dtype`` (no float32 copy of a 2.6 B model first)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device), torch.no_grad():
+            yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def sdxl_on_device(topo: Topology, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Any:
+    """A ``StableDiffusionXLPipeline`` of ``topo`` with random weights, built directly on the device (seconds on a
+    GPU; the tokenizers are the test fixtures', made in code)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from instantstyle.testing.fixtures import _make_tokenizer
+
+    tokenizer, tokenizer_2 = _make_tokenizer(), _make_tokenizer(pad_token="!")
+    torch.manual_seed(seed)
+    with building(device, dtype):
+        parts = dict(
+            unet=UNet2DConditionModel(**topo.unet), vae=AutoencoderKL(**topo.vae),
+            text_encoder=CLIPTextModel(clip_text_config(topo.text_encoder, tokenizer)),
+            text_encoder_2=CLIPTextModelWithProjection(clip_text_config(topo.text_encoder_2, tokenizer_2)),
+        )
+    pipe = StableDiffusionXLPipeline(**{k: v.eval() for k, v in parts.items()}, tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer_2, scheduler=EulerDiscreteScheduler.from_config(
+                                         SCHEDULER_FILE), add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def controlnet_on_device(unet: Any, topo: Topology, device: torch.device, dtype: torch.dtype) -> Any:
+    """A full SDXL ControlNet for ``unet`` (its encoder half and the conditioning embedding; the canny and tile
+    ControlNets have this shape), random weights, on the device."""
+    from diffusers import ControlNetModel
+
+    with building(device, dtype):
+        return ControlNetModel.from_unet(unet, load_weights_from_unet=False, **topo.controlnet).eval()
+
+
+def image_encoder_on_device(topo: Topology, device: torch.device, dtype: torch.dtype) -> Any:
+    """h94's SDXL image encoder (ViT-bigG at full size) with CLIP's preprocessing at its size, on the device."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from instantstyle.core.embeddings import ImageEncoder
+
+    size = topo.image_encoder["image_size"]
+    with building(device, dtype):
+        model = CLIPVisionModelWithProjection(CLIPVisionConfig(**topo.image_encoder)).eval()
+    return ImageEncoder(model, CLIPImageProcessor(size=size, crop_size=size), f"<random {topo.name} image encoder>")
+
+
+def write_global_adapter(unet: Any, topo: Topology, path: Path, dtype: torch.dtype, seed: int = 0) -> Path:
+    """h94's SDXL IP-Adapter (global) for ``unet`` with random weights, written as the real file is (flat
+    safetensors at ``dtype``), so instantstyle reads it, prunes it and reads it again as it does a downloaded one."""
+    from safetensors.torch import save_file
+
+    from instantstyle.testing.fixtures import _global_adapter
+
+    state = _global_adapter(unet, topo.embed_dim, seed=seed)  # on the CPU: the fixture's seeded generator
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def style_pipeline_on(pipe: Any, adapter: Path, encoder: Any, device: torch.device, dtype: torch.dtype,
+                      memory_budget: float | None = None) -> Any:
+    """``StylePipeline`` on an already built pipeline, its adapter file attached as ``loading.loader.load`` attaches
+    it (an IP-Adapter pruned to the family's default blocks, or a CSGO checkpoint), everything already on the device
+    (with ``memory_budget``, GiB: placed as the loader places it under a budget: the text encoders and the image
+    encoder off the device until they encode)."""
+    import dataclasses
+
+    from instantstyle import StylePipeline
+    from instantstyle.core.adapter import attach_adapters, check_adapter_fits, read_adapter
+    from instantstyle.core.blocks import resolve_blocks
+    from instantstyle.core.csgo import CsgoAdapter, check_fits
+    from instantstyle.core.styles import EmbeddingStore
+    from instantstyle.families import family_named
+    from instantstyle.loading import memory
+    from instantstyle.loading.extras import Extras
+    from instantstyle.loading.resources import Resources
+    from instantstyle.loading.runtime import Runtime
+
+    family = family_named("sdxl")
+    unet = pipe.unet
+    weights = read_adapter(adapter)
+    rest, csgo = None, None
+    if weights.kind == "csgo":
+        check_fits(weights, family, unet, str(adapter))
+        csgo = CsgoAdapter.attach(unet, weights, content=False)
+        for projection in csgo.resident():
+            projection.to(device)
+    else:
+        check_adapter_fits(weights, family, unet)
+        rest = frozenset(resolve_blocks(None, family.layers(unet), family))
+        attach_adapters(pipe, family, [weights], [set(rest)])
+    runtime = Runtime(device=device.type, dtype=dtype_name(dtype), memory_budget=memory_budget)
+    budget = None
+    if memory_budget is not None:
+        memory.check_budget(memory_budget, [unet, pipe.vae, *(csgo.resident() if csgo else ())])
+        budget = memory.Budget(device, int(memory_budget * GiB), residents=[unet])
+        budget.park([getattr(pipe, name) for name in memory.text_encoder_names(pipe)])
+        memory.release_encoder(encoder, device)
+    low_memory = memory_budget is not None
+    store = EmbeddingStore(device, dtype, low_memory, make_room=budget.make_room if budget is not None else None)
+    return StylePipeline(Resources(
+        pipe, family, dataclasses.replace(weights, state_dict={}), encoder, f"<random SDXL, {device.type}>", runtime,
+        device, dtype, low_memory, store, Extras(device, dtype), budget, adapter_ref=str(adapter), rest=rest,
+        scheduler=pipe.scheduler, csgo=csgo))
 
 
 # --- the contestants -----------------------------------------------------------------------------

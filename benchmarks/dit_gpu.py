@@ -21,7 +21,6 @@ keeps and its image encoder) plus the measured peak of its call above the memory
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import statistics
@@ -29,14 +28,14 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import common  # noqa: F401  (sets the environment and the import path first)
 import torch
-from common import md_table
+from common import building, md_table
 from dit_flops import CLIP_L_PROJ, FLUX_DEV, INSTANTX, SD35_LARGE
 
 GiB = 2**30
@@ -120,18 +119,6 @@ def smoke_configs(family: str) -> Configs:
 
 
 # --- building on the device ---------------------------------------------------------------------------------
-@contextlib.contextmanager
-def building(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
-    """Modules made inside are created on ``device`` in ``dtype`` (no float32 copy of a 12 B model first)."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device), torch.no_grad():
-            yield
-    finally:
-        torch.set_default_dtype(before)
-
-
 def build_pipeline(family: str, cfg: Configs, device: torch.device, dtype: torch.dtype) -> Any:
     """The family's text-to-image diffusers pipeline with random weights, built on the device."""
     import diffusers
@@ -205,9 +192,13 @@ def build_encoder(family: str, cfg: Configs, device: torch.device, dtype: torch.
 
 
 def style_pipeline(pipe: Any, family_name: str, state: dict[str, dict[str, torch.Tensor]], encoder: Any,
-                   blocks: str | None, device: torch.device, dtype: torch.dtype) -> Any:
+                   blocks: str | None, device: torch.device, dtype: torch.dtype, folder: Path) -> Any:
     """instantstyle on an already built pipeline: the adapter checked and attached by the loader's own steps
-    (``check_adapter_fits``, ``attach_adapters``: the family's loader, then pruning), then a ``StylePipeline``."""
+    (``check_adapter_fits``, ``attach_adapters``: the family's loader, then pruning), then a ``StylePipeline``. The
+    adapter is written to ``folder`` too (flat safetensors, ``group.key``): every request's check reads its file's
+    kind from its path, as for a loaded adapter."""
+    from safetensors.torch import save_file
+
     from instantstyle import StylePipeline
     from instantstyle.core.adapter import AdapterWeights, attach_adapters, check_adapter_fits
     from instantstyle.core.blocks import resolve_blocks
@@ -224,8 +215,10 @@ def style_pipeline(pipe: Any, family_name: str, state: dict[str, dict[str, torch
     embed = proj["proj_in.weight" if kind == "plus" else "proj.weight"].shape[1]
     width = proj["proj_out.weight"].shape[0] if kind == "plus" else proj["norm.weight"].shape[0]
     layers = family.layers(denoiser)
-    weights = AdapterWeights(f"<random {family_name} adapter>", kind, int(embed), int(width),  # type: ignore[arg-type]
-                             len(layers), state)
+    path = folder / f"{family_name}-adapter.safetensors"
+    save_file({f"{group}.{key}": tensor.detach().to("cpu").contiguous() for group, tensors in state.items()
+               for key, tensor in tensors.items()}, str(path))
+    weights = AdapterWeights(str(path), kind, int(embed), int(width), len(layers), state)  # type: ignore[arg-type]
     check_adapter_fits(weights, family, denoiser)
     keep = frozenset(resolve_blocks(blocks, layers, family))
     attach_adapters(pipe, family, [weights], [set(keep)])
@@ -291,7 +284,7 @@ def run_family(family: str, cfg: Configs, args: argparse.Namespace, device: torc
     plain_bytes = parameter_bytes(*models)
     state = adapter_state(family, cfg, transformer, device, dtype)
     encoder = build_encoder(family, cfg, device, dtype)
-    styled = style_pipeline(pipe, family, state, encoder, args.blocks, device, dtype)
+    styled = style_pipeline(pipe, family, state, encoder, args.blocks, device, dtype, style.parent)
     del state
     styled_procs = dict(transformer.attn_processors)
     plain_view = {**styled_procs, **plain_procs}  # the resampler's own attentions (SD3) keep their processors

@@ -14,24 +14,32 @@
 #   c. benchmarks/dit_gpu.py: SD3.5 / FLUX (~100 s), if the script exists
 #   v. benchmarks/video.py gpu: I2VGen-XL (AnyV2V) peak memory and seconds per sampling step, 3/2/1 branches per
 #      UNet call, against the computed memory plan (~60 s); its output goes into report.md only
-#   b and c print their results to stdout; each gets --time-limit (a little under its share) and, in the smoke
-#   run, --smoke, when it takes them (checked in its --help), and is skipped cleanly otherwise.
+#   r. benchmarks/restyle.py gpu: InstantStyle-Plus at 1024 px: the inversion's and the denoising's seconds per
+#      step and each phase's peak memory, img2img / restyle / + CSD style guidance / + --memory-budget, beside the
+#      computed memory (~180 s); report.md only
+#   g. benchmarks/csgo.py gpu: plain SDXL + tile ControlNet vs CSGO at 1024 px: seconds per step (paired,
+#      rotated), peak memory, resident parameters (~120 s); report.md only
+#   b, c, v, r and g print their results to stdout; each gets --time-limit (a little under its share) and, in the
+#   smoke run, --smoke, when it takes them (checked in its --help), and is skipped cleanly otherwise, or when less
+#   than MIN_PART_S (20 s) of the deadline is left for it.
 # Files in $OUT (flat, at most 8): report.md (everything, assembled after each part), env.txt (machine,
 # versions, install log), bench.md (part a's report, rewritten after each of its sections), bench-raw.json,
 # bench-log.txt (part a's stderr and its workers' logs), hidiff.txt (+ hidiff.json), dit.txt.
-# GPU_RUN_PARTS=bc runs only some parts.
+# GPU_RUN_PARTS=bc runs only some parts (GPU_RUN_PARTS=rg: restyle and CSGO alone, as a second call after abcv).
 set -uo pipefail  # no -e: a failing part must not end the run
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT="${OUT:-$ROOT/out}"
 PY="${PYTHON:-python3}"
 DEADLINE_S="${DEADLINE_S:-470}"
-PARTS="${GPU_RUN_PARTS:-abcv}"  # which of parts a, b, c, v run (for trying one alone)
+PARTS="${GPU_RUN_PARTS:-abcvrg}"  # which of parts a, b, c, v, r, g run (for trying one alone)
+MIN_PART_S="${MIN_PART_S:-20}"  # a part given less of the deadline than this is skipped, not started
 SMOKE=0
 [[ "${1:-}" == "--smoke" ]] && SMOKE=1
 WORK="${WORKDIR:-/tmp/instantstyle-gpu-run}$([[ $SMOKE == 1 ]] && echo -smoke)"
 SITE="$WORK/site"
 mkdir -p "$OUT" "$WORK"
+rm -f "$WORK"/{video,restyle,csgo}.txt  # report.md's parts from an earlier run of this machine
 START=$SECONDS
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error DIFFUSERS_VERBOSITY=error \
   HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1
@@ -68,14 +76,15 @@ assemble() {
     sed -n '1,12p' "$OUT/env.txt" 2>/dev/null
     echo '```'
     echo
-    for part in install a b c v; do
+    for part in install a b c v r g; do
       echo "- part $part: ${STATUS[$part]:-not run}"
     done
     echo
     cat "$OUT/bench.md" 2>/dev/null
-    for part in hidiff dit video; do
+    for part in hidiff dit video restyle csgo; do
       local file="$OUT/$part.txt"
-      [[ $part == video ]] && file="$WORK/video.txt"  # in report.md only: at most 8 files come back from $OUT
+      # in report.md only: at most 8 files come back from $OUT
+      [[ $part == video || $part == restyle || $part == csgo ]] && file="$WORK/$part.txt"
       if [[ -s "$file" ]]; then
         echo
         echo "## $part"
@@ -169,6 +178,10 @@ extra() {
     STATUS[$part]="skipped: $script does not take: ${args[*]}"
     return
   fi
+  if ((seconds < MIN_PART_S)); then
+    STATUS[$part]="skipped: only ${seconds} s of the deadline left (DEADLINE_S=${DEADLINE_S}; run it alone: GPU_RUN_PARTS=$part)"
+    return
+  fi
   if [[ $SMOKE == 1 ]]; then
     if ! offers "$script" --smoke; then
       STATUS[$part]="skipped in the smoke run: $script has no --smoke"
@@ -208,6 +221,21 @@ assemble
 if [[ $PARTS == *v* ]]; then
   extra v video "$(limit "${VIDEO_S:-60}")" benchmarks/video.py gpu
   [[ -f "$OUT/video.txt" ]] && mv "$OUT/video.txt" "$WORK/video.txt"
+fi
+assemble
+
+# r. Restyle (InstantStyle-Plus): the full-size SDXL, ControlNet, ViT-bigG and CSD (random weights, fp16), the
+# inversion's and the denoising's seconds per step and each phase's peak memory, with and without style guidance.
+if [[ $PARTS == *r* ]]; then
+  extra r restyle "$(limit "${RESTYLE_S:-180}")" benchmarks/restyle.py gpu
+  [[ -f "$OUT/restyle.txt" ]] && mv "$OUT/restyle.txt" "$WORK/restyle.txt"
+fi
+assemble
+
+# g. CSGO: plain SDXL + tile ControlNet against CSGO on the same full-size weights, paired.
+if [[ $PARTS == *g* ]]; then
+  extra g csgo "$(limit "${CSGO_S:-120}")" benchmarks/csgo.py gpu
+  [[ -f "$OUT/csgo.txt" ]] && mv "$OUT/csgo.txt" "$WORK/csgo.txt"
 fi
 assemble
 

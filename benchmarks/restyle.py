@@ -17,6 +17,18 @@
    them; without it, as the original runs).
 3. **CPU time** of the tiny fixture (64 px, 3 steps): the phases a restyle reports (inversion, denoising,
    decoding) and with style guidance, against img2img from the same photo, in the same run, as ratios.
+4. ``gpu`` (part r of ``benchmarks/gpu_run.sh``): the full-size SDXL (UNet, VAE, both text encoders), h94's
+   ViT-bigG image encoder, a full SDXL ControlNet and CSD's ViT-L/14, random weights in float16 built directly on the
+   GPU (nothing downloaded; the IP-Adapter is written as its real file and read, pruned and re-read by instantstyle's
+   own code, as ``from_pretrained`` does), then ``StylePipeline`` calls at 1024 px: img2img (strength 1), a restyle,
+   a restyle with CSD style guidance, and that under ``--memory-budget``, a new seed each (the photo is inverted every
+   time): seconds and peak ``torch.cuda.max_memory_allocated`` of each phase (the inversion's seconds per step, the
+   denoising's seconds per step), beside the memory part 2 computes. ``--time-limit`` bounds the whole mode (a round
+   that would pass it is skipped and the report says so); ``--smoke`` runs the same code on tiny models, in float16
+   as on the GPU (the CPU when there is no GPU), to check the script and its dtype paths, not figures.
+
+    python benchmarks/restyle.py gpu [--size 1024] [--steps 20] [--rounds 2] [--memory-budget 14] [--time-limit 180]
+    python benchmarks/restyle.py gpu --smoke
 """
 
 from __future__ import annotations
@@ -27,11 +39,12 @@ import io
 import time
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import common  # noqa: F401  (sets the environment and the import path first)
 import torch
-from common import UNET, VAE, md_table
+from common import FULL, SMOKE, Topology, md_table
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -39,7 +52,10 @@ G = 1e9
 GiB = 2**30
 #: CSD's backbone: OpenAI CLIP ViT-L/14 (the authors' checkpoint): width 1024, 24 layers, patch 14, 224 px.
 CSD_VIT = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-               image_size=224, patch_size=14, hidden_act="quick_gelu", projection_dim=768)
+               image_size=224, patch_size=14, hidden_act="quick_gelu", projection_dim=768, layer_norm_eps=1e-5)
+#: CSD at the test fixture's tiny width (``testing.csd``), for ``gpu --smoke``.
+CSD_SMOKE = {**CSD_VIT, "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "projection_dim": 48}
 
 
 def _meta(fn: Callable[[], Any]) -> Any:
@@ -47,17 +63,17 @@ def _meta(fn: Callable[[], Any]) -> Any:
         return fn()
 
 
-def models() -> dict[str, Any]:
-    """The full-size models on the meta device (shapes only)."""
+def models(topo: Topology = FULL, csd: dict[str, Any] = CSD_VIT) -> dict[str, Any]:
+    """The models of ``topo`` (default: full size) on the meta device (shapes only)."""
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    unet = _meta(lambda: UNet2DConditionModel(**UNET))
+    unet = _meta(lambda: UNet2DConditionModel(**topo.unet))
     return {
         "unet": unet,
-        "controlnet": _meta(lambda: ControlNetModel.from_unet(unet, conditioning_channels=3)),
-        "vae": _meta(lambda: AutoencoderKL(**VAE)),
-        "csd": _meta(lambda: CLIPVisionModel(CLIPVisionConfig(**CSD_VIT))),
+        "controlnet": _meta(lambda: ControlNetModel.from_unet(unet, **topo.controlnet)),
+        "vae": _meta(lambda: AutoencoderKL(**topo.vae)),
+        "csd": _meta(lambda: CLIPVisionModel(CLIPVisionConfig(**csd))),
     }
 
 
@@ -140,12 +156,14 @@ def guided_peak(m: dict[str, Any], side: int, dtype: torch.dtype, checkpointing:
         m[name].to(dtype)
     for module in (m["unet"], m["vae"]):
         (module.enable_gradient_checkpointing if checkpointing else module.disable_gradient_checkpointing)()
+    cfg = m["unet"].config
+    pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
     tracker = LiveTensors()
     with tracker:
         latent = torch.randn(1, 4, side // 8, side // 8, device="meta", dtype=dtype, requires_grad=True)
         t = torch.tensor(500, device="meta")
-        text = torch.randn(1, 77, 2048, device="meta", dtype=dtype)
-        added = {"text_embeds": torch.randn(1, 1280, device="meta", dtype=dtype),
+        text = torch.randn(1, 77, cfg.cross_attention_dim, device="meta", dtype=dtype)
+        added = {"text_embeds": torch.randn(1, pooled, device="meta", dtype=dtype),
                  "time_ids": torch.randn(1, 6, device="meta", dtype=dtype)}
         noise = m["unet"](latent, t, encoder_hidden_states=text, added_cond_kwargs=added).sample
         image = m["vae"].decode(((latent - noise) / 0.13025).float()).sample
@@ -165,7 +183,6 @@ def weights_bytes(m: dict[str, Any]) -> dict[str, int]:
 def cpu_times(rounds: int) -> list[list[str]]:
     """Seconds of each phase on the tiny fixture: restyle (with and without style guidance) and img2img."""
     import tempfile
-    from pathlib import Path
 
     from instantstyle import Request, StylePipeline
     from instantstyle.testing import tiny_models
@@ -204,14 +221,299 @@ def cpu_times(rounds: int) -> list[list[str]]:
     return rows
 
 
+def computed_memory(m: dict[str, Any], side: int) -> dict[str, float]:
+    """The memory part 2 computes (GiB): the weights that stay on the device in float16 (the VAE in float32), one
+    guided step's activations with and without checkpointing, and the budget they need with the 0.5 GiB reserve."""
+    weights = weights_bytes(m)
+    peaks = {ck: guided_peak(m, side, torch.float16, ck) for ck in (True, False)}
+    return {**{f"{name} weights": b / GiB for name, b in weights.items()},
+            "one guided step's activations, checkpointed (--memory-budget)": peaks[True] / GiB,
+            "one guided step's activations, not checkpointed (the original)": peaks[False] / GiB,
+            "needed with --memory-budget (weights + checkpointed step + 0.5 reserve)":
+                (sum(weights.values()) + peaks[True]) / GiB + 0.5}
+
+
+# --- 4. the GPU run --------------------------------------------------------------------------------------
+#: The phases of a call: ``StylePipeline.on_phase``'s, with ``setup`` before the first (the adapters loaded for the
+#: call) and ``restore`` after ``end`` (the resting adapter loaded back).
+GPU_PHASES = ("setup", "text", "style", "invert", "denoise", "decode", "restore")
+#: Seconds the meta-device memory computation takes (full size; a tiny topology takes about one).
+COMPUTE_S = 30.0
+
+
+class PhaseClock:
+    """Seconds and peak device memory (``max_memory_allocated``, weights included; 0 on the CPU) of each phase of a
+    ``StylePipeline`` call, told by its ``on_phase``: ``start()``, the call, ``finish()``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.seconds: dict[str, float] = {}
+        self.peaks: dict[str, int] = {}
+        self.current, self.began, self.resident = "setup", 0.0, 0
+
+    def _open(self, phase: str) -> None:
+        self.current = phase
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.began = time.perf_counter()
+
+    def _close(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        phase = self.current
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - self.began
+        peak = torch.cuda.max_memory_allocated(self.device) if self.cuda else 0
+        self.peaks[phase] = max(self.peaks.get(phase, 0), peak)
+
+    def start(self) -> None:
+        self.seconds, self.peaks = {}, {}
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        self.resident = torch.cuda.memory_allocated(self.device) if self.cuda else 0
+        self._open("setup")
+
+    def __call__(self, phase: str) -> None:
+        self._close()
+        self._open("restore" if phase == "end" else phase)
+
+    def finish(self) -> dict[str, Any]:
+        self._close()
+        return {"seconds": dict(self.seconds), "peaks": dict(self.peaks), "resident": self.resident,
+                "whole": sum(self.seconds.values())}
+
+
+def csd_on_device(config: dict[str, Any], device: torch.device, dtype: torch.dtype) -> Any:
+    """CSD (a CLIP ViT and its style and content heads) with random weights, on the device."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from instantstyle.scores.csd import CsdModel
+
+    width, dim = config["hidden_size"], config["projection_dim"]
+    with common.building(device, dtype):
+        backbone = CLIPVisionModel(CLIPVisionConfig(**config)).eval()
+        heads = [torch.randn(width, dim) * width**-0.5 for _ in range(2)]
+    return CsdModel(backbone, heads[0], "<random CSD>", heads[1])
+
+
+def gpu_runs(folder: Path, size: int, steps: int, budget: float) -> dict[str, Any]:
+    """The calls timed, by name: img2img from the photo (the baseline), a restyle, one with style guidance, and that
+    under the memory budget (the last: its pipeline moves models off the device)."""
+    from instantstyle import Request
+
+    base = dict(prompt="a photo of a house by a lake", style=str(folder / "style.png"), steps=steps, width=size,
+                height=size, guidance=5.0)
+    restyle = dict(restyle=str(folder / "photo.png"), controlnet=str(folder / "controlnet"))
+    guided = dict(restyle, csd=str(folder / "csd"), style_guidance=1.0)
+    return {
+        "img2img (strength 1)": Request(**base, init_image=str(folder / "photo.png"), strength=1.0, scheduler="ddim"),
+        "restyle": Request(**base, **restyle),
+        "restyle + style guidance": Request(**base, **guided),
+        f"restyle + style guidance, --memory-budget {budget:g}": Request(**base, **guided),
+    }
+
+
+def gpu(size: int | None = None, steps: int | None = None, rounds: int = 2, time_limit: float = 180.0,
+        smoke: bool = False, budget: float = 14.0) -> dict[str, Any]:
+    """The GPU mode (module docstring, 4.): its raw figures (``gpu_report`` writes them as markdown)."""
+    import gc
+    import statistics
+    import tempfile
+    import traceback
+
+    from instantstyle.loading.memory import module_bytes
+    from instantstyle.testing.fixtures import make_style_image
+    from instantstyle.testing.restyle import make_photo
+
+    begin = time.monotonic()
+    deadline = begin + time_limit
+    cuda = torch.cuda.is_available()
+    if not cuda and not smoke:
+        raise SystemExit("the gpu mode needs a CUDA GPU (--smoke runs it on tiny models on the CPU)")
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.float16  # the smoke run too: its dtype paths are the GPU run's (float16 found a bug on the CPU)
+    topo, csd_config = (SMOKE, CSD_SMOKE) if smoke else (FULL, CSD_VIT)
+    size, steps = size or (64 if smoke else 1024), steps or (3 if smoke else 20)
+    result: dict[str, Any] = {"device": common.device_name(str(device), common.dtype_name(dtype)),
+                              "versions": common.versions(), "smoke": smoke, "size": size, "steps": steps,
+                              "rounds": rounds, "memory_budget_gib": budget, "time_limit_s": time_limit,
+                              "runs": {}, "notes": []}
+    with tempfile.TemporaryDirectory(prefix="instantstyle-restyle-gpu-") as tmp:
+        folder = Path(tmp)
+        pipe = common.sdxl_on_device(topo, device, dtype)
+        controlnet = common.controlnet_on_device(pipe.unet, topo, device, dtype)
+        controlnet.save_config(str(folder / "controlnet"))  # the folder a request names; the model is this one
+        encoder = common.image_encoder_on_device(topo, device, dtype)
+        csd = csd_on_device(csd_config, device, dtype)
+        (folder / "csd").write_text("CSD built in memory by benchmarks/restyle.py gpu\n")
+        adapter = common.write_global_adapter(pipe.unet, topo, folder / "ip-adapter_sdxl.safetensors", dtype)
+        make_photo(folder / "photo.png", (size, size))
+        make_style_image(folder / "style.png", (512, 512), seed=5)
+        runs = gpu_runs(folder, size, steps, budget)
+        clock = PhaseClock(device)
+
+        def pipeline(memory_budget: float | None) -> Any:
+            styled = common.style_pipeline_on(pipe, adapter, encoder, device, dtype, memory_budget=memory_budget)
+            styled.resources.extras.controlnets[str(folder / "controlnet")] = controlnet  # as if loaded from there
+            styled.resources.extras.csd_models[str(folder / "csd")] = csd
+            styled.on_phase = clock
+            return styled
+
+        def call(styled: Any, name: str, request: Any) -> dict[str, Any] | None:
+            """One call's phases, or ``None`` with the failure kept (out of memory, a non-finite image...)."""
+            entry = result["runs"][name]
+            clock.start()
+            try:
+                styled(request)
+            except Exception as err:  # one run's failure leaves the others' figures
+                traceback.print_exc()
+                entry["failed"] = f"{type(err).__name__}: {str(err)[:200]}"
+                if cuda:
+                    torch.cuda.empty_cache()
+                return None
+            return clock.finish()
+
+        def timed(styled: Any, names: list[str]) -> None:
+            """Warm each run up (2 steps), then time them round by round, rotated, while the time limit allows."""
+            warm_s = 0.0
+            for name in names:
+                result["runs"][name] = entry = {"rounds": []}
+                if time.monotonic() + warm_s > deadline:
+                    entry["skipped"] = "out of --time-limit before its warm-up"
+                    continue
+                began = time.monotonic()
+                warm = call(styled, name, runs[name].replace(steps=2, seed=1))
+                warm_s = time.monotonic() - began
+                if warm is not None:  # the call's fixed costs plus its steps' at the warm-up's pace
+                    per_step = (warm["seconds"].get("denoise", 0.0) + warm["seconds"].get("invert", 0.0)) / 2
+                    entry["estimate_s"] = warm["whole"] + (steps - 2) * per_step
+            for r in range(rounds):
+                for i, name in enumerate(common.rotated(names, r)):
+                    entry = result["runs"][name]
+                    if "estimate_s" not in entry:  # failed or skipped
+                        continue
+                    if time.monotonic() + entry["estimate_s"] > deadline:
+                        result["notes"].append(f"{name}: round {r + 1} skipped, it would pass --time-limit")
+                        continue
+                    figures = call(styled, name, runs[name].replace(seed=100 + 10 * r + i))  # the photo inverted again
+                    if figures is not None:
+                        entry["rounds"].append(figures)
+                        entry["estimate_s"] = figures["whole"]
+
+        styled = pipeline(None)
+        result["build_s"] = round(time.monotonic() - begin, 1)
+        result["weights_gib"] = {name: module_bytes(module) / GiB for name, module in (
+            ("UNet (with the adapter's kept layers)", pipe.unet), ("ControlNet", controlnet), ("VAE", pipe.vae),
+            ("text encoders", torch.nn.ModuleList([pipe.text_encoder, pipe.text_encoder_2])),
+            ("image encoder", encoder.model), ("CSD", csd.backbone))}
+        names = list(runs)
+        timed(styled, names[:3])
+        del styled
+        gc.collect()
+        if time.monotonic() < deadline:
+            timed(pipeline(budget), names[3:])
+        else:
+            result["runs"][names[3]] = {"rounds": [], "skipped": "out of --time-limit"}
+    for entry in result["runs"].values():
+        if entry["rounds"]:
+            entry["median"] = {key: statistics.median(r["seconds"].get(key, 0.0) for r in entry["rounds"])
+                               for key in (*GPU_PHASES, "whole")}
+            entry["median"]["whole"] = statistics.median(r["whole"] for r in entry["rounds"])
+            entry["peaks"] = {key: max(r["peaks"].get(key, 0) for r in entry["rounds"]) / GiB for key in GPU_PHASES}
+            entry["resident_gib"] = max(r["resident"] for r in entry["rounds"]) / GiB
+    if time.monotonic() + (1.0 if smoke else COMPUTE_S) < deadline:
+        result["computed"] = computed_memory(models(topo, csd_config), size)
+    else:
+        result["notes"].append("the computed memory was skipped (not enough of --time-limit left): "
+                               "`python benchmarks/restyle.py --no-time` prints it")
+    result["seconds"] = round(time.monotonic() - begin, 1)
+    return result
+
+
+def gpu_report(result: dict[str, Any]) -> str:
+    """The GPU mode's figures as markdown, its raw figures as JSON after them."""
+    import json
+
+    steps, runs = result["steps"], result["runs"]
+    smoke = " (smoke: tiny models, not figures)" if result["smoke"] else ""
+    lines = [
+        f"### Restyle (InstantStyle-Plus): seconds and memory per phase, {result['device']}{smoke}", "",
+        f"{result['size']} px, {steps} steps (inversion steps = steps, 1 renoise step), DDIM, guidance 5, canny "
+        "ControlNet at 0.6, content slot 0.3; style guidance 1.0 with CSD. Random weights: "
+        + ("the tiny test widths" if result["smoke"] else "SDXL (UNet, VAE, both text encoders), a full SDXL "
+           "ControlNet, h94's ViT-bigG, CSD's ViT-L/14")
+        + "; the IP-Adapter read from its file and pruned to the style block as `from_pretrained` does, so a restyle, "
+        "whose content slot takes every layer, reads it again for its call (`setup`) and back after it (`restore`). "
+        f"Built in {result.get('build_s', '?')} s. Each call a new seed (the photo inverted every time); the median "
+        "of the timed rounds. Peak: `max_memory_allocated` within the phase, weights included (0 on the CPU); "
+        "resident: allocated when the call begins.", ""]
+    base = runs.get("img2img (strength 1)", {}).get("median", {}).get("whole")
+    rows = []
+    for name, entry in runs.items():
+        if "median" not in entry:
+            rows.append([name, *["-"] * 9, entry.get("failed") or entry.get("skipped") or "no timed round"])
+            continue
+        m, peak = entry["median"], entry["peaks"]
+        invert = f"{m['invert']:.2f} ({m['invert'] / steps:.3f}/step)" if m["invert"] else "-"
+        rows.append([
+            name, f"{m['setup']:.2f}", f"{m['text'] + m['style']:.2f}", invert, f"{m['denoise'] / steps:.3f}",
+            f"{m['decode']:.2f}", f"{m['restore']:.2f}",
+            f"{m['whole']:.2f}" + (f" ({m['whole'] / base:.2f}x)" if base else ""),
+            " / ".join(f"{peak[p]:.2f}" if peak[p] else "-" for p in ("invert", "denoise", "decode")),
+            f"{entry['resident_gib']:.2f}", f"{len(entry['rounds'])} round(s)"])
+    lines.append(md_table(["run", "setup s", "text + style s", "inversion s", "denoising s/step", "decoding s",
+                           "restore s", "whole s (to img2img)", "peak GiB: inversion / denoising / decoding",
+                           "resident GiB", "notes"], rows))
+    lines += ["", "Resident weights as built (GiB): " + ", ".join(
+        f"{name} {gib:.2f}" for name, gib in result.get("weights_gib", {}).items())]
+    computed = result.get("computed")
+    if computed:
+        guided = runs.get("restyle + style guidance", {})
+        budgeted = next((e for n, e in runs.items() if "--memory-budget" in n), {})
+
+        def above(entry: dict[str, Any]) -> str:
+            return f"{entry['peaks']['denoise'] - entry['resident_gib']:.2f}" if entry.get("peaks", {}).get(
+                "denoise") else "-"
+
+        highest = max(budgeted.get("peaks", {}).values(), default=0)
+        measured = {
+            "one guided step's activations, checkpointed (--memory-budget)":
+                f"{above(budgeted)} (denoising peak above resident, under the budget)",
+            "one guided step's activations, not checkpointed (the original)":
+                f"{above(guided)} (denoising peak above resident, no budget)",
+            "needed with --memory-budget (weights + checkpointed step + 0.5 reserve)":
+                f"{highest:.2f} (the highest peak under --memory-budget {result['memory_budget_gib']:g})"
+                if highest else "-",
+        }
+        lines += ["", f"Memory of a {result['size']} px restyle with style guidance, computed on the meta device "
+                  "(part 2 of this script) beside the measured:", "",
+                  md_table(["", "computed GiB", "measured GiB"],
+                           [[name, f"{gib:.2f}", measured.get(name, "")] for name, gib in computed.items()])]
+    lines += [f"- {note}" for note in ["", *result["notes"]][1:]]
+    lines += ["", f"whole mode: {result['seconds']} s", "", "```json", json.dumps(result, default=str),
+              "```"]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", nargs="?", choices=("cpu", "gpu"), default="cpu",
+                        help="cpu (default): FLOPs, computed memory, CPU time; gpu: the GPU run (gpu_run.sh part r)")
     parser.add_argument("--sizes", default="512,1024")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=None, help="FLOPs: 50; gpu: 20 (smoke: 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="CPU time: 3; gpu: 2")
     parser.add_argument("--no-time", action="store_true")
     parser.add_argument("--no-flops", action="store_true", help="only the CPU times")
+    parser.add_argument("--size", type=int, default=None, help="gpu: image side (1024; smoke 64)")
+    parser.add_argument("--memory-budget", type=float, default=14.0, help="gpu: the budget run's GiB")
+    parser.add_argument("--time-limit", type=float, default=180.0, help="gpu: seconds for the whole mode")
+    parser.add_argument("--smoke", action="store_true", help="gpu: tiny models in float16 (the CPU without a GPU)")
     args = parser.parse_args()
+    if args.mode == "gpu":
+        print(gpu_report(gpu(args.size, args.steps, args.rounds or 2, args.time_limit, args.smoke,
+                             args.memory_budget)), end="")
+        return
+    args.steps, args.rounds = args.steps or 50, args.rounds or 3
     if args.no_flops:
         print(md_table(["run", "text", "style", "invert", "denoise", "decode", "whole", "ratio"],
                        cpu_times(args.rounds)))
@@ -227,17 +529,8 @@ def main() -> None:
     print(f"GFLOPs, {args.steps} steps (inversion steps = steps, 1 renoise step), CFG 5:\n")
     print(md_table(["size", "img2img", "inversion", "denoising + ControlNet", "decoding", "restyle",
                     "style guidance"], rows))
-    weights = weights_bytes(m)
-    peaks = {ck: guided_peak(m, 1024, torch.float16, ck) for ck in (True, False)}
-    resident = sum(weights.values())
     print("\n1024 px restyle with style guidance, float16 on a GPU (computed):\n")
-    print(md_table(["part", "GiB"], [
-        *[[f"{name} weights", f"{b / GiB:.2f}"] for name, b in weights.items()],
-        ["one guided step's activations, checkpointed (--memory-budget)", f"{peaks[True] / GiB:.2f}"],
-        ["one guided step's activations, not checkpointed (the original)", f"{peaks[False] / GiB:.2f}"],
-        ["needed with --memory-budget (weights + checkpointed step + 0.5 reserve)",
-         f"{(resident + peaks[True]) / GiB + 0.5:.1f}"],
-    ]))
+    print(md_table(["part", "GiB"], [[name, f"{gib:.2f}"] for name, gib in computed_memory(m, 1024).items()]))
     if not args.no_time:
         print(f"\nCPU seconds per phase, tiny fixture, 64 px, 3 steps (best of {args.rounds}; ratio to img2img):\n")
         print(md_table(["run", "text", "style", "invert", "denoise", "decode", "whole", "ratio"],

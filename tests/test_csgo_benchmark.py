@@ -31,3 +31,22 @@ def test_the_flop_report_runs_and_csgo_costs_a_little_more():
     row = next(line for line in report.splitlines() if line.startswith("| 64x64 |") and "G |" in line)
     ratio = float(row.split("|")[4].strip().rstrip("%"))
     assert 0 < ratio < 50
+
+
+def test_the_gpu_mode_runs_at_smoke_size_and_reports_every_figure():
+    """The GPU run's part g on tiny models (the CPU here): both contestants timed in every round, CSGO's layers
+    resident in the UNet and the ControlNet (the figures themselves are the benchmark's, not the test's)."""
+    result = bench.gpu(smoke=True, size=64, steps=2, rounds=2)
+    assert {name: len(times) for name, times in result["times"].items()} == {"a": 2, "a2": 2, "c": 2}
+    assert all(per_step > 0 and whole > per_step for times in result["times"].values() for per_step, whole in times)
+    layers = {name: count for name, count in result["parameters"].items() if name.startswith("CSGO")}
+    assert len(layers) == 3 and all(count > 0 for count in layers.values())
+    assert result["resident_bytes"]["c"] > result["resident_bytes"]["a"]
+    report = bench.gpu_report(result)
+    assert "| c/a: CSGO |" in report and "| a'/a: noise floor |" in report
+
+
+def test_an_exhausted_time_limit_times_nothing_and_says_so():
+    result = bench.gpu(smoke=True, size=64, steps=2, rounds=2, time_limit=0.0)
+    assert result["times"] == {} and any("nothing timed" in note for note in result["notes"])
+    assert "No timed round." in bench.gpu_report(result)

@@ -302,8 +302,8 @@ def test_save_style_into_a_missing_folder_is_one_line_before_the_model_loads(cap
              "-o", tmp_path / "o.png", "--save-style", tmp_path / "file" / "style.safetensors"]
     (tmp_path / "file").write_text("a file, not a folder")
     code, _, err = run(capsys, *flags)
-    assert code == 2 and err.startswith(f"error: --save-style {tmp_path / 'file' / 'style.safetensors'}: cannot "
-                                        "create its folder")
+    assert code == 2 and err == (f"error: --save-style {tmp_path / 'file' / 'style.safetensors'}: its folder "
+                                 f"{tmp_path / 'file'}: is a file\n")
 
 
 @pytest.mark.parametrize("job_id", ["cat\n", "cat\r", "cat\n\n", "\ncat"])

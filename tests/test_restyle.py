@@ -162,3 +162,20 @@ def test_guided_restyle_under_a_memory_budget_gives_the_same_pixels(tiny, rs):
     diff = np.abs(got - expected["image"])
     assert diff.mean() <= 0.5 and diff.max() <= 2.5, (diff.mean(), diff.max())
     assert not pipe.pipe.unet.is_gradient_checkpointing and not pipe.pipe.vae.is_gradient_checkpointing
+
+
+def test_csd_guidance_takes_a_half_precision_csd_as_a_gpu_loads_it(rs):
+    """On a GPU CSD is loaded in float16 while its targets are float32 embeddings: the loss is taken in float32 and
+    its gradient reaches the image (the benchmark's float16 smoke run found the two dtypes mixed)."""
+    import torch
+
+    from instantstyle.scores.csd import load_csd
+
+    csd = load_csd(rs.csd, "cpu", torch.float16)
+    request = Request(prompt="a photo", style=str(rs.style), restyle=str(rs.photo), csd=str(rs.csd),
+                      style_guidance=1.0, content_guidance=1.0)
+    guidance = restyle.csd_guidance_for(csd, request)
+    image = torch.rand(1, 3, 64, 64, requires_grad=True)
+    loss = guidance.loss(image)
+    (grad,) = torch.autograd.grad(loss, image)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(grad).all() and grad.abs().sum() > 0

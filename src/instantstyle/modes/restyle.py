@@ -209,7 +209,8 @@ class Guidance:
 
     def loss(self, image: torch.Tensor) -> torch.Tensor:
         """The original's loss on an image in [0, 1]: minus the scaled dot products of its CSD style and content
-        embeddings with the targets (its ``spherical_dist_loss`` is ``-x @ y.T``)."""
+        embeddings with the targets (its ``spherical_dist_loss`` is ``-x @ y.T``), in float32 as the targets are (a
+        half-precision CSD's embeddings are cast up: on a GPU in float16 the product would mix dtypes)."""
         from ..scores.csd import CSD_MEAN, CSD_STD, embed_pixels
 
         mean = torch.tensor(CSD_MEAN, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
@@ -217,9 +218,9 @@ class Guidance:
         style, content = embed_pixels((csd_resize(image) - mean) / std, self.csd)
         loss = image.new_zeros(())
         if self.style_scale and self.style_target is not None:
-            loss = loss - (style @ self.style_target.T).mean() * self.style_scale
+            loss = loss - (style.float() @ self.style_target.T).mean() * self.style_scale
         if self.content_scale and self.content_target is not None and content is not None:
-            loss = loss - (content @ self.content_target.T).mean() * self.content_scale
+            loss = loss - (content.float() @ self.content_target.T).mean() * self.content_scale
         return loss
 
 
