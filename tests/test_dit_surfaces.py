@@ -33,20 +33,23 @@ def test_the_web_ui_form_with_its_defaults_makes_a_flux_image_with_the_default_b
     assert restored[ui.FIELDS.index("blocks")] == "all" and not lost
 
 
-RESTYLE = ("restyle", "restyle_content_scale", "inversion_steps", "renoise_steps")
+RESTYLE = ("restyle", "restyle_content_scale", "inversion_steps", "renoise_steps", "caption_model", "csd",
+           "style_guidance", "content_guidance")
+CSGO = ("content_adapter_scale",)  # CSGO's content tokens: only with a CSGO checkpoint (tests/test_ui.py)
 
 
 @pytest.mark.parametrize(("family", "hidden"), [
-    ("sdxl", {"true_cfg"}),
-    ("sd15", {"true_cfg"}),
-    ("sd3", {"hidiffusion", "scheduler", "composition", "composition_scale", "regions", "true_cfg", *RESTYLE,
+    ("sdxl", {"true_cfg", *CSGO}),
+    ("sd15", {"true_cfg", *CSGO}),
+    ("sd3", {"hidiffusion", "scheduler", "composition", "composition_scale", "regions", "true_cfg", *RESTYLE, *CSGO,
+             "content_prompt", "content_scale", "content_image",
              *(f"adapter_{k}{part}" for k in (1, 2) for part in ("", "_style", "_blocks", "_scale"))}),
-    ("flux", {"hidiffusion", "scheduler", "composition", "composition_scale", "regions", *RESTYLE}),
+    ("flux", {"hidiffusion", "scheduler", "composition", "composition_scale", "regions", *RESTYLE, *CSGO}),
 ])
 def test_the_page_shows_only_the_fields_and_tabs_the_models_family_takes(family, hidden, request, tmp_path):
     """What each family's own check refuses is hidden: true CFG but on FLUX, HiDiffusion and restyling on the DiTs,
-    and there samplers, regions and composition (no layout block measured); further adapters on SD3 (one per
-    model)."""
+    and there samplers, regions and composition (no layout block measured); further adapters and content
+    subtraction on SD3 (one adapter per model; SigLIP features share no space with a text tower)."""
     from instantstyle.app import ui
     from instantstyle.app.ui.page import _shown
 
@@ -56,8 +59,9 @@ def test_the_page_shows_only_the_fields_and_tabs_the_models_family_takes(family,
     assert {name for name, shown in described["shown"].items() if not shown} == hidden
     tabs = [tab.name for tab in ui.TABS]
     updates = _shown(app, [], tabs)[1:]
-    hidden_tabs = {name for name, update in zip(tabs, updates, strict=True) if not update["visible"]}
-    assert hidden_tabs == ({"composition", "regions", "restyle"} | ({"adapters"} if family == "sd3" else set())
+    hidden_tabs = {name for name, update in zip(tabs, updates, strict=True) if update["visible"] is not True}
+    assert hidden_tabs == ({"composition", "regions", "restyle"} | ({"adapters", "content"} if family == "sd3"
+                                                                    else set())
                            if family in ("sd3", "flux") else set())
 
 

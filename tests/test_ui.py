@@ -301,8 +301,8 @@ def test_restoring_a_png_holds_its_values_to_the_forms_limits(sdxl, work, tiny, 
     assert (values["steps"], values["guidance"], values["num_images"], values["scale"]) == (100, 20.0, 8, 2.0)
     assert values["true_cfg"] == 1.0  # held to 10, then back at its default: SDXL does not take true CFG
     assert values["seed"] == 2**53 and isinstance(values["steps"], int)
-    for field in ui.FORM:  # every restored value is one the page accepts
-        if field.limits is not None:
+    for field in ui.FORM:  # every restored value is one the page accepts (blank: the mode's own)
+        if field.limits is not None and values[field.name] != "":
             low, high = field.limits
             assert low <= values[field.name] and (high is None or values[field.name] <= high), field.name
 
@@ -352,7 +352,7 @@ def test_style_file_reproduces_the_style_image_and_keeps_the_settings(sdxl, work
 def test_the_layout_places_every_form_field_exactly_once():
     from instantstyle.app.ui.fields import ABOVE_TABS, tab_fields
 
-    placed = [*ABOVE_TABS, *(name for tab in ui.TABS for name in tab_fields(tab))]
+    placed = [*tab_fields(ui.Tab("", "", ABOVE_TABS)), *(name for tab in ui.TABS for name in tab_fields(tab))]
     assert sorted(placed) == sorted(ui.FIELDS)
 
 
@@ -482,6 +482,7 @@ def test_ui_command_on_a_taken_port_is_one_line_and_exit_2(tiny):
         (["--auth-file", "NOPE"], "error: auth file NOPE: no such file"),
         (["--models-dir", "NOPE"], "error: --models-dir NOPE: no such folder"),
         (["--max-pixels", "0"], "error: the pixel cap must be between 4,096 and"),
+        (["--video-model", "NOPE"], "error: video model NOPE: no such folder"),
     ],
 )
 def test_careless_ui_flags_are_one_line_before_the_model_loads(tmp_path, flags, message):
@@ -513,8 +514,9 @@ def test_randomize_seed_takes_only_true_or_false_never_the_truth_of_a_string(wor
         ui.form_request(work, form([str(tiny.style_image)], randomize_seed=value))
 
 
-@pytest.mark.parametrize(("name", "value"), [("scale", "0.5"), ("guidance", None), ("composition_scale", "x"),
-                                             ("style_start", float("nan"))])
+@pytest.mark.parametrize(("name", "value"), [("scale", "0.5"), ("guidance", "5"), ("composition_scale", "x"),
+                                             ("style_start", float("nan")), ("control_scale", "0.6"),
+                                             ("style_guidance", None), ("content_adapter_scale", True)])
 def test_a_number_field_sent_as_anything_else_is_one_line_naming_it(work, tiny, name, value):
     with pytest.raises(UserError, match=f"^{name.replace('_', ' ')} must be a number, got "):
         ui.form_request(work, form([str(tiny.style_image)], **{name: value}))
@@ -615,7 +617,8 @@ def test_the_models_folders_offer_their_loras_adapters_controlnets_depth_models_
     assert "sdxl-controlnet" in choices.controlnets and choices.depth_models == ("dpt",)
 
 
-@pytest.mark.parametrize(("family", "hidden"), [("sdxl", {"true_cfg"}), ("sd15", {"true_cfg"})])
+@pytest.mark.parametrize(("family", "hidden"), [("sdxl", {"true_cfg", "content_adapter_scale"}),
+                                               ("sd15", {"true_cfg", "content_adapter_scale"})])
 def test_the_page_hides_the_fields_a_unet_family_cannot_use(family, hidden, request):
     shown = ui.shown_fields(request.getfixturevalue(family))
     assert {name for name, on in shown.items() if not on} == hidden
@@ -858,3 +861,334 @@ def test_a_component_request_over_its_size_is_refused_before_gradio_reads_it():
     assert called == [] and sent[0]["status"] == 413
     asyncio.run(Guard(gradio, ui.LoginThrottle())({**scope, "headers": [(b"content-length", b"100")]}, receive, send))
     assert called == ["/gradio_api/component_server"]
+
+
+# --- restyle: the prompt from the photo, CSD guidance, content kept (issue 20) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def restyle_models(tiny, tmp_path_factory):
+    """A photo, a CSD checkpoint with its content head, a tiny BLIP captioner and a ControlNet (a models folder)."""
+    from instantstyle.testing.restyle import tiny_restyle_models
+
+    return tiny_restyle_models(tmp_path_factory.mktemp("restyle"), tiny)
+
+
+@pytest.fixture
+def restyling(restyle_models, tmp_path) -> "ui.Workdir":
+    return ui.Workdir(tmp_path / "ui", models_dirs=[restyle_models.root])
+
+
+def restyle_form(rs, **changes) -> dict:
+    """A restyle of the fixture photo with the recipe's defaults, its canny ControlNet from the models folder."""
+    return {**form([str(rs.style)], restyle=str(rs.photo), controlnet="sdxl-controlnet"), **changes}
+
+
+def test_the_models_folders_offer_captioning_models_and_csd_checkpoints(restyle_models, restyling, csgo_models,
+                                                                        tmp_path):
+    choices = restyling.models()
+    assert (choices.captioners, choices.csds) == (("blip",), ("csd.pth",))
+    other = ui.Workdir(tmp_path / "other", models_dirs=[csgo_models.root]).models()
+    assert other.adapters == () and other.controlnets == ("TTPlanet/TTPLanet_SDXL_Controlnet_Tile_Realistic",)
+
+
+@pytest.fixture(scope="module")
+def captioned(sdxl, restyle_models, tmp_path_factory):
+    """A restyle made from the form with a blank prompt and the captioning model of the models folder."""
+    work = ui.Workdir(tmp_path_factory.mktemp("captioned") / "ui", models_dirs=[restyle_models.root])
+    app = ui.App(ui.PipelineHolder(sdxl), work)
+    _, files, _ = app.generate(restyle_form(restyle_models, prompt="", caption_model="blip"), no_progress)
+    return app, files[0]
+
+
+def test_a_blank_prompt_with_a_caption_model_is_made_from_the_photo(captioned, restyle_models):
+    from instantstyle.core.caption import caption
+    from instantstyle.files.images import load_image
+
+    _, png = captioned
+    request = read_png_request(png)
+    assert request.caption_model == str(restyle_models.captioner)
+    assert request.prompt == caption(load_image(request.restyle, "photo"), str(restyle_models.captioner)) != ""
+
+
+def test_a_restyled_photos_scores_say_how_much_of_it_is_kept(captioned):
+    app, png = captioned
+    scores = read_png_scores(png)
+    assert scores.content_keep is not None and scores.clip_style is not None
+    assert '<th scope="row" title="content kept (CLIP, image vs photo)">keep</th>' in app.show_results([png])
+
+
+def test_a_restored_captioned_png_keeps_its_prompt_and_needs_no_caption_model(sdxl, captioned):
+    app, png = captioned
+    values = dict(zip(ui.FIELDS, app.restore(str(png)), strict=True))
+    assert values["prompt"] == read_png_request(png).prompt and values["caption_model"] == ""
+    assert ui.form_request(app.work, values).caption_model is None
+
+
+def test_csd_guidance_from_the_form_makes_the_apis_pixels(sdxl, restyle_models, restyling):
+    request = ui.form_request(restyling, restyle_form(restyle_models, csd="csd.pth", style_guidance=300.0,
+                                                      content_guidance=20.0, prompt="a house"))
+    assert (request.csd, request.style_guidance, request.content_guidance) == (
+        str(restyle_models.csd), 300.0, 20.0)
+    app = ui.App(ui.PipelineHolder(sdxl), restyling)
+    _, files, _ = app.generate(restyle_form(restyle_models, csd="csd.pth", style_guidance=300.0,
+                                            content_guidance=20.0, prompt="a house"), no_progress)
+    assert (pixels(Image.open(files[0])) == pixels(sdxl(request).images[0])).all()
+
+
+@pytest.mark.parametrize("negative", ["", "   "])
+def test_a_blank_negative_prompt_in_a_restyle_is_the_recipes(restyle_models, restyling, negative):
+    from instantstyle.modes.restyle import recipe_fields
+
+    request = ui.form_request(restyling, restyle_form(restyle_models, negative_prompt=negative))
+    assert request.negative_prompt is None
+    assert recipe_fields(request)["negative_prompt"] == "lowres, low quality, worst quality, deformed, noisy, blurry"
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"caption_model": "blip", "prompt": "a house"}, "a caption model makes the prompt from the photo: clear the "
+                                                     "prompt, or pick none"),
+    ({"caption_model": "/etc", "prompt": ""}, "caption model /etc: not found in the models folders"),
+    ({"style_guidance": 300.0}, "CSD style and content guidance need a CSD checkpoint: pick one"),
+    ({"content_guidance": 5.0, "csd": "../csd.pth"}, r"CSD checkpoint \.\./csd.pth: not found in the models"),
+    ({"style_guidance": -1.0, "csd": "csd.pth"}, "style guidance must be"),
+    ({"style_guidance": "lots", "csd": "csd.pth"}, "style guidance must be a number, got 'lots'"),
+    ({"caption_model": "blip", "prompt": "", "restyle": None}, "--caption makes the prompt from a photo: the photo"),
+])
+def test_careless_restyle_fields_are_one_line(restyle_models, restyling, changes, message):
+    with pytest.raises(UserError, match=message) as caught:
+        ui.form_request(restyling, restyle_form(restyle_models, **changes))
+    assert "\n" not in str(caught.value)
+
+
+# --- CSGO: the composition controls when the loaded adapter is CSGO (issue 21) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def csgo_pipe(tiny, csgo_models):
+    from instantstyle import StylePipeline
+
+    return StylePipeline.from_pretrained(str(tiny.sdxl), str(csgo_models.checkpoint), device="cpu")
+
+
+@pytest.fixture
+def csgo_work(csgo_models, tmp_path) -> "ui.Workdir":
+    return ui.Workdir(tmp_path / "ui", models_dirs=[csgo_models.root])
+
+
+def csgo_form(models, **changes) -> dict:
+    """CSGO's image-driven style transfer from the form: its guidance and control scale left blank (CSGO's own)."""
+    return {**form([str(models.style_image)], prompt="a photo of a house", content_image=str(models.content_image),
+                   controlnet="TTPlanet/TTPLanet_SDXL_Controlnet_Tile_Realistic", guidance=None, control_scale=None,
+                   steps=1, width=96, height=64, seed=42, blocks=ui.MODEL_BLOCKS), **changes}
+
+
+CSGO_REFUSES = {"blocks", "block_table", "content_prompt", "content_scale", "init_image", "strength", "mask",
+                "mask_paint", "control", "control_image", "depth_model", "composition", "composition_scale", "regions",
+                "style_start", "style_end", "hidiffusion", "restyle", "restyle_content_scale", "inversion_steps",
+                "renoise_steps", "csd", "style_guidance", "content_guidance",
+                *(f"adapter_{k}{part}" for k in (1, 2) for part in ("", "_style", "_blocks", "_scale"))}
+
+
+def test_a_csgo_pipeline_shows_its_composition_controls_and_hides_what_csgo_refuses(csgo_pipe, csgo_work):
+    from instantstyle.app.ui.page import _shown
+
+    app = ui.App(ui.PipelineHolder(csgo_pipe), csgo_work)
+    described = app.describe_pipeline()
+    assert "with CSGO adapter `csgo_4_32.bin`" in described["line"]
+    assert {name for name, shown in described["shown"].items() if not shown} == CSGO_REFUSES | {"true_cfg"}
+    assert {"content_image", "content_adapter_scale", "guidance", "control_scale", "controlnet"} <= {
+        name for name, shown in described["shown"].items() if shown}
+    tabs = [tab.name for tab in ui.TABS]
+    updates = _shown(app, [], tabs)[1:]
+    hidden = {name for name, update in zip(tabs, updates, strict=True) if update["visible"] is not True}
+    assert hidden == {"restyle", "image", "composition", "regions", "adapters"}
+
+
+def test_a_csgo_prompt_can_be_made_from_its_content_image_and_its_images_say_how_much_they_keep(
+        csgo_pipe, csgo_models, restyle_models, tmp_path):
+    from instantstyle.core.caption import caption
+    from instantstyle.files.images import load_image
+
+    work = ui.Workdir(tmp_path / "ui", models_dirs=[csgo_models.root, restyle_models.root])
+    app = ui.App(ui.PipelineHolder(csgo_pipe), work)
+    _, files, _ = app.generate(csgo_form(csgo_models, prompt="", caption_model="blip"), no_progress)
+    made = read_png_request(files[0])
+    assert made.prompt == caption(load_image(made.content_image), str(restyle_models.captioner)) != ""
+    assert read_png_scores(files[0]).content_keep is not None
+    assert ">keep</th>" in app.show_results(files)
+
+
+def test_a_csgo_image_from_the_form_has_csgos_defaults_and_the_apis_pixels(csgo_pipe, csgo_models, csgo_work):
+    app = ui.App(ui.PipelineHolder(csgo_pipe), csgo_work)
+    _, files, _ = app.generate(csgo_form(csgo_models, content_adapter_scale=0.3, scale=0.8), no_progress)
+    made = read_png_request(files[0])
+    assert (made.guidance, made.control, made.control_scale, made.content_adapter_scale) == (10.0, "tile", 0.6, 0.3)
+    api = csgo_pipe(Request("a photo of a house", style=str(csgo_models.style_image), scale=0.8,
+                            content_image=str(csgo_models.content_image), content_adapter_scale=0.3, control="tile",
+                            controlnet=str(csgo_models.tile_controlnet), steps=1, width=96, height=64, seed=42))
+    assert (pixels(Image.open(files[0])) == pixels(api.images[0])).all()
+
+
+def test_a_restored_csgo_png_gives_back_its_request_without_a_note(csgo_pipe, csgo_models, csgo_work):
+    app = ui.App(ui.PipelineHolder(csgo_pipe), csgo_work)
+    request = complete_for(csgo_pipe, ui.form_request(csgo_work, csgo_form(csgo_models, content_adapter_scale=0.5),
+                                                      csgo_pipe))
+    values, lost = ui.form_values(csgo_pipe, csgo_work, request)
+    assert lost == [] and ui.fit_to_shown(values, app.shown())[1] == []  # nothing hidden is set
+    restored = dict(zip(ui.FIELDS, values, strict=True))
+    assert (restored["control"], restored["guidance"], restored["control_scale"]) == (ui.NO_CONTROL, 10.0, 0.6)
+    assert complete_for(csgo_pipe, ui.form_request(csgo_work, restored, csgo_pipe)) == request
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"content_adapter_scale": 11.0}, "content adapter scale must be"),
+    ({"content_adapter_scale": "half"}, "content adapter scale must be a number, got 'half'"),
+    ({"blocks": "style"}, "not with a CSGO checkpoint: --blocks"),  # hidden; an API client may still send it
+    ({"content_prompt": "a house", "content_image": None}, "not with a CSGO checkpoint: --content-prompt"),
+    ({"control": "canny", "control_image": "CONTENT"}, "not with a CSGO checkpoint: --control canny"),
+    ({"guidance": -2.0}, "guidance must be"),
+])
+def test_careless_csgo_fields_are_one_line(csgo_pipe, csgo_models, csgo_work, changes, message):
+    app = ui.App(ui.PipelineHolder(csgo_pipe), csgo_work)
+    changes = {k: str(csgo_models.content_image) if v == "CONTENT" else v for k, v in changes.items()}
+    with pytest.raises(UserError, match=message) as caught:
+        app.generate(csgo_form(csgo_models, **changes), no_progress)
+    assert "\n" not in str(caught.value)
+
+
+def test_content_tokens_on_an_instantstyle_adapter_are_one_line(sdxl, work, tiny):
+    app = ui.App(ui.PipelineHolder(sdxl), work)
+    with pytest.raises(UserError, match="--content-adapter-scale is for CSGO checkpoints"):
+        app.generate(form([str(tiny.style_image)], content_adapter_scale=0.5), no_progress)
+
+
+# --- video: the Video tab when the server has a video model (issue 22) -------------------------------------------
+
+
+def test_the_video_tab_and_its_api_exist_only_with_a_video_model(tiny, video_models, tmp_path):
+    def endpoints(demo) -> set[str]:
+        return {d.api_name for d in demo.fns.values() if d.api_name}
+
+    def has_tab(demo) -> bool:
+        return any(getattr(block, "elem_id", None) == "video-result" for block in demo.blocks.values())
+
+    never = lambda: pytest.fail("the page loads no model to be built")  # noqa: E731
+    plain = ui.build_app(never, tmp_path / "a")
+    with_video = ui.build_app(never, tmp_path / "b", video_model=str(video_models.i2vgen))
+    assert not has_tab(plain) and {"video", "video_first_frame"} & endpoints(plain) == set()
+    assert has_tab(with_video) and {"video", "video_first_frame"} <= endpoints(with_video)
+
+
+def test_a_video_model_that_is_no_i2vgen_pipeline_is_one_line(tiny, tmp_path):
+    with pytest.raises(UserError, match=r"video model .*sdxl: an StableDiffusionXLPipeline folder; video needs an "
+                                        r"I2VGenXLPipeline"):
+        ui.build_app(lambda: None, tmp_path, video_model=str(tiny.sdxl))
+
+
+@pytest.fixture
+def video_app(sdxl, video_models, served) -> "ui.App":
+    from instantstyle.app.ui.video_tab import VideoMaker
+
+    return ui.App(ui.PipelineHolder(sdxl), served, video=VideoMaker(str(video_models.i2vgen)))
+
+
+def video_form(video_models, **changes) -> dict:
+    """A fast video on the tiny fixtures (as tests/test_video_cli.py): 4 frames at 64 px, 2 steps, the canny first
+    frame's ControlNet from the models folder."""
+    fields = {f.name: f.default for f in ui.VIDEO_FORM}
+    fields.update(video_clip=str(video_models.clip), video_frames=4, video_width=64, video_height=64, video_steps=2,
+                  video_inversion_steps=2)
+    return {**form([str(video_models.edited_frame)], controlnet="sdxl-controlnet", seed=3, width=0, height=0,
+                   control_scale=None, guidance=None),
+            **fields, **changes}
+
+
+def test_the_video_tab_makes_the_video_the_command_makes(video_app, video_models, tiny, modes, tmp_path):
+    """The same clip, references, prompt and options through the page and through ``instantstyle video``: the same
+    record, first frame and frames."""
+    import av
+    from click.testing import CliRunner
+
+    from instantstyle.app.cli import main
+    from instantstyle.modes.video import read_video_request
+
+    video, first, files, shown = video_app.make_video(video_form(video_models), no_progress)
+    assert [Path(f).name.split("-", 2)[-1] for f in files] == ["video.mp4", "video.first.png", "video.json"]
+    assert str(video_app.work.root) not in shown and json.loads(shown)["video"]["clip"].startswith("inputs/")
+    made = read_video_request(video)
+    cli = CliRunner().invoke(main, [str(a) for a in [
+        "video", video_models.clip, "--style", made.request.style[0].path, "--prompt", "a cat", "--model", tiny.sdxl,
+        "--adapter", tiny.sdxl_adapter, "--controlnet", modes.sdxl_controlnet, "--video-model", video_models.i2vgen,
+        "--size", "64", "--frames", "4", "--steps", "2", "--inversion-steps", "2", "--first-frame-steps", "2",
+        "--seed", "3", "--device", "cpu", "-o", tmp_path / "cli.mp4"]])
+    assert cli.exit_code == 0, cli.output
+    theirs = read_video_request(tmp_path / "cli.mp4")
+    assert made.options == theirs.options and made.request.replace(model=None, adapter=None) == theirs.request.replace(
+        model=None, adapter=None)
+    assert (pixels(Image.open(first)) == pixels(Image.open(tmp_path / "cli.first.png"))).all()
+
+    def frames(path) -> np.ndarray:
+        with av.open(str(path)) as container:
+            return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+    assert frames(video).shape == (4, 64, 64, 3) and (frames(video) == frames(tmp_path / "cli.mp4")).all()
+
+
+def test_the_first_frame_preview_is_the_videos_first_frame(video_app, video_models):
+    preview = video_app.preview_first_frame(video_form(video_models), no_progress)
+    _, first, _, _ = video_app.make_video(video_form(video_models), no_progress)
+    assert read_png_request(preview).seed == 3
+    assert (pixels(Image.open(preview)) == pixels(Image.open(first))).all()
+
+
+def test_a_cancelled_video_stops_between_steps_and_saves_nothing(video_app, video_models, monkeypatch):
+    from instantstyle.app.ui.jobs import Cancelled
+
+    steps = []
+
+    def progress(value, desc="", unit=""):
+        steps.append(desc)
+        if desc == "inversion":  # the visitor presses Cancel during the first inversion step
+            video_app.jobs.cancel("visitor")
+
+    before = sorted(video_app.work.outputs.iterdir())
+    with pytest.raises(Cancelled, match="cancelled; nothing was saved"):
+        video_app.make_video(video_form(video_models, video_steps=4, video_inversion_steps=4), progress,
+                             session="visitor")
+    assert steps.count("inversion") == 1 and "sampling" not in steps
+    assert sorted(video_app.work.outputs.iterdir()) == before
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"video_clip": None}, "upload a clip to restyle first"),
+    ({"video_clip": "NOTES"}, "clip notes.mp4: not a readable video"),
+    ({"video_clip": "STYLE"}, r"clip style.png: give a video \(.mp4, .mov, .mkv\)"),
+    ({"video_frames": 1}, "frames must be"),
+    ({"video_width": 100}, "video width must be a multiple of 8, got 100"),
+    ({"video_steps": 3, "video_inversion_steps": 2}, "inversion"),
+    ({"video_temporal_injection": 2.0}, "temporal injection must be"),
+    ({"video_fps": "fast"}, "fps must be a whole number, got 'fast'"),
+])
+def test_careless_video_fields_are_one_line(video_app, video_models, tiny, tmp_path, changes, message):
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video\n")
+    changes = {k: {"NOTES": str(notes), "STYLE": str(tiny.style_image)}.get(v, v) if isinstance(v, str) else v
+               for k, v in changes.items()}
+    with pytest.raises(UserError, match=message) as caught:
+        video_app.make_video(video_form(video_models, **changes), no_progress)
+    assert "\n" not in str(caught.value) and str(tmp_path) not in str(caught.value)
+    assert not list(video_app.work.outputs.glob("*.source.png"))  # a refused video leaves nothing behind
+
+
+def test_a_clips_line_says_what_its_header_says_or_why_it_is_refused(video_app, video_models, tmp_path):
+    assert video_app.clip_info(str(video_models.clip)).startswith("clip.mp4: ")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    assert video_app.clip_info(str(tmp_path / "empty.mp4")) == "**clip empty.mp4: the file is empty**"
+
+
+def test_the_history_lists_a_videos_first_frame_but_not_its_source_frame(video_app, video_models):
+    video_app.make_video(video_form(video_models), no_progress)
+    _, _, paths, _ = video_app.history(1)
+    names = [Path(p).name for p in paths]
+    assert any(n.endswith(".first.png") for n in names) and not any(n.endswith(".source.png") for n in names)

@@ -38,7 +38,7 @@ BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 TIMEOUT = 120_000  # ms; generous: the CI machine is shared
 LAPTOP, PHONE = (1366, 768), (390, 844)
 SETTINGS_TABS = [tab.label for tab in ui.TABS]
-OUTPUT_TABS = ["Generate", "Sweep", "History", "Restore & style files"]
+OUTPUT_TABS = ["Generate", "Sweep", "Video", "History", "Restore & style files"]
 
 
 def free_port() -> int:
@@ -48,24 +48,47 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def models(tiny, modes, tmp_path_factory) -> list[Path]:
-    """The page's models folders: the tiny plus adapter's, the mode fixtures (ControlNets, DPT), a LoRA."""
+def restyle_models(tiny, tmp_path_factory):
+    """A photo, a CSD checkpoint with its content head, a tiny BLIP captioner (``testing.restyle``)."""
+    from instantstyle.testing.restyle import tiny_restyle_models
+
+    return tiny_restyle_models(tmp_path_factory.mktemp("restyle"), tiny)
+
+
+@pytest.fixture(scope="module")
+def models(tiny, modes, restyle_models, tmp_path_factory) -> list[Path]:
+    """The page's models folders: the tiny plus adapter's, the mode fixtures (ControlNets, DPT), a LoRA, the
+    restyle fixtures (a captioning model, a CSD checkpoint)."""
     from instantstyle.testing.lora import write_tiny_lora
 
     loras = tmp_path_factory.mktemp("loras")
     write_tiny_lora(tiny.sdxl, loras / "ink.safetensors")
-    return [tiny.sdxl_plus_adapter.parent, modes.root, loras]
+    return [tiny.sdxl_plus_adapter.parent, modes.root, loras, restyle_models.root]
 
 
 @pytest.fixture(scope="module")
-def app(tiny, models, tmp_path_factory):
-    """The app on its own tiny SDXL pipeline, served from this process on a free localhost port."""
+def app(tiny, models, video_models, tmp_path_factory):
+    """The app on its own tiny SDXL pipeline with the tiny I2VGen-XL as its video model, served from this process on
+    a free localhost port."""
     from instantstyle import StylePipeline
 
     pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", keep_all_weights=True)
     workdir = tmp_path_factory.mktemp("ui-app")
     port = free_port()
-    demo = ui.launch(pipe, workdir, port=port, block=False, models_dirs=models)
+    demo = ui.launch(pipe, workdir, port=port, block=False, models_dirs=models, video_model=str(video_models.i2vgen))
+    yield f"http://127.0.0.1:{port}/", ui.Workdir(workdir), demo
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def csgo_app(tiny, csgo_models, tmp_path_factory):
+    """A second server: the tiny SDXL with a CSGO checkpoint, its tile ControlNet in the models folder."""
+    from instantstyle import StylePipeline
+
+    pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(csgo_models.checkpoint), device="cpu")
+    workdir = tmp_path_factory.mktemp("ui-csgo")
+    port = free_port()
+    demo = ui.launch(pipe, workdir, port=port, block=False, models_dirs=[csgo_models.root])
     yield f"http://127.0.0.1:{port}/", ui.Workdir(workdir), demo
     demo.close()
 
@@ -110,6 +133,23 @@ def add_references(page, *paths: Path) -> None:
     page.locator("#style-add input[type=file]").set_input_files([str(p) for p in paths])
     images = sum(Path(p).suffix == ".safetensors" or Path(p).read_bytes()[:4] == b"\x89PNG" for p in paths)
     page.locator(f"#card-pic-{shown + images - 1} figure").wait_for()
+
+
+def fill_text(page, elem_id: str, value: str) -> None:
+    """Type into a text field and wait until the page holds it: a field of a tab just opened may still be rendering,
+    and its first render resets a value typed too early (a Generate then sent the old value: a flaky test once)."""
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    box.wait_for(state="visible")
+    page.wait_for_function("!document.querySelector('.pending')")
+    for _ in range(20):
+        if box.input_value() != value:
+            box.fill(value)
+        page.wait_for_timeout(250)  # a render that resets the field comes within a frame or two
+        if box.input_value() == value:
+            page.wait_for_timeout(250)
+            if box.input_value() == value:
+                return
+    assert box.input_value() == value, f"#{elem_id} does not keep {value!r}"
 
 
 def fill_form(page, *styles: Path, prompt: str = "a cat", steps: int = 2, seed: int = 7) -> None:
@@ -234,8 +274,9 @@ def test_each_result_shows_a_score_table_marked_against_the_other_results(page, 
     fill_form(page, tiny.style_image)
     set_number(page, "num-images", 2)
     tab(page, "Content")
-    page.locator("#content-prompt textarea").fill("stripes")
+    fill_text(page, "content-prompt", "stripes")
     pngs = generate(page, tmp_path, count=2)
+    assert [read_png_request(png).content_prompt for png in pngs] == ["stripes"] * 2  # the leak is scored
     tables = page.locator("#results table.scores").all()
     scores = [read_png_scores(png) for png in pngs]
     assert len(tables) == 2
@@ -554,7 +595,7 @@ def test_every_event_of_the_api_is_listed_with_the_forms_fields(app):
     from gradio_client import Client
 
     api = Client(app[0], verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(api) == {"/generate", "/sweep", "/save_style", "/restore"}
+    assert set(api) == {"/generate", "/sweep", "/save_style", "/restore", "/video", "/video_first_frame"}
     assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == list(ui.FIELDS)
     assert len(api["/generate"]["returns"]) == 3  # gallery, PNGs, request: as before the cards
 
@@ -610,6 +651,216 @@ def test_a_login_guards_every_route_and_uploads_are_deleted_when_the_server_stop
     finally:
         demo.close()
     assert not uploaded.exists()  # gradio's copy; what the app uses is kept under WORKDIR/inputs
+
+
+# --- restyle: the prompt from the photo, CSD guidance, content kept --------------------------------------------
+
+
+def restyle_photo(page, photo: Path) -> None:
+    """The Restyle tab's photo, and the recipe's canny ControlNet from the models folder."""
+    tab(page, "Restyle")
+    page.locator("#restyle input[type=file]").set_input_files(str(photo))
+    page.locator("#thumb-restyle img").wait_for()
+    tab(page, "Control")
+    pick(page, "controlnet", "sdxl-controlnet")
+
+
+def test_a_blank_prompt_and_a_caption_model_make_the_prompt_from_the_photo(page, tiny, restyle_models, tmp_path):
+    from instantstyle.core.caption import caption
+    from instantstyle.files.images import load_image
+
+    fill_form(page, tiny.style_image, prompt="")
+    restyle_photo(page, restyle_models.photo)
+    pick(page, "caption-model", "blip")  # beside the prompt
+    [png] = generate(page, tmp_path)
+    request = read_png_request(png)
+    assert Path(request.caption_model).name == "blip"
+    assert request.prompt == caption(load_image(request.restyle), str(restyle_models.captioner)) != ""
+
+
+def test_a_restyled_photos_score_table_says_how_much_of_it_is_kept(page, tiny, restyle_models, tmp_path):
+    fill_form(page, tiny.style_image, prompt="a house")
+    restyle_photo(page, restyle_models.photo)
+    [png] = generate(page, tmp_path)
+    rows = [row.inner_text().split("\t") for row in page.locator("#results table.scores tr").all()]
+    assert ("keep", f"{read_png_scores(png).content_keep:.3f}") in [(name, value) for name, value in rows]
+
+
+def test_csd_guidance_takes_a_checkpoint_from_the_models_folders(page, tiny, restyle_models, tmp_path):
+    fill_form(page, tiny.style_image, prompt="a house")
+    restyle_photo(page, restyle_models.photo)
+    tab(page, "Restyle")
+    pick(page, "csd", "csd.pth")
+    set_number(page, "style-guidance", 300)
+    screenshot(page, "ui-restyle-guidance.png")
+    [png] = generate(page, tmp_path)
+    request = read_png_request(png)
+    assert (Path(request.csd).name, request.style_guidance, request.content_guidance) == ("csd.pth", 300.0, 0.0)
+
+
+# --- CSGO: a second server, its adapter a CSGO checkpoint ----------------------------------------------------
+
+
+@pytest.fixture
+def csgo_page(csgo_app, browser):
+    page = open_page(browser, csgo_app[0])
+    yield page
+    page.close()
+
+
+def test_a_csgo_page_shows_its_composition_controls_and_hides_what_csgo_refuses(csgo_page):
+    from playwright.sync_api import expect
+
+    for name in ("Restyle", "Image", "Composition", "Regions", "Adapters"):  # the load event hides them
+        expect(csgo_page.get_by_role("tab", name=name, exact=True)).to_be_hidden()
+    visible = [name for name in SETTINGS_TABS if csgo_page.get_by_role("tab", name=name, exact=True).is_visible()]
+    assert visible == ["Style", "Content", "Control", "Advanced"]
+    assert "with CSGO adapter" in csgo_page.locator("#loaded").inner_text()
+    tab(csgo_page, "Content")
+    for shown in ("#content-image", "#content-adapter-scale"):
+        csgo_page.locator(shown).wait_for()
+    assert csgo_page.locator("#content-prompt").is_hidden() and csgo_page.locator("#content-scale").is_hidden()
+    tab(csgo_page, "Control")
+    csgo_page.locator("#control-scale").wait_for()
+    assert csgo_page.locator("#control").is_hidden() and csgo_page.locator("#control-image").is_hidden()
+
+
+def test_a_csgo_image_made_in_the_page_has_the_pixels_of_the_command_line(csgo_page, tiny, csgo_models, tmp_path):
+    """Image-driven style transfer: the content image and the content tokens' scale in *Content*, the tile
+    ControlNet in *Control*, guidance and control scale left blank (CSGO's 10 and 0.6)."""
+    fill_form(csgo_page, csgo_models.style_image, prompt="a photo of a house", steps=1, seed=42)
+    set_number(csgo_page, "width", 96)
+    set_number(csgo_page, "height", 64)
+    tab(csgo_page, "Content")
+    csgo_page.locator("#content-image input[type=file]").set_input_files(str(csgo_models.content_image))
+    csgo_page.locator("#thumb-content-image img").wait_for()
+    set_number(csgo_page, "content-adapter-scale", 0.3)
+    tab(csgo_page, "Control")
+    pick(csgo_page, "controlnet", "TTPlanet/TTPLanet_SDXL_Controlnet_Tile_Realistic")
+    [png] = generate(csgo_page, tmp_path)
+    screenshot(csgo_page, "ui-csgo.png")
+    request = read_png_request(png)
+    assert (request.guidance, request.control, request.control_scale, request.content_adapter_scale) == (
+        10.0, "tile", 0.6, 0.3)
+    run_cli("generate", "--model", tiny.sdxl, "--adapter", csgo_models.checkpoint, "--style", csgo_models.style_image,
+            "--content-image", csgo_models.content_image, "--prompt", "a photo of a house", "--content-adapter-scale",
+            0.3, "--control", "tile", "--controlnet", csgo_models.tile_controlnet, "--steps", 1, "--width", 96,
+            "--height", 64, "--seed", 42, "--device", "cpu", "-o", tmp_path / "cli.png")
+    assert (pixels(Image.open(png)) == pixels(Image.open(tmp_path / "cli.png"))).all()
+
+
+# --- video -------------------------------------------------------------------------------------------------------
+
+
+def video_settings(page, clip: Path, frames: int = 4, steps: int = 2) -> None:
+    """The Video tab at the tiny fixtures' sizes: the clip, 4 frames at 64 px, 2 steps; the first frame's canny
+    ControlNet from the models folder."""
+    tab(page, "Control")
+    pick(page, "controlnet", "sdxl-controlnet")
+    tab(page, "Video")
+    page.locator("#video-clip input[type=file]").set_input_files(str(clip))
+    page.locator("#video-info").get_by_text(f"{clip.name}: ").wait_for()
+    for elem_id, value in (("video-frames", frames), ("video-width", 64), ("video-height", 64),
+                           ("video-steps", steps)):
+        set_number(page, elem_id, value)
+    page.get_by_text("Inversion and injection (AnyV2V)").click()
+    set_number(page, "video-inversion-steps", steps)
+
+
+def test_the_video_tab_previews_the_first_frame_and_plays_the_video(page, app, tiny, video_models, tmp_path):
+    fill_form(page, tiny.style_image, seed=3)
+    video_settings(page, video_models.clip)
+    page.locator("#video-preview").click()
+    preview = page.locator("#first-frame img").first
+    preview.wait_for()
+    previewed = Image.open(io.BytesIO(page.request.get(preview.get_attribute("src")).body()))
+    page.locator("#run-video").click()
+    player = page.locator("#video-result video").first
+    player.wait_for()
+    page.wait_for_function("() => { const v = document.querySelector('#video-result video');"
+                           " return v && v.readyState >= 2 && v.duration > 0; }")  # Chromium plays it
+    screenshot(page, "ui-video.png")
+    made = tmp_path / "made.mp4"
+    made.write_bytes(page.request.get(player.get_attribute("src")).body())
+    from instantstyle.modes.video import read_video_request
+
+    record = read_video_request(made)
+    assert (record.options.frames, record.options.width, record.options.seed) == (4, 64, 3)
+    first = next(app[1].outputs.glob("*video.first.png"))
+    assert (pixels(previewed) == pixels(Image.open(first))).all()  # the preview is the video's first frame
+
+
+def test_a_cancelled_video_saves_nothing_and_the_server_goes_on(page, app, tiny, video_models, tmp_path):
+    fill_form(page, tiny.style_image)
+    video_settings(page, video_models.clip, steps=200)
+    before = sorted(app[1].outputs.glob("*video*"))
+    page.locator("#run-video").click()
+    page.wait_for_function("() => /\\d+\\/200 steps[\\s\\S]*inversion/.test("
+                           "document.querySelector('#video-result').innerText)")  # the phase and its step bar
+    page.locator("#cancel-video").click()
+    page.get_by_text("cancelling: the job stops after its current step").wait_for()
+    page.goto(app[0])  # a new visit's job runs next
+    page.wait_for_selector("#generate")
+    fill_form(page, tiny.style_image)
+    assert generate(page, tmp_path)
+    assert sorted(app[1].outputs.glob("*video*")) == before  # nothing of the cancelled video is kept
+
+
+# --- careless input of the new controls -------------------------------------------------------------------------
+
+
+def careless_guidance(page, paths) -> None:
+    page.locator("#guidance input").fill("-3")
+
+
+def careless_csd_guidance(page, paths) -> None:
+    tab(page, "Restyle")
+    page.locator("#restyle input[type=file]").set_input_files(str(paths["photo"]))
+    set_number(page, "style-guidance", 300)
+
+
+def careless_caption(page, paths) -> None:
+    tab(page, "Restyle")
+    page.locator("#restyle input[type=file]").set_input_files(str(paths["photo"]))
+    pick(page, "caption-model", "blip")  # and the prompt "a cat" typed
+
+
+def careless_clip(page, paths) -> None:
+    tab(page, "Video")
+    page.locator("#video-clip input[type=file]").set_input_files(str(paths["notes"]))
+    page.locator("#video-info").get_by_text("clip notes.mp4: not a readable video").wait_for()  # said on upload
+    page.locator("#run-video").click()
+
+
+def careless_video_size(page, paths) -> None:
+    tab(page, "Video")
+    page.locator("#video-clip input[type=file]").set_input_files(str(paths["clip"]))
+    set_number(page, "video-width", 100)
+    page.locator("#run-video").click()
+
+
+@pytest.mark.parametrize(("careless", "message"), [
+    (careless_guidance, "guidance must be between 0 and 50, got -3"),
+    (careless_csd_guidance, "CSD style and content guidance need a CSD checkpoint: pick one"),
+    (careless_caption, "a caption model makes the prompt from the photo: clear the prompt, or pick none"),
+    (careless_clip, "clip notes.mp4: not a readable video"),
+    (careless_video_size, "video width must be a multiple of 8, got 100"),
+])
+def test_careless_input_of_a_new_control_is_one_line_in_the_page(page, app, tiny, restyle_models, video_models,
+                                                                  tmp_path, careless, message):
+    import httpx
+
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video\n")
+    fill_form(page, tiny.style_image)
+    careless(page, {"photo": restyle_models.photo, "notes": notes, "clip": video_models.clip})
+    if careless.__name__ not in ("careless_clip", "careless_video_size"):
+        tab(page, "Generate")
+        page.locator("#generate").click()
+    shown = page.locator(".toast-text, .toast-message-text").filter(has_text=message).first
+    shown.wait_for()
+    assert "\n" not in shown.inner_text().strip() and "Traceback" not in shown.inner_text()
+    assert httpx.get(f"{app[0]}gradio_api/info", timeout=30).status_code == 200  # the server goes on
 
 
 # --- last: a LoRA stays loaded in the module's pipeline -------------------------------------------------------

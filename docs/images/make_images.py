@@ -2,11 +2,13 @@
 fixtures.
 
 Run from the repository root: ``HF_HUB_OFFLINE=1 python docs/images/make_images.py`` (needs gradio,
-playwright and Debian's chromium). The images show noise by design: the fixture's weights are random.
+playwright and Debian's chromium); ``... make_images.py ui`` remakes the web UI's screenshots only. The images show
+noise by design: the fixture's weights are random.
 """
 
 import os
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,12 +19,13 @@ from instantstyle.app.sweep import Axes, render_sweep
 from instantstyle.app.ui import TABS, launch
 from instantstyle.testing import tiny_models
 from instantstyle.testing.modes import tiny_mode_models
+from instantstyle.testing.video import build_tiny_video_models
 
 HERE = Path(__file__).resolve().parent
 LABEL = "TINY RANDOM-WEIGHT TEST FIXTURE (not a real model: noise by design)"
 BROWSER = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-OUTPUT_TABS = ("Generate", "Sweep", "History", "Restore & style files")
+OUTPUT_TABS = ("Generate", "Sweep", "Video", "History", "Restore & style files")
 
 
 def montage(shots: list[tuple[str, Image.Image]], columns: int, width: int) -> Image.Image:
@@ -52,26 +55,30 @@ def demo_sheet() -> None:
         sheet.quantize(256, method=Image.Quantize.MEDIANCUT).save(HERE / "demo-sheet.png", optimize=True)
 
 
-def main() -> None:
-    demo_sheet()
+def main(only_ui: bool = False) -> None:
+    if not only_ui:
+        demo_sheet()
     cached = os.environ.get("INSTANTSTYLE_FIXTURES")  # a built fixture tree, as the tests take it
     root = Path(cached) if cached else Path(tempfile.mkdtemp()) / "tiny-test-fixture"
     tiny = tiny_models(root)
     modes = tiny_mode_models(Path(tempfile.mkdtemp()) / "modes", tiny)
+    video = build_tiny_video_models(Path(tempfile.mkdtemp()) / "video")
     pipe = StylePipeline.from_pretrained(str(tiny.sdxl), str(tiny.sdxl_adapter), device="cpu", keep_all_weights=True)
-    with tempfile.TemporaryDirectory() as out:
-        sweep = render_sweep(pipe, Request("a cat", style=str(tiny.style_image), steps=2, seed=7),
+    with tempfile.TemporaryDirectory() as out:  # (only the UI's: the sweep pictures stay as they are)
+        sweep = None if only_ui else render_sweep(pipe, Request("a cat", style=str(tiny.style_image), steps=2, seed=7),
                              Axes(("style", "style+layout", "all"), (0.4, 0.7, 1.0)), Path(out) / "sheet.png",
                              title=f"{LABEL}, seed 7, 2 steps", scorer=pipe.scorer(), style_floor=0.9)
-        Image.open(sweep.sheet).save(HERE / "sweep-tiny-fixture.png", optimize=True)
-        assert sweep.plot is not None
-        Image.open(sweep.plot).save(HERE / "sweep-plot-tiny-fixture.png", optimize=True)
+        if sweep is not None:
+            Image.open(sweep.sheet).save(HERE / "sweep-tiny-fixture.png", optimize=True)
+            assert sweep.plot is not None
+            Image.open(sweep.plot).save(HERE / "sweep-plot-tiny-fixture.png", optimize=True)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/"
-    demo = launch(pipe, Path(tempfile.mkdtemp()), port=port, block=False, models_dirs=[modes.root])
+    demo = launch(pipe, Path(tempfile.mkdtemp()), port=port, block=False, models_dirs=[modes.root],
+                  video_model=str(video.i2vgen))
     from playwright.sync_api import sync_playwright
 
     def number(page, elem_id: str, value: str) -> None:
@@ -117,9 +124,29 @@ def main() -> None:
         phone.locator("#results").scroll_into_view_if_needed()
         phone.wait_for_timeout(500)
         phone.screenshot(path=str(HERE / "ui-phone-tiny-fixture.png"))
+        fill(page)  # the Video tab: a 4-frame clip at 64 px, its first frame previewed, the video made
+        page.get_by_role("tab", name="Control", exact=True).click()
+        page.locator("#controlnet input").click()
+        page.get_by_role("option", name="sdxl-controlnet", exact=True).click()
+        page.get_by_role("tab", name="Video", exact=True).click()
+        page.locator("#video-clip input[type=file]").set_input_files(str(video.clip))
+        page.locator("#video-info").get_by_text("clip.mp4: ").wait_for(timeout=120_000)
+        for elem_id, value in (("video-frames", "4"), ("video-width", "64"), ("video-height", "64"),
+                               ("video-steps", "2")):
+            number(page, elem_id, value)
+        page.get_by_text("Inversion and injection (AnyV2V)").click()
+        number(page, "video-inversion-steps", "2")
+        page.get_by_text("Inversion and injection (AnyV2V)").click()
+        page.locator("#run-video").click()
+        page.wait_for_function("() => { const v = document.querySelector('#video-result video');"
+                               " return v && v.readyState >= 2; }", timeout=120_000)
+        page.locator("#first-frame img").first.wait_for(timeout=120_000)
+        page.wait_for_timeout(500)
+        Image.open(_shot(page, "#output")).save(HERE / "ui-video-tiny-fixture.png")
         browser.close()
     demo.close()
-    for name in ("ui-tiny-fixture", "ui-history-tiny-fixture", "ui-phone-tiny-fixture"):  # smaller files
+    for name in ("ui-tiny-fixture", "ui-history-tiny-fixture", "ui-phone-tiny-fixture",
+                 "ui-video-tiny-fixture"):  # smaller files
         Image.open(HERE / f"{name}.png").convert("RGB").quantize(256).save(HERE / f"{name}.png", optimize=True)
 
 
@@ -130,4 +157,4 @@ def _shot(page, selector: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    main(only_ui=sys.argv[1:] == ["ui"])

@@ -1203,6 +1203,10 @@ def _ui(params: dict[str, Any]) -> None:
             raise UserError(f"--models-dir {folder}: no such folder")
     if params["csd"] is not None:
         check_csd_path(params["csd"])
+    if params["video_model"] is not None:  # a folder that is no I2VGen-XL pipeline: one line, before anything loads
+        from ..modes.video import check_video_model
+
+        check_video_model(params["video_model"])
     try:  # a taken port fails before the model loads, not after
         with socket.create_server((params["host"], params["port"])):
             pass
@@ -1225,7 +1229,8 @@ def _ui(params: dict[str, Any]) -> None:
     public = "" if params["share"] else "; no public link (--share makes a temporary gradio.live one)"
     click.echo(f"serving http://{params['host']}:{params['port']}/ (outputs in {params['workdir']}{public})")
     launch(pipe, params["workdir"], params["host"], params["port"], share=params["share"], auth=auth,
-           models_dirs=params["models_dir"], max_pixels=runtime.max_pixels, csd=params["csd"])
+           models_dirs=params["models_dir"], max_pixels=runtime.max_pixels, csd=params["csd"],
+           video_model=params["video_model"])
 
 
 @main.command(context_settings={"show_default": True})
@@ -1241,9 +1246,12 @@ def _ui(params: dict[str, Any]) -> None:
 @click.option("--auth", multiple=True, metavar="USER:PASSWORD", help="Require a login (repeat for more users; "
               "--auth-file keeps passwords out of the process list).")
 @click.option("--auth-file", multiple=True, metavar="FILE", help="Logins, one USER:PASSWORD per line.")
-@click.option("--models-dir", multiple=True, metavar="DIR", help="A folder the page may read LoRA files, "
-              "ControlNet folders and presets files (--blocks @FILE:NAME) from (repeatable; none by default).")
+@click.option("--models-dir", multiple=True, metavar="DIR", help="A folder the page may read LoRA and adapter "
+              "files, ControlNet, depth and captioning model folders, CSD checkpoints and presets files (--blocks "
+              "@FILE:NAME) from (repeatable; none by default).")
 @click.option("--csd", default=None, help="CSD checkpoint: images are also scored by csd_style.")
+@click.option("--video-model", default=None, help="Diffusers I2VGenXLPipeline folder or hub id (e.g. "
+              "ali-vilab/i2vgen-xl): the page gets a Video tab (instantstyle video); loaded on the first video.")
 @runtime_options(exclude=("keep_all_weights",))  # the page keeps every weight: any blocks per request
 def ui(**params: Any) -> None:
     """Serve the web UI: generate, sweep, restore settings from PNGs, save style files."""

@@ -28,6 +28,7 @@ from .fields import (
     READY_CONTROL,
     SWEEP_FORM,
     TABS,
+    VIDEO_FORM,
     Field,
     Tab,
     clamp_to_form,
@@ -45,7 +46,7 @@ from .workdir import ModelChoices, Workdir
 __all__ = [
     "CSS", "CUSTOM", "DEFAULT_CONTROLNETS", "DELETE_CACHE", "FIELDS", "FORM", "MAX_ADAPTERS", "MAX_FILE_SIZE",
     "MAX_MASK_LAYERS", "MAX_PIXELS", "MAX_REFERENCES", "MODEL_BLOCKS", "NO_CONTROL", "READY_CONTROL", "SWEEP_FORM",
-    "TABS", "App", "Field", "LoginThrottle", "ModelChoices", "PaintGuard", "PipelineHolder", "Tab", "Workdir",
-    "build_app", "clamp_to_form", "fit_to_shown", "form_request", "form_values", "launch", "read_auth",
+    "TABS", "VIDEO_FORM", "App", "Field", "LoginThrottle", "ModelChoices", "PaintGuard", "PipelineHolder", "Tab",
+    "Workdir", "build_app", "clamp_to_form", "fit_to_shown", "form_request", "form_values", "launch", "read_auth",
     "shown_fields", "style_settings", "takes_form",
 ]

@@ -21,11 +21,13 @@ from typing import Any, Literal, TypeVar
 
 import gradio as gr
 
+from ...core import csgo
 from ...core.blocks import list_blocks, resolve_blocks
+from ...core.caption import DEFAULT_CAPTION_MODEL
 from ...core.pipeline import StylePipeline
 from ...core.request import (
     CONTROL_KINDS,
-    DEFAULT_GUIDANCE,
+    MAX_CSD_GUIDANCE,
     MAX_SIZE,
     STYLE_FITS,
     AdapterUse,
@@ -34,8 +36,10 @@ from ...core.request import (
     StyleRef,
 )
 from ...core.schedulers import SCHEDULERS
+from ...core.video_options import DEFAULT_MAX_FRAMES, MAX_VIDEO_SIZE
 from ...errors import UserError
-from ...families import Family, all_families
+from ...families import all_families
+from ...loading.resources import Resources
 from ...modes.hidiffusion_settings import FEATURE as HIDIFFUSION
 from ..sweep import parse_number_list
 from .guard import PAINTED_LAYERS
@@ -127,8 +131,8 @@ class Field:
     to_request: Callable[[Any], Any] | None = None
     from_request: Callable[[Any], Any] | None = None
     required: bool = False  # no API default (the style and the prompt)
-    #: Whether the page shows the field for a loaded model (``None``: always); see ``shown_fields``.
-    shown_for: Callable[[Family, Any], bool] | None = None
+    #: Whether the page shows the field for what is loaded (``None``: always); see ``shown_fields``.
+    shown_for: Callable[[Resources], bool] | None = None
     #: A single-file upload the page shows a thumbnail of, beside the field: what it is called there.
     thumb: str | None = None
     #: The models-folder names the field offers (a ``ModelChoices`` attribute), for dropdowns.
@@ -147,9 +151,9 @@ class Field:
 
 
 def _text(label: str, elem_id: str | None = None, lines: int = 1, placeholder: str | None = None,
-          visible: bool | Literal["hidden"] = True) -> Callable[[Any], Any]:
+          visible: bool | Literal["hidden"] = True, scale: int | None = None) -> Callable[[Any], Any]:
     return lambda value: gr.Textbox(value, label=label, elem_id=elem_id, lines=lines, max_lines=max(lines, 4),
-                                    placeholder=placeholder, visible=visible)
+                                    placeholder=placeholder, visible=visible, scale=scale)
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,23 @@ class _Number:
                          elem_id=self.elem_id, min_width=80)
 
 
+@dataclass(frozen=True)
+class _Decimal:
+    """A number field that may be left blank (``None``: the mode's own value), with ``limits`` like a slider's (what
+    a restored value is held to; a typed one past them gets the request's own message, naming the field)."""
+
+    label: str
+    elem_id: str
+    limits: tuple[float, float | None]
+    step: float = 0.5
+    placeholder: str | None = None  # what a blank box means
+
+    def __call__(self, value: Any) -> Any:
+        return gr.Number(value=BLANK if value is None else value,  # type: ignore[arg-type]  # "" shows blank
+                         step=self.step, label=self.label, elem_id=self.elem_id, min_width=80,
+                         placeholder=self.placeholder)
+
+
 def _upload(label: str, elem_id: str) -> Callable[[Any], Any]:
     """One image upload, kept as sent (no decoding by gradio: the app checks it against its pixel cap)."""
     return lambda value: gr.File(value, label=label, file_types=["image"], elem_id=elem_id, height=96)
@@ -214,9 +235,26 @@ def _or_empty(value: Any) -> str:
     return value or ""
 
 
-def _scale_or_default(value: float | None) -> float:
-    """A request's control scale for the form: ``None`` (the mode's default: 1.0, restyle 0.6) is the form's 0."""
-    return 0.0 if value is None else float(value)
+#: A number field left blank (gradio's number box shows ``None`` as 0, and sends a cleared box as ``""``).
+BLANK = ""
+
+
+def _blank_or_value(value: float | None) -> float | str:
+    """A request's value for a number field that may be blank: ``None`` (the mode's own) is the blank box."""
+    return BLANK if value is None else value
+
+
+def _blank_or_number(name: str, zero_is_blank: bool = False) -> Callable[[Any], float | None]:
+    """A field that may be left blank: ``None`` (blank: the mode's own value, see ``Request``) or a number (0 too, with
+    ``zero_is_blank``: what the API took as "the mode's own" before the field could be blank)."""
+
+    def read(value: Any) -> float | None:
+        if value is None or value == "":
+            return None
+        number = _number(name)(value)
+        return None if zero_is_blank and number == 0 else number
+
+    return read
 
 
 def _optional_whole(name: str) -> Callable[[Any], int | None]:
@@ -232,23 +270,45 @@ def _loras(value: Any) -> tuple[LoraRef, ...]:
     return tuple(LoraRef.parse(item.strip()) for item in (value or "").split(",") if item.strip())
 
 
-def accepts(**changes: Any) -> Callable[[Family, Any], bool]:
-    """Whether a family (with its loaded denoiser) makes a request with ``changes``: what its own check says."""
+def _refuses(check: Callable[..., None], *args: Any) -> bool:
+    try:
+        check(*args)
+    except UserError:
+        return True
+    return False
+
+
+#: A request with nothing but a prompt and a reference (what ``accepts`` compares a change with).
+_BARE = Request("probe", style=(StyleRef("probe.png"),))
+
+
+def accepts(**changes: Any) -> Callable[[Resources], bool]:
+    """Whether the loaded model makes a request with ``changes``: what its family's own check says (with its loaded
+    denoiser; nothing when it refuses the bare request too, as an inpainting model refuses text-to-image), and its
+    adapter's (a CSGO checkpoint refuses blocks, content prompts, image modes...)."""
     probe = Request("probe", style=(StyleRef("probe.png"),), **changes)
 
-    def shown(family: Family, denoiser: Any) -> bool:
-        try:
-            family.check_request(probe, denoiser)
-        except UserError:
+    def shown(res: Resources) -> bool:
+        family = res.family.check_request
+        if _refuses(family, probe, res.denoiser) and not _refuses(family, _BARE, res.denoiser):
             return False
-        return True
+        return not _refuses(csgo.check_request if res.csgo is not None else csgo.check_not_csgo, probe)
 
     return shown
 
 
-def _restyles(family: Family, denoiser: Any) -> bool:
-    """Whether the family restyles photos (InstantStyle-Plus: the UNet families)."""
-    return bool(family.features.get("restyle"))
+def _restyles(res: Resources) -> bool:
+    """Whether the model restyles photos (InstantStyle-Plus: the UNet families, not with a CSGO checkpoint)."""
+    return bool(res.family.features.get("restyle")) and res.csgo is None
+
+
+def _captions(res: Resources) -> bool:
+    """Whether a prompt can be made from a picture: restyle's photo, or CSGO's content image."""
+    return _restyles(res) or res.csgo is not None
+
+
+def _hidiffusion(res: Resources) -> bool:
+    return HIDIFFUSION in res.family.features and res.csgo is None
 
 
 def _mask_painter(label: str, elem_id: str) -> Callable[[Any], Any]:
@@ -275,59 +335,74 @@ def _adapter_fields(k: int) -> tuple[Field, ...]:
     )
 
 
+#: What the loaded model takes (its family's check and its adapter's): each gates the fields named for it.
+TAKES_BLOCKS = accepts(blocks="style")
+SUBTRACTS = accepts(content_prompt="probe")  # content subtraction (InstantStyle's; not CSGO's, not SD3.5's)
+IMAGE_MODES = accepts(init_image="probe.png", mask="probe.png")  # inpainting: what an inpainting model takes too
+CONTROL_KINDS_TAKEN = accepts(control="canny", control_image="probe.png")
+SCHEDULES_STYLE = accepts(style_start=0.5)
+
 FORM: tuple[Field, ...] = (
     # The fields of the first pages, in their order (the API takes them by position too).
     Field("style", None, _hidden_files("Style references", "style", ["image", ".safetensors"]), required=True),
-    Field("prompt", "", _text("Prompt", "prompt", lines=2, placeholder="what to paint, e.g. a cat on a roof"),
+    Field("prompt", "", _text("Prompt", "prompt", lines=2, placeholder="what to paint, e.g. a cat on a roof", scale=2),
           _or_empty, _or_empty, required=True),
     Field("style_weights", "", _text("Style weights (comma separated, blank: equal)", "weights", visible="hidden")),
     Field("negative_prompt", "", _text("Negative prompt (blank: the mode's own; restyle: the recipe's)", "negative"),
           _or_none, _or_empty),
     Field("blocks", MODEL_BLOCKS, _blocks_dropdown("Blocks (preset, spec or @FILE:NAME)", "blocks",
-                                                   custom=True)),
+                                                   custom=True), shown_for=TAKES_BLOCKS),
     Field("block_table", None, lambda value: gr.Dataframe(value, headers=["block", "scale"],
                                                           datatype=["str", "number"], static_columns=[0],
                                                           label="Per-block scales (edit: blocks = custom)",
-                                                          elem_id="block-table")),
+                                                          elem_id="block-table"), shown_for=TAKES_BLOCKS),
     Field("scale", 1.0, _Slider(0, 2, 0.05, "Scale", "scale"), _number("scale"), float),
     Field("content_prompt", "", _text("Content prompt (what the style image shows, to keep out)", "content-prompt"),
-          _or_none, _or_empty),
+          _or_none, _or_empty, shown_for=SUBTRACTS),
     Field("content_scale", 0.5, _Slider(0, 2, 0.05, "Content scale", "content-scale"), _number("content scale"),
-          float),
-    Field("content_image", None, _upload("…or a content image", "content-image"), thumb="content image"),
+          float, shown_for=SUBTRACTS),
+    Field("content_image", None, _upload("…or a content image (CSGO: the content to keep)", "content-image"),
+          thumb="content image", shown_for=accepts(content_image="probe.png")),
     Field("seed", 0, _Number("Seed", "seed", (0, 2**53))),  # a float in the page: whole numbers up to 2**53
     Field("randomize_seed", True, lambda value: gr.Checkbox(value=value, label="Random seed", elem_id="randomize",
                                                                       min_width=90)),
     Field("steps", 30, _Slider(1, 100, 1, "Steps", "steps"), lambda v: _whole("steps", v), int),
-    Field("guidance", DEFAULT_GUIDANCE, _Slider(0, 20, 0.5, "Guidance", "guidance"), _number("guidance"),
-          lambda value: DEFAULT_GUIDANCE if value is None else float(value)),  # None: the mode's (see Request)
+    Field("guidance", BLANK, _Decimal("Guidance", "guidance", (0, 20), placeholder="mode's own"),
+          _blank_or_number("guidance"), _blank_or_value),  # None: the mode's (see Request)
     Field("true_cfg", 1.0, _Slider(1, 10, 0.5, "True CFG (above 1: real CFG with the negative prompt)", "true-cfg"),
-          _number("true CFG"), float, shown_for=lambda family, _: family.takes_true_cfg),
+          _number("true CFG"), float, shown_for=lambda res: res.family.takes_true_cfg),
     Field("width", 0, _Number("Width (0: model's)", "width", (0, MAX_SIZE)), _optional_whole("width"),
           lambda v: v or 0),
     Field("height", 0, _Number("Height (0: model's)", "height", (0, MAX_SIZE)), _optional_whole("height"),
           lambda v: v or 0),
     Field("num_images", 1, _Slider(1, 8, 1, "Images", "num-images"), lambda v: _whole("number of images", v), int),
-    Field("init_image", None, _upload("Init image (restyle it: img2img)", "init-image"), thumb="init image"),
+    Field("init_image", None, _upload("Init image (restyle it: img2img)", "init-image"), thumb="init image",
+          shown_for=IMAGE_MODES),
     Field("strength", 0, _Slider(0, 1, 0.05, "Strength (how much to change; 0: default, 0.8, inpainting 1)",
-                                 "strength"), lambda v: _number("strength")(v or 0) or None, lambda v: v or 0),
-    Field("mask", None, _upload("Mask for inpainting (white = repaint; needs the init image)", "mask"), thumb="mask"),
+                                 "strength"), lambda v: _number("strength")(v or 0) or None, lambda v: v or 0,
+          shown_for=IMAGE_MODES),
+    Field("mask", None, _upload("Mask for inpainting (white = repaint; needs the init image)", "mask"), thumb="mask",
+          shown_for=IMAGE_MODES),
     Field("control", NO_CONTROL, lambda value: gr.Dropdown([NO_CONTROL, *CONTROL_KINDS, READY_CONTROL], value=value,
-                                                           label="ControlNet control", elem_id="control")),
+                                                           label="ControlNet control", elem_id="control"),
+          shown_for=CONTROL_KINDS_TAKEN),
     Field("control_image", None, _upload("Control image (canny or depth source; default: the init image)",
-                                         "control-image"), thumb="control image"),
-    Field("control_scale", 0.0, _Slider(0, 2, 0.05, "Control scale (0: the mode's, 1; restyle 0.6)", "control-scale"),
-          lambda v: _number("control scale")(v) or None, _scale_or_default),
+                                         "control-image"), thumb="control image", shown_for=CONTROL_KINDS_TAKEN),
+    # Blank (or 0, as the API took it before the field could be blank): the mode's own, 1; restyle and CSGO 0.6.
+    Field("control_scale", BLANK, _Decimal("Control scale", "control-scale", (0, 2), 0.05,
+                                           "mode's own: 1; restyle, CSGO 0.6"),
+          _blank_or_number("control scale", zero_is_blank=True), _blank_or_value),
     Field("controlnet", "", _models_dropdown("ControlNet model", "controlnet", "the default for the control kind"),
           choices="controlnets"),
     Field("scheduler", DEFAULT_SCHEDULER, lambda value: gr.Dropdown([DEFAULT_SCHEDULER, *SCHEDULERS], value=value,
                                                                     label="Scheduler", elem_id="scheduler"),
           _scheduler, lambda v: v or DEFAULT_SCHEDULER, shown_for=accepts(scheduler="euler")),
     Field("lora", "", _text("LoRA file(s): NAME[:SCALE], comma separated", "lora")),
-    Field("mask_paint", None, _mask_painter("…or paint the area to repaint on the init image", "mask-paint")),
+    Field("mask_paint", None, _mask_painter("…or paint the area to repaint on the init image", "mask-paint"),
+          shown_for=IMAGE_MODES),
     Field("hidiffusion", False, lambda value: gr.Checkbox(value=value, label="HiDiffusion", elem_id="hidiffusion",
                                                           min_width=100),
-          _true_or_false("hidiffusion"), bool, shown_for=lambda family, _: HIDIFFUSION in family.features),
+          _true_or_false("hidiffusion"), bool, shown_for=_hidiffusion),
     # Added with the reference cards: the rest of what the command line takes.
     Field("composition", None, _upload("Composition image (its layout; the style stays the references')",
                                        "composition"), thumb="composition image",
@@ -337,13 +412,15 @@ FORM: tuple[Field, ...] = (
     Field("regions", None, _hidden_files("Region masks (one per reference)", "regions", ["image"]),
           shown_for=accepts(regions=("probe.png",))),
     Field("style_start", 0.0, _Slider(0, 1, 0.05, "Style starts at (fraction of the steps)", "style-start"),
-          _number("style start"), float),
-    Field("style_end", 1.0, _Slider(0, 1, 0.05, "Style ends at", "style-end"), _number("style end"), float),
+          _number("style start"), float, shown_for=SCHEDULES_STYLE),
+    Field("style_end", 1.0, _Slider(0, 1, 0.05, "Style ends at", "style-end"), _number("style end"), float,
+          shown_for=SCHEDULES_STYLE),
     Field("style_fit", STYLE_FITS[0], lambda value: gr.Dropdown(list(STYLE_FITS), value=value, elem_id="style-fit",
                                                                 label="Wide or tall references: crop, pad or tiles"),
           str, str),
     Field("depth_model", "", _models_dropdown("Depth model (makes the depth map of the control image)", "depth-model",
-                                              "none: the control image is a depth map"), choices="depth_models"),
+                                              "none: the control image is a depth map"), choices="depth_models",
+          shown_for=accepts(control="depth", control_image="probe.png", depth_model="probe")),
     *(field for k in range(1, MAX_ADAPTERS + 1) for field in _adapter_fields(k)),
     # Restyle a photo (InstantStyle-Plus): its content kept, the references' style on it.
     Field("restyle", None, _upload("Photo to restyle (its content is kept)", "restyle"), thumb="photo",
@@ -354,6 +431,19 @@ FORM: tuple[Field, ...] = (
           _optional_whole("inversion steps"), lambda v: v or 0, shown_for=_restyles),
     Field("renoise_steps", 1, _Slider(1, 10, 1, "ReNoise steps", "renoise-steps"),
           lambda v: _whole("renoise steps", v), int, shown_for=_restyles),
+    # The rest of restyle (the prompt made from the photo, CSD guidance) and CSGO's content tokens.
+    Field("caption_model", "", _models_dropdown("…or from the photo by", "caption-model", "none: as written"),
+          shown_for=_captions, choices="captioners"),
+    Field("csd", "", _models_dropdown("CSD checkpoint for CSD guidance", "csd", "none"), shown_for=_restyles,
+          choices="csds"),
+    Field("style_guidance", 0.0, _Decimal("CSD style guidance (0: off)", "style-guidance", (0, MAX_CSD_GUIDANCE), 10),
+          _number("style guidance"), float, shown_for=_restyles),
+    Field("content_guidance", 0.0, _Decimal("CSD content guidance (0: off)", "content-guidance",
+                                            (0, MAX_CSD_GUIDANCE), 10),
+          _number("content guidance"), float, shown_for=_restyles),
+    Field("content_adapter_scale", 0.0, _Slider(0, 2, 0.05, "Content tokens' scale (CSGO; 0: as the authors' code)",
+                                                "content-adapter-scale"),
+          _number("content adapter scale"), float, shown_for=accepts(content_adapter_scale=0.5)),
 )
 #: The form's field names, in the order every handler (and the API) takes them.
 FIELDS = tuple(f.name for f in FORM)
@@ -374,10 +464,11 @@ class Tab:
 
 
 TABS: tuple[Tab, ...] = (
-    Tab("style", "Style", ("negative_prompt", ("blocks", "scale"), ("steps", "guidance", "num_images", "true_cfg"),
-                           ("seed", "width", "height"), ("randomize_seed", "hidiffusion"))),
-    Tab("restyle", "Restyle", ("restyle", ("restyle_content_scale", "inversion_steps", "renoise_steps"))),
-    Tab("content", "Content", (("content_prompt", "content_scale"), "content_image")),
+    Tab("style", "Style", ("negative_prompt", ("blocks", "scale"), ("steps", "num_images", "true_cfg"),
+                           ("seed", "guidance", "width", "height"), ("randomize_seed", "hidiffusion"))),
+    Tab("restyle", "Restyle", ("restyle", ("restyle_content_scale", "inversion_steps", "renoise_steps"),
+                               ("csd", "style_guidance", "content_guidance"))),
+    Tab("content", "Content", (("content_prompt", "content_scale"), "content_image", "content_adapter_scale")),
     Tab("image", "Image", ("init_image", "strength", "mask", "mask_paint")),
     Tab("control", "Control", (("control", "control_scale"), "control_image", ("controlnet", "depth_model"))),
     Tab("composition", "Composition", ("composition", "composition_scale")),
@@ -388,8 +479,8 @@ TABS: tuple[Tab, ...] = (
     Tab("advanced", "Advanced", ("block_table", ("scheduler", "style_fit"), ("style_start", "style_end"), "lora",
                                  "@lora")),
 )
-#: Fields placed outside the tabs (the references and the prompt, above them).
-ABOVE_TABS = ("style", "style_weights", "prompt")
+#: Fields placed outside the tabs (the references and the prompt, above them; a tuple is a row).
+ABOVE_TABS = ("style", "style_weights", ("prompt", "caption_model"))
 
 
 def tab_fields(tab: Tab) -> list[str]:
@@ -409,10 +500,38 @@ SWEEP_FORM: tuple[Field, ...] = (
 )
 
 
+#: The video tab's own fields (``instantstyle video``'s options), taken after the form's by the video handlers; the
+#: form makes the first frame. Shown only when the server has a video model (``ui --video-model``).
+VIDEO_FORM: tuple[Field, ...] = (
+    Field("video_clip", None, lambda value: gr.File(value, label="Clip to restyle (.mp4, .mov, .mkv)",
+                                                    file_types=[".mp4", ".mov", ".mkv"], elem_id="video-clip",
+                                                    height=96)),
+    Field("video_frames", 16, _Number("Frames", "video-frames", (2, DEFAULT_MAX_FRAMES)),
+          lambda v: _whole("frames", v)),
+    Field("video_fps", 8, _Number("Frames per second", "video-fps", (1, 120)), lambda v: _whole("fps", v)),
+    Field("video_width", 512, _Number("Video width", "video-width", (64, MAX_VIDEO_SIZE)),
+          lambda v: _whole("video width", v)),
+    Field("video_height", 512, _Number("Video height", "video-height", (64, MAX_VIDEO_SIZE)),
+          lambda v: _whole("video height", v)),
+    Field("video_start", 0.0, _Decimal("Start (seconds into the clip)", "video-start", (0, None), 0.5),
+          lambda v: _number("start")(v or 0)),
+    Field("video_steps", 50, _Number("Video steps", "video-steps", (1, 1000)), lambda v: _whole("video steps", v)),
+    Field("video_inversion_steps", 50, _Number("Inversion steps (the steps or a multiple)", "video-inversion-steps",
+                                               (1, 1000)), lambda v: _whole("inversion steps", v)),
+    Field("video_guidance", 9.0, _Decimal("Video guidance", "video-guidance", (0, 50)), _number("video guidance")),
+    Field("video_conv_injection", 0.2, _Slider(0, 1, 0.05, "Convolution injection (fraction of the steps)",
+                                               "video-conv-injection"), _number("conv injection")),
+    Field("video_spatial_injection", 0.2, _Slider(0, 1, 0.05, "Spatial attention injection", "video-spatial-injection"),
+          _number("spatial injection")),
+    Field("video_temporal_injection", 0.5, _Slider(0, 1, 0.05, "Temporal attention injection",
+                                                   "video-temporal-injection"), _number("temporal injection")),
+    Field("video_prompt", "", _text("Video prompt (blank: the prompt)", "video-prompt"), _or_none),
+)
+
+
 def shown_fields(pipe: StylePipeline) -> dict[str, bool]:
     """Whether the page shows each field for the loaded model (hidden ones would fail the request unseen)."""
-    family, denoiser = pipe.resources.family, pipe.resources.denoiser
-    return {f.name: f.shown_for is None or f.shown_for(family, denoiser) for f in FORM}
+    return {f.name: f.shown_for is None or f.shown_for(pipe.resources) for f in FORM}
 
 
 # --- form -> request ---------------------------------------------------------------------------------------
@@ -421,6 +540,12 @@ def shown_fields(pipe: StylePipeline) -> dict[str, bool]:
 def form_request(workdir: Workdir, values: dict[str, Any], pipe: StylePipeline | None = None) -> Request:
     """The ``Request`` a filled-in form stands for (uploads checked and kept in the workdir; a presets reference
     checked against ``pipe``'s blocks, see ``Workdir.blocks_spec``)."""
+    return Request(**form_fields(workdir, values, pipe))
+
+
+def form_fields(workdir: Workdir, values: dict[str, Any], pipe: StylePipeline | None = None) -> dict[str, Any]:
+    """The ``Request`` fields of a filled-in form, not validated together yet (a video's first-frame request fills in
+    the clip's first frame before it is one: ``video_tab``)."""
     files = [file_path(f) for f in values.get("style") or []]
     if not files:
         raise UserError("upload a style image (or a style file) first")
@@ -436,10 +561,17 @@ def form_request(workdir: Workdir, values: dict[str, Any], pipe: StylePipeline |
 
     control, control_image = _control_from_form(values.get("control") or NO_CONTROL,
                                                 kept("control_image", "control image"))
+    if control is None and pipe is not None and pipe.resources.csgo is not None:
+        control = csgo.CONTROL  # CSGO's own: its tile ControlNet on the content image (its field is hidden)
     plain = {f.name: f.to_request(values.get(f.name, f.default)) for f in FORM if f.to_request is not None}
     controlnet, depth_model = _or_none(values.get("controlnet")), _or_none(values.get("depth_model"))
     randomize = _true_or_false("randomize_seed")(values.get("randomize_seed", True))
-    return Request(
+    captioner, csd = _or_none(values.get("caption_model")), _or_none(values.get("csd"))
+    if captioner is not None and plain["prompt"].strip():
+        raise UserError("a caption model makes the prompt from the photo: clear the prompt, or pick none")
+    if (plain["style_guidance"] or plain["content_guidance"]) and csd is None:
+        raise UserError("CSD style and content guidance need a CSD checkpoint: pick one (from the models folders)")
+    return dict(
         **plain,
         style=style,
         blocks=_blocks_from_form(workdir, values.get("blocks") or MODEL_BLOCKS, values.get("block_table"), pipe),
@@ -456,6 +588,9 @@ def form_request(workdir: Workdir, values: dict[str, Any], pipe: StylePipeline |
         restyle=kept("restyle", "photo to restyle"),
         regions=tuple(workdir.keep_upload(file_path(f), "region mask") for f in values.get("regions") or []),
         adapters=_adapters_from_form(workdir, values, pipe),
+        caption_model=None if captioner is None else workdir.model_path("caption model", captioner,
+                                                                        frozenset({DEFAULT_CAPTION_MODEL})),
+        csd=None if csd is None else workdir.model_path("CSD checkpoint", csd),
     )
 
 
@@ -567,6 +702,9 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
     preset = (MODEL_BLOCKS if request.blocks is None
               else request.blocks if request.blocks in pipe.resources.family.presets else CUSTOM)
     ready = request.control is not None and request.control not in CONTROL_KINDS
+    # CSGO's own tile ControlNet on its content image is what the form's "none" completes to (its field is hidden)
+    control = (NO_CONTROL if pipe.resources.csgo is not None and request.control == csgo.CONTROL
+               and request.control_image is None else READY_CONTROL if ready else request.control or NO_CONTROL)
     regions = [own(path) for path in request.regions]
     loras = [(model(ref.path), ref.scale) for ref in request.lora]
     values = {f.name: f.from_request(getattr(request, f.name)) for f in FORM if f.from_request is not None}
@@ -574,14 +712,15 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
         style=[ref.path for ref in kept] or None,
         style_weights=", ".join(f"{ref.weight:g}" for ref in kept) if any(r.weight != 1 for r in kept) else "",
         blocks=preset,
-        block_table=rows_from_spec(pipe, workdir.blocks_spec(request.blocks or "", pipe)) if preset == CUSTOM
+        block_table=None if pipe.resources.csgo is not None  # CSGO's blocks are trained in: no table
+        else rows_from_spec(pipe, workdir.blocks_spec(request.blocks or "", pipe)) if preset == CUSTOM
         else block_rows(pipe, preset),
         content_image=own(request.content_image),
         seed=request.seed or 0,
         randomize_seed=request.seed is None,
         init_image=own(request.init_image),
         mask=own(request.mask),
-        control=READY_CONTROL if ready else (request.control or NO_CONTROL),
+        control=control,
         control_image=own(request.control if ready else request.control_image),
         controlnet=model(request.controlnet, DEFAULT_CONTROLNETS),
         depth_model=model(request.depth_model),
@@ -590,6 +729,10 @@ def form_values(pipe: StylePipeline, workdir: Workdir, request: Request) -> tupl
         composition=own(request.composition),
         restyle=own(request.restyle),
         regions=regions if all(regions) and regions else None,
+        # a made prompt is in the prompt now: it makes the same image without captioning again
+        caption_model="" if request.prompt.strip() else model(request.caption_model,
+                                                                frozenset({DEFAULT_CAPTION_MODEL})),
+        csd=model(request.csd),
     )
     for k in range(1, MAX_ADAPTERS + 1):
         values.update({f"adapter_{k}": "", f"adapter_{k}_style": None, f"adapter_{k}_blocks": MODEL_BLOCKS,

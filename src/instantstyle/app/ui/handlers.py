@@ -45,6 +45,7 @@ from .fields import (
     shown_fields,
 )
 from .jobs import Jobs, run_with_steps
+from .video_tab import VideoMaker, clip_info, preview_first_frame, run_video
 from .views import Shown, card_html, results_html, thumb_html
 from .workdir import Workdir
 
@@ -82,12 +83,13 @@ def _weights_text(weights: list[float]) -> str:
 @dataclass
 class App:
     """What the page's events do, on the app's one pipeline and its workdir; every image is scored (CSD too when
-    the app was given a checkpoint) and its scores shown under it."""
+    the app was given a checkpoint) and its scores shown under it. With a video model, videos too (``video_tab``)."""
 
     holder: PipelineHolder
     work: Workdir
     csd: str | None = None
     jobs: Jobs = field(default_factory=Jobs)
+    video: VideoMaker | None = None
     _scorers: Scorers | None = field(default=None, init=False, repr=False)
 
     @property
@@ -103,9 +105,11 @@ class App:
         return pipe.resources.runtime.replace(max_pixels=self.work.max_pixels)
 
     def scores(self, result: Result) -> list[Scores] | None:
-        """The result's scores, or ``None`` (with a warning in the page) when they cannot be computed."""
+        """The result's scores (a restyled photo's how much of it is kept too), or ``None`` (with a warning in the
+        page) when they cannot be computed."""
         try:
-            return self.scorers.score(result, csd=self.csd)
+            scorer = self.scorers.scorer(result.request.content_text_encoder, self.csd)
+            return scorer.score_request(result.images, result.request)
         except UserError as err:
             gr.Warning(f"not scored: {err}")
             return None
@@ -171,6 +175,18 @@ class App:
         cells = [(path, " · ".join([cell.label, *cell.scores.caption_items()]))
                  for path, cell in zip(done, out.cells, strict=True)]
         return str(out.sheet), cells, [str(out.sheet), str(out.plot), str(out.table), *done]
+
+    def make_video(self, values: dict[str, Any], progress: Any,
+                   session: str | None = None) -> tuple[str, str, list[str], str]:
+        """Restyle the video tab's clip with the form's request for its first frame (``video_tab.run_video``)."""
+        return run_video(self, values, progress, session)
+
+    def preview_first_frame(self, values: dict[str, Any], progress: Any, session: str | None = None) -> str:
+        """The video's first frame alone (``video_tab.preview_first_frame``)."""
+        return preview_first_frame(self, values, progress, session)
+
+    def clip_info(self, clip: Any) -> str:
+        return clip_info(self.work, clip)
 
     def save_style(self, values: dict[str, Any], progress: Any) -> str:
         """Save the current style (blended embedding, a small preview and the settings) as a style file."""
@@ -376,7 +392,8 @@ class App:
     # --- history --------------------------------------------------------------------------------------
     def history(self, page: int | float | None) -> tuple[list[tuple[str, str]], str, list[str], int]:
         """One page of the workdir's images, newest first: the gallery, a line saying which page, their paths."""
-        made = sorted(self.work.outputs.glob("*.png"), key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+        made = sorted((p for p in self.work.outputs.glob("*.png") if not p.name.endswith(".source.png")),
+                      key=lambda p: (p.stat().st_mtime, p.name), reverse=True)  # a video's source frame: no image made
         pages = max(1, -(-len(made) // HISTORY_PAGE))
         page = min(max(1, int(page or 1)), pages)
         shown = made[(page - 1) * HISTORY_PAGE:page * HISTORY_PAGE]
@@ -403,8 +420,8 @@ class App:
         field the loaded model's family may not take."""
         pipe = self.holder.get()
         res = pipe.resources
-        adapter = Path(res.adapter.path).name
-        line = f"Model `{self.work.shown(res.model_id)}` ({res.family.name}) with adapter `{adapter}` on {res.device}"
+        adapter = f"{'CSGO ' if res.csgo is not None else ''}adapter `{Path(res.adapter.path).name}`"
+        line = f"Model `{self.work.shown(res.model_id)}` ({res.family.name}) with {adapter} on {res.device}"
         return {"line": line, "shown": self.shown()}
 
 

@@ -22,6 +22,7 @@ from .fields import (
     MAX_REFERENCES,
     SWEEP_FORM,
     TABS,
+    VIDEO_FORM,
     Field,
     Item,
     shows_errors,
@@ -31,6 +32,7 @@ from .fields import (
 from .guard import Guard, LoginThrottle, PaintGuard, guard_painter, stop_on_sigterm
 from .handlers import App, PipelineHolder, PipeSource
 from .painter import cap_mask_painter
+from .video_tab import VideoMaker
 from .workdir import ModelChoices, Workdir
 
 #: Largest upload gradio accepts (the most pixels an image may have is the app's pixel cap, ``ui --max-pixels``).
@@ -140,7 +142,7 @@ def _build(items: Sequence[Item], made: dict[str, Any], models: ModelChoices,
                                                 min_width=100, scale=0)
 
 
-def _references(made: dict[str, Any]) -> None:
+def _references(made: dict[str, Any], models: ModelChoices) -> None:
     """The reference cards (picture, weight, remove) and the drop zone that adds several at once."""
     with gr.Row(elem_id="refs", equal_height=False):
         for i in range(MAX_REFERENCES):
@@ -153,8 +155,7 @@ def _references(made: dict[str, Any]) -> None:
         made["style_add"] = gr.File(label="Add style references: drop images or style files (several at once)",
                                     file_count="multiple", file_types=["image", ".safetensors"], elem_id="style-add",
                                     height=100)
-    for name in ABOVE_TABS:
-        made[name] = FIELD[name].build(FIELD[name].default)
+    _build(ABOVE_TABS, made, models)
 
 
 def _regions_panel(made: dict[str, Any], guard: PaintGuard, max_pixels: int) -> None:
@@ -180,7 +181,7 @@ def _regions_panel(made: dict[str, Any], guard: PaintGuard, max_pixels: int) -> 
 
 def _form(made: dict[str, Any], models: ModelChoices, guard: PaintGuard, max_pixels: int) -> dict[str, Any]:
     """The left column: references, prompt, and the settings tabs (``TABS``); tab name -> tab."""
-    _references(made)
+    _references(made, models)
     tabs: dict[str, Any] = {}
     with gr.Tabs(elem_id="settings", overflow_behavior="wrap"):
         for tab in TABS:
@@ -196,8 +197,38 @@ def _form(made: dict[str, Any], models: ModelChoices, guard: PaintGuard, max_pix
     return tabs
 
 
-def _outputs() -> dict[str, Any]:
-    """The right column's tabs: results, sweep, history, restore and style files."""
+def _video_tab(out: dict[str, Any]) -> None:
+    """The Video tab: the clip, the buttons, the first frame's preview and the result's player, then the video's
+    options (the result in view first, as on the Generate tab)."""
+    video_fields = {f.name: f for f in VIDEO_FORM}
+    _build(("video_clip",), out, ModelChoices(), video_fields)
+    out["video-info"] = gr.Markdown(elem_id="video-info")
+    gr.Markdown("The form makes the first frame (by default AnyV2V's: a canny ControlNet on the clip's first frame; "
+                "pick its ControlNet in *Control*), then the video model carries its style through the clip.",
+                elem_id="video-note")
+    with gr.Row():
+        out["preview-first"] = gr.Button("Preview first frame", elem_id="video-preview", scale=2)
+        out["run-video"] = gr.Button("Make video", variant="primary", elem_id="run-video", scale=2)
+        out["cancel-video"] = gr.Button("Cancel", variant="stop", elem_id="cancel-video", scale=1)
+    with gr.Row(equal_height=False):
+        out["first-frame"] = gr.Image(label="First frame", type="filepath", format="png", interactive=False,
+                                      elem_id="first-frame", height=240)
+        out["video"] = gr.Video(label="Video", interactive=False, elem_id="video-result", height=240)
+    _build((("video_frames", "video_fps", "video_width", "video_height"),
+            ("video_steps", "video_guidance", "video_start"), "video_prompt"), out, ModelChoices(), video_fields)
+    with gr.Accordion("Inversion and injection (AnyV2V)", open=False, elem_id="video-advanced"):
+        _build((("video_inversion_steps", "video_conv_injection"), ("video_spatial_injection",
+                                                                    "video_temporal_injection")),
+               out, ModelChoices(), video_fields)
+    with gr.Accordion("Downloads and record", open=False, elem_id="video-details"):
+        out["video-files"] = gr.File(label="Video, first frame (its settings inside) and record (instantstyle video "
+                                     "--from)", file_count="multiple", interactive=False, elem_id="video-files")
+        out["video-json"] = gr.Code(label="Record (paths relative to the server's workdir)", language="json",
+                                    interactive=False, elem_id="video-json")
+
+
+def _outputs(video: bool = False) -> dict[str, Any]:
+    """The right column's tabs: results, sweep, video (with a video model), history, restore and style files."""
     out: dict[str, Any] = {}
     with gr.Tabs(elem_id="views"):
         with gr.Tab("Generate", id="results-tab"):
@@ -224,6 +255,9 @@ def _outputs() -> dict[str, Any]:
             out["cells"] = gr.Gallery(label="Cells", columns=3, format="png", elem_id="cells")
             out["sweep-files"] = gr.File(label="Download sheet, plot, table and cells", file_count="multiple",
                                          interactive=False, elem_id="sweep-files")
+        if video:
+            with gr.Tab("Video", id="video-tab"):
+                _video_tab(out)
         with gr.Tab("History", id="history-tab") as out["history-tab"]:
             with gr.Row(equal_height=True):
                 out["newer"] = gr.Button("Newer", size="sm", elem_id="history-newer", scale=0, min_width=80)
@@ -249,12 +283,14 @@ def _outputs() -> dict[str, Any]:
 
 def build_app(
     source: PipeSource, workdir: str | Path, csd: str | None = None, *, models_dirs: Sequence[str | Path] = (),
-    max_pixels: int = MAX_PIXELS, guard: PaintGuard | None = None,
+    max_pixels: int = MAX_PIXELS, guard: PaintGuard | None = None, video_model: str | None = None,
 ) -> gr.Blocks:
     """The gradio app over one pipeline (or a factory called on first use); outputs go under ``workdir``; ``csd``:
-    a CSD checkpoint for the csd_style score. LoRAs, adapters, ControlNets and depth models named in the page are
-    read only from ``models_dirs``; every image sent is held to ``max_pixels``."""
-    app = App(PipelineHolder(source), Workdir(workdir, models_dirs, max_pixels), csd)
+    a CSD checkpoint for the csd_style score. LoRAs, adapters, ControlNets, depth models, captioning models and CSD
+    checkpoints named in the page are read only from ``models_dirs``; every image sent is held to ``max_pixels``.
+    With ``video_model`` (an I2VGen-XL folder or hub id) the page has a Video tab."""
+    app = App(PipelineHolder(source), Workdir(workdir, models_dirs, max_pixels), csd,
+              video=None if video_model is None else VideoMaker(video_model))
     guard = guard or PaintGuard()
     models = app.work.models()
     with gr.Blocks(title="InstantStyle", analytics_enabled=False, delete_cache=DELETE_CACHE, fill_width=True) as demo:
@@ -266,7 +302,7 @@ def build_app(
             with gr.Column(scale=5, min_width=320, elem_id="form"):
                 tabs = _form(field, models, guard, max_pixels)
             with gr.Column(scale=6, min_width=320, elem_id="output"):
-                out = _outputs()
+                out = _outputs(video=app.video is not None)
         for name in ("mask_paint",):
             field[name].max_pixels = max_pixels
             guard_painter(field[name], guard)
@@ -289,8 +325,12 @@ def _wire(demo: gr.Blocks, app: App, field: dict[str, Any], out: dict[str, Any],
                                    form + [out[f.name] for f in SWEEP_FORM],
                                    [out["sheet"], out["cells"], out["sweep-files"]], api_name="sweep", **queue)
     sweep.success(shows_errors(app.show_sweep), out["sweep-files"], [out["plot"], out["pick"]], **private)
-    for button in ("cancel", "cancel-sweep"):  # API clients cancel their own jobs (gradio_client's Job.cancel)
-        out[button].click(app.cancel, None, None, cancels=[generate, sweep], **private)
+    jobs = [generate, sweep]
+    if app.video is not None:
+        jobs += _wire_video(app, form, out, queue, private)
+    for button in ("cancel", "cancel-sweep", "cancel-video"):  # API clients cancel their own jobs (Job.cancel)
+        if button in out:
+            out[button].click(app.cancel, None, None, cancels=jobs, **private)
     out["save-style"].click(takes_form(FORM, app.save_style), form, out["style-file"], api_name="save_style",
                             **queue)
     restored = out["restore"].upload(shows_errors(app.restore), out["restore"], form, api_name="restore")
@@ -365,6 +405,20 @@ def _wire(demo: gr.Blocks, app: App, field: dict[str, Any], out: dict[str, Any],
               **private)
 
 
+def _wire_video(app: App, form: list[Any], out: dict[str, Any], queue: dict[str, Any],
+                private: dict[str, Any]) -> list[Any]:
+    """The Video tab's events (``/video``, ``/video_first_frame``; the clip's line on upload); the running ones."""
+    inputs = form + [out[f.name] for f in VIDEO_FORM]
+    out["video_clip"].change(shows_errors(app.clip_info), out["video_clip"], out["video-info"], **private)
+    preview = out["preview-first"].click(takes_form(FORM + VIDEO_FORM, app.preview_first_frame), inputs,
+                                         out["first-frame"], api_name="video_first_frame",
+                                         show_progress_on=[out["first-frame"]], **queue)
+    video = out["run-video"].click(takes_form(FORM + VIDEO_FORM, app.make_video), inputs,
+                                   [out["video"], out["first-frame"], out["video-files"], out["video-json"]],
+                                   api_name="video", show_progress_on=[out["video"]], **queue)
+    return [preview, video]
+
+
 def _cards(app: App, style: Any, weights: Any) -> list[Any]:
     """The card slots and region rows for the references (visible per reference)."""
     made = app.cards(style, weights)
@@ -377,8 +431,10 @@ def _shown(app: App, toggled: list[str], tab_names: list[str]) -> list[Any]:
     described = app.describe_pipeline()
     shown = described["shown"]
     tab_shown = [any(shown[name] for name in tab_fields(tab)) for tab in TABS if tab.name in tab_names]
+    # A tab updated to visible=False keeps its button in gradio 6 (the page showed FLUX a Composition tab);
+    # "hidden" takes it away.
     return [described["line"], *(gr.update(visible=shown[n]) for n in toggled),
-            *(gr.update(visible=v) for v in tab_shown)]
+            *(gr.update(visible=True if v else "hidden") for v in tab_shown)]
 
 
 def read_auth(pairs: Sequence[str] = (), files: Sequence[str | Path] = ()) -> list[tuple[str, str]]:
@@ -416,6 +472,7 @@ def launch(
     auth: Sequence[tuple[str, str]] = (),
     models_dirs: Sequence[str | Path] = (),
     max_pixels: int = MAX_PIXELS,
+    video_model: str | None = None,
 ) -> gr.Blocks:
     """Serve the app on ``host:port`` (localhost unless told otherwise; no public link unless ``share``; a login
     page when ``auth`` gives (user, password) pairs, failed logins backing off per client). Blocking, it stops on
@@ -424,7 +481,7 @@ def launch(
     from starlette.middleware import Middleware
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    demo = build_app(source, workdir, csd, models_dirs=models_dirs, max_pixels=max_pixels)
+    demo = build_app(source, workdir, csd, models_dirs=models_dirs, max_pixels=max_pixels, video_model=video_model)
     demo.queue(default_concurrency_limit=1)
     if block:
         stop_on_sigterm()

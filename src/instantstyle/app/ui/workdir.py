@@ -37,10 +37,13 @@ class ModelChoices:
     controlnets: tuple[str, ...] = ()
     depth_models: tuple[str, ...] = ()
     presets: tuple[str, ...] = ()
+    captioners: tuple[str, ...] = ()  # image-to-text model folders (restyle's prompt from the photo)
+    csds: tuple[str, ...] = ()  # CSD checkpoints (restyle's CSD guidance)
 
 
 def _safetensors_kind(path: Path) -> str | None:
-    """``adapter`` (IP-Adapter keys), ``style`` (a style file) or ``lora`` by the tensor names in a file's header."""
+    """``adapter`` (IP-Adapter keys), ``csgo`` (a CSGO checkpoint), ``style`` (a style file), ``csd`` (a CSD
+    checkpoint) or ``lora`` by the tensor names in a file's header."""
     from safetensors import safe_open
 
     try:
@@ -48,13 +51,38 @@ def _safetensors_kind(path: Path) -> str | None:
             keys = list(f.keys())
     except Exception:  # safetensors raises several types for a bad file: not offered
         return None
+    if any(k.startswith(("content_image_proj.", "style_image_proj.")) for k in keys):
+        return "csgo"  # a CSGO checkpoint: the main adapter of a model, never a further one
     if any(k.startswith(("image_proj.", "ip_adapter.", "ip_adapter_proj")) for k in keys):
         return "adapter"
+    if any(k.endswith(CSD_HEAD) for k in keys):
+        return "csd"
     return "style" if set(keys) == {"embeds", "negative"} else "lora"
 
 
+#: The style head's name in a CSD checkpoint (``scores.csd``), with or without DDP's ``module.`` prefix.
+CSD_HEAD = "last_layer_style"
+#: Largest pickle inside a ``torch.save`` archive read to recognise a CSD checkpoint (its tensors are elsewhere).
+MAX_CHECKPOINT_PICKLE = 4 * 1024 * 1024
+
+
+def _is_csd_archive(path: Path) -> bool:
+    """Whether a ``.pth``/``.pt``/``.bin`` file is a ``torch.save`` archive naming CSD's style head: its pickle is read
+    as bytes (never unpickled) and searched for the name."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [i for i in archive.infolist() if i.filename.endswith("/data.pkl")]
+            return any(i.file_size <= MAX_CHECKPOINT_PICKLE and CSD_HEAD.encode() in archive.read(i)
+                       for i in pickles[:1])
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
 def _folder_kind(config: Path) -> str | None:
-    """``controlnet`` or ``depth`` from a model folder's ``config.json`` (diffusers' or transformers' class)."""
+    """``controlnet``, ``depth`` or ``caption`` (an image-to-text model) from a model folder's ``config.json``
+    (diffusers' or transformers' class)."""
     try:
         data = json.loads(config.read_text(encoding="utf-8")[:200_000])
     except (OSError, ValueError):
@@ -63,13 +91,26 @@ def _folder_kind(config: Path) -> str | None:
         return None
     if "ControlNet" in str(data.get("_class_name", "")):
         return "controlnet"
-    return "depth" if any("DepthEstimation" in str(a) for a in data.get("architectures") or []) else None
+    architectures = [str(a) for a in data.get("architectures") or []]
+    if any("DepthEstimation" in a for a in architectures):
+        return "depth"
+    return "caption" if any(a in _image_to_text_classes() for a in architectures) else None
+
+
+def _image_to_text_classes() -> frozenset[str]:
+    """The model classes transformers' ``AutoModelForImageTextToText`` loads (what ``core.caption`` uses)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    names = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values()
+    return frozenset(n for name in names for n in ((name,) if isinstance(name, str) else name))
 
 
 def list_models(folders: Sequence[Path]) -> ModelChoices:
-    """The LoRA and adapter files, ControlNet and depth-model folders and presets files in the models folders
-    (links are not followed; at most ``MODELS_LISTED`` entries, ``MODELS_DEPTH`` folders deep)."""
-    found: dict[str, list[str]] = {"lora": [], "adapter": [], "controlnet": [], "depth": [], "presets": []}
+    """The LoRA and adapter files, ControlNet, depth-model and captioning-model folders, CSD checkpoints and presets
+    files in the models folders (links are not followed; at most ``MODELS_LISTED`` entries, ``MODELS_DEPTH`` folders
+    deep)."""
+    found: dict[str, list[str]] = {"lora": [], "adapter": [], "controlnet": [], "depth": [], "presets": [],
+                                   "caption": [], "csd": []}
     seen = 0
     for folder in folders:
         for here, dirs, files in os.walk(folder, followlinks=False):
@@ -87,12 +128,15 @@ def list_models(folders: Sequence[Path]) -> ModelChoices:
                 if name == "config.json" and (kind := _folder_kind(path)) is not None:
                     found[kind].append(Path(rel).parent.as_posix())
                 elif (name.endswith(".safetensors") and not weights_of_a_model
-                      and (kind := _safetensors_kind(path)) in ("lora", "adapter")):
+                      and (kind := _safetensors_kind(path)) in ("lora", "adapter", "csd")):
                     found[kind].append(rel)
+                elif name.endswith((".pth", ".pt", ".bin")) and not weights_of_a_model and _is_csd_archive(path):
+                    found["csd"].append(rel)
                 elif name.endswith(".json") and name != "config.json" and "/" not in rel:
                     found["presets"].append(rel)
     unique = {k: tuple(dict.fromkeys(v)) for k, v in found.items()}
-    return ModelChoices(unique["lora"], unique["adapter"], unique["controlnet"], unique["depth"], unique["presets"])
+    return ModelChoices(unique["lora"], unique["adapter"], unique["controlnet"], unique["depth"], unique["presets"],
+                        unique["caption"], unique["csd"])
 
 
 class Workdir:
@@ -121,6 +165,23 @@ class Workdir:
                 load_image(path, what, self.max_pixels)
         except UserError as err:  # name the file as the user knows it, not by gradio's temp path
             raise UserError(str(err).replace(str(path), path.name)) from None
+        return self._keep(path)
+
+    def keep_clip(self, path: str | Path) -> str:
+        """Check an uploaded clip from its header (a video whose frames are within the pixel cap) and keep a copy."""
+        from ...files.video import VIDEO_SUFFIXES, probe_clip
+
+        path = Path(path)
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise UserError(f"clip {path.name}: give a video ({', '.join(VIDEO_SUFFIXES)})")
+        try:
+            probe_clip(path, "clip", self.max_pixels)
+        except UserError as err:  # name the file as the user knows it, not by gradio's temp path
+            raise UserError(str(err).replace(str(path), path.name)) from None
+        return self._keep(path)
+
+    def _keep(self, path: Path) -> str:
+        """A copy of an upload under ``inputs/``, named by its content (kept once)."""
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
         kept = self.inputs / f"{digest}{path.suffix.lower()}"
         if not kept.exists():
@@ -133,9 +194,13 @@ class Workdir:
         painted = [layer[..., 3] > 0 for layer in layers if layer.ndim == 3 and layer.shape[-1] == 4]
         if not painted or not any(p.any() for p in painted):
             return None
-        mask = Image.fromarray(np.logical_or.reduce(painted).astype(np.uint8) * 255, "L")
+        return self.keep_image(Image.fromarray(np.logical_or.reduce(painted).astype(np.uint8) * 255, "L"))
+
+    def keep_image(self, image: Image.Image) -> str:
+        """An image the app made for a request (a painted mask, a clip's first frame), kept as a PNG under
+        ``inputs/`` by its content."""
         buffer = io.BytesIO()
-        mask.save(buffer, format="PNG")
+        image.save(buffer, format="PNG")
         kept = self.inputs / f"{hashlib.sha256(buffer.getvalue()).hexdigest()[:20]}.png"
         kept.write_bytes(buffer.getvalue())
         return str(kept)
