@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +114,20 @@ def open_page(browser, url: str, size: tuple[int, int] = LAPTOP):
     return page
 
 
+def wait_until_idle(demo, timeout: float = 300.0) -> None:
+    """Until the server's queue holds no job (a job a test left running, e.g. one whose result it did not wait for,
+    would make the next test's events wait behind it). Reads gradio's queue: a test's check, not the product's."""
+    queue = getattr(demo, "_queue", None)
+    deadline = time.monotonic() + timeout
+    while queue is not None and time.monotonic() < deadline:
+        if len(queue) == 0 and not any(getattr(queue, "active_jobs", ())):
+            return
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def page(app, browser):
+    wait_until_idle(app[2])
     page = open_page(browser, app[0])
     yield page
     page.close()
