@@ -1,7 +1,6 @@
 """The served command (``instantstyle ui``) under a careless or hostile visitor: one server process for the module,
-with a login, measured from outside (its memory, its temp folder, its answers) and stopped as systemd stops it.
-
-The tests run in order: the last one stops the server with SIGTERM.
+with a login, measured from outside (its memory, its temp folder, its answers); and one of its own that is stopped
+as systemd stops it (the tests run in any order).
 """
 
 from __future__ import annotations
@@ -55,9 +54,9 @@ class Served:
             yield client
 
 
-@pytest.fixture(scope="module")
-def served(tiny, tmp_path_factory) -> Served:
-    root = tmp_path_factory.mktemp("served")
+@contextmanager
+def serving(tiny, root: Path) -> Iterator[Served]:
+    """``instantstyle ui`` on the tiny SDXL in its own process, with a login, until the block ends."""
     (root / "logins.txt").write_text(f"{LOGIN['username']}:{LOGIN['password']}\n")
     temp, log, port = root / "gradio-temp", root / "server.log", free_port()
     command = [sys.executable, "-c", "from instantstyle.app.cli import entry; entry()", "ui", "--model", str(tiny.sdxl),
@@ -77,10 +76,25 @@ def served(tiny, tmp_path_factory) -> Served:
     else:
         process.kill()
         pytest.fail(f"no page within 180 s: {server.output()}")
-    yield server
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    try:
+        yield server
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def served(tiny, tmp_path_factory) -> Iterator[Served]:
+    with serving(tiny, tmp_path_factory.mktemp("served")) as server:
+        yield server
+
+
+@pytest.fixture
+def stopped(tiny, tmp_path_factory) -> Iterator[Served]:
+    """A server of its own, for a test that stops it."""
+    with serving(tiny, tmp_path_factory.mktemp("stopped")) as server:
+        yield server
 
 
 def test_one_command_serves_the_page_behind_its_login(served):
@@ -136,8 +150,9 @@ def test_failed_logins_back_off_per_client(served):
         assert client.post("login", data=wrong).status_code == 400  # forgotten after a success: a free try again
 
 
-def test_sigterm_stops_the_server_and_deletes_the_uploads_as_ctrl_c_does(served):
+def test_sigterm_stops_the_server_and_deletes_the_uploads_as_ctrl_c_does(stopped):
     """Issue 19, item 8: systemd and docker stop with SIGTERM; gradio cleaned its upload copies on SIGINT only."""
+    served = stopped
     with served.client() as client:
         uploaded = [Path(p) for p in client.post("gradio_api/upload",
                                                  files=[("files", (f"u{i}.png", b"x" * 100)) for i in range(3)]).json()]
