@@ -8,6 +8,7 @@ every layer no block targets dropped (``processors.take_over``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,15 +56,25 @@ def read_adapter(path: str | Path) -> AdapterWeights:
 
 def adapter_kind(path: str | Path) -> str | None:
     """``csgo`` for a CSGO checkpoint, ``None`` for anything else, from the file's names alone (a ``.bin`` is
-    memory-mapped, a safetensors header read): cheap enough to check a request before anything loads."""
+    memory-mapped, a safetensors header read): cheap enough to check a request before anything loads, and read once
+    per file version (every request and every scored image asks)."""
     path = Path(path)
     try:
-        if path.suffix == ".safetensors":
+        stat = path.stat()
+    except OSError:  # missing: read_adapter says why, when it loads
+        return None
+    return _kind_of_file(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _kind_of_file(path: str, mtime_ns: int, size: int) -> str | None:
+    try:
+        if path.endswith(".safetensors"):
             from safetensors import safe_open
 
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open(path, framework="pt") as f:
                 return "csgo" if is_csgo({key.partition(".")[0]: None for key in f.keys()}) else None
-        return "csgo" if is_csgo(load_bin(path)) else None
+        return "csgo" if is_csgo(load_bin(Path(path))) else None
     except Exception:  # unreadable: read_adapter says why, when it loads
         return None
 
