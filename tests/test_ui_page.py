@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from instantstyle import Request
 from instantstyle.app.sweep import SHEET_KEY
@@ -146,6 +147,21 @@ def add_references(page, *paths: Path) -> None:
     page.locator("#style-add input[type=file]").set_input_files([str(p) for p in paths])
     images = sum(Path(p).suffix == ".safetensors" or Path(p).read_bytes()[:4] == b"\x89PNG" for p in paths)
     page.locator(f"#card-pic-{shown + images - 1} figure").wait_for()
+
+
+def upload(page, elem_id: str, path: Path, shown=None) -> None:
+    """Put a file in an upload field and wait until the page shows it (``shown``; by default its name in the field).
+    A field a tab's first render replaces drops the file it was just given (a flaky test in CI once): set it again."""
+    shown = shown or page.locator(f"#{elem_id}").get_by_text(Path(path).name).first
+    for _ in range(3):
+        page.wait_for_function("!document.querySelector('.pending')")
+        page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+        try:
+            shown.wait_for(timeout=20_000)
+            return
+        except PlaywrightTimeoutError:
+            continue
+    shown.wait_for()
 
 
 def fill_text(page, elem_id: str, value: str) -> None:
@@ -364,8 +380,7 @@ def generate_done(page, into: Path) -> list[Path]:
 def test_regions_come_from_an_upload_and_from_a_painting(page, tiny, modes, tmp_path):
     fill_form(page, tiny.style_image, modes.second_style)
     tab(page, "Regions")
-    page.locator("#region-0 input[type=file]").set_input_files(str(modes.left_mask))
-    page.locator("#region-0").get_by_text("left.png").wait_for()
+    upload(page, "region-0", modes.left_mask)
     paint(page, "region-paint", (0.6, 0.3), step=8)
     pick(page, "region-target", "reference 2")
     page.locator("#region-use").click()
@@ -381,13 +396,12 @@ def test_regions_come_from_an_upload_and_from_a_painting(page, tiny, modes, tmp_
 def test_a_composition_image_and_a_further_adapter_with_its_blocks_and_scale(page, tiny, modes, tmp_path):
     fill_form(page, tiny.style_image)
     tab(page, "Composition")
-    page.locator("#composition input[type=file]").set_input_files(str(modes.init_image))
+    upload(page, "composition", modes.init_image, page.locator("#thumb-composition img"))
     assert page.locator("#thumb-composition img").get_attribute("alt") == "composition image (64×64)"
     set_number(page, "composition-scale", 0.8)
     tab(page, "Adapters")
     pick(page, "adapter-1", "ip-adapter-plus_sdxl_vit-h.safetensors")
-    page.locator("#adapter-1-style input[type=file]").set_input_files(str(modes.second_style))
-    page.locator("#adapter-1-style").get_by_text("style2.png").wait_for()
+    upload(page, "adapter-1-style", modes.second_style)
     pick(page, "adapter-1-blocks", "layout")
     set_number(page, "adapter-1-scale", 0.5)
     [png] = generate(page, tmp_path)
@@ -401,8 +415,7 @@ def test_depth_control_with_a_depth_model_from_the_models_folders(page, tiny, mo
     fill_form(page, tiny.style_image)
     tab(page, "Control")
     pick(page, "control", "depth")
-    page.locator("#control-image input[type=file]").set_input_files(str(modes.init_image))
-    page.locator("#control-image").get_by_text("init.png").wait_for()
+    upload(page, "control-image", modes.init_image)
     pick(page, "controlnet", "sdxl-controlnet")
     pick(page, "depth-model", "dpt")
     [png] = generate(page, tmp_path)
@@ -414,8 +427,7 @@ def test_depth_control_with_a_depth_model_from_the_models_folders(page, tiny, mo
 def test_a_photo_restyled_with_the_recipes_defaults(page, tiny, modes, tmp_path):
     fill_form(page, tiny.style_image, prompt="a lighthouse")
     tab(page, "Restyle")
-    page.locator("#restyle input[type=file]").set_input_files(str(modes.init_image))
-    page.locator("#thumb-restyle img").wait_for()
+    upload(page, "restyle", modes.init_image, page.locator("#thumb-restyle img"))
     tab(page, "Control")
     pick(page, "controlnet", "sdxl-controlnet")  # the recipe's canny, with the ControlNet of the models folder
     [png] = generate(page, tmp_path)
@@ -428,8 +440,7 @@ def test_a_photo_restyled_with_the_recipes_defaults(page, tiny, modes, tmp_path)
 def test_page_restyles_an_uploaded_init_image(page, tiny, modes, tmp_path):
     fill_form(page, tiny.style_image)
     tab(page, "Image")
-    page.locator("#init-image input[type=file]").set_input_files(str(modes.init_image))
-    page.locator("#init-image").get_by_text("init.png").first.wait_for()
+    upload(page, "init-image", modes.init_image)
     set_number(page, "strength", 0.5)
     [png] = generate(page, tmp_path)
     request = read_png_request(png)
@@ -440,8 +451,7 @@ def test_strokes_painted_in_the_page_become_the_inpainting_mask(page, tiny, mode
     """Drawn with the mouse: the painter (one layer, its blobs guarded) still sends the strokes."""
     fill_form(page, tiny.style_image)
     tab(page, "Image")
-    page.locator("#init-image input[type=file]").set_input_files(str(modes.init_image))
-    page.locator("#init-image").get_by_text("init.png").first.wait_for()
+    upload(page, "init-image", modes.init_image)
     page.locator("#mask-paint").get_by_text("Upload an image").wait_for(state="hidden")  # the init image is in it
     paint(page, "mask-paint", (0.4, 0.4))
     [png] = generate(page, tmp_path)
@@ -672,8 +682,7 @@ def test_a_login_guards_every_route_and_uploads_are_deleted_when_the_server_stop
 def restyle_photo(page, photo: Path) -> None:
     """The Restyle tab's photo, and the recipe's canny ControlNet from the models folder."""
     tab(page, "Restyle")
-    page.locator("#restyle input[type=file]").set_input_files(str(photo))
-    page.locator("#thumb-restyle img").wait_for()
+    upload(page, "restyle", photo, page.locator("#thumb-restyle img"))
     tab(page, "Control")
     pick(page, "controlnet", "sdxl-controlnet")
 
@@ -745,8 +754,7 @@ def test_a_csgo_image_made_in_the_page_has_the_pixels_of_the_command_line(csgo_p
     set_number(csgo_page, "width", 96)
     set_number(csgo_page, "height", 64)
     tab(csgo_page, "Content")
-    csgo_page.locator("#content-image input[type=file]").set_input_files(str(csgo_models.content_image))
-    csgo_page.locator("#thumb-content-image img").wait_for()
+    upload(csgo_page, "content-image", csgo_models.content_image, csgo_page.locator("#thumb-content-image img"))
     set_number(csgo_page, "content-adapter-scale", 0.3)
     tab(csgo_page, "Control")
     pick(csgo_page, "controlnet", "TTPlanet/TTPLanet_SDXL_Controlnet_Tile_Realistic")
@@ -771,8 +779,7 @@ def video_settings(page, clip: Path, frames: int = 4, steps: int = 2) -> None:
     tab(page, "Control")
     pick(page, "controlnet", "sdxl-controlnet")
     tab(page, "Video")
-    page.locator("#video-clip input[type=file]").set_input_files(str(clip))
-    page.locator("#video-info").get_by_text(f"{clip.name}: ").wait_for()
+    upload(page, "video-clip", clip, page.locator("#video-info").get_by_text(f"{clip.name}: "))
     for elem_id, value in (("video-frames", frames), ("video-width", 64), ("video-height", 64),
                            ("video-steps", steps)):
         set_number(page, elem_id, value)
@@ -828,26 +835,26 @@ def careless_guidance(page, paths) -> None:
 
 def careless_csd_guidance(page, paths) -> None:
     tab(page, "Restyle")
-    page.locator("#restyle input[type=file]").set_input_files(str(paths["photo"]))
+    upload(page, "restyle", paths["photo"], page.locator("#thumb-restyle img"))
     set_number(page, "style-guidance", 300)
 
 
 def careless_caption(page, paths) -> None:
     tab(page, "Restyle")
-    page.locator("#restyle input[type=file]").set_input_files(str(paths["photo"]))
+    upload(page, "restyle", paths["photo"], page.locator("#thumb-restyle img"))
     pick(page, "caption-model", "blip")  # and the prompt "a cat" typed
 
 
 def careless_clip(page, paths) -> None:
     tab(page, "Video")
-    page.locator("#video-clip input[type=file]").set_input_files(str(paths["notes"]))
-    page.locator("#video-info").get_by_text("clip notes.mp4: not a readable video").wait_for()  # said on upload
+    upload(page, "video-clip", paths["notes"],
+           page.locator("#video-info").get_by_text("clip notes.mp4: not a readable video"))  # said on upload
     page.locator("#run-video").click()
 
 
 def careless_video_size(page, paths) -> None:
     tab(page, "Video")
-    page.locator("#video-clip input[type=file]").set_input_files(str(paths["clip"]))
+    upload(page, "video-clip", paths["clip"], page.locator("#video-info").get_by_text(f"{paths['clip'].name}: "))
     set_number(page, "video-width", 100)
     page.locator("#run-video").click()
 
