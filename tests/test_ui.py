@@ -1019,6 +1019,26 @@ def test_a_csgo_prompt_can_be_made_from_its_content_image_and_its_images_say_how
     assert ">keep</th>" in app.show_results(files)
 
 
+def test_a_csgo_sweep_varies_the_content_tokens_and_style_scales_with_generates_pixels(csgo_pipe, csgo_models,
+                                                                                        csgo_work):
+    app = ui.App(ui.PipelineHolder(csgo_pipe), csgo_work)
+    values = {**csgo_form(csgo_models), "sweep_blocks": "", "sweep_scales": "1", "sweep_content_scales": "0, 0.5"}
+    _, cells, _ = app.sweep(values, no_progress)
+    made = [read_png_request(path) for path, _ in cells]
+    assert [(r.scale, r.content_adapter_scale, r.blocks) for r in made] == [(1.0, 0.0, None), (1.0, 0.5, None)]
+    assert [caption.split(" · ")[0] for _, caption in cells] == ["content tokens 0 | scale 1",
+                                                                 "content tokens 0.5 | scale 1"]
+    _, files, _ = app.generate(csgo_form(csgo_models, content_adapter_scale=0.5), no_progress)
+    assert (pixels(Image.open(files[0])) == pixels(Image.open(cells[1][0]))).all()
+
+
+def test_a_csgo_sweep_with_blocks_rows_is_one_line(csgo_pipe, csgo_models, csgo_work):
+    app = ui.App(ui.PipelineHolder(csgo_pipe), csgo_work)
+    values = {**csgo_form(csgo_models), "sweep_blocks": "style", "sweep_scales": "1", "sweep_content_scales": ""}
+    with pytest.raises(UserError, match="its blocks are trained in: leave the blocks to compare blank"):
+        app.sweep(values, no_progress)
+
+
 def test_a_csgo_image_from_the_form_has_csgos_defaults_and_the_apis_pixels(csgo_pipe, csgo_models, csgo_work):
     app = ui.App(ui.PipelineHolder(csgo_pipe), csgo_work)
     _, files, _ = app.generate(csgo_form(csgo_models, content_adapter_scale=0.3, scale=0.8), no_progress)
@@ -1113,8 +1133,9 @@ def test_the_video_tab_makes_the_video_the_command_makes(video_app, video_models
     from instantstyle.app.cli import main
     from instantstyle.modes.video import read_video_request
 
-    video, first, files, shown = video_app.make_video(video_form(video_models), no_progress)
-    assert [Path(f).name.split("-", 2)[-1] for f in files] == ["video.mp4", "video.first.png", "video.json"]
+    video, first, files, shown, _ = video_app.make_video(video_form(video_models), no_progress)
+    assert [Path(f).name.split("-", 2)[-1] for f in files] == ["video.mp4", "video.first.png", "video.json",
+                                                                "video.scores.json"]
     assert str(video_app.work.root) not in shown and json.loads(shown)["video"]["clip"].startswith("inputs/")
     made = read_video_request(video)
     cli = CliRunner().invoke(main, [str(a) for a in [
@@ -1137,7 +1158,7 @@ def test_the_video_tab_makes_the_video_the_command_makes(video_app, video_models
 
 def test_the_first_frame_preview_is_the_videos_first_frame(video_app, video_models):
     preview = video_app.preview_first_frame(video_form(video_models), no_progress)
-    _, first, _, _ = video_app.make_video(video_form(video_models), no_progress)
+    _, first, _, _, _ = video_app.make_video(video_form(video_models), no_progress)
     assert read_png_request(preview).seed == 3
     assert (pixels(Image.open(preview)) == pixels(Image.open(first))).all()
 
@@ -1160,6 +1181,41 @@ def test_a_cancelled_video_stops_between_steps_and_saves_nothing(video_app, vide
     assert sorted(video_app.work.outputs.iterdir()) == before
 
 
+def test_a_cancelled_first_frame_preview_stops_after_its_step_and_saves_nothing(video_app, video_models):
+    from instantstyle.app.ui.jobs import Cancelled
+
+    steps = []
+
+    def progress(value, desc="", unit=""):
+        steps.append(value)
+        if value == (1, 4):  # the visitor presses Cancel during the first denoising step
+            video_app.jobs.cancel("visitor")
+
+    before = sorted(video_app.work.outputs.iterdir())
+    with pytest.raises(Cancelled, match="cancelled; nothing was saved"):
+        video_app.preview_first_frame(video_form(video_models, steps=4), progress, session="visitor")
+    assert steps == [0, 0, (1, 4)] and sorted(video_app.work.outputs.iterdir()) == before
+    assert video_app.preview_first_frame(video_form(video_models), no_progress)  # and the next one runs
+
+
+def test_a_video_cancelled_while_its_first_frame_is_made_stops_there(video_app, video_models):
+    from instantstyle.app.ui.jobs import Cancelled
+
+    steps = []
+
+    def progress(value, desc="", unit=""):
+        steps.append((desc, value))
+        if desc == "first-frame" and value == (1, 4):
+            video_app.jobs.cancel("visitor")
+
+    before = sorted(video_app.work.outputs.iterdir())
+    with pytest.raises(Cancelled, match="cancelled; nothing was saved"):
+        video_app.make_video(video_form(video_models, steps=4), progress, session="visitor")
+    assert [s for s in steps if s[0] == "first-frame"] == [("first-frame", (0, 1)), ("first-frame", (1, 4))]
+    assert not any(desc.startswith("inversion") for desc, _ in steps)
+    assert sorted(video_app.work.outputs.iterdir()) == before
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"video_clip": None}, "upload a clip to restyle first"),
     ({"video_clip": "NOTES"}, "clip notes.mp4: not a readable video"),
@@ -1169,6 +1225,9 @@ def test_a_cancelled_video_stops_between_steps_and_saves_nothing(video_app, vide
     ({"video_steps": 3, "video_inversion_steps": 2}, "inversion"),
     ({"video_temporal_injection": 2.0}, "temporal injection must be"),
     ({"video_fps": "fast"}, "fps must be a whole number, got 'fast'"),
+    ({"video_duration": 0}, "duration must be above 0 seconds, got 0"),
+    ({"video_duration": "long"}, "duration must be a number, got 'long'"),
+    ({"video_first_frame": "NOTES"}, "first frame notes.mp4: not a readable image"),
 ])
 def test_careless_video_fields_are_one_line(video_app, video_models, tiny, tmp_path, changes, message):
     notes = tmp_path / "notes.mp4"
@@ -1179,6 +1238,35 @@ def test_careless_video_fields_are_one_line(video_app, video_models, tiny, tmp_p
         video_app.make_video(video_form(video_models, **changes), no_progress)
     assert "\n" not in str(caught.value) and str(tmp_path) not in str(caught.value)
     assert not list(video_app.work.outputs.glob("*.source.png"))  # a refused video leaves nothing behind
+
+
+def test_a_videos_scores_are_the_commands_table_and_file(video_app, video_models):
+    video, _, files, _, table = video_app.make_video(video_form(video_models), no_progress)
+    scores = json.loads(Path(video).with_suffix(".scores.json").read_text())
+    assert str(Path(video).with_suffix(".scores.json")) in files and len(scores["frames"]) == 4
+    header, rule, row = table.splitlines()
+    assert "clip_style (mean)" in header and "temporal_consistency" in header and rule.startswith("| ---")
+    assert row.split("|")[1].strip() == "4"
+
+
+def test_a_ready_first_frame_starts_the_video_and_is_its_preview(video_app, video_models):
+    """The tab's ready first frame is the command's ``--first-frame``: the form's request is not run, the video
+    starts with it (cropped to the video's size), and the preview shows it so."""
+    values = video_form(video_models, video_first_frame=str(video_models.edited_frame), video_width=96,
+                        video_height=64)
+    preview = video_app.preview_first_frame(values, no_progress)
+    video, first, _, shown, _ = video_app.make_video(values, no_progress)
+    assert Image.open(preview).size == (96, 64)
+    assert (pixels(Image.open(preview)) == pixels(Image.open(first))).all()
+    record = json.loads(shown)["video"]
+    assert record["first_frame"].startswith("inputs/") and not Path(video).with_suffix(".source.png").exists()
+
+
+def test_the_duration_field_is_the_videos_duration_and_blank_runs_to_the_clips_end(video_app, video_models):
+    from instantstyle.app.ui.video_tab import video_options
+
+    assert video_options(video_form(video_models), "m").duration is None  # blank: to the clip's end
+    assert video_options(video_form(video_models, video_start=0.5, video_duration=1.0), "m").duration == 1.0
 
 
 def test_a_clips_line_says_what_its_header_says_or_why_it_is_refused(video_app, video_models, tmp_path):

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from instantstyle import Request
 from instantstyle.app.sweep import SHEET_KEY
@@ -152,6 +151,8 @@ def add_references(page, *paths: Path) -> None:
 def upload(page, elem_id: str, path: Path, shown=None) -> None:
     """Put a file in an upload field and wait until the page shows it (``shown``; by default its name in the field).
     A field a tab's first render replaces drops the file it was just given (a flaky test in CI once): set it again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
     shown = shown or page.locator(f"#{elem_id}").get_by_text(Path(path).name).first
     for _ in range(3):
         page.wait_for_function("!document.querySelector('.pending')")
@@ -788,6 +789,8 @@ def video_settings(page, clip: Path, frames: int = 4, steps: int = 2) -> None:
 
 
 def test_the_video_tab_previews_the_first_frame_and_plays_the_video(page, app, tiny, video_models, tmp_path):
+    from playwright.sync_api import expect
+
     fill_form(page, tiny.style_image, seed=3)
     video_settings(page, video_models.clip)
     page.locator("#video-preview").click()
@@ -808,6 +811,19 @@ def test_the_video_tab_previews_the_first_frame_and_plays_the_video(page, app, t
     assert (record.options.frames, record.options.width, record.options.seed) == (4, 64, 3)
     first = next(app[1].outputs.glob("*video.first.png"))
     assert (pixels(previewed) == pixels(Image.open(first))).all()  # the preview is the video's first frame
+    expect(page.locator("#video-scores")).to_contain_text("temporal_consistency")  # the table under the player
+
+
+def test_a_ready_first_frame_uploaded_in_the_video_tab_starts_the_video(page, app, tiny, video_models, tmp_path):
+    fill_form(page, tiny.style_image, seed=3)
+    video_settings(page, video_models.clip)
+    upload(page, "video-first-frame", video_models.edited_frame, page.locator("#thumb-video-first-frame img"))
+    page.locator("#run-video").click()
+    page.locator("#video-result video").first.wait_for()
+    from instantstyle.modes.video import read_video_request
+
+    [made] = sorted(app[1].outputs.glob("*video.mp4"), key=lambda p: p.stat().st_mtime)[-1:]
+    assert Path(read_video_request(made).options.first_frame).parent.name == "inputs"
 
 
 def test_a_cancelled_video_saves_nothing_and_the_server_goes_on(page, app, tiny, video_models, tmp_path):

@@ -547,7 +547,7 @@ def video_request_from_cli(params: dict[str, Any]) -> Any:
 
 def _video(params: dict[str, Any]) -> None:
     from ..modes.video import PHASES, check_outputs
-    from .video import check_video, make_video, score_result
+    from .video import check_video, load_video_scorer, make_video, score_result
 
     video = video_request_from_cli(params)
     runtime = runtime_from(params)
@@ -573,7 +573,7 @@ def _video(params: dict[str, Any]) -> None:
             window = f" {seen['windows']}/{checked.windows}" if checked.windows > 1 and phase != "first-frame" else ""
             bars.append(tqdm(total=total, desc=f"{phase}{window}", unit="frame" if phase == "decoding" else "step",
                              dynamic_ncols=True))
-        bars[-1].n = done
+        bars[-1].total, bars[-1].n = total, done  # the first frame's total is known once its steps start
         bars[-1].refresh()
         seen.update(phase=phase, done=done)
 
@@ -588,7 +588,8 @@ def _video(params: dict[str, Any]) -> None:
         click.echo(str(path))
     if params["score"] or params["csd"] is not None:
         try:
-            scores, unavailable = score_result(result, runtime, files, params["csd"])
+            scorer = load_video_scorer(result, runtime, params["csd"])
+            scores, unavailable = score_result(result, scorer, files), scorer.unavailable()
         except UserError as err:
             raise UserError(f"the video is written, but not scored: {err}") from None
         click.echo(scores.table())

@@ -93,21 +93,26 @@ def make_video(checked: Checked, runtime: Runtime, files: VideoFiles, load_style
     return result
 
 
-def score_result(result: VideoResult, runtime: Runtime, files: VideoFiles, csd: str | None = None) -> Any:
-    """Score the frames against the request's prompt (the video's) and style references with the first-frame
-    model's encoders (loaded here: the video model is gone by now), and write ``OUT.scores.json``."""
+def load_video_scorer(result: VideoResult, runtime: Runtime, csd: str | None = None) -> Any:
+    """The scorer of a video: the first-frame model's encoders (loaded here: the video model is gone by now)."""
     from ..loading.runtime import DEFAULT_ADAPTER
     from ..scores.scorers import load_scorer
+
+    request = result.video.request
+    return load_scorer(request.adapter or DEFAULT_ADAPTER, runtime, model=request.model,
+                       image_encoder=request.image_encoder, content_text_encoder=request.content_text_encoder, csd=csd)
+
+
+def score_result(result: VideoResult, scorer: Any, files: VideoFiles) -> Any:
+    """Score the frames against the request's prompt (the video's) and style references, and write
+    ``OUT.scores.json``; the ``VideoScores``."""
     from ..scores.video import score_video
 
     request = result.video.request
-    scorer = load_scorer(request.adapter or DEFAULT_ADAPTER, runtime, model=request.model,
-                         image_encoder=request.image_encoder, content_text_encoder=request.content_text_encoder,
-                         csd=csd)
     prompt = result.video.options.prompt if result.video.options.prompt is not None else request.prompt
     scores = score_video(scorer, result.frames, prompt, request.style, request.content_prompt, request.style_fit)
     write_text_atomically(files.scores, scores.to_json() + "\n")
-    return scores, scorer.unavailable()
+    return scores
 
 
 # --- batch video jobs ----------------------------------------------------------------------------------------------

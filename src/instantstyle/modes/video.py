@@ -504,15 +504,15 @@ def memory_plan(model: VideoModel, frames: int, width: int, height: int, budget:
 
 
 # --- step 1 and the whole recipe -----------------------------------------------------------------------------------
-def style_first_frame(pipe: StylePipeline, request: Request, source: str | Path, size: tuple[int, int]
-                      ) -> tuple[Image.Image, Request]:
+def style_first_frame(pipe: StylePipeline, request: Request, source: str | Path, size: tuple[int, int],
+                      on_step: Callable[[int, int], bool | None] | None = None) -> tuple[Image.Image, Request]:
     """Step 1: the first frame edited by an instantstyle request (``SOURCE_FRAME`` read as ``source``, the clip's
     first frame; one image, at the video's size unless the request names one), fitted to ``size``. Returns the
-    image and the completed request that made it."""
+    image and the completed request that made it. ``on_step``: told after each denoising step, as the pipeline's."""
     resolved = resolve_source(request, str(source)).replace(num_images=1)
     if resolved.width is None and resolved.height is None:
         resolved = resolved.replace(width=size[0], height=size[1])
-    result = pipe(resolved)
+    result = pipe(resolved, on_step=on_step)
     return fit(result.images[0].convert("RGB"), size), result.request
 
 
@@ -602,9 +602,9 @@ def stylize_video(
     ``request`` run by ``style_pipe``, its ``SOURCE_FRAME`` being the clip's first frame written to ``source_path``),
     then per window step 2 (inversion), step 3 (sampling) and decoding. ``video_model`` and ``style_pipe`` may be
     callables that load them, called when first needed (the image model can be freed before the video model loads).
-    ``on_progress(phase, done, total)`` follows ``PHASES`` (counts per window: each window runs inversion, sampling
-    and decoding from 1 to its total); ``budget`` (bytes) picks the ``memory_plan``; ``source``:
-    the clip's frames already read (``read_source``)."""
+    ``on_progress(phase, done, total)`` follows ``PHASES`` (the first frame: 0 of 1 while its model loads, then its
+    denoising steps; counts per window: each window runs inversion, sampling and decoding from 1 to its total);
+    ``budget`` (bytes) picks the ``memory_plan``; ``source``: the clip's frames already read (``read_source``)."""
     import secrets
     import tempfile
 
@@ -628,9 +628,9 @@ def stylize_video(
         from ..core.pipeline import StylePipeline
 
         pipe = style_pipe if isinstance(style_pipe, StylePipeline) else style_pipe()
-        first, made_by = style_first_frame(pipe, request, path, size)
+        first, made_by = style_first_frame(pipe, request, path, size,
+                                           on_step=lambda done, total: tell("first-frame", done, total))
         template = template_of(made_by, path)
-        tell("first-frame", 1, 1)
         if pipe is not style_pipe:  # loaded here: freed before the video model comes
             del pipe
             memory.return_freed_memory()

@@ -33,13 +33,13 @@ class VideoScores:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
-    def table(self) -> str:
-        """The mean of each score over the frames, and temporal consistency, one row."""
+    def table(self, markdown: bool = False) -> str:
+        """The mean of each score over the frames, and temporal consistency, one row (for a terminal, or markdown)."""
         keys = [k for k in SCORE_KEYS if self.mean.get(k) is not None]
         header = ["frames", *(f"{k} (mean)" for k in keys), "temporal_consistency"]
         row = [str(len(self.frames)), *(format_value(self.mean.get(k)) for k in keys),
                format_value(self.temporal_consistency)]
-        return text_table(header, [row])
+        return text_table(header, [row], markdown=markdown)
 
 
 def temporal_consistency(scorer: Scorer, frames: Sequence[Image.Image], fit: str = "crop") -> float | None:

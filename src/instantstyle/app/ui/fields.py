@@ -492,9 +492,10 @@ def tab_fields(tab: Tab) -> list[str]:
 #: The sweep tab's own fields, taken after the form's by the sweep handler.
 SWEEP_FORM: tuple[Field, ...] = (
     Field("sweep_blocks", "", _text("Blocks to compare (rows; blank: the model's presets among style, "
-                                    "style+layout, all)", "sweep-blocks")),
+                                    "style+layout, all; a CSGO checkpoint's own)", "sweep-blocks")),
     Field("sweep_scales", "0.4, 0.7, 1.0", _text("Scales to compare (columns)", "sweep-scales")),
-    Field("sweep_content_scales", "", _text("Content scales to compare (optional, rows)", "sweep-content-scales")),
+    Field("sweep_content_scales", "", _text("Content scales to compare (optional, rows; with a CSGO checkpoint, "
+                                            "its content tokens' scale)", "sweep-content-scales")),
     Field("sweep_style_floor", 0.9, _Slider(0, 1, 0.05, "Pick: the best prompt score keeping this share of the best "
                                             "style score", "sweep-style-floor")),
 )
@@ -515,6 +516,11 @@ VIDEO_FORM: tuple[Field, ...] = (
           lambda v: _whole("video height", v)),
     Field("video_start", 0.0, _Decimal("Start (seconds into the clip)", "video-start", (0, None), 0.5),
           lambda v: _number("start")(v or 0)),
+    Field("video_duration", None, _Decimal("Duration (seconds)", "video-duration", (0, None), 0.5,
+                                           placeholder="to the clip's end"),
+          lambda v: None if v is None or v == BLANK else _number("duration")(v)),
+    Field("video_first_frame", None, _upload("Ready first frame (optional: the video starts with it, the form is "
+                                             "not run)", "video-first-frame"), thumb="ready first frame"),
     Field("video_steps", 50, _Number("Video steps", "video-steps", (1, 1000)), lambda v: _whole("video steps", v)),
     Field("video_inversion_steps", 50, _Number("Inversion steps (the steps or a multiple)", "video-inversion-steps",
                                                (1, 1000)), lambda v: _whole("inversion steps", v)),

@@ -147,15 +147,24 @@ class App:
 
     def sweep(self, values: dict[str, Any], progress: Any,
               session: str | None = None) -> tuple[str, list[tuple[str, str]], list[str]]:
-        """Render a labelled sheet over blocks x scale (x content scale) with the form's other settings; scored,
-        with the plot, the CSV and (when the model scores prompts) the pick framed on the sheet."""
+        """Render a labelled sheet over blocks x scale (x content scale; CSGO: its content tokens' scale x style
+        scale) with the form's other settings; scored, with the plot, the CSV and (when the model scores prompts)
+        the pick framed on the sheet."""
         contents = (values["sweep_content_scales"] or "").strip()
         pipe = self.holder.get()
-        rows = (values["sweep_blocks"] or "").strip() or default_rows(list(pipe.resources.family.presets))
-        axes = Axes(tuple(self.work.blocks_spec(spec, pipe) for spec in parse_blocks_list(rows)),
-                    parse_number_list("scale", values["sweep_scales"] or ""),
-                    parse_number_list("content scale", contents) if contents else ())
+        rows = (values["sweep_blocks"] or "").strip()
+        scales = parse_number_list("scale", values["sweep_scales"] or "")
+        content_scales = parse_number_list("content scale", contents) if contents else ()
         base = form_request(self.work, values, pipe).replace(num_images=1)
+        if pipe.resources.csgo is not None:  # CSGO: its trained blocks in every row; its content axis, its tokens'
+            if rows:
+                raise UserError("a CSGO sweep varies the scales (style) and the content scales (its content tokens); "
+                                "its blocks are trained in: leave the blocks to compare blank")
+            axes = Axes((None,), scales, content_scales, content_field="content_adapter_scale")
+        else:
+            rows = rows or default_rows(list(pipe.resources.family.presets))
+            axes = Axes(tuple(self.work.blocks_spec(spec, pipe) for spec in parse_blocks_list(rows)), scales,
+                        content_scales)
         floor = values.get("sweep_style_floor", 0.9)
         if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
             raise UserError(f"the pick's style floor must be between 0 and 1, got {floor!r}")
@@ -177,7 +186,7 @@ class App:
         return str(out.sheet), cells, [str(out.sheet), str(out.plot), str(out.table), *done]
 
     def make_video(self, values: dict[str, Any], progress: Any,
-                   session: str | None = None) -> tuple[str, str, list[str], str]:
+                   session: str | None = None) -> tuple[str, str, list[str], str, str]:
         """Restyle the video tab's clip with the form's request for its first frame (``video_tab.run_video``)."""
         return run_video(self, values, progress, session)
 

@@ -214,8 +214,10 @@ def _video_tab(out: dict[str, Any]) -> None:
         out["first-frame"] = gr.Image(label="First frame", type="filepath", format="png", interactive=False,
                                       elem_id="first-frame", height=240)
         out["video"] = gr.Video(label="Video", interactive=False, elem_id="video-result", height=240)
+    out["video-scores"] = gr.Markdown(elem_id="video-scores")
     _build((("video_frames", "video_fps", "video_width", "video_height"),
-            ("video_steps", "video_guidance", "video_start"), "video_prompt"), out, ModelChoices(), video_fields)
+            ("video_steps", "video_guidance"), ("video_start", "video_duration"), "video_prompt",
+            "video_first_frame"), out, ModelChoices(), video_fields)
     with gr.Accordion("Inversion and injection (AnyV2V)", open=False, elem_id="video-advanced"):
         _build((("video_inversion_steps", "video_conv_injection"), ("video_spatial_injection",
                                                                     "video_temporal_injection")),
@@ -410,11 +412,15 @@ def _wire_video(app: App, form: list[Any], out: dict[str, Any], queue: dict[str,
     """The Video tab's events (``/video``, ``/video_first_frame``; the clip's line on upload); the running ones."""
     inputs = form + [out[f.name] for f in VIDEO_FORM]
     out["video_clip"].change(shows_errors(app.clip_info), out["video_clip"], out["video-info"], **private)
+    for f in VIDEO_FORM:
+        if f.thumb is not None:
+            out[f.name].change(app.thumb(f.thumb), out[f.name], out[f"thumb:{f.name}"], **private)
     preview = out["preview-first"].click(takes_form(FORM + VIDEO_FORM, app.preview_first_frame), inputs,
                                          out["first-frame"], api_name="video_first_frame",
                                          show_progress_on=[out["first-frame"]], **queue)
     video = out["run-video"].click(takes_form(FORM + VIDEO_FORM, app.make_video), inputs,
-                                   [out["video"], out["first-frame"], out["video-files"], out["video-json"]],
+                                   [out["video"], out["first-frame"], out["video-files"], out["video-json"],
+                                    out["video-scores"]],
                                    api_name="video", show_progress_on=[out["video"]], **queue)
     return [preview, video]
 

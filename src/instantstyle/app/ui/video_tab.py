@@ -3,8 +3,9 @@ frame made by the form's request on the page's pipeline.
 
 The tab exists when the server was given a video model (``ui --video-model``), loaded on the first video job and kept.
 "Preview first frame" runs step 1 alone (``modes.video.style_first_frame`` on the clip's first frame as the video
-takes it); "Make video" runs the whole recipe (``app.video``: the CLI's checks, ``stylize_video`` and
-``save_video``), so the page writes the files the command writes, beside each other under ``WORKDIR/outputs/``.
+takes it; a ready first frame is shown as the video takes it); "Make video" runs the whole recipe (``app.video``:
+the CLI's checks, ``stylize_video`` and ``save_video``) and scores it (``--score``'s table, with the page's scorer),
+so the page writes the files the command writes, beside each other under ``WORKDIR/outputs/``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any, Protocol
 from ...core.request import Request, write_png
 from ...core.video_options import DEFAULT_MAX_FRAMES, VideoOptions, VideoRequest, first_frame_fields
 from ...errors import UserError
-from ...files.video import probe_clip
+from ...files.images import load_image
+from ...files.video import fit, probe_clip
 from ...loading.runtime import Runtime
 from ...modes.video import PHASES, VideoFiles, VideoModel, check_video_model, read_source, style_first_frame
-from ..video import check_video, make_video
+from ..video import check_video, make_video, score_result
 from .fields import VIDEO_FORM, file_path, form_fields
 from .jobs import Cancelled, Jobs
 from .workdir import Workdir
@@ -32,6 +34,10 @@ class Page(Protocol):
     work: Workdir
     jobs: Jobs
     video: VideoMaker | None
+    csd: str | None
+
+    @property
+    def scorers(self) -> Any: ...
 
     @property
     def holder(self) -> Any: ...
@@ -72,6 +78,8 @@ def video_request(work: Workdir, values: dict[str, Any], pipe: Any, model: str) 
         raise UserError("upload a clip to restyle first (.mp4, .mov or .mkv)")
     kept = work.keep_clip(file_path(clip))
     options = video_options(values, model)
+    if values.get("video_first_frame"):  # a ready first frame: kept, checked as any upload
+        options = options.replace(first_frame=work.keep_upload(file_path(values["video_first_frame"]), "first frame"))
     return VideoRequest(kept, Request(**first_frame_fields(form_fields(work, values, pipe))), options)
 
 
@@ -92,17 +100,26 @@ def clip_info(work: Workdir, clip: Any) -> str:
 
 def preview_first_frame(app: Page, values: dict[str, Any], progress: Any, session: str | None = None) -> str:
     """Step 1 alone: the clip's first frame, as the video takes it, styled by the form's request (on the page's
-    pipeline), written as a PNG carrying that request; the video made with the same settings starts with it."""
+    pipeline), written as a PNG carrying that request; the video made with the same settings starts with it. Cancel
+    stops it after its current step."""
     maker = _maker(app)
     pipe = app.holder.get()
     video = video_request(app.work, values, pipe, maker.model)
     runtime = app.runtime(pipe)
+    size = (video.options.width, video.options.height)
+    if video.options.first_frame is not None:  # the video starts with it, cropped to the video's size
+        return app.work.keep_image(fit(load_image(video.options.first_frame, "first frame", runtime.max_pixels), size))
     progress(0, desc="reading the clip")
     source = read_source(video.clip, video.options, runtime.max_pixels)
     frame = app.work.keep_image(source.frames[0])
     with app.jobs.running(session) as cancelled:
         progress(0, desc="first frame")
-        image, made_by = style_first_frame(pipe, video.request, frame, (video.options.width, video.options.height))
+
+        def step(done: int, total: int) -> bool:
+            progress((done, total), desc="first frame", unit="steps")
+            return cancelled.is_set()  # Cancel: the rest of the steps are skipped
+
+        image, made_by = style_first_frame(pipe, video.request, frame, size, on_step=step)
         if cancelled.is_set():
             raise Cancelled("cancelled; nothing was saved")
     path = app.work.new_output(f"first-frame-seed{made_by.seed}")
@@ -110,9 +127,10 @@ def preview_first_frame(app: Page, values: dict[str, Any], progress: Any, sessio
 
 
 def run_video(app: Page, values: dict[str, Any], progress: Any,
-              session: str | None = None) -> tuple[str, str, list[str], str]:
-    """The whole recipe: the video (a player), its styled first frame, the files (video, first frame, record) and the
-    record as the page shows it (server paths relative to the workdir). Cancel stops it between steps."""
+              session: str | None = None) -> tuple[str, str, list[str], str, str]:
+    """The whole recipe: the video (a player), its styled first frame, the files (video, first frame, record,
+    scores), the record as the page shows it (server paths relative to the workdir) and the scores' table (as
+    ``instantstyle video --score``'s, with the page's scorer). Cancel stops it between steps."""
     maker = _maker(app)
     pipe = app.holder.get()
     video = video_request(app.work, values, pipe, maker.model)
@@ -140,11 +158,19 @@ def run_video(app: Page, values: dict[str, Any], progress: Any,
             if not files.video.exists():  # nothing made: the clip's first frame written for the run goes too
                 files.source.unlink(missing_ok=True)
             raise
+    options = result.video.options
     shown = {**app.work.shown_request(result.video.request),
-             "video": {**result.video.options.to_dict(), "clip": app.work.shown(result.video.clip),
-                       "video_model": app.work.shown(maker.model)}}
+             "video": {**options.to_dict(), "clip": app.work.shown(result.video.clip),
+                       "first_frame": app.work.shown(options.first_frame), "video_model": app.work.shown(maker.model)}}
     paths = [str(files.video), str(files.first_frame), str(files.record)]
-    return str(files.video), str(files.first_frame), paths, json.dumps(shown, indent=2)
+    progress(0, desc="scoring")
+    try:
+        scores = score_result(result, app.scorers.scorer(result.video.request.content_text_encoder, app.csd), files)
+        table = scores.table(markdown=True)
+        paths.append(str(files.scores))
+    except UserError as err:  # the video is made; its scores are not (said in place of the table)
+        table = f"not scored: {err}"
+    return str(files.video), str(files.first_frame), paths, json.dumps(shown, indent=2), table
 
 
 def _maker(app: Page) -> VideoMaker:
