@@ -130,6 +130,22 @@ def test_the_checkpoint_overrides_the_controlnet_weights_it_holds(pipe, csgo_mod
     assert torch.equal(mine[key], state[key].float())
 
 
+def test_the_resamplers_are_diffusers_ip_adapter_plus_projections_as_its_own_converter_makes_them(pipe,
+                                                                                                   csgo_models):
+    """Built without diffusers' private converter, the same module: every weight, and the output."""
+    unet = pipe.resources.denoiser
+    convert = getattr(unet, "_convert_ip_adapter_image_proj_to_diffusers", None)
+    if convert is None:
+        pytest.skip("this diffusers has no converter to compare with")
+    group = torch.load(csgo_models.checkpoint_4_16, weights_only=True)["style_image_proj"]
+    ours, theirs = csgo.projection(unet, group), convert(dict(group)).eval()
+    assert type(ours) is type(theirs) and ours.state_dict().keys() == theirs.state_dict().keys()
+    assert all(torch.equal(ours.state_dict()[k], theirs.state_dict()[k]) for k in ours.state_dict())
+    hidden = torch.randn(1, 257, group["proj_in.weight"].shape[1], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ours(hidden), theirs(hidden))
+
+
 def test_the_token_counts_are_read_from_the_weights(csgo_models):
     assert read_adapter(csgo_models.checkpoint).tokens == (4, 32)
     assert read_adapter(csgo_models.checkpoint_4_16).tokens == (4, 16)

@@ -292,14 +292,49 @@ def check_not_csgo(request: Request) -> None:
         raise UserError("--control tile needs --control-image IMAGE (or --init-image)")
 
 
+#: IP-Adapter Plus's resampler (the authors' ``Resampler``) by the names of diffusers' ``IPAdapterPlusImageProjection``:
+#: per layer, attention (``0``: its two norms, query, key-value, output) then feed-forward (``1``: norm, in, out).
+RESAMPLER_NAMES = (
+    (re.compile(r"layers\.(\d+)\.0\.norm1\."), r"layers.\1.ln0."),
+    (re.compile(r"layers\.(\d+)\.0\.norm2\."), r"layers.\1.ln1."),
+    (re.compile(r"layers\.(\d+)\.0\.to_q\."), r"layers.\1.attn.to_q."),
+    (re.compile(r"layers\.(\d+)\.0\.to_out\."), r"layers.\1.attn.to_out.0."),
+    (re.compile(r"layers\.(\d+)\.1\.0\."), r"layers.\1.ff.0."),
+    (re.compile(r"layers\.(\d+)\.1\.1\."), r"layers.\1.ff.1.net.0.proj."),
+    (re.compile(r"layers\.(\d+)\.1\.3\."), r"layers.\1.ff.1.net.2."),
+)
+KEY_VALUE = re.compile(r"layers\.(\d+)\.0\.to_kv\.weight")
+
+
 def projection(unet: Any, group: Mapping[str, torch.Tensor]) -> Any:
-    """A resampler as diffusers' ``IPAdapterPlusImageProjection`` (diffusers' own converter: CSGO's resampler is
-    IP-Adapter Plus's, 12 heads of 64), on the UNet's device and dtype."""
-    convert = getattr(unet, "_convert_ip_adapter_image_proj_to_diffusers", None)  # private: checked, never changed
-    if convert is None:
-        raise UserError("this diffusers has no IP-Adapter Plus converter (UNet._convert_ip_adapter_image_proj_to_"
-                        "diffusers), which CSGO's resamplers are built with; use diffusers 0.40 to 0.42")
-    return convert(dict(group), low_cpu_mem_usage=True).eval()
+    """A resampler as diffusers' ``IPAdapterPlusImageProjection`` (CSGO's resamplers are IP-Adapter Plus's, heads of
+    64), its sizes read from the weights, on the UNet's device and dtype. The authors' fused key-value weight is
+    diffusers' key and value, in that order."""
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    sizes = ("latents", "proj_in.weight", "proj_out.weight", "layers.0.0.to_q.weight")
+    if missing := [name for name in sizes if name not in group]:
+        raise UserError(f"CSGO's resampler is not IP-Adapter Plus's: it has no {', '.join(missing)}")
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in group.items():
+        if (kv := KEY_VALUE.fullmatch(name)) is not None:
+            state[f"layers.{kv[1]}.attn.to_k.weight"], state[f"layers.{kv[1]}.attn.to_v.weight"] = tensor.chunk(2)
+            continue
+        for pattern, new in RESAMPLER_NAMES:
+            name = pattern.sub(new, name)
+        state[name] = tensor
+    latents = group["latents"]
+    depth = len({name.split(".")[1] for name in group if name.startswith("layers.")})
+    with torch.device("meta"):
+        module = IPAdapterPlusImageProjection(
+            embed_dims=group["proj_in.weight"].shape[1], output_dims=group["proj_out.weight"].shape[0],
+            hidden_dims=latents.shape[2], depth=depth, heads=group["layers.0.0.to_q.weight"].shape[0] // 64,
+            num_queries=latents.shape[1])
+    try:
+        module.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:  # a file whose resampler is not IP-Adapter Plus's
+        raise UserError(f"CSGO's resampler is not IP-Adapter Plus's: {str(err).splitlines()[0]}") from None
+    return module.to(unet.device, unet.dtype).requires_grad_(False).eval()
 
 
 @dataclass
