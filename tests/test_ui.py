@@ -653,6 +653,17 @@ def test_a_saved_style_file_carries_a_small_preview_shown_on_its_card(sdxl, work
     assert '<img src="data:image/png;base64,' in card_html(str(path), 0)
 
 
+@pytest.mark.parametrize(("name", "what"), [("init_image", "init image"), ("mask", "mask"),
+                                            ("composition", "composition image"), ("control_image", "control image")])
+def test_a_style_file_where_a_picture_goes_is_one_line_naming_the_field(sdxl, work, tiny, tmp_path, name, what):
+    """A style file is a reference; as an init image (or mask, ...) it was kept and failed later, deep in the run."""
+    path = sdxl.save_style(ui.form_request(work, form([str(tiny.style_image)])), tmp_path / "look.safetensors")
+    app = ui.App(ui.PipelineHolder(sdxl), work)
+    with pytest.raises(UserError, match=f"^{what} look.safetensors: ") as caught:
+        app.generate(form([str(tiny.style_image)], **{name: str(path)}), no_progress)
+    assert "\n" not in str(caught.value) and not list(work.inputs.glob("*.safetensors"))
+
+
 def test_a_style_file_without_a_preview_still_loads_and_shows_as_a_named_card(sdxl, work, tiny, tmp_path):
     from instantstyle.app.ui.views import card_html
     from instantstyle.core.embeddings import load_style, save_style

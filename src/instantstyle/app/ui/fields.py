@@ -559,7 +559,8 @@ def form_fields(workdir: Workdir, values: dict[str, Any], pipe: StylePipeline | 
     weights = parse_number_list("style weight", weights_text) if weights_text else (1.0,) * len(files)
     if len(weights) != len(files):
         raise UserError(f"{len(weights)} style weights for {len(files)} style files")
-    style = tuple(StyleRef(workdir.keep_upload(f, "style image"), w) for f, w in zip(files, weights, strict=True))
+    style = tuple(StyleRef(workdir.keep_upload(f, "style image", style_file=True), w)
+                  for f, w in zip(files, weights, strict=True))
 
     def kept(name: str, what: str) -> str | None:
         item = values.get(name)
@@ -638,7 +639,7 @@ def _adapters_from_form(workdir: Workdir, values: dict[str, Any],
         blocks = values.get(f"adapter_{k}_blocks") or MODEL_BLOCKS
         uses.append(AdapterUse(
             workdir.model_path("adapter", ref),
-            tuple(StyleRef(workdir.keep_upload(f, f"adapter {k} style image")) for f in files),
+            tuple(StyleRef(workdir.keep_upload(f, f"adapter {k} style image", style_file=True)) for f in files),
             None if blocks == MODEL_BLOCKS else workdir.blocks_spec(blocks, pipe),
             _number(f"adapter {k} scale")(values.get(f"adapter_{k}_scale", 1.0)),
         ))

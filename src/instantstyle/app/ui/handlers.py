@@ -246,7 +246,7 @@ class App:
         new, refused = [], []
         for item in added or []:
             try:
-                new.append(self.work.keep_upload(file_path(item), "style image"))
+                new.append(self.work.keep_upload(file_path(item), "style image", style_file=True))
             except UserError as err:
                 refused.append(str(err))
         if refused:
@@ -293,7 +293,7 @@ class App:
         if len(paths) != 1 or not paths[0].endswith(".safetensors"):
             return [gr.skip()] * (len(FIELDS) - 1)
         name = Path(paths[0]).name
-        kept = self.work.keep_upload(paths[0], "style file")
+        kept = self.work.keep_upload(paths[0], "style file", style_file=True)
         settings = load_style(kept).metadata.get("request")
         if settings is None:
             return [gr.skip()] * (len(FIELDS) - 1)

@@ -154,12 +154,12 @@ class Workdir:
         for folder in (self.inputs, self.outputs):
             folder.mkdir(parents=True, exist_ok=True)
 
-    def keep_upload(self, path: str | Path, what: str) -> str:
-        """Check an uploaded reference (an image within the pixel cap, read from its header before decoding, or a
-        style file) and keep a copy."""
+    def keep_upload(self, path: str | Path, what: str, style_file: bool = False) -> str:
+        """Check an uploaded image (within the pixel cap, read from its header before decoding; a reference may be a
+        ``style_file`` too) and keep a copy."""
         path = Path(path)
         try:
-            if path.suffix.lower() == ".safetensors":
+            if style_file and path.suffix.lower() == ".safetensors":
                 load_style(path)
             else:
                 load_image(path, what, self.max_pixels)
