@@ -4,6 +4,7 @@
     python benchmarks/video.py flops           # FLOPs per phase, real-size I2VGen-XL on the meta device (minutes)
     python benchmarks/video.py memory          # peak activation bytes of one UNet forward per plan (meta device)
     python benchmarks/video.py cpu             # seconds per phase on the tiny fixtures, this machine's CPU
+    python benchmarks/video.py x264            # the same file on every CPU? x264's code paths compared
 
 ``flops``: the published ``ali-vilab/i2vgen-xl`` models built on the meta device (shapes, no weights) and counted
 with ``torch.utils.flop_counter.FlopCounterMode`` (matrix products, convolutions, attention; a multiply-add is 2
@@ -21,6 +22,9 @@ latent pixel that ``modes.video.UNET_ACTIVATION_BYTES`` holds, and the plan ``pl
 
 ``cpu``: one ``stylize_video`` on the tiny fixtures (5 frames, 64 px), seconds per phase: overhead, not model cost.
 
+``x264``: the same frames written through each of x264's code paths (plain C, SSE2, AVX2, what it detects): whether
+the files are the same bytes, and how far apart their pixels decode (``x264_paths``).
+
 ``gpu`` (part of ``benchmarks/gpu_run.sh``): the real-size UNet and VAE with random weights, float16, on the GPU: one
 sampling step with every injection acting, for 3, 2 and 1 branches per UNet call (``torch.cuda.max_memory_allocated``,
 weights included, and seconds per step, median of 3), beside ``plan_memory``'s estimate; and one VAE decode of a frame.
@@ -36,9 +40,11 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import common  # noqa: F401  (sets the environment and the import path first)
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -292,9 +298,61 @@ def gpu(frames: int, size: int, smoke: bool) -> None:
     print()
 
 
+#: x264's code paths, forced with its ``asm`` parameter: plain C, SSE2 alone, AVX2 alone, and what it detects here.
+CODE_PATHS = {"C": "asm=0", "SSE2": "asm=MMX2,SSE2", "AVX2": "asm=MMX2,SSE2,SSE3,SSSE3,SSE4.1,SSE4.2,AVX,AVX2,FMA3,"
+              "BMI2,LZCNT", "detected": ""}
+
+
+def x264_paths() -> None:
+    """Does ``write_video`` write the same file whatever CPU runs x264? The same 8 frames (noise and a gradient, 3 px
+    of motion a frame) written through each of x264's code paths: the file's hash, and the decoded pixels' distance
+    from the detected path's and from the frames written (the encoder's own loss, at the default CRF 17)."""
+    import hashlib
+    import tempfile
+
+    import av
+    from PIL import Image
+
+    from instantstyle.files import video as video_files
+
+    def pictures(width: int, height: int) -> dict[str, np.ndarray]:
+        yy, xx = np.mgrid[0:height, 0:width]
+        gradient = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 127 // (width + height)], -1)
+        return {"noise": np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8),
+                "gradient": gradient.astype(np.uint8)}
+
+    def written(frames: list[Image.Image], params: str, path: Path) -> tuple[str, np.ndarray]:
+        default = video_files.X264_PARAMS
+        video_files.X264_PARAMS = ":".join(p for p in (default, params) if p)
+        try:
+            video_files.write_video(path, frames, 8)
+        finally:
+            video_files.X264_PARAMS = default
+        with av.open(str(path)) as container:
+            pixels = np.stack([video_files.frame_rgb(f) for f in container.decode(video=0)]).astype(int)
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:12], pixels
+
+    folder = Path(tempfile.mkdtemp())
+    print(f"x264 code paths (PyAV {av.__version__}); pixel distances in levels of 255, max / mean\n")
+    print("| size | picture | path | file | vs detected | encoder loss |")
+    print("|---|---|---|---|---:|---:|")
+    for width, height in ((64, 64), (96, 64), (200, 136), (512, 512)):
+        for name, picture in pictures(width, height).items():
+            frames = [Image.fromarray(np.roll(picture, 3 * i, axis=1)) for i in range(8)]
+            made = np.stack([np.asarray(f) for f in frames]).astype(int)
+            runs = {path: written(frames, params, folder / f"{path}.mp4") for path, params in CODE_PATHS.items()}
+            ref_hash, ref = runs["detected"]
+            for path, (digest, pixels) in runs.items():
+                same = "same" if digest == ref_hash else digest
+                apart, loss = np.abs(pixels - ref), np.abs(pixels - made)
+                print(f"| {width}x{height} | {name} | {path} | {same} | {apart.max()} / {apart.mean():.2f} | "
+                      f"{loss.max()} / {loss.mean():.2f} |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("part", choices=("flops", "memory", "cpu", "gpu"))
+    parser.add_argument("part", choices=("flops", "memory", "cpu", "gpu", "x264"))
     parser.add_argument("--smoke", action="store_true", help="gpu: the tiny fixtures, to check the script")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=512)
@@ -307,6 +365,8 @@ def main() -> None:
         gpu(args.frames, args.size, args.smoke)
     elif args.part == "memory":
         memory(args.frames, args.size, args.size)
+    elif args.part == "x264":
+        x264_paths()
     else:
         cpu()
     sys.stdout.flush()
