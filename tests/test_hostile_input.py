@@ -374,7 +374,7 @@ def test_a_style_file_of_the_wrong_shape_is_one_line_before_the_model_loads(sdxl
         sdxl(prompt="a cat", style=str(path), **FAST)
     work = ui.Workdir(tmp_path / "ui")
     with pytest.raises(UserError, match="^style file bad.safetensors: holds"):
-        work.keep_upload(path, "style file")
+        work.keep_upload(path, "style file", style_file=True)
 
 
 # --- item 4 and item 14: CSD checkpoints of another shape, or holding NaN ---------------------------------------
