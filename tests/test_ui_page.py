@@ -774,6 +774,11 @@ def test_a_csgo_image_made_in_the_page_has_the_pixels_of_the_command_line(csgo_p
 # --- video -------------------------------------------------------------------------------------------------------
 
 
+def newest(folder: Path, pattern: str) -> Path:
+    """The file the test just made (the module's server keeps every test's outputs in one workdir)."""
+    return max(folder.glob(pattern), key=lambda p: p.stat().st_mtime_ns)
+
+
 def video_settings(page, clip: Path, frames: int = 4, steps: int = 2) -> None:
     """The Video tab at the tiny fixtures' sizes: the clip, 4 frames at 64 px, 2 steps; the first frame's canny
     ControlNet from the models folder."""
@@ -809,7 +814,7 @@ def test_the_video_tab_previews_the_first_frame_and_plays_the_video(page, app, t
 
     record = read_video_request(made)
     assert (record.options.frames, record.options.width, record.options.seed) == (4, 64, 3)
-    first = next(app[1].outputs.glob("*video.first.png"))
+    first = newest(app[1].outputs, "*video.first.png")  # this test's: the module's other videos are older
     assert (pixels(previewed) == pixels(Image.open(first))).all()  # the preview is the video's first frame
     expect(page.locator("#video-scores")).to_contain_text("temporal_consistency")  # the table under the player
 
@@ -822,8 +827,7 @@ def test_a_ready_first_frame_uploaded_in_the_video_tab_starts_the_video(page, ap
     page.locator("#video-result video").first.wait_for()
     from instantstyle.modes.video import read_video_request
 
-    [made] = sorted(app[1].outputs.glob("*video.mp4"), key=lambda p: p.stat().st_mtime)[-1:]
-    assert Path(read_video_request(made).options.first_frame).parent.name == "inputs"
+    assert Path(read_video_request(newest(app[1].outputs, "*video.mp4")).options.first_frame).parent.name == "inputs"
 
 
 def test_a_cancelled_video_saves_nothing_and_the_server_goes_on(page, app, tiny, video_models, tmp_path):
