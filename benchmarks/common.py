@@ -618,6 +618,15 @@ def md_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def report_end(result: dict[str, Any]) -> str:
+    """The end of a GPU mode's report: its notes, the mode's seconds, and the raw figures as JSON."""
+    import json
+
+    lines = [f"- {note}" for note in result["notes"]]
+    lines += ["", f"whole mode: {result['seconds']} s", "", "```json", json.dumps(result, default=str), "```"]
+    return "\n".join(lines) + "\n"
+
+
 def fmt_ratio(s: Spread) -> str:
     """``1.003 [0.998–1.007]``: median and interquartile range."""
     return f"{s.median:.3f} [{s.q1:.3f}–{s.q3:.3f}]"

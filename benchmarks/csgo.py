@@ -422,8 +422,6 @@ def gpu(size: int | None = None, steps: int | None = None, rounds: int = 3, time
 
 def gpu_report(result: dict[str, Any]) -> str:
     """The GPU mode's figures as markdown, its raw figures as JSON after them."""
-    import json
-
     times, steps = result["times"], result["steps"]
     smoke = " (smoke: tiny models, not figures)" if result["smoke"] else ""
     lines = [
@@ -458,9 +456,7 @@ def gpu_report(result: dict[str, Any]) -> str:
     item = 2 if "float16" in result["device"] else 4
     lines += ["Resident parameters:", "", md_table(["part", "parameters", "GiB at this dtype"], [
         [name, f"{count / 1e6:,.1f} M", f"{count * item / GiB:.2f}"] for name, count in result["parameters"].items()])]
-    lines += [f"- {note}" for note in ["", *result["notes"]][1:]]
-    lines += ["", f"whole mode: {result['seconds']} s", "", "```json", json.dumps(result, default=str), "```"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + common.report_end(result)
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import common  # noqa: F401  (sets the environment and the import path first)
+import common  # (sets the environment and the import path first)
 import torch
 from common import FULL, SMOKE, Topology, md_table
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -432,8 +432,6 @@ def gpu(size: int | None = None, steps: int | None = None, rounds: int = 2, time
 
 def gpu_report(result: dict[str, Any]) -> str:
     """The GPU mode's figures as markdown, its raw figures as JSON after them."""
-    import json
-
     steps, runs = result["steps"], result["runs"]
     smoke = " (smoke: tiny models, not figures)" if result["smoke"] else ""
     lines = [
@@ -489,10 +487,7 @@ def gpu_report(result: dict[str, Any]) -> str:
                   "(part 2 of this script) beside the measured:", "",
                   md_table(["", "computed GiB", "measured GiB"],
                            [[name, f"{gib:.2f}", measured.get(name, "")] for name, gib in computed.items()])]
-    lines += [f"- {note}" for note in ["", *result["notes"]][1:]]
-    lines += ["", f"whole mode: {result['seconds']} s", "", "```json", json.dumps(result, default=str),
-              "```"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + common.report_end(result)
 
 
 def main() -> None:
