@@ -518,7 +518,7 @@ VIDEO_FORM: tuple[Field, ...] = (
           lambda v: _number("start")(v or 0)),
     Field("video_duration", None, _Decimal("Duration (seconds)", "video-duration", (0, None), 0.5,
                                            placeholder="to the clip's end"),
-          lambda v: None if v is None or v == BLANK else _number("duration")(v)),
+          _blank_or_number("duration")),
     Field("video_first_frame", None, _upload("Ready first frame (optional: the video starts with it, the form is "
                                              "not run)", "video-first-frame"), thumb="ready first frame"),
     Field("video_steps", 50, _Number("Video steps", "video-steps", (1, 1000)), lambda v: _whole("video steps", v)),

@@ -380,9 +380,7 @@ def _wire(demo: gr.Blocks, app: App, field: dict[str, Any], out: dict[str, Any],
                               [field["region_paint"], field["region_target"], field["style"], *regions],
                               [*regions, field["regions"]], **private)
 
-    for f in FORM:  # a thumbnail beside each single upload
-        if f.thumb is not None:
-            field[f.name].change(app.thumb(f.thumb), field[f.name], field[f"thumb:{f.name}"], **private)
+    _wire_thumbs(app, FORM, field, private)
     field["blocks"].change(shows_errors(app.load_blocks), field["blocks"], field["block_table"], **private)
     field["init_image"].change(shows_errors(app.paint_over), field["init_image"], field["mask_paint"], **private)
     field["block_table"].input(lambda: CUSTOM, None, field["blocks"], **private)  # an edited table: custom
@@ -407,14 +405,19 @@ def _wire(demo: gr.Blocks, app: App, field: dict[str, Any], out: dict[str, Any],
               **private)
 
 
+def _wire_thumbs(app: App, fields: Sequence[Field], made: dict[str, Any], private: dict[str, Any]) -> None:
+    """A thumbnail beside each single upload of ``fields`` (``thumb:NAME``, built by ``_build``), shown on change."""
+    for f in fields:
+        if f.thumb is not None:
+            made[f.name].change(app.thumb(f.thumb), made[f.name], made[f"thumb:{f.name}"], **private)
+
+
 def _wire_video(app: App, form: list[Any], out: dict[str, Any], queue: dict[str, Any],
                 private: dict[str, Any]) -> list[Any]:
     """The Video tab's events (``/video``, ``/video_first_frame``; the clip's line on upload); the running ones."""
     inputs = form + [out[f.name] for f in VIDEO_FORM]
     out["video_clip"].change(shows_errors(app.clip_info), out["video_clip"], out["video-info"], **private)
-    for f in VIDEO_FORM:
-        if f.thumb is not None:
-            out[f.name].change(app.thumb(f.thumb), out[f.name], out[f"thumb:{f.name}"], **private)
+    _wire_thumbs(app, VIDEO_FORM, out, private)
     preview = out["preview-first"].click(takes_form(FORM + VIDEO_FORM, app.preview_first_frame), inputs,
                                          out["first-frame"], api_name="video_first_frame",
                                          show_progress_on=[out["first-frame"]], **queue)

@@ -3,6 +3,7 @@ visitor is shown for server paths (never the server's own folders)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -97,6 +98,7 @@ def _folder_kind(config: Path) -> str | None:
     return "caption" if any(a in _image_to_text_classes() for a in architectures) else None
 
 
+@functools.cache
 def _image_to_text_classes() -> frozenset[str]:
     """The model classes transformers' ``AutoModelForImageTextToText`` loads (what ``core.caption`` uses)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
