@@ -504,6 +504,11 @@ def memory_plan(model: VideoModel, frames: int, width: int, height: int, budget:
 
 
 # --- step 1 and the whole recipe -----------------------------------------------------------------------------------
+def ready_first_frame(path: str | Path, size: tuple[int, int], max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """Step 1 given: a ready styled first frame (``--first-frame``), fitted to ``size`` as the video takes it."""
+    return fit(load_image(path, "first frame", max_pixels), size)
+
+
 def style_first_frame(pipe: StylePipeline, request: Request, source: str | Path, size: tuple[int, int],
                       on_step: Callable[[int, int], bool | None] | None = None) -> tuple[Image.Image, Request]:
     """Step 1: the first frame edited by an instantstyle request (``SOURCE_FRAME`` read as ``source``, the clip's
@@ -617,7 +622,7 @@ def stylize_video(
     made_by: Request | None = None
     template = request
     if options.first_frame is not None:
-        first = fit(load_image(options.first_frame, "first frame", max_pixels), size)
+        first = ready_first_frame(options.first_frame, size, max_pixels)
     else:
         if style_pipe is None:
             raise UserError("the first frame needs an image model (a StylePipeline) or a ready --first-frame")
@@ -689,6 +694,10 @@ def stylize_video(
 PNG_VIDEO_KEY = "instantstyle-video"
 
 
+#: The clip's first frame a video run writes beside its output (an input, not an image made).
+SOURCE_SUFFIX = ".source.png"
+
+
 @dataclass(frozen=True)
 class VideoFiles:
     """What a video run writes: ``OUT.mp4`` (its record in the container's metadata), beside it ``OUT.first.png``
@@ -707,7 +716,7 @@ class VideoFiles:
         video = Path(output).expanduser()
         stem = video.with_suffix("")
         return cls(video, stem.with_name(stem.name + ".first.png"), stem.with_name(stem.name + ".json"),
-                   stem.with_name(stem.name + ".source.png"), stem.with_name(stem.name + ".scores.json"))
+                   stem.with_name(stem.name + SOURCE_SUFFIX), stem.with_name(stem.name + ".scores.json"))
 
     def all(self) -> list[Path]:
         return [self.video, self.first_frame, self.record, self.source, self.scores]
@@ -716,7 +725,6 @@ class VideoFiles:
 def check_outputs(output: str | Path, overwrite: bool = False) -> VideoFiles:
     """The files of ``output`` (``.mp4``, ``.mov`` or ``.mkv``), refused in one line when one exists (unless
     ``overwrite``) or their folder cannot be made or written."""
-
     from ..files.video import VIDEO_SUFFIXES
 
     files = VideoFiles.beside(output)

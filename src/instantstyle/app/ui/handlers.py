@@ -19,6 +19,7 @@ from ...core.styles import style_settings
 from ...errors import UserError
 from ...files.images import image_size
 from ...loading.runtime import Runtime
+from ...modes.video import SOURCE_SUFFIX
 from ...scores.scorer import Scores, read_png_scores
 from ...scores.scorers import Scorers
 from ..sweep import (
@@ -401,7 +402,7 @@ class App:
     # --- history --------------------------------------------------------------------------------------
     def history(self, page: int | float | None) -> tuple[list[tuple[str, str]], str, list[str], int]:
         """One page of the workdir's images, newest first: the gallery, a line saying which page, their paths."""
-        made = sorted((p for p in self.work.outputs.glob("*.png") if not p.name.endswith(".source.png")),
+        made = sorted((p for p in self.work.outputs.glob("*.png") if not p.name.endswith(SOURCE_SUFFIX)),
                       key=lambda p: (p.stat().st_mtime, p.name), reverse=True)  # a video's source frame: no image made
         pages = max(1, -(-len(made) // HISTORY_PAGE))
         page = min(max(1, int(page or 1)), pages)

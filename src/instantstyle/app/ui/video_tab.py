@@ -18,10 +18,17 @@ from typing import Any, Protocol
 from ...core.request import Request, write_png
 from ...core.video_options import DEFAULT_MAX_FRAMES, VideoOptions, VideoRequest, first_frame_fields
 from ...errors import UserError
-from ...files.images import load_image
-from ...files.video import fit, probe_clip
+from ...files.video import probe_clip
 from ...loading.runtime import Runtime
-from ...modes.video import PHASES, VideoFiles, VideoModel, check_video_model, read_source, style_first_frame
+from ...modes.video import (
+    PHASES,
+    VideoFiles,
+    VideoModel,
+    check_video_model,
+    read_source,
+    ready_first_frame,
+    style_first_frame,
+)
 from ..video import check_video, make_video, score_result
 from .fields import VIDEO_FORM, file_path, form_fields
 from .jobs import Cancelled, Jobs
@@ -108,9 +115,9 @@ def preview_first_frame(app: Page, values: dict[str, Any], progress: Any, sessio
     runtime = app.runtime(pipe)
     size = (video.options.width, video.options.height)
     if video.options.first_frame is not None:  # the video starts with it, cropped to the video's size
-        return app.work.keep_image(fit(load_image(video.options.first_frame, "first frame", runtime.max_pixels), size))
+        return app.work.keep_image(ready_first_frame(video.options.first_frame, size, runtime.max_pixels))
     progress(0, desc="reading the clip")
-    source = read_source(video.clip, video.options, runtime.max_pixels)
+    source = read_source(video.clip, video.options.replace(frames=2), runtime.max_pixels)  # the first is used
     frame = app.work.keep_image(source.frames[0])
     with app.jobs.running(session) as cancelled:
         progress(0, desc="first frame")
