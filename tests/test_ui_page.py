@@ -156,7 +156,10 @@ def upload(page, elem_id: str, path: Path, shown=None) -> None:
     shown = shown or page.locator(f"#{elem_id}").get_by_text(Path(path).name).first
     for _ in range(3):
         page.wait_for_function("!document.querySelector('.pending')")
-        page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+        try:  # a field that already shows a file has no input: the check below decides
+            page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path), timeout=20_000)
+        except PlaywrightTimeoutError:
+            pass
         try:
             shown.wait_for(timeout=20_000)
             return
@@ -190,14 +193,42 @@ def fill_form(page, *styles: Path, prompt: str = "a cat", steps: int = 2, seed: 
     set_number(page, "seed", seed)
 
 
-def pick(page, elem_id: str, value: str) -> None:
-    """Choose ``value`` in a dropdown."""
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=value, exact=True).click()
+def pick(page, elem_id: str, value: str, kept: bool = True) -> None:
+    """Choose ``value`` in a dropdown and wait until it shows it (open it again if a re-render closed its list);
+    ``kept=False`` for a dropdown that clears itself once picked (the caller checks what the pick did)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+    from playwright.sync_api import expect
+
+    box = page.locator(f"#{elem_id} input").first
+    for _ in range(3):
+        page.wait_for_function("!document.querySelector('.pending')")
+        box.click()
+        try:
+            page.get_by_role("option", name=value, exact=True).click(timeout=20_000)
+            if not kept:
+                return
+            expect(box).to_have_value(value, timeout=10_000)
+            return
+        except (PlaywrightTimeoutError, AssertionError):
+            continue
+    expect(box).to_have_value(value)
 
 
 def tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name, exact=True).click()
+    """Open a tab and wait until it is the selected one. A tab's panel is built when first opened, so a click lost
+    to a re-render left a test waiting for a field that never came (a flaky test in CI once): click it again."""
+    from playwright.sync_api import expect
+
+    button = page.get_by_role("tab", name=name, exact=True)
+    for _ in range(3):
+        page.wait_for_function("!document.querySelector('.pending')")
+        button.click()
+        try:
+            expect(button).to_have_attribute("aria-selected", "true", timeout=10_000)
+            return
+        except AssertionError:
+            continue
+    expect(button).to_have_attribute("aria-selected", "true")
 
 
 def downloads(page) -> list[str]:
@@ -911,7 +942,7 @@ def test_a_lora_picked_from_the_models_folders_joins_the_request(page, tiny, tmp
 
     fill_form(page, tiny.style_image)
     tab(page, "Advanced")
-    pick(page, "lora-pick", "ink.safetensors")
+    pick(page, "lora-pick", "ink.safetensors", kept=False)
     expect(page.locator("#lora textarea, #lora input").first).to_have_value("ink.safetensors")
     [png] = generate(page, tmp_path)
     assert [Path(ref.path).name for ref in read_png_request(png).lora] == ["ink.safetensors"]
