@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import UserError
 from ..families import Family, all_families
 from .blocks import Slot
-from .csgo import is_csgo, read_csgo
+from .csgo import has_csgo_names, is_csgo, read_csgo
 from .processors import adapter_parameter_count as adapter_parameter_count  # re-exported: counts live weights
 from .processors import adapters_loaded, slots_applied, take_over
 from .weights import AdapterKind, AdapterWeights, load_bin, read_weights
@@ -73,7 +73,7 @@ def _kind_of_file(path: str, mtime_ns: int, size: int) -> str | None:
             from safetensors import safe_open
 
             with safe_open(path, framework="pt") as f:
-                return "csgo" if is_csgo({key.partition(".")[0]: None for key in f.keys()}) else None
+                return "csgo" if has_csgo_names(f.keys()) else None
         return "csgo" if is_csgo(load_bin(Path(path))) else None
     except Exception:  # unreadable: read_adapter says why, when it loads
         return None

@@ -30,7 +30,7 @@ instantstyle's own adapters), the checkpoint is read memory-mapped.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -75,6 +75,11 @@ _CONTROLNET_LAYER_KEY = re.compile(r"(.+)\.processor\.(to_k_ip|to_v_ip)\.weight"
 def is_csgo(state: Any) -> bool:
     """Whether a read checkpoint (groups of tensors) is CSGO's: it has a style or content resampler."""
     return isinstance(state, dict) and any(group in state for group in GROUPS[:2])
+
+
+def has_csgo_names(names: Iterable[str]) -> bool:
+    """Whether a file's tensor names (``GROUP.rest``, as a safetensors header lists them) are a CSGO checkpoint's."""
+    return is_csgo({name.partition(".")[0]: None for name in names})
 
 
 def read_csgo(path: Path, state: Mapping[str, Any]) -> AdapterWeights:

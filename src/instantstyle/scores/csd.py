@@ -38,6 +38,8 @@ FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "checkpoint.pth")
 #: 4,200 px input that held a core for minutes per image).
 CSD_PATCHES, CSD_IMAGE_SIZE, MAX_CSD_WIDTH, MAX_CSD_LAYERS = (14, 16), 224, 1024, 24
 CSD_SHAPES = "CSD is a CLIP ViT-B/16 or ViT-L/14 at 224 px (at most 1024 wide, 24 layers)"
+#: The style head's name in a CSD checkpoint (what the models folders recognise one by, too).
+STYLE_HEAD = "last_layer_style"
 _BLOCK_KEY = re.compile(r"backbone\.transformer\.resblocks\.(\d+)\.(.+)")
 #: OpenAI CLIP's residual-block names -> transformers' (the attention's packed in_proj is split below).
 _BLOCK_NAMES = {
@@ -147,13 +149,13 @@ def convert_state(state: dict[str, torch.Tensor], where: str = "CSD checkpoint")
 ]:
     """(backbone config, backbone state in transformers' names, style head) from CSD's keys.
     Widths, depth, patch and input size come from the tensors; heads are width // 64, as in CLIP."""
-    missing = [k for k in (*_TOP_NAMES, "last_layer_style") if k not in state]
+    missing = [k for k in (*_TOP_NAMES, STYLE_HEAD) if k not in state]
     if missing:
         raise UserError(f"{where}: not a CSD (CLIP ViT) checkpoint, missing {', '.join(missing[:4])}")
     converted = {new: state[old] for old, new in _TOP_NAMES.items()}
     layers: set[int] = set()
     for key, value in state.items():
-        if key in _TOP_NAMES or key in ("last_layer_style", "backbone.proj") or key.startswith("last_layer_content"):
+        if key in _TOP_NAMES or key in (STYLE_HEAD, "backbone.proj") or key.startswith("last_layer_content"):
             continue
         match = _BLOCK_KEY.fullmatch(key)
         rest = match.group(2).replace("attn.in_proj_", "attn.in_proj.") if match else ""
@@ -172,7 +174,7 @@ def convert_state(state: dict[str, torch.Tensor], where: str = "CSD checkpoint")
     width, _, patch, _ = state["backbone.conv1.weight"].shape
     positions = state["backbone.positional_embedding"].shape[0]
     grid = round((positions - 1) ** 0.5)
-    head = state["last_layer_style"]
+    head = state[STYLE_HEAD]
     fc = state.get("backbone.transformer.resblocks.0.mlp.c_fc.weight")
     if (grid * grid + 1 != positions or head.ndim != 2 or head.shape[0] != width or fc is None
             or layers != set(range(len(layers))) or not 0 < fc.shape[0] <= 4 * width):

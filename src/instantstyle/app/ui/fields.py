@@ -286,7 +286,7 @@ def accepts(**changes: Any) -> Callable[[Resources], bool]:
     """Whether the loaded model makes a request with ``changes``: what its family's own check says (with its loaded
     denoiser; nothing when it refuses the bare request too, as an inpainting model refuses text-to-image), and its
     adapter's (a CSGO checkpoint refuses blocks, content prompts, image modes...)."""
-    probe = Request("probe", style=(StyleRef("probe.png"),), **changes)
+    probe = _BARE.replace(**changes)
 
     def shown(res: Resources) -> bool:
         family = res.family.check_request

@@ -32,7 +32,7 @@ from ...modes.video import (
 from ..video import check_video, make_video, score_result
 from .fields import VIDEO_FORM, file_path, form_fields
 from .jobs import Cancelled, Jobs
-from .workdir import Workdir
+from .workdir import Workdir, as_uploaded
 
 
 class Page(Protocol):
@@ -99,7 +99,7 @@ def clip_info(work: Workdir, clip: Any) -> str:
     try:
         info = probe_clip(path, "clip", work.max_pixels)
     except UserError as err:
-        return f"**{str(err).replace(path, name)}**"
+        return f"**{as_uploaded(err, path)}**"
     length = f", {info.duration:.1f} s" if info.duration else ""
     rate = f" at {info.fps:g} fps" if info.fps else ""
     return f"{name}: {info.width}×{info.height}{length}{rate} ({info.codec})"

@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,11 +18,13 @@ import numpy as np
 from PIL import Image
 
 from ...core.blocks import expand_preset_ref, is_preset_ref, split_preset_ref
+from ...core.csgo import has_csgo_names
 from ...core.embeddings import load_style
 from ...core.pipeline import StylePipeline
 from ...core.request import CONTROL_KINDS, Request
 from ...errors import UserError
 from ...files.images import MAX_PIXELS, load_image
+from ...scores.csd import STYLE_HEAD
 
 #: How deep and how many entries the page looks into the models folders for the names it offers.
 MODELS_DEPTH, MODELS_LISTED = 4, 1000
@@ -52,17 +53,15 @@ def _safetensors_kind(path: Path) -> str | None:
             keys = list(f.keys())
     except Exception:  # safetensors raises several types for a bad file: not offered
         return None
-    if any(k.startswith(("content_image_proj.", "style_image_proj.")) for k in keys):
+    if has_csgo_names(keys):
         return "csgo"  # a CSGO checkpoint: the main adapter of a model, never a further one
     if any(k.startswith(("image_proj.", "ip_adapter.", "ip_adapter_proj")) for k in keys):
         return "adapter"
-    if any(k.endswith(CSD_HEAD) for k in keys):
+    if any(k.endswith(STYLE_HEAD) for k in keys):
         return "csd"
     return "style" if set(keys) == {"embeds", "negative"} else "lora"
 
 
-#: The style head's name in a CSD checkpoint (``scores.csd``), with or without DDP's ``module.`` prefix.
-CSD_HEAD = "last_layer_style"
 #: Largest pickle inside a ``torch.save`` archive read to recognise a CSD checkpoint (its tensors are elsewhere).
 MAX_CHECKPOINT_PICKLE = 4 * 1024 * 1024
 
@@ -75,7 +74,7 @@ def _is_csd_archive(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             pickles = [i for i in archive.infolist() if i.filename.endswith("/data.pkl")]
-            return any(i.file_size <= MAX_CHECKPOINT_PICKLE and CSD_HEAD.encode() in archive.read(i)
+            return any(i.file_size <= MAX_CHECKPOINT_PICKLE and STYLE_HEAD.encode() in archive.read(i)
                        for i in pickles[:1])
     except (OSError, zipfile.BadZipFile, ValueError):
         return False
@@ -141,6 +140,11 @@ def list_models(folders: Sequence[Path]) -> ModelChoices:
                         unique["caption"], unique["csd"])
 
 
+def as_uploaded(err: UserError, path: str | Path) -> UserError:
+    """``err`` naming an upload as the user knows it (its name), not by gradio's temporary path."""
+    return UserError(str(err).replace(str(path), Path(path).name))
+
+
 class Workdir:
     """The server's files as the page sees them: where the app keeps what it makes (``inputs/``: uploads, by
     content hash; ``outputs/``), the operator's models folders it may read LoRAs, adapters, ControlNets, depth models
@@ -165,9 +169,9 @@ class Workdir:
                 load_style(path)
             else:
                 load_image(path, what, self.max_pixels)
-        except UserError as err:  # name the file as the user knows it, not by gradio's temp path
-            raise UserError(str(err).replace(str(path), path.name)) from None
-        return self._keep(path)
+        except UserError as err:
+            raise as_uploaded(err, path) from None
+        return self._keep(path.read_bytes(), path.suffix.lower())
 
     def keep_clip(self, path: str | Path) -> str:
         """Check an uploaded clip from its header (a video whose frames are within the pixel cap) and keep a copy."""
@@ -178,16 +182,15 @@ class Workdir:
             raise UserError(f"clip {path.name}: give a video ({', '.join(VIDEO_SUFFIXES)})")
         try:
             probe_clip(path, "clip", self.max_pixels)
-        except UserError as err:  # name the file as the user knows it, not by gradio's temp path
-            raise UserError(str(err).replace(str(path), path.name)) from None
-        return self._keep(path)
+        except UserError as err:
+            raise as_uploaded(err, path) from None
+        return self._keep(path.read_bytes(), path.suffix.lower())
 
-    def _keep(self, path: Path) -> str:
-        """A copy of an upload under ``inputs/``, named by its content (kept once)."""
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
-        kept = self.inputs / f"{digest}{path.suffix.lower()}"
+    def _keep(self, data: bytes, suffix: str) -> str:
+        """An upload's (or a made image's) bytes under ``inputs/``, named by their content (kept once)."""
+        kept = self.inputs / f"{hashlib.sha256(data).hexdigest()[:20]}{suffix}"
         if not kept.exists():
-            shutil.copyfile(path, kept)
+            kept.write_bytes(data)
         return str(kept)
 
     def keep_painted_mask(self, editor: Any) -> str | None:
@@ -203,9 +206,7 @@ class Workdir:
         ``inputs/`` by its content."""
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        kept = self.inputs / f"{hashlib.sha256(buffer.getvalue()).hexdigest()[:20]}.png"
-        kept.write_bytes(buffer.getvalue())
-        return str(kept)
+        return self._keep(buffer.getvalue(), ".png")
 
     def model_path(self, what: str, ref: str, defaults: frozenset[str] = frozenset()) -> str:
         """A LoRA or adapter file, ControlNet or depth-model folder or presets file named in the page: ``ref``
