@@ -332,7 +332,6 @@ def x264_paths() -> None:
             pixels = np.stack([video_files.frame_rgb(f) for f in container.decode(video=0)]).astype(int)
         return hashlib.sha256(path.read_bytes()).hexdigest()[:12], pixels
 
-    folder = Path(tempfile.mkdtemp())
     print(f"x264 code paths (PyAV {av.__version__}); pixel distances in levels of 255, max / mean\n")
     print("| size | picture | path | file | vs detected | encoder loss |")
     print("|---|---|---|---|---:|---:|")
@@ -340,7 +339,9 @@ def x264_paths() -> None:
         for name, picture in pictures(width, height).items():
             frames = [Image.fromarray(np.roll(picture, 3 * i, axis=1)) for i in range(8)]
             made = np.stack([np.asarray(f) for f in frames]).astype(int)
-            runs = {path: written(frames, params, folder / f"{path}.mp4") for path, params in CODE_PATHS.items()}
+            with tempfile.TemporaryDirectory() as folder:
+                runs = {path: written(frames, params, Path(folder) / f"{path}.mp4")
+                        for path, params in CODE_PATHS.items()}
             ref_hash, ref = runs["detected"]
             for path, (digest, pixels) in runs.items():
                 same = "same" if digest == ref_hash else digest
