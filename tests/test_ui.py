@@ -1111,6 +1111,11 @@ def test_the_video_tab_and_its_api_exist_only_with_a_video_model(tiny, video_mod
     assert has_tab(with_video) and {"video", "video_first_frame"} <= endpoints(with_video)
 
 
+def test_a_blank_video_model_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="video model: none given"):
+        ui.build_app(lambda: None, tmp_path, video_model="  ")
+
+
 def test_a_video_model_that_is_no_i2vgen_pipeline_is_one_line(tiny, tmp_path):
     with pytest.raises(UserError, match=r"video model .*sdxl: an StableDiffusionXLPipeline folder; video needs an "
                                         r"I2VGenXLPipeline"):

@@ -177,6 +177,11 @@ def test_a_video_model_that_is_not_i2vgen_xl(flags, tiny, tmp_path, no_model_loa
     assert "I2VGenXLPipeline" in err
 
 
+def test_a_blank_video_model_is_one_line_not_the_working_folder(flags, tmp_path, no_model_loads):
+    err = refused(flags, "--video-model", "", output=tmp_path / "o.mp4")
+    assert "video model" in err and " .:" not in err
+
+
 def test_a_refused_run_leaves_no_file(flags, tmp_path, no_model_loads):
     refused(flags, "--style", tmp_path / "missing.png", output=tmp_path / "o.mp4")
     assert list(tmp_path.iterdir()) == []

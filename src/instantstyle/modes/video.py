@@ -130,6 +130,9 @@ def check_video_model(model: str) -> Path | str:
 
     from ..loading.hub import looks_like_path, require_hub
 
+    if not model.strip():  # Path("") is the working folder: it would be named "."
+        raise UserError(f"video model: none given (a diffusers I2VGenXLPipeline folder or hub id, e.g. "
+                        f"{DEFAULT_VIDEO_MODEL})")
     path = Path(model).expanduser()
     if path.is_dir():
         index = path / "model_index.json"
