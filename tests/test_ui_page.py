@@ -149,11 +149,13 @@ def add_references(page, *paths: Path) -> None:
 
 
 def upload(page, elem_id: str, path: Path, shown=None) -> None:
-    """Put a file in an upload field and wait until the page shows it (``shown``; by default its name in the field).
-    A field a tab's first render replaces drops the file it was just given (a flaky test in CI once): set it again."""
+    """Put a file in an upload field and wait until the page shows it (``shown``; by default the field's cell named
+    for the file). A field a tab's first render replaces drops the file it was just given (a flaky test in CI once):
+    set it again. The name is found by the cell's accessible name: its text is two spans (stem, extension) whose
+    space between them a render may or may not keep, so matching the text failed now and then with the file shown."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-    shown = shown or page.locator(f"#{elem_id}").get_by_text(Path(path).name).first
+    shown = shown or page.locator(f"#{elem_id}").get_by_role("cell", name=Path(path).name, exact=True)
     for _ in range(3):
         page.wait_for_function("!document.querySelector('.pending')")
         try:  # a field that already shows a file has no input: the check below decides
@@ -165,7 +167,10 @@ def upload(page, elem_id: str, path: Path, shown=None) -> None:
             return
         except PlaywrightTimeoutError:
             continue
-    shown.wait_for()
+    field = page.locator(f"#{elem_id}")
+    seen = field.inner_html() if field.count() else "(no such field on the page)"
+    screenshot(page, f"failed-upload-{elem_id}.png")
+    raise AssertionError(f"{Path(path).name} never showed in #{elem_id} after 3 tries; the field holds: {seen[:2000]}")
 
 
 def fill_text(page, elem_id: str, value: str) -> None:
