@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -58,6 +59,9 @@ def test_the_docs_have_offline_examples():
 
 @pytest.mark.parametrize("block", offline_blocks())
 def test_an_offline_example_runs_on_the_demo_models(block, demo_root, monkeypatch, capsys):
+    """Each example runs as for a reader who opened its page first: no output of another example is there (the
+    examples' outputs go under ``demo/out``), so an example that needs one fails in any test order, not in some."""
+    shutil.rmtree(demo_root / "demo" / "out", ignore_errors=True)
     monkeypatch.chdir(demo_root)
     for line in command_lines(block):
         if line.startswith("instantstyle "):  # in this process: the same command line, without a new interpreter

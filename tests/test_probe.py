@@ -173,7 +173,8 @@ def probe_flags(tiny) -> list:
 
 @pytest.fixture(scope="module")
 def probe_run(tiny, tmp_path_factory):
-    """``instantstyle probe-blocks`` on the tiny SDXL: one style, one prompt, a content prompt, presets saved."""
+    """``instantstyle probe-blocks`` on the tiny SDXL: one style, one prompt, a content prompt, presets saved (into
+    a folder that does not exist yet: it is made, as ``--output``'s is)."""
     from click.testing import CliRunner
 
     from instantstyle.app.cli import main
@@ -181,7 +182,7 @@ def probe_run(tiny, tmp_path_factory):
     folder = tmp_path_factory.mktemp("probe-cli")
     result = CliRunner().invoke(main, [str(a) for a in [
         *probe_flags(tiny), "--style", tiny.style_image, "--prompt", "a cat", "--content-prompt", "stripes",
-        "--batch-size", 4, "-o", folder / "probe", "--save-presets", folder / "presets.json"]])
+        "--batch-size", 4, "-o", folder / "probe", "--save-presets", folder / "saved" / "presets.json"]])
     assert result.exit_code == 0, result.output
     out, err = result.stdout, result.stderr
     return folder, out, err
@@ -227,12 +228,13 @@ def test_a_batched_probe_image_equals_the_same_request_made_alone(sdxl, probe_ru
 
 def test_presets_saved_by_the_probe_work_as_blocks_on_the_command_line(capsys, sdxl, tiny, probe_run, tmp_path):
     folder, out, _ = probe_run
-    presets = read_presets(folder / "presets.json")
-    assert f"presets in {folder / 'presets.json'}: style={presets['style']}" in out
+    saved = folder / "saved" / "presets.json"
+    presets = read_presets(saved)
+    assert f"presets in {saved}: style={presets['style']}" in out
     assert set(presets) == {"style", "style-top2", "style-top3", "layout", "style+layout"}
     flags = ["generate", "--model", tiny.sdxl, "--adapter", tiny.sdxl_adapter, "--style", tiny.style_image,
              "--prompt", "a cat", "--steps", 2, "--width", 64, "--height", 64, "--seed", 7, "--device", "cpu"]
-    code, _, err = run(capsys, *flags, "--blocks", f"@{folder / 'presets.json'}:style+layout", "-o", tmp_path / "a.png")
+    code, _, err = run(capsys, *flags, "--blocks", f"@{saved}:style+layout", "-o", tmp_path / "a.png")
     assert code == 0, err
     assert read_png_request(tmp_path / "a.png").blocks == presets["style+layout"]
     direct = sdxl(Request("a cat", style=(str(tiny.style_image),), blocks=presets["style+layout"], **FAST))
@@ -247,7 +249,7 @@ def test_presets_saved_by_the_probe_work_as_blocks_on_the_command_line(capsys, s
     (["--style", "{style}", "--style", "{style}", "--prompt", "a", "--content-prompt", "x", "--content-prompt", "y",
       "--content-prompt", "z"], "3 content prompts for 2 styles"),
     (["--style", "{style}", "--prompt", "a", "--save-presets", "{tmp}/text.json"], "presets file"),
-    (["--style", "{style}", "--prompt", "a", "--save-presets", "{tmp}/no/such/p.json"], "does not exist or is not"),
+    (["--style", "{style}", "--prompt", "a", "--save-presets", "{tmp}/text.json/p.json"], "is a file"),
     (["--style", "{style}", "--prompt", "a", "--csd", "{tmp}/missing.pth"], "CSD checkpoint"),
     (["--style", "{style}", "--prompt", "a", "--batch-size", "0"], "0 is not in the range x>=1"),
 ])

@@ -1121,8 +1121,9 @@ def _probe_blocks(params: dict[str, Any]) -> None:
     presets_file = Path(params["save_presets"]).expanduser() if params["save_presets"] else None
     if presets_file is not None and presets_file.exists():
         read_presets(presets_file)  # new presets merge into it: it must be one
-    elif presets_file is not None and not (presets_file.parent.is_dir() and os.access(presets_file.parent, os.W_OK)):
-        raise UserError(f"presets file {presets_file}: its folder does not exist or is not writable")
+    elif presets_file is not None:  # made if missing, as --output's folder is (the docs save it beside the probe)
+        writable_folder(presets_file.parent, f"presets file {presets_file}: its folder {presets_file.parent}",
+                        made="cannot be created")
     output_paths(str(folder / PROBE_FILES[0]), 1, overwrite=True)  # the folder can be made and written
     if not params["debug"]:
         quiet_libraries()
@@ -1170,7 +1171,8 @@ def _probe_blocks(params: dict[str, Any]) -> None:
               "probe.md (the ranked table).")
 @click.option("--overwrite", is_flag=True, help="Write into a folder that is not empty.")
 @click.option("--save-presets", default=None, help="Save the best blocks as named presets (style, style-top2, ... "
-              "layout, style+layout) in this JSON file (merged into it), for --blocks @FILE:NAME.")
+              "layout, style+layout) in this JSON file (merged into it; its folder made if missing), for "
+              "--blocks @FILE:NAME.")
 @click.option("--csd", default=None, help="CSD checkpoint: blocks are then ranked by csd_style.")
 @click.option("--batch-size", default=4, type=click.IntRange(min=1), help="Images per denoising call.")
 @runtime_options()
