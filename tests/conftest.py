@@ -32,6 +32,32 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    """The random order's seed at the end, where ``-q`` still shows it: a failure that depends on the order is then
+    rerun in the same order (``-p randomly -p "randomly_seed=N"`` is ``--randomly-seed=N``)."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None and config.pluginmanager.hasplugin("randomly"):
+        terminalreporter.write_line(f"random order: --randomly-seed={seed}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed browser test shows what its page said (the visible text) beside the error, and leaves a screenshot in
+    ``test-artifacts/``: a wait that timed out says nothing else about why."""
+    report = yield
+    page = next((v for k, v in getattr(item, "funcargs", {}).items() if k.endswith("page")), None)
+    if report.when == "call" and report.failed and page is not None and not page.is_closed():
+        try:
+            text = page.inner_text("body", timeout=5_000)
+            folder = Path(__file__).resolve().parents[1] / "test-artifacts"
+            folder.mkdir(exist_ok=True)
+            page.screenshot(path=str(folder / f"failed-{item.name[:80]}.png"), full_page=True, timeout=10_000)
+        except Exception as err:  # the page itself broke: say so, keep the test's own error
+            text = f"(the page could not be read: {err})"
+        report.sections.append(("the page's text when the test failed", text[-6000:]))
+    return report
+
+
 #: Small and fast: every generation in the tests uses these unless it needs otherwise.
 FAST = {"steps": 2, "width": 64, "height": 64, "seed": 7}
 

@@ -99,6 +99,7 @@ def browser():
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)")
     playwright = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright (pip)")
+    playwright.expect.set_options(timeout=TIMEOUT)  # as the pages' own waits: expect's 5 s is short on a busy machine
     with playwright.sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         yield chromium
@@ -134,9 +135,19 @@ def page(app, browser):
 
 
 def set_number(page, elem_id: str, value) -> None:
+    """Type a number and wait until the box holds it (typed again if a re-render replaced the box meanwhile)."""
+    from playwright.sync_api import expect
+
     box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(str(value))
-    box.press("Enter")
+    for _ in range(3):
+        box.fill(str(value))
+        box.press("Enter")
+        try:
+            expect(box).to_have_value(str(value), timeout=10_000)
+            return
+        except AssertionError:
+            continue
+    expect(box).to_have_value(str(value))
 
 
 def add_references(page, *paths: Path) -> None:
@@ -867,12 +878,14 @@ def test_a_ready_first_frame_uploaded_in_the_video_tab_starts_the_video(page, ap
 
 
 def test_a_cancelled_video_saves_nothing_and_the_server_goes_on(page, app, tiny, video_models, tmp_path):
+    from playwright.sync_api import expect
+
     fill_form(page, tiny.style_image)
     video_settings(page, video_models.clip, steps=200)
     before = sorted(app[1].outputs.glob("*video*"))
     page.locator("#run-video").click()
-    page.wait_for_function("() => /\\d+\\/200 steps[\\s\\S]*inversion/.test("
-                           "document.querySelector('#video-result').innerText)")  # the phase and its step bar
+    expect(page.locator("#video-result")).to_contain_text(re.compile(r"\d+/200 steps[\s\S]*inversion"),
+                                                         use_inner_text=True)  # the phase and its step bar
     page.locator("#cancel-video").click()
     page.get_by_text("cancelling: the job stops after its current step").wait_for()
     page.goto(app[0])  # a new visit's job runs next
