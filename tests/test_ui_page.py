@@ -883,6 +883,7 @@ def test_a_cancelled_video_saves_nothing_and_the_server_goes_on(page, app, tiny,
     fill_form(page, tiny.style_image)
     video_settings(page, video_models.clip, steps=200)
     before = sorted(app[1].outputs.glob("*video*"))
+    page.wait_for_function("!document.querySelector('.pending')")  # the last box's change is in: not lost to it
     page.locator("#run-video").click()
     expect(page.locator("#video-result")).to_contain_text(re.compile(r"\d+/200 steps[\s\S]*inversion"),
                                                          use_inner_text=True)  # the phase and its step bar
