@@ -32,9 +32,13 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
+#: Where the browser tests leave their screenshots (a failed one's too).
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     """The random order's seed at the end, where ``-q`` still shows it: a failure that depends on the order is then
-    rerun in the same order (``-p randomly -p "randomly_seed=N"`` is ``--randomly-seed=N``)."""
+    rerun in the same order with ``--randomly-seed=N``."""
     seed = getattr(config.option, "randomly_seed", None)
     if seed is not None and config.pluginmanager.hasplugin("randomly"):
         terminalreporter.write_line(f"random order: --randomly-seed={seed}")
@@ -49,9 +53,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if report.when == "call" and report.failed and page is not None and not page.is_closed():
         try:
             text = page.inner_text("body", timeout=5_000)
-            folder = Path(__file__).resolve().parents[1] / "test-artifacts"
-            folder.mkdir(exist_ok=True)
-            page.screenshot(path=str(folder / f"failed-{item.name[:80]}.png"), full_page=True, timeout=10_000)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"failed-{item.name[:80]}.png"), full_page=True, timeout=10_000)
         except Exception as err:  # the page itself broke: say so, keep the test's own error
             text = f"(the page could not be read: {err})"
         report.sections.append(("the page's text when the test failed", text[-6000:]))

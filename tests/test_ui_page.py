@@ -25,14 +25,13 @@ from instantstyle.app.sweep import SHEET_KEY
 from instantstyle.core.request import read_png_request, write_png
 from instantstyle.scores.scorer import read_png_scores
 
-from .conftest import pixels
+from .conftest import ARTIFACTS, pixels
 
 gr = pytest.importorskip("gradio", reason="the web UI needs gradio (pip install 'instantstyle[ui]')")
 from instantstyle.app import ui  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
 AXE = ROOT / ".node" / "node_modules" / "axe-core" / "axe.min.js"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -134,20 +133,37 @@ def page(app, browser):
     page.close()
 
 
+def settled(page) -> None:
+    """Until no event is pending: a click, a key or a file given during a re-render can be lost to it."""
+    page.wait_for_function("!document.querySelector('.pending')")
+
+
+def again_until(act, done) -> None:
+    """``act``, then ``done(timeout_ms)``, a wait that raises when it times out. A re-render can lose an act (lost tab
+    clicks and files made tests flaky in CI), so three tries, the last with the page's whole timeout."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    for timeout in (20_000, 20_000, TIMEOUT):
+        try:
+            act()
+            done(timeout)
+            return
+        except (PlaywrightTimeoutError, AssertionError):
+            if timeout == TIMEOUT:
+                raise
+
+
 def set_number(page, elem_id: str, value) -> None:
     """Type a number and wait until the box holds it (typed again if a re-render replaced the box meanwhile)."""
     from playwright.sync_api import expect
 
     box = page.locator(f"#{elem_id} input[type=number]").first
-    for _ in range(3):
+
+    def act() -> None:
         box.fill(str(value))
         box.press("Enter")
-        try:
-            expect(box).to_have_value(str(value), timeout=10_000)
-            return
-        except AssertionError:
-            continue
-    expect(box).to_have_value(str(value))
+
+    again_until(act, lambda timeout: expect(box).to_have_value(str(value), timeout=timeout))
 
 
 def add_references(page, *paths: Path) -> None:
@@ -167,21 +183,20 @@ def upload(page, elem_id: str, path: Path, shown=None) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
     shown = shown or page.locator(f"#{elem_id}").get_by_role("cell", name=Path(path).name, exact=True)
-    for _ in range(3):
-        page.wait_for_function("!document.querySelector('.pending')")
-        try:  # a field that already shows a file has no input: the check below decides
+
+    def act() -> None:
+        settled(page)
+        try:  # a field that already shows a file has no input: the wait decides
             page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path), timeout=20_000)
         except PlaywrightTimeoutError:
             pass
-        try:
-            shown.wait_for(timeout=20_000)
-            return
-        except PlaywrightTimeoutError:
-            continue
-    field = page.locator(f"#{elem_id}")
-    seen = field.inner_html() if field.count() else "(no such field on the page)"
-    screenshot(page, f"failed-upload-{elem_id}.png")
-    raise AssertionError(f"{Path(path).name} never showed in #{elem_id} after 3 tries; the field holds: {seen[:2000]}")
+
+    try:
+        again_until(act, lambda timeout: shown.wait_for(timeout=timeout))
+    except PlaywrightTimeoutError:  # what the field holds, beside the page's text and screenshot (conftest)
+        field = page.locator(f"#{elem_id}")
+        seen = field.inner_html() if field.count() else "(no such field on the page)"
+        raise AssertionError(f"{Path(path).name} never showed in #{elem_id}; the field holds: {seen[:2000]}") from None
 
 
 def fill_text(page, elem_id: str, value: str) -> None:
@@ -189,7 +204,7 @@ def fill_text(page, elem_id: str, value: str) -> None:
     and its first render resets a value typed too early (a Generate then sent the old value: a flaky test once)."""
     box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
     box.wait_for(state="visible")
-    page.wait_for_function("!document.querySelector('.pending')")
+    settled(page)
     for _ in range(20):
         if box.input_value() != value:
             box.fill(value)
@@ -212,22 +227,16 @@ def fill_form(page, *styles: Path, prompt: str = "a cat", steps: int = 2, seed: 
 def pick(page, elem_id: str, value: str, kept: bool = True) -> None:
     """Choose ``value`` in a dropdown and wait until it shows it (open it again if a re-render closed its list);
     ``kept=False`` for a dropdown that clears itself once picked (the caller checks what the pick did)."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import expect
 
     box = page.locator(f"#{elem_id} input").first
-    for _ in range(3):
-        page.wait_for_function("!document.querySelector('.pending')")
+
+    def act() -> None:
+        settled(page)
         box.click()
-        try:
-            page.get_by_role("option", name=value, exact=True).click(timeout=20_000)
-            if not kept:
-                return
-            expect(box).to_have_value(value, timeout=10_000)
-            return
-        except (PlaywrightTimeoutError, AssertionError):
-            continue
-    expect(box).to_have_value(value)
+        page.get_by_role("option", name=value, exact=True).click(timeout=20_000)
+
+    again_until(act, lambda timeout: expect(box).to_have_value(value, timeout=timeout) if kept else None)
 
 
 def tab(page, name: str) -> None:
@@ -236,15 +245,12 @@ def tab(page, name: str) -> None:
     from playwright.sync_api import expect
 
     button = page.get_by_role("tab", name=name, exact=True)
-    for _ in range(3):
-        page.wait_for_function("!document.querySelector('.pending')")
+
+    def act() -> None:
+        settled(page)
         button.click()
-        try:
-            expect(button).to_have_attribute("aria-selected", "true", timeout=10_000)
-            return
-        except AssertionError:
-            continue
-    expect(button).to_have_attribute("aria-selected", "true")
+
+    again_until(act, lambda timeout: expect(button).to_have_attribute("aria-selected", "true", timeout=timeout))
 
 
 def downloads(page) -> list[str]:
@@ -622,7 +628,7 @@ def test_no_tab_has_a_serious_accessibility_violation(page, tiny):
             page.locator("#history-line").get_by_text("newest first").wait_for()
         for _ in range(2):  # an output loading is faded on purpose: check it settled, twice
             page.wait_for_timeout(300)
-            page.wait_for_function("!document.querySelector('.pending')")
+            settled(page)
         found |= set(page.evaluate("""async () => (await axe.run(document, {resultTypes: ['violations']})).violations
             .filter(v => ['serious', 'critical'].includes(v.impact))
             .flatMap(v => v.nodes.map(n => `${v.id}: ${n.target.join(' ')}`))"""))
@@ -883,7 +889,7 @@ def test_a_cancelled_video_saves_nothing_and_the_server_goes_on(page, app, tiny,
     fill_form(page, tiny.style_image)
     video_settings(page, video_models.clip, steps=200)
     before = sorted(app[1].outputs.glob("*video*"))
-    page.wait_for_function("!document.querySelector('.pending')")  # the last box's change is in: not lost to it
+    settled(page)  # the last box's change is in: the click is not lost to it
     page.locator("#run-video").click()
     expect(page.locator("#video-result")).to_contain_text(re.compile(r"\d+/200 steps[\s\S]*inversion"),
                                                          use_inner_text=True)  # the phase and its step bar
